@@ -1,0 +1,516 @@
+"""Datasets: validation, loaders, synthetic generators, shard plans and standardisation.
+
+Rows in messages are counted from 1, as a person reads a file: row 1 is the first data row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from paragrad.atomic import atomic_write
+from paragrad.errors import ConfigError, DataError
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+SVMLIGHT_SUFFIXES = (".svm", ".libsvm", ".svmlight")
+SUPPORTED = ".csv, .tsv, .parquet, .npz, .npy, .svm/.libsvm"
+
+
+class Dataset:
+    """Features ``X`` (rows x features) and optional labels ``y``, validated once.
+
+    Parameters
+    ----------
+    X : array-like, shape (num_rows, num_features)
+        Numeric and finite.
+    y : array-like, shape (num_rows,), optional
+        Numeric and finite labels or targets; ``None`` for data to predict on.
+    feature_names : sequence of str, optional
+        One name per column of ``X``.
+    target_name : str, optional
+        The name of the label column, remembered by models trained on this data.
+    dtype : float dtype
+        ``float64`` (default) or ``float32``.
+    source : str
+        What to call the data in error messages (a file name, say).
+    """
+
+    def __init__(
+        self,
+        X,
+        y=None,
+        feature_names: Sequence[str] | None = None,
+        target_name: str | None = None,
+        *,
+        dtype=np.float64,
+        source: str = "X",
+    ) -> None:
+        dtype = _float_dtype(dtype)
+        self.source = source
+        self.X = _as_matrix(X, dtype, source)
+        self.y = None if y is None else _as_labels(y, len(self.X), dtype, source)
+        if feature_names is not None:
+            feature_names = tuple(str(name) for name in feature_names)
+            if len(feature_names) != self.X.shape[1]:
+                raise DataError(
+                    f"{source}: {len(feature_names)} feature names for "
+                    f"{self.X.shape[1]} feature columns"
+                )
+        self.feature_names = feature_names
+        self.target_name = target_name
+        _check_finite(self.X, source, feature_names)
+        if self.y is not None:
+            _check_finite(self.y[:, None], source, (target_name or "y",), what="the target")
+
+    @classmethod
+    def _trusted(cls, X, y, feature_names, target_name, source) -> Dataset:
+        """Build a dataset from arrays already validated (a slice or a type change)."""
+        ds = cls.__new__(cls)
+        ds.X, ds.y, ds.source = X, y, source
+        ds.feature_names, ds.target_name = feature_names, target_name
+        return ds
+
+    @property
+    def num_rows(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.X.dtype
+
+    def take(self, rows) -> Dataset:
+        """The rows selected by a slice or an index array (a view for a slice)."""
+        y = None if self.y is None else self.y[rows]
+        return Dataset._trusted(
+            self.X[rows], y, self.feature_names, self.target_name, self.source
+        )
+
+    def astype(self, dtype) -> Dataset:
+        """The same data in another float type; no copy when it already has it."""
+        dtype = _float_dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        y = None if self.y is None else self.y.astype(dtype)
+        return Dataset._trusted(
+            self.X.astype(dtype), y, self.feature_names, self.target_name, self.source
+        )
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        labels = "no labels" if self.y is None else "labels"
+        return f"Dataset({self.num_rows} rows x {self.num_features} features, {labels})"
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _as_matrix(X, dtype, source) -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{source}: features must be numeric, got values of type {X.dtype}")
+    if X.ndim != 2:
+        raise DataError(f"{source}: features must be a 2-D array (rows x features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise DataError(f"{source}: no data rows")
+    if X.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns")
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+def _as_labels(y, num_rows, dtype, source) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise DataError(f"{source}: the target must be numeric, got values of type {y.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{source}: the target must be 1-D, got shape {y.shape}")
+    if len(y) != num_rows:
+        raise DataError(f"{source}: {num_rows} rows of features but {len(y)} target values")
+    return np.ascontiguousarray(y, dtype=dtype)
+
+
+def _check_finite(values, source, names, what="features") -> None:
+    if np.isfinite(values).all():
+        return
+    bad = ~np.isfinite(values)
+    row, col = np.argwhere(bad)[0]
+    column = names[col] if names is not None else f"column {col}"
+    kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
+    raise DataError(
+        f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}; "
+        f"first at row {row + 1}, {column!s} ({kind})"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Loaders
+
+
+def load(
+    path: str | os.PathLike,
+    target: str | int | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    dtype=np.float64,
+) -> Dataset:
+    """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its suffix picks the reader.
+    target : str or int, optional
+        The label column of a CSV or Parquet file, by name or index. ``.npz`` files hold
+        ``X`` and ``y`` arrays and LIBSVM files carry labels, so they need none.
+    features : sequence of str, optional
+        For tables: the feature columns to read, in this order (other columns are
+        ignored). By default every column but the target.
+    dtype : float dtype
+        ``float64`` or ``float32``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES or suffix in PARQUET_SUFFIXES:
+        return _load_table(path, target, features, dtype)
+    if suffix == ".npz":
+        return _load_npz(path, dtype)
+    if suffix == ".npy":
+        return Dataset(_np_load(path), dtype=dtype, source=str(path))
+    if suffix in SVMLIGHT_SUFFIXES:
+        return _load_svmlight(path, dtype)
+    raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
+
+
+def _read_table(path: Path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            return pq.read_table(path)
+        parse = pacsv.ParseOptions(delimiter=TABLE_SUFFIXES[suffix])
+        return pacsv.read_csv(path, parse_options=parse)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Empty CSV file" in reason:
+            reason = "the file is empty"
+        raise DataError(f"{path}: cannot read: {reason}") from None
+
+
+def _load_table(path: Path, target, features, dtype) -> Dataset:
+    table = _read_table(path)
+    names = list(table.column_names)
+    if not names:
+        raise DataError(f"{path}: the file is empty")
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"{path}: column {duplicate!r} appears more than once in the header")
+    target_name = _resolve_target(path, names, target)
+    if features is None:
+        features = [name for name in names if name != target_name]
+    else:
+        missing = [name for name in features if name not in names]
+        if missing:
+            raise DataError(
+                f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
+                f"that the model was trained with"
+            )
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows (only a header)")
+    if not features:
+        raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
+    X = np.empty((table.num_rows, len(features)), dtype=dtype)
+    for j, name in enumerate(features):
+        X[:, j] = _numeric_column(path, table.column(name), name)
+    y = None
+    if target_name is not None:
+        y = _numeric_column(path, table.column(target_name), target_name)
+    return Dataset(X, y, features, target_name, dtype=dtype, source=str(path))
+
+
+def _resolve_target(path: Path, names: list[str], target) -> str | None:
+    if target is None:
+        return None
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if not -len(names) <= target < len(names):
+            raise DataError(f"{path}: target column index {target} out of range ({len(names)} columns)")
+        return names[target]
+    if target not in names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise DataError(f"{path}: target column {target!r} not found (columns: {shown})")
+    return target
+
+
+def _numeric_column(path: Path, column, name: str) -> np.ndarray:
+    """One table column as float64, nulls as NaN; a clear error for text or dates."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_null(kind):
+        raise DataError(f"{path}: column {name!r} is empty (no values)")
+    for row, value in enumerate(column.to_pylist()):
+        if value is None:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: column {name!r} is not numeric (row {row + 1} holds {str(value)[:40]!r})"
+            ) from None
+    raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+
+
+def _np_load(path: Path, **kwargs):
+    try:
+        return np.load(path, allow_pickle=False, **kwargs)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: holds pickled Python objects, which are refused") from None
+        raise DataError(f"{path}: not a valid numpy file ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a valid numpy file ({exc})") from None
+
+
+def _load_npz(path: Path, dtype) -> Dataset:
+    import zipfile
+
+    try:
+        with _np_load(path) as archive:
+            if "X" not in archive.files:
+                raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
+            X = _npz_array(path, archive, "X")
+            y = _npz_array(path, archive, "y") if "y" in archive.files else None
+            names = archive["feature_names"].tolist() if "feature_names" in archive.files else None
+            target = str(archive["target_name"]) if "target_name" in archive.files else None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"{path}: not a valid .npz file ({exc})") from None
+    return Dataset(X, y, names, target, dtype=dtype, source=str(path))
+
+
+def _npz_array(path: Path, archive, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: array {key!r} holds pickled Python objects, which are refused") from None
+        raise DataError(f"{path}: cannot read array {key!r} ({exc})") from None
+
+
+def _load_svmlight(path: Path, dtype) -> Dataset:
+    try:
+        from sklearn.datasets import load_svmlight_file
+    except ImportError:
+        raise DataError(
+            f"{path}: reading LIBSVM files needs scikit-learn: pip install 'paragrad[svmlight]'"
+        ) from None
+    try:
+        X, y = load_svmlight_file(str(path), dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a valid LIBSVM file ({exc})") from None
+    return Dataset(X.toarray(), y, dtype=dtype, source=str(path))
+
+
+def save_dataset(dataset: Dataset, path: str | os.PathLike) -> None:
+    """Write a data set as CSV/TSV, Parquet or ``.npz`` (chosen by suffix), atomically."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    names = dataset.feature_names or tuple(f"x{j}" for j in range(dataset.num_features))
+    target = dataset.target_name or "y"
+    if suffix == ".npz":
+        arrays = {"X": dataset.X, "feature_names": np.array(names)}
+        if dataset.y is not None:
+            arrays.update(y=dataset.y, target_name=np.array(target))
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)
+        return
+    if suffix not in TABLE_SUFFIXES and suffix not in PARQUET_SUFFIXES:
+        raise DataError(f"{path}: cannot write {suffix or '(no suffix)'!r}; use .csv, .tsv, .parquet or .npz")
+    columns = {name: dataset.X[:, j] for j, name in enumerate(names)}
+    if dataset.y is not None:
+        y = dataset.y
+        columns[target] = y.astype(np.int64) if np.array_equal(y, np.round(y)) else y
+    table = pa.table(columns)
+    with atomic_write(path) as handle:
+        if suffix in PARQUET_SUFFIXES:
+            pq.write_table(table, handle)
+        else:
+            options = pacsv.WriteOptions(delimiter=TABLE_SUFFIXES[suffix])
+            pacsv.write_csv(table, handle, write_options=options)
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic data
+
+
+def make_regression(
+    num_rows: int, num_features: int, *, noise: float = 0.1, seed: int = 0, dtype=np.float64
+) -> Dataset:
+    """Gaussian features and ``y = X w + b + noise * e`` with random ``w`` and ``b``."""
+    _check_size(num_rows, num_features)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((num_rows, num_features))
+    w = rng.standard_normal(num_features)
+    y = X @ w + rng.standard_normal() + noise * rng.standard_normal(num_rows)
+    return Dataset(X, y, _default_names(num_features), "y", dtype=dtype, source="make_regression")
+
+
+def make_classification(
+    num_rows: int,
+    num_features: int,
+    *,
+    num_classes: int = 2,
+    separation: float = 2.0,
+    seed: int = 0,
+    dtype=np.float64,
+) -> Dataset:
+    """Gaussian features and labels ``0..num_classes-1`` drawn from a softmax of ``X W + b``.
+
+    Labels are sampled, not thresholded, so the classes overlap and the logistic loss has a
+    finite optimum; ``separation`` scales the logits (larger means easier).
+    """
+    _check_size(num_rows, num_features)
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((num_rows, num_features))
+    W = rng.standard_normal((num_features, num_classes)) * separation / np.sqrt(num_features)
+    logits = X @ W + 0.5 * rng.standard_normal(num_classes)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    u = rng.random((num_rows, 1))
+    y = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), num_classes - 1)
+    return Dataset(X, y, _default_names(num_features), "y", dtype=dtype, source="make_classification")
+
+
+def _check_size(num_rows: int, num_features: int) -> None:
+    if num_rows < 1 or num_features < 1:
+        raise ConfigError(f"rows and features must be positive, got {num_rows} x {num_features}")
+
+
+def _default_names(num_features: int) -> tuple[str, ...]:
+    return tuple(f"x{j}" for j in range(num_features))
+
+
+# ---------------------------------------------------------------------------------------
+# Shards
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which rows each worker holds: contiguous near-equal blocks of ``order``.
+
+    ``order`` is ``None`` for the rows as they are, or a permutation when shuffled.
+    Block sizes differ by at most one row, as with ``np.array_split``.
+    """
+
+    bounds: tuple[tuple[int, int], ...]
+    order: np.ndarray | None = None
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(stop - start for start, stop in self.bounds)
+
+    def rows(self, shard: int):
+        """A slice (contiguous plan) or an index array (shuffled plan) for one shard."""
+        start, stop = self.bounds[shard]
+        if self.order is None:
+            return slice(start, stop)
+        return self.order[start:stop]
+
+
+def plan_shards(num_rows: int, num_shards: int, *, shuffle: bool = False, seed: int = 0) -> ShardPlan:
+    """Split ``num_rows`` rows into ``num_shards`` near-equal contiguous blocks."""
+    if num_shards < 1:
+        raise ConfigError(f"workers must be at least 1, got {num_shards}")
+    if num_shards > num_rows:
+        raise ConfigError(
+            f"{num_shards} workers need at least {num_shards} rows, but the data has {num_rows}"
+        )
+    base, extra = divmod(num_rows, num_shards)
+    sizes = [base + 1] * extra + [base] * (num_shards - extra)
+    edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    bounds = tuple(zip(edges[:-1], edges[1:]))
+    order = np.random.default_rng(seed).permutation(num_rows) if shuffle else None
+    return ShardPlan(bounds, order)
+
+
+# ---------------------------------------------------------------------------------------
+# Standardisation from per-shard moments
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations of each feature over some rows."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+def moments(X: np.ndarray) -> Moments:
+    """The moments of the rows of ``X``, accumulated in float64."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    centred = X - mean
+    return Moments(len(X), mean, np.einsum("ij,ij->j", centred, centred))
+
+
+def combine_moments(parts: Sequence[Moments]) -> Moments:
+    """Merge per-shard moments exactly (Chan, Golub and LeVeque's pairwise update)."""
+    total = parts[0]
+    for part in parts[1:]:
+        count = total.count + part.count
+        delta = part.mean - total.mean
+        mean = total.mean + delta * (part.count / count)
+        m2 = total.m2 + part.m2 + delta**2 * (total.count * part.count / count)
+        total = Moments(count, mean, m2)
+    return total
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """``(X - mean) / scale`` per feature; constant features keep scale 1."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_moments(cls, stats: Moments) -> Standardizer:
+        std = np.sqrt(stats.m2 / stats.count)
+        return cls(stats.mean, np.where(std > 0, std, 1.0))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean) / self.scale).astype(X.dtype, copy=False)

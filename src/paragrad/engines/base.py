@@ -1,0 +1,90 @@
+"""The engine interface: where workers run. Engines know nothing of models or losses.
+
+An engine starts ``num_workers`` workers, gives each its shard of a data set once, and
+then runs *tasks*: a task is a picklable callable ``task(shard, *args)``. ``run`` calls it
+on every worker and returns the results in worker order. An engine may send a task to
+its workers once and afterwards only its arguments, so a task must not change between
+calls; a round sends the arguments (parameters, O(d)), never the data.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from paragrad.data import Dataset, ShardPlan
+
+Task = Callable[..., Any]
+
+
+@dataclass
+class Shard:
+    """One worker's rows, its position among the workers, and a cache it may keep.
+
+    The cache holds what a task can always recompute (a sampling permutation, say), so a
+    restarted worker that starts with an empty cache still gives the same results.
+    """
+
+    X: np.ndarray
+    y: np.ndarray | None
+    worker: int
+    num_workers: int
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.X.shape[0]
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def payload_nbytes(value: Any) -> int:
+    """Bytes of the numbers in a task's arguments or result: arrays, scalars, tuples."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (tuple, list)):
+        return sum(payload_nbytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(payload_nbytes(item) for item in value.values())
+    if isinstance(value, (int, float, np.number, bool)):
+        return 8
+    return 0
+
+
+class Engine(ABC):
+    """Runs tasks on workers that each hold one shard of a data set."""
+
+    name: str
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.num_workers = default_workers() if workers is None else int(workers)
+        self.last_bytes_sent = 0
+        self.last_bytes_received = 0
+
+    @abstractmethod
+    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
+        """Start the workers and place shard ``i`` of ``plan`` on worker ``i``."""
+
+    @abstractmethod
+    def run(self, task: Task, *args: Any) -> list[Any]:
+        """Call ``task(shard, *args)`` on every worker; results in worker order."""
+
+    def close(self) -> None:
+        """Stop the workers and release what they hold; safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

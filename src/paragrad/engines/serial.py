@@ -1,0 +1,38 @@
+"""The serial engine: workers are a loop in the calling process; the reference for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paragrad.data import Dataset, ShardPlan
+from paragrad.engines.base import Engine, Shard, Task, payload_nbytes
+
+
+class SerialEngine(Engine):
+    """Each worker's shard is a view (or a gathered copy, for shuffled plans) of the data.
+
+    The byte counts are those of the arguments and results that a distributed engine
+    would move, so histories compare across engines.
+    """
+
+    name = "serial"
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self.shards: list[Shard] = []
+
+    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
+        self.num_workers = plan.num_shards
+        self.shards = []
+        for worker in range(plan.num_shards):
+            part = dataset.take(plan.rows(worker))
+            self.shards.append(Shard(part.X, part.y, worker, plan.num_shards))
+
+    def run(self, task: Task, *args: Any) -> list[Any]:
+        results = [task(shard, *args) for shard in self.shards]
+        self.last_bytes_sent = payload_nbytes(args) * len(self.shards)
+        self.last_bytes_received = payload_nbytes(results)
+        return results
+
+    def close(self) -> None:
+        self.shards = []

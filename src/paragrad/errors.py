@@ -1,0 +1,41 @@
+"""The exceptions paragrad raises for problems a user can fix.
+
+Every one of them carries a message that names the problem (file, column, row, shape or
+setting); the command line prints that message as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ParagradError(Exception):
+    """Base class of the errors that come from bad input or settings, not from bugs."""
+
+
+class DataError(ParagradError, ValueError):
+    """A data file or array cannot be used: missing, malformed, non-numeric or non-finite."""
+
+
+class ConfigError(ParagradError, ValueError):
+    """A setting is out of range or inconsistent with the model or data."""
+
+
+class ModelFileError(ParagradError, ValueError):
+    """A model file is missing, truncated, of another format or refused for safety."""
+
+
+class TrainingDiverged(ParagradError, ArithmeticError):
+    """The loss or the parameters became NaN or infinite.
+
+    ``params`` holds the last finite parameter vector, so nothing learnt so far is lost.
+    """
+
+    def __init__(self, message: str, params: np.ndarray, round_index: int) -> None:
+        super().__init__(message)
+        self.params = params
+        self.round_index = round_index
+
+
+class ConvergenceWarning(UserWarning):
+    """Training stopped at its epoch or round limit before meeting ``tol``."""

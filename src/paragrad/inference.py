@@ -1,0 +1,127 @@
+"""Distributed inference and evaluation.
+
+The trained model goes to every worker once; each predicts its slice of the input and
+the slices come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paragrad.checkpoint import load_model
+from paragrad.data import Dataset, load, plan_shards
+from paragrad.engines import Engine, make_engine
+from paragrad.engines.base import Shard
+from paragrad.errors import ConfigError, DataError
+from paragrad.models.base import Model, check_class_labels
+
+
+@dataclass(frozen=True)
+class PredictShard:
+    """Predict a shard's rows with the model sent along (once per worker)."""
+
+    model: Model
+    proba: bool
+
+    def __call__(self, shard: Shard) -> np.ndarray:
+        return self.model.predict_proba(shard.X) if self.proba else self.model.predict(shard.X)
+
+
+def as_model(model: Model | str | os.PathLike) -> Model:
+    """A trained model, or the one stored at a path."""
+    if isinstance(model, Model):
+        model._check_trained()
+        return model
+    return load_model(model)
+
+
+def read_features(model: Model, data, target: str | int | None = None) -> Dataset:
+    """The features (and, with ``target``, labels) of ``data`` in the model's column order.
+
+    ``data`` is an array, a Dataset or a path. For tables the model's feature names pick
+    the columns, so a target column present in the file is ignored unless asked for.
+    """
+    if isinstance(data, Dataset):
+        dataset = data
+    elif isinstance(data, (str, os.PathLike)):
+        dataset = load(Path(data), target, features=model.feature_names_)
+    else:
+        dataset = Dataset(data)
+    if dataset.num_features != model.num_features_:
+        raise DataError(
+            f"{dataset.source}: has {dataset.num_features} features, but the model was trained "
+            f"with {model.num_features_}"
+        )
+    return dataset
+
+
+def predict(
+    model: Model | str | os.PathLike,
+    data,
+    *,
+    engine: str | Engine = "local",
+    workers: int | None = None,
+    proba: bool = False,
+) -> np.ndarray:
+    """Predict every row of ``data`` on the workers; results in input order.
+
+    Parameters
+    ----------
+    model : Model or path
+        A trained model or a model file.
+    data : array, Dataset or path
+        Rows to predict (a table's target column, if present, is ignored).
+    engine, workers
+        As for :func:`paragrad.train`. Fewer rows than workers use fewer workers.
+    proba : bool
+        Class probabilities (rows x classes) instead of labels; classifiers only.
+    """
+    model = as_model(model)
+    if proba and not model.is_classifier:
+        raise ConfigError("proba=True needs a classifier")
+    dataset = read_features(model, data)
+    if isinstance(engine, Engine):
+        return _predict_on(engine, model, dataset, proba)
+    with make_engine(engine, workers) as runner:
+        return _predict_on(runner, model, dataset, proba)
+
+
+def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> np.ndarray:
+    plan = plan_shards(dataset.num_rows, min(runner.num_workers, dataset.num_rows))
+    runner.start(Dataset._trusted(dataset.X, None, None, None, dataset.source), plan)
+    return np.concatenate(runner.run(PredictShard(model, proba)))
+
+
+def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = None) -> dict[str, Any]:
+    """Metrics of a trained model on labelled data.
+
+    Classifiers: mean log-loss and accuracy. Regression: mean loss ``1/2 (pred - y)^2``,
+    RMSE and R^2. ``target`` names the label column of a table (default: the column the
+    model was trained on).
+    """
+    model = as_model(model)
+    if isinstance(data, (str, os.PathLike)) and target is None:
+        target = model.target_name_
+        if target is None:
+            raise ConfigError(f"{data}: name the label column with target=")
+    dataset = read_features(model, data, target)
+    if dataset.y is None:
+        raise DataError(f"{dataset.source}: no target values to evaluate against")
+    y = dataset.y.astype(np.float64)
+    if model.is_classifier:
+        check_class_labels(model, y)
+    metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
+    predictions = model.predict(dataset.X)
+    if model.is_classifier:
+        metrics["accuracy"] = float(np.mean(predictions == y))
+    else:
+        residual = predictions - y
+        metrics["rmse"] = float(np.sqrt(np.mean(residual**2)))
+        spread = float(np.sum((y - y.mean()) ** 2))
+        metrics["r2"] = 1.0 - float(residual @ residual) / spread if spread > 0 else float("nan")
+    return metrics

@@ -1,0 +1,254 @@
+"""What every model is: a loss and gradient on a shard over one flat parameter vector.
+
+A model returns *sums* over the rows it is given, never means, so that the sums from any
+split of the data add up to the sums over the whole of it. The L2 penalty is a separate
+function that the coordinator adds once per step, never once per worker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from paragrad.data import Standardizer
+from paragrad.errors import ConfigError, DataError
+
+MAX_CLASSES = 1000
+
+
+class Model(ABC):
+    """Base class of the model families.
+
+    ``__init__`` only stores hyperparameters. :meth:`setup` fixes the shapes from the data
+    (feature count, classes); training sets ``params_``. Learned state ends in ``_``.
+    """
+
+    name: ClassVar[str]
+    is_classifier: ClassVar[bool] = False
+
+    def __init__(self, *, l2: float = 0.0) -> None:
+        if not np.isfinite(l2) or l2 < 0:
+            raise ConfigError(f"l2 must be a non-negative number, got {l2}")
+        self.l2 = float(l2)
+        self.num_features_: int | None = None
+        self.classes_: np.ndarray | None = None
+        self.params_: np.ndarray | None = None
+        self.standardizer_: Standardizer | None = None
+        self.feature_names_: tuple[str, ...] | None = None
+        self.target_name_: str | None = None
+
+    # -- configuration -------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        """The hyperparameters, as JSON-compatible values, that rebuild this model."""
+        return {"l2": self.l2}
+
+    def setup(
+        self,
+        num_features: int,
+        labels: np.ndarray | None = None,
+        *,
+        feature_names: tuple[str, ...] | None = None,
+        target_name: str | None = None,
+    ) -> None:
+        """Fix the model's shapes for data with ``num_features`` columns.
+
+        ``labels`` holds the distinct target values seen in the training data (at most
+        ``MAX_CLASSES + 1`` of them); classifiers check them and derive ``classes_``.
+        """
+        self.num_features_ = int(num_features)
+        self.classes_ = self._classes_from(labels) if self.is_classifier else None
+        self.feature_names_ = feature_names
+        self.target_name_ = target_name
+        self._weight_mask = self._make_weight_mask()
+
+    def _classes_from(self, labels: np.ndarray | None) -> np.ndarray:
+        """Check classification labels: integers ``0..k-1`` with at least two classes."""
+        if labels is None:
+            raise DataError(f"{type(self).__name__} needs labels to train on")
+        labels = np.asarray(labels)
+        if len(labels) > MAX_CLASSES:
+            raise DataError(
+                f"{type(self).__name__} needs class labels 0..k-1, but the target has more "
+                f"than {MAX_CLASSES} distinct values: is it a regression target?"
+            )
+        bad = labels[(labels < 0) | (labels != np.round(labels))]
+        if len(bad):
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
+            raise DataError(
+                f"{type(self).__name__} needs class labels 0..k-1 (integers); found {shown}"
+            )
+        if len(labels) < 2:
+            raise DataError(
+                f"{type(self).__name__} needs at least two classes; every label is {labels[0]:g}"
+            )
+        return np.arange(int(labels.max()) + 1)
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.classes_ is None else len(self.classes_)
+
+    @property
+    @abstractmethod
+    def num_params(self) -> int:
+        """Length of the flat parameter vector."""
+
+    def init_params(self, seed: int = 0) -> np.ndarray:
+        """Starting parameters; zeros unless the family needs random ones."""
+        return np.zeros(self.num_params)
+
+    def _make_weight_mask(self) -> np.ndarray:
+        """True where a parameter is a weight (penalised), False for intercepts."""
+        return np.ones(self.num_params, dtype=bool)
+
+    # -- the maths -----------------------------------------------------------------------
+
+    @abstractmethod
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss sum and gradient sum over the rows of ``X`` (float64 gradient)."""
+
+    def penalty(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        """The L2 term ``l2/2 * ||weights||^2`` and its gradient; intercepts are free."""
+        grad = np.zeros(len(params))
+        if self.l2 == 0.0:
+            return 0.0, grad
+        weights = np.where(self._weight_mask, params, 0.0)
+        grad[:] = self.l2 * weights
+        return 0.5 * self.l2 * float(weights @ weights), grad
+
+    @abstractmethod
+    def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Raw outputs: predictions for regression, scores or logits for classifiers."""
+
+    # -- the trained model ---------------------------------------------------------------
+
+    @property
+    def params(self) -> np.ndarray:
+        """The trained flat parameter vector."""
+        self._check_trained()
+        return self.params_
+
+    def _check_trained(self) -> None:
+        if self.params_ is None:
+            raise ConfigError(f"this {type(self).__name__} has not been trained yet")
+
+    def prepare(self, X) -> np.ndarray:
+        """Validate features for prediction and apply the training standardisation."""
+        self._check_trained()
+        X = np.asarray(X)
+        if X.ndim == 1 and self.num_features_ == len(X):
+            X = X[None, :]
+        if X.ndim != 2:
+            raise DataError(f"X must be 2-D (rows x features), got shape {X.shape}")
+        if X.shape[1] != self.num_features_:
+            raise DataError(
+                f"X has {X.shape[1]} features, but the model was trained with {self.num_features_}"
+            )
+        if not np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float64)
+        if self.standardizer_ is not None:
+            X = self.standardizer_.transform(X)
+        return X
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted targets (regression) or class labels (classification)."""
+        return self.decision_function(self.params_, self.prepare(X))
+
+    def loss(self, X, y) -> float:
+        """Mean data loss of the trained model on ``(X, y)``, without the penalty."""
+        X = self.prepare(X)
+        y = np.asarray(y, dtype=np.float64)
+        if self.is_classifier:
+            check_class_labels(self, y)
+        return self.loss_grad(self.params_, X, y)[0] / len(X)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_class_labels(model: Model, y: np.ndarray) -> None:
+    """Reject labels that are not among the classes the model was trained with."""
+    known = np.isin(y, model.classes_)
+    if not known.all():
+        row = int(np.argmin(known))
+        raise DataError(
+            f"label {y[row]:g} at row {row + 1} is not one of the model's classes "
+            f"0..{model.num_classes - 1}"
+        )
+
+
+class Classifier(Model):
+    """A model whose outputs are class probabilities."""
+
+    is_classifier = True
+
+    @abstractmethod
+    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (rows, classes)."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Probability of each class, shape (rows, classes), columns in ``classes_`` order."""
+        return self.proba(self.params_, self.prepare(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+class LinearLayout:
+    """Parameters laid out as ``[W.ravel(), b]`` for ``X @ W + b`` with W of shape (d, k)."""
+
+    fit_intercept: bool
+    num_features_: int | None
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def num_params(self) -> int:
+        return (self.num_features_ + int(self.fit_intercept)) * self.num_outputs
+
+    def _make_weight_mask(self) -> np.ndarray:
+        mask = np.zeros(self.num_params, dtype=bool)
+        mask[: self.num_features_ * self.num_outputs] = True
+        return mask
+
+    def split(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
+        """Views of the weights (d, k) and the intercepts (k,) in ``params``."""
+        d, k = self.num_features_, self.num_outputs
+        W = params[: d * k].reshape(d, k)
+        b = params[d * k :] if self.fit_intercept else 0.0
+        return W, b
+
+    def linear_grad(self, X: np.ndarray, dZ: np.ndarray) -> np.ndarray:
+        """Gradient sum of ``X @ W + b`` given the derivative ``dZ`` of the loss sum."""
+        grad = np.empty(self.num_params)
+        d, k = self.num_features_, self.num_outputs
+        grad[: d * k] = (X.T @ dZ).ravel()
+        if self.fit_intercept:
+            grad[d * k :] = dZ.sum(axis=0)
+        return grad
+
+
+def log_softmax_xent(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Cross-entropy sum of logits ``Z`` (rows, k) against integer labels, and dLoss/dZ."""
+    rows = np.arange(len(Z))
+    labels = y.astype(np.intp)
+    top = Z.max(axis=1, keepdims=True)
+    shifted = Z - top
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - lse
+    loss = -float(log_p[rows, labels].sum(dtype=np.float64))
+    dZ = np.exp(log_p)
+    dZ[rows, labels] -= 1.0
+    return loss, dZ
+
+
+def softmax(Z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax without overflow."""
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    P = np.exp(shifted)
+    return P / P.sum(axis=1, keepdims=True)

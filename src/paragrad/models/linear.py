@@ -1,0 +1,34 @@
+"""Least-squares linear regression: loss ``1/2 (x.w + b - y)^2`` per row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paragrad.models.base import LinearLayout, Model
+
+
+class LinearRegression(LinearLayout, Model):
+    """Linear regression; the objective is ``1/(2m) ||X w + b - y||^2 + l2/2 ||w||^2``.
+
+    That is scikit-learn's ``Ridge(alpha=l2 * m)`` divided by ``m`` (m rows).
+    """
+
+    name = "linear"
+
+    def __init__(self, l2: float = 0.0, *, fit_intercept: bool = True) -> None:
+        super().__init__(l2=l2)
+        self.fit_intercept = bool(fit_intercept)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"l2": self.l2, "fit_intercept": self.fit_intercept}
+
+    def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        W, b = self.split(params)
+        return X @ W[:, 0] + b
+
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        residual = self.decision_function(params, X) - y
+        loss = 0.5 * float(residual @ residual)
+        return loss, self.linear_grad(X, residual[:, None])

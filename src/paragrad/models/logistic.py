@@ -1,0 +1,55 @@
+"""Binary logistic regression on labels {0, 1}, stable for any size of logit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paragrad.errors import DataError
+from paragrad.models.base import Classifier, LinearLayout
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` without overflow, accurate in both tails."""
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+class LogisticRegression(LinearLayout, Classifier):
+    """Logistic regression; objective ``mean(log(1 + e^z) - y z) + l2/2 ||w||^2``.
+
+    scikit-learn's ``LogisticRegression(C=C)`` on m rows is the same problem with
+    ``l2 = 1 / (C m)``.
+    """
+
+    name = "logistic"
+
+    def __init__(self, l2: float = 0.0, *, fit_intercept: bool = True) -> None:
+        super().__init__(l2=l2)
+        self.fit_intercept = bool(fit_intercept)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"l2": self.l2, "fit_intercept": self.fit_intercept}
+
+    def _classes_from(self, labels):
+        classes = super()._classes_from(labels)
+        if len(classes) > 2:
+            raise DataError(
+                f"LogisticRegression needs labels 0 and 1; found labels up to {classes[-1]}: "
+                "use SoftmaxRegression (--model softmax) for more classes"
+            )
+        return classes
+
+    def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        W, b = self.split(params)
+        return X @ W[:, 0] + b
+
+    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        p = sigmoid(self.decision_function(params, X))
+        return np.column_stack([1.0 - p, p])
+
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        z = self.decision_function(params, X)
+        loss = float(np.logaddexp(0.0, z).sum(dtype=np.float64) - z @ y)
+        residual = sigmoid(z) - y
+        return loss, self.linear_grad(X, residual[:, None])

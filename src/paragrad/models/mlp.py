@@ -1,0 +1,135 @@
+"""A multilayer perceptron in numpy with its own backward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paragrad.errors import ConfigError
+from paragrad.models.base import Classifier, log_softmax_xent, softmax
+
+ACTIVATIONS = ("relu", "tanh")
+TASKS = ("classification", "regression")
+
+
+class MLP(Classifier):
+    """Fully connected network: ``hidden`` layers, then a linear output layer.
+
+    For ``task="classification"`` the output is a softmax over the classes (cross-entropy
+    loss); for ``task="regression"`` it is one value (loss ``1/2 (out - y)^2``). ``l2``
+    penalises the weights, not the biases. Weights start from a seeded He (relu) or
+    LeCun (tanh) normal initialisation.
+    """
+
+    name = "mlp"
+
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (64,),
+        activation: str = "relu",
+        task: str = "classification",
+        l2: float = 0.0,
+    ) -> None:
+        super().__init__(l2=l2)
+        hidden = (hidden,) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        if any(h < 1 for h in hidden):
+            raise ConfigError(f"hidden layer sizes must be positive, got {hidden}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        self.hidden = hidden
+        self.activation = activation
+        self.task = task
+        # A regression network is no classifier; the instance attribute overrides the class's.
+        self.is_classifier = task == "classification"
+
+    def get_config(self) -> dict[str, Any]:
+        return {"hidden": list(self.hidden), "activation": self.activation, "task": self.task, "l2": self.l2}
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        outputs = self.num_classes if self.is_classifier else 1
+        return [self.num_features_, *self.hidden, outputs]
+
+    @property
+    def num_params(self) -> int:
+        sizes = self.layer_sizes
+        return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+    def layers(self, vector: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Views ``(W, b)`` of each layer inside a flat parameter (or gradient) vector."""
+        views, offset = [], 0
+        sizes = self.layer_sizes
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            W = vector[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
+            offset += fan_in * fan_out
+            views.append((W, vector[offset : offset + fan_out]))
+            offset += fan_out
+        return views
+
+    def _make_weight_mask(self) -> np.ndarray:
+        mask = np.zeros(self.num_params, dtype=bool)
+        for W, _ in self.layers(mask):
+            W[...] = True
+        return mask
+
+    def init_params(self, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        params = np.zeros(self.num_params)
+        gain = 2.0 if self.activation == "relu" else 1.0
+        for W, _ in self.layers(params):
+            W[...] = rng.standard_normal(W.shape) * np.sqrt(gain / W.shape[0])
+        return params
+
+    def _act(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0.0) if self.activation == "relu" else np.tanh(z)
+
+    def _act_grad(self, activated: np.ndarray) -> np.ndarray:
+        """Derivative of the activation, from its output."""
+        if self.activation == "relu":
+            return (activated > 0).astype(activated.dtype)
+        return 1.0 - activated**2
+
+    def _forward(self, params: np.ndarray, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        *hidden, (W_out, b_out) = self.layers(params)
+        outputs = [X]
+        for W, b in hidden:
+            outputs.append(self._act(outputs[-1] @ W.astype(X.dtype) + b.astype(X.dtype)))
+        return outputs, outputs[-1] @ W_out.astype(X.dtype) + b_out.astype(X.dtype)
+
+    def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        out = self._forward(params, X)[1]
+        return out if self.is_classifier else out[:, 0]
+
+    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return softmax(self._forward(params, X)[1])
+
+    def predict_proba(self, X) -> np.ndarray:
+        if not self.is_classifier:
+            raise ConfigError("predict_proba needs an MLP with task='classification'")
+        return super().predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        if self.is_classifier:
+            return super().predict(X)
+        return self.decision_function(self.params_, self.prepare(X))
+
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        outputs, out = self._forward(params, X)
+        if self.is_classifier:
+            loss, delta = log_softmax_xent(out, y)
+        else:
+            residual = out[:, 0] - y
+            loss, delta = 0.5 * float(residual @ residual), residual[:, None]
+        grad = np.empty(self.num_params)
+        layers, grad_layers = self.layers(params), self.layers(grad)
+        for index in range(len(layers) - 1, -1, -1):
+            W, _ = layers[index]
+            gW, gb = grad_layers[index]
+            gW[...] = outputs[index].T @ delta
+            gb[...] = delta.sum(axis=0)
+            if index > 0:
+                delta = (delta @ W.T.astype(delta.dtype)) * self._act_grad(outputs[index])
+        return loss, grad

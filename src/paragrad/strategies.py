@@ -1,0 +1,266 @@
+"""The three training algorithms: what a worker does in a round, and how results combine.
+
+Each strategy has a worker side (``worker_step``, run on every shard) and a coordinator
+side (``combine``). Neither knows about processes. Every random draw of a worker comes
+from ``(seed, worker, epoch)`` with the epoch derived from the round number, so a round
+gives the same result on any engine and after any restart.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from paragrad.engines.base import Shard
+from paragrad.errors import ConfigError
+from paragrad.models.base import Model
+from paragrad.optim import Optimizer
+
+
+class WorkerResult(NamedTuple):
+    """What a worker returns: rows used, loss sum over them, and a vector.
+
+    The vector is a gradient sum (GradientDescent, SGD) or the worker's trained
+    parameters (LocalSGD). ``compute_s`` is the worker's own computing time.
+    """
+
+    count: int
+    loss_sum: float
+    vector: np.ndarray
+    compute_s: float = 0.0
+
+
+class StepOutcome(NamedTuple):
+    """The coordinator's result of a round.
+
+    ``loss`` is the objective (mean loss plus penalty) the round measured: over the whole
+    data at the incoming parameters for GradientDescent, over the round's batches
+    otherwise. ``grad_norm`` is the largest absolute gradient entry, when known.
+    """
+
+    params: np.ndarray
+    opt_state: Any
+    loss: float
+    grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Run-wide facts a worker step needs: the seed and the epoch structure."""
+
+    seed: int
+    rounds_per_epoch: int
+    epochs: int
+
+
+def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum(w_i v_i) / sum(w_i)``, summed in the given order (so results repeat exactly)."""
+    total = np.zeros_like(vectors[0], dtype=np.float64)
+    for vector, weight in zip(vectors, weights):
+        total += weight * vector
+    return total / float(sum(weights))
+
+
+def sum_results(results: Sequence[WorkerResult]) -> tuple[int, float, np.ndarray]:
+    """Total count, loss sum and vector sum of the workers' results, in worker order."""
+    total = np.zeros_like(results[0].vector, dtype=np.float64)
+    count, loss = 0, 0.0
+    for result in results:
+        count += result.count
+        loss += result.loss_sum
+        total += result.vector
+    return count, loss, total
+
+
+def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
+    """The order in which the shard's rows are drawn in ``epoch`` (cached per epoch)."""
+    if shard.cache.get("perm_epoch") != epoch:
+        rng = np.random.default_rng([seed, shard.worker, epoch])
+        shard.cache["perm"] = rng.permutation(shard.num_rows)
+        shard.cache["perm_epoch"] = epoch
+    return shard.cache["perm"]
+
+
+def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None):
+    """Rows of batch ``position`` of ``epoch``, drawn without replacement within an epoch.
+
+    A batch as large as the shard is the whole shard, as a slice (no copy). The rows of a
+    batch are sorted, for memory locality; this changes no sum but its order.
+    """
+    if batch_size is None or batch_size >= shard.num_rows:
+        return slice(None)
+    perm = epoch_permutation(shard, seed, epoch)
+    return np.sort(perm[position * batch_size : (position + 1) * batch_size])
+
+
+def gradient_step(results: Sequence[WorkerResult], params, opt_state, model: Model, optimizer: Optimizer) -> StepOutcome:
+    """Average the gradient sums exactly, add the penalty once, take one optimizer step."""
+    count, loss_sum, grad_sum = sum_results(results)
+    penalty, penalty_grad = model.penalty(params)
+    grad = grad_sum / count + penalty_grad
+    new_params, new_state = optimizer.update(grad, opt_state, params)
+    return StepOutcome(new_params, new_state, loss_sum / count + penalty, float(np.abs(grad).max()))
+
+
+class Strategy(ABC):
+    """A distributed training algorithm."""
+
+    name: str
+    stochastic: bool = True
+
+    @abstractmethod
+    def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
+        """How many rounds make one pass over the data."""
+
+    def total_rounds(self, shard_sizes: Sequence[int], epochs: int) -> int:
+        return epochs * self.rounds_per_epoch(shard_sizes)
+
+    @abstractmethod
+    def worker_step(
+        self, shard: Shard, model: Model, optimizer: Optimizer, params: np.ndarray, round_index: int, plan: RoundPlan
+    ) -> WorkerResult:
+        """One worker's part of round ``round_index``."""
+
+    @abstractmethod
+    def combine(
+        self, results: Sequence[WorkerResult], params: np.ndarray, opt_state, model: Model, optimizer: Optimizer
+    ) -> StepOutcome:
+        """Merge the workers' results (in worker order) into the next parameters."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class GradientDescent(Strategy):
+    """Full-batch gradient descent: every worker returns its shard's gradient sum.
+
+    The coordinator divides the total by the total row count, which is exactly the
+    single-process full-batch gradient for any number of workers and uneven shards.
+    """
+
+    name = "gd"
+    stochastic = False
+
+    def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
+        return 1
+
+    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
+        loss, grad = model.loss_grad(params, shard.X, shard.y)
+        return WorkerResult(shard.num_rows, loss, grad)
+
+    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
+        return gradient_step(results, params, opt_state, model, optimizer)
+
+
+def _check_batch_size(batch_size: int | None, allow_none: bool) -> int | None:
+    if batch_size is None and allow_none:
+        return None
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+class SGD(Strategy):
+    """Distributed minibatch SGD: each worker draws ``batch_size`` rows of its shard.
+
+    Rows are drawn without replacement within an epoch (one pass over the largest shard),
+    so the global batch holds up to ``workers * batch_size`` rows; the gradient is the
+    exact mean over all rows drawn in the round.
+    """
+
+    name = "sgd"
+
+    def __init__(self, batch_size: int = 256) -> None:
+        self.batch_size = _check_batch_size(batch_size, allow_none=False)
+
+    def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
+        return math.ceil(max(shard_sizes) / self.batch_size)
+
+    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
+        epoch, position = divmod(round_index, plan.rounds_per_epoch)
+        rows = batch_rows(shard, plan.seed, epoch, position, self.batch_size)
+        X, y = shard.X[rows], shard.y[rows]
+        if len(X) == 0:
+            return WorkerResult(0, 0.0, np.zeros(len(params)))
+        loss, grad = model.loss_grad(params, X, y)
+        return WorkerResult(len(X), loss, grad)
+
+    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
+        return gradient_step(results, params, opt_state, model, optimizer)
+
+
+class LocalSGD(Strategy):
+    """Local SGD / model averaging (FedAvg).
+
+    Every round the workers start from the broadcast parameters, each takes
+    ``local_steps`` optimizer steps on batches of its own shard (objective: its mean loss
+    plus the penalty), and the coordinator averages the results weighted by shard size:
+    ``theta + server_lr * (average - theta)``. The optimizer's state starts afresh each
+    round; its step counter continues, so learning-rate schedules run across rounds.
+    ``local_steps=None`` is one-shot averaging: every worker trains on its shard for all
+    ``epochs`` and the results are averaged once. ``batch_size=None`` uses whole shards.
+    """
+
+    name = "local-sgd"
+
+    def __init__(self, local_steps: int | None = 16, batch_size: int | None = 64, server_lr: float = 1.0) -> None:
+        if local_steps is not None and (
+            not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1
+        ):
+            raise ConfigError(f"local_steps must be a positive integer or None, got {local_steps!r}")
+        if not isinstance(server_lr, (int, float)) or not 0.0 < server_lr <= 10.0:
+            raise ConfigError(f"server_lr must be in (0, 10], got {server_lr!r}")
+        self.local_steps = None if local_steps is None else int(local_steps)
+        self.batch_size = _check_batch_size(batch_size, allow_none=True)
+        self.server_lr = float(server_lr)
+
+    def _batches_per_epoch(self, num_rows: int) -> int:
+        return 1 if self.batch_size is None else math.ceil(num_rows / self.batch_size)
+
+    def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
+        if self.local_steps is None:
+            return 1
+        return math.ceil(self._batches_per_epoch(max(shard_sizes)) / self.local_steps)
+
+    def total_rounds(self, shard_sizes: Sequence[int], epochs: int) -> int:
+        return 1 if self.local_steps is None else super().total_rounds(shard_sizes, epochs)
+
+    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
+        per_epoch = self._batches_per_epoch(shard.num_rows)
+        if self.local_steps is None:
+            first, num_steps = 0, plan.epochs * per_epoch
+        else:
+            first, num_steps = round_index * self.local_steps, self.local_steps
+        state = optimizer.init(params)._replace(step=np.array(first, dtype=np.int64))
+        theta, loss_total = params, 0.0
+        for batch in range(first, first + num_steps):
+            rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
+            X, y = shard.X[rows], shard.y[rows]
+            loss, grad = model.loss_grad(theta, X, y)
+            penalty, penalty_grad = model.penalty(theta)
+            loss_total += loss / len(X) + penalty
+            theta, state = optimizer.update(grad / len(X) + penalty_grad, state, theta)
+        return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, theta)
+
+    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
+        counts = [result.count for result in results]
+        average = weighted_mean([result.vector for result in results], counts)
+        new_params = average if self.server_lr == 1.0 else params + self.server_lr * (average - params)
+        loss = sum(result.loss_sum for result in results) / sum(counts)
+        return StepOutcome(new_params, opt_state, loss, None)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"gd": GradientDescent, "sgd": SGD, "local-sgd": LocalSGD}
+
+
+def get_strategy(name: str, **kwargs) -> Strategy:
+    """A strategy by name (``gd``, ``sgd``, ``local-sgd``) with its keyword arguments."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](**kwargs)

@@ -1,0 +1,338 @@
+"""The round loop: set-up on the workers, rounds until converged, history and progress."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paragrad.data import Dataset, Moments, Standardizer, combine_moments, moments, plan_shards
+from paragrad.engines import Engine, make_engine
+from paragrad.engines.base import Shard
+from paragrad.errors import ConfigError, ConvergenceWarning, DataError, TrainingDiverged
+from paragrad.models.base import MAX_CLASSES, Model
+from paragrad.optim import Adam, Optimizer
+from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
+
+HISTORY_KEYS = ("round", "epoch", "loss", "wall_s", "compute_s", "comm_s", "bytes_sent", "bytes_received")
+
+
+# -- tasks the workers run ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DescribeShard:
+    """Row count, distinct labels (classifiers) and feature moments of a shard."""
+
+    want_labels: bool
+    want_moments: bool
+
+    def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None]:
+        labels = np.unique(shard.y)[: MAX_CLASSES + 1] if self.want_labels else None
+        stats = moments(shard.X) if self.want_moments else None
+        return shard.num_rows, labels, stats
+
+
+@dataclass(frozen=True)
+class StandardizeShard:
+    """Replace the shard's features by their standardised copy (the data stays untouched)."""
+
+    standardizer: Standardizer
+
+    def __call__(self, shard: Shard) -> None:
+        shard.X = self.standardizer.transform(shard.X)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """A strategy's worker step with everything it needs but the round's parameters."""
+
+    strategy: Strategy
+    model: Model
+    optimizer: Optimizer
+    plan: RoundPlan
+
+    def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
+        start = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = self.strategy.worker_step(shard, self.model, self.optimizer, params, round_index, self.plan)
+        return result._replace(compute_s=time.perf_counter() - start)
+
+
+# -- the result -----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A finished training run: the trained model and one history record per round."""
+
+    model: Model
+    history: list[dict[str, Any]]
+    converged: bool
+    strategy: Strategy
+    engine: str
+    num_workers: int
+    wall_s: float
+
+    @property
+    def params(self) -> np.ndarray:
+        """The trained flat parameter vector."""
+        return self.model.params
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"] if self.history else math.nan
+
+    def summary(self) -> str:
+        """A short table of the run: rounds, loss, time and traffic."""
+        rounds = len(self.history)
+        sent = sum(record["bytes_sent"] for record in self.history)
+        received = sum(record["bytes_received"] for record in self.history)
+        compute = sum(record["compute_s"] for record in self.history)
+        lines = [
+            f"model       {self.model!r}",
+            f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
+            f"rounds      {rounds} ({'converged' if self.converged else 'stopped at the limit'})",
+            f"final loss  {self.final_loss:.6g}",
+            f"time        {self.wall_s:.3f} s ({compute:.3f} s computing on the slowest workers)",
+            f"traffic     {sent / 1e6:.3f} MB sent, {received / 1e6:.3f} MB received",
+        ]
+        return "\n".join(lines)
+
+    def save(self, path) -> None:
+        """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
+        from paragrad.checkpoint import save_model
+
+        save_model(self.model, path)
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+class ConvergenceCheck:
+    """Decides after each round whether training has converged to ``tol``.
+
+    Full-batch strategies converge when the gradient's largest entry is at most ``tol``;
+    stochastic ones when an epoch's mean loss differs from the previous epoch's by at most
+    ``tol * max(1, |previous|)``. ``tol=0`` never converges.
+    """
+
+    def __init__(self, tol: float, stochastic: bool, rounds_per_epoch: int) -> None:
+        self.tol, self.stochastic, self.rounds_per_epoch = tol, stochastic, rounds_per_epoch
+        self.previous_epoch_loss: float | None = None
+        self.epoch_losses: list[float] = []
+
+    def update(self, round_index: int, outcome: StepOutcome) -> bool:
+        if self.tol == 0:
+            return False
+        if not self.stochastic and outcome.grad_norm is not None:
+            return outcome.grad_norm <= self.tol
+        self.epoch_losses.append(outcome.loss)
+        if (round_index + 1) % self.rounds_per_epoch:
+            return False
+        epoch_loss = float(np.mean(self.epoch_losses))
+        previous, self.previous_epoch_loss, self.epoch_losses = self.previous_epoch_loss, epoch_loss, []
+        return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
+
+
+
+def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def train(
+    model: Model,
+    data: Dataset,
+    *,
+    strategy: Strategy | None = None,
+    optimizer: Optimizer | None = None,
+    engine: str | Engine = "local",
+    workers: int | None = None,
+    epochs: int = 10,
+    max_rounds: int | None = None,
+    tol: float = 1e-6,
+    seed: int = 0,
+    standardize: bool = False,
+    shuffle: bool = False,
+    progress: bool | None = None,
+    dtype="float64",
+) -> Run:
+    """Train ``model`` on ``data`` with a distributed strategy.
+
+    Parameters
+    ----------
+    model : Model
+        An untrained model from :mod:`paragrad.models`; it is set up and trained in place.
+    data : Dataset
+        Features and labels (see :func:`paragrad.load` and :class:`paragrad.Dataset`).
+    strategy : Strategy, default GradientDescent()
+        ``GradientDescent()``, ``SGD(batch_size)`` or ``LocalSGD(local_steps, batch_size)``.
+    optimizer : Optimizer, default Adam(lr=0.01)
+        ``optim.SGD`` or ``optim.Adam``.
+    engine : {"serial", "local", "ray"} or Engine
+        Where the workers run; an Engine object is used as is and left open.
+    workers : int, optional
+        Number of workers (shards); default one per core.
+    epochs : int
+        Passes over the data (for ``LocalSGD(local_steps=None)``: local passes).
+    max_rounds : int, optional
+        A cap on rounds, below ``epochs``.
+    tol : float
+        Stop when the gradient's largest entry falls to ``tol`` (GradientDescent) or the
+        epoch's mean loss changes by at most ``tol * max(1, |loss|)`` (stochastic).
+        ``0`` trains for the whole budget.
+    seed : int
+        Seeds the initial parameters, the sampling and the shuffle.
+    standardize : bool
+        Scale features to mean 0 and variance 1, with statistics computed per shard and
+        combined; the model keeps them and applies them when predicting.
+    shuffle : bool
+        Shuffle rows before splitting them into shards.
+    progress : bool, optional
+        Show a progress bar; by default only when stderr is a terminal.
+    dtype : {"float64", "float32"}
+        Float type of the data on the workers.
+
+    Returns
+    -------
+    Run
+        ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
+    """
+    if not isinstance(model, Model):
+        raise ConfigError(f"model must be a paragrad model, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise ConfigError(
+            "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
+        )
+    if data.y is None:
+        raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
+    strategy = GradientDescent() if strategy is None else strategy
+    optimizer = Adam(lr=0.01) if optimizer is None else optimizer
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("max_rounds", max_rounds, allow_none=True)
+    _check_positive_int("workers", workers, allow_none=True)
+    if not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
+    data = data.astype(dtype)
+
+    own_engine = not isinstance(engine, Engine)
+    runner = make_engine(engine, workers) if own_engine else engine
+    try:
+        plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
+        runner.start(data, plan)
+        _set_up_model(model, data, runner, standardize)
+        return _run_rounds(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed, progress)
+    finally:
+        if own_engine:
+            runner.close()
+
+
+def _set_up_model(model: Model, data: Dataset, runner: Engine, standardize: bool) -> None:
+    """Fix the model's shapes and standardisation from statistics gathered shard by shard."""
+    described = runner.run(DescribeShard(model.is_classifier, standardize))
+    labels = None
+    if model.is_classifier:
+        labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
+    model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
+    model.standardizer_ = None
+    if standardize:
+        model.standardizer_ = Standardizer.from_moments(combine_moments([stats for *_, stats in described]))
+        runner.run(StandardizeShard(model.standardizer_))
+
+
+def _progress_bar(total: int, show: bool | None):
+    from tqdm.auto import tqdm
+
+    if show is None:
+        show = sys.stderr.isatty()
+    return tqdm(total=total, unit="round", disable=not show, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _run_rounds(
+    model: Model,
+    runner: Engine,
+    shard_sizes: tuple[int, ...],
+    strategy: Strategy,
+    optimizer: Optimizer,
+    epochs: int,
+    max_rounds: int | None,
+    tol: float,
+    seed: int,
+    progress: bool | None,
+) -> Run:
+    rounds_per_epoch = strategy.rounds_per_epoch(shard_sizes)
+    total = strategy.total_rounds(shard_sizes, epochs)
+    if max_rounds is not None:
+        total = min(total, max_rounds)
+    task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
+    params = model.init_params(seed)
+    opt_state = optimizer.init(params)
+    history: list[dict[str, Any]] = []
+    check = ConvergenceCheck(tol, strategy.stochastic, rounds_per_epoch)
+    converged = False
+    started = time.perf_counter()
+    with _progress_bar(total, progress) as bar:
+        for round_index in range(total):
+            round_start = time.perf_counter()
+            results = runner.run(task, params, round_index)
+            run_s = time.perf_counter() - round_start
+            with np.errstate(over="ignore", invalid="ignore"):
+                outcome: StepOutcome = strategy.combine(results, params, opt_state, model, optimizer)
+            compute_s = max(result.compute_s for result in results)
+            epoch = round_index // rounds_per_epoch
+            history.append(
+                {
+                    "round": round_index,
+                    "epoch": epoch,
+                    "loss": float(outcome.loss),
+                    "wall_s": time.perf_counter() - round_start,
+                    "compute_s": compute_s,
+                    "comm_s": max(run_s - compute_s, 0.0),
+                    "bytes_sent": runner.last_bytes_sent,
+                    "bytes_received": runner.last_bytes_received,
+                }
+            )
+            if not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
+                model.params_ = params
+                raise TrainingDiverged(
+                    f"training diverged at round {round_index} (loss {outcome.loss:g}): "
+                    f"lower the learning rate (now {optimizer.describe_lr()})",
+                    params,
+                    round_index,
+                )
+            params, opt_state = outcome.params, outcome.opt_state
+            bar.update(1)
+            if bar.disable is False:
+                bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
+            converged = check.update(round_index, outcome)
+            if converged:
+                break
+    if tol > 0 and not converged and total > 1:
+        warnings.warn(
+            f"stopped after {len(history)} rounds without converging to tol={tol:g}; "
+            "raise epochs (or max_rounds) or tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    model.params_ = params
+    return Run(
+        model=model,
+        history=history,
+        converged=converged,
+        strategy=strategy,
+        engine=runner.name,
+        num_workers=runner.num_workers,
+        wall_s=time.perf_counter() - started,
+    )
