@@ -37,7 +37,10 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         "feature_names": None if model.feature_names_ is None else list(model.feature_names_),
         "target_name": model.target_name_,
     }
-    arrays = {"params": np.asarray(model.params_, dtype=np.float64), "meta": np.array(json.dumps(meta))}
+    arrays = {
+        "params": np.asarray(model.params_, dtype=np.float64),
+        "meta": np.array(json.dumps(meta)),
+    }
     if model.standardizer_ is not None:
         arrays["standardizer_mean"] = model.standardizer_.mean
         arrays["standardizer_scale"] = model.standardizer_.scale
@@ -74,7 +77,9 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a paragrad model file (unknown format)")
     if meta.get("version") != VERSION:
-        raise ModelFileError(f"{path}: model file version {meta.get('version')} is not supported (expected {VERSION})")
+        raise ModelFileError(
+            f"{path}: model file version {meta.get('version')} is not supported (expected {VERSION})"
+        )
     try:
         model = get_model(meta["family"])(**meta["config"])
         classes = meta["classes"]

@@ -5,6 +5,7 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +59,7 @@ class Dataset:
             feature_names = tuple(str(name) for name in feature_names)
             if len(feature_names) != self.X.shape[1]:
                 raise DataError(
-                    f"{source}: {len(feature_names)} feature names for "
-                    f"{self.X.shape[1]} feature columns"
+                    f"{source}: {len(feature_names)} feature names for {self.X.shape[1]} feature columns"
                 )
         self.feature_names = feature_names
         self.target_name = target_name
@@ -90,9 +90,7 @@ class Dataset:
     def take(self, rows) -> Dataset:
         """The rows selected by a slice or an index array (a view for a slice)."""
         y = None if self.y is None else self.y[rows]
-        return Dataset._trusted(
-            self.X[rows], y, self.feature_names, self.target_name, self.source
-        )
+        return Dataset._trusted(self.X[rows], y, self.feature_names, self.target_name, self.source)
 
     def astype(self, dtype) -> Dataset:
         """The same data in another float type; no copy when it already has it."""
@@ -100,9 +98,7 @@ class Dataset:
         if dtype == self.dtype:
             return self
         y = None if self.y is None else self.y.astype(dtype)
-        return Dataset._trusted(
-            self.X.astype(dtype), y, self.feature_names, self.target_name, self.source
-        )
+        return Dataset._trusted(self.X.astype(dtype), y, self.feature_names, self.target_name, self.source)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -317,7 +313,9 @@ def _npz_array(path: Path, archive, key: str) -> np.ndarray:
         return archive[key]
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: array {key!r} holds pickled Python objects, which are refused") from None
+            raise DataError(
+                f"{path}: array {key!r} holds pickled Python objects, which are refused"
+            ) from None
         raise DataError(f"{path}: cannot read array {key!r} ({exc})") from None
 
 
@@ -463,7 +461,7 @@ def plan_shards(num_rows: int, num_shards: int, *, shuffle: bool = False, seed: 
     base, extra = divmod(num_rows, num_shards)
     sizes = [base + 1] * extra + [base] * (num_shards - extra)
     edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    bounds = tuple(zip(edges[:-1], edges[1:]))
+    bounds = tuple(itertools.pairwise(edges))
     order = np.random.default_rng(seed).permutation(num_rows) if shuffle else None
     return ShardPlan(bounds, order)
 

@@ -39,3 +39,11 @@ class TrainingDiverged(ParagradError, ArithmeticError):
 
 class ConvergenceWarning(UserWarning):
     """Training stopped at its epoch or round limit before meeting ``tol``."""
+
+
+class WorkerLost(ParagradError, RuntimeError):
+    """A worker process died (killed, out of memory) before returning its result."""
+
+
+class WorkerError(ParagradError, RuntimeError):
+    """A task raised an exception inside a worker; the message holds its traceback."""

@@ -146,7 +146,11 @@ class Adam(Optimizer):
     name = "adam"
 
     def __init__(
-        self, lr: float | Schedule = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+        self,
+        lr: float | Schedule = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
     ) -> None:
         super().__init__(lr)
         for label, beta in (("beta1", beta1), ("beta2", beta2)):

@@ -61,7 +61,7 @@ class RoundPlan:
 def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``sum(w_i v_i) / sum(w_i)``, summed in the given order (so results repeat exactly)."""
     total = np.zeros_like(vectors[0], dtype=np.float64)
-    for vector, weight in zip(vectors, weights):
+    for vector, weight in zip(vectors, weights, strict=True):
         total += weight * vector
     return total / float(sum(weights))
 
@@ -98,7 +98,9 @@ def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: i
     return np.sort(perm[position * batch_size : (position + 1) * batch_size])
 
 
-def gradient_step(results: Sequence[WorkerResult], params, opt_state, model: Model, optimizer: Optimizer) -> StepOutcome:
+def gradient_step(
+    results: Sequence[WorkerResult], params, opt_state, model: Model, optimizer: Optimizer
+) -> StepOutcome:
     """Average the gradient sums exactly, add the penalty once, take one optimizer step."""
     count, loss_sum, grad_sum = sum_results(results)
     penalty, penalty_grad = model.penalty(params)
@@ -122,13 +124,24 @@ class Strategy(ABC):
 
     @abstractmethod
     def worker_step(
-        self, shard: Shard, model: Model, optimizer: Optimizer, params: np.ndarray, round_index: int, plan: RoundPlan
+        self,
+        shard: Shard,
+        model: Model,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        round_index: int,
+        plan: RoundPlan,
     ) -> WorkerResult:
         """One worker's part of round ``round_index``."""
 
     @abstractmethod
     def combine(
-        self, results: Sequence[WorkerResult], params: np.ndarray, opt_state, model: Model, optimizer: Optimizer
+        self,
+        results: Sequence[WorkerResult],
+        params: np.ndarray,
+        opt_state,
+        model: Model,
+        optimizer: Optimizer,
     ) -> StepOutcome:
         """Merge the workers' results (in worker order) into the next parameters."""
 
@@ -209,7 +222,9 @@ class LocalSGD(Strategy):
 
     name = "local-sgd"
 
-    def __init__(self, local_steps: int | None = 16, batch_size: int | None = 64, server_lr: float = 1.0) -> None:
+    def __init__(
+        self, local_steps: int | None = 16, batch_size: int | None = 64, server_lr: float = 1.0
+    ) -> None:
         if local_steps is not None and (
             not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1
         ):

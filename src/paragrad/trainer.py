@@ -14,12 +14,28 @@ import numpy as np
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments, moments, plan_shards
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import Shard
-from paragrad.errors import ConfigError, ConvergenceWarning, DataError, TrainingDiverged
+from paragrad.errors import (
+    ConfigError,
+    ConvergenceWarning,
+    DataError,
+    TrainingDiverged,
+    WorkerError,
+    WorkerLost,
+)
 from paragrad.models.base import MAX_CLASSES, Model
 from paragrad.optim import Adam, Optimizer
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
 
-HISTORY_KEYS = ("round", "epoch", "loss", "wall_s", "compute_s", "comm_s", "bytes_sent", "bytes_received")
+HISTORY_KEYS = (
+    "round",
+    "epoch",
+    "loss",
+    "wall_s",
+    "compute_s",
+    "comm_s",
+    "bytes_sent",
+    "bytes_received",
+)
 
 
 # -- tasks the workers run ------------------------------------------------------------------
@@ -60,7 +76,9 @@ class TrainStep:
     def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
         start = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):
-            result = self.strategy.worker_step(shard, self.model, self.optimizer, params, round_index, self.plan)
+            result = self.strategy.worker_step(
+                shard, self.model, self.optimizer, params, round_index, self.plan
+            )
         return result._replace(compute_s=time.perf_counter() - start)
 
 
@@ -136,9 +154,12 @@ class ConvergenceCheck:
         if (round_index + 1) % self.rounds_per_epoch:
             return False
         epoch_loss = float(np.mean(self.epoch_losses))
-        previous, self.previous_epoch_loss, self.epoch_losses = self.previous_epoch_loss, epoch_loss, []
+        previous, self.previous_epoch_loss, self.epoch_losses = (
+            self.previous_epoch_loss,
+            epoch_loss,
+            [],
+        )
         return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
-
 
 
 def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
@@ -233,7 +254,9 @@ def train(
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
         runner.start(data, plan)
         _set_up_model(model, data, runner, standardize)
-        return _run_rounds(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed, progress)
+        return _run_rounds(
+            model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed, progress
+        )
     finally:
         if own_engine:
             runner.close()
@@ -257,7 +280,14 @@ def _progress_bar(total: int, show: bool | None):
 
     if show is None:
         show = sys.stderr.isatty()
-    return tqdm(total=total, unit="round", disable=not show, leave=False, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="round",
+        disable=not show,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _run_rounds(
@@ -286,7 +316,10 @@ def _run_rounds(
     with _progress_bar(total, progress) as bar:
         for round_index in range(total):
             round_start = time.perf_counter()
-            results = runner.run(task, params, round_index)
+            try:
+                results = runner.run(task, params, round_index)
+            except (WorkerLost, WorkerError) as exc:
+                raise type(exc)(f"round {round_index}: {exc}") from exc
             run_s = time.perf_counter() - round_start
             with np.errstate(over="ignore", invalid="ignore"):
                 outcome: StepOutcome = strategy.combine(results, params, opt_state, model, optimizer)

@@ -80,6 +80,7 @@ class Engine(ABC):
     def run(self, task: Task, *args: Any) -> list[Any]:
         """Call ``task(shard, *args)`` on every worker; results in worker order."""
 
+    @abstractmethod
     def close(self) -> None:
         """Stop the workers and release what they hold; safe to call twice."""
 

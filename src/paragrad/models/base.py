@@ -77,13 +77,9 @@ class Model(ABC):
         bad = labels[(labels < 0) | (labels != np.round(labels))]
         if len(bad):
             shown = ", ".join(f"{v:g}" for v in bad[:5])
-            raise DataError(
-                f"{type(self).__name__} needs class labels 0..k-1 (integers); found {shown}"
-            )
+            raise DataError(f"{type(self).__name__} needs class labels 0..k-1 (integers); found {shown}")
         if len(labels) < 2:
-            raise DataError(
-                f"{type(self).__name__} needs at least two classes; every label is {labels[0]:g}"
-            )
+            raise DataError(f"{type(self).__name__} needs at least two classes; every label is {labels[0]:g}")
         return np.arange(int(labels.max()) + 1)
 
     @property
@@ -175,8 +171,7 @@ def check_class_labels(model: Model, y: np.ndarray) -> None:
     if not known.all():
         row = int(np.argmin(known))
         raise DataError(
-            f"label {y[row]:g} at row {row + 1} is not one of the model's classes "
-            f"0..{model.num_classes - 1}"
+            f"label {y[row]:g} at row {row + 1} is not one of the model's classes 0..{model.num_classes - 1}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,12 @@ class MLP(Classifier):
         self.is_classifier = task == "classification"
 
     def get_config(self) -> dict[str, Any]:
-        return {"hidden": list(self.hidden), "activation": self.activation, "task": self.task, "l2": self.l2}
+        return {
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "task": self.task,
+            "l2": self.l2,
+        }
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -56,13 +62,13 @@ class MLP(Classifier):
     @property
     def num_params(self) -> int:
         sizes = self.layer_sizes
-        return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+        return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
 
     def layers(self, vector: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Views ``(W, b)`` of each layer inside a flat parameter (or gradient) vector."""
         views, offset = [], 0
         sizes = self.layer_sizes
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             W = vector[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
             offset += fan_in * fan_out
             views.append((W, vector[offset : offset + fan_out]))

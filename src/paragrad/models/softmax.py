@@ -37,9 +37,7 @@ class SoftmaxRegression(LinearLayout, Classifier):
         classes = super()._classes_from(labels)
         if self.num_classes_hint is not None:
             if len(classes) > self.num_classes_hint:
-                raise DataError(
-                    f"labels go up to {classes[-1]}, but num_classes is {self.num_classes_hint}"
-                )
+                raise DataError(f"labels go up to {classes[-1]}, but num_classes is {self.num_classes_hint}")
             classes = np.arange(self.num_classes_hint)
         return classes
 

@@ -1,0 +1,263 @@
+"""The ``paragrad`` command line, thin over the Python API.
+
+Every user mistake ends as one line on stderr (``paragrad: error: ...``) and a non-zero
+exit status, never a traceback; output files are written atomically, so a failed command
+leaves none behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from paragrad import __version__
+from paragrad.atomic import atomic_write
+from paragrad.data import load, make_classification, make_regression, save_dataset
+from paragrad.engines import ENGINES
+from paragrad.errors import ConfigError, ParagradError
+from paragrad.inference import as_model, evaluate, predict
+from paragrad.models import MODELS, get_model
+from paragrad.optim import OPTIMIZERS, get_optimizer
+from paragrad.strategies import STRATEGIES, get_strategy
+from paragrad.trainer import train
+
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.01}
+DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _local_steps(text: str) -> int | None:
+    return None if text.lower() in ("none", "0") else _positive_int(text)
+
+
+def _target(text: str) -> str | int:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
+
+
+def _check_out_dir(path: Path) -> None:
+    """Fail before any work when the output could not be written."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ConfigError(f"{path}: output directory {directory} does not exist")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="number of workers (default: one per core)",
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        _check_out_dir(args.out)
+    dataset = load(args.data, args.target, dtype=args.dtype)
+    model_class = get_model(args.model)
+    model_options = {"l2": args.l2}
+    if model_class.name == "mlp":
+        model_options.update(hidden=args.hidden, activation=args.activation, task=args.task)
+    model = model_class(**model_options)
+    strategy_options = {}
+    if args.strategy in DEFAULT_BATCH:
+        strategy_options["batch_size"] = args.batch_size or DEFAULT_BATCH[args.strategy]
+    if args.strategy == "local-sgd":
+        strategy_options.update(local_steps=args.local_steps, server_lr=args.server_lr)
+    optimizer_options = {"lr": args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]}
+    if args.optimizer == "sgd":
+        optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
+    run = train(
+        model,
+        dataset,
+        strategy=get_strategy(args.strategy, **strategy_options),
+        optimizer=get_optimizer(args.optimizer, **optimizer_options),
+        engine=args.engine,
+        workers=args.workers,
+        epochs=args.epochs,
+        max_rounds=args.max_rounds,
+        tol=args.tol,
+        seed=args.seed,
+        standardize=args.standardize,
+        shuffle=args.shuffle,
+        progress=None if args.progress is None else args.progress,
+        dtype=args.dtype,
+    )
+    print(run.summary())
+    if args.out is not None:
+        run.save(args.out)
+        print(f"saved       {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out)
+    model = as_model(args.model)
+    values = predict(model, args.data, engine=args.engine, workers=args.workers, proba=args.proba)
+    if args.out.suffix.lower() == ".npy":
+        with atomic_write(args.out) as handle:
+            np.save(handle, values)
+    else:
+        _write_predictions_csv(args.out, values, model.classes_ if args.proba else None)
+    print(f"wrote {len(values)} predictions to {args.out}")
+    return 0
+
+
+def _write_predictions_csv(path: Path, values: np.ndarray, classes) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if classes is None:
+        columns = {"prediction": values}
+    else:
+        columns = {f"proba_{label}": values[:, j] for j, label in enumerate(classes)}
+    with atomic_write(path) as handle:
+        pacsv.write_csv(pa.table(columns), handle)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate(args.model, args.data, args.target)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            print(f"{name:<9} {value:.6g}" if isinstance(value, float) else f"{name:<9} {value}")
+    return 0
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out)
+    total = args.rows + (args.test_rows or 0)
+    if args.kind == "regression":
+        dataset = make_regression(total, args.features, noise=args.noise, seed=args.seed)
+    else:
+        dataset = make_classification(total, args.features, num_classes=args.classes, seed=args.seed)
+    save_dataset(dataset.take(slice(0, args.rows)), args.out)
+    message = f"wrote {args.rows} rows x {args.features} features to {args.out}"
+    if args.test_rows:
+        if args.test_out is None:
+            raise ConfigError("--test-rows needs --test-out FILE")
+        save_dataset(dataset.take(slice(args.rows, total)), args.test_out)
+        message += f" and {args.test_rows} rows to {args.test_out}"
+    print(message)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paragrad", description="Data-parallel training and inference.")
+    parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model on a data file")
+    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
+    p.add_argument("--target", type=_target, help="label column of a CSV or Parquet file (name or index)")
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
+    p.add_argument("--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64")
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="MLP activation")
+    p.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        default="classification",
+        help="MLP task",
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, default="gd")
+    p.add_argument(
+        "--batch-size", type=_positive_int, help="rows per worker per step (sgd 256, local-sgd 64)"
+    )
+    p.add_argument(
+        "--local-steps",
+        type=_local_steps,
+        default=16,
+        help="local-sgd steps per round; 'none': one-shot",
+    )
+    p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01)")
+    p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--max-rounds", type=_positive_int)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
+    p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument("--out", type=Path, help="where to save the trained model (.npz)")
+    _add_engine_options(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = commands.add_parser("predict", help="predict with a saved model, distributed over workers")
+    p.add_argument("model", type=Path, help="model file written by train --out")
+    p.add_argument("data", type=Path, help="rows to predict (a target column is ignored)")
+    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv or .npy)")
+    p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
+    _add_engine_options(p)
+    p.set_defaults(handler=cmd_predict)
+
+    p = commands.add_parser("evaluate", help="loss and accuracy (or RMSE and R^2) on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--target", type=_target, help="label column (default: the one the model was trained on)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("make-data", help="generate a synthetic data set")
+    p.add_argument("kind", choices=("regression", "classification"))
+    p.add_argument("--rows", type=_positive_int, required=True)
+    p.add_argument("--features", type=_positive_int, required=True)
+    p.add_argument("--classes", type=_positive_int, default=2, help="classes (classification)")
+    p.add_argument("--noise", type=float, default=0.1, help="noise level (regression)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help=".csv, .tsv, .parquet or .npz")
+    p.add_argument("--test-rows", type=_positive_int, help="extra rows from the same distribution ...")
+    p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
+    p.set_defaults(handler=cmd_make_data)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"paragrad: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        return args.handler(args)
+    except ParagradError as exc:
+        print(f"paragrad: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"paragrad: error: {where}{exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("paragrad: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
