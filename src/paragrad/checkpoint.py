@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.data import Standardizer
+from paragrad.data import ZIP_MAGIC, Standardizer, has_magic
 from paragrad.errors import ModelFileError, ParagradError
 from paragrad.models import Model, get_model
 
@@ -53,6 +53,8 @@ def load_model(path: str | os.PathLike) -> Model:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    if not has_magic(path, ZIP_MAGIC):
+        raise ModelFileError(f"{path}: not a paragrad model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "meta" not in archive.files or "params" not in archive.files:

@@ -281,7 +281,20 @@ def _numeric_column(path: Path, column, name: str) -> np.ndarray:
     raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def has_magic(path: Path, magic: bytes) -> bool:
+    """Whether a file starts with the given signature (numpy reads anything else as pickle)."""
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
+
+
 def _np_load(path: Path, **kwargs):
+    kind = "npz" if path.suffix.lower() == ".npz" else "npy"
+    if not has_magic(path, ZIP_MAGIC if kind == "npz" else NPY_MAGIC):
+        raise DataError(f"{path}: not a valid .{kind} file")
     try:
         return np.load(path, allow_pickle=False, **kwargs)
     except ValueError as exc:

@@ -1,0 +1,54 @@
+"""Shared fixtures: small data sets, a reusable local engine, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paragrad as pg
+from paragrad.engines.local import LocalEngine
+
+
+@pytest.fixture(scope="session")
+def local_engine():
+    """Two real worker processes, kept for the whole session (start-up is paid once)."""
+    with LocalEngine(workers=2) as engine:
+        yield engine
+
+
+@pytest.fixture
+def regression_data() -> pg.Dataset:
+    return pg.make_regression(301, 6, noise=0.5, seed=1)
+
+
+@pytest.fixture
+def binary_data() -> pg.Dataset:
+    return pg.make_classification(301, 5, seed=2)
+
+
+@pytest.fixture
+def multiclass_data() -> pg.Dataset:
+    return pg.make_classification(301, 5, num_classes=4, seed=3)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max(|b|), the measure the engine-invariance promise is stated in."""
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m paragrad ARGS`` in a real subprocess, as a user would."""
+    env = dict(os.environ, PYTHONWARNINGS="default")
+    return subprocess.run(
+        [sys.executable, "-m", "paragrad", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )

@@ -1,0 +1,190 @@
+"""Datasets, loaders, shard plans and per-shard standardisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import paragrad as pg
+from paragrad.data import Standardizer, combine_moments, moments, plan_shards
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- Dataset validation ---------------------------------------------------------------------
+
+
+def test_dataset_converts_to_contiguous_float64():
+    ds = pg.Dataset(np.arange(6).reshape(3, 2), [0, 1, 0])
+    assert ds.X.dtype == np.float64 and ds.X.flags.c_contiguous
+    assert ds.num_rows == 3 and ds.num_features == 2
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.ones(3), None, "2-D"),
+        (np.ones((0, 2)), None, "no data rows"),
+        (np.ones((3, 0)), None, "no feature columns"),
+        (np.ones((3, 2)), np.ones(4), "3 rows of features but 4 target values"),
+        (np.array([["a", "b"]]), None, "numeric"),
+        (np.ones((3, 2)), np.ones((3, 2)), "1-D"),
+    ],
+)
+def test_dataset_rejects_bad_shapes_and_types(X, y, message):
+    with pytest.raises(pg.DataError, match=message):
+        pg.Dataset(X, y)
+
+
+def test_dataset_names_the_first_non_finite_value():
+    X = np.ones((4, 3))
+    X[2, 1] = np.nan
+    X[3, 0] = np.inf
+    with pytest.raises(pg.DataError, match=r"2 NaN, missing or infinite.*row 3, b \(NaN"):
+        pg.Dataset(X, np.zeros(4), feature_names=["a", "b", "c"])
+
+
+def test_dataset_rejects_infinite_target():
+    with pytest.raises(pg.DataError, match="in the target; first at row 2"):
+        pg.Dataset(np.ones((3, 1)), [0.0, np.inf, 1.0])
+
+
+# -- loaders --------------------------------------------------------------------------------
+
+
+def test_csv_loads_by_target_name_and_index(tmp_path):
+    path = write(tmp_path / "d.csv", "a,y,b\n1,0,2.5\n3,1,4\n\n5,1,6\n")
+    ds = pg.load(path, target="y")
+    np.testing.assert_array_equal(ds.X, [[1, 2.5], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(ds.y, [0, 1, 1])
+    assert ds.feature_names == ("a", "b") and ds.target_name == "y"
+    assert pg.load(path, target=1).target_name == "y"
+
+
+def test_tsv_parquet_npz_and_svmlight_load_the_same_data(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import dump_svmlight_file
+
+    X = np.array([[1.0, 0.0], [0.5, -2.0], [0.0, 3.0]])
+    y = np.array([0.0, 1.0, 1.0])
+    write(tmp_path / "d.tsv", "f0\tf1\ty\n" + "".join(f"{a}\t{b}\t{c}\n" for (a, b), c in zip(X, y)))
+    pq.write_table(pa.table({"f0": X[:, 0], "f1": X[:, 1], "y": y}), tmp_path / "d.parquet")
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    dump_svmlight_file(X, y, str(tmp_path / "d.svm"))
+    for name, target in [("d.tsv", "y"), ("d.parquet", "y"), ("d.npz", None), ("d.svm", None)]:
+        ds = pg.load(tmp_path / name, target=target)
+        np.testing.assert_array_equal(ds.X, X, err_msg=name)
+        np.testing.assert_array_equal(ds.y, y, err_msg=name)
+
+
+def test_save_dataset_round_trips_every_format(tmp_path):
+    original = pg.make_classification(50, 3, num_classes=3, seed=0)
+    for name in ("d.csv", "d.parquet", "d.npz"):
+        pg.save_dataset(original, tmp_path / name)
+        loaded = pg.load(tmp_path / name, target="y")
+        np.testing.assert_array_equal(loaded.X, original.X, err_msg=name)
+        np.testing.assert_array_equal(loaded.y, original.y, err_msg=name)
+        assert loaded.feature_names == original.feature_names
+
+
+def test_features_select_columns_in_the_given_order_and_ignore_the_rest(tmp_path):
+    path = write(tmp_path / "d.csv", "a,b,y,c\n1,2,0,3\n")
+    ds = pg.load(path, features=["c", "a"])
+    np.testing.assert_array_equal(ds.X, [[3, 1]])
+    assert ds.y is None
+    with pytest.raises(pg.DataError, match="missing feature column.*'z'"):
+        pg.load(path, features=["a", "z"])
+
+
+@pytest.mark.parametrize(
+    ("content", "target", "message"),
+    [
+        ("", "y", "the file is empty"),
+        ("a,y\n", "y", r"no data rows \(only a header\)"),
+        ("a,b\n1,2\n", "y", r"target column 'y' not found \(columns: a, b\)"),
+        ("a,y\n1,0\nhello,1\n", "y", r"column 'a' is not numeric \(row 2 holds 'hello'\)"),
+        ("a,y\n1,0\n,1\n", "y", r"1 NaN, missing or infinite value\(s\) in features; first at row 2, a"),
+        ("a,y\n1,0\nnan,1\n", "y", "first at row 2, a"),
+        ("a,y\ninf,0\n", "y", r"first at row 1, a \(infinite\)"),
+        ("a,y\n1,0\n2\n", "y", "cannot read"),
+        ("a,a,y\n1,2,0\n", "y", "column 'a' appears more than once"),
+        ("y\n1\n", "y", "no feature columns besides the target 'y'"),
+    ],
+)
+def test_bad_csv_gets_a_clear_error(tmp_path, content, target, message):
+    path = write(tmp_path / "bad.csv", content)
+    with pytest.raises(pg.DataError, match=message):
+        pg.load(path, target=target)
+
+
+def test_missing_file_unknown_suffix_and_pickled_npz_are_refused(tmp_path):
+    with pytest.raises(pg.DataError, match="file not found"):
+        pg.load(tmp_path / "nope.csv", target="y")
+    with pytest.raises(pg.DataError, match="unsupported file type '.xlsx'"):
+        pg.load(write(tmp_path / "d.xlsx", "x"), target="y")
+    np.savez(tmp_path / "evil.npz", X=np.array([object()], dtype=object), y=np.zeros(1))
+    with pytest.raises(pg.DataError, match="pickled Python objects, which are refused"):
+        pg.load(tmp_path / "evil.npz")
+    with pytest.raises(pg.DataError, match="not a valid .npz"):
+        pg.load(write(tmp_path / "fake.npz", "not a zip"))
+
+
+# -- synthetic data -------------------------------------------------------------------------
+
+
+def test_generators_repeat_with_a_seed_and_cover_all_classes():
+    a = pg.make_classification(2000, 4, num_classes=3, seed=5)
+    b = pg.make_classification(2000, 4, num_classes=3, seed=5)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert set(np.unique(a.y)) == {0, 1, 2}
+    r = pg.make_regression(100, 3, noise=0.0, seed=1)
+    coef = np.linalg.lstsq(np.column_stack([r.X, np.ones(100)]), r.y, rcond=None)[0]
+    np.testing.assert_allclose(np.column_stack([r.X, np.ones(100)]) @ coef, r.y, atol=1e-10)
+
+
+# -- shard plans ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "shards"), [(10, 1), (10, 3), (7, 7), (1000, 6)])
+def test_shard_plan_matches_array_split(rows, shards):
+    plan = plan_shards(rows, shards)
+    expected = np.array_split(np.arange(rows), shards)
+    assert [list(range(rows))[plan.rows(i)] for i in range(shards)] == [list(e) for e in expected]
+
+
+def test_shuffled_shard_plan_is_a_seeded_partition():
+    plan = plan_shards(100, 3, shuffle=True, seed=4)
+    rows = np.concatenate([plan.rows(i) for i in range(3)])
+    assert sorted(rows) == list(range(100)) and not np.array_equal(rows, np.arange(100))
+    np.testing.assert_array_equal(rows, np.concatenate([plan_shards(100, 3, shuffle=True, seed=4).rows(i) for i in range(3)]))
+
+
+def test_more_workers_than_rows_is_refused():
+    with pytest.raises(pg.ConfigError, match="3 workers need at least 3 rows, but the data has 2"):
+        plan_shards(2, 3)
+
+
+# -- standardisation ------------------------------------------------------------------------
+
+
+def test_moments_combined_over_uneven_shards_equal_the_whole():
+    X = np.random.default_rng(0).normal(5.0, 3.0, size=(1001, 4))
+    parts = [moments(X[rows]) for rows in np.array_split(np.arange(1001), 7)]
+    total = combine_moments(parts)
+    np.testing.assert_allclose(total.mean, X.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total.m2 / total.count, X.var(axis=0), rtol=1e-12)
+    scaled = Standardizer.from_moments(total).transform(X)
+    np.testing.assert_allclose(scaled.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(scaled.std(axis=0), 1.0, rtol=1e-12)
+
+
+def test_constant_feature_keeps_scale_one():
+    X = np.column_stack([np.ones(5), np.arange(5.0)])
+    standardizer = Standardizer.from_moments(moments(X))
+    assert standardizer.scale[0] == 1.0
+    assert np.isfinite(standardizer.transform(X)).all()

@@ -1,0 +1,144 @@
+"""Model maths: gradients against finite differences, exact additivity over shards, stability."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import paragrad as pg
+from paragrad.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression, get_model
+
+
+def make_model(kind: str):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5))
+    if kind == "linear":
+        model, y = LinearRegression(l2=0.3), rng.standard_normal(40)
+    elif kind == "linear-no-intercept":
+        model, y = LinearRegression(l2=0.3, fit_intercept=False), rng.standard_normal(40)
+    elif kind == "logistic":
+        model, y = LogisticRegression(l2=0.1), rng.integers(0, 2, 40).astype(float)
+    elif kind == "softmax":
+        model, y = SoftmaxRegression(l2=0.1), rng.integers(0, 4, 40).astype(float)
+    elif kind == "mlp-tanh":
+        model, y = MLP(hidden=(7, 4), activation="tanh", l2=0.05), rng.integers(0, 3, 40).astype(float)
+    elif kind == "mlp-relu":
+        model, y = MLP(hidden=(6,), activation="relu", l2=0.05), rng.integers(0, 3, 40).astype(float)
+    else:
+        model, y = MLP(hidden=(5,), activation="tanh", task="regression"), rng.standard_normal(40)
+    labels = np.unique(y) if model.is_classifier else None
+    model.setup(X.shape[1], labels)
+    params = model.init_params(seed=1) + 0.3 * rng.standard_normal(model.num_params)
+    return model, params, X, y
+
+
+KINDS = ["linear", "linear-no-intercept", "logistic", "softmax", "mlp-tanh", "mlp-relu", "mlp-regression"]
+
+
+def objective(model, params, X, y) -> float:
+    return model.loss_grad(params, X, y)[0] / len(X) + model.penalty(params)[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_matches_central_finite_differences(kind):
+    model, params, X, y = make_model(kind)
+    loss, grad = model.loss_grad(params, X, y)
+    grad = grad / len(X) + model.penalty(params)[1]
+    step = 1e-6
+    numeric = np.empty_like(params)
+    for i in range(len(params)):
+        e = np.zeros_like(params)
+        e[i] = step
+        numeric[i] = (objective(model, params + e, X, y) - objective(model, params - e, X, y)) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_and_gradient_sums_add_up_over_uneven_shards(kind):
+    model, params, X, y = make_model(kind)
+    whole_loss, whole_grad = model.loss_grad(params, X, y)
+    parts = [model.loss_grad(params, X[rows], y[rows]) for rows in np.array_split(np.arange(40), 3)]
+    assert sum(loss for loss, _ in parts) == pytest.approx(whole_loss, rel=1e-13)
+    np.testing.assert_allclose(sum(grad for _, grad in parts), whole_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_penalty_leaves_intercepts_free():
+    model, params, _, _ = make_model("softmax")
+    value, grad = model.penalty(params)
+    W, b = model.split(params)
+    assert value == pytest.approx(0.5 * 0.1 * np.sum(W**2))
+    np.testing.assert_array_equal(grad[W.size :], 0.0)
+    mlp, mlp_params, _, _ = make_model("mlp-tanh")
+    grad = mlp.penalty(mlp_params)[1]
+    for (W, b), (gW, gb) in zip(mlp.layers(mlp_params), mlp.layers(grad), strict=True):
+        np.testing.assert_allclose(gW, 0.05 * W)
+        np.testing.assert_array_equal(gb, 0.0)
+
+
+def test_logistic_is_stable_for_huge_logits():
+    model = LogisticRegression()
+    model.setup(1, np.array([0.0, 1.0]))
+    X = np.array([[1e4], [-1e4], [1e4], [-1e4]])
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    params = np.array([1.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = model.loss_grad(params, X, y)
+        model.params_ = params
+        proba = model.predict_proba(X)
+    assert loss == pytest.approx(2e4)
+    np.testing.assert_allclose(grad, [2e4, 0.0])
+    np.testing.assert_array_equal(proba[:, 1], [1.0, 0.0, 1.0, 0.0])
+
+
+def test_softmax_is_stable_for_huge_logits():
+    model = SoftmaxRegression()
+    model.setup(1, np.array([0.0, 1.0, 2.0]))
+    params = np.array([1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
+    X = np.array([[1e4], [-1e4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = model.loss_grad(params, X, np.array([0.0, 0.0]))
+    assert loss == pytest.approx(2e4)
+    assert np.isfinite(grad).all()
+
+
+def test_classifier_predictions_and_probabilities():
+    model, params, X, _ = make_model("softmax")
+    model.params_ = params
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(model.predict(X), np.argmax(proba, axis=1))
+    with pytest.raises(pg.DataError, match="X has 3 features, but the model was trained with 5"):
+        model.predict(X[:, :3])
+
+
+@pytest.mark.parametrize(
+    ("model", "labels", "message"),
+    [
+        (LogisticRegression(), [0.0, 1.0, 2.0], "needs labels 0 and 1; found labels up to 2"),
+        (LogisticRegression(), [1.0], "at least two classes; every label is 1"),
+        (SoftmaxRegression(), [0.0, 0.5, 1.0], r"class labels 0..k-1 \(integers\); found 0.5"),
+        (SoftmaxRegression(), [-1.0, 0.0], "found -1"),
+        (MLP(), np.arange(1500.0), "more than 1000 distinct values"),
+    ],
+)
+def test_labels_that_do_not_fit_the_model_are_refused(model, labels, message):
+    with pytest.raises(pg.DataError, match=message):
+        model.setup(2, np.asarray(labels))
+
+
+def test_bad_hyperparameters_are_refused():
+    with pytest.raises(pg.ConfigError, match="l2 must be a non-negative"):
+        LinearRegression(l2=-1)
+    with pytest.raises(pg.ConfigError, match="activation must be one of relu, tanh"):
+        MLP(activation="sigmoid")
+    with pytest.raises(pg.ConfigError, match="unknown model 'tree'; choose one of linear, logistic, softmax, mlp"):
+        get_model("tree")
+
+
+def test_untrained_model_says_so():
+    with pytest.raises(pg.ConfigError, match="has not been trained yet"):
+        LinearRegression().predict(np.ones((1, 1)))

@@ -1,0 +1,92 @@
+"""Optimizers and schedules against their textbook formulas."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+import paragrad as pg
+from paragrad.optim import Constant, Cosine, StepDecay
+
+GRADS = [np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-1.0, 3.0])]
+
+
+def run(optimizer, grads=GRADS):
+    params = np.array([0.2, -0.1])
+    state = optimizer.init(params)
+    for grad in grads:
+        params, state = optimizer.update(grad, state, params)
+    return params, state
+
+
+def test_plain_sgd():
+    params, state = run(pg.optim.SGD(lr=0.1))
+    np.testing.assert_allclose(params, np.array([0.2, -0.1]) - 0.1 * sum(GRADS))
+    assert int(state.step) == 3
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_follows_the_pytorch_convention(nesterov):
+    params, velocity = np.array([0.2, -0.1]), np.zeros(2)
+    for grad in GRADS:
+        velocity = 0.9 * velocity + grad
+        params = params - 0.1 * (grad + 0.9 * velocity if nesterov else velocity)
+    np.testing.assert_allclose(run(pg.optim.SGD(lr=0.1, momentum=0.9, nesterov=nesterov))[0], params)
+
+
+def test_adam_matches_its_definition():
+    params, m, v = np.array([0.2, -0.1]), np.zeros(2), np.zeros(2)
+    for t, grad in enumerate(GRADS, start=1):
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        params = params - 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(run(pg.optim.Adam(lr=0.01))[0], params, rtol=1e-14)
+
+
+def test_update_is_pure_and_state_is_plain_arrays():
+    optimizer = pg.optim.Adam(lr=0.01)
+    params = np.array([1.0, 2.0])
+    state = optimizer.init(params)
+    grad = np.array([0.1, 0.2])
+    optimizer.update(grad, state, params)
+    np.testing.assert_array_equal(params, [1.0, 2.0])
+    np.testing.assert_array_equal(state.mean, 0.0)
+    buffer = io.BytesIO()
+    np.savez(buffer, **state._asdict())
+    buffer.seek(0)
+    restored = type(state)(**np.load(buffer, allow_pickle=False))
+    np.testing.assert_array_equal(
+        optimizer.update(grad, restored, params)[0], optimizer.update(grad, state, params)[0]
+    )
+
+
+def test_schedules():
+    assert Constant(0.5)(100) == 0.5
+    assert [StepDecay(1.0, every=2, factor=0.5)(s) for s in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cosine = Cosine(1.0, total_steps=10, final_lr=0.1)
+    assert cosine(0) == 1.0 and cosine(10) == pytest.approx(0.1) and cosine(50) == pytest.approx(0.1)
+    assert cosine(5) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 2)))
+
+
+def test_schedule_drives_the_step_size():
+    params, _ = run(pg.optim.SGD(lr=StepDecay(1.0, every=1, factor=0.5)))
+    expected = np.array([0.2, -0.1]) - sum(0.5**t * g for t, g in enumerate(GRADS))
+    np.testing.assert_allclose(params, expected)
+
+
+@pytest.mark.parametrize("lr", [0, -0.1, float("nan"), float("inf")])
+def test_learning_rate_must_be_positive(lr):
+    with pytest.raises(pg.ConfigError, match="learning rate must be a positive number"):
+        pg.optim.SGD(lr=lr)
+
+
+def test_other_settings_are_checked():
+    with pytest.raises(pg.ConfigError, match="momentum must be in"):
+        pg.optim.SGD(lr=0.1, momentum=1.0)
+    with pytest.raises(pg.ConfigError, match="nesterov=True needs a momentum"):
+        pg.optim.SGD(lr=0.1, nesterov=True)
+    with pytest.raises(pg.ConfigError, match="beta2 must be in"):
+        pg.optim.Adam(beta2=1.5)
