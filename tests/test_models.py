@@ -44,7 +44,7 @@ def objective(model, params, X, y) -> float:
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradient_matches_central_finite_differences(kind):
     model, params, X, y = make_model(kind)
-    loss, grad = model.loss_grad(params, X, y)
+    _loss, grad = model.loss_grad(params, X, y)
     grad = grad / len(X) + model.penalty(params)[1]
     step = 1e-6
     numeric = np.empty_like(params)
@@ -67,12 +67,12 @@ def test_loss_and_gradient_sums_add_up_over_uneven_shards(kind):
 def test_penalty_leaves_intercepts_free():
     model, params, _, _ = make_model("softmax")
     value, grad = model.penalty(params)
-    W, b = model.split(params)
+    W, _ = model.split(params)
     assert value == pytest.approx(0.5 * 0.1 * np.sum(W**2))
     np.testing.assert_array_equal(grad[W.size :], 0.0)
     mlp, mlp_params, _, _ = make_model("mlp-tanh")
     grad = mlp.penalty(mlp_params)[1]
-    for (W, b), (gW, gb) in zip(mlp.layers(mlp_params), mlp.layers(grad), strict=True):
+    for (W, _b), (gW, gb) in zip(mlp.layers(mlp_params), mlp.layers(grad), strict=True):
         np.testing.assert_allclose(gW, 0.05 * W)
         np.testing.assert_array_equal(gb, 0.0)
 
@@ -135,7 +135,9 @@ def test_bad_hyperparameters_are_refused():
         LinearRegression(l2=-1)
     with pytest.raises(pg.ConfigError, match="activation must be one of relu, tanh"):
         MLP(activation="sigmoid")
-    with pytest.raises(pg.ConfigError, match="unknown model 'tree'; choose one of linear, logistic, softmax, mlp"):
+    with pytest.raises(
+        pg.ConfigError, match="unknown model 'tree'; choose one of linear, logistic, softmax, mlp"
+    ):
         get_model("tree")
 
 

@@ -147,7 +147,10 @@ def test_one_shot_averaging_is_the_mean_of_independently_trained_shards():
         tol=0,
     )
     assert len(run.history) == 1
-    per_shard = [reference_gd(data.X[rows], data.y[rows], "linear", 0.0, 0.1, 20) for rows in np.array_split(np.arange(90), 3)]
+    per_shard = [
+        reference_gd(data.X[rows], data.y[rows], "linear", 0.0, 0.1, 20)
+        for rows in np.array_split(np.arange(90), 3)
+    ]
     assert relative_error(run.params, np.mean(per_shard, axis=0)) <= 1e-12
 
 
@@ -166,7 +169,9 @@ def test_sgd_batches_cover_every_row_once_per_epoch_and_differ_between_epochs_an
     assert sorted(epoch0) == list(range(10)) and sorted(epoch1) == list(range(10))
     assert not np.array_equal(epoch0, epoch1)
     other_worker = Shard(np.zeros((10, 1)), np.zeros(10), worker=0, num_workers=2)
-    assert not np.array_equal(epoch0, np.concatenate([batch_rows(other_worker, 5, 0, p, 4) for p in range(3)]))
+    assert not np.array_equal(
+        epoch0, np.concatenate([batch_rows(other_worker, 5, 0, p, 4) for p in range(3)])
+    )
 
 
 @pytest.mark.parametrize(
@@ -175,7 +180,14 @@ def test_sgd_batches_cover_every_row_once_per_epoch_and_differ_between_epochs_an
 def test_same_seed_same_parameters_other_seed_other_parameters(strategy, multiclass_data):
     def fit(seed):
         return pg.train(
-            pg.models.MLP(hidden=(8,)), multiclass_data, strategy=strategy, engine="serial", workers=3, epochs=2, seed=seed, tol=0
+            pg.models.MLP(hidden=(8,)),
+            multiclass_data,
+            strategy=strategy,
+            engine="serial",
+            workers=3,
+            epochs=2,
+            seed=seed,
+            tol=0,
         ).params
 
     np.testing.assert_array_equal(fit(0), fit(0))

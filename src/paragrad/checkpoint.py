@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.data import ZIP_MAGIC, Standardizer, has_magic
+from paragrad.data import Standardizer, open_numpy
 from paragrad.errors import ModelFileError, ParagradError
 from paragrad.models import Model, get_model
 
@@ -53,25 +52,14 @@ def load_model(path: str | os.PathLike) -> Model:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    if not has_magic(path, ZIP_MAGIC):
-        raise ModelFileError(f"{path}: not a paragrad model file (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "meta" not in archive.files or "params" not in archive.files:
-                raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
-            meta = json.loads(str(archive["meta"]))
-            params = archive["params"]
-            standardizer = None
-            if "standardizer_mean" in archive.files:
-                standardizer = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
-    except ModelFileError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise ModelFileError(f"{path}: holds pickled Python objects, which are refused") from None
-        raise ModelFileError(f"{path}: not a paragrad model file ({exc})") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"{path}: not a paragrad model file or truncated ({exc})") from None
+    with open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError) as archive:
+        if "meta" not in archive.files or "params" not in archive.files:
+            raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
+        meta = json.loads(str(archive["meta"]))
+        params = archive["params"]
+        standardizer = None
+        if "standardizer_mean" in archive.files:
+            standardizer = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
     return _rebuild(path, meta, params, standardizer)
 
 

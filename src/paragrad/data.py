@@ -5,8 +5,10 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.errors import ConfigError, DataError
+from paragrad.errors import ConfigError, DataError, ParagradError
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -191,7 +193,7 @@ def load(
     if suffix == ".npz":
         return _load_npz(path, dtype)
     if suffix == ".npy":
-        return Dataset(_np_load(path), dtype=dtype, source=str(path))
+        return _load_npy(path, dtype)
     if suffix in SVMLIGHT_SUFFIXES:
         return _load_svmlight(path, dtype)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
@@ -291,45 +293,42 @@ def has_magic(path: Path, magic: bytes) -> bool:
         return handle.read(len(magic)) == magic
 
 
-def _np_load(path: Path, **kwargs):
-    kind = "npz" if path.suffix.lower() == ".npz" else "npy"
+@contextlib.contextmanager
+def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Exception] = DataError):
+    """``np.load`` of a ``.npy`` or ``.npz`` file without pickle, every failure one clear error.
+
+    ``what`` names the expected content in messages; the file is closed on every path.
+    """
+    what = what or f"a valid .{kind} file"
     if not has_magic(path, ZIP_MAGIC if kind == "npz" else NPY_MAGIC):
-        raise DataError(f"{path}: not a valid .{kind} file")
-    try:
-        return np.load(path, allow_pickle=False, **kwargs)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds pickled Python objects, which are refused") from None
-        raise DataError(f"{path}: not a valid numpy file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a valid numpy file ({exc})") from None
+        raise error(f"{path}: not {what}")
+    with open(path, "rb") as handle:
+        try:
+            yield np.load(handle, allow_pickle=False)
+        except ParagradError:
+            raise
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise error(f"{path}: holds pickled Python objects, which are refused") from None
+            raise error(f"{path}: not {what} ({exc})") from None
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise error(f"{path}: not {what} or truncated ({exc})") from None
+
+
+def _load_npy(path: Path, dtype) -> Dataset:
+    with open_numpy(path, "npy") as X:
+        return Dataset(X, dtype=dtype, source=str(path))
 
 
 def _load_npz(path: Path, dtype) -> Dataset:
-    import zipfile
-
-    try:
-        with _np_load(path) as archive:
-            if "X" not in archive.files:
-                raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
-            X = _npz_array(path, archive, "X")
-            y = _npz_array(path, archive, "y") if "y" in archive.files else None
-            names = archive["feature_names"].tolist() if "feature_names" in archive.files else None
-            target = str(archive["target_name"]) if "target_name" in archive.files else None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DataError(f"{path}: not a valid .npz file ({exc})") from None
+    with open_numpy(path, "npz") as archive:
+        if "X" not in archive.files:
+            raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
+        X = archive["X"]
+        y = archive["y"] if "y" in archive.files else None
+        names = archive["feature_names"].tolist() if "feature_names" in archive.files else None
+        target = str(archive["target_name"]) if "target_name" in archive.files else None
     return Dataset(X, y, names, target, dtype=dtype, source=str(path))
-
-
-def _npz_array(path: Path, archive, key: str) -> np.ndarray:
-    try:
-        return archive[key]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{path}: array {key!r} holds pickled Python objects, which are refused"
-            ) from None
-        raise DataError(f"{path}: cannot read array {key!r} ({exc})") from None
 
 
 def _load_svmlight(path: Path, dtype) -> Dataset:

@@ -1,0 +1,145 @@
+"""The round loop: history, convergence, divergence, standardisation, progress and settings."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import relative_error
+
+import paragrad as pg
+from paragrad.trainer import HISTORY_KEYS
+
+
+def test_history_has_one_record_per_round_with_the_documented_keys(binary_data):
+    run = pg.train(
+        pg.models.LogisticRegression(),
+        binary_data,
+        strategy=pg.SGD(batch_size=50),
+        engine="serial",
+        workers=2,
+        epochs=2,
+        tol=0,
+    )
+    # 301 rows on 2 workers: the larger shard holds 151 rows, so 4 batches of 50 per epoch.
+    assert [record["round"] for record in run.history] == list(range(8))
+    assert [record["epoch"] for record in run.history] == [0] * 4 + [1] * 4
+    for record in run.history:
+        assert tuple(record) == HISTORY_KEYS
+        assert record["bytes_sent"] == 2 * (run.params.nbytes + 8)
+        assert record["wall_s"] >= record["compute_s"] >= 0
+    assert run.final_loss == run.history[-1]["loss"]
+    assert "rounds      8" in run.summary()
+
+
+def test_gradient_descent_does_not_depend_on_how_rows_are_sharded(regression_data):
+    def fit(**options):
+        return pg.train(
+            pg.models.LinearRegression(), regression_data, engine="serial", epochs=20, tol=0, **options
+        ).params
+
+    assert relative_error(fit(workers=3, shuffle=True, seed=9), fit(workers=1)) <= 1e-12
+
+
+def test_divergence_stops_with_the_setting_to_lower_and_keeps_finite_parameters(regression_data):
+    model = pg.models.LinearRegression()
+    with pytest.raises(
+        pg.TrainingDiverged, match=r"diverged at round \d+ .*lower the learning rate \(now lr=1e\+06\)"
+    ) as caught:
+        pg.train(
+            model, regression_data, optimizer=pg.optim.SGD(lr=1e6), engine="serial", workers=2, epochs=1000
+        )
+    assert np.isfinite(caught.value.params).all()
+    np.testing.assert_array_equal(model.params_, caught.value.params)
+
+
+def test_stopping_at_the_limit_warns_and_converging_does_not(regression_data):
+    with pytest.warns(pg.ConvergenceWarning, match="stopped after 3 rounds without converging"):
+        run = pg.train(pg.models.LinearRegression(), regression_data, engine="serial", workers=2, epochs=3)
+    assert not run.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = pg.train(
+            pg.models.LinearRegression(),
+            regression_data,
+            optimizer=pg.optim.SGD(lr=0.5),
+            engine="serial",
+            workers=2,
+            epochs=1000,
+        )
+    assert run.converged and len(run.history) < 1000
+
+
+def test_max_rounds_caps_the_epochs(binary_data):
+    run = pg.train(
+        pg.models.LogisticRegression(),
+        binary_data,
+        strategy=pg.SGD(batch_size=10),
+        engine="serial",
+        workers=2,
+        epochs=5,
+        max_rounds=7,
+        tol=0,
+    )
+    assert len(run.history) == 7
+
+
+def test_standardisation_equals_training_on_standardised_data(regression_data):
+    X = regression_data.X * [1.0, 10.0, 100.0, 0.1, 1.0, 5.0] + 3.0
+    common = dict(optimizer=pg.optim.SGD(lr=0.1), engine="serial", epochs=30, tol=0)
+    run = pg.train(
+        pg.models.LinearRegression(), pg.Dataset(X, regression_data.y), standardize=True, workers=3, **common
+    )
+    scaled = (X - X.mean(axis=0)) / X.std(axis=0)
+    plain = pg.train(pg.models.LinearRegression(), pg.Dataset(scaled, regression_data.y), workers=3, **common)
+    np.testing.assert_allclose(run.model.standardizer_.mean, X.mean(axis=0), rtol=1e-13)
+    assert relative_error(run.params, plain.params) <= 1e-10
+    np.testing.assert_allclose(run.model.predict(X), plain.model.predict(scaled), rtol=1e-10)
+    np.testing.assert_array_equal(X, regression_data.X * [1.0, 10.0, 100.0, 0.1, 1.0, 5.0] + 3.0)
+
+
+def test_progress_bar_is_silent_unless_asked(binary_data, capsys):
+    pg.train(pg.models.LogisticRegression(), binary_data, engine="serial", workers=2, epochs=3, tol=0)
+    assert capsys.readouterr().err == ""
+    pg.train(
+        pg.models.LogisticRegression(),
+        binary_data,
+        engine="serial",
+        workers=2,
+        epochs=3,
+        tol=0,
+        progress=True,
+    )
+    assert "0/3 [" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"workers": -1}, "workers must be a positive integer, got -1"),
+        ({"max_rounds": 1.5}, "max_rounds must be a positive integer"),
+        ({"tol": -1}, "tol must be a non-negative number"),
+        ({"workers": 400}, "400 workers need at least 400 rows, but the data has 301"),
+        ({"dtype": "int8"}, "dtype must be float32 or float64"),
+        ({"engine": "cloud"}, "unknown engine 'cloud'"),
+    ],
+)
+def test_bad_settings_are_refused(binary_data, options, message):
+    with pytest.raises(pg.ConfigError, match=message):
+        pg.train(pg.models.LogisticRegression(), binary_data, **{"engine": "serial", **options})
+
+
+def test_data_must_be_a_labelled_dataset(binary_data):
+    with pytest.raises(pg.ConfigError, match="data must be a paragrad.Dataset"):
+        pg.train(pg.models.LogisticRegression(), (binary_data.X, binary_data.y), engine="serial")
+    with pytest.raises(pg.DataError, match="no target values to train on"):
+        pg.train(pg.models.LogisticRegression(), pg.Dataset(binary_data.X), engine="serial")
+
+
+def test_float32_training_stays_close_to_float64(binary_data):
+    common = dict(engine="serial", workers=2, epochs=50, tol=0)
+    single = pg.train(pg.models.LogisticRegression(), binary_data, dtype="float32", **common)
+    double = pg.train(pg.models.LogisticRegression(), binary_data, **common)
+    assert relative_error(single.params, double.params) <= 1e-5
