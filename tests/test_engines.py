@@ -130,7 +130,7 @@ def lambda_free_count(shard):
 def test_a_killed_worker_is_reported_and_everything_is_released():
     before_shm = set(os.listdir("/dev/shm"))
     engine = started_engine()
-    pids = [process.pid for process in engine._processes]
+    pids = engine.pids
     assert set(os.listdir("/dev/shm")) - before_shm
     with pytest.raises(pg.errors.WorkerLost, match=r"worker 1 died \(killed by signal 9\)"):
         engine.run(Die())

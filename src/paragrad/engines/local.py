@@ -1,224 +1,307 @@
 """The local engine: one process per worker on this machine, data in shared memory.
 
-The data set is copied once into a shared-memory block, laid out shard after shard, and
-every worker maps its own rows without a copy. A round sends each worker its task's
-arguments (the parameters) over a pipe and reads back its result; a task itself crosses
-the pipe once. Workers are started with ``spawn`` (no reliance on ``fork``), run their
-BLAS with ``threads_per_worker`` threads, ignore Ctrl-C (the coordinator decides), and
-no network port is opened. The shared memory is released on every exit path.
+The data set is copied once into a memory-mapped file in ``/dev/shm``, laid out shard
+after shard, and every worker maps its own rows without a copy. A round writes the task's
+large arguments (the parameters) once into a shared broadcast region and sends each
+worker a short message over a pipe; each worker writes its large results into its own
+shared slot. Tasks cross the pipe once.
+
+Workers are separate Python processes (``python -m paragrad.engines.worker``), so the
+engine works from scripts without a ``__main__`` guard, from notebooks and from the
+command line. Pipes and memory-mapped files only: no network port is opened. A worker
+that dies is noticed at once (end of file on its pipe); with ``max_restarts`` it is
+started again on its shard, the set-up tasks that changed its shard are replayed, and
+the round is run again. Files and processes are released on every exit path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import multiprocessing as mp
+import os
 import pickle
-import signal
-import traceback
+import subprocess
+import sys
 import weakref
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from paragrad.data import Dataset, ShardPlan
-from paragrad.engines.base import Engine, Shard, Task
-from paragrad.errors import ParagradError, WorkerError, WorkerLost
+from paragrad.engines import transport
+from paragrad.engines.base import Engine, Task, default_workers
+from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
 
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 2.0
+MIN_SLOT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Where a worker finds its rows in the shared block."""
+    """Where a worker finds its rows: a file, the arrays' offsets, and a row range."""
 
-    block: str
+    path: str
     dtype: str
     num_features: int
     total_rows: int
-    has_labels: bool
+    x_offset: int
+    y_offset: int | None
     start: int
     stop: int
 
 
-def _attach(spec: ShardSpec) -> tuple[shared_memory.SharedMemory, np.ndarray, np.ndarray | None]:
-    """Map a shard's rows from the shared block, without copying them."""
-    # Spawned workers share the coordinator's resource tracker, which owns the block's name.
-    block = shared_memory.SharedMemory(name=spec.block)
-    dtype = np.dtype(spec.dtype)
-    X_all = np.ndarray((spec.total_rows, spec.num_features), dtype=dtype, buffer=block.buf)
-    X = X_all[spec.start : spec.stop]
-    y = None
-    if spec.has_labels:
-        y_all = np.ndarray((spec.total_rows,), dtype=dtype, buffer=block.buf, offset=X_all.nbytes)
-        y = y_all[spec.start : spec.stop]
-    return block, X, y
+@dataclass
+class WorkerProcess:
+    """A running worker: its process and the two ends of its pipes we hold."""
+
+    process: subprocess.Popen
+    commands: Connection
+    replies: Connection
 
 
-def _worker_main(conn: Connection, worker: int, num_workers: int, threads: int) -> None:
-    """A worker's loop: load shards, keep tasks, run them, until told to stop."""
-    from threadpoolctl import threadpool_limits
+@dataclass
+class _Resources:
+    """What an engine holds outside its own memory; released on every exit path."""
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threadpool_limits(threads)
-    tasks: dict[int, Task] = {}
-    shard: Shard | None = None
-    block = None
-    while True:
-        try:
-            kind, key, payload = pickle.loads(conn.recv_bytes())
-        except EOFError:
-            break
-        if kind == "stop":
-            break
-        if kind == "task":
-            tasks[key] = payload
-            continue
-        if kind == "shard":
-            shard, X, y = None, None, None
-            if block is not None:
-                block.close()
-            block, X, y = _attach(payload)
-            shard = Shard(X, y, worker, num_workers)
-            continue
-        try:
-            reply = ("ok", tasks[key](shard, *payload))
-        except BaseException as exc:  # report everything; the coordinator decides
-            reply = ("error", (_portable(exc), traceback.format_exc()))
-        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-    shard = None
-    if block is not None:
-        with contextlib.suppress(BufferError):
-            block.close()
+    workers: list[WorkerProcess | None] = field(default_factory=list)
+    regions: list[transport.Region] = field(default_factory=list)
 
 
-def _portable(exc: BaseException) -> BaseException | None:
-    """The exception itself if it survives pickling, else None."""
+def _release(resources: _Resources) -> None:
+    """Stop the workers (politely, then by force) and unlink every shared file."""
+    for handle in resources.workers:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.commands.send_bytes(pickle.dumps({"kind": "stop"}))
+    for handle in resources.workers:
+        if handle is not None:
+            _stop_process(handle)
+    resources.workers.clear()
+    for region in resources.regions:
+        region.close()
+        region.unlink()
+    resources.regions.clear()
+
+
+def _stop_process(handle: WorkerProcess) -> None:
     try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return None
+        handle.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        handle.process.kill()
+        handle.process.wait()
+    handle.commands.close()
+    handle.replies.close()
 
 
 class LocalEngine(Engine):
     """Worker processes on this machine over shared memory and pipes.
 
+    Parameters
+    ----------
+    workers : int, optional
+        Number of worker processes; default one per core.
+    threads_per_worker : int
+        BLAS threads in each worker (1, so that workers never oversubscribe the cores).
+    max_restarts : int
+        How many dead workers to restart (replaying the round) before giving up with
+        :class:`~paragrad.errors.WorkerLost`.
+
     Use it as a context manager to keep the workers across several ``train`` and
-    ``predict`` calls; otherwise each call starts and stops its own.
+    ``predict`` calls; otherwise each call starts and stops its own. Arrays in the
+    results of :meth:`run` may be views of shared memory, valid until the next ``run``.
     """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, *, threads_per_worker: int = 1) -> None:
+    def __init__(
+        self, workers: int | None = None, *, threads_per_worker: int = 1, max_restarts: int = 0
+    ) -> None:
         super().__init__(workers)
         if threads_per_worker < 1:
-            raise ParagradError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
+            raise ConfigError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
+        if max_restarts < 0:
+            raise ConfigError(f"max_restarts must be 0 or more, got {max_restarts}")
         self.threads_per_worker = int(threads_per_worker)
-        self._context = mp.get_context("spawn")
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
         self._resources = _Resources()
-        self._processes = self._resources.processes
-        self._conns = self._resources.conns
-        self._task_keys: dict[int, tuple[int, Task]] = {}
+        self._finalizer = weakref.finalize(self, _release, self._resources)
+        self._tasks: dict[int, tuple[int, Task, bytes]] = {}
+        self._setup_log: list[tuple[int, tuple]] = []
+        self._specs: list[ShardSpec] = []
         self._next_key = itertools.count()
-        weakref.finalize(self, _release, self._resources)
+        self._data: transport.Region | None = None
+        self._broadcast: transport.Region | None = None
+        self._slots: list[transport.Region] = []
+
+    @property
+    def _workers(self) -> list[WorkerProcess | None]:
+        return self._resources.workers
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [handle.process.pid for handle in self._workers if handle is not None]
 
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
-        if len(self._processes) != plan.num_shards:
+        if len(self._workers) != plan.num_shards:
             self.close()
-            self._spawn(plan.num_shards)
+            self._resources.workers.extend(self._spawn(w, plan.num_shards) for w in range(plan.num_shards))
         self.num_workers = plan.num_shards
+        self._tasks, self._setup_log = {}, []
         self._place(dataset, plan)
 
-    def _spawn(self, num_workers: int) -> None:
-        for worker in range(num_workers):
-            parent_end, child_end = self._context.Pipe(duplex=True)
-            process = self._context.Process(
-                target=_worker_main,
-                args=(child_end, worker, num_workers, self.threads_per_worker),
-                name=f"paragrad-worker-{worker}",
-                daemon=True,
-            )
-            process.start()
-            child_end.close()
-            self._processes.append(process)
-            self._conns.append(parent_end)
-        self._task_keys = {}
+    def _spawn(self, worker: int, num_workers: int) -> WorkerProcess:
+        command_read, command_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        threads = str(self.threads_per_worker)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        args = [command_read, reply_write, worker, num_workers, self.threads_per_worker]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paragrad.engines.worker", *map(str, args)],
+            pass_fds=(command_read, reply_write),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the coordinator alone, which stops the workers
+        )
+        os.close(command_read)
+        os.close(reply_write)
+        handle = WorkerProcess(
+            process, Connection(command_write, readable=False), Connection(reply_read, writable=False)
+        )
+        handle.commands.send_bytes(pickle.dumps({"kind": "path", "sys_path": sys.path}))
+        return handle
 
     def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
-        """Copy the data into a new shared block, shard after shard, and tell the workers."""
-        _release_block(self._resources)
+        """Copy the data into one shared file, shard after shard, and tell the workers."""
+        self._drop_region(self._data)
         X, y = dataset.X, dataset.y
-        size = X.nbytes + (0 if y is None else y.nbytes)
-        block = shared_memory.SharedMemory(create=True, size=max(size, 1))
-        self._resources.block = block
-        _copy_rows(X, plan.order, np.ndarray(X.shape, dtype=X.dtype, buffer=block.buf))
+        data = self._data = self._new_region(X.nbytes + (0 if y is None else y.nbytes))
+        _copy_rows(X, plan.order, np.ndarray(X.shape, X.dtype, buffer=data.mapping))
         if y is not None:
-            _copy_rows(y, plan.order, np.ndarray(y.shape, dtype=y.dtype, buffer=block.buf, offset=X.nbytes))
-        for worker, (start, stop) in enumerate(plan.bounds):
-            spec = ShardSpec(block.name, X.dtype.str, X.shape[1], X.shape[0], y is not None, start, stop)
-            self._send(worker, ("shard", 0, spec))
+            _copy_rows(y, plan.order, np.ndarray(y.shape, y.dtype, buffer=data.mapping, offset=X.nbytes))
+        y_offset = None if y is None else X.nbytes
+        self._specs = [
+            ShardSpec(data.path, X.dtype.str, X.shape[1], X.shape[0], 0, y_offset, start, stop)
+            for start, stop in plan.bounds
+        ]
+        for worker, spec in enumerate(self._specs):
+            self._send(worker, {"kind": "shard", "spec": spec})
 
     def close(self) -> None:
         _release(self._resources)
-        self._task_keys = {}
+        self._data, self._broadcast, self._slots = None, None, []
+        self._tasks, self._setup_log = {}, []
+
+    # -- shared regions ------------------------------------------------------------------
+
+    def _new_region(self, size: int) -> transport.Region:
+        region = transport.Region.create(size)
+        self._resources.regions.append(region)
+        return region
+
+    def _drop_region(self, region: transport.Region | None) -> None:
+        if region is not None and region in self._resources.regions:
+            self._resources.regions.remove(region)
+            region.close()
+            region.unlink()
+
+    def _regions_for(self, nbytes: int) -> None:
+        """Grow the broadcast region and result slots to fit ``nbytes`` of arrays."""
+        if nbytes and (self._broadcast is None or self._broadcast.size < nbytes):
+            self._drop_region(self._broadcast)
+            self._broadcast = self._new_region(2 * nbytes)
+        slot_size = max(MIN_SLOT_BYTES, 2 * nbytes)
+        if len(self._slots) != self.num_workers or self._slots[0].size < slot_size:
+            for slot in self._slots:
+                self._drop_region(slot)
+            self._slots = [self._new_region(slot_size) for _ in range(self.num_workers)]
 
     # -- rounds --------------------------------------------------------------------------
 
-    def _send(self, worker: int, message: tuple) -> int:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self._conns[worker].send_bytes(data)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            raise WorkerLost(f"worker {worker} died (exit code {self._processes[worker].exitcode})") from None
-        return len(data)
-
     def run(self, task: Task, *args: Any) -> list[Any]:
         key = self._task_key(task)
-        sent = 0
-        for worker in range(self.num_workers):
-            sent += self._send(worker, ("run", key, args))
-        self.last_bytes_sent = sent
-        return self._gather()
+        stream, buffers = transport.dumps(args)
+        nbytes = transport.layout_size(buffers)
+        self._regions_for(nbytes)
+        layout = transport.write_buffers(buffers, self._broadcast) if buffers else []
+        region = self._broadcast.path if buffers else None
+        messages = [
+            self._run_message(key, stream, region, layout, worker) for worker in range(self.num_workers)
+        ]
+        for worker, message in enumerate(messages):
+            self._send_or_restart(worker, message)
+        if getattr(task, "mutates_shard", False):
+            self._setup_log.append((key, args))
+        self.last_bytes_sent = self.num_workers * (len(stream) + sum(view.nbytes for view in buffers))
+        return self._gather(messages)
+
+    def _run_message(self, key: int, stream: bytes, region, layout, worker: int) -> dict:
+        slot = self._slots[worker]
+        return {
+            "kind": "run",
+            "key": key,
+            "stream": stream,
+            "region": region,
+            "region_size": self._broadcast.size if region else 0,
+            "layout": layout,
+            "slot": slot.path,
+            "slot_size": slot.size,
+        }
 
     def _task_key(self, task: Task) -> int:
         """Send a task to every worker the first time it is used; afterwards only its key."""
-        known = self._task_keys.get(id(task))
+        known = self._tasks.get(id(task))
         if known is not None and known[1] is task:
             return known[0]
         key = next(self._next_key)
+        payload = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        self._tasks[id(task)] = (key, task, payload)
         for worker in range(self.num_workers):
-            self._send(worker, ("task", key, task))
-        self._task_keys[id(task)] = (key, task)
+            self._send_or_restart(worker, {"kind": "task", "key": key, "task": payload})
         return key
 
-    def _gather(self) -> list[Any]:
-        """Read every worker's reply; a worker that dies first raises WorkerLost."""
+    def _send(self, worker: int, message: dict) -> None:
+        handle = self._workers[worker]
+        try:
+            handle.commands.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            raise WorkerLost(self._death_message(worker)) from None
+
+    def _send_or_restart(self, worker: int, message: dict) -> None:
+        try:
+            self._send(worker, message)
+        except WorkerLost:
+            self._restart(worker)
+            self._send(worker, message)
+
+    def _gather(self, messages: list[dict]) -> list[Any]:
+        """Each worker's reply in worker order; a dead worker is restarted or reported."""
         results: list[Any] = [None] * self.num_workers
-        pending = {self._conns[w]: w for w in range(self.num_workers)}
+        pending = {self._workers[w].replies: w for w in range(self.num_workers)}
         received, failure = 0, None
         while pending:
-            sentinels = {self._processes[w].sentinel: w for w in pending.values()}
-            for ready in wait(list(pending) + list(sentinels)):
-                if ready in pending:
-                    worker = pending.pop(ready)
-                    try:
-                        data = ready.recv_bytes()
-                    except (EOFError, OSError):
-                        raise WorkerLost(self._death_message(worker)) from None
-                    received += len(data)
-                    status, value = pickle.loads(data)
-                    if status == "ok":
-                        results[worker] = value
-                    elif failure is None:
-                        failure = (worker, *value)
-                elif ready in sentinels and not self._conns[sentinels[ready]].poll():
-                    raise WorkerLost(self._death_message(sentinels[ready]))
+            for ready in wait(list(pending)):
+                worker = pending.pop(ready)
+                try:
+                    data = ready.recv_bytes()
+                except (EOFError, OSError):
+                    self._restart(worker)
+                    self._send(worker, messages[worker])
+                    pending[self._workers[worker].replies] = worker
+                    continue
+                received += len(data)
+                status, *value = pickle.loads(data)
+                if status == "ok":
+                    stream, layout = value
+                    received += sum(length for _, length in layout)
+                    results[worker] = transport.loads(stream, self._slots[worker], layout)
+                elif failure is None:
+                    failure = (worker, *value)
         self.last_bytes_received = received
         if failure is not None:
             worker, exc, text = failure
@@ -227,11 +310,45 @@ class LocalEngine(Engine):
             raise WorkerError(f"worker {worker} raised {text.strip().splitlines()[-1]}\n{text}") from exc
         return results
 
+    def _restart(self, worker: int) -> None:
+        """Start a dead worker again on its shard, or raise WorkerLost when out of restarts."""
+        message = self._death_message(worker)
+        if self.restarts >= self.max_restarts:
+            raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
+        self.restarts += 1
+        self._workers[worker] = self._spawn(worker, self.num_workers)
+        self._send(worker, {"kind": "shard", "spec": self._specs[worker]})
+        for key, _, payload in self._tasks.values():
+            self._send(worker, {"kind": "task", "key": key, "task": payload})
+        for key, args in self._setup_log:
+            self._send(worker, self._replay_message(key, args))
+            status, *value = pickle.loads(self._workers[worker].replies.recv_bytes())
+            if status != "ok":
+                raise WorkerLost(f"{message}; replaying its set-up failed: {value[-1]}")
+
+    def _replay_message(self, key: int, args: tuple) -> dict:
+        stream = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        return {
+            "kind": "run",
+            "key": key,
+            "stream": stream,
+            "region": None,
+            "region_size": 0,
+            "layout": [],
+            "slot": None,
+            "slot_size": 0,
+        }
+
     def _death_message(self, worker: int) -> str:
-        process = self._processes[worker]
-        process.join(timeout=1.0)
-        code = process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        handle = self._workers[worker]
+        try:
+            code = handle.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            code = handle.process.wait()
+        handle.commands.close()
+        handle.replies.close()
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return f"worker {worker} died ({how})"
 
 
@@ -243,37 +360,4 @@ def _copy_rows(source: np.ndarray, order: np.ndarray | None, target: np.ndarray)
         np.take(source, order, axis=0, out=target)
 
 
-@dataclass
-class _Resources:
-    """What a local engine holds outside its own process: released on every exit path."""
-
-    processes: list = field(default_factory=list)
-    conns: list = field(default_factory=list)
-    block: shared_memory.SharedMemory | None = None
-
-
-def _release_block(resources: _Resources) -> None:
-    block, resources.block = resources.block, None
-    if block is None:
-        return
-    with contextlib.suppress(BufferError, OSError):
-        block.close()
-    with contextlib.suppress(FileNotFoundError):
-        block.unlink()
-
-
-def _release(resources: _Resources) -> None:
-    """Stop the workers (politely, then by force) and unlink the shared block."""
-    for conn in resources.conns:
-        with contextlib.suppress(Exception):
-            conn.send_bytes(pickle.dumps(("stop", 0, None)))
-    for process in resources.processes:
-        process.join(timeout=STOP_TIMEOUT_S)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=STOP_TIMEOUT_S)
-    for conn in resources.conns:
-        conn.close()
-    resources.processes.clear()
-    resources.conns.clear()
-    _release_block(resources)
+__all__ = ["LocalEngine", "default_workers"]

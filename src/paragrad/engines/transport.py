@@ -1,0 +1,113 @@
+"""Moving task arguments and results between processes through shared, memory-mapped files.
+
+A message is pickled with protocol 5: large arrays leave the pickle stream as out-of-band
+buffers, which are copied once into a :class:`Region` (a file in ``/dev/shm`` mapped by
+both sides), while the small stream travels over a pipe. The receiver rebuilds the
+arrays as views of the region, without a copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+IN_BAND_BYTES = 32 * 1024
+ALIGN = 64
+SHM_DIR = Path("/dev/shm")
+
+
+def scratch_dir() -> str:
+    """Where shared files live: RAM-backed ``/dev/shm`` when there is one."""
+    return str(SHM_DIR) if SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK) else tempfile.gettempdir()
+
+
+class Region:
+    """A memory-mapped file that several processes share.
+
+    The coordinator creates regions (and alone unlinks them); workers open them by path.
+    """
+
+    def __init__(self, path: str, size: int, mapping: mmap.mmap) -> None:
+        self.path, self.size, self.mapping = path, size, mapping
+
+    @classmethod
+    def create(cls, size: int, prefix: str = "paragrad-") -> Region:
+        size = max(int(size), 1)
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=scratch_dir())
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(path, size, mapping)
+
+    @classmethod
+    def open(cls, path: str, size: int) -> Region:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(path, size, mapping)
+
+    def close(self) -> None:
+        """Unmap; arrays still viewing the region keep it mapped until they are gone."""
+        try:
+            self.mapping.close()
+        except BufferError:
+            pass
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``; buffers of at least ``IN_BAND_BYTES`` are returned apart."""
+    buffers: list[memoryview] = []
+
+    def keep_apart(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < IN_BAND_BYTES:
+            return True
+        buffers.append(view)
+        return False
+
+    return pickle.dumps(obj, protocol=5, buffer_callback=keep_apart), buffers
+
+
+def layout_size(buffers: list[memoryview]) -> int:
+    """Bytes a region needs to hold ``buffers``, each aligned."""
+    return sum(_aligned(view.nbytes) for view in buffers)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def write_buffers(buffers: list[memoryview], region: Region) -> list[tuple[int, int]]:
+    """Copy buffers into a region; returns their (offset, length) layout."""
+    layout, offset = [], 0
+    for view in buffers:
+        region.mapping[offset : offset + view.nbytes] = view
+        layout.append((offset, view.nbytes))
+        offset += _aligned(view.nbytes)
+    return layout
+
+
+def read_buffers(region: Region, layout: list[tuple[int, int]]) -> list[memoryview]:
+    """Read-only views of the buffers a layout describes, without copying."""
+    view = memoryview(region.mapping).toreadonly()
+    return [view[offset : offset + length] for offset, length in layout]
+
+
+def loads(stream: bytes, region: Region | None, layout: list[tuple[int, int]]) -> Any:
+    """Rebuild an object from its stream and its buffers in ``region``."""
+    buffers = read_buffers(region, layout) if layout else ()
+    return pickle.loads(stream, buffers=buffers)
