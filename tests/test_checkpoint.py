@@ -85,6 +85,34 @@ def test_damaged_metadata_is_refused(saved_model):
         pg.load_model(saved_model)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_features": "abc"}, "num_features 'abc'"),
+        ({"num_features": -3}, "num_features -3"),
+        ({"classes": ["a", "b"]}, "damaged model metadata"),
+        ({"feature_names": ["only", "two"]}, "2 feature names for 5 features"),
+        ({"version": 99}, "version 99 is not supported"),
+    ],
+)
+def test_damaged_metadata_values_are_refused(saved_model, change, message):
+    with np.load(saved_model) as archive:
+        arrays = dict(archive)
+    meta = json.loads(str(arrays["meta"]))
+    meta.update(change)
+    np.savez(saved_model, **{**arrays, "meta": np.array(json.dumps(meta))})
+    with pytest.raises(pg.ModelFileError, match=message):
+        pg.load_model(saved_model)
+
+
+def test_standardisation_of_the_wrong_size_is_refused(saved_model):
+    with np.load(saved_model) as archive:
+        arrays = dict(archive)
+    np.savez(saved_model, **arrays, standardizer_mean=np.zeros(2), standardizer_scale=np.ones(2))
+    with pytest.raises(pg.ModelFileError, match="standardisation arrays do not match"):
+        pg.load_model(saved_model)
+
+
 def test_untrained_model_cannot_be_saved(tmp_path):
     with pytest.raises(pg.ConfigError, match="has not been trained yet"):
         pg.save_model(pg.models.LinearRegression(), tmp_path / "m.npz")

@@ -190,6 +190,20 @@ def test_output_directory_must_exist(trained, tmp_path):
     expect_clear_error(result, "output directory")
 
 
+def test_make_data_checks_every_output_before_writing_any(tmp_path):
+    out = tmp_path / "a.csv"
+    common = ["make-data", "regression", "--rows", 10, "--features", 2, "--out", out]
+    expect_clear_error(run_cli(*common, "--test-rows", 5), "--test-rows and --test-out go together", out)
+    result = run_cli(*common, "--test-rows", 5, "--test-out", tmp_path / "no" / "t.csv")
+    expect_clear_error(result, "output directory", out)
+    expect_clear_error(run_cli(*common[:-1], tmp_path / "a.xlsx"), "unsupported output type")
+
+
+def test_train_refuses_a_directory_as_output_before_training(tmp_path, trained):
+    result = run_cli("train", trained / "train.csv", "--target", "y", "--model", "softmax", "--out", tmp_path)
+    expect_clear_error(result, "is a directory")
+
+
 @pytest.mark.parametrize("command", ["train", "predict", "evaluate", "make-data"])
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")

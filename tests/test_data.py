@@ -30,7 +30,8 @@ def test_dataset_converts_to_contiguous_float64():
         (np.ones((0, 2)), None, "no data rows"),
         (np.ones((3, 0)), None, "no feature columns"),
         (np.ones((3, 2)), np.ones(4), "3 rows of features but 4 target values"),
-        (np.array([["a", "b"]]), None, "numeric"),
+        (np.array([["a", "b"]]), None, "real numbers"),
+        (np.ones((2, 2)) * 1j, None, "real numbers, got values of type complex128"),
         (np.ones((3, 2)), np.ones((3, 2)), "1-D"),
     ],
 )
@@ -92,6 +93,22 @@ def test_save_dataset_round_trips_every_format(tmp_path):
         np.testing.assert_array_equal(loaded.X, original.X, err_msg=name)
         np.testing.assert_array_equal(loaded.y, original.y, err_msg=name)
         assert loaded.feature_names == original.feature_names
+
+
+def test_integers_beyond_float_precision_load_as_nearest_floats(tmp_path):
+    ds = pg.load(write(tmp_path / "big.csv", "a,y\n9007199254740993,0\n3,1\n"), target="y")
+    assert ds.X[0, 0] == 9007199254740992.0
+
+
+def test_libsvm_file_need_not_use_the_last_feature(tmp_path):
+    path = write(tmp_path / "d.svm", "0 1:0.5 2:1.0\n1 1:1.5\n")
+    assert pg.load(path).num_features == 2
+    np.testing.assert_array_equal(pg.load(path, num_features=3).X, [[0.5, 1.0, 0.0], [1.5, 0.0, 0.0]])
+
+
+def test_target_cannot_also_be_a_feature(tmp_path):
+    with pytest.raises(pg.DataError, match="'a' cannot be both a feature and the target"):
+        pg.load(write(tmp_path / "d.csv", "a,b\n1,2\n"), target="a", features=["a", "b"])
 
 
 def test_features_select_columns_in_the_given_order_and_ignore_the_rest(tmp_path):

@@ -162,6 +162,58 @@ def test_sgd_with_batches_as_large_as_the_shards_is_gradient_descent():
     np.testing.assert_array_equal(sgd.params, gd.params)
 
 
+def test_sgd_on_uneven_shards_draws_each_row_once_per_epoch():
+    # Shards of 151 and 150 rows with batches of 150: the small shard is whole in the
+    # first round of an epoch and empty in the second, never drawn twice.
+    data = pg.make_regression(301, 2, seed=0)
+    run = pg.train(
+        pg.models.LinearRegression(),
+        data,
+        strategy=pg.SGD(batch_size=150),
+        engine="serial",
+        workers=2,
+        epochs=2,
+        tol=0,
+    )
+    plan = pg.strategies.RoundPlan(seed=0, rounds_per_epoch=2, epochs=2)
+    shards = [Shard(data.X[:151], data.y[:151], 0, 2), Shard(data.X[151:], data.y[151:], 1, 2)]
+    counts = [
+        [pg.SGD(150).worker_step(s, run.model, None, run.params, r, plan).count for s in shards]
+        for r in range(4)
+    ]
+    assert counts == [[150, 150], [1, 0], [150, 150], [1, 0]]
+
+
+def test_local_sgd_epochs_are_passes_over_the_data():
+    data = pg.make_regression(300, 2, seed=0)
+    strategy = pg.LocalSGD(local_steps=4, batch_size=16)
+    run = pg.train(
+        pg.models.LinearRegression(), data, strategy=strategy, engine="serial", workers=2, epochs=3, tol=0
+    )
+    # 150 rows a shard make 10 batches a pass: 3 passes are 30 local steps, 8 rounds of 4.
+    assert len(run.history) == 8
+    assert [record["epoch"] for record in run.history] == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+def test_local_sgd_restarts_adam_each_round_so_every_first_step_has_size_lr():
+    data = pg.make_regression(200, 3, seed=0)
+    run = pg.train(
+        pg.models.LinearRegression(),
+        data,
+        strategy=pg.LocalSGD(local_steps=1, batch_size=None),
+        optimizer=pg.optim.Adam(lr=0.01),
+        engine="serial",
+        workers=1,
+        epochs=12,
+        tol=0,
+    )
+    # A fresh Adam's first step is lr * g / (|g| + eps): a sign-descent step of size lr.
+    params = np.zeros(4)
+    for _ in range(12):
+        params = params - 0.01 * np.sign(run.model.loss_grad(params, data.X, data.y)[1])
+    np.testing.assert_allclose(run.params, params, rtol=1e-6)
+
+
 def test_sgd_batches_cover_every_row_once_per_epoch_and_differ_between_epochs_and_workers():
     shard = Shard(np.zeros((10, 1)), np.zeros(10), worker=1, num_workers=2)
     epoch0 = np.concatenate([batch_rows(shard, 5, 0, position, 4) for position in range(3)])

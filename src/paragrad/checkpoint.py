@@ -55,7 +55,10 @@ def load_model(path: str | os.PathLike) -> Model:
     with open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError) as archive:
         if "meta" not in archive.files or "params" not in archive.files:
             raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
-        meta = json.loads(str(archive["meta"]))
+        try:
+            meta = json.loads(str(archive["meta"]))
+        except json.JSONDecodeError:
+            raise ModelFileError(f"{path}: damaged model metadata (not JSON)") from None
         params = archive["params"]
         standardizer = None
         if "standardizer_mean" in archive.files:
@@ -72,18 +75,27 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
         )
     try:
         model = get_model(meta["family"])(**meta["config"])
+        num_features = meta["num_features"]
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features {num_features!r}")
         classes = meta["classes"]
         labels = None if classes is None else np.asarray(classes, dtype=np.float64)
         names = meta["feature_names"]
+        if names is not None and len(names) != num_features:
+            raise ValueError(f"{len(names)} feature names for {num_features} features")
         model.setup(
-            meta["num_features"],
+            num_features,
             labels,
-            feature_names=None if names is None else tuple(names),
+            feature_names=None if names is None else tuple(map(str, names)),
             target_name=meta["target_name"],
         )
-    except (KeyError, TypeError, ParagradError) as exc:
+        if standardizer is not None and (
+            standardizer.mean.shape != (num_features,) or standardizer.scale.shape != (num_features,)
+        ):
+            raise ValueError("standardisation arrays do not match the feature count")
+    except (KeyError, TypeError, ValueError, ParagradError) as exc:
         raise ModelFileError(f"{path}: damaged model metadata ({exc})") from None
-    if params.shape != (model.num_params,):
+    if params.shape != (model.num_params,) or not np.issubdtype(params.dtype, np.floating):
         raise ModelFileError(
             f"{path}: {params.size} parameters stored, but the model needs {model.num_params}"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,8 @@ from paragrad.trainer import train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
+DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 
 
 def _positive_int(text: str) -> int:
@@ -52,11 +55,15 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
 
 
-def _check_out_dir(path: Path) -> None:
+def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
     """Fail before any work when the output could not be written."""
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ConfigError(f"{path}: output directory {directory} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a file name")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{path}: unsupported output type; use {', '.join(suffixes)}")
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +80,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
-        _check_out_dir(args.out)
+        _check_out(args.out)
+    if args.optimizer != "sgd" and (args.momentum or args.nesterov):
+        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
     dataset = load(args.data, args.target, dtype=args.dtype)
     model_class = get_model(args.model)
     model_options = {"l2": args.l2}
@@ -112,28 +121,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    _check_out_dir(args.out)
+    _check_out(args.out, PREDICTION_SUFFIXES)
     model = as_model(args.model)
     values = predict(model, args.data, engine=args.engine, workers=args.workers, proba=args.proba)
     if args.out.suffix.lower() == ".npy":
         with atomic_write(args.out) as handle:
             np.save(handle, values)
     else:
-        _write_predictions_csv(args.out, values, model.classes_ if args.proba else None)
+        _write_predictions_table(args.out, values, model.classes_ if args.proba else None)
     print(f"wrote {len(values)} predictions to {args.out}")
     return 0
 
 
-def _write_predictions_csv(path: Path, values: np.ndarray, classes) -> None:
+def _write_predictions_table(path: Path, values: np.ndarray, classes) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
     if classes is None:
         columns = {"prediction": values}
     else:
         columns = {f"proba_{label}": values[:, j] for j, label in enumerate(classes)}
     with atomic_write(path) as handle:
-        pacsv.write_csv(pa.table(columns), handle)
+        if path.suffix.lower() == ".parquet":
+            pq.write_table(pa.table(columns), handle)
+        else:
+            pacsv.write_csv(pa.table(columns), handle)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -147,7 +160,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
-    _check_out_dir(args.out)
+    _check_out(args.out, DATA_SUFFIXES)
+    if (args.test_rows is None) != (args.test_out is None):
+        raise ConfigError("--test-rows and --test-out go together")
+    if args.test_out is not None:
+        _check_out(args.test_out, DATA_SUFFIXES)
     total = args.rows + (args.test_rows or 0)
     if args.kind == "regression":
         dataset = make_regression(total, args.features, noise=args.noise, seed=args.seed)
@@ -156,8 +173,6 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     save_dataset(dataset.take(slice(0, args.rows)), args.out)
     message = f"wrote {args.rows} rows x {args.features} features to {args.out}"
     if args.test_rows:
-        if args.test_out is None:
-            raise ConfigError("--test-rows needs --test-out FILE")
         save_dataset(dataset.take(slice(args.rows, total)), args.test_out)
         message += f" and {args.test_rows} rows to {args.test_out}"
     print(message)
@@ -212,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="predict with a saved model, distributed over workers")
     p.add_argument("model", type=Path, help="model file written by train --out")
     p.add_argument("data", type=Path, help="rows to predict (a target column is ignored)")
-    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv or .npy)")
+    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv, .parquet or .npy)")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _add_engine_options(p)
     p.set_defaults(handler=cmd_predict)
@@ -242,10 +257,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"paragrad: warning: {message}", file=sys.stderr)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so workers stop and shared memory is released."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
     except ParagradError as exc:
@@ -253,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"paragrad: error: {where}{exc.strerror or exc}", file=sys.stderr)
+    except MemoryError:
+        print("paragrad: error: out of memory: use smaller data, model or batches", file=sys.stderr)
     except KeyboardInterrupt:
         print("paragrad: interrupted", file=sys.stderr)
         return 130

@@ -119,8 +119,8 @@ def _float_dtype(dtype) -> np.dtype:
 
 def _as_matrix(X, dtype, source) -> np.ndarray:
     X = np.asarray(X)
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise DataError(f"{source}: features must be numeric, got values of type {X.dtype}")
+    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+        raise DataError(f"{source}: features must be real numbers, got values of type {X.dtype}")
     if X.ndim != 2:
         raise DataError(f"{source}: features must be a 2-D array (rows x features), got shape {X.shape}")
     if X.shape[0] == 0:
@@ -134,8 +134,8 @@ def _as_labels(y, num_rows, dtype, source) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise DataError(f"{source}: the target must be numeric, got values of type {y.dtype}")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise DataError(f"{source}: the target must be real numbers, got values of type {y.dtype}")
     if y.ndim != 1:
         raise DataError(f"{source}: the target must be 1-D, got shape {y.shape}")
     if len(y) != num_rows:
@@ -165,6 +165,7 @@ def load(
     target: str | int | None = None,
     *,
     features: Sequence[str] | None = None,
+    num_features: int | None = None,
     dtype=np.float64,
 ) -> Dataset:
     """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
@@ -179,6 +180,8 @@ def load(
     features : sequence of str, optional
         For tables: the feature columns to read, in this order (other columns are
         ignored). By default every column but the target.
+    num_features : int, optional
+        For LIBSVM files: the feature count (a file need not use the last feature).
     dtype : float dtype
         ``float64`` or ``float32``.
     """
@@ -195,7 +198,7 @@ def load(
     if suffix == ".npy":
         return _load_npy(path, dtype)
     if suffix in SVMLIGHT_SUFFIXES:
-        return _load_svmlight(path, dtype)
+        return _load_svmlight(path, num_features, dtype)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
 
 
@@ -239,6 +242,8 @@ def _load_table(path: Path, target, features, dtype) -> Dataset:
         raise DataError(f"{path}: no data rows (only a header)")
     if not features:
         raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
+    if target_name in features:
+        raise DataError(f"{path}: column {target_name!r} cannot be both a feature and the target")
     X = np.empty((table.num_rows, len(features)), dtype=dtype)
     for j, name in enumerate(features):
         X[:, j] = _numeric_column(path, table.column(name), name)
@@ -268,7 +273,7 @@ def _numeric_column(path: Path, column, name: str) -> np.ndarray:
 
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
     for row, value in enumerate(column.to_pylist()):
@@ -331,7 +336,7 @@ def _load_npz(path: Path, dtype) -> Dataset:
     return Dataset(X, y, names, target, dtype=dtype, source=str(path))
 
 
-def _load_svmlight(path: Path, dtype) -> Dataset:
+def _load_svmlight(path: Path, num_features: int | None, dtype) -> Dataset:
     try:
         from sklearn.datasets import load_svmlight_file
     except ImportError:
@@ -339,7 +344,7 @@ def _load_svmlight(path: Path, dtype) -> Dataset:
             f"{path}: reading LIBSVM files needs scikit-learn: pip install 'paragrad[svmlight]'"
         ) from None
     try:
-        X, y = load_svmlight_file(str(path), dtype=np.float64)
+        X, y = load_svmlight_file(str(path), n_features=num_features, dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: not a valid LIBSVM file ({exc})") from None
     return Dataset(X.toarray(), y, dtype=dtype, source=str(path))

@@ -49,7 +49,7 @@ def read_features(model: Model, data, target: str | int | None = None) -> Datase
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (str, os.PathLike)):
-        dataset = load(Path(data), target, features=model.feature_names_)
+        dataset = load(Path(data), target, features=model.feature_names_, num_features=model.num_features_)
     else:
         dataset = Dataset(data)
     if dataset.num_features != model.num_features_:

@@ -7,6 +7,7 @@ new parameters and a new state and never changes its arguments.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -75,6 +76,17 @@ class Cosine:
         return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Shifted:
+    """A schedule started ``offset`` steps in: step ``s`` gets ``schedule(offset + s)``."""
+
+    schedule: Schedule
+    offset: int
+
+    def __call__(self, step: int) -> float:
+        return self.schedule(self.offset + step)
+
+
 def as_schedule(lr: float | Schedule) -> Schedule:
     """A schedule from a number (constant) or a schedule object."""
     return lr if callable(lr) else Constant(_positive("learning rate", lr))
@@ -104,6 +116,16 @@ class Optimizer:
 
     def update(self, grad: np.ndarray, state, params: np.ndarray) -> tuple[np.ndarray, NamedTuple]:
         raise NotImplementedError
+
+    def starting_at(self, step: int) -> Optimizer:
+        """This optimizer with its schedule advanced by ``step`` steps and fresh state.
+
+        Local SGD uses it: each round restarts the optimizer's state (Adam's moments and
+        bias correction included) while the learning-rate schedule runs on across rounds.
+        """
+        shifted = copy.copy(self)
+        shifted.schedule = Shifted(self.schedule, int(step)) if step else self.schedule
+        return shifted
 
     def describe_lr(self) -> str:
         """The setting to lower when training diverges."""

@@ -89,11 +89,12 @@ def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
 def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None):
     """Rows of batch ``position`` of ``epoch``, drawn without replacement within an epoch.
 
-    A batch as large as the shard is the whole shard, as a slice (no copy). The rows of a
-    batch are sorted, for memory locality; this changes no sum but its order.
+    A batch as large as the shard is the whole shard, as a slice (no copy), and the later
+    batches of that epoch are empty. The rows of a batch are sorted, for memory locality;
+    this changes no sum but its order.
     """
     if batch_size is None or batch_size >= shard.num_rows:
-        return slice(None)
+        return slice(None) if position == 0 else slice(0, 0)
     perm = epoch_permutation(shard, seed, epoch)
     return np.sort(perm[position * batch_size : (position + 1) * batch_size])
 
@@ -121,6 +122,10 @@ class Strategy(ABC):
 
     def total_rounds(self, shard_sizes: Sequence[int], epochs: int) -> int:
         return epochs * self.rounds_per_epoch(shard_sizes)
+
+    def epoch_of(self, round_index: int, shard_sizes: Sequence[int]) -> int:
+        """The epoch (pass over the data, from 0) that round ``round_index`` belongs to."""
+        return round_index // self.rounds_per_epoch(shard_sizes)
 
     @abstractmethod
     def worker_step(
@@ -239,12 +244,21 @@ class LocalSGD(Strategy):
         return 1 if self.batch_size is None else math.ceil(num_rows / self.batch_size)
 
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
+        """Rounds in which the largest shard makes about one pass (at least one round)."""
         if self.local_steps is None:
             return 1
-        return math.ceil(self._batches_per_epoch(max(shard_sizes)) / self.local_steps)
+        return max(1, round(self._batches_per_epoch(max(shard_sizes)) / self.local_steps))
 
     def total_rounds(self, shard_sizes: Sequence[int], epochs: int) -> int:
-        return 1 if self.local_steps is None else super().total_rounds(shard_sizes, epochs)
+        """Enough rounds for ``epochs`` passes over the largest shard."""
+        if self.local_steps is None:
+            return 1
+        return math.ceil(epochs * self._batches_per_epoch(max(shard_sizes)) / self.local_steps)
+
+    def epoch_of(self, round_index: int, shard_sizes: Sequence[int]) -> int:
+        if self.local_steps is None:
+            return 0
+        return round_index * self.local_steps // self._batches_per_epoch(max(shard_sizes))
 
     def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
         per_epoch = self._batches_per_epoch(shard.num_rows)
@@ -252,7 +266,8 @@ class LocalSGD(Strategy):
             first, num_steps = 0, plan.epochs * per_epoch
         else:
             first, num_steps = round_index * self.local_steps, self.local_steps
-        state = optimizer.init(params)._replace(step=np.array(first, dtype=np.int64))
+        optimizer = optimizer.starting_at(first)
+        state = optimizer.init(params)
         theta, loss_total = params, 0.0
         for batch in range(first, first + num_steps):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)

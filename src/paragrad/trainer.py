@@ -140,18 +140,18 @@ class ConvergenceCheck:
     ``tol * max(1, |previous|)``. ``tol=0`` never converges.
     """
 
-    def __init__(self, tol: float, stochastic: bool, rounds_per_epoch: int) -> None:
-        self.tol, self.stochastic, self.rounds_per_epoch = tol, stochastic, rounds_per_epoch
+    def __init__(self, tol: float, stochastic: bool) -> None:
+        self.tol, self.stochastic = tol, stochastic
         self.previous_epoch_loss: float | None = None
         self.epoch_losses: list[float] = []
 
-    def update(self, round_index: int, outcome: StepOutcome) -> bool:
+    def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
         if self.tol == 0:
             return False
         if not self.stochastic and outcome.grad_norm is not None:
             return outcome.grad_norm <= self.tol
         self.epoch_losses.append(outcome.loss)
-        if (round_index + 1) % self.rounds_per_epoch:
+        if not epoch_ends:
             return False
         epoch_loss = float(np.mean(self.epoch_losses))
         previous, self.previous_epoch_loss, self.epoch_losses = (
@@ -310,7 +310,7 @@ def _run_rounds(
     params = model.init_params(seed)
     opt_state = optimizer.init(params)
     history: list[dict[str, Any]] = []
-    check = ConvergenceCheck(tol, strategy.stochastic, rounds_per_epoch)
+    check = ConvergenceCheck(tol, strategy.stochastic)
     converged = False
     started = time.perf_counter()
     with _progress_bar(total, progress) as bar:
@@ -324,7 +324,7 @@ def _run_rounds(
             with np.errstate(over="ignore", invalid="ignore"):
                 outcome: StepOutcome = strategy.combine(results, params, opt_state, model, optimizer)
             compute_s = max(result.compute_s for result in results)
-            epoch = round_index // rounds_per_epoch
+            epoch = strategy.epoch_of(round_index, shard_sizes)
             history.append(
                 {
                     "round": round_index,
@@ -349,7 +349,8 @@ def _run_rounds(
             bar.update(1)
             if bar.disable is False:
                 bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
-            converged = check.update(round_index, outcome)
+            epoch_ends = strategy.epoch_of(round_index + 1, shard_sizes) != epoch
+            converged = check.update(outcome, epoch_ends)
             if converged:
                 break
     if tol > 0 and not converged and total > 1:
