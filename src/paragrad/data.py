@@ -55,6 +55,7 @@ class Dataset:
     ) -> None:
         dtype = _float_dtype(dtype)
         self.source = source
+        self.storage = _file_backing(X, dtype)
         self.X = _as_matrix(X, dtype, source)
         self.y = None if y is None else _as_labels(y, len(self.X), dtype, source)
         if feature_names is not None:
@@ -73,7 +74,7 @@ class Dataset:
     def _trusted(cls, X, y, feature_names, target_name, source) -> Dataset:
         """Build a dataset from arrays already validated (a slice or a type change)."""
         ds = cls.__new__(cls)
-        ds.X, ds.y, ds.source = X, y, source
+        ds.X, ds.y, ds.source, ds.storage = X, y, source, None
         ds.feature_names, ds.target_name = feature_names, target_name
         return ds
 
@@ -108,6 +109,25 @@ class Dataset:
     def __repr__(self) -> str:
         labels = "no labels" if self.y is None else "labels"
         return f"Dataset({self.num_rows} rows x {self.num_features} features, {labels})"
+
+
+@dataclass(frozen=True)
+class FileBacking:
+    """Where a memory-mapped feature matrix lies in its file, so workers can map it too."""
+
+    path: str
+    offset: int
+
+
+def _file_backing(X, dtype) -> FileBacking | None:
+    """The file behind ``X`` when it is a whole, C-ordered ``np.memmap`` of the right type."""
+    if not isinstance(X, np.memmap) or X.filename is None or X.dtype != dtype:
+        return None
+    if X.ndim != 2 or not X.flags.c_contiguous or not isinstance(X.base, type(X._mmap)):
+        return None
+    if X.offset + X.nbytes > os.path.getsize(X.filename):
+        return None
+    return FileBacking(str(X.filename), int(X.offset))
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -167,6 +187,7 @@ def load(
     features: Sequence[str] | None = None,
     num_features: int | None = None,
     dtype=np.float64,
+    mmap: bool = True,
 ) -> Dataset:
     """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
 
@@ -184,6 +205,9 @@ def load(
         For LIBSVM files: the feature count (a file need not use the last feature).
     dtype : float dtype
         ``float64`` or ``float32``.
+    mmap : bool
+        Memory-map ``.npy`` files instead of reading them: the local engine's workers then
+        map the same file, and the data is never copied.
     """
     path = Path(path)
     if not path.exists():
@@ -196,7 +220,7 @@ def load(
     if suffix == ".npz":
         return _load_npz(path, dtype)
     if suffix == ".npy":
-        return _load_npy(path, dtype)
+        return _load_npy(path, dtype, mmap)
     if suffix in SVMLIGHT_SUFFIXES:
         return _load_svmlight(path, num_features, dtype)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
@@ -320,7 +344,15 @@ def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Ex
             raise error(f"{path}: not {what} or truncated ({exc})") from None
 
 
-def _load_npy(path: Path, dtype) -> Dataset:
+def _load_npy(path: Path, dtype, mmap: bool) -> Dataset:
+    if mmap:
+        if not has_magic(path, NPY_MAGIC):
+            raise DataError(f"{path}: not a valid .npy file")
+        try:
+            X = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(f"{path}: cannot memory-map ({exc})") from None
+        return Dataset(X, dtype=dtype, source=str(path))
     with open_numpy(path, "npy") as X:
         return Dataset(X, dtype=dtype, source=str(path))
 

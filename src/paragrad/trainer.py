@@ -56,9 +56,13 @@ class DescribeShard:
 
 @dataclass(frozen=True)
 class StandardizeShard:
-    """Replace the shard's features by their standardised copy (the data stays untouched)."""
+    """Replace the shard's features by their standardised copy (the data stays untouched).
+
+    It changes the shard, so an engine replays it on a worker it restarts.
+    """
 
     standardizer: Standardizer
+    mutates_shard = True
 
     def __call__(self, shard: Shard) -> None:
         shard.X = self.standardizer.transform(shard.X)
@@ -185,6 +189,8 @@ def train(
     shuffle: bool = False,
     progress: bool | None = None,
     dtype="float64",
+    max_restarts: int = 0,
+    threads_per_worker: int = 1,
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -221,6 +227,11 @@ def train(
         Show a progress bar; by default only when stderr is a terminal.
     dtype : {"float64", "float32"}
         Float type of the data on the workers.
+    max_restarts : int
+        Local engine: how many dead workers to restart, replaying their round, before
+        stopping with :class:`~paragrad.errors.WorkerLost`.
+    threads_per_worker : int
+        Local engine: BLAS threads in each worker process.
 
     Returns
     -------
@@ -249,7 +260,10 @@ def train(
     data = data.astype(dtype)
 
     own_engine = not isinstance(engine, Engine)
-    runner = make_engine(engine, workers) if own_engine else engine
+    options = (
+        {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker} if engine == "local" else {}
+    )
+    runner = make_engine(engine, workers, **options) if own_engine else engine
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
         runner.start(data, plan)

@@ -4,7 +4,9 @@ An engine starts ``num_workers`` workers, gives each its shard of a data set onc
 then runs *tasks*: a task is a picklable callable ``task(shard, *args)``. ``run`` calls it
 on every worker and returns the results in worker order. An engine may send a task to
 its workers once and afterwards only its arguments, so a task must not change between
-calls; a round sends the arguments (parameters, O(d)), never the data.
+calls; a round sends the arguments (parameters, O(d)), never the data. A task that
+changes its shard (standardising it, say) sets ``mutates_shard = True``: an engine that
+restarts a worker replays such tasks on it before the round.
 """
 
 from __future__ import annotations

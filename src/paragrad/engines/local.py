@@ -40,14 +40,15 @@ MIN_SLOT_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Where a worker finds its rows: a file, the arrays' offsets, and a row range."""
+    """Where a worker finds its rows: the files and offsets of X and y, and a row range."""
 
-    path: str
     dtype: str
     num_features: int
     total_rows: int
+    x_path: str
     x_offset: int
-    y_offset: int | None
+    y_path: str | None
+    y_offset: int
     start: int
     stop: int
 
@@ -177,16 +178,28 @@ class LocalEngine(Engine):
         return handle
 
     def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
-        """Copy the data into one shared file, shard after shard, and tell the workers."""
+        """Put the data where every worker can map it, and tell each worker its rows.
+
+        Features memory-mapped from a file (a ``.npy`` loaded by :func:`paragrad.load`)
+        are mapped by the workers from that file, with no copy. Otherwise the features
+        and labels are copied once into one shared file, in shard order.
+        """
         self._drop_region(self._data)
         X, y = dataset.X, dataset.y
-        data = self._data = self._new_region(X.nbytes + (0 if y is None else y.nbytes))
-        _copy_rows(X, plan.order, np.ndarray(X.shape, X.dtype, buffer=data.mapping))
+        backing = dataset.storage if plan.order is None else None
+        size = (0 if backing else X.nbytes) + (0 if y is None else y.nbytes)
+        data = self._data = self._new_region(size)
+        if backing:
+            x_path, x_offset = backing.path, backing.offset
+        else:
+            x_path, x_offset = data.path, 0
+            _copy_rows(X, plan.order, np.ndarray(X.shape, X.dtype, buffer=data.mapping))
+        y_path, y_offset = None, size - (0 if y is None else y.nbytes)
         if y is not None:
-            _copy_rows(y, plan.order, np.ndarray(y.shape, y.dtype, buffer=data.mapping, offset=X.nbytes))
-        y_offset = None if y is None else X.nbytes
+            y_path = data.path
+            _copy_rows(y, plan.order, np.ndarray(y.shape, y.dtype, buffer=data.mapping, offset=y_offset))
         self._specs = [
-            ShardSpec(data.path, X.dtype.str, X.shape[1], X.shape[0], 0, y_offset, start, stop)
+            ShardSpec(X.dtype.str, X.shape[1], X.shape[0], x_path, x_offset, y_path, y_offset, start, stop)
             for start, stop in plan.bounds
         ]
         for worker, spec in enumerate(self._specs):

@@ -20,9 +20,17 @@ ALIGN = 64
 SHM_DIR = Path("/dev/shm")
 
 
-def scratch_dir() -> str:
-    """Where shared files live: RAM-backed ``/dev/shm`` when there is one."""
-    return str(SHM_DIR) if SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK) else tempfile.gettempdir()
+def scratch_dir(size: int = 0) -> str:
+    """Where shared files live: RAM-backed ``/dev/shm`` when it exists and has room.
+
+    A full ``/dev/shm`` (containers often give it 64 MB) would crash the process that
+    writes past its end, so larger files go to the temporary directory instead.
+    """
+    if SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK):
+        stats = os.statvfs(SHM_DIR)
+        if stats.f_bavail * stats.f_frsize >= 1.1 * size:
+            return str(SHM_DIR)
+    return tempfile.gettempdir()
 
 
 class Region:
@@ -37,7 +45,7 @@ class Region:
     @classmethod
     def create(cls, size: int, prefix: str = "paragrad-") -> Region:
         size = max(int(size), 1)
-        fd, path = tempfile.mkstemp(prefix=prefix, dir=scratch_dir())
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=scratch_dir(size))
         try:
             os.ftruncate(fd, size)
             mapping = mmap.mmap(fd, size)

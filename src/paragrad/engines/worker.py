@@ -46,12 +46,11 @@ class WorkerState:
     def load_shard(self, spec) -> None:
         """Map the shard's rows from the data file, read-only and without a copy."""
         dtype = np.dtype(spec.dtype)
-        X = np.memmap(
-            spec.path, dtype=dtype, mode="r", offset=spec.x_offset, shape=(spec.total_rows, spec.num_features)
-        )
+        shape = (spec.total_rows, spec.num_features)
+        X = np.memmap(spec.x_path, dtype=dtype, mode="r", offset=spec.x_offset, shape=shape)
         y = None
-        if spec.y_offset is not None:
-            y = np.memmap(spec.path, dtype=dtype, mode="r", offset=spec.y_offset, shape=(spec.total_rows,))
+        if spec.y_path is not None:
+            y = np.memmap(spec.y_path, dtype=dtype, mode="r", offset=spec.y_offset, shape=(spec.total_rows,))
             y = y[spec.start : spec.stop]
         self.shard = Shard(X[spec.start : spec.stop], y, self.worker, self.num_workers)
         self.tasks.clear()
