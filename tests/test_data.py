@@ -210,3 +210,15 @@ def test_constant_feature_keeps_scale_one():
     standardizer = Standardizer.from_moments(moments(X))
     assert standardizer.scale[0] == 1.0
     assert np.isfinite(standardizer.transform(X)).all()
+
+
+def test_memory_mapped_features_remember_where_they_lie_in_their_file(tmp_path):
+    np.save(tmp_path / "X.npy", np.arange(60.0).reshape(20, 3))
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    for X in (mapped, mapped[5:], np.asarray(mapped), pg.load(tmp_path / "X.npy").X):
+        backing = pg.Dataset(X).storage
+        on_disk = np.memmap(backing.path, dtype=np.float64, mode="r", offset=backing.offset, shape=X.shape)
+        np.testing.assert_array_equal(on_disk, X)
+    assert pg.Dataset(mapped[:, :2]).storage is None
+    assert pg.Dataset(mapped, dtype=np.float32).storage is None
+    assert pg.load(tmp_path / "X.npy", mmap=False).storage is None

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +147,152 @@ def test_a_killed_worker_is_reported_and_everything_is_released():
 def test_unknown_engine_lists_the_choices():
     with pytest.raises(pg.ConfigError, match="unknown engine 'gpu'; choose one of serial, local, ray"):
         make_engine("gpu")
+
+
+# -- failures during training ---------------------------------------------------------------
+
+
+class CountingEngine(LocalEngine):
+    """A local engine that counts its rounds, so a test can strike mid-training."""
+
+    rounds = 0
+
+    def run(self, task, *args):
+        self.rounds += 1
+        return super().run(task, *args)
+
+
+def kill_worker_after(engine: CountingEngine, rounds: int, worker: int = 1) -> threading.Thread:
+    def strike():
+        while engine.rounds < rounds:
+            time.sleep(0.001)
+        os.kill(engine.pids[worker], signal.SIGKILL)
+
+    thread = threading.Thread(target=strike, daemon=True)
+    thread.start()
+    return thread
+
+
+def long_training(engine, **options):
+    return pg.train(
+        pg.models.LogisticRegression(l2=0.01),
+        pg.make_classification(2000, 10, seed=4),
+        strategy=pg.SGD(batch_size=8),
+        engine=engine,
+        workers=2,
+        epochs=3,
+        standardize=True,
+        tol=0,
+        **options,
+    )
+
+
+def test_a_restarted_worker_replays_its_round_and_the_result_is_undisturbed():
+    with CountingEngine(2, max_restarts=1) as engine:
+        thread = kill_worker_after(engine, rounds=60)
+        disturbed = long_training(engine)
+        thread.join()
+        assert engine.restarts == 1
+    assert len(disturbed.history) == 375
+    assert relative_error(disturbed.params, long_training("serial").params) <= 1e-12
+
+
+def test_without_restarts_a_dead_worker_stops_training_with_worker_and_round():
+    before, children_before = set(os.listdir("/dev/shm")), set(_children())
+    with CountingEngine(2) as engine:
+        thread = kill_worker_after(engine, rounds=30)
+        with pytest.raises(pg.errors.WorkerLost, match=r"round \d+: worker 1 died \(killed by signal 9\)"):
+            long_training(engine)
+        thread.join()
+    assert set(os.listdir("/dev/shm")) <= before
+    assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+
+
+class FailingSGD(pg.SGD):
+    """SGD whose worker 1 raises in round 3."""
+
+    def worker_step(self, shard, model, optimizer, params, round_index, plan):
+        if round_index == 3 and shard.worker == 1:
+            raise ValueError("injected failure")
+        return super().worker_step(shard, model, optimizer, params, round_index, plan)
+
+
+def test_an_exception_in_training_names_worker_and_round_and_releases_everything():
+    before, children_before = set(os.listdir("/dev/shm")), set(_children())
+    with pytest.raises(pg.errors.WorkerError, match="round 3: worker 1 raised ValueError: injected failure"):
+        pg.train(pg.models.LinearRegression(), pg.make_regression(100, 2), strategy=FailingSGD(10), workers=2)
+    assert set(os.listdir("/dev/shm")) <= before
+    assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+
+
+INTERRUPTED_SCRIPT = """
+import paragrad as pg
+data = pg.make_classification(4000, 10, seed=0)
+pg.train(pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=4), workers=2, epochs=10_000, tol=0)
+"""
+
+
+def test_ctrl_c_in_a_script_without_main_guard_releases_workers_and_shared_memory(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(INTERRUPTED_SCRIPT)
+    before = set(os.listdir("/dev/shm"))
+    process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    children_path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [int(pid) for pid in children_path.read_text().split()]
+        time.sleep(0.05)
+    assert len(workers) == 2
+    time.sleep(1.0)  # let training run
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert not any(_is_alive(pid) for pid in workers)
+    assert set(os.listdir("/dev/shm")) <= before
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def network_inodes() -> set[str]:
+    inodes = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        path = Path(f"/proc/net/{table}")
+        if path.exists():
+            inodes |= {line.split()[9] for line in path.read_text().splitlines()[1:]}
+    return inodes
+
+
+def test_the_local_engine_opens_no_network_port():
+    coordinator_before = socket_inodes(os.getpid())
+    with CountingEngine(2) as engine:
+        thread = threading.Thread(target=long_training, args=(engine,))
+        thread.start()
+        while engine.rounds < 20:
+            time.sleep(0.001)
+        worker_sockets = [socket_inodes(pid) for pid in engine.pids]
+        coordinator_new = socket_inodes(os.getpid()) - coordinator_before
+        thread.join()
+    assert worker_sockets == [set(), set()]
+    assert not coordinator_new & network_inodes()
+
+
+def test_features_memory_mapped_from_npy_are_mapped_by_the_workers_not_copied(tmp_path, local_engine):
+    data = pg.make_regression(500, 4, seed=0)
+    np.save(tmp_path / "X.npy", data.X)
+    mapped = pg.Dataset(pg.load(tmp_path / "X.npy").X, data.y)
+    assert mapped.storage is not None
+    common = dict(strategy=pg.SGD(batch_size=32), workers=2, epochs=2, tol=0)
+    run = pg.train(pg.models.LinearRegression(), mapped, engine=local_engine, **common)
+    assert {spec.x_path for spec in local_engine._specs} == {str(tmp_path / "X.npy")}
+    assert local_engine._data.size == data.y.nbytes
+    reference = pg.train(pg.models.LinearRegression(), data, engine="serial", **common)
+    np.testing.assert_array_equal(run.params, reference.params)

@@ -6,6 +6,7 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 from __future__ import annotations
 
 import contextlib
+import mmap
 import itertools
 import os
 import zipfile
@@ -74,7 +75,7 @@ class Dataset:
     def _trusted(cls, X, y, feature_names, target_name, source) -> Dataset:
         """Build a dataset from arrays already validated (a slice or a type change)."""
         ds = cls.__new__(cls)
-        ds.X, ds.y, ds.source, ds.storage = X, y, source, None
+        ds.X, ds.y, ds.source, ds.storage = X, y, source, _file_backing(X, X.dtype)
         ds.feature_names, ds.target_name = feature_names, target_name
         return ds
 
@@ -120,14 +121,18 @@ class FileBacking:
 
 
 def _file_backing(X, dtype) -> FileBacking | None:
-    """The file behind ``X`` when it is a whole, C-ordered ``np.memmap`` of the right type."""
-    if not isinstance(X, np.memmap) or X.filename is None or X.dtype != dtype:
+    """The file and offset of ``X`` when it is a C-ordered view into an ``np.memmap``."""
+    mapped = X if isinstance(X, np.memmap) else getattr(X, "base", None)
+    if not isinstance(mapped, np.memmap) or mapped.filename is None or mapped._mmap is None:
         return None
-    if X.ndim != 2 or not X.flags.c_contiguous or not isinstance(X.base, type(X._mmap)):
+    if not isinstance(X, np.ndarray) or X.dtype != dtype or X.ndim != 2 or not X.flags.c_contiguous:
         return None
-    if X.offset + X.nbytes > os.path.getsize(X.filename):
+    # A slice of a memmap keeps its parent's offset: locate X inside the mapping instead.
+    mapping_start = mapped.offset - mapped.offset % mmap.ALLOCATIONGRANULARITY
+    offset = mapping_start + X.ctypes.data - np.frombuffer(mapped._mmap, np.uint8).ctypes.data
+    if offset < 0 or offset + X.nbytes > os.path.getsize(mapped.filename):
         return None
-    return FileBacking(str(X.filename), int(X.offset))
+    return FileBacking(str(mapped.filename), int(offset))
 
 
 def _float_dtype(dtype) -> np.dtype:
