@@ -6,8 +6,8 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 from __future__ import annotations
 
 import contextlib
-import mmap
 import itertools
+import mmap
 import os
 import zipfile
 from collections.abc import Sequence
