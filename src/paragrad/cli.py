@@ -29,6 +29,7 @@ from paragrad.trainer import train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+SUITES = ("latency", "gd_step", "mlp_scaling")
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 
@@ -179,6 +180,15 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from paragrad.bench import run_suites
+
+    run_suites(args.suite or list(SUITES), args.quick, args.out)
+    if args.out is not None:
+        print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paragrad", description="Data-parallel training and inference.")
     parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
@@ -250,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-rows", type=_positive_int, help="extra rows from the same distribution ...")
     p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
     p.set_defaults(handler=cmd_make_data)
+
+    p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")
+    p.add_argument("--suite", action="append", choices=SUITES, help="run only this suite (repeatable)")
+    p.add_argument("--out", type=Path, help="folder for results.json")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

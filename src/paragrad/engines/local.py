@@ -35,6 +35,10 @@ from paragrad.engines.base import Engine, Task, default_workers
 from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
 
 STOP_TIMEOUT_S = 2.0
+# glibc gives freed blocks of a few MB straight back to the system, so a worker that
+# allocates the same temporaries every round would fault their pages in again each time
+# (measured: 500-700 page faults and 2x the time per MLP step). Keep them instead.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 MIN_SLOT_BYTES = 1 << 20
 
 
@@ -161,6 +165,7 @@ class LocalEngine(Engine):
         reply_read, reply_write = os.pipe()
         threads = str(self.threads_per_worker)
         env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        env.update(WORKER_MALLOC)
         args = [command_read, reply_write, worker, num_workers, self.threads_per_worker]
         process = subprocess.Popen(
             [sys.executable, "-m", "paragrad.engines.worker", *map(str, args)],

@@ -218,14 +218,44 @@ class LinearLayout:
         b = params[d * k :] if self.fit_intercept else 0.0
         return W, b
 
-    def linear_grad(self, X: np.ndarray, dZ: np.ndarray) -> np.ndarray:
-        """Gradient sum of ``X @ W + b`` given the derivative ``dZ`` of the loss sum."""
-        grad = np.empty(self.num_params)
+    def outputs(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """``X @ W + b``, shape (rows, k); a matrix-vector product when k is 1."""
+        W, b = self.split(params)
+        if self.num_outputs == 1:
+            return (X @ W[:, 0] + b)[:, None]
+        return X @ W + b
+
+    def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss sum of outputs ``Z`` (rows, k) against ``y``, and its derivative dLoss/dZ."""
+        raise NotImplementedError
+
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss and gradient sums, fused block by block: each block of X is read from
+        memory once, and read again for ``X_block.T @ dZ`` while it is still in cache."""
         d, k = self.num_features_, self.num_outputs
-        grad[: d * k] = (X.T @ dZ).ravel()
-        if self.fit_intercept:
-            grad[d * k :] = dZ.sum(axis=0)
-        return grad
+        grad = np.zeros(self.num_params)
+        grad_W = grad[: d * k].reshape(d, k)
+        loss = 0.0
+        step = block_rows(X)
+        for start in range(0, len(X), step):
+            X_block = X[start : start + step]
+            block_loss, dZ = self.output_loss(self.outputs(params, X_block), y[start : start + step])
+            loss += block_loss
+            if k == 1:
+                grad_W[:, 0] += dZ[:, 0] @ X_block
+            else:
+                grad_W += X_block.T @ dZ
+            if self.fit_intercept:
+                grad[d * k :] += dZ.sum(axis=0)
+        return loss, grad
+
+
+BLOCK_BYTES = 512 * 1024
+
+
+def block_rows(X: np.ndarray) -> int:
+    """Rows per block so that a block of X stays in a core's L2 cache."""
+    return max(64, BLOCK_BYTES // max(1, X.shape[1] * X.itemsize))
 
 
 def log_softmax_xent(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

@@ -25,10 +25,8 @@ class LinearRegression(LinearLayout, Model):
         return {"l2": self.l2, "fit_intercept": self.fit_intercept}
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        W, b = self.split(params)
-        return X @ W[:, 0] + b
+        return self.outputs(params, X)[:, 0]
 
-    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        residual = self.decision_function(params, X) - y
-        loss = 0.5 * float(residual @ residual)
-        return loss, self.linear_grad(X, residual[:, None])
+    def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        residual = Z[:, 0] - y
+        return 0.5 * float(residual @ residual), residual[:, None]

@@ -41,15 +41,13 @@ class LogisticRegression(LinearLayout, Classifier):
         return classes
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        W, b = self.split(params)
-        return X @ W[:, 0] + b
+        return self.outputs(params, X)[:, 0]
 
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         p = sigmoid(self.decision_function(params, X))
         return np.column_stack([1.0 - p, p])
 
-    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        z = self.decision_function(params, X)
+    def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        z = Z[:, 0]
         loss = float(np.logaddexp(0.0, z).sum(dtype=np.float64) - z @ y)
-        residual = sigmoid(z) - y
-        return loss, self.linear_grad(X, residual[:, None])
+        return loss, (sigmoid(z) - y)[:, None]

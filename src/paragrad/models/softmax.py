@@ -46,12 +46,10 @@ class SoftmaxRegression(LinearLayout, Classifier):
         return self.num_classes
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        W, b = self.split(params)
-        return X @ W + b
+        return self.outputs(params, X)
 
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return softmax(self.decision_function(params, X))
 
-    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, dZ = log_softmax_xent(self.decision_function(params, X), y)
-        return loss, self.linear_grad(X, dZ)
+    def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        return log_softmax_xent(Z, y)

@@ -1,0 +1,354 @@
+"""Benchmarks behind ``paragrad bench``: each figure beside a baseline measured in the same run.
+
+Suites:
+
+- ``latency``: one round of the local engine (broadcast d parameters, every worker
+  returns d values, the coordinator sums them) against a round trip of the same vector
+  through ``multiprocessing`` pipes, and ``torch.distributed`` all_reduce on gloo over
+  127.0.0.1 when torch is installed.
+- ``gd_step``: a full-batch least-squares gradient step with 2 local workers against
+  single-process numpy with 2 BLAS threads, and the memory-read floor (2 threads reading
+  X once); with the peak memory of the run (coordinator and workers, shared pages once).
+- ``mlp_scaling``: minibatch SGD samples per second with the MLP on 2 workers vs 1.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paragrad.atomic import atomic_write
+from paragrad.data import Dataset, make_classification, plan_shards
+from paragrad.engines.base import Shard
+from paragrad.engines.local import LocalEngine
+from paragrad.models import MLP, LinearRegression
+from paragrad.optim import SGD as SGDOptimizer
+from paragrad.strategies import SGD, GradientDescent
+
+SUITES = ("latency", "gd_step", "mlp_scaling")
+
+
+def timings(step: Callable[[], Any], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median and 90th percentile of ``step``'s wall time, in seconds."""
+    for _ in range(warmup):
+        step()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return {"median_s": statistics.median(samples), "p90_s": samples[int(0.9 * (len(samples) - 1))]}
+
+
+# -- latency --------------------------------------------------------------------------------
+
+
+class EchoPlusWorker:
+    """Returns the parameters plus the worker index: d values back from every worker."""
+
+    def __call__(self, shard: Shard, params: np.ndarray) -> np.ndarray:
+        return params + shard.worker
+
+
+def _pipe_echo(conn) -> None:
+    while True:
+        data = conn.recv_bytes()
+        if not data:
+            return
+        conn.send_bytes(data)
+
+
+def pipe_round(d: int, repeats: int) -> dict[str, float]:
+    """Baseline: send the vector to 2 echo processes through pipes, receive and sum."""
+    context = mp.get_context("spawn")
+    pairs = [context.Pipe() for _ in range(2)]
+    processes = [context.Process(target=_pipe_echo, args=(child,), daemon=True) for _, child in pairs]
+    for process in processes:
+        process.start()
+    params = np.ones(d)
+
+    def step():
+        for parent, _ in pairs:
+            parent.send_bytes(params)
+        total = np.zeros(d)
+        for parent, _ in pairs:
+            total += np.frombuffer(parent.recv_bytes(), dtype=np.float64)
+
+    try:
+        return timings(step, repeats)
+    finally:
+        for parent, _ in pairs:
+            parent.send_bytes(b"")
+        for process in processes:
+            process.join(5)
+
+
+def _gloo_worker(rank: int, port: int, d: int, repeats: int, queue) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    tensor = torch.ones(d, dtype=torch.float64)
+    result = timings(lambda: dist.all_reduce(tensor), repeats)
+    dist.destroy_process_group()
+    if rank == 0:
+        queue.put(result)
+
+
+def gloo_round(d: int, repeats: int) -> dict[str, float] | None:
+    """Baseline: torch.distributed all_reduce on gloo over 127.0.0.1, if torch is installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=_gloo_worker, args=(rank, port, d, repeats, queue)) for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    result = queue.get(timeout=300)
+    for process in processes:
+        process.join(60)
+    return result
+
+
+def bench_latency(quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    with LocalEngine(2) as engine:
+        engine.start(Dataset(np.zeros((2, 1))), plan_shards(2, 2))
+        for d in (100, 1_000_000):
+            repeats = (200 if d == 100 else 30) if quick else (2000 if d == 100 else 200)
+            params, task = np.ones(d), EchoPlusWorker()
+            ours = timings(lambda params=params, task=task: sum(engine.run(task, params)), repeats)
+            pipe = pipe_round(d, repeats)
+            gloo = gloo_round(d, repeats)
+            rows.append(
+                {
+                    "benchmark": "round_latency",
+                    "d": d,
+                    "workers": 2,
+                    "local_median_s": ours["median_s"],
+                    "local_p90_s": ours["p90_s"],
+                    "pipe_median_s": pipe["median_s"],
+                    "gloo_median_s": None if gloo is None else gloo["median_s"],
+                    "ratio_pipe_over_local": pipe["median_s"] / ours["median_s"],
+                    "ratio_gloo_over_local": None if gloo is None else gloo["median_s"] / ours["median_s"],
+                    "target_s": 100e-6 if d == 100 else 2e-3,
+                }
+            )
+    return rows
+
+
+# -- full-batch gradient step ---------------------------------------------------------------
+
+
+class MemorySampler:
+    """Peak of the summed proportional set size (PSS) of this process and given children.
+
+    PSS splits each shared page between the processes that map it, so the sum counts
+    shared memory (the data) once.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval_s: float = 0.01) -> None:
+        self.pids, self.interval_s, self.peak = pids, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = sum(self.pss(pid) for pid in [os.getpid(), *self.pids()])
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _numpy_gradient(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return X.T @ (X @ w - y)
+
+
+def _write_features(path: Path, num_rows: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Random features written to a ``.npy`` file in chunks, returned memory-mapped."""
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(num_rows, d))
+    for start in range(0, num_rows, 100_000):
+        X[start : start + 100_000] = rng.standard_normal((min(100_000, num_rows - start), d))
+    X.flush()
+    del X
+    return np.load(path, mmap_mode="r")
+
+
+def _numpy_baselines(X: np.ndarray, y: np.ndarray, w: np.ndarray, repeats: int) -> tuple[dict, dict]:
+    """Read floor (2 threads reading X once) and the plain numpy gradient with 2 threads."""
+    from threadpoolctl import threadpool_limits
+
+    X = np.ascontiguousarray(X)
+    with threadpool_limits(2):
+        floor = timings(lambda: X @ w, repeats)
+        gradient = timings(lambda: X.T @ (X @ w - y), repeats)
+    return floor, gradient
+
+
+def bench_gd_step(quick: bool) -> list[dict[str, Any]]:
+    from paragrad.strategies import RoundPlan
+    from paragrad.trainer import TrainStep
+
+    num_rows, d = (200_000 if quick else 1_000_000), 100
+    repeats = 10 if quick else 20
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        X = _write_features(Path(folder) / "X.npy", num_rows, d, rng)
+        y = rng.standard_normal(num_rows)
+        w = rng.standard_normal(d) * 0.01
+        floor, numpy_step = _numpy_baselines(X, y, w, repeats)
+        model = LinearRegression()
+        model.setup(d)
+        strategy, optimizer = GradientDescent(), SGDOptimizer(lr=0.1)
+        params = np.zeros(model.num_params)
+        state = optimizer.init(params)
+        task = TrainStep(strategy, model, optimizer, RoundPlan(0, 1, 1))
+        with LocalEngine(2) as engine:
+
+            def local_step():
+                strategy.combine(engine.run(task, params, 0), params, state, model, optimizer)
+
+            with MemorySampler(lambda: engine.pids) as memory:
+                engine.start(Dataset(X, y), plan_shards(num_rows, 2))
+                for _ in range(3):
+                    local_step()
+            local = timings(local_step, repeats)
+        data_bytes = X.nbytes + y.nbytes
+    return [
+        {
+            "benchmark": "gd_step",
+            "rows": num_rows,
+            "features": d,
+            "workers": 2,
+            "local_median_s": local["median_s"],
+            "numpy_2_threads_median_s": numpy_step["median_s"],
+            "read_floor_median_s": floor["median_s"],
+            "speedup_over_numpy": numpy_step["median_s"] / local["median_s"],
+            "ratio_to_read_floor": local["median_s"] / floor["median_s"],
+            "target_speedup": 1.5,
+            "data_bytes": data_bytes,
+            "peak_memory_bytes": memory.peak,
+            "peak_memory_over_data": memory.peak / data_bytes,
+            "target_memory_over_data": 1.3,
+        }
+    ]
+
+
+# -- MLP scaling ----------------------------------------------------------------------------
+
+
+def bench_mlp_scaling(quick: bool) -> list[dict[str, Any]]:
+    from paragrad.trainer import train
+
+    data = make_classification(50_000 if quick else 200_000, 32, num_classes=4, seed=0)
+    batch = 1024
+    rates = {}
+    for workers in (1, 2):
+        run = train(
+            MLP(hidden=(128,)),
+            data,
+            strategy=SGD(batch_size=batch),
+            optimizer=SGDOptimizer(lr=0.05),
+            engine="local",
+            workers=workers,
+            epochs=1,
+            tol=0,
+        )
+        round_s = statistics.median(record["wall_s"] for record in run.history[5:])  # after warm-up
+        rates[workers] = batch * workers / round_s
+    return [
+        {
+            "benchmark": "mlp_scaling",
+            "rows": data.num_rows,
+            "hidden": 128,
+            "batch_per_worker": batch,
+            "samples_per_s_1_worker": rates[1],
+            "samples_per_s_2_workers": rates[2],
+            "speedup": rates[2] / rates[1],
+            "target_speedup": 1.8,
+        }
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
+    "latency": bench_latency,
+    "gd_step": bench_gd_step,
+    "mlp_scaling": bench_mlp_scaling,
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{info.get('internal_api')} {info.get('version')}" for info in threadpool_info()]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+    }
+
+
+def run_suites(names: list[str], quick: bool, out: Path | None, echo: Callable[[str], None] = print) -> dict:
+    """Run the named suites, print each row, and write ``results.json`` under ``out``."""
+    results: dict[str, Any] = {"machine": machine(), "quick": quick, "results": []}
+    for name in names:
+        for row in BENCHMARKS[name](quick):
+            results["results"].append(row)
+            echo(format_row(row))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "results.json", "w") as handle:
+            json.dump(results, handle, indent=2)
+    return results
+
+
+def format_row(row: dict[str, Any]) -> str:
+    def show(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    return "  ".join(f"{key}={show(value)}" for key, value in row.items())
