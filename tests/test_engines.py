@@ -296,3 +296,26 @@ def test_features_memory_mapped_from_npy_are_mapped_by_the_workers_not_copied(tm
     assert local_engine._data.size == data.y.nbytes
     reference = pg.train(pg.models.LinearRegression(), data, engine="serial", **common)
     np.testing.assert_array_equal(run.params, reference.params)
+
+
+class BlasThreads:
+    """How many threads the worker's BLAS runs with."""
+
+    def __call__(self, shard):
+        from threadpoolctl import threadpool_info
+
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+
+def test_workers_run_one_blas_thread_unless_told_otherwise(local_engine):
+    local_engine.start(pg.make_regression(10, 2), plan_shards(10, 2))
+    assert local_engine.run(BlasThreads()) == [{1}, {1}]
+    with LocalEngine(1, threads_per_worker=2) as engine:
+        engine.start(pg.make_regression(10, 2), plan_shards(10, 1))
+        assert engine.run(BlasThreads()) == [{2}]
+
+
+def test_one_worker_per_core_by_default():
+    assert LocalEngine().num_workers == len(os.sched_getaffinity(0))
+    with pytest.raises(pg.ConfigError, match="threads_per_worker must be at least 1"):
+        LocalEngine(threads_per_worker=0)
