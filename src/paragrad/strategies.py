@@ -60,17 +60,17 @@ class RoundPlan:
 
 def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``sum(w_i v_i) / sum(w_i)``, summed in the given order (so results repeat exactly)."""
-    total = np.zeros_like(vectors[0], dtype=np.float64)
-    for vector, weight in zip(vectors, weights, strict=True):
+    total = weights[0] * np.asarray(vectors[0], dtype=np.float64)
+    for vector, weight in zip(vectors[1:], weights[1:], strict=True):
         total += weight * vector
     return total / float(sum(weights))
 
 
 def sum_results(results: Sequence[WorkerResult]) -> tuple[int, float, np.ndarray]:
     """Total count, loss sum and vector sum of the workers' results, in worker order."""
-    total = np.zeros_like(results[0].vector, dtype=np.float64)
-    count, loss = 0, 0.0
-    for result in results:
+    total = np.array(results[0].vector, dtype=np.float64)
+    count, loss = results[0].count, results[0].loss_sum
+    for result in results[1:]:
         count += result.count
         loss += result.loss_sum
         total += result.vector
