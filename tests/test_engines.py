@@ -19,6 +19,7 @@ import paragrad as pg
 from paragrad.data import plan_shards
 from paragrad.engines import make_engine
 from paragrad.engines.local import LocalEngine
+from paragrad.engines.transport import region_prefix
 
 MODELS = {
     "linear": lambda: pg.models.LinearRegression(l2=0.01),
@@ -71,7 +72,7 @@ def test_local_predict_returns_the_serial_predictions_in_input_order(local_engin
 
 
 def test_a_fresh_local_engine_trains_and_cleans_up():
-    before, children_before = set(os.listdir("/dev/shm")), set(_children())
+    before, children_before = _our_shared_files(), set(_children())
     run = pg.train(
         pg.models.LinearRegression(),
         pg.make_regression(200, 3, seed=0),
@@ -81,7 +82,7 @@ def test_a_fresh_local_engine_trains_and_cleans_up():
         tol=0,
     )
     assert run.engine == "local" and len(run.history) == 3
-    assert set(os.listdir("/dev/shm")) <= before
+    assert _our_shared_files() <= before
     assert not [child for child in set(_children()) - children_before if _is_alive(child)]
 
 
@@ -104,8 +105,18 @@ class Die:
 
 
 def _children() -> list[int]:
+    """Child processes of this test process, but the resource tracker (a lasting helper)."""
+    from multiprocessing import resource_tracker
+
     path = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-    return [int(pid) for pid in path.read_text().split()]
+    return [
+        int(pid) for pid in path.read_text().split() if int(pid) != resource_tracker._resource_tracker._pid
+    ]
+
+
+def _our_shared_files(pid: int | None = None) -> set[str]:
+    """Shared-memory files created by this process (or by ``pid``)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(region_prefix(pid))}
 
 
 def _is_alive(pid: int) -> bool:
@@ -133,14 +144,14 @@ def lambda_free_count(shard):
 
 
 def test_a_killed_worker_is_reported_and_everything_is_released():
-    before_shm = set(os.listdir("/dev/shm"))
+    before_shm = _our_shared_files()
     engine = started_engine()
     pids = engine.pids
-    assert set(os.listdir("/dev/shm")) - before_shm
+    assert _our_shared_files() - before_shm
     with pytest.raises(pg.errors.WorkerLost, match=r"worker 1 died \(killed by signal 9\)"):
         engine.run(Die())
     engine.close()
-    assert set(os.listdir("/dev/shm")) <= before_shm
+    assert _our_shared_files() <= before_shm
     assert not any(_is_alive(pid) for pid in pids)
 
 
@@ -198,13 +209,13 @@ def test_a_restarted_worker_replays_its_round_and_the_result_is_undisturbed():
 
 
 def test_without_restarts_a_dead_worker_stops_training_with_worker_and_round():
-    before, children_before = set(os.listdir("/dev/shm")), set(_children())
+    before, children_before = _our_shared_files(), set(_children())
     with CountingEngine(2) as engine:
         thread = kill_worker_after(engine, rounds=30)
         with pytest.raises(pg.errors.WorkerLost, match=r"round \d+: worker 1 died \(killed by signal 9\)"):
             long_training(engine)
         thread.join()
-    assert set(os.listdir("/dev/shm")) <= before
+    assert _our_shared_files() <= before
     assert not [child for child in set(_children()) - children_before if _is_alive(child)]
 
 
@@ -218,10 +229,10 @@ class FailingSGD(pg.SGD):
 
 
 def test_an_exception_in_training_names_worker_and_round_and_releases_everything():
-    before, children_before = set(os.listdir("/dev/shm")), set(_children())
+    before, children_before = _our_shared_files(), set(_children())
     with pytest.raises(pg.errors.WorkerError, match="round 3: worker 1 raised ValueError: injected failure"):
         pg.train(pg.models.LinearRegression(), pg.make_regression(100, 2), strategy=FailingSGD(10), workers=2)
-    assert set(os.listdir("/dev/shm")) <= before
+    assert _our_shared_files() <= before
     assert not [child for child in set(_children()) - children_before if _is_alive(child)]
 
 
@@ -235,13 +246,11 @@ pg.train(pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=4), wo
 def test_ctrl_c_in_a_script_without_main_guard_releases_workers_and_shared_memory(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(INTERRUPTED_SCRIPT)
-    before = set(os.listdir("/dev/shm"))
     process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
-    children_path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while len(workers) < 2 and time.monotonic() < deadline:
-        workers = [int(pid) for pid in children_path.read_text().split()]
+        workers = _worker_processes(process.pid)
         time.sleep(0.05)
     assert len(workers) == 2
     time.sleep(1.0)  # let training run
@@ -249,7 +258,17 @@ def test_ctrl_c_in_a_script_without_main_guard_releases_workers_and_shared_memor
     _, stderr = process.communicate(timeout=30)
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr
     assert not any(_is_alive(pid) for pid in workers)
-    assert set(os.listdir("/dev/shm")) <= before
+    assert not _our_shared_files(process.pid)
+
+
+def _worker_processes(parent: int) -> list[int]:
+    """The local engine's worker processes among a process's children."""
+    pids = []
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            if b"paragrad.engines.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+    return pids
 
 
 def socket_inodes(pid: int) -> set[str]:

@@ -1,14 +1,19 @@
-"""Model files: a ``.npz`` of plain arrays plus JSON metadata, written atomically.
+"""Model files and training checkpoints: ``.npz`` files of plain arrays plus JSON metadata.
 
-No pickle anywhere: files are read with ``allow_pickle=False``, so loading one cannot run
-code. The metadata names the family and its hyperparameters, the feature count and
-names, the target's name and the classes; the standardisation travels as arrays.
+Both are written atomically (temporary file, flush, fsync, rename). No pickle anywhere:
+files are read with ``allow_pickle=False``, so loading one cannot run code. A model file
+names the family and its hyperparameters, the feature count and names, the target's name
+and the classes; the standardisation travels as arrays. A checkpoint adds the optimizer
+state, the round, the history and a checksum.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +107,117 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
     model.params_ = params
     model.standardizer_ = standardizer
     return model
+
+
+# -- training checkpoints -------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "paragrad-checkpoint"
+CHECKPOINT_PATTERN = "checkpoint-*.npz"
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an older one."""
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to go on exactly where it stopped.
+
+    ``round`` is the next round to run; the sampling position follows from it, since every
+    random draw comes from (seed, worker, epoch). ``config`` describes the run for the
+    check that a resumed run is the same run.
+    """
+
+    round: int
+    params: np.ndarray
+    opt_state: Any
+    history: list[dict[str, Any]]
+    convergence: dict[str, Any]
+    standardizer: Standardizer | None
+    config: dict[str, Any]
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, state: TrainingState, history_keys: tuple[str, ...], keep: int = 3
+) -> Path:
+    """Write ``state`` atomically as ``checkpoint-<round>.npz`` and keep the newest ``keep``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": VERSION,
+        "round": state.round,
+        "config": state.config,
+        "convergence": state.convergence,
+        "opt_fields": list(state.opt_state._fields),
+    }
+    arrays = {
+        "params": np.asarray(state.params, dtype=np.float64),
+        "history": np.array(
+            [[record[key] for key in history_keys] for record in state.history], dtype=np.float64
+        ).reshape(-1, len(history_keys)),
+        "meta": np.array(json.dumps(meta)),
+    }
+    arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
+    if state.standardizer is not None:
+        arrays["standardizer_mean"] = state.standardizer.mean
+        arrays["standardizer_scale"] = state.standardizer.scale
+    arrays["checksum"] = np.array(_checksum(arrays))
+    path = directory / f"checkpoint-{state.round:09d}.npz"
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+    for old in sorted(directory.glob(CHECKPOINT_PATTERN))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_checkpoint(
+    directory: str | os.PathLike, history_keys: tuple[str, ...], opt_state_type: type
+) -> TrainingState | None:
+    """The newest checkpoint in ``directory`` that reads back intact, or None.
+
+    A damaged newest checkpoint (truncated, corrupt, checksum mismatch) is skipped with a
+    :class:`CheckpointWarning` and the one before it is used.
+    """
+    for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
+        try:
+            return _read_checkpoint(path, history_keys, opt_state_type)
+        except (ModelFileError, KeyError, TypeError, ValueError) as exc:
+            warnings.warn(f"{path}: skipped a damaged checkpoint ({exc})", CheckpointWarning, stacklevel=3)
+    return None
+
+
+def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type) -> TrainingState:
+    with open_numpy(path, "npz", what="a paragrad checkpoint", error=ModelFileError) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    stored = str(arrays.pop("checksum"))
+    if _checksum(arrays) != stored:
+        raise ValueError("checksum mismatch")
+    meta = json.loads(str(arrays["meta"]))
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != VERSION:
+        raise ValueError("not a paragrad checkpoint of this version")
+    fields = meta["opt_fields"]
+    if list(opt_state_type._fields) != fields:
+        raise ValueError(
+            f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
+        )
+    opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
+    history = [dict(zip(history_keys, row.tolist(), strict=True)) for row in arrays["history"]]
+    for record in history:
+        for key in ("round", "epoch", "bytes_sent", "bytes_received"):
+            record[key] = int(record[key])
+    standardizer = None
+    if "standardizer_mean" in arrays:
+        standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
+    return TrainingState(
+        meta["round"], arrays["params"], opt_state, history, meta["convergence"], standardizer, meta["config"]
+    )

@@ -127,6 +127,10 @@ class Optimizer:
         shifted.schedule = Shifted(self.schedule, int(step)) if step else self.schedule
         return shifted
 
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
     def describe_lr(self) -> str:
         """The setting to lower when training diverges."""
         return f"lr={self.schedule(0):g}"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from paragrad.checkpoint import CheckpointWarning, TrainingState, load_latest_checkpoint, save_checkpoint
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments, moments, plan_shards
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import Shard
@@ -149,6 +152,13 @@ class ConvergenceCheck:
         self.previous_epoch_loss: float | None = None
         self.epoch_losses: list[float] = []
 
+    def state(self) -> dict[str, Any]:
+        return {"previous_epoch_loss": self.previous_epoch_loss, "epoch_losses": list(self.epoch_losses)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.previous_epoch_loss = state["previous_epoch_loss"]
+        self.epoch_losses = list(state["epoch_losses"])
+
     def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
         if self.tol == 0:
             return False
@@ -191,6 +201,10 @@ def train(
     dtype="float64",
     max_restarts: int = 0,
     threads_per_worker: int = 1,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | str | None = None,
+    resume: bool = False,
+    keep_checkpoints: int = 3,
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -232,6 +246,18 @@ def train(
         stopping with :class:`~paragrad.errors.WorkerLost`.
     threads_per_worker : int
         Local engine: BLAS threads in each worker process.
+    checkpoint_dir : path, optional
+        Write checkpoints here (atomically, with a checksum), and a last one at the end.
+    checkpoint_every : int or str, optional
+        Every so many rounds (``10``) or seconds (``"30s"``); default every 60 seconds.
+    resume : bool
+        Go on from the newest intact checkpoint in ``checkpoint_dir`` (a damaged newest
+        one is skipped with a warning). The run ends with the parameters it would have
+        had without the interruption. The worker count may differ (the data is then
+        re-sharded and the sampling stream changes); the model, the data's shape, the
+        strategy, the optimizer and the seed may not.
+    keep_checkpoints : int
+        How many of the newest checkpoints to keep.
 
     Returns
     -------
@@ -258,6 +284,9 @@ def train(
     if not isinstance(tol, (int, float)) or not tol >= 0:
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
     data = data.astype(dtype)
+    every = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
+    config = _run_config(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
+    state = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     own_engine = not isinstance(engine, Engine)
     options = (
@@ -267,25 +296,83 @@ def train(
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
         runner.start(data, plan)
-        _set_up_model(model, data, runner, standardize)
-        return _run_rounds(
-            model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed, progress
-        )
+        _set_up_model(model, data, runner, standardize, None if state is None else state.standardizer)
+        if state is not None and state.config.get("classes") != _classes(model):
+            raise ConfigError(
+                f"{checkpoint_dir}: the checkpoint was made for classes {state.config.get('classes')}, "
+                f"but this data has {_classes(model)}"
+            )
+        config["classes"] = _classes(model)
+        loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
+        return loop.run(state, every, config, progress)
     finally:
         if own_engine:
             runner.close()
 
 
-def _set_up_model(model: Model, data: Dataset, runner: Engine, standardize: bool) -> None:
-    """Fix the model's shapes and standardisation from statistics gathered shard by shard."""
-    described = runner.run(DescribeShard(model.is_classifier, standardize))
+def _classes(model: Model) -> list[int] | None:
+    return None if model.classes_ is None else model.classes_.tolist()
+
+
+def _run_config(model, data, strategy, optimizer, seed, dtype, standardize, shuffle) -> dict[str, Any]:
+    """What identifies a run: a checkpoint resumes only a run with the same values."""
+    return {
+        "model": model.name,
+        "model_config": model.get_config(),
+        "num_rows": data.num_rows,
+        "num_features": data.num_features,
+        "strategy": repr(strategy),
+        "optimizer": repr(optimizer),
+        "seed": seed,
+        "dtype": str(np.dtype(dtype)),
+        "standardize": standardize,
+        "shuffle": shuffle,
+    }
+
+
+def _load_resume_state(checkpoint_dir, config, model: Model, optimizer: Optimizer) -> TrainingState | None:
+    if checkpoint_dir is None:
+        raise ConfigError("resume=True needs checkpoint_dir (--checkpoint DIR)")
+    model.setup(config["num_features"], None if not model.is_classifier else np.arange(2.0))
+    opt_state_type = type(optimizer.init(model.init_params()))
+    state = load_latest_checkpoint(checkpoint_dir, HISTORY_KEYS, opt_state_type)
+    if state is None:
+        warnings.warn(
+            f"{checkpoint_dir}: no checkpoint to resume from; starting from the beginning",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        return None
+    differences = [
+        f"{key} {state.config.get(key)!r} (now {value!r})"
+        for key, value in config.items()
+        if state.config.get(key) != value
+    ]
+    if differences:
+        raise ConfigError(
+            f"{checkpoint_dir}: the checkpoint belongs to another run; it differs in "
+            + "; ".join(differences)
+        )
+    return state
+
+
+def _set_up_model(
+    model: Model, data: Dataset, runner: Engine, standardize: bool, standardizer: Standardizer | None
+) -> None:
+    """Fix the model's shapes and standardisation from statistics gathered shard by shard.
+
+    A resumed run brings its ``standardizer``, so it scales exactly as before.
+    """
+    described = runner.run(DescribeShard(model.is_classifier, standardize and standardizer is None))
     labels = None
     if model.is_classifier:
         labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
     model.standardizer_ = None
     if standardize:
-        model.standardizer_ = Standardizer.from_moments(combine_moments([stats for *_, stats in described]))
+        model.standardizer_ = standardizer or Standardizer.from_moments(
+            combine_moments([stats for *_, stats in described])
+        )
         runner.run(StandardizeShard(model.standardizer_))
 
 
@@ -304,83 +391,145 @@ def _progress_bar(total: int, show: bool | None):
     )
 
 
-def _run_rounds(
-    model: Model,
-    runner: Engine,
-    shard_sizes: tuple[int, ...],
-    strategy: Strategy,
-    optimizer: Optimizer,
-    epochs: int,
-    max_rounds: int | None,
-    tol: float,
-    seed: int,
-    progress: bool | None,
-) -> Run:
-    rounds_per_epoch = strategy.rounds_per_epoch(shard_sizes)
-    total = strategy.total_rounds(shard_sizes, epochs)
-    if max_rounds is not None:
-        total = min(total, max_rounds)
-    task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
-    params = model.init_params(seed)
-    opt_state = optimizer.init(params)
-    history: list[dict[str, Any]] = []
-    check = ConvergenceCheck(tol, strategy.stochastic)
-    converged = False
-    started = time.perf_counter()
-    with _progress_bar(total, progress) as bar:
-        for round_index in range(total):
-            round_start = time.perf_counter()
-            try:
-                results = runner.run(task, params, round_index)
-            except (WorkerLost, WorkerError) as exc:
-                raise type(exc)(f"round {round_index}: {exc}") from exc
-            run_s = time.perf_counter() - round_start
-            with np.errstate(over="ignore", invalid="ignore"):
-                outcome: StepOutcome = strategy.combine(results, params, opt_state, model, optimizer)
-            compute_s = max(result.compute_s for result in results)
-            epoch = strategy.epoch_of(round_index, shard_sizes)
-            history.append(
-                {
-                    "round": round_index,
-                    "epoch": epoch,
-                    "loss": float(outcome.loss),
-                    "wall_s": time.perf_counter() - round_start,
-                    "compute_s": compute_s,
-                    "comm_s": max(run_s - compute_s, 0.0),
-                    "bytes_sent": runner.last_bytes_sent,
-                    "bytes_received": runner.last_bytes_received,
-                }
+@dataclass
+class Checkpointing:
+    """When and where a run writes checkpoints: every so many rounds or seconds."""
+
+    directory: Path | None
+    every_rounds: int | None
+    every_s: float | None
+    keep: int
+    last_written: float = 0.0
+
+    @classmethod
+    def parse(cls, directory, every: int | str | None, keep: int) -> Checkpointing:
+        _check_positive_int("keep_checkpoints", keep)
+        if directory is None:
+            if every is not None:
+                raise ConfigError("checkpoint_every needs checkpoint_dir (--checkpoint DIR)")
+            return cls(None, None, None, keep)
+        text = "60s" if every is None else str(every).strip()
+        try:
+            if text.endswith("s"):
+                seconds = float(text[:-1])
+                if not seconds > 0:
+                    raise ValueError
+                return cls(Path(directory), None, seconds, keep, time.monotonic())
+            rounds = int(text)
+            if rounds < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"checkpoint_every must be a positive number of rounds (10) or seconds (30s), got {every!r}"
+            ) from None
+        return cls(Path(directory), rounds, None, keep, time.monotonic())
+
+    def due(self, rounds_done: int) -> bool:
+        if self.directory is None:
+            return False
+        if self.every_rounds is not None:
+            return rounds_done % self.every_rounds == 0
+        return time.monotonic() - self.last_written >= self.every_s
+
+    def write(self, state: TrainingState) -> None:
+        save_checkpoint(self.directory, state, HISTORY_KEYS, self.keep)
+        self.last_written = time.monotonic()
+
+
+class RoundLoop:
+    """The rounds of one run: broadcast, combine, record, check, checkpoint."""
+
+    def __init__(
+        self, model, runner, shard_sizes, strategy, optimizer, epochs, max_rounds, tol, seed
+    ) -> None:
+        self.model, self.runner, self.shard_sizes = model, runner, shard_sizes
+        self.strategy, self.optimizer, self.tol, self.seed = strategy, optimizer, tol, seed
+        rounds_per_epoch = strategy.rounds_per_epoch(shard_sizes)
+        self.total = strategy.total_rounds(shard_sizes, epochs)
+        if max_rounds is not None:
+            self.total = min(self.total, max_rounds)
+        self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
+
+    def run(self, state: TrainingState | None, checkpoints: Checkpointing, config: dict, progress) -> Run:
+        strategy, optimizer, model = self.strategy, self.optimizer, self.model
+        check = ConvergenceCheck(self.tol, strategy.stochastic)
+        if state is None:
+            params = model.init_params(self.seed)
+            opt_state, history, first, converged = optimizer.init(params), [], 0, False
+        else:
+            params, opt_state, history, first = state.params, state.opt_state, state.history, state.round
+            check.restore(state.convergence)
+            converged = state.convergence.get("converged", False)
+
+        def snapshot(next_round: int) -> TrainingState:
+            convergence = {**check.state(), "converged": converged}
+            return TrainingState(
+                next_round, params, opt_state, history, convergence, model.standardizer_, config
             )
-            if not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
-                model.params_ = params
-                raise TrainingDiverged(
-                    f"training diverged at round {round_index} (loss {outcome.loss:g}): "
-                    f"lower the learning rate (now {optimizer.describe_lr()})",
-                    params,
-                    round_index,
-                )
-            params, opt_state = outcome.params, outcome.opt_state
-            bar.update(1)
-            if bar.disable is False:
-                bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
-            epoch_ends = strategy.epoch_of(round_index + 1, shard_sizes) != epoch
-            converged = check.update(outcome, epoch_ends)
-            if converged:
-                break
-    if tol > 0 and not converged and total > 1:
-        warnings.warn(
-            f"stopped after {len(history)} rounds without converging to tol={tol:g}; "
-            "raise epochs (or max_rounds) or tol",
-            ConvergenceWarning,
-            stacklevel=3,
+
+        started = time.perf_counter()
+        with _progress_bar(self.total, progress) as bar:
+            bar.update(first)
+            for round_index in range(first, self.total):
+                if converged:
+                    break
+                record, outcome = self.round(round_index, params, opt_state)
+                history.append(record)
+                params, opt_state = outcome.params, outcome.opt_state
+                bar.update(1)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
+                epoch_ends = strategy.epoch_of(round_index + 1, self.shard_sizes) != record["epoch"]
+                converged = check.update(outcome, epoch_ends)
+                if checkpoints.due(round_index + 1):
+                    checkpoints.write(snapshot(round_index + 1))
+        if checkpoints.directory is not None:
+            checkpoints.write(snapshot(len(history)))
+        if self.tol > 0 and not converged and self.total > 1:
+            warnings.warn(
+                f"stopped after {len(history)} rounds without converging to tol={self.tol:g}; "
+                "raise epochs (or max_rounds) or tol",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        model.params_ = params
+        return Run(
+            model,
+            history,
+            converged,
+            strategy,
+            self.runner.name,
+            self.runner.num_workers,
+            time.perf_counter() - started,
         )
-    model.params_ = params
-    return Run(
-        model=model,
-        history=history,
-        converged=converged,
-        strategy=strategy,
-        engine=runner.name,
-        num_workers=runner.num_workers,
-        wall_s=time.perf_counter() - started,
-    )
+
+    def round(self, round_index: int, params, opt_state) -> tuple[dict[str, Any], StepOutcome]:
+        """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite."""
+        start = time.perf_counter()
+        try:
+            results = self.runner.run(self.task, params, round_index)
+        except (WorkerLost, WorkerError) as exc:
+            raise type(exc)(f"round {round_index}: {exc}") from exc
+        run_s = time.perf_counter() - start
+        with np.errstate(over="ignore", invalid="ignore"):
+            outcome = self.strategy.combine(results, params, opt_state, self.model, self.optimizer)
+        compute_s = max(result.compute_s for result in results)
+        record = {
+            "round": round_index,
+            "epoch": self.strategy.epoch_of(round_index, self.shard_sizes),
+            "loss": float(outcome.loss),
+            "wall_s": time.perf_counter() - start,
+            "compute_s": compute_s,
+            "comm_s": max(run_s - compute_s, 0.0),
+            "bytes_sent": self.runner.last_bytes_sent,
+            "bytes_received": self.runner.last_bytes_received,
+        }
+        if not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
+            self.model.params_ = params
+            raise TrainingDiverged(
+                f"training diverged at round {round_index} (loss {outcome.loss:g}): "
+                f"lower the learning rate (now {self.optimizer.describe_lr()})",
+                params,
+                round_index,
+            )
+        return record, outcome

@@ -43,14 +43,20 @@ class Region:
         self.path, self.size, self.mapping = path, size, mapping
 
     @classmethod
-    def create(cls, size: int, prefix: str = "paragrad-") -> Region:
+    def create(cls, size: int) -> Region:
+        """A new zero-filled region, named ``paragrad-<pid>-*`` after its creator.
+
+        Regions in ``/dev/shm`` are registered with multiprocessing's resource tracker,
+        which removes them should the creating process be killed before it can.
+        """
         size = max(int(size), 1)
-        fd, path = tempfile.mkstemp(prefix=prefix, dir=scratch_dir(size))
+        fd, path = tempfile.mkstemp(prefix=f"{region_prefix()}", dir=scratch_dir(size))
         try:
             os.ftruncate(fd, size)
             mapping = mmap.mmap(fd, size)
         finally:
             os.close(fd)
+        _track(path, register=True)
         return cls(path, size, mapping)
 
     @classmethod
@@ -74,6 +80,25 @@ class Region:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        _track(self.path, register=False)
+
+
+def region_prefix(pid: int | None = None) -> str:
+    """The file-name prefix of the regions a process creates."""
+    return f"paragrad-{os.getpid() if pid is None else pid}-"
+
+
+def _track(path: str, register: bool) -> None:
+    """(Un)register a ``/dev/shm`` file as a POSIX shared-memory name with the tracker."""
+    if Path(path).parent != SHM_DIR:
+        return
+    from multiprocessing import resource_tracker
+
+    name = "/" + Path(path).name
+    if register:
+        resource_tracker.register(name, "shared_memory")
+    else:
+        resource_tracker.unregister(name, "shared_memory")
 
 
 def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
