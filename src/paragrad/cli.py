@@ -18,9 +18,10 @@ import numpy as np
 
 from paragrad import __version__
 from paragrad.atomic import atomic_write
+from paragrad.checkpoint import save_model
 from paragrad.data import load, make_classification, make_regression, save_dataset
 from paragrad.engines import ENGINES
-from paragrad.errors import ConfigError, ParagradError
+from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
 from paragrad.inference import as_model, evaluate, predict
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
@@ -98,9 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer_options = {"lr": args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]}
     if args.optimizer == "sgd":
         optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
-    run = train(
-        model,
-        dataset,
+    options = dict(
         strategy=get_strategy(args.strategy, **strategy_options),
         optimizer=get_optimizer(args.optimizer, **optimizer_options),
         engine=args.engine,
@@ -113,7 +112,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         progress=None if args.progress is None else args.progress,
         dtype=args.dtype,
+        max_restarts=args.max_restarts,
+        checkpoint_dir=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
+    try:
+        run = train(model, dataset, **options)
+    except TrainingDiverged as exc:
+        if args.out is not None:
+            model.params_ = exc.params
+            save_model(model, args.out)
+            raise TrainingDiverged(
+                f"{exc}; the last finite parameters are saved in {args.out}", exc.params, exc.round_index
+            ) from None
+        raise
     print(run.summary())
     if args.out is not None:
         run.save(args.out)
@@ -189,10 +202,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end as one line on stderr, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paragrad", description="Data-parallel training and inference.")
+    parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
     parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
 
     p = commands.add_parser("train", help="train a model on a data file")
     p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
@@ -231,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.add_argument("--out", type=Path, help="where to save the trained model (.npz)")
+    p.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints to this folder")
+    p.add_argument(
+        "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
+    )
+    p.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in --checkpoint")
+    p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
     _add_engine_options(p)
     p.set_defaults(handler=cmd_train)
 

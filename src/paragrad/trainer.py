@@ -29,6 +29,7 @@ from paragrad.models.base import MAX_CLASSES, Model
 from paragrad.optim import Adam, Optimizer
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
 
+EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 HISTORY_KEYS = (
     "round",
     "epoch",
@@ -449,6 +450,7 @@ class RoundLoop:
         if max_rounds is not None:
             self.total = min(self.total, max_rounds)
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
+        self.first_loss: float | None = None
 
     def run(self, state: TrainingState | None, checkpoints: Checkpointing, config: dict, progress) -> Run:
         strategy, optimizer, model = self.strategy, self.optimizer, self.model
@@ -459,6 +461,7 @@ class RoundLoop:
         else:
             params, opt_state, history, first = state.params, state.opt_state, state.history, state.round
             check.restore(state.convergence)
+            self.first_loss = history[0]["loss"] if history else None
             converged = state.convergence.get("converged", False)
 
         def snapshot(next_round: int) -> TrainingState:
@@ -524,7 +527,10 @@ class RoundLoop:
             "bytes_sent": self.runner.last_bytes_sent,
             "bytes_received": self.runner.last_bytes_received,
         }
-        if not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
+        if self.first_loss is None:
+            self.first_loss = outcome.loss
+        exploded = abs(outcome.loss) > EXPLODED * max(1.0, abs(self.first_loss))
+        if exploded or not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
             self.model.params_ = params
             raise TrainingDiverged(
                 f"training diverged at round {round_index} (loss {outcome.loss:g}): "
