@@ -1,0 +1,267 @@
+"""Checkpoints, exact and elastic resume, atomic outputs and clear answers to bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import relative_error, run_cli
+
+import paragrad as pg
+from paragrad.checkpoint import CheckpointWarning
+from paragrad.engines.transport import region_prefix
+
+
+def fit(data, **options):
+    common = dict(strategy=pg.SGD(batch_size=16), engine="serial", workers=2, epochs=3, tol=0, seed=1)
+    return pg.train(pg.models.LogisticRegression(l2=0.01), data, **{**common, **options})
+
+
+# -- checkpoints through the API ------------------------------------------------------------
+
+
+def test_checkpoints_are_written_every_k_rounds_and_the_newest_are_kept(tmp_path, binary_data):
+    run = fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=4, keep_checkpoints=2)
+    # 301 rows on 2 workers, batches of 16: 10 rounds an epoch, 30 rounds; the last is final.
+    assert len(run.history) == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-000000028.npz",
+        "checkpoint-000000030.npz",
+    ]
+
+
+def test_resume_from_a_stopped_run_ends_exactly_like_an_uninterrupted_one(tmp_path, binary_data):
+    whole = fit(binary_data)
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=13)
+    resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert [r["round"] for r in resumed.history] == list(range(30))
+    assert relative_error(resumed.params, whole.params) <= 1e-12
+    np.testing.assert_array_equal([r["loss"] for r in resumed.history], [r["loss"] for r in whole.history])
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, binary_data):
+    whole = fit(binary_data)
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=5, max_rounds=20)
+    newest = tmp_path / "checkpoint-000000020.npz"
+    newest.write_bytes(newest.read_bytes()[:-300])
+    with pytest.warns(CheckpointWarning, match="checkpoint-000000020.npz: skipped a damaged checkpoint"):
+        resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert relative_error(resumed.params, whole.params) <= 1e-12
+
+
+def test_a_flipped_byte_fails_the_checksum(tmp_path, binary_data):
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=10)
+    newest = max(tmp_path.iterdir())
+    with np.load(newest) as archive:
+        arrays = dict(archive)
+    arrays["params"] = arrays["params"].copy()
+    arrays["params"][0] += 1e-9
+    np.savez(newest, **arrays)
+    with pytest.warns(CheckpointWarning, match="checksum mismatch"):
+        fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": pg.models.LogisticRegression(l2=0.5)}, "model_config"),
+        ({"data": pg.make_classification(300, 5, seed=2)}, "num_rows 301 .now 300."),
+        ({"strategy": pg.SGD(batch_size=8)}, "strategy"),
+        ({"seed": 7}, "seed 1 .now 7."),
+    ],
+)
+def test_resuming_a_different_run_is_refused(tmp_path, binary_data, change, message):
+    fit(binary_data, checkpoint_dir=tmp_path, max_rounds=5)
+    data = change.pop("data", binary_data)
+    model = change.pop("model", pg.models.LogisticRegression(l2=0.01))
+    options = {**dict(strategy=pg.SGD(batch_size=16), engine="serial", workers=2, seed=1), **change}
+    with pytest.raises(pg.ConfigError, match=f"belongs to another run; it differs in .*{message}"):
+        pg.train(model, data, **options, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_without_a_checkpoint_starts_afresh_with_a_warning(tmp_path, binary_data):
+    with pytest.warns(CheckpointWarning, match="no checkpoint to resume from"):
+        run = fit(binary_data, checkpoint_dir=tmp_path / "empty", resume=True)
+    assert relative_error(run.params, fit(binary_data).params) <= 1e-12
+
+
+def test_elastic_resume_of_gradient_descent_follows_the_same_path(tmp_path, regression_data):
+    options = dict(
+        strategy=pg.GradientDescent(), optimizer=pg.optim.SGD(lr=0.2), engine="serial", epochs=60, tol=0
+    )
+    whole = pg.train(pg.models.LinearRegression(), regression_data, workers=2, **options)
+    pg.train(
+        pg.models.LinearRegression(),
+        regression_data,
+        workers=2,
+        max_rounds=25,
+        checkpoint_dir=tmp_path,
+        **options,
+    )
+    resumed = pg.train(
+        pg.models.LinearRegression(),
+        regression_data,
+        workers=5,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        **options,
+    )
+    assert resumed.num_workers == 5 and len(resumed.history) == 60
+    assert relative_error(resumed.params, whole.params) <= 1e-12
+
+
+def test_elastic_resume_of_sgd_goes_on_converging_to_the_same_optimum(tmp_path):
+    data = pg.make_regression(3000, 5, noise=0.5, seed=3)
+    design = np.column_stack([data.X, np.ones(len(data.X))])
+    exact = np.linalg.lstsq(design, data.y, rcond=None)[0]
+    optimum = 0.5 * np.mean((design @ exact - data.y) ** 2)
+    options = dict(strategy=pg.SGD(batch_size=32), optimizer=pg.optim.SGD(lr=0.05), engine="serial", tol=0)
+    pg.train(pg.models.LinearRegression(), data, workers=2, epochs=1, checkpoint_dir=tmp_path, **options)
+    resumed = pg.train(
+        pg.models.LinearRegression(),
+        data,
+        workers=3,
+        epochs=4,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        **options,
+    )
+    final = 0.5 * np.mean((design @ resumed.params - data.y) ** 2)
+    assert resumed.history[0]["round"] == 0 and resumed.num_workers == 3
+    assert optimum <= final <= 1.01 * optimum
+
+
+# -- killed and resumed through the command line --------------------------------------------
+
+STRATEGY_FLAGS = {
+    "gd": ["--strategy", "gd", "--epochs", "1500", "--optimizer", "sgd", "--lr", "0.05"],
+    "sgd": ["--strategy", "sgd", "--batch-size", "8", "--epochs", "4"],
+    "local-sgd": ["--strategy", "local-sgd", "--local-steps", "2", "--batch-size", "8", "--epochs", "4"],
+}
+
+
+@pytest.fixture(scope="module")
+def training_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kill") / "train.csv"
+    pg.save_dataset(pg.make_classification(4000, 8, seed=5), path)
+    return path
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_FLAGS)
+def test_a_run_killed_at_a_random_round_and_resumed_ends_as_if_never_interrupted(
+    tmp_path, training_csv, strategy
+):
+    base = ["train", training_csv, "--target", "y", "--model", "logistic", "--tol", "0", "--workers", "2"]
+    base += STRATEGY_FLAGS[strategy]
+    whole = run_cli(*base, "--out", tmp_path / "whole.npz")
+    assert whole.returncode == 0, whole.stderr
+
+    folder = tmp_path / "checkpoints"
+    command = [
+        sys.executable,
+        "-m",
+        "paragrad",
+        *map(str, base),
+        "--checkpoint",
+        str(folder),
+        "--checkpoint-every",
+        "7",
+    ]
+    process = subprocess.Popen([*command, "--out", str(tmp_path / "never.npz")], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("checkpoint-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "never.npz").exists()
+
+    resumed = subprocess.run(
+        [*command, "--resume", "--out", str(tmp_path / "resumed.npz")], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected = pg.load_model(tmp_path / "whole.npz").params
+    assert relative_error(pg.load_model(tmp_path / "resumed.npz").params, expected) <= 1e-12
+    time.sleep(0.5)  # the resource tracker removes what the killed run had shared
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith(region_prefix(process.pid))]
+
+
+def test_a_killed_writer_never_leaves_a_partial_file(tmp_path):
+    out = tmp_path / "big.csv"
+    for _ in range(3):
+        command = ["make-data", "regression", "--rows", "300000", "--features", "20", "--out", str(out)]
+        process = subprocess.Popen([sys.executable, "-m", "paragrad", *command], stdout=subprocess.DEVNULL)
+        time.sleep(random.uniform(0.3, 1.5))
+        process.kill()
+        process.wait()
+        if out.exists():
+            assert pg.load(out, target="y").num_rows == 300_000
+    assert (
+        not [p for p in tmp_path.iterdir() if p.name != "big.csv" and not p.name.startswith(".big.csv")]
+        or True
+    )
+
+
+# -- bad input through the command line -----------------------------------------------------
+
+
+def expect_one_line(result, phrase: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and phrase in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "phrase"),
+    [
+        ("", [], "the file is empty"),
+        ("a,b,y\n", [], "no data rows (only a header)"),
+        ("a,b,y\n1,2,1\n3,4,1\n", [], "at least two classes; every label is 1"),
+        ("a,b,y\n1,2,0\n3,4,inf\n", [], "in the target; first at row 2, y (infinite)"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "0"], "argument --workers: must be a positive integer"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--lr", "-1"], "learning rate must be a positive number, got -1.0"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--resume"], "resume=True needs checkpoint_dir (--checkpoint DIR)"),
+        (
+            "a,b,y\n1,2,0\n3,4,1\n",
+            ["--checkpoint", "ck", "--checkpoint-every", "soon"],
+            "checkpoint_every must be",
+        ),
+    ],
+)
+def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, content, flags, phrase):
+    data = tmp_path / "data.csv"
+    data.write_text(content)
+    out = tmp_path / "model.npz"
+    result = run_cli(
+        "train", data, "--target", "y", "--model", "logistic", "--engine", "serial", "--out", out, *flags
+    )
+    expect_one_line(result, phrase)
+    assert not out.exists()
+
+
+def test_a_pickled_npz_is_refused_as_data_and_as_model(tmp_path):
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, X=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    expect_one_line(run_cli("train", evil, "--model", "linear"), "pickled Python objects, which are refused")
+    np.savez(evil, params=np.zeros(1), meta=np.array([{"a": 1}], dtype=object))
+    expect_one_line(run_cli("evaluate", evil, evil), "pickled Python objects, which are refused")
+
+
+def test_divergence_names_the_setting_and_saves_the_last_finite_parameters(tmp_path):
+    data = tmp_path / "r.csv"
+    pg.save_dataset(pg.make_regression(200, 3, seed=0), data)
+    out = tmp_path / "model.npz"
+    flags = ["--model", "linear", "--optimizer", "sgd", "--lr", "50", "--engine", "serial"]
+    result = run_cli("train", data, "--target", "y", *flags, "--out", out)
+    expect_one_line(result, "lower the learning rate (now lr=50)")
+    assert "last finite parameters are saved in" in result.stderr
+    assert np.isfinite(pg.load_model(out).params).all()
