@@ -44,7 +44,7 @@ def test_dataset_names_the_first_non_finite_value():
     X = np.ones((4, 3))
     X[2, 1] = np.nan
     X[3, 0] = np.inf
-    with pytest.raises(pg.DataError, match=r"2 NaN, missing or infinite.*row 3, b \(NaN"):
+    with pytest.raises(pg.DataError, match=r"2 NaN, missing or infinite.*row 3, 'b' \(NaN"):
         pg.Dataset(X, np.zeros(4), feature_names=["a", "b", "c"])
 
 
@@ -127,9 +127,9 @@ def test_features_select_columns_in_the_given_order_and_ignore_the_rest(tmp_path
         ("a,y\n", "y", r"no data rows \(only a header\)"),
         ("a,b\n1,2\n", "y", r"target column 'y' not found \(columns: a, b\)"),
         ("a,y\n1,0\nhello,1\n", "y", r"column 'a' is not numeric \(row 2 holds 'hello'\)"),
-        ("a,y\n1,0\n,1\n", "y", r"1 NaN, missing or infinite value\(s\) in features; first at row 2, a"),
-        ("a,y\n1,0\nnan,1\n", "y", "first at row 2, a"),
-        ("a,y\ninf,0\n", "y", r"first at row 1, a \(infinite\)"),
+        ("a,y\n1,0\n,1\n", "y", r"1 NaN, missing or infinite value\(s\) in features; first at row 2, 'a'"),
+        ("a,y\n1,0\nnan,1\n", "y", "first at row 2, 'a'"),
+        ("a,y\ninf,0\n", "y", r"first at row 1, 'a' \(infinite\)"),
         ("a,y\n1,0\n2\n", "y", "cannot read"),
         ("a,a,y\n1,2,0\n", "y", "column 'a' appears more than once"),
         ("y\n1\n", "y", "no feature columns besides the target 'y'"),

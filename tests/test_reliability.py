@@ -224,7 +224,7 @@ def expect_one_line(result, phrase: str) -> None:
         ("", [], "the file is empty"),
         ("a,b,y\n", [], "no data rows (only a header)"),
         ("a,b,y\n1,2,1\n3,4,1\n", [], "at least two classes; every label is 1"),
-        ("a,b,y\n1,2,0\n3,4,inf\n", [], "in the target; first at row 2, y (infinite)"),
+        ("a,b,y\n1,2,0\n3,4,inf\n", [], "in the target; first at row 2, 'y' (infinite)"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "0"], "argument --workers: must be a positive integer"),

@@ -173,7 +173,7 @@ def _check_finite(values, source, names, what="features") -> None:
         return
     bad = ~np.isfinite(values)
     row, col = np.argwhere(bad)[0]
-    column = names[col] if names is not None else f"column {col}"
+    column = repr(names[col]) if names is not None else f"column {col}"
     kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
     raise DataError(
         f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}; "

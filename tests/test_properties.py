@@ -1,0 +1,98 @@
+"""Property-based tests: any CSV content or array either loads right or fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import paragrad as pg
+
+NUMBER_TEXT = st.one_of(
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+CELL = st.one_of(
+    NUMBER_TEXT, st.text(max_size=30), st.just(""), st.sampled_from(["nan", "inf", "-inf", "1e400"])
+)
+NAME = st.text(min_size=1, max_size=20)
+
+
+@st.composite
+def csv_tables(draw):
+    """A header of unicode names, rows of mixed cells, written with CSV quoting."""
+    num_columns = draw(st.integers(1, 8))
+    names = draw(st.lists(NAME, min_size=num_columns, max_size=num_columns, unique=True))
+    rows = draw(st.lists(st.lists(CELL, min_size=num_columns, max_size=num_columns), max_size=12))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow(row)
+        if draw(st.booleans()):
+            buffer.write("\n")  # blank lines are skipped
+    return names, rows, buffer.getvalue()
+
+
+def as_finite_number(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=csv_tables())
+def test_any_csv_loads_to_the_right_arrays_or_fails_with_a_data_error(tmp_path, table):
+    names, rows, text = table
+    path = tmp_path / "data.csv"
+    path.write_text(text, encoding="utf-8")
+    target = names[-1]
+    well_formed = (
+        len(names) >= 2
+        and rows
+        and all(
+            as_finite_number(cell) is not None and cell in set(map(str, [cell]))
+            for row in rows
+            for cell in row
+        )
+        and all(cell.strip() == cell and "_" not in cell for row in rows for cell in row)
+        and not any(ch in name for name in names for ch in "\n\r")
+    )
+    try:
+        data = pg.load(path, target=target)
+    except pg.DataError as error:
+        assert not well_formed, f"well-formed CSV refused: {error}"
+        assert str(error).startswith(str(path)) and "\n" not in str(error)
+        return
+    expected = np.array([[float(cell) for cell in row] for row in rows])
+    np.testing.assert_array_equal(data.X, expected[:, :-1])
+    np.testing.assert_array_equal(data.y, expected[:, -1])
+    assert data.feature_names == tuple(names[:-1]) and data.target_name == target
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    X=hnp.arrays(
+        dtype=st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128, np.dtype("U3")]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+    ),
+    num_labels=st.integers(0, 6),
+)
+def test_any_array_makes_a_valid_dataset_or_a_data_error(X, num_labels):
+    y = np.arange(num_labels, dtype=float)
+    try:
+        data = pg.Dataset(X, y)
+    except pg.DataError as error:
+        assert "\n" not in str(error)
+        return
+    assert data.X.ndim == 2 and data.X.dtype == np.float64 and data.X.flags.c_contiguous
+    assert data.num_rows == len(y) > 0 and data.num_features > 0
+    assert np.isfinite(data.X).all()
+    np.testing.assert_array_equal(data.X, X.astype(np.float64))
