@@ -174,10 +174,15 @@ def test_a_run_killed_at_a_random_round_and_resumed_ends_as_if_never_interrupted
         "7",
     ]
     process = subprocess.Popen([*command, "--out", str(tmp_path / "never.npz")], stderr=subprocess.DEVNULL)
+    # Strike at a random round: after a random checkpoint, somewhere between two.
+    strike_after = 7 * random.randint(1, 30)
     deadline = time.monotonic() + 60
-    while not list(folder.glob("checkpoint-*.npz")) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(random.uniform(0.0, 0.3))
+    while time.monotonic() < deadline:
+        written = [int(path.stem.split("-")[1]) for path in folder.glob("checkpoint-*.npz")]
+        if written and max(written) >= strike_after:
+            break
+        time.sleep(0.001)
+    time.sleep(random.uniform(0.0, 0.005))
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "never.npz").exists()

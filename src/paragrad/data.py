@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import mmap
 import os
+import weakref
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -273,13 +274,32 @@ def _load_table(path: Path, target, features, dtype) -> Dataset:
         raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
     if target_name in features:
         raise DataError(f"{path}: column {target_name!r} cannot be both a feature and the target")
-    X = np.empty((table.num_rows, len(features)), dtype=dtype)
+    X = shared_empty((table.num_rows, len(features)), dtype)
     for j, name in enumerate(features):
         X[:, j] = _numeric_column(path, table.column(name), name)
     y = None
     if target_name is not None:
         y = _numeric_column(path, table.column(target_name), target_name)
     return Dataset(X, y, features, target_name, dtype=dtype, source=str(path))
+
+
+def shared_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array in a shared-memory file, removed when the array is freed.
+
+    The local engine's workers map such an array where it lies, so loaded data is never
+    copied for them.
+    """
+    from paragrad.engines.transport import Region
+
+    region = Region.create(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    region.close()
+    try:
+        array = np.memmap(region.path, dtype=dtype, mode="r+", shape=shape)
+    except BaseException:
+        region.unlink()
+        raise
+    weakref.finalize(array, region.unlink)
+    return array
 
 
 def _resolve_target(path: Path, names: list[str], target) -> str | None:

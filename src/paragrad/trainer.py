@@ -80,6 +80,7 @@ class TrainStep:
     model: Model
     optimizer: Optimizer
     plan: RoundPlan
+    zero_copy_results = True  # the round loop combines the results before the next round
 
     def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
         start = time.perf_counter()

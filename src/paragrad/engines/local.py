@@ -145,6 +145,10 @@ class LocalEngine(Engine):
     def _workers(self) -> list[WorkerProcess | None]:
         return self._resources.workers
 
+    def _check_started(self) -> None:
+        if len(self._workers) != self.num_workers or not self._specs:
+            raise ConfigError("the local engine has no workers: call start() first")
+
     @property
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
@@ -153,32 +157,47 @@ class LocalEngine(Engine):
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
-        if len(self._workers) != plan.num_shards:
+        """Start (or reuse) the workers and place the data; on any failure, stop them all."""
+        try:
+            if len(self._workers) != plan.num_shards:
+                self.close()
+                for worker in range(plan.num_shards):
+                    self._workers.append(None)
+                    self._workers[worker] = self._spawn(worker, plan.num_shards)
+            self.num_workers = plan.num_shards
+            self._tasks, self._setup_log = {}, []
+            self._place(dataset, plan)
+        except BaseException:
             self.close()
-            self._resources.workers.extend(self._spawn(w, plan.num_shards) for w in range(plan.num_shards))
-        self.num_workers = plan.num_shards
-        self._tasks, self._setup_log = {}, []
-        self._place(dataset, plan)
+            raise
 
     def _spawn(self, worker: int, num_workers: int) -> WorkerProcess:
-        command_read, command_write = os.pipe()
-        reply_read, reply_write = os.pipe()
         threads = str(self.threads_per_worker)
         env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env.update(WORKER_MALLOC)
-        args = [command_read, reply_write, worker, num_workers, self.threads_per_worker]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "paragrad.engines.worker", *map(str, args)],
-            pass_fds=(command_read, reply_write),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the coordinator alone, which stops the workers
-        )
-        os.close(command_read)
-        os.close(reply_write)
-        handle = WorkerProcess(
-            process, Connection(command_write, readable=False), Connection(reply_read, writable=False)
-        )
+        command_read, command_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        # Our ends are wrapped first, so that they are closed whatever happens next.
+        commands = Connection(command_write, readable=False)
+        replies = Connection(reply_read, writable=False)
+        try:
+            args = [command_read, reply_write, worker, num_workers, self.threads_per_worker]
+            process = subprocess.Popen(
+                [sys.executable, "-m", "paragrad.engines.worker", *map(str, args)],
+                pass_fds=(command_read, reply_write),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the coordinator alone, which stops the workers
+            )
+        except BaseException:
+            commands.close()
+            replies.close()
+            raise
+        finally:
+            os.close(command_read)
+            os.close(reply_write)
+        handle = WorkerProcess(process, commands, replies)
+        self._workers[worker] = handle  # recorded before anything else can fail
         handle.commands.send_bytes(pickle.dumps({"kind": "path", "sys_path": sys.path}))
         return handle
 
@@ -213,7 +232,7 @@ class LocalEngine(Engine):
     def close(self) -> None:
         _release(self._resources)
         self._data, self._broadcast, self._slots = None, None, []
-        self._tasks, self._setup_log = {}, []
+        self._tasks, self._setup_log, self._specs = {}, [], []
 
     # -- shared regions ------------------------------------------------------------------
 
@@ -242,10 +261,29 @@ class LocalEngine(Engine):
     # -- rounds --------------------------------------------------------------------------
 
     def run(self, task: Task, *args: Any) -> list[Any]:
+        """Run ``task`` on every worker; results in worker order.
+
+        Arrays in the results are copied out of shared memory, unless the task declares
+        ``zero_copy_results = True``: then they are views, valid until the next ``run``.
+        An interrupted round (Ctrl-C, a worker lost for good) stops all workers, so the
+        next ``start`` begins afresh.
+        """
+        self._check_started()
+        try:
+            results = self._run(task, args)
+        except (WorkerError, ParagradError):
+            raise  # every worker replied: the engine is in order
+        except BaseException:
+            self.close()
+            raise
+        if getattr(task, "mutates_shard", False):
+            self._setup_log.append((self._tasks[id(task)][0], args))
+        return results
+
+    def _run(self, task: Task, args: tuple) -> list[Any]:
         key = self._task_key(task)
         stream, buffers = transport.dumps(args)
-        nbytes = transport.layout_size(buffers)
-        self._regions_for(nbytes)
+        self._regions_for(transport.layout_size(buffers))
         layout = transport.write_buffers(buffers, self._broadcast) if buffers else []
         region = self._broadcast.path if buffers else None
         messages = [
@@ -253,10 +291,8 @@ class LocalEngine(Engine):
         ]
         for worker, message in enumerate(messages):
             self._send_or_restart(worker, message)
-        if getattr(task, "mutates_shard", False):
-            self._setup_log.append((key, args))
         self.last_bytes_sent = self.num_workers * (len(stream) + sum(view.nbytes for view in buffers))
-        return self._gather(messages)
+        return self._gather(messages, copy=not getattr(task, "zero_copy_results", False))
 
     def _run_message(self, key: int, stream: bytes, region, layout, worker: int) -> dict:
         slot = self._slots[worker]
@@ -294,10 +330,11 @@ class LocalEngine(Engine):
         try:
             self._send(worker, message)
         except WorkerLost:
-            self._restart(worker)
-            self._send(worker, message)
+            self._restart(worker)  # which loads the shard and sends every task again
+            if message["kind"] == "run":
+                self._send(worker, message)
 
-    def _gather(self, messages: list[dict]) -> list[Any]:
+    def _gather(self, messages: list[dict], copy: bool) -> list[Any]:
         """Each worker's reply in worker order; a dead worker is restarted or reported."""
         results: list[Any] = [None] * self.num_workers
         pending = {self._workers[w].replies: w for w in range(self.num_workers)}
@@ -317,32 +354,40 @@ class LocalEngine(Engine):
                 if status == "ok":
                     stream, layout = value
                     received += sum(length for _, length in layout)
-                    results[worker] = transport.loads(stream, self._slots[worker], layout)
+                    results[worker] = transport.loads(stream, self._slots[worker], layout, copy=copy)
                 elif failure is None:
                     failure = (worker, *value)
         self.last_bytes_received = received
         if failure is not None:
             worker, exc, text = failure
             if isinstance(exc, ParagradError):
+                exc.args = (f"worker {worker}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
                 raise exc
             raise WorkerError(f"worker {worker} raised {text.strip().splitlines()[-1]}\n{text}") from exc
         return results
 
     def _restart(self, worker: int) -> None:
-        """Start a dead worker again on its shard, or raise WorkerLost when out of restarts."""
+        """Start a dead worker again on its shard, or raise WorkerLost when out of restarts.
+
+        The new worker gets its shard, every task, and a replay of the tasks that changed
+        the shard; should it die during that, it is restarted again (while restarts last).
+        """
         message = self._death_message(worker)
         if self.restarts >= self.max_restarts:
             raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
         self.restarts += 1
-        self._workers[worker] = self._spawn(worker, self.num_workers)
-        self._send(worker, {"kind": "shard", "spec": self._specs[worker]})
-        for key, _, payload in self._tasks.values():
-            self._send(worker, {"kind": "task", "key": key, "task": payload})
-        for key, args in self._setup_log:
-            self._send(worker, self._replay_message(key, args))
-            status, *value = pickle.loads(self._workers[worker].replies.recv_bytes())
-            if status != "ok":
-                raise WorkerLost(f"{message}; replaying its set-up failed: {value[-1]}")
+        self._spawn(worker, self.num_workers)
+        try:
+            self._send(worker, {"kind": "shard", "spec": self._specs[worker]})
+            for key, _, payload in self._tasks.values():
+                self._send(worker, {"kind": "task", "key": key, "task": payload})
+            for key, args in self._setup_log:
+                self._send(worker, self._replay_message(key, args))
+                status, *value = pickle.loads(self._workers[worker].replies.recv_bytes())
+                if status != "ok":
+                    raise WorkerError(f"worker {worker}: replaying its set-up failed: {value[-1]}")
+        except (WorkerLost, EOFError, OSError):
+            self._restart(worker)
 
     def _replay_message(self, key: int, args: tuple) -> dict:
         stream = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)

@@ -54,6 +54,9 @@ class Region:
         try:
             os.ftruncate(fd, size)
             mapping = mmap.mmap(fd, size)
+        except BaseException:
+            os.unlink(path)
+            raise
         finally:
             os.close(fd)
         _track(path, register=True)
@@ -140,7 +143,13 @@ def read_buffers(region: Region, layout: list[tuple[int, int]]) -> list[memoryvi
     return [view[offset : offset + length] for offset, length in layout]
 
 
-def loads(stream: bytes, region: Region | None, layout: list[tuple[int, int]]) -> Any:
-    """Rebuild an object from its stream and its buffers in ``region``."""
-    buffers = read_buffers(region, layout) if layout else ()
+def loads(stream: bytes, region: Region | None, layout: list[tuple[int, int]], copy: bool = False) -> Any:
+    """Rebuild an object from its stream and its buffers in ``region``.
+
+    Without ``copy`` its arrays are read-only views of the region, valid until the region
+    is written again; with it they are private copies.
+    """
+    buffers = read_buffers(region, layout) if layout else []
+    if copy:
+        buffers = [bytearray(view) for view in buffers]
     return pickle.loads(stream, buffers=buffers)

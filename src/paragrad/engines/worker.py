@@ -58,7 +58,13 @@ class WorkerState:
     def run(self, key: int, message: dict) -> Any:
         task = self.tasks[key]
         if isinstance(task, bytes):
-            task = self.tasks[key] = pickle.loads(task)
+            try:
+                task = self.tasks[key] = pickle.loads(task)
+            except (AttributeError, ImportError) as exc:
+                raise RuntimeError(
+                    f"cannot load the task in a worker process ({exc}); a class defined in a "
+                    "script's __main__ cannot reach worker processes: define it in a module"
+                ) from None
         broadcast = self.region(message["region"], message["region_size"])
         args = transport.loads(message["stream"], broadcast, message["layout"])
         return task(self.shard, *args)
