@@ -338,3 +338,150 @@ def test_one_worker_per_core_by_default():
     assert LocalEngine().num_workers == len(os.sched_getaffinity(0))
     with pytest.raises(pg.ConfigError, match="threads_per_worker must be at least 1"):
         LocalEngine(threads_per_worker=0)
+
+
+# -- shared-memory transport and engine state after failures --------------------------------
+
+
+class Echo:
+    """Returns its argument plus the worker index (large arrays go through shared memory)."""
+
+    def __call__(self, shard, vector):
+        return vector + shard.worker
+
+
+def test_large_arguments_and_results_travel_through_shared_memory_intact(local_engine):
+    local_engine.start(pg.make_regression(10, 2), plan_shards(10, 2))
+    first = np.random.default_rng(0).standard_normal(100_000)
+    results = local_engine.run(Echo(), first)
+    later = local_engine.run(Echo(), np.zeros(100_000))
+    np.testing.assert_array_equal(results[0], first)  # copies: not changed by the later round
+    np.testing.assert_array_equal(results[1], first + 1)
+    np.testing.assert_array_equal(later[1], np.ones(100_000))
+    assert local_engine.last_bytes_sent >= 2 * first.nbytes
+
+
+def test_standardisation_of_many_features_survives_later_rounds():
+    # One worker: its moments are the run's standardisation, and large enough (5000
+    # features) to travel through shared memory, which later rounds overwrite.
+    data = pg.make_regression(64, 5000, seed=0)
+    X = data.X * 3.0 + 5.0
+    common = dict(workers=1, epochs=3, standardize=True, tol=0)
+    with LocalEngine(1) as engine:
+        local = pg.train(pg.models.LinearRegression(), pg.Dataset(X, data.y), engine=engine, **common)
+    serial = pg.train(pg.models.LinearRegression(), pg.Dataset(X, data.y), engine="serial", **common)
+    np.testing.assert_array_equal(local.model.standardizer_.mean, serial.model.standardizer_.mean)
+    np.testing.assert_array_equal(local.model.predict(X), serial.model.predict(X))
+
+
+class AddOneOnce:
+    """Changes the shard; worker 1 dies the first time, before replying."""
+
+    mutates_shard = True
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, shard):
+        shard.X = shard.X + 1.0
+        if shard.worker == 1 and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def shard_sum(shard):
+    return float(shard.X.sum())
+
+
+def test_a_worker_lost_during_a_shard_change_gets_it_exactly_once(tmp_path):
+    data = pg.make_regression(40, 3, seed=0)
+    with LocalEngine(2, max_restarts=1) as engine:
+        engine.start(data, plan_shards(40, 2))
+        engine.run(AddOneOnce(str(tmp_path / "died")))
+        assert engine.restarts == 1
+        sums = engine.run(shard_sum)
+    expected = [float((data.X[rows] + 1.0).sum()) for rows in (slice(0, 20), slice(20, 40))]
+    np.testing.assert_allclose(sums, expected, rtol=1e-12)
+
+
+class Sleep:
+    def __call__(self, shard):
+        time.sleep(5)
+
+
+def test_an_interrupted_round_stops_the_workers_and_the_engine_starts_afresh():
+    data = pg.make_regression(40, 3, seed=0)
+    with LocalEngine(2) as engine:
+        engine.start(data, plan_shards(40, 2))
+        pids = engine.pids
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                engine.run(Sleep())
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        assert not any(_is_alive(pid) for pid in pids)
+        with pytest.raises(pg.ConfigError, match="call start"):
+            engine.run(shard_sum)
+        run = pg.train(pg.models.LinearRegression(), data, engine=engine, epochs=2, tol=0)
+        assert len(run.history) == 2
+
+
+def test_after_a_lost_worker_the_engine_can_start_again():
+    data = pg.make_regression(40, 3, seed=0)
+    with CountingEngine(2) as engine:
+        thread = kill_worker_after(engine, rounds=5)
+        with pytest.raises(pg.errors.WorkerLost):
+            long_training(engine)
+        thread.join()
+        run = pg.train(pg.models.LinearRegression(), data, engine=engine, epochs=2, tol=0)
+        assert len(run.history) == 2
+
+
+def test_ctrl_c_while_workers_start_leaves_no_process_behind():
+    data = pg.make_regression(40, 3, seed=0)
+    for delay in (0.01, 0.05, 0.15):
+        children_before = set(_children())
+        engine = LocalEngine(4)
+        signal.setitimer(signal.ITIMER_REAL, delay)
+        previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+        try:
+            engine.start(data, plan_shards(40, 4))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        engine.close()
+        time.sleep(0.2)
+        assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+
+
+class RaiseDataError:
+    def __call__(self, shard):
+        raise pg.DataError("bad rows")
+
+
+def test_a_paragrad_error_in_a_worker_names_the_worker(local_engine):
+    local_engine.start(pg.make_regression(10, 2), plan_shards(10, 2))
+    with pytest.raises(pg.DataError, match="worker 0: bad rows"):
+        local_engine.run(RaiseDataError())
+
+
+MAIN_SCRIPT = """
+import paragrad as pg
+
+class MySGD(pg.SGD):
+    pass
+
+pg.train(pg.models.LinearRegression(), pg.make_regression(50, 2), strategy=MySGD(8), workers=2)
+"""
+
+
+def test_a_class_from_a_scripts_main_gets_a_clear_error(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "define it in a module" in result.stderr

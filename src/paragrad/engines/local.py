@@ -159,7 +159,8 @@ class LocalEngine(Engine):
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
         """Start (or reuse) the workers and place the data; on any failure, stop them all."""
         try:
-            if len(self._workers) != plan.num_shards:
+            alive = all(handle is not None and handle.process.poll() is None for handle in self._workers)
+            if len(self._workers) != plan.num_shards or not alive:
                 self.close()
                 for worker in range(plan.num_shards):
                     self._workers.append(None)
@@ -271,8 +272,11 @@ class LocalEngine(Engine):
         self._check_started()
         try:
             results = self._run(task, args)
-        except (WorkerError, ParagradError):
-            raise  # every worker replied: the engine is in order
+        except WorkerLost:
+            self.close()
+            raise
+        except ParagradError:
+            raise  # a task failed, but every worker replied: the engine is in order
         except BaseException:
             self.close()
             raise
