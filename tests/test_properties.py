@@ -30,12 +30,12 @@ def csv_tables(draw):
     names = draw(st.lists(NAME, min_size=num_columns, max_size=num_columns, unique=True))
     rows = draw(st.lists(st.lists(CELL, min_size=num_columns, max_size=num_columns), max_size=12))
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # quotes any field holding \r or \n
     writer.writerow(names)
     for row in rows:
         writer.writerow(row)
         if draw(st.booleans()):
-            buffer.write("\n")  # blank lines are skipped
+            buffer.write("\r\n")  # blank lines are skipped
     return names, rows, buffer.getvalue()
 
 

@@ -359,8 +359,8 @@ class LocalEngine(Engine):
                     stream, layout = value
                     received += sum(length for _, length in layout)
                     results[worker] = transport.loads(stream, self._slots[worker], layout, copy=copy)
-                elif failure is None:
-                    failure = (worker, *value)
+                elif failure is None or worker < failure[0]:
+                    failure = (worker, *value)  # the lowest worker's, whatever the timing
         self.last_bytes_received = received
         if failure is not None:
             worker, exc, text = failure
