@@ -270,3 +270,15 @@ def test_divergence_names_the_setting_and_saves_the_last_finite_parameters(tmp_p
     expect_one_line(result, "lower the learning rate (now lr=50)")
     assert "last finite parameters are saved in" in result.stderr
     assert np.isfinite(pg.load_model(out).params).all()
+
+
+def test_lbfgs_resumes_exactly(tmp_path, regression_data):
+    options = dict(optimizer=pg.optim.LBFGS(memory=4), engine="serial", workers=2, epochs=40, tol=0)
+    whole = pg.train(pg.models.LinearRegression(l2=0.1), regression_data, **options)
+    pg.train(
+        pg.models.LinearRegression(l2=0.1), regression_data, max_rounds=6, checkpoint_dir=tmp_path, **options
+    )
+    resumed = pg.train(
+        pg.models.LinearRegression(l2=0.1), regression_data, checkpoint_dir=tmp_path, resume=True, **options
+    )
+    np.testing.assert_array_equal(resumed.params, whole.params)

@@ -282,3 +282,53 @@ def test_weighted_mean_weights_by_count():
 def test_bad_strategy_settings_are_refused(make, message):
     with pytest.raises(pg.ConfigError, match=message):
         make()
+
+
+# -- L-BFGS -------------------------------------------------------------------------------
+
+
+def test_lbfgs_is_the_default_for_full_batch_linear_models_and_matches_scikit_learn():
+    X, y, reference = sklearn_problem("breast_cancer")
+    run = pg.train(
+        pg.models.LogisticRegression(l2=1.0 / len(X)),
+        pg.Dataset(X, y),
+        standardize=True,
+        engine="serial",
+        workers=3,
+        epochs=500,
+        tol=1e-9,
+    )
+    assert run.converged and len(run.history) < 200
+    expected = np.r_[reference.coef_.ravel(), reference.intercept_]
+    assert relative_error(run.params, expected) <= 1e-4
+
+
+def test_lbfgs_reaches_least_squares_in_few_rounds_and_repeats_exactly_on_every_engine(local_engine):
+    data = pg.make_regression(500, 8, noise=0.3, seed=4)
+    common = dict(optimizer=pg.optim.LBFGS(), workers=2, epochs=100, tol=1e-10)
+    run = pg.train(pg.models.LinearRegression(), data, engine="serial", **common)
+    exact = np.linalg.lstsq(np.column_stack([data.X, np.ones(500)]), data.y, rcond=None)[0]
+    assert run.converged and len(run.history) <= 30
+    assert np.linalg.norm(run.params - exact) / np.linalg.norm(exact) <= 1e-8
+    local = pg.train(pg.models.LinearRegression(), data, engine=local_engine, **common)
+    np.testing.assert_array_equal(local.params, run.params)
+    assert sum(r["bytes_sent"] for r in local.history) > len(local.history) * 2 * 8 * 9  # extra passes
+
+
+def test_lbfgs_needs_gradient_descent(binary_data):
+    with pytest.raises(pg.ConfigError, match="lbfgs needs full-batch training"):
+        pg.train(pg.models.LogisticRegression(), binary_data, strategy=pg.SGD(8), optimizer=pg.optim.LBFGS())
+
+
+def test_lbfgs_two_loop_direction_is_newtons_on_a_quadratic():
+    # After d A-conjugate steps on f(x) = x'Ax/2, BFGS's pairs pin down the inverse Hessian.
+    A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.0]])
+    steps = []
+    for e in np.eye(3):
+        steps.append(e - sum((e @ A @ s) / (s @ A @ s) * s for s in steps))
+    optimizer = pg.optim.LBFGS(memory=3)
+    state = optimizer.init(np.zeros(3))
+    for s in steps:
+        state = optimizer._remember(state, s, A @ s, 0.0, np.zeros(3))
+    grad = np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(optimizer.direction(grad, state), -np.linalg.solve(A, grad), rtol=1e-10)

@@ -26,9 +26,9 @@ from paragrad.inference import as_model, evaluate, predict
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
 from paragrad.strategies import STRATEGIES, get_strategy
-from paragrad.trainer import train
+from paragrad.trainer import default_optimizer, train
 
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.01}
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
 SUITES = ("latency", "gd_step", "mlp_scaling")
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
@@ -83,8 +83,6 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
-    if args.optimizer != "sgd" and (args.momentum or args.nesterov):
-        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
     dataset = load(args.data, args.target, dtype=args.dtype)
     model_class = get_model(args.model)
     model_options = {"l2": args.l2}
@@ -96,12 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         strategy_options["batch_size"] = args.batch_size or DEFAULT_BATCH[args.strategy]
     if args.strategy == "local-sgd":
         strategy_options.update(local_steps=args.local_steps, server_lr=args.server_lr)
-    optimizer_options = {"lr": args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]}
-    if args.optimizer == "sgd":
+    strategy = get_strategy(args.strategy, **strategy_options)
+    optimizer_name = args.optimizer or default_optimizer(model, strategy).name
+    if optimizer_name != "sgd" and (args.momentum or args.nesterov):
+        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
+    optimizer_options = {"lr": args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]}
+    if optimizer_name == "sgd":
         optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
     options = dict(
-        strategy=get_strategy(args.strategy, **strategy_options),
-        optimizer=get_optimizer(args.optimizer, **optimizer_options),
+        strategy=strategy,
+        optimizer=get_optimizer(optimizer_name, **optimizer_options),
         engine=args.engine,
         workers=args.workers,
         epochs=args.epochs,
@@ -240,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="local-sgd steps per round; 'none': one-shot",
     )
     p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01)")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="default: lbfgs for gd on linear models, else adam"
+    )
+    p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument("--epochs", type=_positive_int, default=10)

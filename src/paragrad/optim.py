@@ -198,7 +198,123 @@ class Adam(Optimizer):
         return params - lr * mean_hat / (np.sqrt(second_hat) + self.eps), AdamState(step, mean, second)
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
+class LBFGSState(NamedTuple):
+    step: np.ndarray
+    s_history: np.ndarray
+    y_history: np.ndarray
+    num_pairs: np.ndarray
+    loss: np.ndarray
+    grad: np.ndarray
+
+
+class LBFGS(Optimizer):
+    """Limited-memory BFGS with a backtracking (Armijo) line search, for full-batch training.
+
+    It minimises through an ``evaluate(params) -> (loss, grad)`` function, each call of
+    which is one distributed pass over the data (as Spark MLlib and dask-glm do), instead
+    of a gradient handed to ``update``. ``lr`` is the first trial step of each line
+    search (1 is right for quasi-Newton steps). When no step along the search direction
+    lowers the loss, the step reports a gradient norm of 0 so training stops there.
+
+    Parameters
+    ----------
+    memory : int
+        Number of (step, gradient change) pairs kept.
+    lr : float
+        First trial step length.
+    c1 : float
+        Armijo sufficient-decrease constant.
+    max_line_search : int
+        Halvings of the step before giving up.
+    """
+
+    name = "lbfgs"
+    needs_objective = True
+
+    def __init__(
+        self, memory: int = 10, lr: float = 1.0, c1: float = 1e-4, max_line_search: int = 30
+    ) -> None:
+        super().__init__(lr)
+        if int(memory) < 1:
+            raise ConfigError(f"memory must be a positive integer, got {memory}")
+        if not 0.0 < c1 < 1.0:
+            raise ConfigError(f"c1 must be in (0, 1), got {c1}")
+        self.memory, self.c1, self.max_line_search = int(memory), float(c1), int(max_line_search)
+
+    def init(self, params: np.ndarray) -> LBFGSState:
+        d = len(params)
+        history = np.zeros((self.memory, d))
+        return LBFGSState(
+            np.array(0, dtype=np.int64),
+            history,
+            history.copy(),
+            np.array(0, dtype=np.int64),
+            np.array(np.nan),
+            np.zeros(d),
+        )
+
+    def update(self, grad, state, params):
+        raise ConfigError("LBFGS searches along each step itself: use it with the GradientDescent strategy")
+
+    def direction(self, grad: np.ndarray, state: LBFGSState) -> np.ndarray:
+        """``-H grad`` by the two-loop recursion over the stored pairs (oldest first)."""
+        count = int(state.num_pairs)
+        pairs = [(state.s_history[i], state.y_history[i]) for i in range(count)]
+        q, alphas = grad.copy(), []
+        for s, y in reversed(pairs):
+            alpha = (s @ q) / (y @ s)
+            alphas.append(alpha)
+            q -= alpha * y
+        if pairs:
+            s, y = pairs[-1]
+            q *= (s @ y) / (y @ y)
+        for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
+            q += (alpha - (y @ q) / (y @ s)) * s
+        return -q
+
+    def minimize_step(self, evaluate, params: np.ndarray, state: LBFGSState):
+        """One quasi-Newton step; returns (new params, new state, loss and grad at ``params``)."""
+        if np.isnan(state.loss):
+            loss, grad = evaluate(params)
+        else:
+            loss, grad = float(state.loss), state.grad
+        direction = self.direction(grad, state)
+        slope = float(grad @ direction)
+        if not slope < 0:  # not a descent direction: forget the curvature pairs
+            state = state._replace(num_pairs=np.array(0, dtype=np.int64))
+            direction, slope = -grad, -float(grad @ grad)
+        step = self.schedule(int(state.step))
+        if int(state.num_pairs) == 0:
+            step = min(step, 1.0 / max(float(np.abs(grad).sum()), 1e-300))
+        for _ in range(self.max_line_search):
+            candidate = params + step * direction
+            new_loss, new_grad = evaluate(candidate)
+            if np.isfinite(new_loss) and new_loss <= loss + self.c1 * step * slope:
+                break
+            step *= 0.5
+        else:
+            return params, state._replace(loss=np.array(loss), grad=grad), loss, np.zeros_like(grad)
+        return (
+            candidate,
+            self._remember(state, candidate - params, new_grad - grad, new_loss, new_grad),
+            loss,
+            grad,
+        )
+
+    def _remember(self, state: LBFGSState, s, y, loss, grad) -> LBFGSState:
+        s_history, y_history, count = state.s_history.copy(), state.y_history.copy(), int(state.num_pairs)
+        if s @ y > 1e-12 * (y @ y):  # keep only pairs of positive curvature
+            if count == self.memory:
+                s_history[:-1], y_history[:-1] = s_history[1:].copy(), y_history[1:].copy()
+                count -= 1
+            s_history[count], y_history[count] = s, y
+            count += 1
+        return LBFGSState(
+            state.step + 1, s_history, y_history, np.array(count, dtype=np.int64), np.array(loss), grad
+        )
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "lbfgs": LBFGS}
 
 
 def get_optimizer(name: str, **kwargs) -> Optimizer:

@@ -99,15 +99,20 @@ def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: i
     return np.sort(perm[position * batch_size : (position + 1) * batch_size])
 
 
+def objective(results: Sequence[WorkerResult], params: np.ndarray, model: Model) -> tuple[float, np.ndarray]:
+    """The mean objective and its gradient: sums averaged exactly, the penalty added once."""
+    count, loss_sum, grad_sum = sum_results(results)
+    penalty, penalty_grad = model.penalty(params)
+    return loss_sum / count + penalty, grad_sum / count + penalty_grad
+
+
 def gradient_step(
     results: Sequence[WorkerResult], params, opt_state, model: Model, optimizer: Optimizer
 ) -> StepOutcome:
     """Average the gradient sums exactly, add the penalty once, take one optimizer step."""
-    count, loss_sum, grad_sum = sum_results(results)
-    penalty, penalty_grad = model.penalty(params)
-    grad = grad_sum / count + penalty_grad
+    loss, grad = objective(results, params, model)
     new_params, new_state = optimizer.update(grad, opt_state, params)
-    return StepOutcome(new_params, new_state, loss_sum / count + penalty, float(np.abs(grad).max()))
+    return StepOutcome(new_params, new_state, loss, float(np.abs(grad).max()))
 
 
 class Strategy(ABC):

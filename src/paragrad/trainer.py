@@ -25,9 +25,9 @@ from paragrad.errors import (
     WorkerError,
     WorkerLost,
 )
-from paragrad.models.base import MAX_CLASSES, Model
-from paragrad.optim import Adam, Optimizer
-from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
+from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
+from paragrad.optim import LBFGS, Adam, Optimizer
+from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult, objective
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 HISTORY_KEYS = (
@@ -218,8 +218,9 @@ def train(
         Features and labels (see :func:`paragrad.load` and :class:`paragrad.Dataset`).
     strategy : Strategy, default GradientDescent()
         ``GradientDescent()``, ``SGD(batch_size)`` or ``LocalSGD(local_steps, batch_size)``.
-    optimizer : Optimizer, default Adam(lr=0.01)
-        ``optim.SGD`` or ``optim.Adam``.
+    optimizer : Optimizer, optional
+        ``optim.SGD``, ``optim.Adam`` or ``optim.LBFGS`` (full batch only). Default:
+        LBFGS for GradientDescent on the linear models, else ``Adam(lr=0.01)``.
     engine : {"serial", "local", "ray"} or Engine
         Where the workers run; an Engine object is used as is and left open.
     workers : int, optional
@@ -275,11 +276,13 @@ def train(
     if data.y is None:
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
     strategy = GradientDescent() if strategy is None else strategy
-    optimizer = Adam(lr=0.01) if optimizer is None else optimizer
+    optimizer = default_optimizer(model, strategy) if optimizer is None else optimizer
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
+    if getattr(optimizer, "needs_objective", False) and not isinstance(strategy, GradientDescent):
+        raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
     _check_positive_int("epochs", epochs)
     _check_positive_int("max_rounds", max_rounds, allow_none=True)
     _check_positive_int("workers", workers, allow_none=True)
@@ -310,6 +313,13 @@ def train(
     finally:
         if own_engine:
             runner.close()
+
+
+def default_optimizer(model: Model, strategy: Strategy) -> Optimizer:
+    """LBFGS for full-batch training of the linear models, Adam(lr=0.01) otherwise."""
+    if isinstance(strategy, GradientDescent) and isinstance(model, LinearLayout):
+        return LBFGS()
+    return Adam(lr=0.01)
 
 
 def _classes(model: Model) -> list[int] | None:
@@ -508,25 +518,43 @@ class RoundLoop:
         )
 
     def round(self, round_index: int, params, opt_state) -> tuple[dict[str, Any], StepOutcome]:
-        """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite."""
+        """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite.
+
+        With an optimizer that minimises through whole evaluations (LBFGS), the round is
+        one optimizer step, and each evaluation of its line search one pass of the workers.
+        """
         start = time.perf_counter()
-        try:
-            results = self.runner.run(self.task, params, round_index)
-        except (WorkerLost, WorkerError) as exc:
-            raise type(exc)(f"round {round_index}: {exc}") from exc
-        run_s = time.perf_counter() - start
+        passes = {"compute_s": 0.0, "run_s": 0.0, "sent": 0, "received": 0}
+
+        def run_workers(point):
+            pass_start = time.perf_counter()
+            try:
+                results = self.runner.run(self.task, point, round_index)
+            except (WorkerLost, WorkerError) as exc:
+                raise type(exc)(f"round {round_index}: {exc}") from exc
+            passes["run_s"] += time.perf_counter() - pass_start
+            passes["compute_s"] += max(result.compute_s for result in results)
+            passes["sent"] += self.runner.last_bytes_sent
+            passes["received"] += self.runner.last_bytes_received
+            return results
+
         with np.errstate(over="ignore", invalid="ignore"):
-            outcome = self.strategy.combine(results, params, opt_state, self.model, self.optimizer)
-        compute_s = max(result.compute_s for result in results)
+            if getattr(self.optimizer, "needs_objective", False):
+                evaluate = lambda point: objective(run_workers(point), point, self.model)  # noqa: E731
+                new_params, new_state, loss, grad = self.optimizer.minimize_step(evaluate, params, opt_state)
+                outcome = StepOutcome(new_params, new_state, loss, float(np.abs(grad).max()))
+            else:
+                results = run_workers(params)
+                outcome = self.strategy.combine(results, params, opt_state, self.model, self.optimizer)
         record = {
             "round": round_index,
             "epoch": self.strategy.epoch_of(round_index, self.shard_sizes),
             "loss": float(outcome.loss),
             "wall_s": time.perf_counter() - start,
-            "compute_s": compute_s,
-            "comm_s": max(run_s - compute_s, 0.0),
-            "bytes_sent": self.runner.last_bytes_sent,
-            "bytes_received": self.runner.last_bytes_received,
+            "compute_s": passes["compute_s"],
+            "comm_s": max(passes["run_s"] - passes["compute_s"], 0.0),
+            "bytes_sent": passes["sent"],
+            "bytes_received": passes["received"],
         }
         if self.first_loss is None:
             self.first_loss = outcome.loss
