@@ -218,9 +218,19 @@ class LinearLayout:
         b = params[d * k :] if self.fit_intercept else 0.0
         return W, b
 
+    def weights_for(self, params: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
+        """Weights and intercepts in the data's float type (float32 data: float32 products)."""
+        W, b = self.split(params)
+        if X.dtype != W.dtype:
+            W = W.astype(X.dtype)
+            b = b.astype(X.dtype) if isinstance(b, np.ndarray) else b
+        return W, b
+
     def outputs(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """``X @ W + b``, shape (rows, k); a matrix-vector product when k is 1."""
-        W, b = self.split(params)
+        return self._outputs(*self.weights_for(params, X), X)
+
+    def _outputs(self, W: np.ndarray, b, X: np.ndarray) -> np.ndarray:
         if self.num_outputs == 1:
             return (X @ W[:, 0] + b)[:, None]
         return X @ W + b
@@ -231,22 +241,26 @@ class LinearLayout:
 
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss and gradient sums, fused block by block: each block of X is read from
-        memory once, and read again for ``X_block.T @ dZ`` while it is still in cache."""
+        memory once, and read again for ``X_block.T @ dZ`` while it is still in cache.
+
+        Products run in the data's float type; sums over blocks accumulate in float64.
+        """
         d, k = self.num_features_, self.num_outputs
+        W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
         grad_W = grad[: d * k].reshape(d, k)
         loss = 0.0
         step = block_rows(X)
         for start in range(0, len(X), step):
             X_block = X[start : start + step]
-            block_loss, dZ = self.output_loss(self.outputs(params, X_block), y[start : start + step])
+            block_loss, dZ = self.output_loss(self._outputs(W, b, X_block), y[start : start + step])
             loss += block_loss
             if k == 1:
                 grad_W[:, 0] += dZ[:, 0] @ X_block
             else:
                 grad_W += X_block.T @ dZ
             if self.fit_intercept:
-                grad[d * k :] += dZ.sum(axis=0)
+                grad[d * k :] += dZ.sum(axis=0, dtype=np.float64)
         return loss, grad
 
 
