@@ -208,3 +208,24 @@ def test_train_refuses_a_directory_as_output_before_training(tmp_path, trained):
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "usage: paragrad" in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".parquet"])
+def test_predict_streams_chunks_of_a_memory_mapped_npy_into_any_output(tmp_path, suffix):
+    from paragrad.inference import predict_to_file
+
+    data = pg.make_classification(1000, 4, num_classes=3, seed=0)
+    run = pg.train(pg.models.SoftmaxRegression(), data, engine="serial", workers=2, epochs=3, tol=0)
+    np.save(tmp_path / "X.npy", data.X.astype(np.float32))
+    out = tmp_path / f"proba{suffix}"
+    rows = predict_to_file(run.model, tmp_path / "X.npy", out, workers=2, proba=True, chunk_rows=300)
+    assert rows == 1000
+    expected = run.model.predict_proba(data.X.astype(np.float32))
+    if suffix == ".npy":
+        written = np.load(out)
+    else:
+        table = (
+            pacsv.read_csv(out) if suffix == ".csv" else __import__("pyarrow.parquet").parquet.read_table(out)
+        )
+        written = np.column_stack([table.column(f"proba_{k}").to_numpy() for k in range(3)])
+    np.testing.assert_array_equal(written.astype(expected.dtype), expected)

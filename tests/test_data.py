@@ -222,3 +222,12 @@ def test_memory_mapped_features_remember_where_they_lie_in_their_file(tmp_path):
     assert pg.Dataset(mapped[:, :2]).storage is None
     assert pg.Dataset(mapped, dtype=np.float32).storage is None
     assert pg.load(tmp_path / "X.npy", mmap=False).storage is None
+
+
+def test_slices_of_loaded_npy_features_still_point_into_the_file(tmp_path):
+    np.save(tmp_path / "X.npy", np.arange(60.0).reshape(20, 3))
+    loaded = pg.load(tmp_path / "X.npy")
+    chunk = loaded.take(slice(5, 12))
+    backing = chunk.storage
+    on_disk = np.memmap(backing.path, dtype=np.float64, mode="r", offset=backing.offset, shape=(7, 3))
+    np.testing.assert_array_equal(on_disk, chunk.X)

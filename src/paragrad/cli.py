@@ -14,15 +14,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from paragrad import __version__
-from paragrad.atomic import atomic_write
 from paragrad.checkpoint import save_model
 from paragrad.data import load, make_classification, make_regression, save_dataset
 from paragrad.engines import ENGINES
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
-from paragrad.inference import as_model, evaluate, predict
+from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
 from paragrad.strategies import STRATEGIES, get_strategy
@@ -138,31 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_out(args.out, PREDICTION_SUFFIXES)
-    model = as_model(args.model)
-    values = predict(model, args.data, engine=args.engine, workers=args.workers, proba=args.proba)
-    if args.out.suffix.lower() == ".npy":
-        with atomic_write(args.out) as handle:
-            np.save(handle, values)
-    else:
-        _write_predictions_table(args.out, values, model.classes_ if args.proba else None)
-    print(f"wrote {len(values)} predictions to {args.out}")
+    rows = predict_to_file(
+        args.model, args.data, args.out, engine=args.engine, workers=args.workers, proba=args.proba
+    )
+    print(f"wrote {rows} predictions to {args.out}")
     return 0
-
-
-def _write_predictions_table(path: Path, values: np.ndarray, classes) -> None:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if classes is None:
-        columns = {"prediction": values}
-    else:
-        columns = {f"proba_{label}": values[:, j] for j, label in enumerate(classes)}
-    with atomic_write(path) as handle:
-        if path.suffix.lower() == ".parquet":
-            pq.write_table(pa.table(columns), handle)
-        else:
-            pacsv.write_csv(pa.table(columns), handle)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -39,8 +39,8 @@ class Dataset:
         One name per column of ``X``.
     target_name : str, optional
         The name of the label column, remembered by models trained on this data.
-    dtype : float dtype
-        ``float64`` (default) or ``float32``.
+    dtype : float dtype or None
+        ``float64`` (default) or ``float32``; ``None`` keeps float32 features as they are.
     source : str
         What to call the data in error messages (a file name, say).
     """
@@ -55,7 +55,7 @@ class Dataset:
         dtype=np.float64,
         source: str = "X",
     ) -> None:
-        dtype = _float_dtype(dtype)
+        dtype = _float_dtype(dtype, like=X)
         self.source = source
         self.storage = _file_backing(X, dtype)
         self.X = _as_matrix(X, dtype, source)
@@ -123,7 +123,9 @@ class FileBacking:
 
 def _file_backing(X, dtype) -> FileBacking | None:
     """The file and offset of ``X`` when it is a C-ordered view into an ``np.memmap``."""
-    mapped = X if isinstance(X, np.memmap) else getattr(X, "base", None)
+    mapped = X
+    while mapped is not None and not isinstance(mapped, np.memmap):
+        mapped = getattr(mapped, "base", None)
     if not isinstance(mapped, np.memmap) or mapped.filename is None or mapped._mmap is None:
         return None
     if not isinstance(X, np.ndarray) or X.dtype != dtype or X.ndim != 2 or not X.flags.c_contiguous:
@@ -136,7 +138,11 @@ def _file_backing(X, dtype) -> FileBacking | None:
     return FileBacking(str(mapped.filename), int(offset))
 
 
-def _float_dtype(dtype) -> np.dtype:
+def _float_dtype(dtype, like=None) -> np.dtype:
+    """The float type to use; ``None`` keeps float32 data as it is and makes the rest float64."""
+    if dtype is None:
+        kind = getattr(like, "dtype", None)
+        return np.dtype(np.float32) if kind == np.float32 else np.dtype(np.float64)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
@@ -209,8 +215,8 @@ def load(
         ignored). By default every column but the target.
     num_features : int, optional
         For LIBSVM files: the feature count (a file need not use the last feature).
-    dtype : float dtype
-        ``float64`` or ``float32``.
+    dtype : float dtype or None
+        ``float64`` or ``float32``; ``None`` keeps the file's float32 (else float64).
     mmap : bool
         Memory-map ``.npy`` files instead of reading them: the local engine's workers then
         map the same file, and the data is never copied.

@@ -49,7 +49,9 @@ def read_features(model: Model, data, target: str | int | None = None) -> Datase
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (str, os.PathLike)):
-        dataset = load(Path(data), target, features=model.feature_names_, num_features=model.num_features_)
+        dataset = load(
+            Path(data), target, features=model.feature_names_, num_features=model.num_features_, dtype=None
+        )
     else:
         dataset = Dataset(data)
     if dataset.num_features != model.num_features_:
@@ -125,3 +127,98 @@ def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = 
         spread = float(np.sum((y - y.mean()) ** 2))
         metrics["r2"] = 1.0 - float(residual @ residual) / spread if spread > 0 else float("nan")
     return metrics
+
+
+# -- streaming prediction to a file ---------------------------------------------------------
+
+CHUNK_BYTES = 256 << 20
+
+
+class PredictionWriter:
+    """Writes predictions chunk by chunk to ``.npy``, ``.csv`` or ``.parquet``, atomically."""
+
+    def __init__(self, handle, path: Path, num_rows: int, classes) -> None:
+        self.handle, self.path, self.num_rows, self.classes = handle, path, num_rows, classes
+        self.suffix = path.suffix.lower()
+        self.writer = None
+
+    def write(self, values: np.ndarray) -> None:
+        if self.suffix == ".npy":
+            if self.writer is None:
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(values.dtype),
+                    "fortran_order": False,
+                    "shape": (self.num_rows, *values.shape[1:]),
+                }
+                np.lib.format.write_array_header_2_0(self.handle, header)
+                self.writer = True
+            self.handle.write(np.ascontiguousarray(values).tobytes())
+            return
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        if self.classes is None:
+            table = pa.table({"prediction": values})
+        else:
+            table = pa.table({f"proba_{label}": values[:, j] for j, label in enumerate(self.classes)})
+        if self.writer is None:
+            kind = pq.ParquetWriter if self.suffix == ".parquet" else pacsv.CSVWriter
+            self.writer = kind(self.handle, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer not in (None, True):
+            self.writer.close()
+
+
+def predict_to_file(
+    model: Model | str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    proba: bool = False,
+    chunk_rows: int | None = None,
+    progress: bool | None = None,
+) -> int:
+    """Predict a data file chunk by chunk on the workers, writing each chunk as it comes.
+
+    A ``.npy`` input is memory-mapped and the workers map their rows of each chunk from
+    the file, so the data is never loaded whole; the output (``.npy``, ``.csv`` or
+    ``.parquet``) appears only when complete. Returns the number of rows predicted.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from paragrad.atomic import atomic_write
+
+    model = as_model(model)
+    if proba and not model.is_classifier:
+        raise ConfigError("proba=True needs a classifier")
+    dataset = read_features(model, data)
+    out = Path(out)
+    step = chunk_rows or max(1, CHUNK_BYTES // (dataset.num_features * dataset.X.itemsize))
+    task = PredictShard(model, proba)
+    show = sys.stderr.isatty() if progress is None else progress
+    with (
+        make_engine(engine, workers) as runner,
+        atomic_write(out) as handle,
+        tqdm(total=dataset.num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
+    ):
+        writer = PredictionWriter(handle, out, dataset.num_rows, model.classes_ if proba else None)
+        try:
+            for start in range(0, dataset.num_rows, step):
+                chunk = dataset.take(slice(start, start + step))
+                shards = min(runner.num_workers, chunk.num_rows)
+                runner.start(
+                    Dataset._trusted(chunk.X, None, None, None, chunk.source),
+                    plan_shards(chunk.num_rows, shards),
+                )
+                writer.write(np.concatenate(runner.run(task)))
+                bar.update(chunk.num_rows)
+        finally:
+            writer.close()
+    return dataset.num_rows
