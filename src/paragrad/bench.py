@@ -38,7 +38,7 @@ from paragrad.models import MLP, LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.strategies import SGD, GradientDescent
 
-SUITES = ("latency", "gd_step", "mlp_scaling")
+SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict")
 
 
 def timings(step: Callable[[], Any], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -343,13 +343,6 @@ def bench_mlp_scaling(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
-BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
-    "latency": bench_latency,
-    "gd_step": bench_gd_step,
-    "mlp_scaling": bench_mlp_scaling,
-}
-
-
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     from threadpoolctl import threadpool_info
@@ -387,3 +380,180 @@ def format_row(row: dict[str, Any]) -> str:
         return str(value)
 
     return "  ".join(f"{key}={show(value)}" for key, value in row.items())
+
+
+# -- solvers: time to a target loss ---------------------------------------------------------
+
+
+def _shared_classification(num_rows: int, d: int, seed: int) -> Dataset:
+    """Synthetic logistic data placed in shared memory, as :func:`paragrad.load` places a file."""
+    from paragrad.data import shared_empty
+
+    data = make_classification(num_rows, d, seed=seed)
+    X = shared_empty(data.X.shape, np.float64)
+    X[...] = data.X
+    return Dataset(X, data.y)
+
+
+def _curve(history: list[dict[str, Any]]) -> dict[str, list[float]]:
+    wall, sent = (
+        np.cumsum([r["wall_s"] for r in history]),
+        np.cumsum([r["bytes_sent"] + r["bytes_received"] for r in history]),
+    )
+    return {"wall_s": wall.tolist(), "bytes": sent.tolist(), "loss": [r["loss"] for r in history]}
+
+
+def _time_to(curve: dict[str, list[float]], target: float) -> float | None:
+    for wall, loss in zip(curve["wall_s"], curve["loss"], strict=True):
+        if loss <= target:
+            return wall
+    return None
+
+
+def bench_solvers(quick: bool) -> list[dict[str, Any]]:
+    """Time to reach the optimum's loss + 1e-4 on logistic regression, against scikit-learn."""
+    from sklearn.linear_model import LogisticRegression as SklearnLogistic
+
+    from paragrad.models import LogisticRegression
+    from paragrad.optim import LBFGS, Adam
+    from paragrad.strategies import LocalSGD
+    from paragrad.trainer import train
+
+    num_rows, d = (200_000 if quick else 1_000_000), 100
+    data = _shared_classification(num_rows, d, seed=0)
+    start = time.perf_counter()
+    reference = SklearnLogistic(C=1e12, tol=1e-8, max_iter=1000).fit(data.X, data.y)
+    sklearn_s = time.perf_counter() - start
+    z = data.X @ reference.coef_[0] + reference.intercept_[0]
+    optimum = float(np.mean(np.logaddexp(0.0, z) - data.y * z))
+    target = optimum + 1e-4
+    runs = {
+        "lbfgs": dict(strategy=GradientDescent(), optimizer=LBFGS(), epochs=100),
+        "gd": dict(strategy=GradientDescent(), optimizer=Adam(lr=0.1), epochs=30 if quick else 15),
+        "sgd": dict(strategy=SGD(batch_size=512), optimizer=Adam(lr=0.01), epochs=2),
+        "local_sgd": dict(
+            strategy=LocalSGD(local_steps=16, batch_size=256), optimizer=Adam(lr=0.01), epochs=2
+        ),
+    }
+    rows, curves = [], {}
+    with LocalEngine(2) as engine:
+        for name, options in runs.items():
+            start = time.perf_counter()
+            run = train(LogisticRegression(), data, engine=engine, tol=1e-7, **options)
+            total_s = time.perf_counter() - start
+            curves[name] = _curve(run.history)
+            to_target = _time_to(curves[name], target)
+            rows.append(
+                {
+                    "benchmark": "time_to_target",
+                    "solver": name,
+                    "rows": num_rows,
+                    "features": d,
+                    "workers": 2,
+                    "rounds": len(run.history),
+                    "final_loss_over_optimum": run.model.loss(data.X, data.y) - optimum,
+                    "seconds_to_target": to_target,
+                    "train_call_s": total_s,
+                    "sklearn_lbfgs_s": sklearn_s,
+                    "ratio_to_sklearn": None if to_target is None else to_target / sklearn_s,
+                    "target": "optimum + 1e-4",
+                    "target_ratio": 0.5 if name == "lbfgs" else None,
+                }
+            )
+    rows.append({"benchmark": "curves", "optimum": optimum, "curves": curves})
+    return rows
+
+
+# -- float32 --------------------------------------------------------------------------------
+
+
+def bench_float32(quick: bool) -> list[dict[str, Any]]:
+    """Full-batch logistic step and L-BFGS final loss in float32 against float64."""
+    from paragrad.models import LogisticRegression
+    from paragrad.strategies import RoundPlan
+    from paragrad.trainer import TrainStep, train
+
+    num_rows, d = (200_000 if quick else 1_000_000), 100
+    data = make_classification(num_rows, d, seed=1)
+    steps, losses = {}, {}
+    with LocalEngine(2) as engine:
+        for dtype in ("float64", "float32"):
+            run = train(LogisticRegression(), data, engine=engine, epochs=50, tol=1e-8, dtype=dtype)
+            losses[dtype] = run.model.loss(data.X, data.y)
+            task = TrainStep(GradientDescent(), run.model, SGDOptimizer(0.1), RoundPlan(0, 1, 1))
+            engine.start(data.astype(dtype), plan_shards(num_rows, 2))
+            steps[dtype] = timings(lambda task=task, run=run: engine.run(task, run.params, 0), 10)["median_s"]
+    return [
+        {
+            "benchmark": "float32",
+            "rows": num_rows,
+            "features": d,
+            "step_float64_s": steps["float64"],
+            "step_float32_s": steps["float32"],
+            "speedup": steps["float64"] / steps["float32"],
+            "final_loss_float64": losses["float64"],
+            "final_loss_float32": losses["float32"],
+            "final_loss_change": losses["float32"] - losses["float64"],
+        }
+    ]
+
+
+# -- distributed predict --------------------------------------------------------------------
+
+
+def bench_predict(quick: bool) -> list[dict[str, Any]]:
+    """Streaming ``predict`` of a float32 ``.npy`` on 2 workers against single-process numpy."""
+    from paragrad.inference import predict_to_file
+    from paragrad.models import LogisticRegression
+
+    num_rows, d = (1_000_000 if quick else 10_000_000), 100
+    rng = np.random.default_rng(2)
+    model = LogisticRegression()
+    model.setup(d, np.array([0.0, 1.0]))
+    model.params_ = rng.standard_normal(d + 1) * 0.1
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "X.npy"
+        X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(num_rows, d))
+        for start in range(0, num_rows, 500_000):
+            stop = min(start + 500_000, num_rows)
+            X[start:stop] = rng.standard_normal((stop - start, d), dtype=np.float32)
+        X.flush()
+        del X
+
+        def numpy_predict():
+            mapped = np.load(path, mmap_mode="r")
+            step = 500_000
+            out = np.empty(num_rows, dtype=np.int64)
+            for start in range(0, num_rows, step):
+                out[start : start + step] = model.predict(mapped[start : start + step])
+
+        def ours():
+            predict_to_file(model, path, Path(folder) / "p.npy", workers=2, progress=False)
+
+        numpy_s = min(
+            timings(numpy_predict, 2, warmup=1)["median_s"], timings(numpy_predict, 1, warmup=0)["median_s"]
+        )
+        ours_s = min(timings(ours, 2, warmup=1)["median_s"], timings(ours, 1, warmup=0)["median_s"])
+    return [
+        {
+            "benchmark": "predict",
+            "rows": num_rows,
+            "features": d,
+            "dtype": "float32",
+            "workers": 2,
+            "rows_per_s": num_rows / ours_s,
+            "numpy_rows_per_s": num_rows / numpy_s,
+            "speedup": numpy_s / ours_s,
+            "target_speedup": 1.5,
+        }
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
+    "latency": bench_latency,
+    "gd_step": bench_gd_step,
+    "mlp_scaling": bench_mlp_scaling,
+    "solvers": bench_solvers,
+    "float32": bench_float32,
+    "predict": bench_predict,
+}

@@ -43,6 +43,9 @@ class Dataset:
         ``float64`` (default) or ``float32``; ``None`` keeps float32 features as they are.
     source : str
         What to call the data in error messages (a file name, say).
+    check_finite : bool
+        Check every feature value (a pass over the data); predict skips it and checks its
+        outputs instead, which NaN or infinite features always reach.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Dataset:
         *,
         dtype=np.float64,
         source: str = "X",
+        check_finite: bool = True,
     ) -> None:
         dtype = _float_dtype(dtype, like=X)
         self.source = source
@@ -68,7 +72,8 @@ class Dataset:
                 )
         self.feature_names = feature_names
         self.target_name = target_name
-        _check_finite(self.X, source, feature_names)
+        if check_finite:
+            _check_finite(self.X, source, feature_names)
         if self.y is not None:
             _check_finite(self.y[:, None], source, (target_name or "y",), what="the target")
 
@@ -200,6 +205,7 @@ def load(
     num_features: int | None = None,
     dtype=np.float64,
     mmap: bool = True,
+    check_finite: bool = True,
 ) -> Dataset:
     """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
 
@@ -220,6 +226,8 @@ def load(
     mmap : bool
         Memory-map ``.npy`` files instead of reading them: the local engine's workers then
         map the same file, and the data is never copied.
+    check_finite : bool
+        Check the features for NaN and infinities (see :class:`Dataset`).
     """
     path = Path(path)
     if not path.exists():
@@ -228,13 +236,13 @@ def load(
         raise DataError(f"{path}: is a directory, not a data file")
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES or suffix in PARQUET_SUFFIXES:
-        return _load_table(path, target, features, dtype)
+        return _load_table(path, target, features, dtype, check_finite)
     if suffix == ".npz":
-        return _load_npz(path, dtype)
+        return _load_npz(path, dtype, check_finite)
     if suffix == ".npy":
-        return _load_npy(path, dtype, mmap)
+        return _load_npy(path, dtype, mmap, check_finite)
     if suffix in SVMLIGHT_SUFFIXES:
-        return _load_svmlight(path, num_features, dtype)
+        return _load_svmlight(path, num_features, dtype, check_finite)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
 
 
@@ -256,7 +264,7 @@ def _read_table(path: Path):
         raise DataError(f"{path}: cannot read: {reason}") from None
 
 
-def _load_table(path: Path, target, features, dtype) -> Dataset:
+def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Dataset:
     table = _read_table(path)
     names = list(table.column_names)
     if not names:
@@ -286,7 +294,7 @@ def _load_table(path: Path, target, features, dtype) -> Dataset:
     y = None
     if target_name is not None:
         y = _numeric_column(path, table.column(target_name), target_name)
-    return Dataset(X, y, features, target_name, dtype=dtype, source=str(path))
+    return Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
 def shared_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -375,7 +383,7 @@ def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Ex
             raise error(f"{path}: not {what} or truncated ({exc})") from None
 
 
-def _load_npy(path: Path, dtype, mmap: bool) -> Dataset:
+def _load_npy(path: Path, dtype, mmap: bool, check_finite: bool) -> Dataset:
     if mmap:
         if not has_magic(path, NPY_MAGIC):
             raise DataError(f"{path}: not a valid .npy file")
@@ -383,12 +391,12 @@ def _load_npy(path: Path, dtype, mmap: bool) -> Dataset:
             X = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise DataError(f"{path}: cannot memory-map ({exc})") from None
-        return Dataset(X, dtype=dtype, source=str(path))
+        return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
     with open_numpy(path, "npy") as X:
-        return Dataset(X, dtype=dtype, source=str(path))
+        return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
-def _load_npz(path: Path, dtype) -> Dataset:
+def _load_npz(path: Path, dtype, check_finite: bool) -> Dataset:
     with open_numpy(path, "npz") as archive:
         if "X" not in archive.files:
             raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
@@ -396,10 +404,10 @@ def _load_npz(path: Path, dtype) -> Dataset:
         y = archive["y"] if "y" in archive.files else None
         names = archive["feature_names"].tolist() if "feature_names" in archive.files else None
         target = str(archive["target_name"]) if "target_name" in archive.files else None
-    return Dataset(X, y, names, target, dtype=dtype, source=str(path))
+    return Dataset(X, y, names, target, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
-def _load_svmlight(path: Path, num_features: int | None, dtype) -> Dataset:
+def _load_svmlight(path: Path, num_features: int | None, dtype, check_finite: bool) -> Dataset:
     try:
         from sklearn.datasets import load_svmlight_file
     except ImportError:
@@ -410,7 +418,7 @@ def _load_svmlight(path: Path, num_features: int | None, dtype) -> Dataset:
         X, y = load_svmlight_file(str(path), n_features=num_features, dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: not a valid LIBSVM file ({exc})") from None
-    return Dataset(X.toarray(), y, dtype=dtype, source=str(path))
+    return Dataset(X.toarray(), y, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike) -> None:

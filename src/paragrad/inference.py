@@ -6,6 +6,7 @@ the slices come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,35 @@ from paragrad.models.base import Model, check_class_labels
 
 @dataclass(frozen=True)
 class PredictShard:
-    """Predict a shard's rows with the model sent along (once per worker)."""
+    """Predict a shard's rows with the model sent along (once per worker).
+
+    Returns the predictions and the first row (within the shard) whose scores are not
+    finite, or -1: NaN or infinite features always make non-finite scores, so this checks
+    the input without a pass of its own.
+    """
 
     model: Model
     proba: bool
 
-    def __call__(self, shard: Shard) -> np.ndarray:
-        return self.model.predict_proba(shard.X) if self.proba else self.model.predict(shard.X)
+    def __call__(self, shard: Shard) -> tuple[np.ndarray, int]:
+        model = self.model
+        X = model.prepare(shard.X)
+        scores = model.proba(model.params_, X) if self.proba else model.decision_function(model.params_, X)
+        finite = np.isfinite(scores) if scores.ndim == 1 else np.isfinite(scores).all(axis=1)
+        bad = -1 if finite.all() else int(np.argmin(finite))
+        if self.proba or not model.is_classifier:
+            return scores, bad
+        return model.labels_from(scores), bad
+
+
+def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarray:
+    """Concatenate the shards' predictions; name the first row that could not be predicted."""
+    for (start, _), (_, bad) in zip(plan.bounds, results, strict=True):
+        if bad >= 0:
+            raise DataError(
+                f"{source}: row {first_row + start + bad + 1} has NaN or infinite features or prediction"
+            )
+    return np.concatenate([values for values, _ in results])
 
 
 def as_model(model: Model | str | os.PathLike) -> Model:
@@ -40,7 +63,7 @@ def as_model(model: Model | str | os.PathLike) -> Model:
     return load_model(model)
 
 
-def read_features(model: Model, data, target: str | int | None = None) -> Dataset:
+def read_features(model: Model, data, target: str | int | None = None, check_finite: bool = True) -> Dataset:
     """The features (and, with ``target``, labels) of ``data`` in the model's column order.
 
     ``data`` is an array, a Dataset or a path. For tables the model's feature names pick
@@ -50,10 +73,15 @@ def read_features(model: Model, data, target: str | int | None = None) -> Datase
         dataset = data
     elif isinstance(data, (str, os.PathLike)):
         dataset = load(
-            Path(data), target, features=model.feature_names_, num_features=model.num_features_, dtype=None
+            Path(data),
+            target,
+            features=model.feature_names_,
+            num_features=model.num_features_,
+            dtype=None,
+            check_finite=check_finite,
         )
     else:
-        dataset = Dataset(data)
+        dataset = Dataset(data, dtype=None, check_finite=check_finite)
     if dataset.num_features != model.num_features_:
         raise DataError(
             f"{dataset.source}: has {dataset.num_features} features, but the model was trained "
@@ -86,7 +114,7 @@ def predict(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    dataset = read_features(model, data)
+    dataset = read_features(model, data, check_finite=False)
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
     with make_engine(engine, workers) as runner:
@@ -96,7 +124,7 @@ def predict(
 def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> np.ndarray:
     plan = plan_shards(dataset.num_rows, min(runner.num_workers, dataset.num_rows))
     runner.start(Dataset._trusted(dataset.X, None, None, None, dataset.source), plan)
-    return np.concatenate(runner.run(PredictShard(model, proba)))
+    return _gather_predictions(runner.run(PredictShard(model, proba)), plan, 0, dataset.source)
 
 
 def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = None) -> dict[str, Any]:
@@ -177,7 +205,7 @@ def predict_to_file(
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    engine: str = "local",
+    engine: str | Engine = "local",
     workers: int | None = None,
     proba: bool = False,
     chunk_rows: int | None = None,
@@ -198,13 +226,14 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    dataset = read_features(model, data)
+    dataset = read_features(model, data, check_finite=False)
     out = Path(out)
     step = chunk_rows or max(1, CHUNK_BYTES // (dataset.num_features * dataset.X.itemsize))
     task = PredictShard(model, proba)
     show = sys.stderr.isatty() if progress is None else progress
+    own_engine = not isinstance(engine, Engine)
     with (
-        make_engine(engine, workers) as runner,
+        make_engine(engine, workers) if own_engine else contextlib.nullcontext(engine) as runner,
         atomic_write(out) as handle,
         tqdm(total=dataset.num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):
@@ -212,12 +241,9 @@ def predict_to_file(
         try:
             for start in range(0, dataset.num_rows, step):
                 chunk = dataset.take(slice(start, start + step))
-                shards = min(runner.num_workers, chunk.num_rows)
-                runner.start(
-                    Dataset._trusted(chunk.X, None, None, None, chunk.source),
-                    plan_shards(chunk.num_rows, shards),
-                )
-                writer.write(np.concatenate(runner.run(task)))
+                plan = plan_shards(chunk.num_rows, min(runner.num_workers, chunk.num_rows))
+                runner.start(Dataset._trusted(chunk.X, None, None, None, chunk.source), plan)
+                writer.write(_gather_predictions(runner.run(task), plan, start, dataset.source))
                 bar.update(chunk.num_rows)
         finally:
             writer.close()

@@ -189,7 +189,11 @@ class Classifier(Model):
         return self.proba(self.params_, self.prepare(X))
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        return self.labels_from(self.decision_function(self.params_, self.prepare(X)))
+
+    def labels_from(self, scores: np.ndarray) -> np.ndarray:
+        """Class labels from the raw scores of :meth:`decision_function`."""
+        return self.classes_[np.argmax(scores, axis=1)]
 
 
 class LinearLayout:

@@ -43,6 +43,9 @@ class LogisticRegression(LinearLayout, Classifier):
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.outputs(params, X)[:, 0]
 
+    def labels_from(self, scores: np.ndarray) -> np.ndarray:
+        return self.classes_[(scores > 0).astype(np.intp)]
+
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         p = sigmoid(self.decision_function(params, X))
         return np.column_stack([1.0 - p, p])

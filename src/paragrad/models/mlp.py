@@ -118,9 +118,8 @@ class MLP(Classifier):
         return super().predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
-        if self.is_classifier:
-            return super().predict(X)
-        return self.decision_function(self.params_, self.prepare(X))
+        scores = self.decision_function(self.params_, self.prepare(X))
+        return self.labels_from(scores) if self.is_classifier else scores
 
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         outputs, out = self._forward(params, X)
