@@ -135,6 +135,7 @@ class TrainingState:
     convergence: dict[str, Any]
     standardizer: Standardizer | None
     config: dict[str, Any]
+    worker_states: list[dict[str, np.ndarray]] | None = None
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -171,6 +172,10 @@ def save_checkpoint(
     if state.standardizer is not None:
         arrays["standardizer_mean"] = state.standardizer.mean
         arrays["standardizer_scale"] = state.standardizer.scale
+    for worker, worker_state in enumerate(state.worker_states or []):
+        arrays.update({f"worker{worker}.{key}": np.asarray(value) for key, value in worker_state.items()})
+    meta["num_worker_states"] = len(state.worker_states or [])
+    arrays["meta"] = np.array(json.dumps(meta))
     arrays["checksum"] = np.array(_checksum(arrays))
     path = directory / f"checkpoint-{state.round:09d}.npz"
     with atomic_write(path) as handle:
@@ -213,11 +218,23 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
     history = [dict(zip(history_keys, row.tolist(), strict=True)) for row in arrays["history"]]
     for record in history:
-        for key in ("round", "epoch", "bytes_sent", "bytes_received"):
+        for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples"):
             record[key] = int(record[key])
     standardizer = None
     if "standardizer_mean" in arrays:
         standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
+    worker_states: list[dict[str, np.ndarray]] = [{} for _ in range(meta.get("num_worker_states", 0))]
+    for name, value in arrays.items():
+        if name.startswith("worker") and "." in name:
+            worker, key = name[len("worker") :].split(".", 1)
+            worker_states[int(worker)][key] = value
     return TrainingState(
-        meta["round"], arrays["params"], opt_state, history, meta["convergence"], standardizer, meta["config"]
+        meta["round"],
+        arrays["params"],
+        opt_state,
+        history,
+        meta["convergence"],
+        standardizer,
+        meta["config"],
+        worker_states,
     )

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from paragrad.compression import Compressor, get_compressor
 from paragrad.engines.base import Shard
 from paragrad.errors import ConfigError
 from paragrad.models.base import Model
@@ -116,10 +117,40 @@ def gradient_step(
 
 
 class Strategy(ABC):
-    """A distributed training algorithm."""
+    """A distributed training algorithm.
+
+    ``compress`` (``"topk:0.01"``, ``"int8"``, ``"fp16"`` or None) shrinks what workers
+    send back; top-k keeps the left-out part in the worker's error-feedback state.
+    """
 
     name: str
     stochastic: bool = True
+    compress: str | None = None
+
+    @property
+    def compressor(self) -> Compressor | None:
+        return get_compressor(self.compress)
+
+    def send(self, shard: Shard, vector: np.ndarray, plan: RoundPlan, round_index: int):
+        """What a worker sends for ``vector``: itself, or its compressed form."""
+        compressor = self.compressor
+        if compressor is None:
+            return vector
+        if compressor.error_feedback:
+            residual = shard.state.get("residual")
+            vector = vector if residual is None else vector + residual
+        rng = np.random.default_rng([plan.seed, shard.worker, round_index, 1])
+        payload = compressor.encode(vector, rng)
+        if compressor.error_feedback:
+            shard.state["residual"] = vector - compressor.decode(payload, len(vector))
+        return payload
+
+    def receive(self, results: Sequence[WorkerResult], size: int) -> list[WorkerResult]:
+        """The workers' results with their vectors decompressed."""
+        compressor = self.compressor
+        if compressor is None:
+            return list(results)
+        return [result._replace(vector=compressor.decode(result.vector, size)) for result in results]
 
     @abstractmethod
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
@@ -170,15 +201,19 @@ class GradientDescent(Strategy):
     name = "gd"
     stochastic = False
 
+    def __init__(self, compress: str | None = None) -> None:
+        self.compress = compress
+        get_compressor(compress)  # refuses a bad spec now
+
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
         return 1
 
     def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
         loss, grad = model.loss_grad(params, shard.X, shard.y)
-        return WorkerResult(shard.num_rows, loss, grad)
+        return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
 
     def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
-        return gradient_step(results, params, opt_state, model, optimizer)
+        return gradient_step(self.receive(results, len(params)), params, opt_state, model, optimizer)
 
 
 def _check_batch_size(batch_size: int | None, allow_none: bool) -> int | None:
@@ -199,8 +234,10 @@ class SGD(Strategy):
 
     name = "sgd"
 
-    def __init__(self, batch_size: int = 256) -> None:
+    def __init__(self, batch_size: int = 256, compress: str | None = None) -> None:
         self.batch_size = _check_batch_size(batch_size, allow_none=False)
+        self.compress = compress
+        get_compressor(compress)
 
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
         return math.ceil(max(shard_sizes) / self.batch_size)
@@ -210,12 +247,13 @@ class SGD(Strategy):
         rows = batch_rows(shard, plan.seed, epoch, position, self.batch_size)
         X, y = shard.X[rows], shard.y[rows]
         if len(X) == 0:
-            return WorkerResult(0, 0.0, np.zeros(len(params)))
-        loss, grad = model.loss_grad(params, X, y)
-        return WorkerResult(len(X), loss, grad)
+            loss, grad = 0.0, np.zeros(len(params))
+        else:
+            loss, grad = model.loss_grad(params, X, y)
+        return WorkerResult(len(X), loss, self.send(shard, grad, plan, round_index))
 
     def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
-        return gradient_step(results, params, opt_state, model, optimizer)
+        return gradient_step(self.receive(results, len(params)), params, opt_state, model, optimizer)
 
 
 class LocalSGD(Strategy):
@@ -233,7 +271,11 @@ class LocalSGD(Strategy):
     name = "local-sgd"
 
     def __init__(
-        self, local_steps: int | None = 16, batch_size: int | None = 64, server_lr: float = 1.0
+        self,
+        local_steps: int | None = 16,
+        batch_size: int | None = 64,
+        server_lr: float = 1.0,
+        compress: str | None = None,
     ) -> None:
         if local_steps is not None and (
             not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1
@@ -244,6 +286,8 @@ class LocalSGD(Strategy):
         self.local_steps = None if local_steps is None else int(local_steps)
         self.batch_size = _check_batch_size(batch_size, allow_none=True)
         self.server_lr = float(server_lr)
+        self.compress = compress
+        get_compressor(compress)
 
     def _batches_per_epoch(self, num_rows: int) -> int:
         return 1 if self.batch_size is None else math.ceil(num_rows / self.batch_size)
@@ -281,11 +325,17 @@ class LocalSGD(Strategy):
             penalty, penalty_grad = model.penalty(theta)
             loss_total += loss / len(X) + penalty
             theta, state = optimizer.update(grad / len(X) + penalty_grad, state, theta)
-        return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, theta)
+        # Compressed, the worker sends its change of the parameters rather than them.
+        sent = theta if self.compress is None else self.send(shard, theta - params, plan, round_index)
+        return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, sent)
 
     def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
         counts = [result.count for result in results]
-        average = weighted_mean([result.vector for result in results], counts)
+        if self.compress is None:
+            average = weighted_mean([result.vector for result in results], counts)
+        else:
+            deltas = [result.vector for result in self.receive(results, len(params))]
+            average = params + weighted_mean(deltas, counts)
         new_params = average if self.server_lr == 1.0 else params + self.server_lr * (average - params)
         loss = sum(result.loss_sum for result in results) / sum(counts)
         return StepOutcome(new_params, opt_state, loss, None)

@@ -39,6 +39,8 @@ HISTORY_KEYS = (
     "comm_s",
     "bytes_sent",
     "bytes_received",
+    "samples",
+    "wait_s",
 )
 
 
@@ -70,6 +72,25 @@ class StandardizeShard:
 
     def __call__(self, shard: Shard) -> None:
         shard.X = self.standardizer.transform(shard.X)
+
+
+@dataclass(frozen=True)
+class GetWorkerState:
+    """A copy of the worker's state (error-feedback residuals), for a checkpoint."""
+
+    def __call__(self, shard: Shard) -> dict[str, np.ndarray]:
+        return dict(shard.state)
+
+
+@dataclass(frozen=True)
+class SetWorkerState:
+    """Give each worker back its state from a checkpoint."""
+
+    states: tuple[dict[str, np.ndarray], ...]
+    mutates_shard = True
+
+    def __call__(self, shard: Shard) -> None:
+        shard.state = dict(self.states[shard.worker])
 
 
 @dataclass(frozen=True)
@@ -116,18 +137,30 @@ class Run:
         return self.history[-1]["loss"] if self.history else math.nan
 
     def summary(self) -> str:
-        """A short table of the run: rounds, loss, time and traffic."""
-        rounds = len(self.history)
-        sent = sum(record["bytes_sent"] for record in self.history)
-        received = sum(record["bytes_received"] for record in self.history)
-        compute = sum(record["compute_s"] for record in self.history)
+        """A table of the run: rounds, loss, speed, where the time went, traffic and cost.
+
+        Each round's wall time splits into computing (the workers' mean), waiting for the
+        slowest worker, communication (moving data between processes) and the
+        coordinator's own work. Worker-seconds are workers x wall time: what a
+        pay-per-use cloud bills for holding the workers.
+        """
+        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:]}
+        wait, slowest = total["wait_s"], total["compute_s"]
+        compute = slowest - wait
+        coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
+        wall = max(total["wall_s"], 1e-12)
         lines = [
             f"model       {self.model!r}",
             f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
-            f"rounds      {rounds} ({'converged' if self.converged else 'stopped at the limit'})",
+            f"rounds      {len(self.history)} ({'converged' if self.converged else 'stopped at the limit'})",
             f"final loss  {self.final_loss:.6g}",
-            f"time        {self.wall_s:.3f} s ({compute:.3f} s computing on the slowest workers)",
-            f"traffic     {sent / 1e6:.3f} MB sent, {received / 1e6:.3f} MB received",
+            f"speed       {total['samples'] / wall:,.0f} samples/s",
+            f"time        {total['wall_s']:.3f} s: computing {compute:.3f} s, waiting for the slowest "
+            f"{wait:.3f} s, communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
+            f"traffic     {total['bytes_sent'] / 1e6:.3f} MB sent, "
+            f"{total['bytes_received'] / 1e6:.3f} MB received",
+            f"cost        {total['wall_s'] * self.num_workers:.3f} worker-seconds",
+            f"stragglers  {slowest / compute if compute > 0 else 1.0:.2f} (slowest worker's compute / mean)",
         ]
         return "\n".join(lines)
 
@@ -517,6 +550,20 @@ class RoundLoop:
             time.perf_counter() - started,
         )
 
+    def restore_worker_states(self, states: list[dict[str, np.ndarray]] | None) -> None:
+        """Hand the workers their error-feedback state back, if the worker count allows."""
+        if not states:
+            return
+        if len(states) != self.runner.num_workers:
+            warnings.warn(
+                f"the checkpoint has error-feedback state for {len(states)} workers, not "
+                f"{self.runner.num_workers}: it starts again from zero",
+                CheckpointWarning,
+                stacklevel=4,
+            )
+            return
+        self.runner.run(SetWorkerState(tuple(states)))
+
     def round(self, round_index: int, params, opt_state) -> tuple[dict[str, Any], StepOutcome]:
         """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite.
 
@@ -524,7 +571,7 @@ class RoundLoop:
         one optimizer step, and each evaluation of its line search one pass of the workers.
         """
         start = time.perf_counter()
-        passes = {"compute_s": 0.0, "run_s": 0.0, "sent": 0, "received": 0}
+        passes = {"compute_s": 0.0, "wait_s": 0.0, "run_s": 0.0, "sent": 0, "received": 0, "samples": 0}
 
         def run_workers(point):
             pass_start = time.perf_counter()
@@ -533,7 +580,10 @@ class RoundLoop:
             except (WorkerLost, WorkerError) as exc:
                 raise type(exc)(f"round {round_index}: {exc}") from exc
             passes["run_s"] += time.perf_counter() - pass_start
-            passes["compute_s"] += max(result.compute_s for result in results)
+            slowest = max(result.compute_s for result in results)
+            passes["compute_s"] += slowest
+            passes["wait_s"] += slowest - sum(result.compute_s for result in results) / len(results)
+            passes["samples"] += sum(result.count for result in results)
             passes["sent"] += self.runner.last_bytes_sent
             passes["received"] += self.runner.last_bytes_received
             return results
@@ -555,6 +605,8 @@ class RoundLoop:
             "comm_s": max(passes["run_s"] - passes["compute_s"], 0.0),
             "bytes_sent": passes["sent"],
             "bytes_received": passes["received"],
+            "samples": passes["samples"],
+            "wait_s": passes["wait_s"],
         }
         if self.first_loss is None:
             self.first_loss = outcome.loss

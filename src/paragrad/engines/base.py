@@ -30,6 +30,7 @@ class Shard:
 
     The cache holds what a task can always recompute (a sampling permutation, say), so a
     restarted worker that starts with an empty cache still gives the same results.
+    ``state`` holds what it cannot (error-feedback residuals): checkpoints carry it.
     """
 
     X: np.ndarray
@@ -37,6 +38,7 @@ class Shard:
     worker: int
     num_workers: int
     cache: dict[Any, Any] = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
