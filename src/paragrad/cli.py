@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model_class.name == "mlp":
         model_options.update(hidden=args.hidden, activation=args.activation, task=args.task)
     model = model_class(**model_options)
-    strategy_options = {}
+    strategy_options = {"compress": args.compress}
     if args.strategy in DEFAULT_BATCH:
         strategy_options["batch_size"] = args.batch_size or DEFAULT_BATCH[args.strategy]
     if args.strategy == "local-sgd":
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="local-sgd steps per round; 'none': one-shot",
     )
     p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
+    p.add_argument("--compress", metavar="C", help="compress what workers send: topk:0.01, int8 or fp16")
     p.add_argument(
         "--optimizer", choices=OPTIMIZERS, help="default: lbfgs for gd on linear models, else adam"
     )

@@ -508,10 +508,22 @@ class RoundLoop:
             self.first_loss = history[0]["loss"] if history else None
             converged = state.convergence.get("converged", False)
 
+        keeps_state = strategy.compressor is not None and strategy.compressor.error_feedback
+        if state is not None and keeps_state:
+            self.restore_worker_states(state.worker_states)
+
         def snapshot(next_round: int) -> TrainingState:
             convergence = {**check.state(), "converged": converged}
+            worker_states = self.runner.run(GetWorkerState()) if keeps_state else None
             return TrainingState(
-                next_round, params, opt_state, history, convergence, model.standardizer_, config
+                next_round,
+                params,
+                opt_state,
+                history,
+                convergence,
+                model.standardizer_,
+                config,
+                worker_states,
             )
 
         started = time.perf_counter()
