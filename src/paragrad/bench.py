@@ -17,6 +17,7 @@ Suites:
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -40,7 +41,7 @@ from paragrad.models import MLP, LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.strategies import SGD, GradientDescent
 
-SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict")
+SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict", "communication")
 
 
 def timings(step: Callable[[], Any], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -373,7 +374,7 @@ def run_suites(names: list[str], quick: bool, out: Path | None, echo: Callable[[
     for name in names:
         for row in BENCHMARKS[name](quick):
             results["results"].append(row)
-            if row["benchmark"] != "curves":
+            if not row["benchmark"].endswith("curves"):
                 echo(format_row(row))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -572,16 +573,6 @@ def bench_predict(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
-BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
-    "latency": bench_latency,
-    "gd_step": bench_gd_step,
-    "mlp_scaling": bench_mlp_scaling,
-    "solvers": bench_solvers,
-    "float32": bench_float32,
-    "predict": bench_predict,
-}
-
-
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """PNG plots of a run: latency bars, loss against wall time and against bytes."""
     try:
@@ -605,6 +596,24 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_ylabel("median ms")
         fig.tight_layout()
         written.append(out / "latency.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    compression = next((row for row in rows if row["benchmark"] == "communication_curves"), None)
+    if compression is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, curve in compression["curves"].items():
+            loss = np.asarray(curve["loss"])
+            window = max(1, len(loss) // 25)
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+            ax.plot(np.asarray(curve["bytes"])[window - 1 :], smooth, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes communicated")
+        ax.set_ylabel("round loss (moving average)")
+        ax.set_ylim(compression["optimum"] - 0.01, compression["optimum"] + 0.15)
+        ax.set_title("compression: logistic regression, 2 local workers")
+        ax.legend()
+        fig.tight_layout()
+        written.append(out / "compression_loss_vs_bytes.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     curves = next((row for row in rows if row["benchmark"] == "curves"), None)
@@ -634,3 +643,82 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             fig.savefig(written[-1], dpi=110)
             plt.close(fig)
     return written
+
+
+# -- communication: compression against bytes and time --------------------------------------
+
+
+def bench_communication(quick: bool) -> list[dict[str, Any]]:
+    """Bytes and wall time of synchronous SGD and LocalSGD, each plain and compressed.
+
+    Every run makes the same passes over the data; the target is the plain SGD's final
+    loss + 1%. Only worker-to-coordinator traffic is compressed; the parameters still go
+    out whole, so only fewer rounds (LocalSGD) shrink both directions.
+    """
+    from paragrad.models import LogisticRegression
+    from paragrad.optim import Cosine
+    from paragrad.strategies import LocalSGD
+    from paragrad.trainer import train
+
+    num_rows, d, epochs = (50_000 if quick else 200_000), 500, 3
+    data = _shared_classification(num_rows, d, seed=3)
+    batches = epochs * math.ceil(num_rows / 2 / 256)
+    runs = {
+        "sgd": SGD(batch_size=256),
+        "sgd_topk": SGD(batch_size=256, compress="topk:0.01"),
+        "local_sgd": LocalSGD(local_steps=16, batch_size=256),
+        "local_sgd_topk": LocalSGD(local_steps=16, batch_size=256, compress="topk:0.1"),
+        "local_sgd_int8": LocalSGD(local_steps=16, batch_size=256, compress="int8"),
+    }
+    results, curves = {}, {}
+    with LocalEngine(2) as engine:
+        for name, strategy in runs.items():
+            optimizer = SGDOptimizer(lr=Cosine(0.5, total_steps=batches))
+            run = train(
+                LogisticRegression(),
+                data,
+                strategy=strategy,
+                optimizer=optimizer,
+                engine=engine,
+                epochs=epochs,
+                tol=0,
+            )
+            curves[name] = _curve(run.history)
+            results[name] = {
+                "loss": run.model.loss(data.X, data.y),
+                "bytes": sum(r["bytes_sent"] + r["bytes_received"] for r in run.history),
+                "wall_s": sum(r["wall_s"] for r in run.history),
+            }
+    target = results["sgd"]["loss"] * 1.01
+    rows = []
+    for name, figures in results.items():
+        rows.append(
+            {
+                "benchmark": "communication",
+                "run": name,
+                "rows": num_rows,
+                "features": d,
+                "epochs": epochs,
+                "final_loss": figures["loss"],
+                "reached_sgd_loss_plus_1_percent": figures["loss"] <= target,
+                "bytes": figures["bytes"],
+                "wall_s": figures["wall_s"],
+                "bytes_ratio_sgd_over_this": results["sgd"]["bytes"] / figures["bytes"],
+                "wall_ratio_this_over_sgd": figures["wall_s"] / results["sgd"]["wall_s"],
+                "target": ">= 10x fewer bytes than sgd at <= 1.5x its wall time",
+            }
+        )
+    optimum = min(figures["loss"] for figures in results.values())
+    rows.append({"benchmark": "communication_curves", "optimum": optimum, "curves": curves})
+    return rows
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
+    "latency": bench_latency,
+    "gd_step": bench_gd_step,
+    "mlp_scaling": bench_mlp_scaling,
+    "solvers": bench_solvers,
+    "float32": bench_float32,
+    "predict": bench_predict,
+    "communication": bench_communication,
+}
