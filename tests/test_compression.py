@@ -127,7 +127,13 @@ def test_error_feedback_state_is_checkpointed_so_resume_is_exact(tmp_path, local
 
 def test_summary_accounts_for_time_traffic_and_cost(binary_data):
     run = pg.train(
-        pg.models.LogisticRegression(), binary_data, strategy=pg.SGD(32), engine="serial", workers=2, epochs=1
+        pg.models.LogisticRegression(),
+        binary_data,
+        strategy=pg.SGD(32),
+        engine="serial",
+        workers=2,
+        epochs=1,
+        tol=0,
     )
     summary = run.summary()
     for phrase in ("samples/s", "waiting for the slowest", "communication", "worker-seconds", "stragglers"):
