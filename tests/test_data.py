@@ -81,7 +81,8 @@ def test_tsv_parquet_npz_and_svmlight_load_the_same_data(tmp_path):
     dump_svmlight_file(X, y, str(tmp_path / "d.svm"))
     for name, target in [("d.tsv", "y"), ("d.parquet", "y"), ("d.npz", None), ("d.svm", None)]:
         ds = pg.load(tmp_path / name, target=target)
-        np.testing.assert_array_equal(ds.X, X, err_msg=name)
+        assert ds.sparse == (name == "d.svm")  # LIBSVM stays sparse
+        np.testing.assert_array_equal(ds.X.toarray() if ds.sparse else ds.X, X, err_msg=name)
         np.testing.assert_array_equal(ds.y, y, err_msg=name)
 
 
@@ -103,7 +104,9 @@ def test_integers_beyond_float_precision_load_as_nearest_floats(tmp_path):
 def test_libsvm_file_need_not_use_the_last_feature(tmp_path):
     path = write(tmp_path / "d.svm", "0 1:0.5 2:1.0\n1 1:1.5\n")
     assert pg.load(path).num_features == 2
-    np.testing.assert_array_equal(pg.load(path, num_features=3).X, [[0.5, 1.0, 0.0], [1.5, 0.0, 0.0]])
+    np.testing.assert_array_equal(
+        pg.load(path, num_features=3).X.toarray(), [[0.5, 1.0, 0.0], [1.5, 0.0, 0.0]]
+    )
 
 
 def test_target_cannot_also_be_a_feature(tmp_path):

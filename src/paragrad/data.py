@@ -63,7 +63,7 @@ class Dataset:
         self.source = source
         self.storage = _file_backing(X, dtype)
         self.X = _as_matrix(X, dtype, source)
-        self.y = None if y is None else _as_labels(y, len(self.X), dtype, source)
+        self.y = None if y is None else _as_labels(y, self.X.shape[0], dtype, source)
         if feature_names is not None:
             feature_names = tuple(str(name) for name in feature_names)
             if len(feature_names) != self.X.shape[1]:
@@ -84,6 +84,11 @@ class Dataset:
         ds.X, ds.y, ds.source, ds.storage = X, y, source, _file_backing(X, X.dtype)
         ds.feature_names, ds.target_name = feature_names, target_name
         return ds
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the features are a scipy.sparse CSR matrix."""
+        return is_sparse(self.X)
 
     @property
     def num_rows(self) -> int:
@@ -154,7 +159,14 @@ def _float_dtype(dtype, like=None) -> np.dtype:
     return dtype
 
 
-def _as_matrix(X, dtype, source) -> np.ndarray:
+def is_sparse(X) -> bool:
+    """Whether ``X`` is a scipy.sparse matrix (checked without importing scipy)."""
+    return hasattr(X, "tocsr") and hasattr(X, "nnz")
+
+
+def _as_matrix(X, dtype, source):
+    if is_sparse(X):
+        return _as_csr(X, dtype, source)
     X = np.asarray(X)
     if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
         raise DataError(f"{source}: features must be real numbers, got values of type {X.dtype}")
@@ -180,7 +192,28 @@ def _as_labels(y, num_rows, dtype, source) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=dtype)
 
 
+def _as_csr(X, dtype, source):
+    """A CSR matrix with sorted indices in ``dtype``; shape and type checked like arrays."""
+    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+        raise DataError(f"{source}: features must be real numbers, got values of type {X.dtype}")
+    if X.shape[0] == 0:
+        raise DataError(f"{source}: no data rows")
+    if X.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns")
+    X = X.tocsr().astype(dtype, copy=False)
+    X.sort_indices()
+    return X
+
+
 def _check_finite(values, source, names, what="features") -> None:
+    if is_sparse(values):
+        if np.isfinite(values.data).all():
+            return
+        position = int(np.argmin(np.isfinite(values.data)))
+        row = int(np.searchsorted(values.indptr, position, side="right")) - 1
+        column = values.indices[position]
+        name = repr(names[column]) if names is not None else f"column {column}"
+        raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
     if np.isfinite(values).all():
         return
     bad = ~np.isfinite(values)
@@ -418,7 +451,7 @@ def _load_svmlight(path: Path, num_features: int | None, dtype, check_finite: bo
         X, y = load_svmlight_file(str(path), n_features=num_features, dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: not a valid LIBSVM file ({exc})") from None
-    return Dataset(X.toarray(), y, dtype=dtype, source=str(path), check_finite=check_finite)
+    return Dataset(X, y, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike) -> None:
@@ -496,6 +529,29 @@ def make_classification(
     u = rng.random((num_rows, 1))
     y = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), num_classes - 1)
     return Dataset(X, y, _default_names(num_features), "y", dtype=dtype, source="make_classification")
+
+
+def make_sparse_classification(
+    num_rows: int, num_features: int, *, density: float = 0.001, seed: int = 0, dtype=np.float64
+) -> Dataset:
+    """Sparse CSR features (``density`` of entries non-zero) with binary logistic labels.
+
+    Built row block by row block, so data sets far too large to hold densely are cheap.
+    """
+    import scipy.sparse as sp
+
+    _check_size(num_rows, num_features)
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(num_features) * 3.0
+    per_row = max(1, round(density * num_features))
+    indices = np.sort(rng.integers(0, num_features, size=(num_rows, per_row)), axis=1).ravel()
+    values = rng.standard_normal(num_rows * per_row)
+    indptr = np.arange(0, num_rows * per_row + 1, per_row)
+    X = sp.csr_matrix((values, indices, indptr), shape=(num_rows, num_features))
+    X.sum_duplicates()
+    z = X @ w
+    y = (rng.random(num_rows) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
+    return Dataset(X, y, target_name="y", dtype=dtype, source="make_sparse_classification")
 
 
 def _check_size(num_rows: int, num_features: int) -> None:

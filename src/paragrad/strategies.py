@@ -246,11 +246,11 @@ class SGD(Strategy):
         epoch, position = divmod(round_index, plan.rounds_per_epoch)
         rows = batch_rows(shard, plan.seed, epoch, position, self.batch_size)
         X, y = shard.X[rows], shard.y[rows]
-        if len(X) == 0:
+        if X.shape[0] == 0:
             loss, grad = 0.0, np.zeros(len(params))
         else:
             loss, grad = model.loss_grad(params, X, y)
-        return WorkerResult(len(X), loss, self.send(shard, grad, plan, round_index))
+        return WorkerResult(X.shape[0], loss, self.send(shard, grad, plan, round_index))
 
     def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
         return gradient_step(self.receive(results, len(params)), params, opt_state, model, optimizer)
@@ -323,8 +323,8 @@ class LocalSGD(Strategy):
             X, y = shard.X[rows], shard.y[rows]
             loss, grad = model.loss_grad(theta, X, y)
             penalty, penalty_grad = model.penalty(theta)
-            loss_total += loss / len(X) + penalty
-            theta, state = optimizer.update(grad / len(X) + penalty_grad, state, theta)
+            loss_total += loss / X.shape[0] + penalty
+            theta, state = optimizer.update(grad / X.shape[0] + penalty_grad, state, theta)
         # Compressed, the worker sends its change of the parameters rather than them.
         sent = theta if self.compress is None else self.send(shard, theta - params, plan, round_index)
         return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, sent)

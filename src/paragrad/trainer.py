@@ -322,6 +322,8 @@ def train(
     if not isinstance(tol, (int, float)) or not tol >= 0:
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
     data = data.astype(dtype)
+    if standardize and data.sparse:
+        raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     every = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
     config = _run_config(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     state = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None

@@ -55,6 +55,16 @@ class ShardSpec:
     y_offset: int
     start: int
     stop: int
+    sparse: SparseLayout | None = None
+
+
+@dataclass(frozen=True)
+class SparseLayout:
+    """Where the CSR arrays lie in the data file (``x_offset`` is that of ``data``)."""
+
+    index_dtype: str
+    indices_offset: int
+    indptr_offset: int
 
 
 @dataclass
@@ -211,6 +221,9 @@ class LocalEngine(Engine):
         """
         self._drop_region(self._data)
         X, y = dataset.X, dataset.y
+        if dataset.sparse:
+            self._place_sparse(dataset, plan)
+            return
         backing = dataset.storage if plan.order is None else None
         size = (0 if backing else X.nbytes) + (0 if y is None else y.nbytes)
         data = self._data = self._new_region(size)
@@ -225,6 +238,27 @@ class LocalEngine(Engine):
             _copy_rows(y, plan.order, np.ndarray(y.shape, y.dtype, buffer=data.mapping, offset=y_offset))
         self._specs = [
             ShardSpec(X.dtype.str, X.shape[1], X.shape[0], x_path, x_offset, y_path, y_offset, start, stop)
+            for start, stop in plan.bounds
+        ]
+        for worker, spec in enumerate(self._specs):
+            self._send(worker, {"kind": "shard", "spec": spec})
+
+    def _place_sparse(self, dataset: Dataset, plan: ShardPlan) -> None:
+        """Copy the three CSR arrays (and y) once into a shared file; workers map their rows."""
+        X, y = dataset.X, dataset.y
+        if plan.order is not None:
+            X, y = X[plan.order], None if y is None else y[plan.order]
+        parts = [X.data, X.indices, X.indptr.astype(np.int64)] + ([] if y is None else [y])
+        offsets = np.cumsum([0] + [transport.aligned(part.nbytes) for part in parts]).tolist()
+        data = self._data = self._new_region(offsets[-1])
+        for part, offset in zip(parts, offsets, strict=False):
+            np.ndarray(part.shape, part.dtype, buffer=data.mapping, offset=offset)[...] = part
+        layout = SparseLayout(X.indices.dtype.str, offsets[1], offsets[2])
+        y_path, y_offset = (None, 0) if y is None else (data.path, offsets[3])
+        self._specs = [
+            ShardSpec(
+                X.dtype.str, X.shape[1], X.shape[0], data.path, 0, y_path, y_offset, start, stop, layout
+            )
             for start, stop in plan.bounds
         ]
         for worker, spec in enumerate(self._specs):

@@ -123,6 +123,11 @@ def layout_size(buffers: list[memoryview]) -> int:
     return sum(_aligned(view.nbytes) for view in buffers)
 
 
+def aligned(nbytes: int) -> int:
+    """``nbytes`` rounded up to the alignment of buffers in a region."""
+    return _aligned(nbytes)
+
+
 def _aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 

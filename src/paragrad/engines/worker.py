@@ -40,6 +40,29 @@ def map_rows(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray
     return np.frombuffer(mapping, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset - start)
 
 
+def map_csr_rows(spec):
+    """The shard's rows as a CSR matrix over the shared arrays (only the row pointers are copied)."""
+    import scipy.sparse as sp
+
+    layout, rows = spec.sparse, spec.stop - spec.start
+    indptr = map_rows(spec.x_path, layout.indptr_offset + spec.start * 8, (rows + 1) * 8, np.dtype(np.int64))
+    first, last = int(indptr[0]), int(indptr[-1])
+    value_type, index_type = np.dtype(spec.dtype), np.dtype(layout.index_dtype)
+    data = map_rows(
+        spec.x_path,
+        spec.x_offset + first * value_type.itemsize,
+        (last - first) * value_type.itemsize,
+        value_type,
+    )
+    indices = map_rows(
+        spec.x_path,
+        layout.indices_offset + first * index_type.itemsize,
+        (last - first) * index_type.itemsize,
+        index_type,
+    )
+    return sp.csr_matrix((data, indices, indptr - first), shape=(rows, spec.num_features), copy=False)
+
+
 class WorkerState:
     """What a worker keeps between commands: its shard, its tasks and open regions."""
 
@@ -64,6 +87,10 @@ class WorkerState:
 
     def load_shard(self, spec) -> None:
         """Map the shard's rows from the data file, read-only and without a copy."""
+        if spec.sparse is not None:
+            self.shard = Shard(map_csr_rows(spec), self._map_labels(spec), self.worker, self.num_workers)
+            self.tasks.clear()
+            return
         dtype = np.dtype(spec.dtype)
         rows = spec.stop - spec.start
         row_bytes = spec.num_features * dtype.itemsize
@@ -75,6 +102,16 @@ class WorkerState:
             )
         self.shard = Shard(X.reshape(rows, spec.num_features), y, self.worker, self.num_workers)
         self.tasks.clear()
+
+    @staticmethod
+    def _map_labels(spec) -> np.ndarray | None:
+        if spec.y_path is None:
+            return None
+        dtype = np.dtype(spec.dtype)
+        rows = spec.stop - spec.start
+        return map_rows(
+            spec.y_path, spec.y_offset + spec.start * dtype.itemsize, rows * dtype.itemsize, dtype
+        )
 
     def run(self, key: int, message: dict) -> Any:
         task = self.tasks[key]

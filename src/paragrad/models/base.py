@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from paragrad.data import Standardizer
+from paragrad.data import Standardizer, is_sparse
 from paragrad.errors import ConfigError, DataError
 
 MAX_CLASSES = 1000
@@ -133,6 +133,14 @@ class Model(ABC):
     def prepare(self, X) -> np.ndarray:
         """Validate features for prediction and apply the training standardisation."""
         self._check_trained()
+        if is_sparse(X):
+            if X.shape[1] != self.num_features_:
+                raise DataError(
+                    f"X has {X.shape[1]} features, but the model was trained with {self.num_features_}"
+                )
+            if self.standardizer_ is not None:
+                raise DataError("a model trained on standardised features cannot take sparse input")
+            return X.tocsr() if np.issubdtype(X.dtype, np.floating) else X.tocsr().astype(np.float64)
         X = np.asarray(X)
         if X.ndim == 1 and self.num_features_ == len(X):
             X = X[None, :]
@@ -158,7 +166,7 @@ class Model(ABC):
         y = np.asarray(y, dtype=np.float64)
         if self.is_classifier:
             check_class_labels(self, y)
-        return self.loss_grad(self.params_, X, y)[0] / len(X)
+        return self.loss_grad(self.params_, X, y)[0] / X.shape[0]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -254,15 +262,16 @@ class LinearLayout:
         grad = np.zeros(self.num_params)
         grad_W = grad[: d * k].reshape(d, k)
         loss = 0.0
-        step = block_rows(X)
-        for start in range(0, len(X), step):
+        num_rows = X.shape[0]
+        step = max(num_rows, 1) if is_sparse(X) else block_rows(X)  # CSR rows are read in one go
+        for start in range(0, num_rows, step):
             X_block = X[start : start + step]
             block_loss, dZ = self.output_loss(self._outputs(W, b, X_block), y[start : start + step])
             loss += block_loss
-            if k == 1:
+            if k == 1 and not is_sparse(X_block):
                 grad_W[:, 0] += dZ[:, 0] @ X_block
             else:
-                grad_W += X_block.T @ dZ
+                grad_W += np.asarray(X_block.T @ dZ)
             if self.fit_intercept:
                 grad[d * k :] += dZ.sum(axis=0, dtype=np.float64)
         return loss, grad
