@@ -229,3 +229,16 @@ def test_predict_streams_chunks_of_a_memory_mapped_npy_into_any_output(tmp_path,
         )
         written = np.column_stack([table.column(f"proba_{k}").to_numpy() for k in range(3)])
     np.testing.assert_array_equal(written.astype(expected.dtype), expected)
+
+
+def test_predict_converts_a_float16_npy_chunk_by_chunk(tmp_path):
+    from paragrad.inference import predict_to_file
+
+    data = pg.make_regression(500, 6, seed=2)
+    run = pg.train(pg.models.LinearRegression(), data, engine="serial", workers=2, epochs=20, tol=0)
+    X16 = data.X.astype(np.float16)
+    np.save(tmp_path / "X16.npy", X16)
+    predict_to_file(run.model, tmp_path / "X16.npy", tmp_path / "p.npy", workers=2, chunk_rows=128)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "p.npy"), run.model.predict(X16.astype(np.float64)), rtol=1e-12
+    )

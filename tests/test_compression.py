@@ -139,3 +139,32 @@ def test_summary_accounts_for_time_traffic_and_cost(binary_data):
     for phrase in ("samples/s", "waiting for the slowest", "communication", "worker-seconds", "stragglers"):
         assert phrase in summary
     assert sum(record["samples"] for record in run.history) == binary_data.num_rows
+
+
+def test_full_batch_compression_picks_a_first_order_optimizer_and_lbfgs_refuses_it(binary_data):
+    run = pg.train(
+        pg.models.LogisticRegression(),
+        binary_data,
+        strategy=pg.GradientDescent(compress="int8"),
+        engine="serial",
+        epochs=5,
+        tol=0,
+    )
+    assert len(run.history) == 5 and np.isfinite(run.params).all()
+    with pytest.raises(pg.ConfigError, match="line search needs exact gradients"):
+        pg.train(
+            pg.models.LogisticRegression(),
+            binary_data,
+            strategy=pg.GradientDescent(compress="topk:0.1"),
+            optimizer=pg.optim.LBFGS(),
+            engine="serial",
+        )
+
+
+def test_codecs_never_send_more_than_the_plain_vector():
+    for size in (1, 5, 300):
+        vector = np.random.default_rng(size).standard_normal(size)
+        for codec in (TopK(0.5), TopK(0.01), Int8(), FP16()):
+            payload = codec.encode(vector, RNG)
+            assert sum(part.nbytes for part in payload) <= vector.nbytes + 8, (codec, size)
+            assert codec.decode(payload, size).shape == (size,)

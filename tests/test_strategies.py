@@ -332,3 +332,22 @@ def test_lbfgs_two_loop_direction_is_newtons_on_a_quadratic():
         state = optimizer._remember(state, s, A @ s, 0.0, np.zeros(3))
     grad = np.array([1.0, -2.0, 0.5])
     np.testing.assert_allclose(optimizer.direction(grad, state), -np.linalg.solve(A, grad), rtol=1e-10)
+
+
+def test_lbfgs_stops_with_a_warning_when_its_line_search_stalls():
+    # Trial steps of 1e6 with a single halving cannot lower the loss after the first step.
+    data = pg.make_regression(200, 3, noise=0.5, seed=1)
+    optimizer = pg.optim.LBFGS(lr=1e6, max_line_search=1)
+    with pytest.warns(pg.optim.LineSearchStalled, match="found no lower loss in 1 halvings"):
+        run = pg.train(
+            pg.models.LinearRegression(),
+            data,
+            optimizer=optimizer,
+            engine="serial",
+            workers=2,
+            epochs=50,
+            tol=0,
+        )
+    assert len(run.history) < 50 and not run.converged
+    with pytest.raises(pg.ConfigError, match="max_line_search must be a positive integer"):
+        pg.optim.LBFGS(max_line_search=0)

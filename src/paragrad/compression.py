@@ -39,13 +39,15 @@ class TopK(Compressor):
 
     def encode(self, vector, rng):
         k = max(1, math.ceil(self.fraction * len(vector)))
-        if k >= len(vector):
-            return (np.arange(len(vector), dtype=np.int64), vector.astype(np.float32))
+        if 2 * k >= len(vector):  # indices would cost more than they save: send all values
+            return (vector.astype(np.float32),)
         keep = np.sort(np.argpartition(np.abs(vector), len(vector) - k)[len(vector) - k :])
         index_type = np.int32 if len(vector) < 2**31 else np.int64
         return (keep.astype(index_type), vector[keep].astype(np.float32))
 
     def decode(self, payload, size):
+        if len(payload) == 1:
+            return payload[0].astype(np.float64)
         indices, values = payload
         vector = np.zeros(size)
         vector[indices] = values
@@ -64,11 +66,14 @@ class Int8(Compressor):
         scales[scales == 0] = 1.0
         scaled = blocks / scales[:, None]
         rounded = np.floor(scaled + rng.random(scaled.shape))
-        return (np.clip(rounded, -127, 127).astype(np.int8).ravel(), scales.astype(np.float32))
+        values = np.clip(rounded, -127, 127).astype(np.int8).ravel()[: len(vector)]  # no padding sent
+        return (values, scales.astype(np.float32))
 
     def decode(self, payload, size):
         values, scales = payload
-        blocks = values.reshape(-1, INT8_BLOCK).astype(np.float64) * scales.astype(np.float64)[:, None]
+        padded = np.zeros(len(scales) * INT8_BLOCK)
+        padded[:size] = values
+        blocks = padded.reshape(-1, INT8_BLOCK) * scales.astype(np.float64)[:, None]
         return blocks.ravel()[:size]
 
 

@@ -416,6 +416,23 @@ def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Ex
             raise error(f"{path}: not {what} or truncated ({exc})") from None
 
 
+def open_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file of features memory-mapped as it is (2-D, numeric), without reading it."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if not has_magic(path, NPY_MAGIC):
+        raise DataError(f"{path}: not a valid .npy file")
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot memory-map ({exc})") from None
+    if X.ndim != 2 or X.shape[0] == 0 or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: features must be a non-empty 2-D numeric array, got {X.dtype} {X.shape}")
+    if np.iscomplexobj(X):
+        raise DataError(f"{path}: features must be real numbers, got values of type {X.dtype}")
+    return X
+
+
 def _load_npy(path: Path, dtype, mmap: bool, check_finite: bool) -> Dataset:
     if mmap:
         if not has_magic(path, NPY_MAGIC):

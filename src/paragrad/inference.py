@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.checkpoint import load_model
-from paragrad.data import Dataset, load, plan_shards
+from paragrad.data import Dataset, load, open_npy, plan_shards
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import Shard
 from paragrad.errors import ConfigError, DataError
@@ -226,25 +226,39 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    dataset = read_features(model, data, check_finite=False)
+    rows, num_rows, source = _rows_of(model, data)
     out = Path(out)
-    step = chunk_rows or max(1, CHUNK_BYTES // (dataset.num_features * dataset.X.itemsize))
+    step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
     task = PredictShard(model, proba)
     show = sys.stderr.isatty() if progress is None else progress
     own_engine = not isinstance(engine, Engine)
     with (
         make_engine(engine, workers) if own_engine else contextlib.nullcontext(engine) as runner,
         atomic_write(out) as handle,
-        tqdm(total=dataset.num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
+        tqdm(total=num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):
-        writer = PredictionWriter(handle, out, dataset.num_rows, model.classes_ if proba else None)
+        writer = PredictionWriter(handle, out, num_rows, model.classes_ if proba else None)
         try:
-            for start in range(0, dataset.num_rows, step):
-                chunk = dataset.take(slice(start, start + step))
+            for start in range(0, num_rows, step):
+                chunk = Dataset(rows[start : start + step], dtype=None, source=source, check_finite=False)
                 plan = plan_shards(chunk.num_rows, min(runner.num_workers, chunk.num_rows))
-                runner.start(Dataset._trusted(chunk.X, None, None, None, chunk.source), plan)
-                writer.write(_gather_predictions(runner.run(task), plan, start, dataset.source))
+                runner.start(chunk, plan)
+                writer.write(_gather_predictions(runner.run(task), plan, start, source))
                 bar.update(chunk.num_rows)
         finally:
             writer.close()
-    return dataset.num_rows
+    return num_rows
+
+
+def _rows_of(model: Model, data) -> tuple[Any, int, str]:
+    """Rows to predict, sliceable chunk by chunk: a ``.npy`` stays memory-mapped in its own
+    type (each chunk is converted on its own), anything else is read as for ``predict``."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
+        rows = open_npy(Path(data))
+        if rows.shape[1] != model.num_features_:
+            raise DataError(
+                f"{data}: has {rows.shape[1]} features, but the model was trained with {model.num_features_}"
+            )
+        return rows, rows.shape[0], str(data)
+    dataset = read_features(model, data, check_finite=False)
+    return dataset.X, dataset.num_rows, dataset.source

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -198,6 +199,10 @@ class Adam(Optimizer):
         return params - lr * mean_hat / (np.sqrt(second_hat) + self.eps), AdamState(step, mean, second)
 
 
+class LineSearchStalled(UserWarning):
+    """L-BFGS could not lower the loss along its search direction (often: at the optimum)."""
+
+
 class LBFGSState(NamedTuple):
     step: np.ndarray
     s_history: np.ndarray
@@ -214,7 +219,7 @@ class LBFGS(Optimizer):
     which is one distributed pass over the data (as Spark MLlib and dask-glm do), instead
     of a gradient handed to ``update``. ``lr`` is the first trial step of each line
     search (1 is right for quasi-Newton steps). When no step along the search direction
-    lowers the loss, the step reports a gradient norm of 0 so training stops there.
+    lowers the loss, training stops there with a ``LineSearchStalled`` warning.
 
     Parameters
     ----------
@@ -239,6 +244,8 @@ class LBFGS(Optimizer):
             raise ConfigError(f"memory must be a positive integer, got {memory}")
         if not 0.0 < c1 < 1.0:
             raise ConfigError(f"c1 must be in (0, 1), got {c1}")
+        if int(max_line_search) < 1:
+            raise ConfigError(f"max_line_search must be a positive integer, got {max_line_search}")
         self.memory, self.c1, self.max_line_search = int(memory), float(c1), int(max_line_search)
 
     def init(self, params: np.ndarray) -> LBFGSState:
@@ -273,7 +280,11 @@ class LBFGS(Optimizer):
         return -q
 
     def minimize_step(self, evaluate, params: np.ndarray, state: LBFGSState):
-        """One quasi-Newton step; returns (new params, new state, loss and grad at ``params``)."""
+        """One quasi-Newton step.
+
+        Returns the new parameters and state, the loss and gradient at ``params``, and
+        whether the line search stalled (no lower loss found: the step stays put).
+        """
         if np.isnan(state.loss):
             loss, grad = evaluate(params)
         else:
@@ -293,13 +304,14 @@ class LBFGS(Optimizer):
                 break
             step *= 0.5
         else:
-            return params, state._replace(loss=np.array(loss), grad=grad), loss, np.zeros_like(grad)
-        return (
-            candidate,
-            self._remember(state, candidate - params, new_grad - grad, new_loss, new_grad),
-            loss,
-            grad,
-        )
+            warnings.warn(
+                f"L-BFGS's line search found no lower loss in {self.max_line_search} halvings; stopping here",
+                LineSearchStalled,
+                stacklevel=2,
+            )
+            return params, state._replace(loss=np.array(loss), grad=grad), loss, grad, True
+        new_state = self._remember(state, candidate - params, new_grad - grad, new_loss, new_grad)
+        return candidate, new_state, loss, grad, False
 
     def _remember(self, state: LBFGSState, s, y, loss, grad) -> LBFGSState:
         s_history, y_history, count = state.s_history.copy(), state.y_history.copy(), int(state.num_pairs)

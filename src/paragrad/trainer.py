@@ -316,6 +316,8 @@ def train(
         raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
     if getattr(optimizer, "needs_objective", False) and not isinstance(strategy, GradientDescent):
         raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
+    if getattr(optimizer, "needs_objective", False) and strategy.compress is not None:
+        raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
     _check_positive_int("epochs", epochs)
     _check_positive_int("max_rounds", max_rounds, allow_none=True)
     _check_positive_int("workers", workers, allow_none=True)
@@ -351,8 +353,12 @@ def train(
 
 
 def default_optimizer(model: Model, strategy: Strategy) -> Optimizer:
-    """LBFGS for full-batch training of the linear models, Adam(lr=0.01) otherwise."""
-    if isinstance(strategy, GradientDescent) and isinstance(model, LinearLayout):
+    """LBFGS for uncompressed full-batch training of the linear models, else Adam(lr=0.01)."""
+    if (
+        isinstance(strategy, GradientDescent)
+        and isinstance(model, LinearLayout)
+        and strategy.compress is None
+    ):
         return LBFGS()
     return Adam(lr=0.01)
 
@@ -497,6 +503,7 @@ class RoundLoop:
             self.total = min(self.total, max_rounds)
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
         self.first_loss: float | None = None
+        self.stalled = False
 
     def run(self, state: TrainingState | None, checkpoints: Checkpointing, config: dict, progress) -> Run:
         strategy, optimizer, model = self.strategy, self.optimizer, self.model
@@ -542,11 +549,13 @@ class RoundLoop:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
                 epoch_ends = strategy.epoch_of(round_index + 1, self.shard_sizes) != record["epoch"]
                 converged = check.update(outcome, epoch_ends)
+                if self.stalled:
+                    break
                 if checkpoints.due(round_index + 1):
                     checkpoints.write(snapshot(round_index + 1))
         if checkpoints.directory is not None:
             checkpoints.write(snapshot(len(history)))
-        if self.tol > 0 and not converged and self.total > 1:
+        if self.tol > 0 and not converged and self.total > 1 and not self.stalled:
             warnings.warn(
                 f"stopped after {len(history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
@@ -585,7 +594,15 @@ class RoundLoop:
         one optimizer step, and each evaluation of its line search one pass of the workers.
         """
         start = time.perf_counter()
-        passes = {"compute_s": 0.0, "wait_s": 0.0, "run_s": 0.0, "sent": 0, "received": 0, "samples": 0}
+        passes = {
+            "compute_s": 0.0,
+            "busy_s": 0.0,
+            "wait_s": 0.0,
+            "run_s": 0.0,
+            "sent": 0,
+            "received": 0,
+            "samples": 0,
+        }
 
         def run_workers(point):
             pass_start = time.perf_counter()
@@ -595,6 +612,8 @@ class RoundLoop:
                 raise type(exc)(f"round {round_index}: {exc}") from exc
             passes["run_s"] += time.perf_counter() - pass_start
             slowest = max(result.compute_s for result in results)
+            # Serial workers compute one after another: all of it is inside run_s.
+            passes["busy_s"] += slowest if self.runner.parallel else sum(r.compute_s for r in results)
             passes["compute_s"] += slowest
             passes["wait_s"] += slowest - sum(result.compute_s for result in results) / len(results)
             passes["samples"] += sum(result.count for result in results)
@@ -605,8 +624,11 @@ class RoundLoop:
         with np.errstate(over="ignore", invalid="ignore"):
             if getattr(self.optimizer, "needs_objective", False):
                 evaluate = lambda point: objective(run_workers(point), point, self.model)  # noqa: E731
-                new_params, new_state, loss, grad = self.optimizer.minimize_step(evaluate, params, opt_state)
+                new_params, new_state, loss, grad, stalled = self.optimizer.minimize_step(
+                    evaluate, params, opt_state
+                )
                 outcome = StepOutcome(new_params, new_state, loss, float(np.abs(grad).max()))
+                self.stalled = stalled
             else:
                 results = run_workers(params)
                 outcome = self.strategy.combine(results, params, opt_state, self.model, self.optimizer)
@@ -616,7 +638,7 @@ class RoundLoop:
             "loss": float(outcome.loss),
             "wall_s": time.perf_counter() - start,
             "compute_s": passes["compute_s"],
-            "comm_s": max(passes["run_s"] - passes["compute_s"], 0.0),
+            "comm_s": max(passes["run_s"] - passes["busy_s"], 0.0),
             "bytes_sent": passes["sent"],
             "bytes_received": passes["received"],
             "samples": passes["samples"],

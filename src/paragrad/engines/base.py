@@ -70,6 +70,7 @@ class Engine(ABC):
     """Runs tasks on workers that each hold one shard of a data set."""
 
     name: str
+    parallel = True  # whether the workers compute at the same time
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = default_workers() if workers is None else int(workers)

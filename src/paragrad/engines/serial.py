@@ -11,11 +11,12 @@ from paragrad.engines.base import Engine, Shard, Task, payload_nbytes
 class SerialEngine(Engine):
     """Each worker's shard is a view (or a gathered copy, for shuffled plans) of the data.
 
-    The byte counts are those of the arguments and results that a distributed engine
-    would move, so histories compare across engines.
+    The byte counts are those of the arrays and numbers in the arguments and results
+    (what a distributed engine would move, less its message framing).
     """
 
     name = "serial"
+    parallel = False
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)

@@ -150,7 +150,7 @@ class Model(ABC):
             raise DataError(
                 f"X has {X.shape[1]} features, but the model was trained with {self.num_features_}"
             )
-        if not np.issubdtype(X.dtype, np.floating):
+        if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
         if self.standardizer_ is not None:
             X = self.standardizer_.transform(X)
