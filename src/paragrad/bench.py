@@ -575,6 +575,15 @@ def bench_predict(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
+def _plot_smoothed(ax, curves: dict[str, dict[str, list[float]]], axis: str) -> None:
+    """Each run's round loss against ``axis``; a moving average, since stochastic rounds see one batch."""
+    for name, curve in curves.items():
+        loss = np.asarray(curve["loss"])
+        window = max(1, len(loss) // 25)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(np.asarray(curve[axis])[window - 1 :], smooth, label=name)
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """PNG plots of a run: latency bars, loss against wall time and against bytes."""
     try:
@@ -603,11 +612,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     compression = next((row for row in rows if row["benchmark"] == "communication_curves"), None)
     if compression is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for name, curve in compression["curves"].items():
-            loss = np.asarray(curve["loss"])
-            window = max(1, len(loss) // 25)
-            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-            ax.plot(np.asarray(curve["bytes"])[window - 1 :], smooth, label=name)
+        _plot_smoothed(ax, compression["curves"], "bytes")
         ax.set_xscale("log")
         ax.set_xlabel("bytes communicated")
         ax.set_ylabel("round loss (moving average)")
@@ -626,11 +631,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ("bytes", "bytes communicated", "loss_vs_bytes.png"),
         ):
             fig, ax = plt.subplots(figsize=(6, 4))
-            for solver, curve in curves["curves"].items():
-                loss = np.asarray(curve["loss"])
-                window = max(1, len(loss) // 25)  # stochastic rounds see one batch: smooth them
-                smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-                ax.plot(np.asarray(curve[axis])[window - 1 :], smooth, label=solver)
+            _plot_smoothed(ax, curves["curves"], axis)
             ax.axhline(curves["optimum"], color="k", linewidth=0.8, label="optimum")
             if axis == "wall_s":
                 ax.axvline(sklearn_s, color="k", linestyle="--", label="scikit-learn lbfgs (total)")

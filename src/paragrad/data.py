@@ -435,13 +435,7 @@ def open_npy(path: Path) -> np.ndarray:
 
 def _load_npy(path: Path, dtype, mmap: bool, check_finite: bool) -> Dataset:
     if mmap:
-        if not has_magic(path, NPY_MAGIC):
-            raise DataError(f"{path}: not a valid .npy file")
-        try:
-            X = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot memory-map ({exc})") from None
-        return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
+        return Dataset(open_npy(path), dtype=dtype, source=str(path), check_finite=check_finite)
     with open_numpy(path, "npy") as X:
         return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
 
