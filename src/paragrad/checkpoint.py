@@ -31,6 +31,9 @@ VERSION = 1
 def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
     model._check_trained()
+    if model.name == "torch":
+        model.save(path)  # parameters only: the module's code cannot travel without pickle
+        return
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,

@@ -8,6 +8,7 @@ from paragrad.models.linear import LinearRegression
 from paragrad.models.logistic import LogisticRegression
 from paragrad.models.mlp import MLP
 from paragrad.models.softmax import SoftmaxRegression
+from paragrad.models.torch_module import Torch
 
 MODELS: dict[str, type[Model]] = {
     cls.name: cls for cls in (LinearRegression, LogisticRegression, SoftmaxRegression, MLP)
@@ -29,5 +30,6 @@ __all__ = [
     "LogisticRegression",
     "Model",
     "SoftmaxRegression",
+    "Torch",
     "get_model",
 ]
