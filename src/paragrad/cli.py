@@ -27,7 +27,7 @@ from paragrad.trainer import default_optimizer, train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
-SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict", "communication")
+SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict", "communication", "torch")
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 
