@@ -70,3 +70,13 @@ def test_feature_names_are_kept():
     model = ParagradRegressor(engine="serial").fit(frame, y)
     assert list(model.feature_names_in_) == ["a", "b", "c"] and model.n_features_in_ == 3
     assert model.model_.feature_names_ == ("a", "b", "c")
+
+
+def test_sparse_input_trains_without_densifying():
+    from paragrad.data import make_sparse_classification
+
+    data = make_sparse_classification(2000, 20_000, density=0.005, seed=0)
+    model = ParagradClassifier(engine="serial", workers=2, epochs=50).fit(data.X, data.y)
+    dense = ParagradClassifier(engine="serial", workers=2, epochs=50).fit(data.X[:, :2000].toarray(), data.y)
+    assert model.coef_.shape == (1, 20_000) and dense.coef_.shape == (1, 2000)
+    assert model.score(data.X, data.y) > 0.8

@@ -104,3 +104,24 @@ def test_bad_arguments_are_refused():
         pg.models.Torch("not a module")
     with pytest.raises(pg.ConfigError, match="loss must be one of cross_entropy, mse"):
         pg.models.Torch(torch.nn.Linear(2, 2), loss="hinge")
+
+
+def test_standardised_training_predicts_and_reloads_with_the_same_scaling(tmp_path):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    torch.manual_seed(0)
+    net = torch.nn.Linear(64, 10)
+    run = pg.train(
+        pg.models.Torch(net), pg.Dataset(X, y), engine="serial", workers=2, epochs=60, standardize=True, tol=0
+    )
+    scaled = run.model.standardizer_.transform(X)
+    np.testing.assert_array_equal(
+        run.model.predict(X), np.argmax(run.model.decision_function(run.params, scaled), axis=1)
+    )
+    run.save(tmp_path / "net.npz")
+    with pytest.raises(pg.ModelFileError, match="load them with pg.models.Torch.load"):
+        pg.load_model(tmp_path / "net.npz")
+    loaded = pg.models.Torch.load(tmp_path / "net.npz", torch.nn.Linear(64, 10))
+    np.testing.assert_array_equal(loaded.predict(X), run.model.predict(X))

@@ -61,6 +61,10 @@ def load_model(path: str | os.PathLike) -> Model:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     with open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError) as archive:
+        if "meta" not in archive.files and "num_features" in archive.files:
+            raise ModelFileError(
+                f"{path}: a Torch model's parameters: load them with pg.models.Torch.load(path, module)"
+            )
         if "meta" not in archive.files or "params" not in archive.files:
             raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
         try:

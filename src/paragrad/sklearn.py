@@ -58,6 +58,11 @@ class _ParagradEstimator(BaseEstimator):
     def _make_model(self, num_classes: int | None) -> Model:
         raise NotImplementedError
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # CSR features train without being densified
+        return tags
+
     def _fit(self, X: np.ndarray, y: np.ndarray, num_classes: int | None):
         model = self._make_model(num_classes)
         strategy = (
@@ -66,7 +71,7 @@ class _ParagradEstimator(BaseEstimator):
         optimizer = self.optimizer
         if isinstance(optimizer, str):
             optimizer = get_optimizer(optimizer)
-        workers = min(self.workers or default_workers(), len(X))
+        workers = min(self.workers or default_workers(), X.shape[0])
         names = getattr(self, "feature_names_in_", None)
         data = Dataset(X, y, None if names is None else [str(n) for n in names])
         self.run_ = train(
@@ -105,7 +110,7 @@ class _ParagradEstimator(BaseEstimator):
 
     def _validated(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return validate_data(self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32])
 
 
 class ParagradRegressor(RegressorMixin, _ParagradEstimator):
@@ -133,7 +138,7 @@ class ParagradRegressor(RegressorMixin, _ParagradEstimator):
         raise ConfigError(f"model must be 'linear', 'mlp' or a paragrad model, got {self.model!r}")
 
     def fit(self, X, y) -> ParagradRegressor:
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], y_numeric=True)
         self._fit(X, y.astype(X.dtype), None)
         if hasattr(self, "coef_"):
             self.coef_, self.intercept_ = self.coef_[0], float(np.ravel(self.intercept_)[0])
@@ -162,7 +167,7 @@ class ParagradClassifier(ClassifierMixin, _ParagradEstimator):
         raise ConfigError(f"model must be 'linear', 'mlp' or a paragrad model, got {self.model!r}")
 
     def fit(self, X, y) -> ParagradClassifier:
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from paragrad.errors import ConfigError, DataError, ModelFileError
+from paragrad.errors import ConfigError, ModelFileError
 from paragrad.models.base import Classifier, softmax
 
 LOSSES = ("cross_entropy", "mse")
@@ -77,7 +78,9 @@ class Torch(Classifier):
         torch = _torch()
         if hasattr(X, "toarray"):
             X = X.toarray()
-        return torch.from_numpy(np.ascontiguousarray(X)).to(self._dtype)
+        with warnings.catch_warnings():  # shared shards are read-only; torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(X)).to(self._dtype)
 
     def _outputs(self, X):
         out = self.module(self._inputs(X))
@@ -122,14 +125,22 @@ class Torch(Classifier):
         from paragrad.atomic import atomic_write
 
         self._check_trained()
-        classes = np.array([] if self.classes_ is None else self.classes_)
+        arrays = {
+            "params": self.params_,
+            "classes": np.array([] if self.classes_ is None else self.classes_),
+            "num_features": np.array(self.num_features_),
+        }
+        if self.standardizer_ is not None:
+            arrays.update(
+                standardizer_mean=self.standardizer_.mean, standardizer_scale=self.standardizer_.scale
+            )
         with atomic_write(path) as handle:
-            np.savez(handle, params=self.params_, classes=classes, num_features=np.array(self.num_features_))
+            np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, module, loss: str = "cross_entropy") -> Torch:
         """The model saved by :meth:`save`, with its parameters loaded into ``module``."""
-        from paragrad.data import open_numpy
+        from paragrad.data import Standardizer, open_numpy
 
         model = cls(module, loss)
         with open_numpy(
@@ -139,6 +150,10 @@ class Torch(Classifier):
                 raise ModelFileError(f"{path}: not a paragrad Torch model file")
             params, classes = archive["params"], archive["classes"]
             num_features = int(archive["num_features"])
+            if "standardizer_mean" in archive.files:
+                model.standardizer_ = Standardizer(
+                    archive["standardizer_mean"], archive["standardizer_scale"]
+                )
         model.setup(num_features, classes.astype(np.float64) if len(classes) else None)
         if params.shape != (model.num_params,):
             raise ModelFileError(
@@ -147,15 +162,3 @@ class Torch(Classifier):
         model.params_ = params
         model._load(params)
         return model
-
-    def prepare(self, X):
-        self._check_trained()
-        if not hasattr(X, "toarray"):
-            X = np.asarray(X)
-            if X.ndim != 2:
-                raise DataError(f"X must be 2-D (rows x features), got shape {X.shape}")
-        if X.shape[1] != self.num_features_:
-            raise DataError(
-                f"X has {X.shape[1]} features, but the model was trained with {self.num_features_}"
-            )
-        return X
