@@ -119,22 +119,27 @@ def _gloo_worker(rank: int, port: int, d: int, repeats: int, queue) -> None:
 def gloo_round(d: int, repeats: int) -> dict[str, float] | None:
     """Baseline: torch.distributed all_reduce on gloo over 127.0.0.1, if torch is installed."""
     import importlib.util
-    import socket
 
     if importlib.util.find_spec("torch") is None:  # looked up, not imported: torch is large
         return None
+
+    return _two_ranks(_gloo_worker, d, repeats, timeout=300)
+
+
+def _two_ranks(target: Callable[..., None], *args: Any, timeout: float) -> Any:
+    """Run ``target(rank, port, *args, queue)`` as 2 spawned processes meeting on a free
+    127.0.0.1 port; returns what rank 0 puts on the queue."""
+    import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.Queue()
-    processes = [
-        context.Process(target=_gloo_worker, args=(rank, port, d, repeats, queue)) for rank in range(2)
-    ]
+    processes = [context.Process(target=target, args=(rank, port, *args, queue)) for rank in range(2)]
     for process in processes:
         process.start()
-    result = queue.get(timeout=300)
+    result = queue.get(timeout=timeout)
     for process in processes:
         process.join(60)
     return result
@@ -777,7 +782,6 @@ def _ddp_worker(rank: int, port: int, num_rows: int, d: int, epochs: int, queue)
 def bench_torch(quick: bool) -> list[dict[str, Any]]:
     """Epoch time of a small torch model: 2 local workers against DDP on gloo, same batches."""
     import importlib.util
-    import socket
 
     if importlib.util.find_spec("torch") is None:
         return [{"benchmark": "torch_epoch", "skipped": "torch is not installed"}]
@@ -787,20 +791,7 @@ def bench_torch(quick: bool) -> list[dict[str, Any]]:
     from paragrad.trainer import train
 
     num_rows, d, epochs = (200_000 if quick else 1_000_000), 100, 2
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_ddp_worker, args=(rank, port, num_rows, d, epochs, queue))
-        for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    ddp_times = queue.get(timeout=600)
-    for process in processes:
-        process.join(60)
+    ddp_times = _two_ranks(_ddp_worker, num_rows, d, epochs, timeout=600)
     data = make_classification(num_rows, d, seed=5, dtype=np.float32)
     torch.manual_seed(0)
     with LocalEngine(2) as engine:

@@ -112,15 +112,6 @@ class MLP(Classifier):
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return softmax(self._forward(params, X)[1])
 
-    def predict_proba(self, X) -> np.ndarray:
-        if not self.is_classifier:
-            raise ConfigError("predict_proba needs an MLP with task='classification'")
-        return super().predict_proba(X)
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(self.params_, self.prepare(X))
-        return self.labels_from(scores) if self.is_classifier else scores
-
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         outputs, out = self._forward(params, X)
         if self.is_classifier:

@@ -109,15 +109,6 @@ class Torch(Classifier):
     def proba(self, params: np.ndarray, X) -> np.ndarray:
         return softmax(self.decision_function(params, X))
 
-    def predict_proba(self, X) -> np.ndarray:
-        if not self.is_classifier:
-            raise ConfigError("predict_proba needs a Torch model with loss='cross_entropy'")
-        return super().predict_proba(X)
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(self.params_, self.prepare(X))
-        return self.labels_from(scores) if self.is_classifier else scores
-
     # -- saving: plain arrays, never a pickled module --------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
