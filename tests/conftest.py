@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 
 import paragrad as pg
 from paragrad.engines.local import LocalEngine
+
+# Ray, in every process the tests start: listen on 127.0.0.1 only (without this Ray moves
+# to the host's address), and authenticate with a token of this test session's own.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +48,11 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m paragrad ARGS`` in a real subprocess, as a user would."""
-    env = dict(os.environ, PYTHONWARNINGS="default")
+    env = dict(os.environ, PYTHONWARNINGS="default", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "paragrad", *map(str, args)],
         capture_output=True,

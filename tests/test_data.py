@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -234,3 +236,75 @@ def test_slices_of_loaded_npy_features_still_point_into_the_file(tmp_path):
     backing = chunk.storage
     on_disk = np.memmap(backing.path, dtype=np.float64, mode="r", offset=backing.offset, shape=(7, 3))
     np.testing.assert_array_equal(on_disk, chunk.X)
+
+
+# -- Parquet files read lazily, a worker's rows at a time -------------------------------------
+
+
+def _parquet_with_row_groups(path: Path, rows: int = 103, group: int = 10) -> pg.Dataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = pg.make_regression(rows, 3, seed=5)
+    columns = {f"f{j}": data.X[:, j] for j in range(3)}
+    columns["count"] = np.arange(rows, dtype=np.int32)  # integers are read as floats
+    pq.write_table(pa.table({**columns, "y": data.y}), path, row_group_size=group)
+    return pg.load(path, target="y")
+
+
+def test_a_lazy_parquet_file_reads_nothing_until_asked_and_then_the_same_rows(tmp_path):
+    eager = _parquet_with_row_groups(tmp_path / "d.parquet")
+    lazy = pg.load(tmp_path / "d.parquet", target="y", lazy=True)
+    assert lazy._X is None and lazy.has_labels and lazy.table.num_rows == 103
+    assert (lazy.num_rows, lazy.num_features, lazy.feature_names) == (103, 4, ("f0", "f1", "f2", "count"))
+    table = lazy.table
+    rng = np.random.default_rng(0)
+    picks = [slice(0, 103), slice(7, 8), slice(9, 31), slice(100, 103), rng.permutation(103)[:40]]
+    for rows in picks:
+        part = table.read(rows)
+        np.testing.assert_array_equal(part.X, eager.X[rows])
+        np.testing.assert_array_equal(part.y, eager.y[rows])
+    assert lazy._X is None
+    np.testing.assert_array_equal(lazy.X, eager.X)  # the whole file, on first use
+    np.testing.assert_array_equal(lazy.y, eager.y)
+
+
+def test_a_lazy_float32_parquet_file_keeps_its_type_and_drops_the_target_for_predicting(tmp_path):
+    eager = _parquet_with_row_groups(tmp_path / "d.parquet")
+    lazy = pg.load(tmp_path / "d.parquet", target="y", lazy=True).astype("float32")
+    assert lazy._X is None and lazy.dtype == np.float32
+    np.testing.assert_array_equal(lazy.take(slice(5, 25)).X, eager.X[5:25].astype(np.float32))
+    features = lazy.features_only()
+    assert not features.has_labels and features.take(slice(0, 3)).y is None
+
+
+def test_a_lazy_read_names_the_file_row_of_a_missing_value(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = np.arange(50, dtype=np.float64)
+    values[37] = np.nan
+    pq.write_table(pa.table({"a": values, "y": np.zeros(50)}), tmp_path / "d.parquet", row_group_size=8)
+    table = pg.load(tmp_path / "d.parquet", target="y", lazy=True).table
+    table.read(slice(0, 30))  # rows without the gap read fine
+    with pytest.raises(pg.DataError, match=r"d.parquet: 1 NaN, .* first at row 38, 'a'"):
+        table.read(slice(30, 50))
+    with pytest.raises(pg.DataError, match=r"first at row 38, 'a'"):
+        table.read(np.array([3, 37, 1]))
+
+
+def test_a_lazy_parquet_file_is_checked_against_its_schema_at_once(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1.0, 2.0], "name": ["x", "y"], "y": [0.0, 1.0]}), tmp_path / "d.parquet")
+    with pytest.raises(pg.DataError, match=r"column 'name' is not numeric \(type string\)"):
+        pg.load(tmp_path / "d.parquet", target="y", lazy=True)
+    with pytest.raises(pg.DataError, match="target column 'z' not found"):
+        pg.load(tmp_path / "d.parquet", target="z", lazy=True)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(pg.DataError, match="bad.parquet: cannot read"):
+        pg.load(tmp_path / "bad.parquet", target="y", lazy=True)
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n")
+    with pytest.raises(pg.ConfigError, match="lazy=True reads .parquet files"):
+        pg.load(tmp_path / "d.csv", target="y", lazy=True)

@@ -12,6 +12,7 @@ Suites:
   for data memory-mapped from ``.npy`` (as ``paragrad.load`` gives, and as tables are
   loaded) and for numpy arrays in memory (which the engine must copy once).
 - ``mlp_scaling``: minibatch SGD samples per second with the MLP on 2 workers vs 1.
+- ``ray``: the Ray engine against the local engine (see :mod:`paragrad.bench_ray`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,17 @@ from paragrad.models import MLP, LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.strategies import SGD, GradientDescent
 
-SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict", "communication", "torch")
+SUITES = (
+    "latency",
+    "gd_step",
+    "mlp_scaling",
+    "solvers",
+    "float32",
+    "predict",
+    "communication",
+    "torch",
+    "ray",
+)
 
 
 def timings(step: Callable[[], Any], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -145,21 +156,27 @@ def _two_ranks(target: Callable[..., None], *args: Any, timeout: float) -> Any:
     return result
 
 
+def engine_round(engine, d: int, repeats: int) -> dict[str, float]:
+    """Timings of a round on a started engine: d parameters out, d values back from each
+    worker, summed by the coordinator."""
+    params, task, total = np.ones(d), EchoPlusWorker(), np.empty(d)
+
+    def one_round():
+        first, *rest = engine.run(task, params)
+        np.copyto(total, first)
+        for vector in rest:
+            np.add(total, vector, out=total)
+
+    return timings(one_round, repeats)
+
+
 def bench_latency(quick: bool) -> list[dict[str, Any]]:
     rows = []
     with LocalEngine(2) as engine:
         engine.start(Dataset(np.zeros((2, 1))), plan_shards(2, 2))
         for d in (100, 1_000_000):
             repeats = (200 if d == 100 else 30) if quick else (2000 if d == 100 else 200)
-            params, task, total = np.ones(d), EchoPlusWorker(), np.empty(d)
-
-            def local_round(params=params, task=task, total=total):
-                first, *rest = engine.run(task, params)
-                np.copyto(total, first)
-                for vector in rest:
-                    total += vector
-
-            ours = timings(local_round, repeats)
+            ours = engine_round(engine, d, repeats)
             pipe = pipe_round(d, repeats)
             gloo = gloo_round(d, repeats)
             rows.append(
@@ -817,6 +834,13 @@ def bench_torch(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
+def bench_ray(quick: bool) -> list[dict[str, Any]]:
+    """The Ray engine against the local engine, in a module of its own."""
+    from paragrad import bench_ray as suite
+
+    return suite.bench_ray(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "latency": bench_latency,
     "gd_step": bench_gd_step,
@@ -826,4 +850,5 @@ BENCHMARKS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "predict": bench_predict,
     "communication": bench_communication,
     "torch": bench_torch,
+    "ray": bench_ray,
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from paragrad import __version__
 from paragrad.checkpoint import save_model
-from paragrad.data import load, make_classification, make_regression, save_dataset
+from paragrad.data import PARQUET_SUFFIXES, load, make_classification, make_regression, save_dataset
 from paragrad.engines import ENGINES
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
 from paragrad.inference import evaluate, predict_to_file
@@ -27,7 +27,17 @@ from paragrad.trainer import default_optimizer, train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
-SUITES = ("latency", "gd_step", "mlp_scaling", "solvers", "float32", "predict", "communication", "torch")
+SUITES = (
+    "latency",
+    "gd_step",
+    "mlp_scaling",
+    "solvers",
+    "float32",
+    "predict",
+    "communication",
+    "torch",
+    "ray",
+)
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 
@@ -75,12 +85,26 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
     )
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="ray engine: join this Ray cluster (default: RAY_ADDRESS, else a local instance)",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="BLAS threads per worker; on Ray, the CPUs each worker reserves (default: 1)",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
-    dataset = load(args.data, args.target, dtype=args.dtype)
+    # On Ray the workers read their own rows of a Parquet file: it is not read here.
+    lazy = args.engine == "ray" and args.data.suffix.lower() in PARQUET_SUFFIXES
+    dataset = load(args.data, args.target, dtype=args.dtype, lazy=lazy)
     model_class = get_model(args.model)
     model_options = {"l2": args.l2}
     if model_class.name == "mlp":
@@ -112,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=None if args.progress is None else args.progress,
         dtype=args.dtype,
         max_restarts=args.max_restarts,
+        threads_per_worker=args.threads_per_worker,
+        address=args.address,
         checkpoint_dir=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
@@ -136,7 +162,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_out(args.out, PREDICTION_SUFFIXES)
     rows = predict_to_file(
-        args.model, args.data, args.out, engine=args.engine, workers=args.workers, proba=args.proba
+        args.model,
+        args.data,
+        args.out,
+        engine=args.engine,
+        workers=args.workers,
+        proba=args.proba,
+        address=args.address,
+        threads_per_worker=args.threads_per_worker,
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0

@@ -6,6 +6,7 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import mmap
 import os
@@ -46,7 +47,13 @@ class Dataset:
     check_finite : bool
         Check every feature value (a pass over the data); predict skips it and checks its
         outputs instead, which NaN or infinite features always reach.
+
+    A data set opened with ``load(path, lazy=True)`` has a :class:`TableFile` in
+    ``table`` and reads its rows only when they are needed: the Ray engine's workers read
+    their own rows; ``X`` and ``y`` read the whole file on first use.
     """
+
+    table: TableFile | None = None
 
     def __init__(
         self,
@@ -62,8 +69,8 @@ class Dataset:
         dtype = _float_dtype(dtype, like=X)
         self.source = source
         self.storage = _file_backing(X, dtype)
-        self.X = _as_matrix(X, dtype, source)
-        self.y = None if y is None else _as_labels(y, self.X.shape[0], dtype, source)
+        self._X = _as_matrix(X, dtype, source)
+        self._y = None if y is None else _as_labels(y, self._X.shape[0], dtype, source)
         if feature_names is not None:
             feature_names = tuple(str(name) for name in feature_names)
             if len(feature_names) != self.X.shape[1]:
@@ -81,37 +88,78 @@ class Dataset:
     def _trusted(cls, X, y, feature_names, target_name, source) -> Dataset:
         """Build a dataset from arrays already validated (a slice or a type change)."""
         ds = cls.__new__(cls)
-        ds.X, ds.y, ds.source, ds.storage = X, y, source, _file_backing(X, X.dtype)
+        ds._X, ds._y, ds.source, ds.storage = X, y, source, _file_backing(X, X.dtype)
         ds.feature_names, ds.target_name = feature_names, target_name
         return ds
+
+    @classmethod
+    def _lazy(cls, table: TableFile) -> Dataset:
+        """A data set whose rows stay in ``table`` until they are needed."""
+        ds = cls.__new__(cls)
+        ds._X, ds._y, ds.source, ds.storage, ds.table = None, None, table.path, None, table
+        ds.feature_names, ds.target_name = table.features, table.target
+        return ds
+
+    @property
+    def X(self):
+        """The features (rows x features), read from the file first for a lazy data set."""
+        if self._X is None:
+            self._read_whole()
+        return self._X
+
+    @property
+    def y(self) -> np.ndarray | None:
+        """The labels, or ``None``."""
+        if self._X is None and self.table.target is not None:
+            self._read_whole()
+        return self._y
+
+    def _read_whole(self) -> None:
+        whole = self.table.read()
+        self._X, self._y, self.storage = whole.X, whole.y, whole.storage
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether there are labels, without reading a lazy data set."""
+        return self.table.target is not None if self._X is None else self._y is not None
 
     @property
     def sparse(self) -> bool:
         """Whether the features are a scipy.sparse CSR matrix."""
-        return is_sparse(self.X)
+        return self._X is not None and is_sparse(self._X)
 
     @property
     def num_rows(self) -> int:
-        return self.X.shape[0]
+        return self.table.num_rows if self._X is None else self._X.shape[0]
 
     @property
     def num_features(self) -> int:
-        return self.X.shape[1]
+        return len(self.table.features) if self._X is None else self._X.shape[1]
 
     @property
     def dtype(self) -> np.dtype:
-        return self.X.dtype
+        return np.dtype(self.table.dtype) if self._X is None else self._X.dtype
 
     def take(self, rows) -> Dataset:
         """The rows selected by a slice or an index array (a view for a slice)."""
+        if self._X is None:
+            return self.table.read(rows)
         y = None if self.y is None else self.y[rows]
         return Dataset._trusted(self.X[rows], y, self.feature_names, self.target_name, self.source)
+
+    def features_only(self) -> Dataset:
+        """The same rows without labels or names: what predicting needs."""
+        if self._X is None:
+            return Dataset._lazy(dataclasses.replace(self.table, target=None))
+        return Dataset._trusted(self._X, None, None, None, self.source)
 
     def astype(self, dtype) -> Dataset:
         """The same data in another float type; no copy when it already has it."""
         dtype = _float_dtype(dtype)
         if dtype == self.dtype:
             return self
+        if self._X is None:
+            return Dataset._lazy(dataclasses.replace(self.table, dtype=dtype.str))
         y = None if self.y is None else self.y.astype(dtype)
         return Dataset._trusted(self.X.astype(dtype), y, self.feature_names, self.target_name, self.source)
 
@@ -205,7 +253,9 @@ def _as_csr(X, dtype, source):
     return X
 
 
-def _check_finite(values, source, names, what="features") -> None:
+def _check_finite(values, source, names, what="features", rows: Sequence[int] | None = None) -> None:
+    """Raise a DataError naming the first NaN or infinite value; ``rows`` maps the
+    array's rows to the file's (counted from 0) when the array holds only some of them."""
     if is_sparse(values):
         if np.isfinite(values.data).all():
             return
@@ -218,8 +268,9 @@ def _check_finite(values, source, names, what="features") -> None:
         return
     bad = ~np.isfinite(values)
     row, col = np.argwhere(bad)[0]
-    column = repr(names[col]) if names is not None else f"column {col}"
     kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
+    row = row if rows is None else int(rows[row])
+    column = repr(names[col]) if names is not None else f"column {col}"
     raise DataError(
         f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}; "
         f"first at row {row + 1}, {column!s} ({kind})"
@@ -239,6 +290,7 @@ def load(
     dtype=np.float64,
     mmap: bool = True,
     check_finite: bool = True,
+    lazy: bool = False,
 ) -> Dataset:
     """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
 
@@ -261,6 +313,10 @@ def load(
         map the same file, and the data is never copied.
     check_finite : bool
         Check the features for NaN and infinities (see :class:`Dataset`).
+    lazy : bool
+        For Parquet files: read only the schema now and each row when it is needed. The
+        Ray engine's workers then each read their own rows (and check them), so the
+        data never passes through this process. ``.npy`` files are memory-mapped anyway.
     """
     path = Path(path)
     if not path.exists():
@@ -268,6 +324,10 @@ def load(
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     suffix = path.suffix.lower()
+    if lazy and suffix not in (*PARQUET_SUFFIXES, ".npy"):
+        raise ConfigError(f"{path}: lazy=True reads .parquet files (and .npy, memory-mapped anyway)")
+    if lazy and suffix in PARQUET_SUFFIXES:
+        return Dataset._lazy(TableFile.open(path, target, features, dtype))
     if suffix in TABLE_SUFFIXES or suffix in PARQUET_SUFFIXES:
         return _load_table(path, target, features, dtype, check_finite)
     if suffix == ".npz":
@@ -297,9 +357,10 @@ def _read_table(path: Path):
         raise DataError(f"{path}: cannot read: {reason}") from None
 
 
-def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Dataset:
-    table = _read_table(path)
-    names = list(table.column_names)
+def _pick_columns(
+    path: Path, names: list[str], num_rows: int, target, features
+) -> tuple[list[str], str | None]:
+    """The feature columns and the target column of a table, checked against its header."""
     if not names:
         raise DataError(f"{path}: the file is empty")
     if len(set(names)) != len(names):
@@ -315,12 +376,18 @@ def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Data
                 f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
                 f"that the model was trained with"
             )
-    if table.num_rows == 0:
+    if num_rows == 0:
         raise DataError(f"{path}: no data rows (only a header)")
     if not features:
         raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
     if target_name in features:
         raise DataError(f"{path}: column {target_name!r} cannot be both a feature and the target")
+    return list(features), target_name
+
+
+def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Dataset:
+    table = _read_table(path)
+    features, target_name = _pick_columns(path, list(table.column_names), table.num_rows, target, features)
     X = shared_empty((table.num_rows, len(features)), dtype)
     for j, name in enumerate(features):
         X[:, j] = _numeric_column(path, table.column(name), name)
@@ -328,6 +395,97 @@ def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Data
     if target_name is not None:
         y = _numeric_column(path, table.column(target_name), target_name)
     return Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A Parquet file whose rows are read when they are needed, by whoever needs them.
+
+    Only the schema is read when it is opened. :meth:`read` reads some rows (row groups
+    that hold none are skipped) and checks them as a loaded table is checked.
+    """
+
+    path: str
+    features: tuple[str, ...]
+    target: str | None
+    dtype: str
+    num_rows: int
+
+    @classmethod
+    def open(cls, path: Path, target, features, dtype) -> TableFile:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            metadata = pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot read: {reason}") from None
+        schema = metadata.schema.to_arrow_schema()
+        features, target_name = _pick_columns(path, schema.names, metadata.num_rows, target, features)
+        for name in [*features, *([] if target_name is None else [target_name])]:
+            kind = schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+                raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+        return cls(
+            str(path.resolve()), tuple(features), target_name, _float_dtype(dtype).str, metadata.num_rows
+        )
+
+    def read(self, rows: slice | np.ndarray | None = None) -> Dataset:
+        """The rows at ``rows`` (a slice, or row indices in any order; default all)."""
+        import pyarrow.parquet as pq
+
+        path, dtype = Path(self.path), np.dtype(self.dtype)
+        if rows is None or isinstance(rows, slice):
+            file_rows = range(self.num_rows)[rows if rows is not None else slice(None)]
+            if file_rows.step != 1:
+                raise ValueError("read takes a contiguous slice of rows")
+        else:
+            file_rows = np.asarray(rows, dtype=np.int64)
+        shape = (len(file_rows), len(self.features))
+        X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
+        y = None if self.target is None else np.empty(len(file_rows), dtype)
+        columns = [*self.features, *([] if self.target is None else [self.target])]
+        try:
+            source = pq.ParquetFile(path)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc}") from None
+        first = 0
+        for group in range(source.num_row_groups):
+            last = first + source.metadata.row_group(group).num_rows
+            within = _rows_within(file_rows, first, last)
+            if within is not None:
+                places, picked = within
+                table = source.read_row_group(group, columns=columns)
+                table = (
+                    table.slice(picked.start, len(picked))
+                    if isinstance(picked, range)
+                    else table.take(picked)
+                )
+                for j, name in enumerate(self.features):
+                    X[places, j] = _numeric_column(path, table.column(name), name)
+                if y is not None:
+                    y[places] = _numeric_column(path, table.column(self.target), self.target)
+            first = last
+        _check_finite(X, self.path, self.features, rows=file_rows)
+        if y is not None:
+            _check_finite(y[:, None], self.path, (self.target,), what="the target", rows=file_rows)
+        return Dataset._trusted(X, y, self.features, self.target, self.path)
+
+
+def _rows_within(file_rows: range | np.ndarray, first: int, last: int):
+    """Where the file's rows ``first <= row < last`` go among ``file_rows`` (``places``),
+    and which to pick from that row group (a range, or indices within the group); None
+    when the group holds none of them."""
+    if isinstance(file_rows, range):
+        start, stop = max(file_rows.start, first), min(file_rows.stop, last)
+        if start >= stop:
+            return None
+        return slice(start - file_rows.start, stop - file_rows.start), range(start - first, stop - first)
+    places = np.flatnonzero((file_rows >= first) & (file_rows < last))
+    if not places.size:
+        return None
+    return places, file_rows[places] - first
 
 
 def shared_empty(shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.checkpoint import load_model
-from paragrad.data import Dataset, load, open_npy, plan_shards
+from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy, plan_shards
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import Shard
 from paragrad.errors import ConfigError, DataError
@@ -63,11 +64,14 @@ def as_model(model: Model | str | os.PathLike) -> Model:
     return load_model(model)
 
 
-def read_features(model: Model, data, target: str | int | None = None, check_finite: bool = True) -> Dataset:
+def read_features(
+    model: Model, data, target: str | int | None = None, check_finite: bool = True, lazy: bool = False
+) -> Dataset:
     """The features (and, with ``target``, labels) of ``data`` in the model's column order.
 
     ``data`` is an array, a Dataset or a path. For tables the model's feature names pick
     the columns, so a target column present in the file is ignored unless asked for.
+    ``lazy`` opens a Parquet file without reading it (see :func:`paragrad.load`).
     """
     if isinstance(data, Dataset):
         dataset = data
@@ -79,6 +83,7 @@ def read_features(model: Model, data, target: str | int | None = None, check_fin
             num_features=model.num_features_,
             dtype=None,
             check_finite=check_finite,
+            lazy=lazy and Path(data).suffix.lower() in PARQUET_SUFFIXES,
         )
     else:
         dataset = Dataset(data, dtype=None, check_finite=check_finite)
@@ -97,6 +102,8 @@ def predict(
     engine: str | Engine = "local",
     workers: int | None = None,
     proba: bool = False,
+    address: str | None = None,
+    threads_per_worker: int = 1,
 ) -> np.ndarray:
     """Predict every row of ``data`` on the workers; results in input order.
 
@@ -106,24 +113,26 @@ def predict(
         A trained model or a model file.
     data : array, Dataset or path
         Rows to predict (a table's target column, if present, is ignored).
-    engine, workers
-        As for :func:`paragrad.train`. Fewer rows than workers use fewer workers.
+    engine, workers, address, threads_per_worker
+        As for :func:`paragrad.train`. Fewer rows than workers use fewer workers. On Ray,
+        the workers read their own rows of a ``.npy`` or Parquet file.
     proba : bool
         Class probabilities (rows x classes) instead of labels; classifiers only.
     """
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    dataset = read_features(model, data, check_finite=False)
+    on_ray = engine == "ray" or getattr(engine, "name", None) == "ray"
+    dataset = read_features(model, data, check_finite=False, lazy=on_ray)
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
-    with make_engine(engine, workers) as runner:
+    with make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker) as runner:
         return _predict_on(runner, model, dataset, proba)
 
 
 def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> np.ndarray:
     plan = plan_shards(dataset.num_rows, min(runner.num_workers, dataset.num_rows))
-    runner.start(Dataset._trusted(dataset.X, None, None, None, dataset.source), plan)
+    runner.start(dataset.features_only(), plan)
     return _gather_predictions(runner.run(PredictShard(model, proba)), plan, 0, dataset.source)
 
 
@@ -210,12 +219,15 @@ def predict_to_file(
     proba: bool = False,
     chunk_rows: int | None = None,
     progress: bool | None = None,
+    address: str | None = None,
+    threads_per_worker: int = 1,
 ) -> int:
     """Predict a data file chunk by chunk on the workers, writing each chunk as it comes.
 
     A ``.npy`` input is memory-mapped and the workers map their rows of each chunk from
-    the file, so the data is never loaded whole; the output (``.npy``, ``.csv`` or
-    ``.parquet``) appears only when complete. Returns the number of rows predicted.
+    the file; a Parquet file is read a chunk at a time. So the data is never loaded
+    whole; the output (``.npy``, ``.csv`` or ``.parquet``) appears only when complete.
+    Returns the number of rows predicted.
     """
     import sys
 
@@ -226,21 +238,23 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    rows, num_rows, source = _rows_of(model, data)
+    chunk_of, num_rows, source = _chunks_of(model, data)
     out = Path(out)
     step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
     task = PredictShard(model, proba)
     show = sys.stderr.isatty() if progress is None else progress
     own_engine = not isinstance(engine, Engine)
     with (
-        make_engine(engine, workers) if own_engine else contextlib.nullcontext(engine) as runner,
+        make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker)
+        if own_engine
+        else contextlib.nullcontext(engine) as runner,
         atomic_write(out) as handle,
         tqdm(total=num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):
         writer = PredictionWriter(handle, out, num_rows, model.classes_ if proba else None)
         try:
             for start in range(0, num_rows, step):
-                chunk = Dataset(rows[start : start + step], dtype=None, source=source, check_finite=False)
+                chunk = chunk_of(start, min(start + step, num_rows))
                 plan = plan_shards(chunk.num_rows, min(runner.num_workers, chunk.num_rows))
                 runner.start(chunk, plan)
                 writer.write(_gather_predictions(runner.run(task), plan, start, source))
@@ -250,15 +264,24 @@ def predict_to_file(
     return num_rows
 
 
-def _rows_of(model: Model, data) -> tuple[Any, int, str]:
-    """Rows to predict, sliceable chunk by chunk: a ``.npy`` stays memory-mapped in its own
-    type (each chunk is converted on its own), anything else is read as for ``predict``."""
+def _chunks_of(model: Model, data) -> tuple[Callable[[int, int], Dataset], int, str]:
+    """Rows to predict, taken chunk by chunk: a ``.npy`` stays memory-mapped in its own
+    type (each chunk is converted on its own), a Parquet file is read a chunk at a time,
+    anything else is read as for ``predict``."""
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
         rows = open_npy(Path(data))
         if rows.shape[1] != model.num_features_:
             raise DataError(
                 f"{data}: has {rows.shape[1]} features, but the model was trained with {model.num_features_}"
             )
-        return rows, rows.shape[0], str(data)
-    dataset = read_features(model, data, check_finite=False)
-    return dataset.X, dataset.num_rows, dataset.source
+        return (
+            lambda start, stop: Dataset(rows[start:stop], dtype=None, source=str(data), check_finite=False),
+            rows.shape[0],
+            str(data),
+        )
+    dataset = read_features(model, data, check_finite=False, lazy=True)
+    return (
+        lambda start, stop: dataset.take(slice(start, stop)).features_only(),
+        dataset.num_rows,
+        dataset.source,
+    )

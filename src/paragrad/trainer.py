@@ -236,6 +236,7 @@ def train(
     dtype="float64",
     max_restarts: int = 0,
     threads_per_worker: int = 1,
+    address: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | str | None = None,
     resume: bool = False,
@@ -278,10 +279,13 @@ def train(
     dtype : {"float64", "float32"}
         Float type of the data on the workers.
     max_restarts : int
-        Local engine: how many dead workers to restart, replaying their round, before
-        stopping with :class:`~paragrad.errors.WorkerLost`.
+        How many dead workers to restart, replaying their round, before stopping with
+        :class:`~paragrad.errors.WorkerLost` (local and ray engines).
     threads_per_worker : int
-        Local engine: BLAS threads in each worker process.
+        BLAS threads in each local worker process; on Ray, the CPUs each actor reserves.
+    address : str, optional
+        Ray engine: ``HOST:PORT`` of a running cluster to join (default ``RAY_ADDRESS``,
+        else a local Ray instance started for the run).
     checkpoint_dir : path, optional
         Write checkpoints here (atomically, with a checksum), and a last one at the end.
     checkpoint_every : int or str, optional
@@ -306,7 +310,7 @@ def train(
         raise ConfigError(
             "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
         )
-    if data.y is None:
+    if not data.has_labels:
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
     strategy = GradientDescent() if strategy is None else strategy
     optimizer = default_optimizer(model, strategy) if optimizer is None else optimizer
@@ -331,9 +335,7 @@ def train(
     state = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     own_engine = not isinstance(engine, Engine)
-    options = (
-        {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker} if engine == "local" else {}
-    )
+    options = {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker, "address": address}
     runner = make_engine(engine, workers, **options) if own_engine else engine
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)

@@ -1,0 +1,109 @@
+"""The ``ray`` suite of ``paragrad bench``: the Ray engine against the local engine.
+
+Both run the same tasks on the same data in the same run: Ray's start-up (a local
+instance and its actors), the round latency at d = 100 and 1e6 (broadcast d parameters,
+every worker returns d values, the coordinator sums them), and a full-batch gradient
+step on features memory-mapped from one ``.npy`` file, which both engines' workers map.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paragrad.bench import _write_features, engine_round, timings
+from paragrad.data import Dataset, plan_shards
+from paragrad.engines.base import Engine
+from paragrad.engines.local import LocalEngine
+from paragrad.models import LinearRegression
+from paragrad.optim import SGD as SGDOptimizer
+from paragrad.strategies import GradientDescent, RoundPlan
+from paragrad.trainer import TrainStep
+
+
+def _gd_step(engine: Engine, data: Dataset, repeats: int) -> dict[str, float]:
+    model = LinearRegression()
+    model.setup(data.num_features)
+    strategy, optimizer = GradientDescent(), SGDOptimizer(lr=0.1)
+    params = np.zeros(model.num_params)
+    state = optimizer.init(params)
+    task = TrainStep(strategy, model, optimizer, RoundPlan(0, 1, 1))
+    engine.start(data, plan_shards(data.num_rows, 2))
+    return timings(
+        lambda: strategy.combine(engine.run(task, params, 0), params, state, model, optimizer), repeats
+    )
+
+
+def bench_ray(quick: bool) -> list[dict[str, Any]]:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return []  # Ray is an optional extra
+    from paragrad.engines.ray import RayEngine, import_ray
+
+    if import_ray().is_initialized():
+        raise RuntimeError("the ray suite times a fresh local Ray instance: run it without one")
+    tiny = Dataset(np.zeros((2, 1)))
+    num_rows, d = (200_000 if quick else 1_000_000), 100
+    repeats = {100: 200 if quick else 1000, 1_000_000: 30 if quick else 100}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        rng = np.random.default_rng(0)
+        data = Dataset(
+            _write_features(Path(folder) / "X.npy", num_rows, d, rng), rng.standard_normal(num_rows)
+        )
+        start = time.perf_counter()
+        ray_engine = RayEngine(2)
+        ray_engine.start(tiny, plan_shards(2, 2))
+        ray_start_s = time.perf_counter() - start
+        start = time.perf_counter()
+        local_engine = LocalEngine(2)
+        local_engine.start(tiny, plan_shards(2, 2))
+        local_start_s = time.perf_counter() - start
+        try:
+            for size in (100, 1_000_000):
+                ray_round = engine_round(ray_engine, size, repeats[size])
+                local_round = engine_round(local_engine, size, repeats[size])
+                rows.append(
+                    {
+                        "benchmark": "ray_round_latency",
+                        "d": size,
+                        "workers": 2,
+                        "ray_median_s": ray_round["median_s"],
+                        "ray_p90_s": ray_round["p90_s"],
+                        "local_median_s": local_round["median_s"],
+                        "ratio_ray_over_local": ray_round["median_s"] / local_round["median_s"],
+                    }
+                )
+            ray_step = _gd_step(ray_engine, data, 10 if quick else 20)
+            local_step = _gd_step(local_engine, data, 10 if quick else 20)
+        finally:
+            local_engine.close()
+            start = time.perf_counter()
+            ray_engine.close()
+            ray_stop_s = time.perf_counter() - start
+    rows.append(
+        {
+            "benchmark": "ray_gd_step",
+            "rows": num_rows,
+            "features": d,
+            "workers": 2,
+            "ray_median_s": ray_step["median_s"],
+            "local_median_s": local_step["median_s"],
+            "ratio_ray_over_local": ray_step["median_s"] / local_step["median_s"],
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "ray_start",
+            "workers": 2,
+            "ray_start_s": ray_start_s,
+            "ray_stop_s": ray_stop_s,
+            "local_start_s": local_start_s,
+        }
+    )
+    return rows

@@ -1,0 +1,455 @@
+"""The Ray engine: one Ray actor per worker, on this machine or across a Ray cluster.
+
+Each actor holds its shard for the whole run; a round sends the task's arguments (the
+parameters) and nothing else. Where the data comes from decides how it is placed:
+
+- in-memory arrays: each shard is put in the object store once, and its actor reads it
+  from there without a copy;
+- features memory-mapped from a ``.npy`` file, and tables opened with
+  ``load(..., lazy=True)``: each actor reads only its own rows from the file's path, so
+  the coordinator never holds the data (on a cluster the path must be on a filesystem
+  every node sees).
+
+``address`` (or ``RAY_ADDRESS``) joins an existing cluster. Without one, a Ray instance
+already connected in this process is used as it is; otherwise a local instance is
+started for the engine, bound to 127.0.0.1 with no dashboard, and shut down when the
+engine closes. An actor that dies is noticed when its result is collected; with
+``max_restarts`` a new actor is created on its shard, the tasks that changed the shard
+are replayed, and the round is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paragrad.data import Dataset, ShardPlan, TableFile
+from paragrad.engines.base import Engine, Shard, Task, default_workers, payload_nbytes
+from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
+
+# Arguments at least this large are put in the object store once per round and passed
+# to every actor by reference, instead of being copied into each actor call.
+PUT_BYTES = 64 * 1024
+READY_TIMEOUT_S = 120.0
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def import_ray():
+    """The ``ray`` module, or a clear error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray engine needs Ray: pip install 'paragrad[ray]'") from None
+    return ray
+
+
+# -- where a worker finds its rows ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A shard put in the object store: features and labels, read without a copy."""
+
+    ref: Any  # ray.ObjectRef of (X, y)
+
+    def load(self) -> tuple[Any, np.ndarray | None]:
+        import ray
+
+        return ray.get(self.ref)
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """A shard's rows of a ``.npy`` file (or any C-ordered matrix at an offset in a file)."""
+
+    path: str
+    offset: int
+    dtype: str
+    shape: tuple[int, int]
+    rows: slice | np.ndarray
+    y_ref: Any  # ray.ObjectRef of the shard's labels, or None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        import ray
+
+        from paragrad.engines.worker import map_rows
+
+        dtype, (num_rows, num_features) = np.dtype(self.dtype), self.shape
+        row_bytes = num_features * dtype.itemsize
+        if isinstance(self.rows, slice):
+            start, stop, _ = self.rows.indices(num_rows)
+            X = map_rows(self.path, self.offset + start * row_bytes, (stop - start) * row_bytes, dtype)
+            X = X.reshape(stop - start, num_features)
+        else:
+            whole = np.memmap(self.path, dtype, "r", offset=self.offset, shape=self.shape)
+            X = np.take(whole, self.rows, axis=0)
+        return X, None if self.y_ref is None else ray.get(self.y_ref)
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """A shard's rows of a table file, read and checked by the worker itself."""
+
+    table: TableFile
+    rows: slice | np.ndarray
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        part = self.table.read(self.rows)
+        return part.X, part.y
+
+
+def shard_sources(dataset: Dataset, plan: ShardPlan) -> list[Any]:
+    """How each worker gets its rows: from a file it can read, or from the object store."""
+    import ray
+
+    if dataset.table is not None:
+        return [TableRows(dataset.table, plan.rows(worker)) for worker in range(plan.num_shards)]
+    sources: list[Any] = []
+    for worker in range(plan.num_shards):
+        rows = plan.rows(worker)
+        y = None if dataset.y is None else np.ascontiguousarray(dataset.y[rows])
+        if dataset.storage is not None:
+            X = dataset.X
+            y_ref = None if y is None else ray.put(y)
+            backing = dataset.storage
+            sources.append(MappedRows(backing.path, backing.offset, X.dtype.str, X.shape, rows, y_ref))
+        else:
+            sources.append(StoredRows(ray.put((dataset.X[rows], y))))
+    return sources
+
+
+# -- the actor ----------------------------------------------------------------------------------
+
+
+class ShardActor:
+    """One worker: its shard, the tasks it was sent, and nothing else."""
+
+    def __init__(self, worker: int, num_workers: int, threads: int, sys_path: list[str]) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # Tasks may come from the coordinator's own modules: let them be imported here.
+        sys.path.extend(path for path in sys_path if path not in sys.path)
+        threadpool_limits(threads)
+        self.worker, self.num_workers = worker, num_workers
+        self.shard: Shard | None = None
+        self.tasks: dict[int, Task] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def load(self, source: Any) -> None:
+        X, y = source.load()
+        self.shard = Shard(X, y, self.worker, self.num_workers)
+        self.tasks.clear()
+
+    def add_task(self, key: int, task: Task) -> None:
+        self.tasks[key] = task
+
+    def run(self, key: int, args: tuple) -> Any:
+        return self.tasks[key](self.shard, *args)
+
+
+# -- the connection to Ray ------------------------------------------------------------------------
+
+
+class Connection:
+    """This process's connection to Ray, shared by its engines and closed by the last one.
+
+    ``ray.shutdown`` is called only when an engine opened the connection: a local
+    instance started here stops with it, a joined cluster keeps running.
+    """
+
+    users = 0
+    opened_here = False
+
+    @classmethod
+    def open(cls, address: str | None, num_cpus: int) -> None:
+        ray = import_ray()
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+            on_sigterm = signal.getsignal(signal.SIGTERM)
+            try:
+                if address is None:
+                    # Without this Ray listens on the host's public address even when told
+                    # 127.0.0.1; it must be in the environment of every Ray process.
+                    os.environ.update(LOOPBACK_ONLY)
+                    ray.init(
+                        address="local",
+                        num_cpus=num_cpus,
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        **options,
+                    )
+                else:
+                    ray.init(address=address, **options)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"cannot connect to {where}: {reason}") from None
+            if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaced the caller's handler
+            cls.opened_here = True
+        cls.users += 1
+
+    @classmethod
+    def close(cls) -> None:
+        cls.users = max(cls.users - 1, 0)
+        if cls.users == 0 and cls.opened_here:
+            import_ray().shutdown()
+            cls.opened_here = False
+
+
+def _release(actors: list[Any], connected: list[bool]) -> None:
+    """Kill the actors and let go of the connection; safe to call twice."""
+    if actors:
+        ray = import_ray()
+        for actor in actors:
+            if actor is not None:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # already dead, or Ray is gone
+                    pass
+        actors.clear()
+    if connected[0]:
+        connected[0] = False
+        Connection.close()
+
+
+class RayEngine(Engine):
+    """Ray actors as workers, on this machine or on a cluster.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Number of actors; default one per core of this machine.
+    address : str, optional
+        ``HOST:PORT`` of a running cluster's head (``ray start --head``), or ``"auto"``
+        for the newest one on this machine; default ``RAY_ADDRESS``, else a local
+        instance started for this engine.
+    cpus_per_worker : int
+        CPUs each actor reserves, and the BLAS threads it runs.
+    max_restarts : int
+        How many dead actors to recreate (replaying the round) before giving up with
+        :class:`~paragrad.errors.WorkerLost`.
+
+    Use it as a context manager to keep the actors across ``train`` and ``predict``
+    calls; closing it kills them (and stops a local instance it started).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        cpus_per_worker: int = 1,
+        max_restarts: int = 0,
+    ) -> None:
+        super().__init__(workers)
+        if cpus_per_worker < 1:
+            raise ConfigError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
+        if max_restarts < 0:
+            raise ConfigError(f"max_restarts must be 0 or more, got {max_restarts}")
+        self.ray = import_ray()
+        self.address = address
+        self.cpus_per_worker = int(cpus_per_worker)
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
+        self._actors: list[Any] = []
+        self._connected = [False]
+        self._finalizer = weakref.finalize(self, _release, self._actors, self._connected)
+        self._sources: list[Any] = []
+        self._tasks: dict[int, tuple[int, Task, Any]] = {}
+        self._setup_log: list[tuple[int, tuple]] = []
+        self._next_key = 0
+        self._actor_class = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def _connect(self, num_workers: int) -> None:
+        if not self._connected[0]:
+            Connection.open(self.address, max(default_workers(), num_workers * self.cpus_per_worker))
+            self._connected[0] = True
+        total = int(self.ray.cluster_resources().get("CPU", 0))
+        if num_workers * self.cpus_per_worker > total:
+            raise ConfigError(
+                f"{num_workers} workers with {self.cpus_per_worker} CPU(s) each need "
+                f"{num_workers * self.cpus_per_worker} CPUs, but the Ray cluster has {total}"
+            )
+
+    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
+        """Create (or reuse) one actor per shard and give each its rows; on failure, close."""
+        try:
+            if len(self._actors) != plan.num_shards:
+                self._release_actors()
+                self._connect(plan.num_shards)
+                self.num_workers = plan.num_shards
+                self._actors.extend(self._new_actor(worker) for worker in range(plan.num_shards))
+                self._wait_ready(self._actors)
+            self._tasks, self._setup_log = {}, []
+            self._sources = shard_sources(dataset, plan)
+            loads = [
+                actor.load.remote(source) for actor, source in zip(self._actors, self._sources, strict=True)
+            ]
+            self._collect(loads, retry=lambda worker: self.ray.put(None))  # a restart loads the shard
+        except BaseException:
+            self.close()
+            raise
+
+    def _new_actor(self, worker: int):
+        if self._actor_class is None:
+            self._actor_class = self.ray.remote(ShardActor)
+        actor = self._actor_class.options(
+            num_cpus=self.cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD"
+        ).remote(worker, self.num_workers, self.cpus_per_worker, list(sys.path))
+        return actor
+
+    def _wait_ready(self, actors: list[Any]) -> None:
+        try:
+            self.ray.get([actor.pid.remote() for actor in actors], timeout=READY_TIMEOUT_S)
+        except self.ray.exceptions.GetTimeoutError:
+            raise WorkerLost(
+                f"the Ray actors did not start within {READY_TIMEOUT_S:.0f} s (is the cluster busy?)"
+            ) from None
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the actors (on whichever node each runs)."""
+        return self.ray.get([actor.pid.remote() for actor in self._actors])
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles, in worker order."""
+        return list(self._actors)
+
+    def _release_actors(self) -> None:
+        for actor in self._actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # already dead
+                pass
+        self._actors.clear()
+
+    def close(self) -> None:
+        _release(self._actors, self._connected)
+        self._sources, self._tasks, self._setup_log = [], {}, []
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def run(self, task: Task, *args: Any) -> list[Any]:
+        """Run ``task`` on every actor; results in worker order.
+
+        A task that raises leaves the engine usable; a worker lost for good, or an
+        interruption (Ctrl-C), closes it, so the next ``start`` begins afresh.
+        """
+        if not self._actors or not self._sources:
+            raise ConfigError("the ray engine has no workers: call start() first")
+        try:
+            results = self._run(task, args)
+        except WorkerLost:
+            self.close()
+            raise
+        except ParagradError:
+            raise
+        except BaseException:
+            self.close()
+            raise
+        if getattr(task, "mutates_shard", False):
+            self._setup_log.append((self._tasks[id(task)][0], args))
+        return results
+
+    def _run(self, task: Task, args: tuple) -> list[Any]:
+        key = self._task_key(task)
+        size = payload_nbytes(args)
+        sent = self.ray.put(args) if size >= PUT_BYTES else args
+        calls = [actor.run.remote(key, sent) for actor in self._actors]
+        results = self._collect(calls, retry=lambda worker: self._actors[worker].run.remote(key, sent))
+        self.last_bytes_sent = size * self.num_workers
+        self.last_bytes_received = payload_nbytes(results)
+        return results
+
+    def _task_key(self, task: Task) -> int:
+        """Send a task to every actor the first time it is used; afterwards only its key."""
+        known = self._tasks.get(id(task))
+        if known is not None and known[1] is task:
+            return known[0]
+        key, self._next_key = self._next_key, self._next_key + 1
+        ref = self.ray.put(task)
+        self._tasks[id(task)] = (key, task, ref)
+        for actor in self._actors:
+            actor.add_task.remote(key, ref)
+        return key
+
+    def _collect(self, calls: list[Any], retry) -> list[Any]:
+        """Each call's result in worker order; a dead actor is recreated and its call retried."""
+        results: list[Any] = [None] * len(calls)
+        failure = None
+        for worker, call in enumerate(calls):
+            while True:
+                try:
+                    results[worker] = self.ray.get(call)
+                    break
+                except self.ray.exceptions.RayActorError as exc:
+                    self._restart(worker, exc)
+                    call = retry(worker)
+                except self.ray.exceptions.RayTaskError as exc:
+                    failure = failure or (worker, exc)
+                    break
+        if failure is not None:
+            raise _worker_failure(*failure)
+        return results
+
+    def _restart(self, worker: int, exc: Exception) -> None:
+        """Replace a dead actor with a new one on the same shard, or raise WorkerLost.
+
+        The new actor loads its shard, gets every task, and replays the tasks that changed
+        the shard; should it die during that, it is replaced again (while restarts last).
+        """
+        message = f"worker {worker} died ({_death_reason(exc)})"
+        if self.restarts >= self.max_restarts:
+            raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
+        self.restarts += 1
+        self._actors[worker] = actor = self._new_actor(worker)
+        try:
+            self.ray.get(actor.load.remote(self._sources[worker]))
+            for key, _, ref in self._tasks.values():
+                actor.add_task.remote(key, ref)
+            for key, args in self._setup_log:
+                self.ray.get(actor.run.remote(key, args))
+        except self.ray.exceptions.RayActorError as again:
+            self._restart(worker, again)
+        except self.ray.exceptions.RayTaskError as failed:
+            raise WorkerError(f"worker {worker}: replaying its set-up failed: {failed}") from None
+
+
+def _death_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "ray.kill" in text or "killed" in text:
+        return "its actor was killed"
+    if "exit" in text.lower():
+        return "its actor process exited"
+    return "its actor died"
+
+
+def _worker_failure(worker: int, exc: Exception) -> Exception:
+    """The error a task raised in an actor, named after its worker."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ParagradError):
+        cause.args = (f"worker {worker}: {cause.args[0] if cause.args else cause}", *cause.args[1:])
+        return cause
+    text = str(exc)
+    last = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+    return WorkerError(f"worker {worker} raised {last}\n{text}")
+
+
+__all__ = ["RayEngine", "import_ray"]

@@ -1,0 +1,386 @@
+"""The Ray engine against a real Ray: a local instance, and a head joined by its address."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import relative_error, run_cli
+from test_engines import MODELS, STRATEGIES, Boom, data_for
+
+import paragrad as pg
+from paragrad.data import plan_shards
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+from paragrad.engines.ray import RayEngine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_engine():
+    """Two actors on a local Ray instance, started once for this module and then stopped."""
+    with RayEngine(workers=2) as engine:
+        yield engine
+    assert not ray.is_initialized()
+
+
+def fit(engine, kind="logistic", strategy="gd", data=None, **options):
+    settings = dict(workers=2, epochs=3, standardize=True, seed=3, tol=0)
+    return pg.train(
+        MODELS[kind](),
+        data_for(kind) if data is None else data,
+        strategy=STRATEGIES[strategy](),
+        engine=engine,
+        **(settings | options),
+    )
+
+
+# -- the same answers as the serial engine ----------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_ray_gives_the_serial_parameters(kind, strategy, ray_engine):
+    on_ray, serial = fit(ray_engine, kind, strategy), fit("serial", kind, strategy)
+    assert on_ray.engine == "ray" and on_ray.num_workers == 2
+    assert relative_error(on_ray.params, serial.params) <= 1e-12
+
+
+def test_ray_predicts_in_input_order(ray_engine):
+    data = pg.make_classification(1001, 4, num_classes=3, seed=1)
+    run = pg.train(pg.models.SoftmaxRegression(), data, engine="serial", workers=2, epochs=5, tol=0)
+    expected = run.model.predict_proba(data.X)
+    np.testing.assert_array_equal(pg.predict(run.model, data.X, engine=ray_engine, proba=True), expected)
+    np.testing.assert_array_equal(
+        pg.predict(run.model, data.X, engine=ray_engine), np.argmax(expected, axis=1)
+    )
+
+
+def test_shuffled_and_sparse_data_give_the_serial_parameters(ray_engine):
+    shuffled = dict(strategy="sgd", shuffle=True)
+    assert relative_error(fit(ray_engine, **shuffled).params, fit("serial", **shuffled).params) <= 1e-12
+    sparse = pg.data.make_sparse_classification(400, 50, density=0.05, seed=2)
+    assert sparse.sparse
+    common = dict(data=sparse, standardize=False)
+    assert relative_error(fit(ray_engine, **common).params, fit("serial", **common).params) <= 1e-12
+
+
+# -- where the actors find their rows -----------------------------------------------------------
+
+
+class ShardOrigin:
+    """Where a worker's features live: the type of the buffer under them, and whether
+    the worker owns a copy."""
+
+    def __call__(self, shard):
+        base = shard.X
+        while getattr(base, "base", None) is not None:
+            base = base.base
+        base = base.obj if isinstance(base, memoryview) else base
+        return type(base).__name__, bool(shard.X.flags.owndata), bool(shard.X.flags.writeable)
+
+
+def test_in_memory_shards_are_read_from_the_object_store_without_a_copy(ray_engine):
+    data = pg.make_regression(200, 3, seed=0)
+    ray_engine.start(data, plan_shards(200, 2))
+    for origin, owns, writeable in ray_engine.run(ShardOrigin()):
+        assert not owns and not writeable, origin  # a read-only view of the object store
+
+
+def test_npy_features_are_mapped_by_each_actor_from_the_file(tmp_path, ray_engine):
+    data = pg.make_regression(500, 4, seed=0)
+    np.save(tmp_path / "X.npy", data.X)
+    mapped = pg.Dataset(pg.load(tmp_path / "X.npy").X, data.y)
+    ray_engine.start(mapped, plan_shards(500, 2))
+    assert ray_engine.run(ShardOrigin()) == [("mmap", False, False)] * 2
+    options = dict(strategy="sgd", standardize=False)
+    assert (
+        relative_error(
+            fit(ray_engine, "linear", data=mapped, **options).params,
+            fit("serial", "linear", data=data, **options).params,
+        )
+        <= 1e-12
+    )
+
+
+def test_a_lazy_parquet_file_is_read_by_the_actors_not_by_the_coordinator(tmp_path, ray_engine):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = data_for("logistic")
+    columns = {f"f{j}": data.X[:, j] for j in range(data.num_features)}
+    pq.write_table(pa.table({**columns, "y": data.y}), tmp_path / "d.parquet", row_group_size=16)
+    lazy = pg.load(tmp_path / "d.parquet", target="y", lazy=True)
+    for options in (dict(strategy="gd"), dict(strategy="sgd", shuffle=True)):
+        on_ray = fit(ray_engine, data=lazy, **options)
+        assert lazy._X is None  # never read here
+        assert relative_error(on_ray.params, fit("serial", data=data, **options).params) <= 1e-12
+    predictions = pg.predict(on_ray.model, tmp_path / "d.parquet", engine=ray_engine)
+    np.testing.assert_array_equal(predictions, on_ray.model.predict(data.X))
+
+
+def test_a_bad_row_in_a_lazy_file_is_named_by_the_worker_that_read_it(tmp_path, ray_engine):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = np.arange(40, dtype=np.float64)
+    values[31] = np.inf
+    pq.write_table(pa.table({"a": values, "y": np.arange(40) % 2}), tmp_path / "d.parquet", row_group_size=8)
+    lazy = pg.load(tmp_path / "d.parquet", target="y", lazy=True)
+    with pytest.raises(
+        pg.DataError, match=r"worker 1: .*d.parquet: 1 NaN, .* first at row 32, 'a' \(infinite\)"
+    ):
+        pg.train(pg.models.LogisticRegression(), lazy, engine=ray_engine, workers=2)
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+class KillingRayEngine(RayEngine):
+    """Kills worker 1's actor (``ray.kill``) just before round ``at`` is sent."""
+
+    def __init__(self, *args, at: int, **options) -> None:
+        super().__init__(*args, **options)
+        self.at, self.rounds = at, 0
+
+    def run(self, task, *args):
+        self.rounds += 1
+        if self.rounds == self.at:
+            ray.kill(self.actors[1])
+        return super().run(task, *args)
+
+
+def sgd_training(engine):
+    return pg.train(
+        pg.models.LogisticRegression(l2=0.01),
+        pg.make_classification(1000, 6, seed=4),
+        strategy=pg.SGD(batch_size=8),
+        engine=engine,
+        workers=2,
+        epochs=1,
+        standardize=True,  # a shard change the new actor must replay
+        tol=0,
+    )
+
+
+def test_a_killed_actor_is_recreated_and_the_result_is_undisturbed():
+    with KillingRayEngine(2, max_restarts=1, at=30) as engine:
+        disturbed = sgd_training(engine)
+        assert engine.restarts == 1 and engine.rounds > 30
+    assert relative_error(disturbed.params, sgd_training("serial").params) <= 1e-12
+
+
+def test_without_restarts_a_killed_actor_stops_training_naming_worker_and_round():
+    with KillingRayEngine(2, at=10) as engine:
+        with pytest.raises(pg.errors.WorkerLost, match=r"round \d+: worker 1 died \(its actor was killed\)"):
+            sgd_training(engine)
+        assert engine.actors == []  # the engine let go of every actor
+
+
+def test_an_exception_in_an_actor_names_the_worker_and_keeps_the_engine_usable(ray_engine):
+    ray_engine.start(pg.make_regression(50, 2, seed=0), plan_shards(50, 2))
+    with pytest.raises(pg.errors.WorkerError, match="worker 1 raised .*ValueError: boom"):
+        ray_engine.run(Boom())
+    assert ray_engine.run(row_count) == [25, 25]
+
+
+def row_count(shard):
+    return shard.num_rows
+
+
+# -- the network: loopback only ----------------------------------------------------------------
+
+
+def listeners(pids: set[int]) -> set[tuple[str, int]]:
+    """The TCP addresses the given processes listen on."""
+    return {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.net_connections("tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    }
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def family(pid: int) -> set[int]:
+    process = psutil.Process(pid)
+    return {pid} | {child.pid for child in process.children(recursive=True)}
+
+
+def test_the_local_instance_listens_on_loopback_only(ray_engine):
+    ray_engine.start(pg.make_regression(50, 2, seed=0), plan_shards(50, 2))
+    bound = listeners(family(os.getpid()))
+    assert bound, "a running Ray instance listens somewhere"
+    assert all(is_loopback(ip) for ip, _ in bound), bound
+
+
+# -- a cluster joined by its address, as a cluster user does ---------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head --block`` as a child on 127.0.0.1; stopped by its process id."""
+    port = free_port()
+    ray_command = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [
+            ray_command,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            "--num-cpus=2",
+            f"--object-store-memory={100 * 2**20}",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Ray head did not start") from None
+                time.sleep(0.1)
+        yield head, f"127.0.0.1:{port}"
+    finally:
+        started = family(head.pid) if head.poll() is None else set()
+        head.send_signal(signal.SIGTERM)  # ray start --block stops what it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        for pid in started - {head.pid}:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_training_through_a_cluster_address_matches_the_serial_engine(tmp_path, ray_head):
+    head, address = ray_head
+    data = pg.make_classification(600, 5, seed=7)
+    pg.save_dataset(data, tmp_path / "train.parquet")
+    common = ("--target", "y", "--model", "logistic", "--workers", 2, "--epochs", 20, "--tol", 0)
+    result = run_cli(
+        "train",
+        tmp_path / "train.parquet",
+        *common,
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--out",
+        tmp_path / "ray.npz",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on ray engine, 2 workers" in result.stdout
+    serial = run_cli(
+        "train", tmp_path / "train.parquet", *common, "--engine", "serial", "--out", tmp_path / "serial.npz"
+    )
+    assert serial.returncode == 0, serial.stderr
+    on_ray, reference = pg.load_model(tmp_path / "ray.npz"), pg.load_model(tmp_path / "serial.npz")
+    assert relative_error(on_ray.params, reference.params) <= 1e-12
+
+    bound = listeners(family(head.pid))
+    assert bound and all(is_loopback(ip) for ip, _ in bound), bound
+
+
+def test_predicting_through_ray_address_from_the_environment_keeps_input_order(tmp_path, ray_head):
+    _, address = ray_head
+    data = pg.make_regression(900, 4, seed=8)
+    np.save(tmp_path / "X.npy", data.X)
+    run = pg.train(pg.models.LinearRegression(), data, engine="serial", workers=2)
+    run.save(tmp_path / "m.npz")
+    env = {"RAY_ADDRESS": address}
+    result = run_cli(
+        "predict",
+        tmp_path / "m.npz",
+        tmp_path / "X.npy",
+        "--engine",
+        "ray",
+        "--workers",
+        2,
+        "--out",
+        tmp_path / "p.npy",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), run.model.predict(data.X))
+
+
+def test_asking_a_cluster_for_more_cpus_than_it_has_is_a_clear_error(tmp_path, ray_head):
+    _, address = ray_head
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    result = run_cli(
+        "train",
+        tmp_path / "d.csv",
+        "--target",
+        "y",
+        "--model",
+        "linear",
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--workers",
+        3,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "paragrad: error: 3 workers with 1 CPU(s) each need 3 CPUs, but the Ray cluster has 2"
+    )
+
+
+# -- set-up errors --------------------------------------------------------------------------------
+
+
+def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path):
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    args = ["train", str(tmp_path / "d.csv"), "--target", "y", "--model", "linear", "--engine", "ray"]
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+        f"from paragrad.cli import main; sys.exit(main({args!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "paragrad: error: the ray engine needs Ray: pip install 'paragrad[ray]'"
+
+
+def test_an_address_for_another_engine_is_refused(tmp_path):
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    result = run_cli(
+        "train", tmp_path / "d.csv", "--target", "y", "--model", "linear", "--address", "10.0.0.1:6379"
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "paragrad: error: address= joins a Ray cluster: use engine='ray', not 'local'"
+    )
