@@ -359,6 +359,26 @@ def test_asking_a_cluster_for_more_cpus_than_it_has_is_a_clear_error(tmp_path, r
     )
 
 
+def test_joining_without_the_clusters_token_is_a_clear_error(tmp_path, ray_head):
+    _, address = ray_head
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's own retries: 2 s instead of 20
+    command = ["train", tmp_path / "d.csv", "--target", "y", "--model", "linear", "--engine", "ray"]
+    result = subprocess.run(
+        [sys.executable, "-m", "paragrad", *map(str, command), "--address", address],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"paragrad: error: cannot connect to the Ray cluster at {address}: Failed to connect to Ray "
+        f"cluster at {address} (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
+    )
+
+
 # -- set-up errors --------------------------------------------------------------------------------
 
 
@@ -372,6 +392,28 @@ def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == "paragrad: error: the ray engine needs Ray: pip install 'paragrad[ray]'"
+
+
+def test_an_address_where_nothing_listens_fails_at_once(tmp_path):
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    address = f"127.0.0.1:{free_port()}"
+    result = run_cli(
+        "train",
+        tmp_path / "d.csv",
+        "--target",
+        "y",
+        "--model",
+        "linear",
+        "--engine",
+        "ray",
+        "--address",
+        address,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"paragrad: error: cannot connect to the Ray cluster at {address}: Connection refused"
+    )
 
 
 def test_an_address_for_another_engine_is_refused(tmp_path):

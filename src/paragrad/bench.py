@@ -156,7 +156,7 @@ def _two_ranks(target: Callable[..., None], *args: Any, timeout: float) -> Any:
     return result
 
 
-def engine_round(engine, d: int, repeats: int) -> dict[str, float]:
+def engine_round(engine, d: int, repeats: int, warmup: int = 3) -> dict[str, float]:
     """Timings of a round on a started engine: d parameters out, d values back from each
     worker, summed by the coordinator."""
     params, task, total = np.ones(d), EchoPlusWorker(), np.empty(d)
@@ -167,7 +167,7 @@ def engine_round(engine, d: int, repeats: int) -> dict[str, float]:
         for vector in rest:
             np.add(total, vector, out=total)
 
-    return timings(one_round, repeats)
+    return timings(one_round, repeats, warmup)
 
 
 def bench_latency(quick: bool) -> list[dict[str, Any]]:

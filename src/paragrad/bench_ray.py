@@ -1,13 +1,15 @@
 """The ``ray`` suite of ``paragrad bench``: the Ray engine against the local engine.
 
-Both run the same tasks on the same data in the same run: Ray's start-up (a local
-instance and its actors), the round latency at d = 100 and 1e6 (broadcast d parameters,
+Both run the same tasks on the same data in the same run: the start-up (for Ray, a
+local instance and its actors, until their first round comes back; with the memory of
+Ray's processes, PSS), the round latency at d = 100 and 1e6 (broadcast d parameters,
 every worker returns d values, the coordinator sums them), and a full-batch gradient
 step on features memory-mapped from one ``.npy`` file, which both engines' workers map.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench import _write_features, engine_round, timings
+from paragrad.bench import MemorySampler, _write_features, engine_round, timings
 from paragrad.data import Dataset, plan_shards
 from paragrad.engines.base import Engine
 from paragrad.engines.local import LocalEngine
@@ -23,6 +25,10 @@ from paragrad.models import LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.strategies import GradientDescent, RoundPlan
 from paragrad.trainer import TrainStep
+
+# Ray's object store faults in fresh pages for its first rounds of large objects; the
+# figures are for the rounds after that, for both engines alike.
+WARMUP = 30
 
 
 def _gd_step(engine: Engine, data: Dataset, repeats: int) -> dict[str, float]:
@@ -33,9 +39,38 @@ def _gd_step(engine: Engine, data: Dataset, repeats: int) -> dict[str, float]:
     state = optimizer.init(params)
     task = TrainStep(strategy, model, optimizer, RoundPlan(0, 1, 1))
     engine.start(data, plan_shards(data.num_rows, 2))
-    return timings(
-        lambda: strategy.combine(engine.run(task, params, 0), params, state, model, optimizer), repeats
-    )
+
+    def step():
+        strategy.combine(engine.run(task, params, 0), params, state, model, optimizer)
+
+    return timings(step, repeats, warmup=WARMUP)
+
+
+class WorkerCount:
+    """A trivial task: a round that proves every worker is up."""
+
+    def __call__(self, shard) -> int:
+        return shard.num_workers
+
+
+def _started(make_engine) -> tuple[Engine, float]:
+    """A new engine on tiny data, and the seconds until its first round came back."""
+    start = time.perf_counter()
+    engine = make_engine()
+    engine.start(Dataset(np.zeros((2, 1))), plan_shards(2, 2))
+    engine.run(WorkerCount())
+    return engine, time.perf_counter() - start
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process started by ``pid``, and by those, and so on."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in children] + [
+        grandchild for child in children for grandchild in _descendants(int(child))
+    ]
 
 
 def bench_ray(quick: bool) -> list[dict[str, Any]]:
@@ -47,7 +82,6 @@ def bench_ray(quick: bool) -> list[dict[str, Any]]:
 
     if import_ray().is_initialized():
         raise RuntimeError("the ray suite times a fresh local Ray instance: run it without one")
-    tiny = Dataset(np.zeros((2, 1)))
     num_rows, d = (200_000 if quick else 1_000_000), 100
     repeats = {100: 200 if quick else 1000, 1_000_000: 30 if quick else 100}
     rows: list[dict[str, Any]] = []
@@ -56,18 +90,13 @@ def bench_ray(quick: bool) -> list[dict[str, Any]]:
         data = Dataset(
             _write_features(Path(folder) / "X.npy", num_rows, d, rng), rng.standard_normal(num_rows)
         )
-        start = time.perf_counter()
-        ray_engine = RayEngine(2)
-        ray_engine.start(tiny, plan_shards(2, 2))
-        ray_start_s = time.perf_counter() - start
-        start = time.perf_counter()
-        local_engine = LocalEngine(2)
-        local_engine.start(tiny, plan_shards(2, 2))
-        local_start_s = time.perf_counter() - start
+        ray_engine, ray_start_s = _started(lambda: RayEngine(2))
+        ray_memory = sum(MemorySampler.pss(pid) for pid in _descendants(os.getpid()))
+        local_engine, local_start_s = _started(lambda: LocalEngine(2))
         try:
             for size in (100, 1_000_000):
-                ray_round = engine_round(ray_engine, size, repeats[size])
-                local_round = engine_round(local_engine, size, repeats[size])
+                ray_round = engine_round(ray_engine, size, repeats[size], warmup=WARMUP)
+                local_round = engine_round(local_engine, size, repeats[size], warmup=WARMUP)
                 rows.append(
                     {
                         "benchmark": "ray_round_latency",
@@ -103,6 +132,7 @@ def bench_ray(quick: bool) -> list[dict[str, Any]]:
             "workers": 2,
             "ray_start_s": ray_start_s,
             "ray_stop_s": ray_stop_s,
+            "ray_processes_memory_bytes": ray_memory,
             "local_start_s": local_start_s,
         }
     )

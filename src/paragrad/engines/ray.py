@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import weakref
@@ -177,6 +178,8 @@ class Connection:
             address = address or os.environ.get("RAY_ADDRESS") or None
             options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
             on_sigterm = signal.getsignal(signal.SIGTERM)
+            if address is not None:
+                check_reachable(address)
             try:
                 if address is None:
                     # Without this Ray listens on the host's public address even when told
@@ -194,6 +197,10 @@ class Connection:
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if address and "RAY_AUTH_MODE" not in os.environ:
+                    reason += (
+                        " (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
+                    )
                 raise ConfigError(f"cannot connect to {where}: {reason}") from None
             if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaced the caller's handler
@@ -206,6 +213,21 @@ class Connection:
         if cls.users == 0 and cls.opened_here:
             import_ray().shutdown()
             cls.opened_here = False
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, with the reason, when nothing listens at a ``HOST:PORT`` address.
+
+    Ray itself retries an unreachable address for many minutes before giving up.
+    """
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
 
 
 def _release(actors: list[Any], connected: list[bool]) -> None:
@@ -392,6 +414,10 @@ class RayEngine(Engine):
 
     def _collect(self, calls: list[Any], retry) -> list[Any]:
         """Each call's result in worker order; a dead actor is recreated and its call retried."""
+        try:
+            return self.ray.get(calls)  # the common case, in one wait
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
+            pass  # find out which worker failed, and how
         results: list[Any] = [None] * len(calls)
         failure = None
         for worker, call in enumerate(calls):
