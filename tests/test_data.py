@@ -264,6 +264,10 @@ def test_a_lazy_parquet_file_reads_nothing_until_asked_and_then_the_same_rows(tm
         part = table.read(rows)
         np.testing.assert_array_equal(part.X, eager.X[rows])
         np.testing.assert_array_equal(part.y, eager.y[rows])
+    window = lazy.take(slice(25, 90))
+    assert window._X is None and window.num_rows == 65
+    np.testing.assert_array_equal(window.take(slice(5, 20)).X, eager.X[30:45])
+    np.testing.assert_array_equal(window.table.read(np.array([64, 0])).y, eager.y[[89, 25]])
     assert lazy._X is None
     np.testing.assert_array_equal(lazy.X, eager.X)  # the whole file, on first use
     np.testing.assert_array_equal(lazy.y, eager.y)
@@ -287,6 +291,8 @@ def test_a_lazy_read_names_the_file_row_of_a_missing_value(tmp_path):
     pq.write_table(pa.table({"a": values, "y": np.zeros(50)}), tmp_path / "d.parquet", row_group_size=8)
     table = pg.load(tmp_path / "d.parquet", target="y", lazy=True).table
     table.read(slice(0, 30))  # rows without the gap read fine
+    with pytest.raises(pg.DataError, match=r"first at row 38, 'a'"):
+        table.window(slice(33, 45)).read()
     with pytest.raises(pg.DataError, match=r"d.parquet: 1 NaN, .* first at row 38, 'a'"):
         table.read(slice(30, 50))
     with pytest.raises(pg.DataError, match=r"first at row 38, 'a'"):

@@ -141,8 +141,11 @@ class Dataset:
         return np.dtype(self.table.dtype) if self._X is None else self._X.dtype
 
     def take(self, rows) -> Dataset:
-        """The rows selected by a slice or an index array (a view for a slice)."""
+        """The rows selected by a slice or an index array (a view for a slice; for a lazy
+        data set, a slice stays unread)."""
         if self._X is None:
+            if isinstance(rows, slice) and rows.step in (None, 1):
+                return Dataset._lazy(self.table.window(rows))
             return self.table.read(rows)
         y = None if self.y is None else self.y[rows]
         return Dataset._trusted(self.X[rows], y, self.feature_names, self.target_name, self.source)
@@ -402,7 +405,8 @@ class TableFile:
     """A Parquet file whose rows are read when they are needed, by whoever needs them.
 
     Only the schema is read when it is opened. :meth:`read` reads some rows (row groups
-    that hold none are skipped) and checks them as a loaded table is checked.
+    that hold none are skipped) and checks them as a loaded table is checked. A table
+    may stand for a window of the file's rows: ``num_rows`` rows from row ``first``.
     """
 
     path: str
@@ -410,6 +414,14 @@ class TableFile:
     target: str | None
     dtype: str
     num_rows: int
+    first: int = 0
+
+    def window(self, rows: slice) -> TableFile:
+        """The rows of a contiguous slice, still unread."""
+        picked = range(self.first, self.first + self.num_rows)[rows]
+        if picked.step != 1:
+            raise ValueError("a window is a contiguous slice of rows")
+        return dataclasses.replace(self, first=picked.start, num_rows=len(picked))
 
     @classmethod
     def open(cls, path: Path, target, features, dtype) -> TableFile:
@@ -437,11 +449,10 @@ class TableFile:
 
         path, dtype = Path(self.path), np.dtype(self.dtype)
         if rows is None or isinstance(rows, slice):
-            file_rows = range(self.num_rows)[rows if rows is not None else slice(None)]
-            if file_rows.step != 1:
-                raise ValueError("read takes a contiguous slice of rows")
+            part = self.window(slice(None) if rows is None else rows)
+            file_rows = range(part.first, part.first + part.num_rows)
         else:
-            file_rows = np.asarray(rows, dtype=np.int64)
+            file_rows = np.asarray(rows, dtype=np.int64) + self.first
         shape = (len(file_rows), len(self.features))
         X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
         y = None if self.target is None else np.empty(len(file_rows), dtype)
