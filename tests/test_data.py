@@ -264,6 +264,13 @@ def test_a_lazy_parquet_file_reads_nothing_until_asked_and_then_the_same_rows(tm
         part = table.read(rows)
         np.testing.assert_array_equal(part.X, eager.X[rows])
         np.testing.assert_array_equal(part.y, eager.y[rows])
+    mask = np.arange(103) % 9 == 0
+    np.testing.assert_array_equal(lazy.take(mask).X, eager.X[mask])  # masks, negative rows, steps
+    np.testing.assert_array_equal(lazy.take(np.array([-1, 0])).X, eager.X[[-1, 0]])
+    np.testing.assert_array_equal(lazy.take(slice(90, 10, -7)).y, eager.y[90:10:-7])
+    with pytest.raises(IndexError):
+        lazy.take(np.array([103]))
+    assert repr(lazy) == "Dataset(103 rows x 4 features, labels)"
     window = lazy.take(slice(25, 90))
     assert window._X is None and window.num_rows == 65
     np.testing.assert_array_equal(window.take(slice(5, 20)).X, eager.X[30:45])
@@ -297,6 +304,10 @@ def test_a_lazy_read_names_the_file_row_of_a_missing_value(tmp_path):
         table.read(slice(30, 50))
     with pytest.raises(pg.DataError, match=r"first at row 38, 'a'"):
         table.read(np.array([3, 37, 1]))
+    values[44] = np.inf  # in shuffled rows, the first bad row of the file is named
+    pq.write_table(pa.table({"a": values, "y": np.zeros(50)}), tmp_path / "d.parquet", row_group_size=8)
+    with pytest.raises(pg.DataError, match=r"2 NaN, .* first at row 38, 'a' \(NaN or missing\)"):
+        table.read(np.array([44, 3, 37]))
 
 
 def test_a_lazy_parquet_file_is_checked_against_its_schema_at_once(tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,12 +20,13 @@ from test_engines import MODELS, STRATEGIES, Boom, data_for
 
 import paragrad as pg
 from paragrad.data import plan_shards
+from paragrad.engines import default_workers
 from paragrad.inference import predict_to_file
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from paragrad.engines.ray import RayEngine  # noqa: E402
+from paragrad.engines.ray import PUT_BYTES, RayEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +93,16 @@ class ShardOrigin:
         return type(base).__name__, bool(shard.X.flags.owndata), bool(shard.X.flags.writeable)
 
 
-def test_in_memory_shards_are_read_from_the_object_store_without_a_copy(ray_engine):
+def test_in_memory_shards_are_read_from_the_object_store_without_a_copy(tmp_path, ray_engine):
     data = pg.make_regression(200, 3, seed=0)
-    ray_engine.start(data, plan_shards(200, 2))
-    for origin, owns, writeable in ray_engine.run(ShardOrigin()):
-        assert not owns and not writeable, origin  # a read-only view of the object store
+    pg.save_dataset(data, tmp_path / "d.csv")
+    loaded = pg.load(tmp_path / "d.csv", target="y")  # in this machine's shared memory
+    assert loaded.storage is not None
+    for dataset in (data, loaded):
+        ray_engine.start(dataset, plan_shards(200, 2))
+        for origin, owns, writeable in ray_engine.run(ShardOrigin()):
+            # a read-only view of the object store, not a file other nodes cannot see
+            assert origin != "mmap" and not owns and not writeable, origin
 
 
 def test_npy_features_are_mapped_by_each_actor_from_the_file(tmp_path, ray_engine):
@@ -161,22 +169,22 @@ def test_a_bad_row_in_a_lazy_file_is_named_by_the_worker_that_read_it(tmp_path, 
 
 
 class KillingRayEngine(RayEngine):
-    """Kills worker 1's actor (``ray.kill``) just before round ``at`` is sent."""
+    """Kills worker 1's actor (``ray.kill``) just before each round in ``at`` is sent."""
 
-    def __init__(self, *args, at: int, **options) -> None:
+    def __init__(self, *args, at: tuple[int, ...], **options) -> None:
         super().__init__(*args, **options)
         self.at, self.rounds = at, 0
 
     def run(self, task, *args):
         self.rounds += 1
-        if self.rounds == self.at:
+        if self.rounds in self.at:
             ray.kill(self.actors[1])
         return super().run(task, *args)
 
 
-def sgd_training(engine):
+def sgd_training(engine, model=None):
     return pg.train(
-        pg.models.LogisticRegression(l2=0.01),
+        model or pg.models.LogisticRegression(l2=0.01),
         pg.make_classification(1000, 6, seed=4),
         strategy=pg.SGD(batch_size=8),
         engine=engine,
@@ -188,17 +196,62 @@ def sgd_training(engine):
 
 
 def test_a_killed_actor_is_recreated_and_the_result_is_undisturbed():
-    with KillingRayEngine(2, max_restarts=1, at=30) as engine:
+    with KillingRayEngine(2, max_restarts=1, at=(30,)) as engine:
         disturbed = sgd_training(engine)
         assert engine.restarts == 1 and engine.rounds > 30
     assert relative_error(disturbed.params, sgd_training("serial").params) <= 1e-12
 
 
+def test_large_parameters_go_through_the_object_store_and_survive_a_restart():
+    def wide_mlp():
+        return pg.models.MLP(hidden=(1500,), activation="tanh")  # 10,502 parameters: 84 KB a round
+
+    with KillingRayEngine(2, max_restarts=1, at=(20,)) as engine:
+        disturbed = sgd_training(engine, wide_mlp())
+        assert engine.restarts == 1
+    assert disturbed.params.nbytes >= PUT_BYTES
+    assert relative_error(disturbed.params, sgd_training("serial", wide_mlp()).params) <= 1e-12
+
+
 def test_without_restarts_a_killed_actor_stops_training_naming_worker_and_round():
-    with KillingRayEngine(2, at=10) as engine:
+    with KillingRayEngine(2, at=(10,)) as engine:
         with pytest.raises(pg.errors.WorkerLost, match=r"round \d+: worker 1 died \(its actor was killed\)"):
             sgd_training(engine)
         assert engine.actors == []  # the engine let go of every actor
+
+
+def test_restarts_run_out():
+    with KillingRayEngine(2, max_restarts=1, at=(10, 20)) as engine:
+        with pytest.raises(
+            pg.errors.WorkerLost, match=r"worker 1 died \(its actor was killed\) after 1 restart"
+        ):
+            sgd_training(engine)
+
+
+class Sleep:
+    def __call__(self, shard, seconds):
+        time.sleep(seconds)
+        return shard.worker
+
+
+def test_an_actor_killed_while_it_computes_is_replaced_and_its_call_run_again(ray_engine):
+    ray_engine.start(pg.make_regression(50, 2, seed=0), plan_shards(50, 2))
+    ray_engine.max_restarts, before = ray_engine.restarts + 1, ray_engine.restarts
+    victim = ray_engine.actors[1]
+    killer = threading.Timer(0.3, ray.kill, args=(victim,))
+    killer.start()
+    assert ray_engine.run(Sleep(), 1.0) == [0, 1]
+    killer.join()
+    assert ray_engine.restarts == before + 1 and ray_engine.actors[1] != victim
+
+
+def test_an_actor_that_died_between_runs_is_replaced_at_the_next_start(ray_engine):
+    ray_engine.start(pg.make_regression(50, 2, seed=0), plan_shards(50, 2))
+    before = ray_engine.restarts
+    ray.kill(ray_engine.actors[0])
+    time.sleep(0.5)
+    ray_engine.start(pg.make_regression(60, 2, seed=0), plan_shards(60, 2))
+    assert ray_engine.run(row_count) == [30, 30] and ray_engine.restarts == before
 
 
 def test_an_exception_in_an_actor_names_the_worker_and_keeps_the_engine_usable(ray_engine):
@@ -240,6 +293,72 @@ def test_the_local_instance_listens_on_loopback_only(ray_engine):
     bound = listeners(family(os.getpid()))
     assert bound, "a running Ray instance listens somewhere"
     assert all(is_loopback(ip) for ip, _ in bound), bound
+
+
+LOCAL_INSTANCE_SCRIPT = """
+import json, os, time
+import psutil, ray
+import paragrad as pg
+from paragrad.data import plan_shards
+from paragrad.engines.ray import RayEngine
+from test_engines import BlasThreads
+
+def listening():
+    family = {os.getpid()} | {child.pid for child in psutil.Process().children(recursive=True)}
+    return sorted({c.laddr.ip for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.pid in family})
+
+with RayEngine(cpus_per_worker=2) as engine:
+    engine.start(pg.make_regression(40, 2, seed=0), plan_shards(40, engine.num_workers))
+    report = {"workers": engine.num_workers, "threads": [sorted(t) for t in engine.run(BlasThreads())],
+              "listening": listening()}
+deadline = time.monotonic() + 30
+while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
+    time.sleep(0.2)
+report["connected_after"] = ray.is_initialized()
+report["processes_after"] = len(psutil.Process().children(recursive=True))
+print(json.dumps(report))
+"""
+
+
+def test_a_local_instance_listens_on_loopback_even_without_the_setting_and_stops_after(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", LOCAL_INSTANCE_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["workers"] == max(1, default_workers() // 2)  # as many as the instance's CPUs allow
+    assert report["threads"] == [[2]] * report["workers"]  # CPUs per worker = its BLAS threads
+    assert report["listening"] and all(is_loopback(ip) for ip in report["listening"]), report
+    assert not report["connected_after"] and report["processes_after"] == 0
+
+
+OWN_CONNECTION_SCRIPT = """
+import ray
+import paragrad as pg
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+data = pg.make_regression(80, 2, seed=0)
+run = pg.train(pg.models.LinearRegression(), data, engine="ray", workers=2)
+print(len(run.history), ray.is_initialized())
+try:
+    pg.train(pg.models.LinearRegression(), data, engine="ray", address="127.0.0.1:9")
+except pg.ConfigError as exc:
+    print(exc)
+ray.shutdown()
+"""
+
+
+def test_a_connection_the_program_made_itself_is_used_and_left_open():
+    result = subprocess.run(
+        [sys.executable, "-c", OWN_CONNECTION_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    trained, error = result.stdout.strip().splitlines()[-2:]
+    assert trained.endswith(" True") and int(trained.split()[0]) >= 1
+    assert error.startswith("this process is already connected to the Ray cluster at 127.0.0.1:")
+    assert error.endswith(", not 127.0.0.1:9: call ray.shutdown() first to join another")
 
 
 # -- a cluster joined by its address, as a cluster user does ---------------------------------------

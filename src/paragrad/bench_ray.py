@@ -3,7 +3,8 @@
 Both run the same tasks on the same data in the same run: the start-up (for Ray, a
 local instance and its actors, until their first round comes back; with the memory of
 Ray's processes, PSS), the round latency at d = 100 and 1e6 (broadcast d parameters,
-every worker returns d values, the coordinator sums them), and a full-batch gradient
+every worker returns d values, the coordinator sums them; also against bare Ray actor
+calls doing the same), and a full-batch gradient
 step on features memory-mapped from one ``.npy`` file, which both engines' workers map.
 """
 
@@ -62,6 +63,39 @@ def _started(make_engine) -> tuple[Engine, float]:
     return engine, time.perf_counter() - start
 
 
+class BareActor:
+    """The baseline: a Ray actor that returns the parameters plus its index, nothing else."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+
+    def echo(self, params: np.ndarray) -> np.ndarray:
+        return params + self.worker
+
+
+def _bare_round(ray, d: int, repeats: int) -> dict[str, float]:
+    """A round of bare actor calls: the vector put in the object store once when large
+    (as the engine does), passed to 2 actors, their results summed."""
+    from paragrad.engines.ray import PUT_BYTES
+
+    # No CPUs reserved: the engine's actors hold them, idle while these are timed.
+    actors = [ray.remote(BareActor).options(num_cpus=0).remote(worker) for worker in range(2)]
+    params, total = np.ones(d), np.empty(d)
+
+    def one_round():
+        sent = ray.put(params) if params.nbytes >= PUT_BYTES else params
+        first, *rest = ray.get([actor.echo.remote(sent) for actor in actors])
+        np.copyto(total, first)
+        for vector in rest:
+            np.add(total, vector, out=total)
+
+    try:
+        return timings(one_round, repeats, WARMUP)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process started by ``pid``, and by those, and so on."""
     try:
@@ -97,6 +131,7 @@ def bench_ray(quick: bool) -> list[dict[str, Any]]:
             for size in (100, 1_000_000):
                 ray_round = engine_round(ray_engine, size, repeats[size], warmup=WARMUP)
                 local_round = engine_round(local_engine, size, repeats[size], warmup=WARMUP)
+                bare_round = _bare_round(import_ray(), size, repeats[size])
                 rows.append(
                     {
                         "benchmark": "ray_round_latency",
@@ -105,7 +140,9 @@ def bench_ray(quick: bool) -> list[dict[str, Any]]:
                         "ray_median_s": ray_round["median_s"],
                         "ray_p90_s": ray_round["p90_s"],
                         "local_median_s": local_round["median_s"],
+                        "bare_actor_median_s": bare_round["median_s"],
                         "ratio_ray_over_local": ray_round["median_s"] / local_round["median_s"],
+                        "ratio_ray_over_bare_actor": ray_round["median_s"] / bare_round["median_s"],
                     }
                 )
             ray_step = _gd_step(ray_engine, data, 10 if quick else 20)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from paragrad import __version__
+from paragrad.bench import SUITES, run_suites
 from paragrad.checkpoint import save_model
 from paragrad.data import PARQUET_SUFFIXES, load, make_classification, make_regression, save_dataset
 from paragrad.engines import ENGINES
@@ -27,17 +28,6 @@ from paragrad.trainer import default_optimizer, train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
-SUITES = (
-    "latency",
-    "gd_step",
-    "mlp_scaling",
-    "solvers",
-    "float32",
-    "predict",
-    "communication",
-    "torch",
-    "ray",
-)
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 
@@ -206,8 +196,6 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from paragrad.bench import run_suites
-
     run_suites(args.suite or list(SUITES), args.quick, args.out)
     if args.out is not None:
         print(f"wrote {args.out / 'results.json'}")

@@ -146,7 +146,7 @@ class Dataset:
         if self._X is None:
             if isinstance(rows, slice) and rows.step in (None, 1):
                 return Dataset._lazy(self.table.window(rows))
-            return self.table.read(rows)
+            return self.table.read(np.arange(self.num_rows)[rows])
         y = None if self.y is None else self.y[rows]
         return Dataset._trusted(self.X[rows], y, self.feature_names, self.target_name, self.source)
 
@@ -170,7 +170,7 @@ class Dataset:
         return self.num_rows
 
     def __repr__(self) -> str:
-        labels = "no labels" if self.y is None else "labels"
+        labels = "labels" if self.has_labels else "no labels"
         return f"Dataset({self.num_rows} rows x {self.num_features} features, {labels})"
 
 
@@ -270,7 +270,9 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     if np.isfinite(values).all():
         return
     bad = ~np.isfinite(values)
-    row, col = np.argwhere(bad)[0]
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    row = bad_rows[0] if rows is None else bad_rows[np.argmin(np.asarray(rows)[bad_rows])]
+    col = int(np.argmax(bad[row]))
     kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
     row = row if rows is None else int(rows[row])
     column = repr(names[col]) if names is not None else f"column {col}"
@@ -440,11 +442,12 @@ class TableFile:
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
                 raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
         return cls(
-            str(path.resolve()), tuple(features), target_name, _float_dtype(dtype).str, metadata.num_rows
+            os.path.abspath(path), tuple(features), target_name, _float_dtype(dtype).str, metadata.num_rows
         )
 
     def read(self, rows: slice | np.ndarray | None = None) -> Dataset:
-        """The rows at ``rows`` (a slice, or row indices in any order; default all)."""
+        """The rows at ``rows``: a contiguous slice, or row numbers (from 0, in any order,
+        within this table's rows); default all."""
         import pyarrow.parquet as pq
 
         path, dtype = Path(self.path), np.dtype(self.dtype)
@@ -452,7 +455,12 @@ class TableFile:
             part = self.window(slice(None) if rows is None else rows)
             file_rows = range(part.first, part.first + part.num_rows)
         else:
-            file_rows = np.asarray(rows, dtype=np.int64) + self.first
+            file_rows = np.asarray(rows)
+            if file_rows.ndim != 1 or not np.issubdtype(file_rows.dtype, np.integer):
+                raise TypeError(f"rows must be a slice or a 1-D array of row numbers, got {file_rows.dtype}")
+            if file_rows.size and not (0 <= file_rows.min() and file_rows.max() < self.num_rows):
+                raise IndexError(f"row numbers must lie in [0, {self.num_rows})")
+            file_rows = file_rows.astype(np.int64) + self.first
         shape = (len(file_rows), len(self.features))
         X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
         y = None if self.target is None else np.empty(len(file_rows), dtype)
@@ -461,11 +469,15 @@ class TableFile:
             source = pq.ParquetFile(path)
         except OSError as exc:
             raise DataError(f"{path}: cannot read: {exc}") from None
-        first = 0
-        for group in range(source.num_row_groups):
-            last = first + source.metadata.row_group(group).num_rows
-            within = _rows_within(file_rows, first, last)
-            if within is not None:
+        with source:
+            groups = itertools.accumulate(
+                (source.metadata.row_group(group).num_rows for group in range(source.num_row_groups)),
+                initial=0,
+            )
+            for group, (first, last) in enumerate(itertools.pairwise(groups)):
+                within = _rows_within(file_rows, first, last)
+                if within is None:
+                    continue
                 places, picked = within
                 table = source.read_row_group(group, columns=columns)
                 table = (
@@ -477,7 +489,6 @@ class TableFile:
                     X[places, j] = _numeric_column(path, table.column(name), name)
                 if y is not None:
                     y[places] = _numeric_column(path, table.column(self.target), self.target)
-            first = last
         _check_finite(X, self.path, self.features, rows=file_rows)
         if y is not None:
             _check_finite(y[:, None], self.path, (self.target,), what="the target", rows=file_rows)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset, ShardPlan
+from paragrad.errors import ParagradError, WorkerError
 
 Task = Callable[..., Any]
 
@@ -64,6 +65,16 @@ def payload_nbytes(value: Any) -> int:
     if isinstance(value, (int, float, np.number, bool)):
         return 8
     return 0
+
+
+def task_failure(worker: int, exc: BaseException | None, text: str) -> Exception:
+    """What to raise for a task that failed on ``worker``: a paragrad error (bad data, say)
+    as it is, named after the worker; anything else as WorkerError with the traceback."""
+    if isinstance(exc, ParagradError):
+        exc.args = (f"worker {worker}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+        return exc
+    last = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+    return WorkerError(f"worker {worker} raised {last}\n{text}")
 
 
 class Engine(ABC):

@@ -31,7 +31,7 @@ import numpy as np
 
 from paragrad.data import Dataset, ShardPlan
 from paragrad.engines import transport
-from paragrad.engines.base import Engine, Task, default_workers
+from paragrad.engines.base import Engine, Task, default_workers, task_failure
 from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
 
 STOP_TIMEOUT_S = 2.0
@@ -397,11 +397,7 @@ class LocalEngine(Engine):
                     failure = (worker, *value)  # the lowest worker's, whatever the timing
         self.last_bytes_received = received
         if failure is not None:
-            worker, exc, text = failure
-            if isinstance(exc, ParagradError):
-                exc.args = (f"worker {worker}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
-                raise exc
-            raise WorkerError(f"worker {worker} raised {text.strip().splitlines()[-1]}\n{text}") from exc
+            raise task_failure(*failure)
         return results
 
     def _restart(self, worker: int) -> None:

@@ -20,6 +20,7 @@ are replayed, and the round is run again.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -33,14 +34,15 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset, ShardPlan, TableFile
-from paragrad.engines.base import Engine, Shard, Task, default_workers, payload_nbytes
+from paragrad.engines.base import Engine, Shard, Task, default_workers, payload_nbytes, task_failure
+from paragrad.engines.transport import is_region
 from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
 PUT_BYTES = 64 * 1024
 READY_TIMEOUT_S = 120.0
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def import_ray():
@@ -108,7 +110,8 @@ class TableRows:
 
 
 def shard_sources(dataset: Dataset, plan: ShardPlan) -> list[Any]:
-    """How each worker gets its rows: from a file it can read, or from the object store."""
+    """How each worker gets its rows: from a data file it can read, or from the object
+    store (arrays in memory, and tables loaded into this machine's shared memory)."""
     import ray
 
     if dataset.table is not None:
@@ -117,7 +120,7 @@ def shard_sources(dataset: Dataset, plan: ShardPlan) -> list[Any]:
     for worker in range(plan.num_shards):
         rows = plan.rows(worker)
         y = None if dataset.y is None else np.ascontiguousarray(dataset.y[rows])
-        if dataset.storage is not None:
+        if dataset.storage is not None and not is_region(dataset.storage.path):
             X = dataset.X
             y_ref = None if y is None else ray.put(y)
             backing = dataset.storage
@@ -151,8 +154,17 @@ class ShardActor:
         self.shard = Shard(X, y, self.worker, self.num_workers)
         self.tasks.clear()
 
-    def add_task(self, key: int, task: Task) -> None:
-        self.tasks[key] = task
+    def add_task(self, key: int, payload: bytes) -> None:
+        import ray
+
+        try:
+            self.tasks[key] = ray.cloudpickle.loads(payload)
+        except (AttributeError, ImportError) as exc:
+            raise RuntimeError(
+                f"cannot load the task in worker {self.worker} ({exc}): the classes a run uses must "
+                "be importable on every node (install your module there, or pass "
+                "RayEngine(runtime_env={'py_modules': [...]}))"
+            ) from None
 
     def run(self, key: int, args: tuple) -> Any:
         return self.tasks[key](self.shard, *args)
@@ -165,7 +177,8 @@ class Connection:
     """This process's connection to Ray, shared by its engines and closed by the last one.
 
     ``ray.shutdown`` is called only when an engine opened the connection: a local
-    instance started here stops with it, a joined cluster keeps running.
+    instance started here stops with it, a joined cluster keeps running, and a connection
+    the program made itself (``ray.init``) is left as it is.
     """
 
     users = 0
@@ -174,34 +187,15 @@ class Connection:
     @classmethod
     def open(cls, address: str | None, num_cpus: int) -> None:
         ray = import_ray()
-        if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if ray.is_initialized():
+            _check_same_cluster(ray, address)
+        else:
             on_sigterm = signal.getsignal(signal.SIGTERM)
-            if address is not None:
-                check_reachable(address)
-            try:
-                if address is None:
-                    # Without this Ray listens on the host's public address even when told
-                    # 127.0.0.1; it must be in the environment of every Ray process.
-                    os.environ.update(LOOPBACK_ONLY)
-                    ray.init(
-                        address="local",
-                        num_cpus=num_cpus,
-                        include_dashboard=False,
-                        _node_ip_address="127.0.0.1",
-                        **options,
-                    )
-                else:
-                    ray.init(address=address, **options)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if address and "RAY_AUTH_MODE" not in os.environ:
-                    reason += (
-                        " (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
-                    )
-                raise ConfigError(f"cannot connect to {where}: {reason}") from None
+            if address is None:
+                _start_local_instance(ray, num_cpus)
+            else:
+                _join(ray, address)
             if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaced the caller's handler
             cls.opened_here = True
@@ -215,32 +209,108 @@ class Connection:
             cls.opened_here = False
 
 
+QUIET = {"logging_level": logging.ERROR, "log_to_driver": False}
+
+
+def _start_local_instance(ray, num_cpus: int) -> None:
+    """A new Ray instance on this machine that listens on 127.0.0.1 alone, no dashboard.
+
+    On Linux, Ray moves 127.0.0.1 to the host's address unless its "local only" setting
+    is off, which it reads from the environment when imported: so the setting is switched
+    in this process for the start, and in the environment the instance's processes inherit.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **QUIET
+        )
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot start a local Ray instance: {_first_line(exc)}") from None
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
+    host = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+    if not ipaddress.ip_address(host.strip("[]")).is_loopback:
+        ray.shutdown()
+        raise ConfigError(f"the local Ray instance listened on {host}, not on 127.0.0.1; it was stopped")
+
+
+def _join(ray, address: str) -> None:
+    """Connect to a running cluster; fail at once when nothing listens at its address."""
+    check_reachable(address)
+    try:
+        ray.init(address=address, **QUIET)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        reason = _first_line(exc)
+        if "RAY_AUTH_MODE" not in os.environ:
+            reason += " (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+
+
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail at once, with the reason, when nothing listens at a ``HOST:PORT`` address.
 
     Ray itself retries an unreachable address for many minutes before giving up.
     """
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
+    host, port = _host_and_port(address)
+    if host is None:
         return  # "auto", "ray://...": Ray resolves those itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
 
 
+def _check_same_cluster(ray, address: str | None) -> None:
+    """Refuse an address other than the cluster this process is already connected to."""
+    host, port = _host_and_port(address or "")
+    if host is None:
+        return
+    current = ray.get_runtime_context().gcs_address
+    try:
+        wanted = f"{socket.gethostbyname(host)}:{port}"
+    except OSError:
+        wanted = f"{host}:{port}"
+    if wanted != current:
+        raise ConfigError(
+            f"this process is already connected to the Ray cluster at {current}, not {address}: "
+            "call ray.shutdown() first to join another"
+        )
+
+
+def _host_and_port(address: str) -> tuple[str | None, int]:
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return None, 0
+    return host.strip("[]"), int(port)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _kill(ray, actors: list[Any]) -> None:
+    """Kill the actors (those already dead, or with Ray gone, are skipped) and forget them."""
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already dead, or Ray is gone
+            pass
+    actors.clear()
+
+
 def _release(actors: list[Any], connected: list[bool]) -> None:
     """Kill the actors and let go of the connection; safe to call twice."""
     if actors:
-        ray = import_ray()
-        for actor in actors:
-            if actor is not None:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # already dead, or Ray is gone
-                    pass
-        actors.clear()
+        _kill(import_ray(), actors)
     if connected[0]:
         connected[0] = False
         Connection.close()
@@ -252,16 +322,21 @@ class RayEngine(Engine):
     Parameters
     ----------
     workers : int, optional
-        Number of actors; default one per core of this machine.
+        Number of actors; default as many as the cluster's CPUs allow (for a local
+        instance: one per core).
     address : str, optional
         ``HOST:PORT`` of a running cluster's head (``ray start --head``), or ``"auto"``
         for the newest one on this machine; default ``RAY_ADDRESS``, else a local
-        instance started for this engine.
+        instance started for this engine. A program that called ``ray.init`` itself
+        gets its own connection used.
     cpus_per_worker : int
         CPUs each actor reserves, and the BLAS threads it runs.
     max_restarts : int
         How many dead actors to recreate (replaying the round) before giving up with
         :class:`~paragrad.errors.WorkerLost`.
+    runtime_env : dict, optional
+        Ray's ``runtime_env`` for the actors (``{"py_modules": [...]}`` to ship your own
+        modules to the nodes, say).
 
     Use it as a context manager to keep the actors across ``train`` and ``predict``
     calls; closing it kills them (and stops a local instance it started).
@@ -276,6 +351,7 @@ class RayEngine(Engine):
         address: str | None = None,
         cpus_per_worker: int = 1,
         max_restarts: int = 0,
+        runtime_env: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(workers)
         if cpus_per_worker < 1:
@@ -286,6 +362,7 @@ class RayEngine(Engine):
         self.address = address
         self.cpus_per_worker = int(cpus_per_worker)
         self.max_restarts = int(max_restarts)
+        self.runtime_env = runtime_env
         self.restarts = 0
         self._actors: list[Any] = []
         self._connected = [False]
@@ -295,6 +372,9 @@ class RayEngine(Engine):
         self._setup_log: list[tuple[int, tuple]] = []
         self._next_key = 0
         self._actor_class = None
+        if workers is None:  # as many as the cluster has room for
+            self._connect(0)
+            self.num_workers = max(1, self._cluster_cpus() // self.cpus_per_worker)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -302,22 +382,32 @@ class RayEngine(Engine):
         if not self._connected[0]:
             Connection.open(self.address, max(default_workers(), num_workers * self.cpus_per_worker))
             self._connected[0] = True
-        total = int(self.ray.cluster_resources().get("CPU", 0))
+        total = self._cluster_cpus()
         if num_workers * self.cpus_per_worker > total:
             raise ConfigError(
                 f"{num_workers} workers with {self.cpus_per_worker} CPU(s) each need "
                 f"{num_workers * self.cpus_per_worker} CPUs, but the Ray cluster has {total}"
             )
 
+    def _cluster_cpus(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 0))
+
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
-        """Create (or reuse) one actor per shard and give each its rows; on failure, close."""
+        """Create (or reuse) one actor per shard and give each its rows; on failure, close.
+
+        Kept actors that died since the last ``start`` are replaced (not counted as
+        restarts: no round was lost).
+        """
         try:
             if len(self._actors) != plan.num_shards:
-                self._release_actors()
+                _kill(self.ray, self._actors)
                 self._connect(plan.num_shards)
                 self.num_workers = plan.num_shards
                 self._actors.extend(self._new_actor(worker) for worker in range(plan.num_shards))
-                self._wait_ready(self._actors)
+            for worker in range(self.num_workers):
+                if not self._answers(worker):
+                    self._actors[worker] = self._new_actor(worker)
+                    self._answers(worker, new=True)
             self._tasks, self._setup_log = {}, []
             self._sources = shard_sources(dataset, plan)
             loads = [
@@ -331,17 +421,34 @@ class RayEngine(Engine):
     def _new_actor(self, worker: int):
         if self._actor_class is None:
             self._actor_class = self.ray.remote(ShardActor)
-        actor = self._actor_class.options(
-            num_cpus=self.cpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD"
-        ).remote(worker, self.num_workers, self.cpus_per_worker, list(sys.path))
-        return actor
+        options: dict[str, Any] = {
+            "num_cpus": self.cpus_per_worker,
+            "max_restarts": 0,
+            "scheduling_strategy": "SPREAD",
+        }
+        if self.runtime_env is not None:
+            options["runtime_env"] = self.runtime_env
+        return self._actor_class.options(**options).remote(
+            worker, self.num_workers, self.cpus_per_worker, list(sys.path)
+        )
 
-    def _wait_ready(self, actors: list[Any]) -> None:
+    def _answers(self, worker: int, new: bool = False) -> bool:
+        """Whether the worker's actor answers: False for a dead one. A new actor that
+        cannot start, or any that does not answer in time, is an error naming it."""
         try:
-            self.ray.get([actor.pid.remote() for actor in actors], timeout=READY_TIMEOUT_S)
+            self.ray.get(self._actors[worker].pid.remote(), timeout=READY_TIMEOUT_S)
+            return True
         except self.ray.exceptions.GetTimeoutError:
             raise WorkerLost(
-                f"the Ray actors did not start within {READY_TIMEOUT_S:.0f} s (is the cluster busy?)"
+                f"worker {worker}: its Ray actor did not answer within {READY_TIMEOUT_S:.0f} s "
+                "(is the cluster out of CPUs?)"
+            ) from None
+        except self.ray.exceptions.RayActorError as exc:
+            if not new:
+                return False
+            raise WorkerLost(
+                f"worker {worker}: its Ray actor could not start ({_first_line(exc)}); "
+                "is paragrad installed on every node?"
             ) from None
 
     @property
@@ -353,14 +460,6 @@ class RayEngine(Engine):
     def actors(self) -> list[Any]:
         """The actor handles, in worker order."""
         return list(self._actors)
-
-    def _release_actors(self) -> None:
-        for actor in self._actors:
-            try:
-                self.ray.kill(actor, no_restart=True)
-            except Exception:  # already dead
-                pass
-        self._actors.clear()
 
     def close(self) -> None:
         _release(self._actors, self._connected)
@@ -406,10 +505,13 @@ class RayEngine(Engine):
         if known is not None and known[1] is task:
             return known[0]
         key, self._next_key = self._next_key, self._next_key + 1
-        ref = self.ray.put(task)
-        self._tasks[id(task)] = (key, task, ref)
-        for actor in self._actors:
-            actor.add_task.remote(key, ref)
+        self._tasks[id(task)] = (key, task, self.ray.put(self.ray.cloudpickle.dumps(task)))
+        try:
+            sends = [actor.add_task.remote(key, self._tasks[id(task)][2]) for actor in self._actors]
+            self._collect(sends, retry=lambda worker: self.ray.put(None))  # a restart sends every task
+        except BaseException:
+            del self._tasks[id(task)]
+            raise
         return key
 
     def _collect(self, calls: list[Any], retry) -> list[Any]:
@@ -429,10 +531,10 @@ class RayEngine(Engine):
                     self._restart(worker, exc)
                     call = retry(worker)
                 except self.ray.exceptions.RayTaskError as exc:
-                    failure = failure or (worker, exc)
+                    failure = failure or (worker, getattr(exc, "cause", None), str(exc))
                     break
         if failure is not None:
-            raise _worker_failure(*failure)
+            raise task_failure(*failure)
         return results
 
     def _restart(self, worker: int, exc: Exception) -> None:
@@ -445,17 +547,20 @@ class RayEngine(Engine):
         if self.restarts >= self.max_restarts:
             raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
         self.restarts += 1
+        _kill(self.ray, [self._actors[worker]])  # one only unreachable would hold its CPUs
         self._actors[worker] = actor = self._new_actor(worker)
         try:
+            self._answers(worker, new=True)
             self.ray.get(actor.load.remote(self._sources[worker]))
-            for key, _, ref in self._tasks.values():
-                actor.add_task.remote(key, ref)
+            self.ray.get([actor.add_task.remote(key, payload) for key, _, payload in self._tasks.values()])
             for key, args in self._setup_log:
                 self.ray.get(actor.run.remote(key, args))
         except self.ray.exceptions.RayActorError as again:
             self._restart(worker, again)
         except self.ray.exceptions.RayTaskError as failed:
-            raise WorkerError(f"worker {worker}: replaying its set-up failed: {failed}") from None
+            raise WorkerError(
+                f"worker {worker}: replaying its set-up failed: {_first_line(failed)}"
+            ) from None
 
 
 def _death_reason(exc: Exception) -> str:
@@ -464,18 +569,7 @@ def _death_reason(exc: Exception) -> str:
         return "its actor was killed"
     if "exit" in text.lower():
         return "its actor process exited"
-    return "its actor died"
-
-
-def _worker_failure(worker: int, exc: Exception) -> Exception:
-    """The error a task raised in an actor, named after its worker."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, ParagradError):
-        cause.args = (f"worker {worker}: {cause.args[0] if cause.args else cause}", *cause.args[1:])
-        return cause
-    text = str(exc)
-    last = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-    return WorkerError(f"worker {worker} raised {last}\n{text}")
+    return f"its actor died: {_first_line(exc)}"
 
 
 __all__ = ["RayEngine", "import_ray"]

@@ -91,6 +91,11 @@ def region_prefix(pid: int | None = None) -> str:
     return f"paragrad-{os.getpid() if pid is None else pid}-"
 
 
+def is_region(path: str) -> bool:
+    """Whether a file is one of this process's regions: private to this machine."""
+    return Path(path).name.startswith(region_prefix())
+
+
 def _track(path: str, register: bool) -> None:
     """(Un)register a ``/dev/shm`` file as a POSIX shared-memory name with the tracker."""
     if Path(path).parent != SHM_DIR:
