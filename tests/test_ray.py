@@ -470,44 +470,33 @@ def test_predicting_through_ray_address_from_the_environment_keeps_input_order(t
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), run.model.predict(data.X))
 
 
+def failed_training(tmp_path, *options: str | int, env: dict | None = None, before: str = "") -> str:
+    """``paragrad train`` of a small CSV with ``options``, which must fail: its last line.
+
+    ``before`` is Python run first in the same process.
+    """
+    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
+    args = ["train", str(tmp_path / "d.csv"), "--target", "y", "--model", "linear", *map(str, options)]
+    code = f"{before}\nimport sys\nfrom paragrad.cli import main\nsys.exit(main({args!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_asking_a_cluster_for_more_cpus_than_it_has_is_a_clear_error(tmp_path, ray_head):
     _, address = ray_head
-    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
-    result = run_cli(
-        "train",
-        tmp_path / "d.csv",
-        "--target",
-        "y",
-        "--model",
-        "linear",
-        "--engine",
-        "ray",
-        "--address",
-        address,
-        "--workers",
-        3,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
+    assert failed_training(tmp_path, "--engine", "ray", "--address", address, "--workers", 3) == (
         "paragrad: error: 3 workers with 1 CPU(s) each need 3 CPUs, but the Ray cluster has 2"
     )
 
 
 def test_joining_without_the_clusters_token_is_a_clear_error(tmp_path, ray_head):
     _, address = ray_head
-    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
     env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's own retries: 2 s instead of 20
-    command = ["train", tmp_path / "d.csv", "--target", "y", "--model", "linear", "--engine", "ray"]
-    result = subprocess.run(
-        [sys.executable, "-m", "paragrad", *map(str, command), "--address", address],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert failed_training(tmp_path, "--engine", "ray", "--address", address, env=env) == (
         f"paragrad: error: cannot connect to the Ray cluster at {address}: Failed to connect to Ray "
         f"cluster at {address} (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
     )
@@ -517,46 +506,20 @@ def test_joining_without_the_clusters_token_is_a_clear_error(tmp_path, ray_head)
 
 
 def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path):
-    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
-    args = ["train", str(tmp_path / "d.csv"), "--target", "y", "--model", "linear", "--engine", "ray"]
-    code = (
-        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
-        f"from paragrad.cli import main; sys.exit(main({args!r}))"
+    not_installed = "import sys; sys.modules['ray'] = None"  # as if Ray were not installed
+    assert failed_training(tmp_path, "--engine", "ray", before=not_installed) == (
+        "paragrad: error: the ray engine needs Ray: pip install 'paragrad[ray]'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "paragrad: error: the ray engine needs Ray: pip install 'paragrad[ray]'"
 
 
 def test_an_address_where_nothing_listens_fails_at_once(tmp_path):
-    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
     address = f"127.0.0.1:{free_port()}"
-    result = run_cli(
-        "train",
-        tmp_path / "d.csv",
-        "--target",
-        "y",
-        "--model",
-        "linear",
-        "--engine",
-        "ray",
-        "--address",
-        address,
-    )
-    assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == f"paragrad: error: cannot connect to the Ray cluster at {address}: Connection refused"
+    assert failed_training(tmp_path, "--engine", "ray", "--address", address) == (
+        f"paragrad: error: cannot connect to the Ray cluster at {address}: Connection refused"
     )
 
 
 def test_an_address_for_another_engine_is_refused(tmp_path):
-    pg.save_dataset(pg.make_regression(50, 2, seed=0), tmp_path / "d.csv")
-    result = run_cli(
-        "train", tmp_path / "d.csv", "--target", "y", "--model", "linear", "--address", "10.0.0.1:6379"
-    )
-    assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == "paragrad: error: address= joins a Ray cluster: use engine='ray', not 'local'"
+    assert failed_training(tmp_path, "--address", "10.0.0.1:6379") == (
+        "paragrad: error: address= joins a Ray cluster: use engine='ray', not 'local'"
     )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset, ShardPlan
-from paragrad.errors import ParagradError, WorkerError
+from paragrad.errors import ParagradError, WorkerError, WorkerLost
 
 Task = Callable[..., Any]
 
@@ -105,3 +105,44 @@ class Engine(ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class WorkerProcessEngine(Engine):
+    """An engine whose workers are other processes, which may die.
+
+    It keeps the tasks sent to the workers (``_tasks``: ``id(task)`` to its key, the task
+    and what was sent) and the runs of shard-changing tasks (``_setup_log``), which a
+    restarted worker replays. Subclasses run a round in ``_run``.
+    """
+
+    _tasks: dict[int, tuple[int, Task, Any]]
+    _setup_log: list[tuple[int, tuple]]
+
+    @abstractmethod
+    def _check_started(self) -> None:
+        """Raise ConfigError when there are no workers to run on."""
+
+    @abstractmethod
+    def _run(self, task: Task, args: tuple) -> list[Any]:
+        """Send the round to every worker and gather the results in worker order."""
+
+    def run(self, task: Task, *args: Any) -> list[Any]:
+        """Run ``task`` on every worker; results in worker order.
+
+        A task that raises leaves the engine usable; a worker lost for good, or an
+        interruption (Ctrl-C), stops all workers, so the next ``start`` begins afresh.
+        """
+        self._check_started()
+        try:
+            results = self._run(task, args)
+        except WorkerLost:
+            self.close()
+            raise
+        except ParagradError:
+            raise  # a task failed, but every worker replied: the engine is in order
+        except BaseException:
+            self.close()
+            raise
+        if getattr(task, "mutates_shard", False):
+            self._setup_log.append((self._tasks[id(task)][0], args))
+        return results

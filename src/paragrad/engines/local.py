@@ -31,8 +31,8 @@ import numpy as np
 
 from paragrad.data import Dataset, ShardPlan
 from paragrad.engines import transport
-from paragrad.engines.base import Engine, Task, default_workers, task_failure
-from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
+from paragrad.engines.base import Task, WorkerProcessEngine, default_workers, task_failure
+from paragrad.errors import ConfigError, WorkerError, WorkerLost
 
 STOP_TIMEOUT_S = 2.0
 # glibc gives freed blocks of a few MB straight back to the system, so a worker that
@@ -110,7 +110,7 @@ def _stop_process(handle: WorkerProcess) -> None:
     handle.replies.close()
 
 
-class LocalEngine(Engine):
+class LocalEngine(WorkerProcessEngine):
     """Worker processes on this machine over shared memory and pipes.
 
     Parameters
@@ -125,7 +125,8 @@ class LocalEngine(Engine):
 
     Use it as a context manager to keep the workers across several ``train`` and
     ``predict`` calls; otherwise each call starts and stops its own. Arrays in the
-    results of :meth:`run` may be views of shared memory, valid until the next ``run``.
+    results of :meth:`run` are copied out of shared memory, unless the task declares
+    ``zero_copy_results = True``: then they are views, valid until the next ``run``.
     """
 
     name = "local"
@@ -294,29 +295,6 @@ class LocalEngine(Engine):
             self._slots = [self._new_region(slot_size) for _ in range(self.num_workers)]
 
     # -- rounds --------------------------------------------------------------------------
-
-    def run(self, task: Task, *args: Any) -> list[Any]:
-        """Run ``task`` on every worker; results in worker order.
-
-        Arrays in the results are copied out of shared memory, unless the task declares
-        ``zero_copy_results = True``: then they are views, valid until the next ``run``.
-        An interrupted round (Ctrl-C, a worker lost for good) stops all workers, so the
-        next ``start`` begins afresh.
-        """
-        self._check_started()
-        try:
-            results = self._run(task, args)
-        except WorkerLost:
-            self.close()
-            raise
-        except ParagradError:
-            raise  # a task failed, but every worker replied: the engine is in order
-        except BaseException:
-            self.close()
-            raise
-        if getattr(task, "mutates_shard", False):
-            self._setup_log.append((self._tasks[id(task)][0], args))
-        return results
 
     def _run(self, task: Task, args: tuple) -> list[Any]:
         key = self._task_key(task)

@@ -34,9 +34,16 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset, ShardPlan, TableFile
-from paragrad.engines.base import Engine, Shard, Task, default_workers, payload_nbytes, task_failure
+from paragrad.engines.base import (
+    Shard,
+    Task,
+    WorkerProcessEngine,
+    default_workers,
+    payload_nbytes,
+    task_failure,
+)
 from paragrad.engines.transport import is_region
-from paragrad.errors import ConfigError, ParagradError, WorkerError, WorkerLost
+from paragrad.errors import ConfigError, WorkerError, WorkerLost
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
@@ -316,7 +323,7 @@ def _release(actors: list[Any], connected: list[bool]) -> None:
         Connection.close()
 
 
-class RayEngine(Engine):
+class RayEngine(WorkerProcessEngine):
     """Ray actors as workers, on this machine or on a cluster.
 
     Parameters
@@ -467,27 +474,9 @@ class RayEngine(Engine):
 
     # -- rounds --------------------------------------------------------------------------
 
-    def run(self, task: Task, *args: Any) -> list[Any]:
-        """Run ``task`` on every actor; results in worker order.
-
-        A task that raises leaves the engine usable; a worker lost for good, or an
-        interruption (Ctrl-C), closes it, so the next ``start`` begins afresh.
-        """
+    def _check_started(self) -> None:
         if not self._actors or not self._sources:
             raise ConfigError("the ray engine has no workers: call start() first")
-        try:
-            results = self._run(task, args)
-        except WorkerLost:
-            self.close()
-            raise
-        except ParagradError:
-            raise
-        except BaseException:
-            self.close()
-            raise
-        if getattr(task, "mutates_shard", False):
-            self._setup_log.append((self._tasks[id(task)][0], args))
-        return results
 
     def _run(self, task: Task, args: tuple) -> list[Any]:
         key = self._task_key(task)
