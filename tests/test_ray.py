@@ -261,6 +261,32 @@ def test_an_exception_in_an_actor_names_the_worker_and_keeps_the_engine_usable(r
     assert ray_engine.run(row_count) == [25, 25]
 
 
+def test_a_task_the_actors_cannot_import_is_named_with_what_to_do(tmp_path, ray_engine, monkeypatch):
+    (tmp_path / "vanishing_task.py").write_text(
+        "class Count:\n    def __call__(self, shard):\n        return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from vanishing_task import Count
+
+    (tmp_path / "vanishing_task.py").unlink()  # gone before any actor imports it
+    ray_engine.start(pg.make_regression(50, 2, seed=0), plan_shards(50, 2))
+    with pytest.raises(
+        pg.errors.WorkerError,
+        match=r"cannot load the task in worker 0 \(No module named "
+        r"'vanishing_task'\): the classes a run uses must be importable on every node",
+    ):
+        ray_engine.run(Count())
+    assert ray_engine.run(row_count) == [25, 25]
+
+
+def test_a_data_file_an_actor_cannot_see_is_named(tmp_path, ray_engine):
+    np.save(tmp_path / "X.npy", np.ones((40, 3)))
+    mapped = pg.Dataset(pg.load(tmp_path / "X.npy").X, np.zeros(40))
+    (tmp_path / "X.npy").unlink()  # still mapped here, as on a coordinator the nodes cannot see
+    with pytest.raises(pg.DataError, match=r"worker 0: .*X.npy: not found where worker 0 runs; on a cluster"):
+        ray_engine.start(mapped, plan_shards(40, 2))
+
+
 def row_count(shard):
     return shard.num_rows
 

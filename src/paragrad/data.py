@@ -467,6 +467,8 @@ class TableFile:
         columns = [*self.features, *([] if self.target is None else [self.target])]
         try:
             source = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise  # the caller knows best where it was looked for
         except OSError as exc:
             raise DataError(f"{path}: cannot read: {exc}") from None
         with source:

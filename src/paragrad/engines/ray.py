@@ -43,7 +43,7 @@ from paragrad.engines.base import (
     task_failure,
 )
 from paragrad.engines.transport import is_region
-from paragrad.errors import ConfigError, WorkerError, WorkerLost
+from paragrad.errors import ConfigError, DataError, WorkerError, WorkerLost
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
@@ -157,7 +157,13 @@ class ShardActor:
         return os.getpid()
 
     def load(self, source: Any) -> None:
-        X, y = source.load()
+        try:
+            X, y = source.load()
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"{exc.filename}: not found where worker {self.worker} runs; on a cluster, data files "
+                "must be on a filesystem every node sees"
+            ) from None
         self.shard = Shard(X, y, self.worker, self.num_workers)
         self.tasks.clear()
 
