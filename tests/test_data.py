@@ -310,6 +310,14 @@ def test_a_lazy_read_names_the_file_row_of_a_missing_value(tmp_path):
         table.read(np.array([44, 3, 37]))
 
 
+def test_a_lazy_parquet_file_that_changed_since_it_was_opened_is_refused(tmp_path):
+    _parquet_with_row_groups(tmp_path / "d.parquet", rows=103)
+    table = pg.load(tmp_path / "d.parquet", target="y", lazy=True).table
+    _parquet_with_row_groups(tmp_path / "d.parquet", rows=20)  # rewritten shorter
+    with pytest.raises(pg.DataError, match="d.parquet: changed since it was opened, or differs where"):
+        table.read(slice(15, 40))
+
+
 def test_a_lazy_parquet_file_is_checked_against_its_schema_at_once(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -267,7 +267,8 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
         column = values.indices[position]
         name = repr(names[column]) if names is not None else f"column {column}"
         raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
-    if np.isfinite(values).all():
+    block = max(1, (1 << 20) // max(1, values.shape[1]))  # a streaming pass: no n x d temporary
+    if all(np.isfinite(values[start : start + block]).all() for start in range(0, values.shape[0], block)):
         return
     bad = ~np.isfinite(values)
     bad_rows = np.flatnonzero(bad.any(axis=1))
@@ -276,8 +277,9 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
     row = row if rows is None else int(rows[row])
     column = repr(names[col]) if names is not None else f"column {col}"
+    scope = "" if rows is None else " of the rows read"
     raise DataError(
-        f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}; "
+        f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}{scope}; "
         f"first at row {row + 1}, {column!s} ({kind})"
     )
 
@@ -417,6 +419,7 @@ class TableFile:
     dtype: str
     num_rows: int
     first: int = 0
+    file_rows: int = 0  # the file's row count when opened; reads check it still holds
 
     def window(self, rows: slice) -> TableFile:
         """The rows of a contiguous slice, still unread."""
@@ -442,8 +445,23 @@ class TableFile:
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
                 raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
         return cls(
-            os.path.abspath(path), tuple(features), target_name, _float_dtype(dtype).str, metadata.num_rows
+            os.path.abspath(path),
+            tuple(features),
+            target_name,
+            _float_dtype(dtype).str,
+            metadata.num_rows,
+            file_rows=metadata.num_rows,
         )
+
+    def _check_unchanged(self, source) -> None:
+        """Refuse a file whose rows or columns differ from those it had when opened."""
+        names = set(source.schema_arrow.names)
+        columns = [*self.features, *([] if self.target is None else [self.target])]
+        if source.metadata.num_rows != self.file_rows or not names.issuperset(columns):
+            raise DataError(
+                f"{self.path}: changed since it was opened, or differs where it is read now "
+                "(on a cluster, every node must see the same file)"
+            )
 
     def read(self, rows: slice | np.ndarray | None = None) -> Dataset:
         """The rows at ``rows``: a contiguous slice, or row numbers (from 0, in any order,
@@ -472,6 +490,7 @@ class TableFile:
         except OSError as exc:
             raise DataError(f"{path}: cannot read: {exc}") from None
         with source:
+            self._check_unchanged(source)
             groups = itertools.accumulate(
                 (source.metadata.row_group(group).num_rows for group in range(source.num_row_groups)),
                 initial=0,

@@ -122,8 +122,7 @@ def predict(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    on_ray = engine == "ray" or getattr(engine, "name", None) == "ray"
-    dataset = read_features(model, data, check_finite=False, lazy=on_ray)
+    dataset = read_features(model, data, check_finite=False, lazy=_on_ray(engine))
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
     with make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker) as runner:
@@ -225,9 +224,9 @@ def predict_to_file(
     """Predict a data file chunk by chunk on the workers, writing each chunk as it comes.
 
     A ``.npy`` input is memory-mapped and the workers map their rows of each chunk from
-    the file; a Parquet file is read a chunk at a time. So the data is never loaded
-    whole; the output (``.npy``, ``.csv`` or ``.parquet``) appears only when complete.
-    Returns the number of rows predicted.
+    the file; on Ray, each actor also reads its rows of each chunk of a Parquet file. Other
+    inputs are read whole first. The output (``.npy``, ``.csv`` or ``.parquet``) appears
+    only when complete. Returns the number of rows predicted.
     """
     import sys
 
@@ -238,7 +237,7 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    chunk_of, num_rows, source = _chunks_of(model, data)
+    chunk_of, num_rows, source = _chunks_of(model, data, lazy=_on_ray(engine))
     out = Path(out)
     step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
     task = PredictShard(model, proba)
@@ -264,10 +263,15 @@ def predict_to_file(
     return num_rows
 
 
-def _chunks_of(model: Model, data) -> tuple[Callable[[int, int], Dataset], int, str]:
+def _on_ray(engine: str | Engine) -> bool:
+    """Whether the workers are Ray actors: they then read their rows of a Parquet file."""
+    return engine == "ray" or getattr(engine, "name", None) == "ray"
+
+
+def _chunks_of(model: Model, data, lazy: bool) -> tuple[Callable[[int, int], Dataset], int, str]:
     """Rows to predict, taken chunk by chunk: a ``.npy`` stays memory-mapped in its own
-    type (each chunk is converted on its own), a Parquet file is read a chunk at a time,
-    anything else is read as for ``predict``."""
+    type (each chunk is converted on its own); with ``lazy``, the workers read their rows of
+    each chunk of a Parquet file; anything else is read as for ``predict``."""
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
         rows = open_npy(Path(data))
         if rows.shape[1] != model.num_features_:
@@ -279,7 +283,7 @@ def _chunks_of(model: Model, data) -> tuple[Callable[[int, int], Dataset], int, 
             rows.shape[0],
             str(data),
         )
-    dataset = read_features(model, data, check_finite=False, lazy=True)
+    dataset = read_features(model, data, check_finite=False, lazy=lazy)
     return (
         lambda start, stop: dataset.take(slice(start, stop)).features_only(),
         dataset.num_rows,

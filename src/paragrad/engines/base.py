@@ -74,7 +74,9 @@ def task_failure(worker: int, exc: BaseException | None, text: str) -> Exception
         exc.args = (f"worker {worker}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
         return exc
     last = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-    return WorkerError(f"worker {worker} raised {last}\n{text}")
+    error = WorkerError(f"worker {worker} raised {last}\n{text}")
+    error.__cause__ = exc
+    return error
 
 
 class Engine(ABC):

@@ -32,7 +32,7 @@ import numpy as np
 from paragrad.data import Dataset, ShardPlan
 from paragrad.engines import transport
 from paragrad.engines.base import Task, WorkerProcessEngine, default_workers, task_failure
-from paragrad.errors import ConfigError, WorkerError, WorkerLost
+from paragrad.errors import ConfigError, WorkerLost
 
 STOP_TIMEOUT_S = 2.0
 # glibc gives freed blocks of a few MB straight back to the system, so a worker that
@@ -397,7 +397,9 @@ class LocalEngine(WorkerProcessEngine):
                 self._send(worker, self._replay_message(key, args))
                 status, *value = pickle.loads(self._workers[worker].replies.recv_bytes())
                 if status != "ok":
-                    raise WorkerError(f"worker {worker}: replaying its set-up failed: {value[-1]}")
+                    raise WorkerLost(
+                        f"worker {worker}: restarted, but replaying its set-up failed: {value[-1]}"
+                    )
         except (WorkerLost, EOFError, OSError):
             self._restart(worker)
 

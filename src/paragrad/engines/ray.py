@@ -43,7 +43,7 @@ from paragrad.engines.base import (
     task_failure,
 )
 from paragrad.engines.transport import is_region
-from paragrad.errors import ConfigError, DataError, WorkerError, WorkerLost
+from paragrad.errors import ConfigError, DataError, WorkerLost
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
@@ -412,13 +412,15 @@ class RayEngine(WorkerProcessEngine):
         restarts: no round was lost).
         """
         try:
-            if len(self._actors) != plan.num_shards:
+            created = len(self._actors) != plan.num_shards
+            if created:
                 _kill(self.ray, self._actors)
                 self._connect(plan.num_shards)
                 self.num_workers = plan.num_shards
                 self._actors.extend(self._new_actor(worker) for worker in range(plan.num_shards))
             for worker in range(self.num_workers):
-                if not self._answers(worker):
+                if not self._answers(worker, new=created):
+                    _kill(self.ray, [self._actors[worker]])
                     self._actors[worker] = self._new_actor(worker)
                     self._answers(worker, new=True)
             self._tasks, self._setup_log = {}, []
@@ -553,8 +555,9 @@ class RayEngine(WorkerProcessEngine):
         except self.ray.exceptions.RayActorError as again:
             self._restart(worker, again)
         except self.ray.exceptions.RayTaskError as failed:
-            raise WorkerError(
-                f"worker {worker}: replaying its set-up failed: {_first_line(failed)}"
+            # A new actor without its shard or set-up must not compute: the engine closes.
+            raise WorkerLost(
+                f"worker {worker}: its new actor could not be set up: {str(failed).strip().splitlines()[-1]}"
             ) from None
 
 
