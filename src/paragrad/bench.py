@@ -156,18 +156,26 @@ def _two_ranks(target: Callable[..., None], *args: Any, timeout: float) -> Any:
     return result
 
 
-def engine_round(engine, d: int, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Timings of a round on a started engine: d parameters out, d values back from each
-    worker, summed by the coordinator."""
-    params, task, total = np.ones(d), EchoPlusWorker(), np.empty(d)
+def vector_round(
+    send: Callable[[np.ndarray], list[np.ndarray]], d: int, repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Timings of a round: d parameters out through ``send``, which returns d values from
+    each worker, summed by the coordinator."""
+    params, total = np.ones(d), np.empty(d)
 
     def one_round():
-        first, *rest = engine.run(task, params)
+        first, *rest = send(params)
         np.copyto(total, first)
         for vector in rest:
             np.add(total, vector, out=total)
 
     return timings(one_round, repeats, warmup)
+
+
+def engine_round(engine, d: int, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """:func:`vector_round` on a started engine."""
+    task = EchoPlusWorker()
+    return vector_round(lambda params: engine.run(task, params), d, repeats, warmup)
 
 
 def bench_latency(quick: bool) -> list[dict[str, Any]]:
@@ -606,6 +614,16 @@ def _plot_smoothed(ax, curves: dict[str, dict[str, list[float]]], axis: str) -> 
         ax.plot(np.asarray(curve[axis])[window - 1 :], smooth, label=name)
 
 
+def _save(fig, path: Path) -> Path:
+    """Write a finished figure as PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """PNG plots of a run: latency bars, loss against wall time and against bytes."""
     try:
@@ -627,10 +645,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.bar([n for n, _ in shown], [v for _, v in shown], color=["C0", "C7", "C3"][: len(shown)])
             ax.set_title(f"round, d = {row['d']:,}, 2 workers")
             ax.set_ylabel("median ms")
-        fig.tight_layout()
-        written.append(out / "latency.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "latency.png"))
     compression = next((row for row in rows if row["benchmark"] == "communication_curves"), None)
     if compression is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -641,10 +656,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylim(compression["optimum"] - 0.01, compression["optimum"] + 0.15)
         ax.set_title("compression: logistic regression, 2 local workers")
         ax.legend()
-        fig.tight_layout()
-        written.append(out / "compression_loss_vs_bytes.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "compression_loss_vs_bytes.png"))
     curves = next((row for row in rows if row["benchmark"] == "curves"), None)
     if curves is not None:
         sklearn_s = next(row["sklearn_lbfgs_s"] for row in rows if row["benchmark"] == "time_to_target")
@@ -663,10 +675,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_ylabel("round loss (moving average)")
             ax.set_title("logistic regression, 2 local workers")
             ax.legend()
-            fig.tight_layout()
-            written.append(out / name)
-            fig.savefig(written[-1], dpi=110)
-            plt.close(fig)
+            written.append(_save(fig, out / name))
     return written
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench import MemorySampler, _write_features, engine_round, timings
+from paragrad.bench import MemorySampler, _write_features, engine_round, timings, vector_round
 from paragrad.data import Dataset, plan_shards
 from paragrad.engines.base import Engine
 from paragrad.engines.local import LocalEngine
@@ -80,17 +80,13 @@ def _bare_round(ray, d: int, repeats: int) -> dict[str, float]:
 
     # No CPUs reserved: the engine's actors hold them, idle while these are timed.
     actors = [ray.remote(BareActor).options(num_cpus=0).remote(worker) for worker in range(2)]
-    params, total = np.ones(d), np.empty(d)
 
-    def one_round():
+    def send(params: np.ndarray) -> list[np.ndarray]:
         sent = ray.put(params) if params.nbytes >= PUT_BYTES else params
-        first, *rest = ray.get([actor.echo.remote(sent) for actor in actors])
-        np.copyto(total, first)
-        for vector in rest:
-            np.add(total, vector, out=total)
+        return ray.get([actor.echo.remote(sent) for actor in actors])
 
     try:
-        return timings(one_round, repeats, WARMUP)
+        return vector_round(send, d, repeats, WARMUP)
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         standardize=args.standardize,
         shuffle=args.shuffle,
-        progress=None if args.progress is None else args.progress,
+        progress=args.progress,
         dtype=args.dtype,
         max_restarts=args.max_restarts,
         threads_per_worker=args.threads_per_worker,

@@ -453,11 +453,15 @@ class TableFile:
             file_rows=metadata.num_rows,
         )
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: the features, then the target if any."""
+        return [*self.features, *([] if self.target is None else [self.target])]
+
     def _check_unchanged(self, source) -> None:
         """Refuse a file whose rows or columns differ from those it had when opened."""
         names = set(source.schema_arrow.names)
-        columns = [*self.features, *([] if self.target is None else [self.target])]
-        if source.metadata.num_rows != self.file_rows or not names.issuperset(columns):
+        if source.metadata.num_rows != self.file_rows or not names.issuperset(self.columns):
             raise DataError(
                 f"{self.path}: changed since it was opened, or differs where it is read now "
                 "(on a cluster, every node must see the same file)"
@@ -482,7 +486,6 @@ class TableFile:
         shape = (len(file_rows), len(self.features))
         X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
         y = None if self.target is None else np.empty(len(file_rows), dtype)
-        columns = [*self.features, *([] if self.target is None else [self.target])]
         try:
             source = pq.ParquetFile(path)
         except FileNotFoundError:
@@ -500,7 +503,7 @@ class TableFile:
                 if within is None:
                     continue
                 places, picked = within
-                table = source.read_row_group(group, columns=columns)
+                table = source.read_row_group(group, columns=self.columns)
                 table = (
                     table.slice(picked.start, len(picked))
                     if isinstance(picked, range)

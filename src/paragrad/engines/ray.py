@@ -420,9 +420,7 @@ class RayEngine(WorkerProcessEngine):
                 self._actors.extend(self._new_actor(worker) for worker in range(plan.num_shards))
             for worker in range(self.num_workers):
                 if not self._answers(worker, new=created):
-                    _kill(self.ray, [self._actors[worker]])
-                    self._actors[worker] = self._new_actor(worker)
-                    self._answers(worker, new=True)
+                    self._replace(worker)
             self._tasks, self._setup_log = {}, []
             self._sources = shard_sources(dataset, plan)
             loads = [
@@ -446,6 +444,14 @@ class RayEngine(WorkerProcessEngine):
         return self._actor_class.options(**options).remote(
             worker, self.num_workers, self.cpus_per_worker, list(sys.path)
         )
+
+    def _replace(self, worker: int):
+        """A new, started actor in the worker's place; the old one is killed first (one
+        only unreachable would hold its CPUs)."""
+        _kill(self.ray, [self._actors[worker]])
+        self._actors[worker] = self._new_actor(worker)
+        self._answers(worker, new=True)
+        return self._actors[worker]
 
     def _answers(self, worker: int, new: bool = False) -> bool:
         """Whether the worker's actor answers: False for a dead one. A new actor that
@@ -502,9 +508,10 @@ class RayEngine(WorkerProcessEngine):
         if known is not None and known[1] is task:
             return known[0]
         key, self._next_key = self._next_key, self._next_key + 1
-        self._tasks[id(task)] = (key, task, self.ray.put(self.ray.cloudpickle.dumps(task)))
+        payload = self.ray.put(self.ray.cloudpickle.dumps(task))
+        self._tasks[id(task)] = (key, task, payload)
         try:
-            sends = [actor.add_task.remote(key, self._tasks[id(task)][2]) for actor in self._actors]
+            sends = [actor.add_task.remote(key, payload) for actor in self._actors]
             self._collect(sends, retry=lambda worker: self.ray.put(None))  # a restart sends every task
         except BaseException:
             del self._tasks[id(task)]
@@ -544,10 +551,8 @@ class RayEngine(WorkerProcessEngine):
         if self.restarts >= self.max_restarts:
             raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
         self.restarts += 1
-        _kill(self.ray, [self._actors[worker]])  # one only unreachable would hold its CPUs
-        self._actors[worker] = actor = self._new_actor(worker)
         try:
-            self._answers(worker, new=True)
+            actor = self._replace(worker)
             self.ray.get(actor.load.remote(self._sources[worker]))
             self.ray.get([actor.add_task.remote(key, payload) for key, _, payload in self._tasks.values()])
             for key, args in self._setup_log:
