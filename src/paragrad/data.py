@@ -494,15 +494,11 @@ class TableFile:
             raise DataError(f"{path}: cannot read: {exc}") from None
         with source:
             self._check_unchanged(source)
-            groups = itertools.accumulate(
+            edges = itertools.accumulate(
                 (source.metadata.row_group(group).num_rows for group in range(source.num_row_groups)),
                 initial=0,
             )
-            for group, (first, last) in enumerate(itertools.pairwise(groups)):
-                within = _rows_within(file_rows, first, last)
-                if within is None:
-                    continue
-                places, picked = within
+            for group, places, picked in _rows_by_group(file_rows, itertools.pairwise(edges)):
                 table = source.read_row_group(group, columns=self.columns)
                 table = (
                     table.slice(picked.start, len(picked))
@@ -519,19 +515,23 @@ class TableFile:
         return Dataset._trusted(X, y, self.features, self.target, self.path)
 
 
-def _rows_within(file_rows: range | np.ndarray, first: int, last: int):
-    """Where the file's rows ``first <= row < last`` go among ``file_rows`` (``places``),
-    and which to pick from that row group (a range, or indices within the group); None
-    when the group holds none of them."""
+def _rows_by_group(file_rows: range | np.ndarray, groups):
+    """For each row group ``(first, last)`` that holds some of ``file_rows``: its index,
+    where its rows go among ``file_rows`` (``places``), and which of its rows to pick (a
+    range, or indices within the group). Row numbers are sorted once, not scanned per group."""
     if isinstance(file_rows, range):
-        start, stop = max(file_rows.start, first), min(file_rows.stop, last)
-        if start >= stop:
-            return None
-        return slice(start - file_rows.start, stop - file_rows.start), range(start - first, stop - first)
-    places = np.flatnonzero((file_rows >= first) & (file_rows < last))
-    if not places.size:
-        return None
-    return places, file_rows[places] - first
+        for group, (first, last) in enumerate(groups):
+            start, stop = max(file_rows.start, first), min(file_rows.stop, last)
+            if start < stop:
+                places = slice(start - file_rows.start, stop - file_rows.start)
+                yield group, places, range(start - first, stop - first)
+        return
+    order = np.argsort(file_rows, kind="stable")
+    ordered = file_rows[order]
+    for group, (first, last) in enumerate(groups):
+        low, high = np.searchsorted(ordered, (first, last))
+        if low < high:
+            yield group, order[low:high], ordered[low:high] - first
 
 
 def shared_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
