@@ -16,10 +16,10 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.data import plan_shards
-from paragrad.engines import make_engine
+from paragrad.engines import Task, make_engine
 from paragrad.engines.local import LocalEngine
-from paragrad.engines.transport import region_prefix
+from paragrad.shards import plan_shards
+from paragrad.shm import region_prefix
 
 MODELS = {
     "linear": lambda: pg.models.LinearRegression(l2=0.01),
@@ -86,7 +86,7 @@ def test_a_fresh_local_engine_trains_and_cleans_up():
     assert not [child for child in set(_children()) - children_before if _is_alive(child)]
 
 
-class Boom:
+class Boom(Task):
     """A task that fails on one worker."""
 
     def __call__(self, shard):
@@ -95,7 +95,7 @@ class Boom:
         return shard.num_rows
 
 
-class Die:
+class Die(Task):
     """A task that kills its own worker process."""
 
     def __call__(self, shard):
@@ -317,7 +317,7 @@ def test_features_memory_mapped_from_npy_are_mapped_by_the_workers_not_copied(tm
     np.testing.assert_array_equal(run.params, reference.params)
 
 
-class BlasThreads:
+class BlasThreads(Task):
     """How many threads the worker's BLAS runs with."""
 
     def __call__(self, shard):
@@ -343,7 +343,7 @@ def test_one_worker_per_core_by_default():
 # -- shared-memory transport and engine state after failures --------------------------------
 
 
-class Echo:
+class Echo(Task):
     """Returns its argument plus the worker index (large arrays go through shared memory)."""
 
     def __call__(self, shard, vector):
@@ -374,7 +374,7 @@ def test_standardisation_of_many_features_survives_later_rounds():
     np.testing.assert_array_equal(local.model.predict(X), serial.model.predict(X))
 
 
-class AddOneOnce:
+class AddOneOnce(Task):
     """Changes the shard; worker 1 dies the first time, before replying."""
 
     mutates_shard = True
@@ -404,7 +404,7 @@ def test_a_worker_lost_during_a_shard_change_gets_it_exactly_once(tmp_path):
     np.testing.assert_allclose(sums, expected, rtol=1e-12)
 
 
-class Sleep:
+class Sleep(Task):
     def __call__(self, shard):
         time.sleep(5)
 
@@ -458,7 +458,7 @@ def test_ctrl_c_while_workers_start_leaves_no_process_behind():
         assert not [child for child in set(_children()) - children_before if _is_alive(child)]
 
 
-class RaiseDataError:
+class RaiseDataError(Task):
     def __call__(self, shard):
         raise pg.DataError("bad rows")
 

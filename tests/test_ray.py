@@ -19,9 +19,9 @@ from conftest import relative_error, run_cli
 from test_engines import MODELS, STRATEGIES, Boom, data_for
 
 import paragrad as pg
-from paragrad.data import plan_shards
-from paragrad.engines import default_workers
+from paragrad.engines import Task
 from paragrad.inference import predict_to_file
+from paragrad.shards import default_workers, plan_shards
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -81,7 +81,7 @@ def test_shuffled_and_sparse_data_give_the_serial_parameters(ray_engine):
 # -- where the actors find their rows -----------------------------------------------------------
 
 
-class ShardOrigin:
+class ShardOrigin(Task):
     """Where a worker's features live: the type of the buffer under them, and whether
     the worker owns a copy."""
 
@@ -228,7 +228,7 @@ def test_restarts_run_out():
             sgd_training(engine)
 
 
-class Sleep:
+class Sleep(Task):
     def __call__(self, shard, seconds):
         time.sleep(seconds)
         return shard.worker
@@ -263,7 +263,8 @@ def test_an_exception_in_an_actor_names_the_worker_and_keeps_the_engine_usable(r
 
 def test_a_task_the_actors_cannot_import_is_named_with_what_to_do(tmp_path, ray_engine, monkeypatch):
     (tmp_path / "vanishing_task.py").write_text(
-        "class Count:\n    def __call__(self, shard):\n        return 1\n"
+        "from paragrad.engines import Task\n\n\n"
+        "class Count(Task):\n    def __call__(self, shard):\n        return 1\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     from vanishing_task import Count
@@ -325,7 +326,7 @@ LOCAL_INSTANCE_SCRIPT = """
 import json, os, time
 import psutil, ray
 import paragrad as pg
-from paragrad.data import plan_shards
+from paragrad.shards import plan_shards
 from paragrad.engines.ray import RayEngine
 from test_engines import BlasThreads
 

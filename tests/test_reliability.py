@@ -15,7 +15,7 @@ from conftest import relative_error, run_cli
 
 import paragrad as pg
 from paragrad.checkpoint import CheckpointWarning
-from paragrad.engines.transport import region_prefix
+from paragrad.shm import region_prefix
 
 
 def fit(data, **options):

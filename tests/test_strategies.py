@@ -7,7 +7,7 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.engines.base import Shard
+from paragrad.shards import Shard
 from paragrad.strategies import batch_rows, weighted_mean
 
 

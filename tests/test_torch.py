@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.data import plan_shards
-from paragrad.engines.base import Shard
+from paragrad.shards import Shard, plan_shards
 from paragrad.strategies import batch_rows
 
 torch = pytest.importorskip("torch")

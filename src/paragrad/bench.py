@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.data import Dataset, make_classification, plan_shards
-from paragrad.engines.base import Shard
+from paragrad.data import Dataset, make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.errors import ConvergenceWarning
 from paragrad.models import MLP, LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
+from paragrad.shards import Shard, plan_shards
 from paragrad.strategies import SGD, GradientDescent
 
 SUITES = (

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from paragrad.bench import MemorySampler, _write_features, engine_round, timings, vector_round
-from paragrad.data import Dataset, plan_shards
+from paragrad.data import Dataset
 from paragrad.engines.base import Engine
 from paragrad.engines.local import LocalEngine
 from paragrad.models import LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
+from paragrad.shards import plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan
 from paragrad.trainer import TrainStep
 

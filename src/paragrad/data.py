@@ -10,7 +10,6 @@ import dataclasses
 import itertools
 import mmap
 import os
-import weakref
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.errors import ConfigError, DataError, ParagradError
+from paragrad.shm import shared_empty
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -534,25 +534,6 @@ def _rows_by_group(file_rows: range | np.ndarray, groups):
             yield group, order[low:high], ordered[low:high] - first
 
 
-def shared_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised array in a shared-memory file, removed when the array is freed.
-
-    The local engine's workers map such an array where it lies, so loaded data is never
-    copied for them.
-    """
-    from paragrad.engines.transport import Region
-
-    region = Region.create(int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    region.close()
-    try:
-        array = np.memmap(region.path, dtype=dtype, mode="r+", shape=shape)
-    except BaseException:
-        region.unlink()
-        raise
-    weakref.finalize(array, region.unlink)
-    return array
-
-
 def _resolve_target(path: Path, names: list[str], target) -> str | None:
     if target is None:
         return None
@@ -776,53 +757,6 @@ def _check_size(num_rows: int, num_features: int) -> None:
 
 def _default_names(num_features: int) -> tuple[str, ...]:
     return tuple(f"x{j}" for j in range(num_features))
-
-
-# ---------------------------------------------------------------------------------------
-# Shards
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """Which rows each worker holds: contiguous near-equal blocks of ``order``.
-
-    ``order`` is ``None`` for the rows as they are, or a permutation when shuffled.
-    Block sizes differ by at most one row, as with ``np.array_split``.
-    """
-
-    bounds: tuple[tuple[int, int], ...]
-    order: np.ndarray | None = None
-
-    @property
-    def num_shards(self) -> int:
-        return len(self.bounds)
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(stop - start for start, stop in self.bounds)
-
-    def rows(self, shard: int):
-        """A slice (contiguous plan) or an index array (shuffled plan) for one shard."""
-        start, stop = self.bounds[shard]
-        if self.order is None:
-            return slice(start, stop)
-        return self.order[start:stop]
-
-
-def plan_shards(num_rows: int, num_shards: int, *, shuffle: bool = False, seed: int = 0) -> ShardPlan:
-    """Split ``num_rows`` rows into ``num_shards`` near-equal contiguous blocks."""
-    if num_shards < 1:
-        raise ConfigError(f"workers must be at least 1, got {num_shards}")
-    if num_shards > num_rows:
-        raise ConfigError(
-            f"{num_shards} workers need at least {num_shards} rows, but the data has {num_rows}"
-        )
-    base, extra = divmod(num_rows, num_shards)
-    sizes = [base + 1] * extra + [base] * (num_shards - extra)
-    edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    bounds = tuple(itertools.pairwise(edges))
-    order = np.random.default_rng(seed).permutation(num_rows) if shuffle else None
-    return ShardPlan(bounds, order)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,41 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from paragrad.checkpoint import load_model
-from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy, plan_shards
+from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.engines import Engine, make_engine
-from paragrad.engines.base import Shard
 from paragrad.errors import ConfigError, DataError
 from paragrad.models.base import Model, check_class_labels
-
-
-@dataclass(frozen=True)
-class PredictShard:
-    """Predict a shard's rows with the model sent along (once per worker).
-
-    Returns the predictions and the first row (within the shard) whose scores are not
-    finite, or -1: NaN or infinite features always make non-finite scores, so this checks
-    the input without a pass of its own.
-    """
-
-    model: Model
-    proba: bool
-
-    def __call__(self, shard: Shard) -> tuple[np.ndarray, int]:
-        model = self.model
-        X = model.prepare(shard.X)
-        scores = model.proba(model.params_, X) if self.proba else model.decision_function(model.params_, X)
-        finite = np.isfinite(scores) if scores.ndim == 1 else np.isfinite(scores).all(axis=1)
-        bad = -1 if finite.all() else int(np.argmin(finite))
-        if self.proba or not model.is_classifier:
-            return scores, bad
-        return model.labels_from(scores), bad
+from paragrad.shards import plan_shards
+from paragrad.tasks import PredictShard
 
 
 def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarray:

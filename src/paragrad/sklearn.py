@@ -19,11 +19,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from paragrad.data import Dataset
-from paragrad.engines import default_workers
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, LinearRegression, LogisticRegression, Model, SoftmaxRegression
 from paragrad.models.base import LinearLayout
 from paragrad.optim import Optimizer, get_optimizer
+from paragrad.shards import default_workers
 from paragrad.strategies import Strategy, get_strategy
 from paragrad.trainer import train
 

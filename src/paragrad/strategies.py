@@ -17,10 +17,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from paragrad.compression import Compressor, get_compressor
-from paragrad.engines.base import Shard
 from paragrad.errors import ConfigError
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
+from paragrad.shards import EpochOrder, Shard, StateField
+
+RESIDUAL = "residual"  # the StateField of error feedback
 
 
 class WorkerResult(NamedTuple):
@@ -79,12 +81,11 @@ def sum_results(results: Sequence[WorkerResult]) -> tuple[int, float, np.ndarray
 
 
 def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
-    """The order in which the shard's rows are drawn in ``epoch`` (cached per epoch)."""
-    if shard.cache.get("perm_epoch") != epoch:
+    """The order in which the shard's rows are drawn in ``epoch`` (kept for the epoch)."""
+    if shard.order is None or shard.order.epoch != epoch:
         rng = np.random.default_rng([seed, shard.worker, epoch])
-        shard.cache["perm"] = rng.permutation(shard.num_rows)
-        shard.cache["perm_epoch"] = epoch
-    return shard.cache["perm"]
+        shard.order = EpochOrder(epoch, rng.permutation(shard.num_rows))
+    return shard.order.permutation
 
 
 def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None):
@@ -131,18 +132,24 @@ class Strategy(ABC):
     def compressor(self) -> Compressor | None:
         return get_compressor(self.compress)
 
-    def send(self, shard: Shard, vector: np.ndarray, plan: RoundPlan, round_index: int):
+    def worker_state(self, num_params: int) -> tuple[StateField, ...]:
+        """The arrays each worker keeps between rounds: top-k's error-feedback residual."""
+        compressor = self.compressor
+        if compressor is None or not compressor.error_feedback:
+            return ()
+        return (StateField(RESIDUAL, num_params),)
+
+    def send(self, shard: Shard, vector: np.ndarray, plan: RoundPlan, round_index: int) -> Any:
         """What a worker sends for ``vector``: itself, or its compressed form."""
         compressor = self.compressor
         if compressor is None:
             return vector
         if compressor.error_feedback:
-            residual = shard.state.get("residual")
-            vector = vector if residual is None else vector + residual
+            vector = vector + shard.state.setdefault(RESIDUAL, np.zeros(len(vector)))
         rng = np.random.default_rng([plan.seed, shard.worker, round_index, 1])
         payload = compressor.encode(vector, rng)
         if compressor.error_feedback:
-            shard.state["residual"] = vector - compressor.decode(payload, len(vector))
+            shard.state[RESIDUAL] = vector - compressor.decode(payload, len(vector))
         return payload
 
     def receive(self, results: Sequence[WorkerResult], size: int) -> list[WorkerResult]:

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.checkpoint import CheckpointWarning, TrainingState, load_latest_checkpoint, save_checkpoint
-from paragrad.data import Dataset, Moments, Standardizer, combine_moments, moments, plan_shards
+from paragrad.data import Dataset, Standardizer, combine_moments
 from paragrad.engines import Engine, make_engine
-from paragrad.engines.base import Shard
 from paragrad.errors import (
     ConfigError,
     ConvergenceWarning,
@@ -25,9 +24,11 @@ from paragrad.errors import (
     WorkerError,
     WorkerLost,
 )
-from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
+from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, Optimizer
-from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult, objective
+from paragrad.shards import plan_shards
+from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, objective
+from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 HISTORY_KEYS = (
@@ -42,74 +43,6 @@ HISTORY_KEYS = (
     "samples",
     "wait_s",
 )
-
-
-# -- tasks the workers run ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DescribeShard:
-    """Row count, distinct labels (classifiers) and feature moments of a shard."""
-
-    want_labels: bool
-    want_moments: bool
-
-    def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None]:
-        labels = np.unique(shard.y)[: MAX_CLASSES + 1] if self.want_labels else None
-        stats = moments(shard.X) if self.want_moments else None
-        return shard.num_rows, labels, stats
-
-
-@dataclass(frozen=True)
-class StandardizeShard:
-    """Replace the shard's features by their standardised copy (the data stays untouched).
-
-    It changes the shard, so an engine replays it on a worker it restarts.
-    """
-
-    standardizer: Standardizer
-    mutates_shard = True
-
-    def __call__(self, shard: Shard) -> None:
-        shard.X = self.standardizer.transform(shard.X)
-
-
-@dataclass(frozen=True)
-class GetWorkerState:
-    """A copy of the worker's state (error-feedback residuals), for a checkpoint."""
-
-    def __call__(self, shard: Shard) -> dict[str, np.ndarray]:
-        return dict(shard.state)
-
-
-@dataclass(frozen=True)
-class SetWorkerState:
-    """Give each worker back its state from a checkpoint."""
-
-    states: tuple[dict[str, np.ndarray], ...]
-    mutates_shard = True
-
-    def __call__(self, shard: Shard) -> None:
-        shard.state = dict(self.states[shard.worker])
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    """A strategy's worker step with everything it needs but the round's parameters."""
-
-    strategy: Strategy
-    model: Model
-    optimizer: Optimizer
-    plan: RoundPlan
-    zero_copy_results = True  # the round loop combines the results before the next round
-
-    def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
-        start = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):
-            result = self.strategy.worker_step(
-                shard, self.model, self.optimizer, params, round_index, self.plan
-            )
-        return result._replace(compute_s=time.perf_counter() - start)
 
 
 # -- the result -----------------------------------------------------------------------------
@@ -525,7 +458,13 @@ class RoundLoop:
 
         def snapshot(next_round: int) -> TrainingState:
             convergence = {**check.state(), "converged": converged}
-            worker_states = self.runner.run(GetWorkerState()) if keeps_state else None
+            worker_states = None
+            if keeps_state:
+                fields = strategy.worker_state(len(params))
+                worker_states = [
+                    {field.name: array for field, array in zip(fields, arrays, strict=True)}
+                    for arrays in self.runner.run(GetWorkerState(fields))
+                ]
             return TrainingState(
                 next_round,
                 params,
@@ -587,7 +526,9 @@ class RoundLoop:
                 stacklevel=4,
             )
             return
-        self.runner.run(SetWorkerState(tuple(states)))
+        fields = self.strategy.worker_state(self.model.num_params)
+        arrays = tuple(np.stack([state[field.name] for state in states]) for field in fields)
+        self.runner.run(SetWorkerState(fields, arrays))
 
     def round(self, round_index: int, params, opt_state) -> tuple[dict[str, Any], StepOutcome]:
         """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from paragrad.engines.base import Engine, Shard, default_workers
+from paragrad.engines.base import Engine
 from paragrad.errors import ConfigError
+from paragrad.shards import FunctionTask, Shard, Task, default_workers
 
 ENGINES = ("serial", "local", "ray")
 
@@ -40,4 +41,4 @@ def make_engine(
     raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "Engine", "Shard", "default_workers", "make_engine"]
+__all__ = ["ENGINES", "Engine", "FunctionTask", "Shard", "Task", "default_workers", "make_engine"]

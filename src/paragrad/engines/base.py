@@ -1,57 +1,23 @@
 """The engine interface: where workers run. Engines know nothing of models or losses.
 
 An engine starts ``num_workers`` workers, gives each its shard of a data set once, and
-then runs *tasks*: a task is a picklable callable ``task(shard, *args)``. ``run`` calls it
-on every worker and returns the results in worker order. An engine may send a task to
-its workers once and afterwards only its arguments, so a task must not change between
-calls; a round sends the arguments (parameters, O(d)), never the data. A task that
-changes its shard (standardising it, say) sets ``mutates_shard = True``: an engine that
-restarts a worker replays such tasks on it before the round.
+then runs *tasks*: a :class:`Task` is a picklable callable ``task(shard, *args)``. ``run``
+calls it on every worker and returns the results in worker order. An engine may send a
+task to its workers once and afterwards only its arguments, so a task must not change
+between calls; a round sends the arguments (parameters, O(d)), never the data.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from paragrad.data import Dataset, ShardPlan
-from paragrad.errors import ParagradError, WorkerError, WorkerLost
-
-Task = Callable[..., Any]
-
-
-@dataclass
-class Shard:
-    """One worker's rows, its position among the workers, and a cache it may keep.
-
-    The cache holds what a task can always recompute (a sampling permutation, say), so a
-    restarted worker that starts with an empty cache still gives the same results.
-    ``state`` holds what it cannot (error-feedback residuals): checkpoints carry it.
-    """
-
-    X: np.ndarray
-    y: np.ndarray | None
-    worker: int
-    num_workers: int
-    cache: dict[Any, Any] = field(default_factory=dict)
-    state: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def num_rows(self) -> int:
-        return self.X.shape[0]
-
-
-def default_workers() -> int:
-    """One worker per core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+from paragrad.data import Dataset
+from paragrad.errors import ParagradError, WorkerError
+from paragrad.shards import ShardPlan, Task, as_task, default_workers
 
 
 def payload_nbytes(value: Any) -> int:
@@ -83,7 +49,7 @@ class Engine(ABC):
     """Runs tasks on workers that each hold one shard of a data set."""
 
     name: str
-    parallel = True  # whether the workers compute at the same time
+    parallel: ClassVar[bool] = True  # whether the workers compute at the same time
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = default_workers() if workers is None else int(workers)
@@ -95,7 +61,7 @@ class Engine(ABC):
         """Start the workers and place shard ``i`` of ``plan`` on worker ``i``."""
 
     @abstractmethod
-    def run(self, task: Task, *args: Any) -> list[Any]:
+    def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
         """Call ``task(shard, *args)`` on every worker; results in worker order."""
 
     @abstractmethod
@@ -105,35 +71,24 @@ class Engine(ABC):
     def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class WorkerProcessEngine(Engine):
-    """An engine whose workers are other processes, which may die.
+class WorkerProcessEngine(Engine):  # temporary: replaced by engines.session
+    _tasks: dict
+    _setup_log: list
 
-    It keeps the tasks sent to the workers (``_tasks``: ``id(task)`` to its key, the task
-    and what was sent) and the runs of shard-changing tasks (``_setup_log``), which a
-    restarted worker replays. Subclasses run a round in ``_run``.
-    """
-
-    _tasks: dict[int, tuple[int, Task, Any]]
-    _setup_log: list[tuple[int, tuple]]
-
-    @abstractmethod
     def _check_started(self) -> None:
-        """Raise ConfigError when there are no workers to run on."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def _run(self, task: Task, args: tuple) -> list[Any]:
-        """Send the round to every worker and gather the results in worker order."""
+    def _run(self, task, args):
+        raise NotImplementedError
 
-    def run(self, task: Task, *args: Any) -> list[Any]:
-        """Run ``task`` on every worker; results in worker order.
+    def run(self, task, *args):
+        from paragrad.errors import WorkerLost
 
-        A task that raises leaves the engine usable; a worker lost for good, or an
-        interruption (Ctrl-C), stops all workers, so the next ``start`` begins afresh.
-        """
+        task = as_task(task)
         self._check_started()
         try:
             results = self._run(task, args)
@@ -141,10 +96,10 @@ class WorkerProcessEngine(Engine):
             self.close()
             raise
         except ParagradError:
-            raise  # a task failed, but every worker replied: the engine is in order
+            raise
         except BaseException:
             self.close()
             raise
-        if getattr(task, "mutates_shard", False):
+        if task.mutates_shard:
             self._setup_log.append((self._tasks[id(task)][0], args))
         return results

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.data import Dataset, ShardPlan
+from paragrad.data import Dataset
 from paragrad.engines import transport
-from paragrad.engines.base import Task, WorkerProcessEngine, default_workers, task_failure
+from paragrad.engines.base import Task, WorkerProcessEngine, task_failure
 from paragrad.errors import ConfigError, WorkerLost
+from paragrad.shards import ShardPlan, default_workers
 
 STOP_TIMEOUT_S = 2.0
 # glibc gives freed blocks of a few MB straight back to the system, so a worker that

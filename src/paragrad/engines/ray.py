@@ -33,17 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.data import Dataset, ShardPlan, TableFile
+from paragrad.data import Dataset, TableFile
 from paragrad.engines.base import (
-    Shard,
     Task,
     WorkerProcessEngine,
-    default_workers,
     payload_nbytes,
     task_failure,
 )
 from paragrad.engines.transport import is_region
 from paragrad.errors import ConfigError, DataError, WorkerLost
+from paragrad.shards import Shard, ShardPlan, default_workers
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.

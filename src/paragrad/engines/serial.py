@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from paragrad.data import Dataset, ShardPlan
-from paragrad.engines.base import Engine, Shard, Task, payload_nbytes
+from paragrad.data import Dataset
+from paragrad.engines.base import Engine, payload_nbytes
+from paragrad.shards import Shard, ShardPlan, Task, as_task
 
 
 class SerialEngine(Engine):
@@ -16,7 +18,7 @@ class SerialEngine(Engine):
     """
 
     name = "serial"
-    parallel = False
+    parallel: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)
@@ -29,8 +31,9 @@ class SerialEngine(Engine):
             part = dataset.take(plan.rows(worker))
             self.shards.append(Shard(part.X, part.y, worker, plan.num_shards))
 
-    def run(self, task: Task, *args: Any) -> list[Any]:
-        results = [task(shard, *args) for shard in self.shards]
+    def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
+        typed = as_task(task)
+        results = [typed(shard, *args) for shard in self.shards]
         self.last_bytes_sent = payload_nbytes(args) * len(self.shards)
         self.last_bytes_received = payload_nbytes(results)
         return results

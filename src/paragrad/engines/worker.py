@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.engines import transport
-from paragrad.engines.base import Shard
+from paragrad.shards import Shard
 
 
 def map_rows(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:

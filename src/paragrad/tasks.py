@@ -1,0 +1,116 @@
+"""The tasks workers run: describe and standardise a shard, a training step, predict.
+
+Each is a small frozen dataclass holding what it needs besides the round's arguments,
+sent to the workers once; engines run it on every shard and know nothing of what it does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from paragrad.data import Moments, Standardizer, moments
+from paragrad.models.base import MAX_CLASSES, Model
+from paragrad.optim import Optimizer
+from paragrad.shards import Shard, StateField, Task
+from paragrad.strategies import RoundPlan, Strategy, WorkerResult
+
+
+@dataclass(frozen=True)
+class DescribeShard(Task):
+    """Row count, distinct labels (classifiers) and feature moments of a shard."""
+
+    want_labels: bool
+    want_moments: bool
+
+    def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None]:
+        labels = np.unique(shard.y)[: MAX_CLASSES + 1] if self.want_labels and shard.y is not None else None
+        stats = moments(shard.X) if self.want_moments else None
+        return shard.num_rows, labels, stats
+
+
+@dataclass(frozen=True)
+class StandardizeShard(Task):
+    """Replace the shard's features by their standardised copy (the data stays untouched).
+
+    It changes the shard, so an engine replays it on a worker it restarts.
+    """
+
+    standardizer: Standardizer
+    mutates_shard: ClassVar[bool] = True
+
+    def __call__(self, shard: Shard) -> None:
+        shard.X = self.standardizer.transform(shard.X)
+
+
+@dataclass(frozen=True)
+class GetWorkerState(Task):
+    """The worker's state fields (error-feedback residuals), for a checkpoint."""
+
+    fields: tuple[StateField, ...]
+
+    def __call__(self, shard: Shard) -> tuple[np.ndarray, ...]:
+        return tuple(np.array(shard.state[field.name]) for field in self.fields)
+
+
+@dataclass(frozen=True)
+class SetWorkerState(Task):
+    """Give each worker its state fields: zeros, or its arrays from a checkpoint
+    (``arrays[f][w]`` is field ``f`` of worker ``w``)."""
+
+    fields: tuple[StateField, ...]
+    arrays: tuple[np.ndarray, ...] | None = None
+    mutates_shard: ClassVar[bool] = True
+
+    def __call__(self, shard: Shard) -> None:
+        shard.state = {
+            field.name: np.zeros(field.size)
+            if self.arrays is None
+            else np.array(self.arrays[f][shard.worker])
+            for f, field in enumerate(self.fields)
+        }
+
+
+@dataclass(frozen=True)
+class TrainStep(Task):
+    """A strategy's worker step with everything it needs but the round's parameters."""
+
+    strategy: Strategy
+    model: Model
+    optimizer: Optimizer
+    plan: RoundPlan
+    zero_copy_results: ClassVar[bool] = True  # the round loop combines them before the next round
+
+    def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
+        start = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = self.strategy.worker_step(
+                shard, self.model, self.optimizer, params, round_index, self.plan
+            )
+        return result._replace(compute_s=time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class PredictShard(Task):
+    """Predict a shard's rows with the model sent along (once per worker).
+
+    Returns the predictions and the first row (within the shard) whose scores are not
+    finite, or -1: NaN or infinite features always make non-finite scores, so this checks
+    the input without a pass of its own.
+    """
+
+    model: Model
+    proba: bool
+
+    def __call__(self, shard: Shard) -> tuple[np.ndarray, int]:
+        model = self.model
+        X = model.prepare(shard.X)
+        scores = model.proba(model.params_, X) if self.proba else model.decision_function(model.params_, X)
+        finite = np.isfinite(scores) if scores.ndim == 1 else np.isfinite(scores).all(axis=1)
+        bad = -1 if finite.all() else int(np.argmin(finite))
+        if self.proba or not model.is_classifier:
+            return scores, bad
+        return model.labels_from(scores), bad
