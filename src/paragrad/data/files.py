@@ -1,0 +1,192 @@
+"""Loading and saving data files: :func:`load` picks a reader by suffix (tables,
+``.npy``, ``.npz``, LIBSVM), :func:`save_dataset` writes one; numpy files are opened
+without pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from paragrad.atomic import atomic_write
+from paragrad.data.dataset import Dataset
+from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, TableFile, _load_table
+from paragrad.errors import ConfigError, DataError, ParagradError
+
+SVMLIGHT_SUFFIXES = (".svm", ".libsvm", ".svmlight")
+SUPPORTED = ".csv, .tsv, .parquet, .npz, .npy, .svm/.libsvm"
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load(
+    path: str | os.PathLike,
+    target: str | int | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    num_features: int | None = None,
+    dtype=np.float64,
+    mmap: bool = True,
+    check_finite: bool = True,
+    lazy: bool = False,
+) -> Dataset:
+    """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its suffix picks the reader.
+    target : str or int, optional
+        The label column of a CSV or Parquet file, by name or index. ``.npz`` files hold
+        ``X`` and ``y`` arrays and LIBSVM files carry labels, so they need none.
+    features : sequence of str, optional
+        For tables: the feature columns to read, in this order (other columns are
+        ignored). By default every column but the target.
+    num_features : int, optional
+        For LIBSVM files: the feature count (a file need not use the last feature).
+    dtype : float dtype or None
+        ``float64`` or ``float32``; ``None`` keeps the file's float32 (else float64).
+    mmap : bool
+        Memory-map ``.npy`` files instead of reading them: the local engine's workers then
+        map the same file, and the data is never copied.
+    check_finite : bool
+        Check the features for NaN and infinities (see :class:`Dataset`).
+    lazy : bool
+        For Parquet files: read only the schema now and each row when it is needed. The
+        Ray engine's workers then each read their own rows (and check them), so the
+        data never passes through this process. ``.npy`` files are memory-mapped anyway.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    suffix = path.suffix.lower()
+    if lazy and suffix not in (*PARQUET_SUFFIXES, ".npy"):
+        raise ConfigError(f"{path}: lazy=True reads .parquet files (and .npy, memory-mapped anyway)")
+    if lazy and suffix in PARQUET_SUFFIXES:
+        return Dataset._lazy(TableFile.open(path, target, features, dtype))
+    if suffix in TABLE_SUFFIXES or suffix in PARQUET_SUFFIXES:
+        return _load_table(path, target, features, dtype, check_finite)
+    if suffix == ".npz":
+        return _load_npz(path, dtype, check_finite)
+    if suffix == ".npy":
+        return _load_npy(path, dtype, mmap, check_finite)
+    if suffix in SVMLIGHT_SUFFIXES:
+        return _load_svmlight(path, num_features, dtype, check_finite)
+    raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
+
+
+def has_magic(path: Path, magic: bytes) -> bool:
+    """Whether a file starts with the given signature (numpy reads anything else as pickle)."""
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
+
+
+@contextlib.contextmanager
+def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Exception] = DataError):
+    """``np.load`` of a ``.npy`` or ``.npz`` file without pickle, every failure one clear error.
+
+    ``what`` names the expected content in messages; the file is closed on every path.
+    """
+    what = what or f"a valid .{kind} file"
+    if not has_magic(path, ZIP_MAGIC if kind == "npz" else NPY_MAGIC):
+        raise error(f"{path}: not {what}")
+    with open(path, "rb") as handle:
+        try:
+            yield np.load(handle, allow_pickle=False)
+        except ParagradError:
+            raise
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise error(f"{path}: holds pickled Python objects, which are refused") from None
+            raise error(f"{path}: not {what} ({exc})") from None
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise error(f"{path}: not {what} or truncated ({exc})") from None
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file of features memory-mapped as it is (2-D, numeric), without reading it."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if not has_magic(path, NPY_MAGIC):
+        raise DataError(f"{path}: not a valid .npy file")
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot memory-map ({exc})") from None
+    if X.ndim != 2 or X.shape[0] == 0 or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: features must be a non-empty 2-D numeric array, got {X.dtype} {X.shape}")
+    if np.iscomplexobj(X):
+        raise DataError(f"{path}: features must be real numbers, got values of type {X.dtype}")
+    return X
+
+
+def _load_npy(path: Path, dtype, mmap: bool, check_finite: bool) -> Dataset:
+    if mmap:
+        return Dataset(open_npy(path), dtype=dtype, source=str(path), check_finite=check_finite)
+    with open_numpy(path, "npy") as X:
+        return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
+
+
+def _load_npz(path: Path, dtype, check_finite: bool) -> Dataset:
+    with open_numpy(path, "npz") as archive:
+        if "X" not in archive.files:
+            raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
+        X = archive["X"]
+        y = archive["y"] if "y" in archive.files else None
+        names = archive["feature_names"].tolist() if "feature_names" in archive.files else None
+        target = str(archive["target_name"]) if "target_name" in archive.files else None
+    return Dataset(X, y, names, target, dtype=dtype, source=str(path), check_finite=check_finite)
+
+
+def _load_svmlight(path: Path, num_features: int | None, dtype, check_finite: bool) -> Dataset:
+    try:
+        from sklearn.datasets import load_svmlight_file
+    except ImportError:
+        raise DataError(
+            f"{path}: reading LIBSVM files needs scikit-learn: pip install 'paragrad[svmlight]'"
+        ) from None
+    try:
+        X, y = load_svmlight_file(str(path), n_features=num_features, dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a valid LIBSVM file ({exc})") from None
+    return Dataset(X, y, dtype=dtype, source=str(path), check_finite=check_finite)
+
+
+def save_dataset(dataset: Dataset, path: str | os.PathLike) -> None:
+    """Write a data set as CSV/TSV, Parquet or ``.npz`` (chosen by suffix), atomically."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    names = dataset.feature_names or tuple(f"x{j}" for j in range(dataset.num_features))
+    target = dataset.target_name or "y"
+    if suffix == ".npz":
+        arrays = {"X": dataset.X, "feature_names": np.array(names)}
+        if dataset.y is not None:
+            arrays.update(y=dataset.y, target_name=np.array(target))
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)
+        return
+    if suffix not in TABLE_SUFFIXES and suffix not in PARQUET_SUFFIXES:
+        raise DataError(f"{path}: cannot write {suffix or '(no suffix)'!r}; use .csv, .tsv, .parquet or .npz")
+    columns = {name: dataset.X[:, j] for j, name in enumerate(names)}
+    if dataset.y is not None:
+        y = dataset.y
+        columns[target] = y.astype(np.int64) if np.array_equal(y, np.round(y)) else y
+    table = pa.table(columns)
+    with atomic_write(path) as handle:
+        if suffix in PARQUET_SUFFIXES:
+            pq.write_table(table, handle)
+        else:
+            options = pacsv.WriteOptions(delimiter=TABLE_SUFFIXES[suffix])
+            pacsv.write_csv(table, handle, write_options=options)

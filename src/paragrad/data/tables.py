@@ -1,0 +1,243 @@
+"""CSV/TSV and Parquet tables: reading, picking the feature and target columns, and
+:class:`TableFile`, a Parquet file whose rows are read only when they are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from paragrad.data.dataset import Dataset, _check_finite, _float_dtype
+from paragrad.errors import DataError
+from paragrad.shm import shared_empty
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _read_table(path: Path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            return pq.read_table(path)
+        parse = pacsv.ParseOptions(delimiter=TABLE_SUFFIXES[suffix])
+        return pacsv.read_csv(path, parse_options=parse)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Empty CSV file" in reason:
+            reason = "the file is empty"
+        raise DataError(f"{path}: cannot read: {reason}") from None
+
+
+def _pick_columns(
+    path: Path, names: list[str], num_rows: int, target, features
+) -> tuple[list[str], str | None]:
+    """The feature columns and the target column of a table, checked against its header."""
+    if not names:
+        raise DataError(f"{path}: the file is empty")
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"{path}: column {duplicate!r} appears more than once in the header")
+    target_name = _resolve_target(path, names, target)
+    if features is None:
+        features = [name for name in names if name != target_name]
+    else:
+        missing = [name for name in features if name not in names]
+        if missing:
+            raise DataError(
+                f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
+                f"that the model was trained with"
+            )
+    if num_rows == 0:
+        raise DataError(f"{path}: no data rows (only a header)")
+    if not features:
+        raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
+    if target_name in features:
+        raise DataError(f"{path}: column {target_name!r} cannot be both a feature and the target")
+    return list(features), target_name
+
+
+def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Dataset:
+    table = _read_table(path)
+    features, target_name = _pick_columns(path, list(table.column_names), table.num_rows, target, features)
+    X = shared_empty((table.num_rows, len(features)), dtype)
+    for j, name in enumerate(features):
+        X[:, j] = _numeric_column(path, table.column(name), name)
+    y = None
+    if target_name is not None:
+        y = _numeric_column(path, table.column(target_name), target_name)
+    return Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A Parquet file whose rows are read when they are needed, by whoever needs them.
+
+    Only the schema is read when it is opened. :meth:`read` reads some rows (row groups
+    that hold none are skipped) and checks them as a loaded table is checked. A table
+    may stand for a window of the file's rows: ``num_rows`` rows from row ``first``.
+    """
+
+    path: str
+    features: tuple[str, ...]
+    target: str | None
+    dtype: str
+    num_rows: int
+    first: int = 0
+    file_rows: int = 0  # the file's row count when opened; reads check it still holds
+
+    def window(self, rows: slice) -> TableFile:
+        """The rows of a contiguous slice, still unread."""
+        picked = range(self.first, self.first + self.num_rows)[rows]
+        if picked.step != 1:
+            raise ValueError("a window is a contiguous slice of rows")
+        return dataclasses.replace(self, first=picked.start, num_rows=len(picked))
+
+    @classmethod
+    def open(cls, path: Path, target, features, dtype) -> TableFile:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            metadata = pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot read: {reason}") from None
+        schema = metadata.schema.to_arrow_schema()
+        features, target_name = _pick_columns(path, schema.names, metadata.num_rows, target, features)
+        for name in [*features, *([] if target_name is None else [target_name])]:
+            kind = schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+                raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+        return cls(
+            os.path.abspath(path),
+            tuple(features),
+            target_name,
+            _float_dtype(dtype).str,
+            metadata.num_rows,
+            file_rows=metadata.num_rows,
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: the features, then the target if any."""
+        return [*self.features, *([] if self.target is None else [self.target])]
+
+    def _check_unchanged(self, source) -> None:
+        """Refuse a file whose rows or columns differ from those it had when opened."""
+        names = set(source.schema_arrow.names)
+        if source.metadata.num_rows != self.file_rows or not names.issuperset(self.columns):
+            raise DataError(
+                f"{self.path}: changed since it was opened, or differs where it is read now "
+                "(on a cluster, every node must see the same file)"
+            )
+
+    def read(self, rows: slice | np.ndarray | None = None) -> Dataset:
+        """The rows at ``rows``: a contiguous slice, or row numbers (from 0, in any order,
+        within this table's rows); default all."""
+        import pyarrow.parquet as pq
+
+        path, dtype = Path(self.path), np.dtype(self.dtype)
+        if rows is None or isinstance(rows, slice):
+            part = self.window(slice(None) if rows is None else rows)
+            file_rows = range(part.first, part.first + part.num_rows)
+        else:
+            file_rows = np.asarray(rows)
+            if file_rows.ndim != 1 or not np.issubdtype(file_rows.dtype, np.integer):
+                raise TypeError(f"rows must be a slice or a 1-D array of row numbers, got {file_rows.dtype}")
+            if file_rows.size and not (0 <= file_rows.min() and file_rows.max() < self.num_rows):
+                raise IndexError(f"row numbers must lie in [0, {self.num_rows})")
+            file_rows = file_rows.astype(np.int64) + self.first
+        shape = (len(file_rows), len(self.features))
+        X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
+        y = None if self.target is None else np.empty(len(file_rows), dtype)
+        try:
+            source = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise  # the caller knows best where it was looked for
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc}") from None
+        with source:
+            self._check_unchanged(source)
+            edges = itertools.accumulate(
+                (source.metadata.row_group(group).num_rows for group in range(source.num_row_groups)),
+                initial=0,
+            )
+            for group, places, picked in _rows_by_group(file_rows, itertools.pairwise(edges)):
+                table = source.read_row_group(group, columns=self.columns)
+                table = (
+                    table.slice(picked.start, len(picked))
+                    if isinstance(picked, range)
+                    else table.take(picked)
+                )
+                for j, name in enumerate(self.features):
+                    X[places, j] = _numeric_column(path, table.column(name), name)
+                if y is not None:
+                    y[places] = _numeric_column(path, table.column(self.target), self.target)
+        _check_finite(X, self.path, self.features, rows=file_rows)
+        if y is not None:
+            _check_finite(y[:, None], self.path, (self.target,), what="the target", rows=file_rows)
+        return Dataset._trusted(X, y, self.features, self.target, self.path)
+
+
+def _rows_by_group(file_rows: range | np.ndarray, groups):
+    """For each row group ``(first, last)`` that holds some of ``file_rows``: its index,
+    where its rows go among ``file_rows`` (``places``), and which of its rows to pick (a
+    range, or indices within the group). Row numbers are sorted once, not scanned per group."""
+    if isinstance(file_rows, range):
+        for group, (first, last) in enumerate(groups):
+            start, stop = max(file_rows.start, first), min(file_rows.stop, last)
+            if start < stop:
+                places = slice(start - file_rows.start, stop - file_rows.start)
+                yield group, places, range(start - first, stop - first)
+        return
+    order = np.argsort(file_rows, kind="stable")
+    ordered = file_rows[order]
+    for group, (first, last) in enumerate(groups):
+        low, high = np.searchsorted(ordered, (first, last))
+        if low < high:
+            yield group, order[low:high], ordered[low:high] - first
+
+
+def _resolve_target(path: Path, names: list[str], target) -> str | None:
+    if target is None:
+        return None
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if not -len(names) <= target < len(names):
+            raise DataError(f"{path}: target column index {target} out of range ({len(names)} columns)")
+        return names[target]
+    if target not in names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise DataError(f"{path}: target column {target!r} not found (columns: {shown})")
+    return target
+
+
+def _numeric_column(path: Path, column, name: str) -> np.ndarray:
+    """One table column as float64, nulls as NaN; a clear error for text or dates."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    if pa.types.is_null(kind):
+        raise DataError(f"{path}: column {name!r} is empty (no values)")
+    for row, value in enumerate(column.to_pylist()):
+        if value is None:
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: column {name!r} is not numeric (row {row + 1} holds {str(value)[:40]!r})"
+            ) from None
+    raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
