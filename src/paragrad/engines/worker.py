@@ -7,7 +7,6 @@ away (end of file on the command pipe). It ignores Ctrl-C: the coordinator decid
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
 import signal
@@ -16,51 +15,21 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-import numpy as np
-
 from paragrad.engines import transport
-from paragrad.shards import Shard
-
-
-def map_rows(path: str, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only array over ``nbytes`` of a file, its pages mapped in up front.
-
-    Faulting shared pages in one by one during training costs more than the arithmetic
-    (and two workers faulting the same file contend for it), so the mapping is populated
-    when the shard is placed.
-    """
-    if nbytes == 0:
-        return np.empty(0, dtype=dtype)
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with open(path, "rb") as handle:
-        mapping = mmap.mmap(
-            handle.fileno(), nbytes + offset - start, flags=flags, prot=mmap.PROT_READ, offset=start
-        )
-    return np.frombuffer(mapping, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset - start)
-
-
-def map_csr_rows(spec):
-    """The shard's rows as a CSR matrix over the shared arrays (only the row pointers are copied)."""
-    import scipy.sparse as sp
-
-    layout, rows = spec.sparse, spec.stop - spec.start
-    indptr = map_rows(spec.x_path, layout.indptr_offset + spec.start * 8, (rows + 1) * 8, np.dtype(np.int64))
-    first, last = int(indptr[0]), int(indptr[-1])
-    value_type, index_type = np.dtype(spec.dtype), np.dtype(layout.index_dtype)
-    data = map_rows(
-        spec.x_path,
-        spec.x_offset + first * value_type.itemsize,
-        (last - first) * value_type.itemsize,
-        value_type,
-    )
-    indices = map_rows(
-        spec.x_path,
-        layout.indices_offset + first * index_type.itemsize,
-        (last - first) * index_type.itemsize,
-        index_type,
-    )
-    return sp.csr_matrix((data, indices, indptr - first), shape=(rows, spec.num_features), copy=False)
+from paragrad.engines.placement import map_shard
+from paragrad.engines.protocol import (
+    AddTask,
+    Command,
+    LoadShard,
+    Reply,
+    RunTask,
+    SetPath,
+    Stop,
+    TaskDone,
+    TaskFailed,
+)
+from paragrad.shards import Shard, Task
+from paragrad.shm import Region
 
 
 class WorkerState:
@@ -69,51 +38,30 @@ class WorkerState:
     def __init__(self, worker: int, num_workers: int) -> None:
         self.worker, self.num_workers = worker, num_workers
         self.shard: Shard | None = None
-        self.tasks: dict[int, Any] = {}
-        self.regions: dict[str, transport.Region] = {}
+        self.tasks: dict[int, Task | bytes] = {}
+        self.regions: dict[str, Region] = {}
 
-    def region(self, path: str | None, size: int) -> transport.Region | None:
-        """The region at ``path``, opened once; regions no longer named are closed."""
-        if path is None:
-            return None
+    def region(self, path: str, size: int) -> Region:
+        """The region at ``path``, opened once."""
         if path not in self.regions:
-            self.regions[path] = transport.Region.open(path, size)
+            self.regions[path] = Region.open(path, size)
         return self.regions[path]
 
     def forget_regions(self, keep: set[str]) -> None:
+        """Close the regions no longer named (the coordinator replaced them)."""
         for path in list(self.regions):
             if path not in keep:
                 self.regions.pop(path).close()
 
-    def load_shard(self, spec) -> None:
+    def load(self, message: LoadShard) -> None:
         """Map the shard's rows from the data file, read-only and without a copy."""
-        if spec.sparse is not None:
-            self.shard = Shard(map_csr_rows(spec), self._map_labels(spec), self.worker, self.num_workers)
-            self.tasks.clear()
-            return
-        dtype = np.dtype(spec.dtype)
-        rows = spec.stop - spec.start
-        row_bytes = spec.num_features * dtype.itemsize
-        X = map_rows(spec.x_path, spec.x_offset + spec.start * row_bytes, rows * row_bytes, dtype)
-        y = None
-        if spec.y_path is not None:
-            y = map_rows(
-                spec.y_path, spec.y_offset + spec.start * dtype.itemsize, rows * dtype.itemsize, dtype
-            )
-        self.shard = Shard(X.reshape(rows, spec.num_features), y, self.worker, self.num_workers)
+        self.shard = None
+        X, y = map_shard(message.spec)
+        self.shard = Shard(X, y, self.worker, self.num_workers)
         self.tasks.clear()
 
-    @staticmethod
-    def _map_labels(spec) -> np.ndarray | None:
-        if spec.y_path is None:
-            return None
-        dtype = np.dtype(spec.dtype)
-        rows = spec.stop - spec.start
-        return map_rows(
-            spec.y_path, spec.y_offset + spec.start * dtype.itemsize, rows * dtype.itemsize, dtype
-        )
-
-    def run(self, key: int, message: dict) -> Any:
+    def task(self, key: int) -> Task:
+        """Task ``key``, unpickled on its first use."""
         task = self.tasks[key]
         if isinstance(task, bytes):
             try:
@@ -123,46 +71,51 @@ class WorkerState:
                     f"cannot load the task in a worker process ({exc}); a class defined in a "
                     "script's __main__ cannot reach worker processes: define it in a module"
                 ) from None
-        broadcast = self.region(message["region"], message["region_size"])
-        args = transport.loads(message["stream"], broadcast, message["layout"])
-        return task(self.shard, *args)
+        assert isinstance(task, Task)
+        return task
 
-    def reply(self, result: Any, slot_path: str | None, slot_size: int) -> tuple:
+    def run(self, message: RunTask) -> Reply:
+        """Run a task; its result, or how it failed."""
+        self.forget_regions({message.slot} | ({message.region} if message.region else set()))
+        try:
+            broadcast = None if message.region is None else self.region(message.region, message.region_size)
+            args = transport.loads(message.stream, broadcast, message.layout)
+            return self.reply(self.task(message.key)(self.shard, *args), message)
+        except BaseException as exc:  # every failure goes back to the coordinator
+            return TaskFailed(_portable(exc), traceback.format_exc())
+
+    def reply(self, result: Any, message: RunTask) -> TaskDone:
         """A result's stream, its large buffers written to the result slot when they fit."""
         stream, buffers = transport.dumps(result)
-        if buffers and slot_path is not None and transport.layout_size(buffers) <= slot_size:
-            return ("ok", stream, transport.write_buffers(buffers, self.region(slot_path, slot_size)))
+        if buffers and transport.layout_size(buffers) <= message.slot_size:
+            slot = self.region(message.slot, message.slot_size)
+            return TaskDone(stream, transport.write_buffers(buffers, slot))
         if buffers:
             stream = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        return ("ok", stream, [])
+        return TaskDone(stream, ())
 
 
 def serve(commands: Connection, replies: Connection, state: WorkerState) -> None:
+    """Answer commands until told to stop or the coordinator goes away."""
     while True:
         try:
-            message = pickle.loads(commands.recv_bytes())
+            message: Command = pickle.loads(commands.recv_bytes())
         except (EOFError, OSError):  # the coordinator is gone
             return
-        kind = message["kind"]
-        if kind == "stop":
-            return
-        if kind == "path":
-            sys.path[:] = message["sys_path"]
-        elif kind == "shard":
-            state.shard = None
-            state.load_shard(message["spec"])
-        elif kind == "task":
-            state.tasks[message["key"]] = message["task"]
-        elif kind == "run":
-            state.forget_regions({message["region"], message["slot"]} - {None})
-            try:
-                reply = state.reply(state.run(message["key"], message), message["slot"], message["slot_size"])
-            except BaseException as exc:  # every failure goes back to the coordinator
-                reply = ("error", _portable(exc), traceback.format_exc())
-            try:
-                replies.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-            except OSError:  # the coordinator is gone
+        match message:
+            case Stop():
                 return
+            case SetPath(sys_path):
+                sys.path[:] = sys_path
+            case LoadShard():
+                state.load(message)
+            case AddTask(key, payload):
+                state.tasks[key] = payload
+            case RunTask():
+                try:
+                    replies.send_bytes(pickle.dumps(state.run(message), protocol=pickle.HIGHEST_PROTOCOL))
+                except OSError:  # the coordinator is gone
+                    return
 
 
 def _portable(exc: BaseException) -> BaseException | None:

@@ -1,0 +1,80 @@
+"""The messages between the local engine's coordinator and its worker processes.
+
+Each message is one small pickled dataclass on a pipe; large arrays travel beside it in
+shared regions (see :mod:`paragrad.engines.transport`). Commands go to a worker, and
+every :class:`RunTask` gets exactly one reply, :class:`TaskDone` or :class:`TaskFailed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paragrad.engines.placement import ShardSpec
+from paragrad.engines.transport import Layout
+
+
+@dataclass(frozen=True)
+class SetPath:
+    """Import tasks from the coordinator's ``sys.path``."""
+
+    sys_path: list[str]
+
+
+@dataclass(frozen=True)
+class LoadShard:
+    """Map these rows; the tasks held before go with the old shard."""
+
+    spec: ShardSpec
+
+
+@dataclass(frozen=True)
+class AddTask:
+    """Keep a pickled task under ``key``."""
+
+    key: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Run task ``key`` on the shard.
+
+    The arguments are the pickle ``stream`` with its large buffers at ``layout`` in the
+    broadcast region ``region``; large results go into the worker's region ``slot`` when
+    they fit.
+    """
+
+    key: int
+    stream: bytes
+    region: str | None
+    region_size: int
+    layout: Layout
+    slot: str
+    slot_size: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Exit."""
+
+
+Command = SetPath | LoadShard | AddTask | RunTask | Stop
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A result: its pickle stream, and the layout of its large buffers in the slot."""
+
+    stream: bytes
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """A task raised: the exception when it survives pickling, and its traceback."""
+
+    error: BaseException | None
+    traceback: str
+
+
+Reply = TaskDone | TaskFailed
