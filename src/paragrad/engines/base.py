@@ -17,7 +17,7 @@ import numpy as np
 
 from paragrad.data import Dataset
 from paragrad.errors import ParagradError, WorkerError
-from paragrad.shards import ShardPlan, Task, as_task, default_workers
+from paragrad.shards import ShardPlan, Task, default_workers
 
 
 def payload_nbytes(value: Any) -> int:
@@ -73,33 +73,3 @@ class Engine(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-class WorkerProcessEngine(Engine):  # temporary: replaced by engines.session
-    _tasks: dict
-    _setup_log: list
-
-    def _check_started(self) -> None:
-        raise NotImplementedError
-
-    def _run(self, task, args):
-        raise NotImplementedError
-
-    def run(self, task, *args):
-        from paragrad.errors import WorkerLost
-
-        task = as_task(task)
-        self._check_started()
-        try:
-            results = self._run(task, args)
-        except WorkerLost:
-            self.close()
-            raise
-        except ParagradError:
-            raise
-        except BaseException:
-            self.close()
-            raise
-        if task.mutates_shard:
-            self._setup_log.append((self._tasks[id(task)][0], args))
-        return results

@@ -10,54 +10,35 @@ parameters) and nothing else. Where the data comes from decides how it is placed
   the coordinator never holds the data (on a cluster the path must be on a filesystem
   every node sees).
 
-``address`` (or ``RAY_ADDRESS``) joins an existing cluster. Without one, a Ray instance
-already connected in this process is used as it is; otherwise a local instance is
-started for the engine, bound to 127.0.0.1 with no dashboard, and shut down when the
-engine closes. An actor that dies is noticed when its result is collected; with
-``max_restarts`` a new actor is created on its shard, the tasks that changed the shard
-are replayed, and the round is run again.
+How the engine connects to Ray is :mod:`paragrad.engines.ray_cluster`'s. An actor that
+dies is noticed when its result is collected; restarts and replay are the shared
+:class:`~paragrad.engines.session.WorkerSession`'s.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 import os
-import signal
-import socket
 import sys
-import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from paragrad.data import Dataset, TableFile
-from paragrad.engines.base import (
-    Task,
-    WorkerProcessEngine,
-    payload_nbytes,
-    task_failure,
-)
-from paragrad.engines.transport import is_region
+from paragrad.engines.base import payload_nbytes, task_failure
+from paragrad.engines.placement import map_rows
+from paragrad.engines.ray_cluster import Connection, first_line, import_ray
+from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError, DataError, WorkerLost
-from paragrad.shards import Shard, ShardPlan, default_workers
+from paragrad.shards import Shard, ShardPlan, Task, default_workers
+from paragrad.shm import is_region
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
 PUT_BYTES = 64 * 1024
 READY_TIMEOUT_S = 120.0
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def import_ray():
-    """The ``ray`` module, or a clear error that says how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("the ray engine needs Ray: pip install 'paragrad[ray]'") from None
-    return ray
 
 
 # -- where a worker finds its rows ------------------------------------------------------------
@@ -88,8 +69,6 @@ class MappedRows:
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
         import ray
-
-        from paragrad.engines.worker import map_rows
 
         dtype, (num_rows, num_features) = np.dtype(self.dtype), self.shape
         row_bytes = num_features * dtype.itemsize
@@ -182,153 +161,40 @@ class ShardActor:
         return self.tasks[key](self.shard, *args)
 
 
-# -- the connection to Ray ------------------------------------------------------------------------
+# -- the engine ---------------------------------------------------------------------------------
 
 
-class Connection:
-    """This process's connection to Ray, shared by its engines and closed by the last one.
-
-    ``ray.shutdown`` is called only when an engine opened the connection: a local
-    instance started here stops with it, a joined cluster keeps running, and a connection
-    the program made itself (``ray.init``) is left as it is.
-    """
-
-    users = 0
-    opened_here = False
-
-    @classmethod
-    def open(cls, address: str | None, num_cpus: int) -> None:
-        ray = import_ray()
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if ray.is_initialized():
-            _check_same_cluster(ray, address)
-        else:
-            on_sigterm = signal.getsignal(signal.SIGTERM)
-            if address is None:
-                _start_local_instance(ray, num_cpus)
-            else:
-                _join(ray, address)
-            if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaced the caller's handler
-            cls.opened_here = True
-        cls.users += 1
-
-    @classmethod
-    def close(cls) -> None:
-        cls.users = max(cls.users - 1, 0)
-        if cls.users == 0 and cls.opened_here:
-            import_ray().shutdown()
-            cls.opened_here = False
-
-
-QUIET = {"logging_level": logging.ERROR, "log_to_driver": False}
-
-
-def _start_local_instance(ray, num_cpus: int) -> None:
-    """A new Ray instance on this machine that listens on 127.0.0.1 alone, no dashboard.
-
-    On Linux, Ray moves 127.0.0.1 to the host's address unless its "local only" setting
-    is off, which it reads from the environment when imported: so the setting is switched
-    in this process for the start, and in the environment the instance's processes inherit.
-    """
-    from ray._private import ray_constants
-
-    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        ray.init(
-            address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **QUIET
-        )
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot start a local Ray instance: {_first_line(exc)}") from None
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(LOOPBACK_ENV, None)
-        else:
-            os.environ[LOOPBACK_ENV] = saved_env
-    host = ray.get_runtime_context().gcs_address.rpartition(":")[0]
-    if not ipaddress.ip_address(host.strip("[]")).is_loopback:
-        ray.shutdown()
-        raise ConfigError(f"the local Ray instance listened on {host}, not on 127.0.0.1; it was stopped")
-
-
-def _join(ray, address: str) -> None:
-    """Connect to a running cluster; fail at once when nothing listens at its address."""
-    check_reachable(address)
-    try:
-        ray.init(address=address, **QUIET)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        reason = _first_line(exc)
-        if "RAY_AUTH_MODE" not in os.environ:
-            reason += " (a cluster that requires a token needs RAY_AUTH_MODE=token and its token here)"
-        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
-
-
-def check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Fail at once, with the reason, when nothing listens at a ``HOST:PORT`` address.
-
-    Ray itself retries an unreachable address for many minutes before giving up.
-    """
-    host, port = _host_and_port(address)
-    if host is None:
-        return  # "auto", "ray://...": Ray resolves those itself
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
-
-
-def _check_same_cluster(ray, address: str | None) -> None:
-    """Refuse an address other than the cluster this process is already connected to."""
-    host, port = _host_and_port(address or "")
-    if host is None:
-        return
-    current = ray.get_runtime_context().gcs_address
-    try:
-        wanted = f"{socket.gethostbyname(host)}:{port}"
-    except OSError:
-        wanted = f"{host}:{port}"
-    if wanted != current:
-        raise ConfigError(
-            f"this process is already connected to the Ray cluster at {current}, not {address}: "
-            "call ray.shutdown() first to join another"
-        )
-
-
-def _host_and_port(address: str) -> tuple[str | None, int]:
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return None, 0
-    return host.strip("[]"), int(port)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _kill(ray, actors: list[Any]) -> None:
-    """Kill the actors (those already dead, or with Ray gone, are skipped) and forget them."""
+def _kill(ray: Any, actors: list[Any]) -> None:
+    """Kill the actors (those already dead, or with Ray gone, are skipped)."""
     for actor in actors:
+        if actor is None:
+            continue
         try:
             ray.kill(actor, no_restart=True)
         except Exception:  # already dead, or Ray is gone
             pass
-    actors.clear()
 
 
 def _release(actors: list[Any], connected: list[bool]) -> None:
     """Kill the actors and let go of the connection; safe to call twice."""
     if actors:
         _kill(import_ray(), actors)
+        actors.clear()
     if connected[0]:
         connected[0] = False
         Connection.close()
 
 
-class RayEngine(WorkerProcessEngine):
+def _death_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "ray.kill" in text or "killed" in text:
+        return "its actor was killed"
+    if "exit" in text.lower():
+        return "its actor process exited"
+    return f"its actor died: {first_line(exc)}"
+
+
+class RayEngine(WorkerSession):
     """Ray actors as workers, on this machine or on a cluster.
 
     Parameters
@@ -365,32 +231,43 @@ class RayEngine(WorkerProcessEngine):
         max_restarts: int = 0,
         runtime_env: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(workers)
+        super().__init__(workers, max_restarts=max_restarts)
         if cpus_per_worker < 1:
             raise ConfigError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
-        if max_restarts < 0:
-            raise ConfigError(f"max_restarts must be 0 or more, got {max_restarts}")
         self.ray = import_ray()
         self.address = address
         self.cpus_per_worker = int(cpus_per_worker)
-        self.max_restarts = int(max_restarts)
         self.runtime_env = runtime_env
-        self.restarts = 0
         self._actors: list[Any] = []
         self._connected = [False]
         self._finalizer = weakref.finalize(self, _release, self._actors, self._connected)
         self._sources: list[Any] = []
-        self._tasks: dict[int, tuple[int, Task, Any]] = {}
-        self._setup_log: list[tuple[int, tuple]] = []
-        self._next_key = 0
-        self._actor_class = None
+        self._actor_class: Any = None
         if workers is None:  # as many as the cluster has room for
-            self._connect(0)
+            self._prepare(0)
             self.num_workers = max(1, self._cluster_cpus() // self.cpus_per_worker)
 
-    # -- life cycle ----------------------------------------------------------------------
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the actors (on whichever node each runs)."""
+        return list(self.ray.get([actor.pid.remote() for actor in self._actors]))
 
-    def _connect(self, num_workers: int) -> None:
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles, in worker order."""
+        return list(self._actors)
+
+    def close(self) -> None:
+        super().close()
+        _release(self._actors, self._connected)
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def _keeps_workers(self, num_workers: int) -> bool:
+        return len(self._actors) == num_workers
+
+    def _prepare(self, num_workers: int) -> None:
+        """Connect (once), and check the cluster has the CPUs the actors reserve."""
         if not self._connected[0]:
             Connection.open(self.address, max(default_workers(), num_workers * self.cpus_per_worker))
             self._connected[0] = True
@@ -404,33 +281,12 @@ class RayEngine(WorkerProcessEngine):
     def _cluster_cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 0))
 
-    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
-        """Create (or reuse) one actor per shard and give each its rows; on failure, close.
-
-        Kept actors that died since the last ``start`` are replaced (not counted as
-        restarts: no round was lost).
-        """
-        try:
-            created = len(self._actors) != plan.num_shards
-            if created:
-                _kill(self.ray, self._actors)
-                self._connect(plan.num_shards)
-                self.num_workers = plan.num_shards
-                self._actors.extend(self._new_actor(worker) for worker in range(plan.num_shards))
-            for worker in range(self.num_workers):
-                if not self._answers(worker, new=created):
-                    self._replace(worker)
-            self._tasks, self._setup_log = {}, []
-            self._sources = shard_sources(dataset, plan)
-            loads = [
-                actor.load.remote(source) for actor, source in zip(self._actors, self._sources, strict=True)
-            ]
-            self._collect(loads, retry=lambda worker: self.ray.put(None))  # a restart loads the shard
-        except BaseException:
-            self.close()
-            raise
-
-    def _new_actor(self, worker: int):
+    def _spawn(self, worker: int) -> None:
+        """A new, started actor in the worker's place; an old one is killed first (one only
+        unreachable would hold its CPUs)."""
+        while len(self._actors) <= worker:
+            self._actors.append(None)
+        _kill(self.ray, [self._actors[worker]])
         if self._actor_class is None:
             self._actor_class = self.ray.remote(ShardActor)
         options: dict[str, Any] = {
@@ -440,17 +296,13 @@ class RayEngine(WorkerProcessEngine):
         }
         if self.runtime_env is not None:
             options["runtime_env"] = self.runtime_env
-        return self._actor_class.options(**options).remote(
+        self._actors[worker] = self._actor_class.options(**options).remote(
             worker, self.num_workers, self.cpus_per_worker, list(sys.path)
         )
-
-    def _replace(self, worker: int):
-        """A new, started actor in the worker's place; the old one is killed first (one
-        only unreachable would hold its CPUs)."""
-        _kill(self.ray, [self._actors[worker]])
-        self._actors[worker] = self._new_actor(worker)
         self._answers(worker, new=True)
-        return self._actors[worker]
+
+    def _alive(self, worker: int) -> bool:
+        return self._answers(worker)
 
     def _answers(self, worker: int, new: bool = False) -> bool:
         """Whether the worker's actor answers: False for a dead one. A new actor that
@@ -467,111 +319,62 @@ class RayEngine(WorkerProcessEngine):
             if not new:
                 return False
             raise WorkerLost(
-                f"worker {worker}: its Ray actor could not start ({_first_line(exc)}); "
+                f"worker {worker}: its Ray actor could not start ({first_line(exc)}); "
                 "is paragrad installed on every node?"
             ) from None
 
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the actors (on whichever node each runs)."""
-        return self.ray.get([actor.pid.remote() for actor in self._actors])
+    def _stop(self) -> None:
+        _kill(self.ray, self._actors)
+        self._actors.clear()
+        self._sources = []
 
-    @property
-    def actors(self) -> list[Any]:
-        """The actor handles, in worker order."""
-        return list(self._actors)
+    # -- data and tasks ------------------------------------------------------------------------
 
-    def close(self) -> None:
-        _release(self._actors, self._connected)
-        self._sources, self._tasks, self._setup_log = [], {}, []
+    def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
+        self._sources = shard_sources(dataset, plan)
 
-    # -- rounds --------------------------------------------------------------------------
+    def _load(self, workers: Sequence[int]) -> Deaths:
+        calls = [self._actors[worker].load.remote(self._sources[worker]) for worker in workers]
+        return self._deaths(workers, calls)
 
-    def _check_started(self) -> None:
-        if not self._actors or not self._sources:
-            raise ConfigError("the ray engine has no workers: call start() first")
+    def _encode(self, task: Task) -> Any:
+        return self.ray.put(self.ray.cloudpickle.dumps(task))
 
-    def _run(self, task: Task, args: tuple) -> list[Any]:
-        key = self._task_key(task)
+    def _add_task(self, workers: Sequence[int], key: int, payload: Any) -> Deaths:
+        calls = [self._actors[worker].add_task.remote(key, payload) for worker in workers]
+        return self._deaths(workers, calls)
+
+    def _deaths(self, workers: Sequence[int], calls: list[Any]) -> Deaths:
+        """Wait for set-up calls: the deaths among them; a call that raised is raised."""
+        replies = self._replies(calls)
+        for worker, reply in zip(workers, replies, strict=True):
+            if isinstance(reply, Raised):
+                raise task_failure(worker, reply.error, reply.traceback)
+        return [reply if isinstance(reply, Died) else None for reply in replies]
+
+    def _call(self, key: int, args: tuple[Any, ...], workers: Sequence[int], copy: bool) -> list[Reply]:
         size = payload_nbytes(args)
         sent = self.ray.put(args) if size >= PUT_BYTES else args
-        calls = [actor.run.remote(key, sent) for actor in self._actors]
-        results = self._collect(calls, retry=lambda worker: self._actors[worker].run.remote(key, sent))
-        self.last_bytes_sent = size * self.num_workers
-        self.last_bytes_received = payload_nbytes(results)
-        return results
+        replies = self._replies([self._actors[worker].run.remote(key, sent) for worker in workers])
+        self.last_bytes_sent += size * len(workers)
+        self.last_bytes_received += sum(payload_nbytes(r.value) for r in replies if isinstance(r, Done))
+        return replies
 
-    def _task_key(self, task: Task) -> int:
-        """Send a task to every actor the first time it is used; afterwards only its key."""
-        known = self._tasks.get(id(task))
-        if known is not None and known[1] is task:
-            return known[0]
-        key, self._next_key = self._next_key, self._next_key + 1
-        payload = self.ray.put(self.ray.cloudpickle.dumps(task))
-        self._tasks[id(task)] = (key, task, payload)
+    def _replies(self, calls: list[Any]) -> list[Reply]:
+        """Each call's result, or how it failed, in call order."""
         try:
-            sends = [actor.add_task.remote(key, payload) for actor in self._actors]
-            self._collect(sends, retry=lambda worker: self.ray.put(None))  # a restart sends every task
-        except BaseException:
-            del self._tasks[id(task)]
-            raise
-        return key
-
-    def _collect(self, calls: list[Any], retry) -> list[Any]:
-        """Each call's result in worker order; a dead actor is recreated and its call retried."""
-        try:
-            return self.ray.get(calls)  # the common case, in one wait
+            return [Done(value) for value in self.ray.get(calls)]  # the common case, in one wait
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
-            pass  # find out which worker failed, and how
-        results: list[Any] = [None] * len(calls)
-        failure = None
-        for worker, call in enumerate(calls):
-            while True:
-                try:
-                    results[worker] = self.ray.get(call)
-                    break
-                except self.ray.exceptions.RayActorError as exc:
-                    self._restart(worker, exc)
-                    call = retry(worker)
-                except self.ray.exceptions.RayTaskError as exc:
-                    failure = failure or (worker, getattr(exc, "cause", None), str(exc))
-                    break
-        if failure is not None:
-            raise task_failure(*failure)
-        return results
-
-    def _restart(self, worker: int, exc: Exception) -> None:
-        """Replace a dead actor with a new one on the same shard, or raise WorkerLost.
-
-        The new actor loads its shard, gets every task, and replays the tasks that changed
-        the shard; should it die during that, it is replaced again (while restarts last).
-        """
-        message = f"worker {worker} died ({_death_reason(exc)})"
-        if self.restarts >= self.max_restarts:
-            raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
-        self.restarts += 1
-        try:
-            actor = self._replace(worker)
-            self.ray.get(actor.load.remote(self._sources[worker]))
-            self.ray.get([actor.add_task.remote(key, payload) for key, _, payload in self._tasks.values()])
-            for key, args in self._setup_log:
-                self.ray.get(actor.run.remote(key, args))
-        except self.ray.exceptions.RayActorError as again:
-            self._restart(worker, again)
-        except self.ray.exceptions.RayTaskError as failed:
-            # A new actor without its shard or set-up must not compute: the engine closes.
-            raise WorkerLost(
-                f"worker {worker}: its new actor could not be set up: {str(failed).strip().splitlines()[-1]}"
-            ) from None
+            pass  # find out which calls failed, and how
+        replies: list[Reply] = []
+        for call in calls:
+            try:
+                replies.append(Done(self.ray.get(call)))
+            except self.ray.exceptions.RayActorError as exc:
+                replies.append(Died(_death_reason(exc)))
+            except self.ray.exceptions.RayTaskError as exc:
+                replies.append(Raised(exc.cause, str(exc)))
+        return replies
 
 
-def _death_reason(exc: Exception) -> str:
-    text = str(exc)
-    if "ray.kill" in text or "killed" in text:
-        return "its actor was killed"
-    if "exit" in text.lower():
-        return "its actor process exited"
-    return f"its actor died: {_first_line(exc)}"
-
-
-__all__ = ["RayEngine", "import_ray"]
+__all__ = ["PUT_BYTES", "RayEngine", "import_ray"]

@@ -11,8 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from paragrad.shm import Region, aligned, is_region  # noqa: F401
-from paragrad.shm import Region as _Region  # noqa: F401
+from paragrad.shm import Region, aligned
 
 IN_BAND_BYTES = 32 * 1024
 
