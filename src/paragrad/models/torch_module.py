@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import ConfigError, ModelFileError
+from paragrad.model_file import standardizer_arrays, write_arrays
 from paragrad.models.base import Classifier, softmax
 
 LOSSES = ("cross_entropy", "mse")
@@ -112,21 +113,19 @@ class Torch(Classifier):
     # -- saving: plain arrays, never a pickled module --------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the trained parameters (and classes) as a ``.npz``; the module's code stays yours."""
-        from paragrad.atomic import atomic_write
+        """Write the trained parameters (and classes) as a ``.npz``; the module's code stays yours.
 
+        Not a full model file: a module's code cannot travel without pickle, so
+        :meth:`load` takes the module again.
+        """
         self._check_trained()
         arrays = {
             "params": self.params_,
             "classes": np.array([] if self.classes_ is None else self.classes_),
             "num_features": np.array(self.num_features_),
+            **standardizer_arrays(self.standardizer_),
         }
-        if self.standardizer_ is not None:
-            arrays.update(
-                standardizer_mean=self.standardizer_.mean, standardizer_scale=self.standardizer_.scale
-            )
-        with atomic_write(path) as handle:
-            np.savez(handle, **arrays)
+        write_arrays(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, module, loss: str = "cross_entropy") -> Torch:
