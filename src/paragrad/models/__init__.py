@@ -6,7 +6,7 @@ from paragrad.errors import ConfigError
 from paragrad.models.base import Classifier, Model
 from paragrad.models.linear import LinearRegression
 from paragrad.models.logistic import LogisticRegression
-from paragrad.models.mlp import MLP
+from paragrad.models.mlp import MLP, MLPClassifier
 from paragrad.models.softmax import SoftmaxRegression
 from paragrad.models.torch_module import Torch
 
@@ -28,6 +28,7 @@ __all__ = [
     "Classifier",
     "LinearRegression",
     "LogisticRegression",
+    "MLPClassifier",
     "Model",
     "SoftmaxRegression",
     "Torch",

@@ -162,6 +162,10 @@ class Model(ABC):
         """Predicted targets (regression) or class labels (classification)."""
         return self.decision_function(self.params_, self.prepare(X))
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: only a :class:`Classifier` has them."""
+        raise ConfigError(f"predict_proba needs a classifier; this {type(self).__name__} does regression")
+
     def loss(self, X, y) -> float:
         """Mean data loss of the trained model on ``(X, y)``, without the penalty."""
         X = self.prepare(X)
