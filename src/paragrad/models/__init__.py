@@ -8,7 +8,7 @@ from paragrad.models.linear import LinearRegression
 from paragrad.models.logistic import LogisticRegression
 from paragrad.models.mlp import MLP, MLPClassifier
 from paragrad.models.softmax import SoftmaxRegression
-from paragrad.models.torch_module import Torch
+from paragrad.models.torch_module import Torch, TorchClassifier
 
 MODELS: dict[str, type[Model]] = {
     cls.name: cls for cls in (LinearRegression, LogisticRegression, SoftmaxRegression, MLP)
@@ -32,5 +32,6 @@ __all__ = [
     "Model",
     "SoftmaxRegression",
     "Torch",
+    "TorchClassifier",
     "get_model",
 ]

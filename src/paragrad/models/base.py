@@ -213,14 +213,11 @@ class Classifier(Model):
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class, shape (rows, classes), columns in ``classes_`` order."""
-        if not self.is_classifier:
-            raise ConfigError(f"predict_proba needs a classifier; this {type(self).__name__} does regression")
         return self.proba(self.params_, self.prepare(X))
 
     def predict(self, X) -> np.ndarray:
-        """Class labels; or the predicted values when a family is set up for regression."""
-        scores = self.decision_function(self.params_, self.prepare(X))
-        return self.labels_from(scores) if self.is_classifier else scores
+        """Class labels."""
+        return self.labels_from(self.decision_function(self.params_, self.prepare(X)))
 
     def labels_from(self, scores: np.ndarray) -> np.ndarray:
         """Class labels from the raw scores of :meth:`decision_function`."""
