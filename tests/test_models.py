@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression, get_model
+from paragrad.models import (
+    MLP,
+    Classifier,
+    LinearRegression,
+    LogisticRegression,
+    MLPClassifier,
+    SoftmaxRegression,
+    get_model,
+)
 
 
 def make_model(kind: str):
@@ -144,3 +154,33 @@ def test_bad_hyperparameters_are_refused():
 def test_untrained_model_says_so():
     with pytest.raises(pg.ConfigError, match="has not been trained yet"):
         LinearRegression().predict(np.ones((1, 1)))
+
+
+def test_mlp_task_picks_a_regressor_or_a_classifier_class():
+    regressor, classifier = MLP(task="regression"), MLP()
+    assert type(regressor) is MLP and not isinstance(regressor, Classifier)
+    assert type(classifier) is MLPClassifier and isinstance(classifier, MLP)
+    assert not regressor.is_classifier and classifier.is_classifier
+    assert "is_classifier" not in vars(regressor) and "is_classifier" not in vars(classifier)
+    assert type(MLP((3,), "tanh", "regression")) is MLP
+    assert type(get_model("mlp")(**regressor.get_config())) is MLP
+    with pytest.raises(pg.ConfigError, match="MLPClassifier does classification, not regression"):
+        MLPClassifier(task="regression")
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_copies_of_an_mlp_keep_its_class(task):
+    model = MLP(hidden=(3,), task=task)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(copied) is type(model) and copied.get_config() == model.get_config()
+
+
+def test_a_regressor_has_no_class_probabilities():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 3))
+    model = MLP(hidden=(4,), task="regression")
+    model.setup(3)
+    model.params_ = model.init_params(0)
+    assert model.predict(X).shape == (20,)
+    with pytest.raises(pg.ConfigError, match="predict_proba needs a classifier; this MLP does regression"):
+        model.predict_proba(X)

@@ -105,6 +105,17 @@ def test_bad_arguments_are_refused():
         pg.models.Torch(torch.nn.Linear(2, 2), loss="hinge")
 
 
+def test_the_loss_picks_a_regressor_or_a_classifier_class():
+    regressor = pg.models.Torch(torch.nn.Linear(2, 1), loss="mse")
+    classifier = pg.models.Torch(torch.nn.Linear(2, 3))
+    assert type(regressor) is pg.models.Torch and not isinstance(regressor, pg.models.Classifier)
+    assert type(classifier) is pg.models.TorchClassifier and isinstance(classifier, pg.models.Torch)
+    for model in (regressor, classifier):
+        assert type(copy.deepcopy(model)) is type(model)
+    with pytest.raises(pg.ConfigError, match="TorchClassifier has loss 'cross_entropy'"):
+        pg.models.TorchClassifier(torch.nn.Linear(2, 1), loss="mse")
+
+
 def test_standardised_training_predicts_and_reloads_with_the_same_scaling(tmp_path):
     from sklearn.datasets import load_digits
 

@@ -22,37 +22,14 @@ import numpy as np
 from paragrad.atomic import atomic_write
 from paragrad.data import Standardizer, open_numpy
 from paragrad.errors import ModelFileError, ParagradError
+from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
-
-FORMAT = "paragrad-model"
-VERSION = 1
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
     model._check_trained()
-    if model.name == "torch":
-        model.save(path)  # parameters only: the module's code cannot travel without pickle
-        return
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "family": model.name,
-        "config": model.get_config(),
-        "num_features": model.num_features_,
-        "classes": None if model.classes_ is None else model.classes_.tolist(),
-        "feature_names": None if model.feature_names_ is None else list(model.feature_names_),
-        "target_name": model.target_name_,
-    }
-    arrays = {
-        "params": np.asarray(model.params_, dtype=np.float64),
-        "meta": np.array(json.dumps(meta)),
-    }
-    if model.standardizer_ is not None:
-        arrays["standardizer_mean"] = model.standardizer_.mean
-        arrays["standardizer_scale"] = model.standardizer_.scale
-    with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+    model.save(path)
 
 
 def load_model(path: str | os.PathLike) -> Model:

@@ -6,9 +6,9 @@ from paragrad.errors import ConfigError
 from paragrad.models.base import Classifier, Model
 from paragrad.models.linear import LinearRegression
 from paragrad.models.logistic import LogisticRegression
-from paragrad.models.mlp import MLP
+from paragrad.models.mlp import MLP, MLPClassifier
 from paragrad.models.softmax import SoftmaxRegression
-from paragrad.models.torch_module import Torch
+from paragrad.models.torch_module import Torch, TorchClassifier
 
 MODELS: dict[str, type[Model]] = {
     cls.name: cls for cls in (LinearRegression, LogisticRegression, SoftmaxRegression, MLP)
@@ -28,8 +28,10 @@ __all__ = [
     "Classifier",
     "LinearRegression",
     "LogisticRegression",
+    "MLPClassifier",
     "Model",
     "SoftmaxRegression",
     "Torch",
+    "TorchClassifier",
     "get_model",
 ]

@@ -7,6 +7,7 @@ function that the coordinator adds once per step, never once per worker.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from paragrad.data import Standardizer, is_sparse
 from paragrad.errors import ConfigError, DataError
+from paragrad.model_file import write_model_file
 
 MAX_CLASSES = 1000
 
@@ -160,6 +162,10 @@ class Model(ABC):
         """Predicted targets (regression) or class labels (classification)."""
         return self.decision_function(self.params_, self.prepare(X))
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: only a :class:`Classifier` has them."""
+        raise ConfigError(f"predict_proba needs a classifier; this {type(self).__name__} does regression")
+
     def loss(self, X, y) -> float:
         """Mean data loss of the trained model on ``(X, y)``, without the penalty."""
         X = self.prepare(X)
@@ -167,6 +173,19 @@ class Model(ABC):
         if self.is_classifier:
             check_class_labels(self, y)
         return self.loss_grad(self.params_, X, y)[0] / X.shape[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained model to ``path`` as a model file for :func:`paragrad.load_model`."""
+        self._check_trained()
+        meta = {
+            "family": self.name,
+            "config": self.get_config(),
+            "num_features": self.num_features_,
+            "classes": None if self.classes_ is None else self.classes_.tolist(),
+            "feature_names": None if self.feature_names_ is None else list(self.feature_names_),
+            "target_name": self.target_name_,
+        }
+        write_model_file(path, meta, self.params_, self.standardizer_)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -194,14 +213,11 @@ class Classifier(Model):
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class, shape (rows, classes), columns in ``classes_`` order."""
-        if not self.is_classifier:
-            raise ConfigError(f"predict_proba needs a classifier; this {type(self).__name__} does regression")
         return self.proba(self.params_, self.prepare(X))
 
     def predict(self, X) -> np.ndarray:
-        """Class labels; or the predicted values when a family is set up for regression."""
-        scores = self.decision_function(self.params_, self.prepare(X))
-        return self.labels_from(scores) if self.is_classifier else scores
+        """Class labels."""
+        return self.labels_from(self.decision_function(self.params_, self.prepare(X)))
 
     def labels_from(self, scores: np.ndarray) -> np.ndarray:
         """Class labels from the raw scores of :meth:`decision_function`."""

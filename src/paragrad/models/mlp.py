@@ -8,22 +8,40 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import ConfigError
-from paragrad.models.base import Classifier, log_softmax_xent, softmax
+from paragrad.models.base import Classifier, Model, log_softmax_xent, softmax
 
 ACTIVATIONS = ("relu", "tanh")
 TASKS = ("classification", "regression")
 
 
-class MLP(Classifier):
+class MLP(Model):
     """Fully connected network: ``hidden`` layers, then a linear output layer.
 
     For ``task="classification"`` the output is a softmax over the classes (cross-entropy
     loss); for ``task="regression"`` it is one value (loss ``1/2 (out - y)^2``). ``l2``
     penalises the weights, not the biases. Weights start from a seeded He (relu) or
     LeCun (tanh) normal initialisation.
+
+    An ``MLP`` itself is a regressor: ``MLP(task="classification")`` (the default) makes
+    an :class:`MLPClassifier`, the subclass that adds the classes and their probabilities.
     """
 
     name = "mlp"
+    task: str = "regression"
+
+    def __new__(
+        cls,
+        hidden: tuple[int, ...] = (64,),
+        activation: str = "relu",
+        task: str = "classification",
+        l2: float = 0.0,
+    ) -> MLP:
+        if cls is MLP and task == "classification":
+            cls = MLPClassifier
+        return super().__new__(cls)
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict[str, Any]]:
+        return (), {"task": self.task}  # so that a copy is of this class again
 
     def __init__(
         self,
@@ -40,11 +58,10 @@ class MLP(Classifier):
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if task != self.task:
+            raise ConfigError(f"{type(self).__name__} does {self.task}, not {task}: use MLP(task={task!r})")
         self.hidden = hidden
         self.activation = activation
-        self.task = task
-        # A regression network is no classifier; the instance attribute overrides the class's.
-        self.is_classifier = task == "classification"
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -55,9 +72,13 @@ class MLP(Classifier):
         }
 
     @property
+    def num_outputs(self) -> int:
+        """Width of the output layer."""
+        return 1
+
+    @property
     def layer_sizes(self) -> list[int]:
-        outputs = self.num_classes if self.is_classifier else 1
-        return [self.num_features_, *self.hidden, outputs]
+        return [self.num_features_, *self.hidden, self.num_outputs]
 
     @property
     def num_params(self) -> int:
@@ -106,19 +127,16 @@ class MLP(Classifier):
         return outputs, outputs[-1] @ W_out.astype(X.dtype) + b_out.astype(X.dtype)
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        out = self._forward(params, X)[1]
-        return out if self.is_classifier else out[:, 0]
+        return self._forward(params, X)[1][:, 0]
 
-    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return softmax(self._forward(params, X)[1])
+    def output_loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loss sum of the network's outputs ``out`` against ``y``, and dLoss/dout."""
+        residual = out[:, 0] - y
+        return 0.5 * float(residual @ residual), residual[:, None]
 
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         outputs, out = self._forward(params, X)
-        if self.is_classifier:
-            loss, delta = log_softmax_xent(out, y)
-        else:
-            residual = out[:, 0] - y
-            loss, delta = 0.5 * float(residual @ residual), residual[:, None]
+        loss, delta = self.output_loss(out, y)
         grad = np.empty(self.num_params)
         layers, grad_layers = self.layers(params), self.layers(grad)
         for index in range(len(layers) - 1, -1, -1):
@@ -129,3 +147,22 @@ class MLP(Classifier):
             if index > 0:
                 delta = (delta @ W.T.astype(delta.dtype)) * self._act_grad(outputs[index])
         return loss, grad
+
+
+class MLPClassifier(MLP, Classifier):
+    """An :class:`MLP` with a softmax output over the classes and cross-entropy loss."""
+
+    task = "classification"
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self._forward(params, X)[1]
+
+    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return softmax(self._forward(params, X)[1])
+
+    def output_loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        return log_softmax_xent(out, y)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import ConfigError, ModelFileError
-from paragrad.models.base import Classifier, softmax
+from paragrad.model_file import standardizer_arrays, write_arrays
+from paragrad.models.base import Classifier, Model, softmax
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -29,7 +30,7 @@ def _torch():
     return torch
 
 
-class Torch(Classifier):
+class Torch(Model):
     """Train a ``torch.nn.Module`` with paragrad's strategies and engines.
 
     Parameters
@@ -41,20 +42,34 @@ class Torch(Classifier):
         Summed cross-entropy over integer labels 0..k-1, or ``1/2 (out - y)^2``.
     l2 : float
         L2 penalty on every parameter.
+
+    A ``Torch`` model itself is a regressor: ``loss="cross_entropy"`` (the default) makes
+    a :class:`TorchClassifier`, the subclass that adds the classes and their probabilities.
     """
 
     name = "torch"
+    loss_name: str = "mse"
 
-    def __init__(self, module, loss: str = "cross_entropy", l2: float = 0.0) -> None:
+    def __new__(cls, module: Any = None, loss: str = "cross_entropy", l2: float = 0.0) -> Torch:
+        if cls is Torch and loss == "cross_entropy":
+            cls = TorchClassifier
+        return super().__new__(cls)
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict[str, Any]]:
+        return (), {"loss": self.loss_name}  # so that a copy is of this class again
+
+    def __init__(self, module: Any, loss: str = "cross_entropy", l2: float = 0.0) -> None:
         super().__init__(l2=l2)
         torch = _torch()
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         if loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if loss != self.loss_name:
+            raise ConfigError(
+                f"{type(self).__name__} has loss {self.loss_name!r}: use Torch(module, loss={loss!r})"
+            )
         self.module = copy.deepcopy(module)
-        self.loss_name = loss
-        self.is_classifier = loss == "cross_entropy"
         self._dtype = next(self.module.parameters()).dtype
 
     def get_config(self) -> dict[str, Any]:
@@ -84,18 +99,19 @@ class Torch(Classifier):
 
     def _outputs(self, X):
         out = self.module(self._inputs(X))
-        return out if self.is_classifier else out.reshape(len(out))
+        return out.reshape(len(out))
+
+    def _loss(self, out, y: np.ndarray):
+        """The loss sum, as a tensor, of the module's outputs ``out`` against ``y``."""
+        torch = _torch()
+        target = torch.from_numpy(np.asarray(y)).to(self._dtype)
+        return 0.5 * torch.sum((out - target) ** 2)
 
     def loss_grad(self, params: np.ndarray, X, y: np.ndarray) -> tuple[float, np.ndarray]:
         torch = _torch()
         self._load(params)
         self.module.zero_grad(set_to_none=True)
-        out = self._outputs(X)
-        if self.is_classifier:
-            loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y).long(), reduction="sum")
-        else:
-            target = torch.from_numpy(np.asarray(y)).to(self._dtype)
-            loss = 0.5 * torch.sum((out - target) ** 2)
+        loss = self._loss(self._outputs(X), y)
         loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.module.parameters()]
         return float(loss.detach()), torch.nn.utils.parameters_to_vector(grads).double().numpy()
@@ -106,27 +122,22 @@ class Torch(Classifier):
         with torch.no_grad():
             return self._outputs(X).double().numpy()
 
-    def proba(self, params: np.ndarray, X) -> np.ndarray:
-        return softmax(self.decision_function(params, X))
-
     # -- saving: plain arrays, never a pickled module --------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the trained parameters (and classes) as a ``.npz``; the module's code stays yours."""
-        from paragrad.atomic import atomic_write
+        """Write the trained parameters (and classes) as a ``.npz``; the module's code stays yours.
 
+        Not a full model file: a module's code cannot travel without pickle, so
+        :meth:`load` takes the module again.
+        """
         self._check_trained()
         arrays = {
             "params": self.params_,
             "classes": np.array([] if self.classes_ is None else self.classes_),
             "num_features": np.array(self.num_features_),
+            **standardizer_arrays(self.standardizer_),
         }
-        if self.standardizer_ is not None:
-            arrays.update(
-                standardizer_mean=self.standardizer_.mean, standardizer_scale=self.standardizer_.scale
-            )
-        with atomic_write(path) as handle:
-            np.savez(handle, **arrays)
+        write_arrays(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, module, loss: str = "cross_entropy") -> Torch:
@@ -153,3 +164,19 @@ class Torch(Classifier):
         model.params_ = params
         model._load(params)
         return model
+
+
+class TorchClassifier(Torch, Classifier):
+    """A :class:`Torch` model whose outputs are class scores, trained with cross-entropy."""
+
+    loss_name = "cross_entropy"
+
+    def _outputs(self, X):
+        return self.module(self._inputs(X))
+
+    def _loss(self, out, y: np.ndarray):
+        torch = _torch()
+        return torch.nn.functional.cross_entropy(out, torch.from_numpy(y).long(), reduction="sum")
+
+    def proba(self, params: np.ndarray, X) -> np.ndarray:
+        return softmax(self.decision_function(params, X))
