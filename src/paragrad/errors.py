@@ -47,3 +47,13 @@ class WorkerLost(ParagradError, RuntimeError):
 
 class WorkerError(ParagradError, RuntimeError):
     """A task raised an exception inside a worker; the message holds its traceback."""
+
+
+def check_positive_int(
+    name: str, value: object, allow_none: bool = False, what: str = "a positive integer"
+) -> None:
+    """Refuse anything but a positive integer (or None, when allowed) for setting ``name``."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be {what}, got {value!r}")

@@ -1,21 +1,26 @@
-"""Optimizers as ``init``/``update`` pairs over flat parameter vectors.
+"""Optimizers over flat parameter vectors: ``init``, and ``minimize`` through evaluations.
 
 An optimizer's state is a NamedTuple of numpy arrays (its step counter included), so it
-can be saved to and restored from a plain ``.npz`` file. ``update`` is pure: it returns
-new parameters and a new state and never changes its arguments.
+can be saved to and restored from a plain ``.npz`` file. Every optimizer takes one step
+with ``minimize(evaluate, params, state)``, where ``evaluate(point) -> (loss, grad)`` is
+one distributed pass: first-order optimizers evaluate once and apply their pure
+``update``; L-BFGS evaluates as often as its line search needs. So the trainer treats
+every optimizer alike.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 
-from paragrad.errors import ConfigError
+from paragrad.errors import ConfigError, check_positive_int
 
 
 class Schedule(Protocol):
@@ -104,19 +109,55 @@ class AdamState(NamedTuple):
     second_moment: np.ndarray
 
 
+Evaluate = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+class OptimizerStep(NamedTuple):
+    """One step's outcome: the new parameters and state, the loss and gradient measured at
+    the old parameters, and whether a line search stalled (the parameters stayed put)."""
+
+    params: np.ndarray
+    state: Any
+    loss: float
+    grad: np.ndarray
+    stalled: bool = False
+
+
+def describe(value: Any) -> Any:
+    """A JSON-compatible description of a setting (a number, or a schedule's fields)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {field.name: describe(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **fields}
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return repr(value)
+
+
 class Optimizer:
-    """Base of the optimizers: a schedule and the pure ``init``/``update`` pair."""
+    """Base of the optimizers: a schedule, ``init``, and one step through ``minimize``.
+
+    ``line_search`` optimizers evaluate at several points per step, so they need the exact
+    full-batch objective: no minibatches, no compression.
+    """
 
     name: str
+    line_search: ClassVar[bool] = False
 
     def __init__(self, lr: float | Schedule) -> None:
         self.schedule = as_schedule(lr)
 
-    def init(self, params: np.ndarray) -> NamedTuple:
+    def init(self, params: np.ndarray) -> Any:
         raise NotImplementedError
 
-    def update(self, grad: np.ndarray, state, params: np.ndarray) -> tuple[np.ndarray, NamedTuple]:
+    def update(self, grad: np.ndarray, state: Any, params: np.ndarray) -> tuple[np.ndarray, Any]:
+        """New parameters and state after a step along ``grad`` (first-order optimizers)."""
         raise NotImplementedError
+
+    def minimize(self, evaluate: Evaluate, params: np.ndarray, state: Any) -> OptimizerStep:
+        """One step: evaluate at ``params``, then update."""
+        loss, grad = evaluate(params)
+        new_params, new_state = self.update(grad, state, params)
+        return OptimizerStep(new_params, new_state, loss, grad)
 
     def starting_at(self, step: int) -> Optimizer:
         """This optimizer with its schedule advanced by ``step`` steps and fresh state.
@@ -127,6 +168,10 @@ class Optimizer:
         shifted = copy.copy(self)
         shifted.schedule = Shifted(self.schedule, int(step)) if step else self.schedule
         return shifted
+
+    def config(self) -> dict[str, Any]:
+        """The settings that identify this optimizer (for checking a resumed run)."""
+        return {"name": self.name, "lr": describe(self.schedule)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
@@ -157,6 +202,9 @@ class SGD(Optimizer):
 
     def init(self, params: np.ndarray) -> SGDState:
         return SGDState(np.array(0, dtype=np.int64), np.zeros_like(params, dtype=np.float64))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
     def update(self, grad: np.ndarray, state: SGDState, params: np.ndarray) -> tuple[np.ndarray, SGDState]:
         lr = self.schedule(int(state.step))
@@ -189,6 +237,9 @@ class Adam(Optimizer):
         zeros = np.zeros_like(params, dtype=np.float64)
         return AdamState(np.array(0, dtype=np.int64), zeros, zeros.copy())
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
     def update(self, grad: np.ndarray, state: AdamState, params: np.ndarray) -> tuple[np.ndarray, AdamState]:
         step = state.step + 1
         mean = self.beta1 * state.mean + (1.0 - self.beta1) * grad
@@ -213,13 +264,16 @@ class LBFGSState(NamedTuple):
 
 
 class LBFGS(Optimizer):
-    """Limited-memory BFGS with a backtracking (Armijo) line search, for full-batch training.
+    """Limited-memory BFGS with a backtracking line search, for full-batch training.
 
-    It minimises through an ``evaluate(params) -> (loss, grad)`` function, each call of
-    which is one distributed pass over the data (as Spark MLlib and dask-glm do), instead
-    of a gradient handed to ``update``. ``lr`` is the first trial step of each line
-    search (1 is right for quasi-Newton steps). When no step along the search direction
-    lowers the loss, training stops there with a ``LineSearchStalled`` warning.
+    It minimises through ``evaluate(params) -> (loss, grad)``, each call of which is one
+    distributed pass over the data (as Spark MLlib and dask-glm do). ``lr`` is the first
+    trial step of each line search (1 is right for quasi-Newton steps). A step is
+    accepted on sufficient decrease (Armijo); near the optimum, where the decrease it
+    promises is below the round-off of the loss (a sum over every row), it is accepted
+    when the loss stays within that round-off and the directional derivative shows the
+    same decrease on the quadratic model (Hager and Zhang's approximate Wolfe test). When
+    no step is accepted, training stops there with a ``LineSearchStalled`` warning.
 
     Parameters
     ----------
@@ -231,22 +285,28 @@ class LBFGS(Optimizer):
         Armijo sufficient-decrease constant.
     max_line_search : int
         Halvings of the step before giving up.
+    loss_noise : float
+        Relative round-off of the loss, within which the gradient test decides.
     """
 
     name = "lbfgs"
-    needs_objective = True
+    line_search: ClassVar[bool] = True
 
     def __init__(
-        self, memory: int = 10, lr: float = 1.0, c1: float = 1e-4, max_line_search: int = 30
+        self,
+        memory: int = 10,
+        lr: float = 1.0,
+        c1: float = 1e-4,
+        max_line_search: int = 30,
+        loss_noise: float = 1e-6,
     ) -> None:
         super().__init__(lr)
-        if int(memory) < 1:
-            raise ConfigError(f"memory must be a positive integer, got {memory}")
-        if not 0.0 < c1 < 1.0:
-            raise ConfigError(f"c1 must be in (0, 1), got {c1}")
-        if int(max_line_search) < 1:
-            raise ConfigError(f"max_line_search must be a positive integer, got {max_line_search}")
+        check_positive_int("memory", memory)
+        if not 0.0 < c1 < 0.5:
+            raise ConfigError(f"c1 must be in (0, 0.5), got {c1}")
+        check_positive_int("max_line_search", max_line_search)
         self.memory, self.c1, self.max_line_search = int(memory), float(c1), int(max_line_search)
+        self.loss_noise = _positive("loss_noise", loss_noise)
 
     def init(self, params: np.ndarray) -> LBFGSState:
         d = len(params)
@@ -260,8 +320,9 @@ class LBFGS(Optimizer):
             np.zeros(d),
         )
 
-    def update(self, grad, state, params):
-        raise ConfigError("LBFGS searches along each step itself: use it with the GradientDescent strategy")
+    def config(self) -> dict[str, Any]:
+        settings = {"memory": self.memory, "c1": self.c1, "max_line_search": self.max_line_search}
+        return {**super().config(), **settings, "loss_noise": self.loss_noise}
 
     def direction(self, grad: np.ndarray, state: LBFGSState) -> np.ndarray:
         """``-H grad`` by the two-loop recursion over the stored pairs (oldest first)."""
@@ -279,12 +340,9 @@ class LBFGS(Optimizer):
             q += (alpha - (y @ q) / (y @ s)) * s
         return -q
 
-    def minimize_step(self, evaluate, params: np.ndarray, state: LBFGSState):
-        """One quasi-Newton step.
-
-        Returns the new parameters and state, the loss and gradient at ``params``, and
-        whether the line search stalled (no lower loss found: the step stays put).
-        """
+    def minimize(self, evaluate: Evaluate, params: np.ndarray, state: LBFGSState) -> OptimizerStep:
+        """One quasi-Newton step, searching along the direction with as many evaluations
+        as it takes; a stalled search leaves the parameters where they are."""
         if np.isnan(state.loss):
             loss, grad = evaluate(params)
         else:
@@ -300,20 +358,31 @@ class LBFGS(Optimizer):
         for _ in range(self.max_line_search):
             candidate = params + step * direction
             new_loss, new_grad = evaluate(candidate)
-            if np.isfinite(new_loss) and new_loss <= loss + self.c1 * step * slope:
-                break
+            if self._accepts(loss, slope, step, new_loss, float(new_grad @ direction)):
+                new_state = self._remember(state, candidate - params, new_grad - grad, new_loss, new_grad)
+                return OptimizerStep(candidate, new_state, loss, grad)
             step *= 0.5
-        else:
-            warnings.warn(
-                f"L-BFGS's line search found no lower loss in {self.max_line_search} halvings; stopping here",
-                LineSearchStalled,
-                stacklevel=2,
-            )
-            return params, state._replace(loss=np.array(loss), grad=grad), loss, grad, True
-        new_state = self._remember(state, candidate - params, new_grad - grad, new_loss, new_grad)
-        return candidate, new_state, loss, grad, False
+        warnings.warn(
+            f"L-BFGS's line search found no lower loss in {self.max_line_search} halvings; stopping here",
+            LineSearchStalled,
+            stacklevel=2,
+        )
+        return OptimizerStep(params, state._replace(loss=np.array(loss), grad=grad), loss, grad, stalled=True)
 
-    def _remember(self, state: LBFGSState, s, y, loss, grad) -> LBFGSState:
+    def _accepts(self, loss: float, slope: float, step: float, new_loss: float, new_slope: float) -> bool:
+        """Sufficient decrease, measured by the loss, or (within its round-off) by the slope.
+
+        On a quadratic, ``f(a) - f(0) <= c1 a f'(0)`` is exactly ``f'(a) <= (2 c1 - 1) f'(0)``.
+        """
+        if not np.isfinite(new_loss):
+            return False
+        if new_loss <= loss + self.c1 * step * slope:
+            return True
+        return new_loss <= loss + self.loss_noise * abs(loss) and new_slope <= (2 * self.c1 - 1) * slope
+
+    def _remember(
+        self, state: LBFGSState, s: np.ndarray, y: np.ndarray, loss: float, grad: np.ndarray
+    ) -> LBFGSState:
         s_history, y_history, count = state.s_history.copy(), state.y_history.copy(), int(state.num_pairs)
         if s @ y > 1e-12 * (y @ y):  # keep only pairs of positive curvature
             if count == self.memory:
@@ -329,7 +398,7 @@ class LBFGS(Optimizer):
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "lbfgs": LBFGS}
 
 
-def get_optimizer(name: str, **kwargs) -> Optimizer:
+def get_optimizer(name: str, **kwargs: Any) -> Optimizer:
     """An optimizer by name (``sgd`` or ``adam``) with its keyword arguments."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

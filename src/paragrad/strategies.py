@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from paragrad.compression import Compressor, get_compressor
-from paragrad.errors import ConfigError
+from paragrad.errors import ConfigError, check_positive_int
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
 from paragrad.shards import EpochOrder, Shard, StateField
@@ -32,9 +32,9 @@ class WorkerResult(NamedTuple):
     parameters (LocalSGD). ``compute_s`` is the worker's own computing time.
     """
 
-    count: int
+    count: int  # type: ignore[assignment]  # a field: it hides tuple.count on purpose
     loss_sum: float
-    vector: np.ndarray
+    vector: Any  # an array, or its compressed payload
     compute_s: float = 0.0
 
 
@@ -43,13 +43,15 @@ class StepOutcome(NamedTuple):
 
     ``loss`` is the objective (mean loss plus penalty) the round measured: over the whole
     data at the incoming parameters for GradientDescent, over the round's batches
-    otherwise. ``grad_norm`` is the largest absolute gradient entry, when known.
+    otherwise. ``grad_norm`` is the largest absolute gradient entry, when known;
+    ``stalled`` says a line search found no better point (the parameters stayed put).
     """
 
     params: np.ndarray
     opt_state: Any
     loss: float
     grad_norm: float | None
+    stalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,9 @@ def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
     return shard.order.permutation
 
 
-def batch_rows(shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None):
+def batch_rows(
+    shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None
+) -> slice | np.ndarray:
     """Rows of batch ``position`` of ``epoch``, drawn without replacement within an epoch.
 
     A batch as large as the shard is the whole shard, as a slice (no copy), and the later
@@ -108,13 +112,7 @@ def objective(results: Sequence[WorkerResult], params: np.ndarray, model: Model)
     return loss_sum / count + penalty, grad_sum / count + penalty_grad
 
 
-def gradient_step(
-    results: Sequence[WorkerResult], params, opt_state, model: Model, optimizer: Optimizer
-) -> StepOutcome:
-    """Average the gradient sums exactly, add the penalty once, take one optimizer step."""
-    loss, grad = objective(results, params, model)
-    new_params, new_state = optimizer.update(grad, opt_state, params)
-    return StepOutcome(new_params, new_state, loss, float(np.abs(grad).max()))
+RunWorkers = Callable[[np.ndarray], list[WorkerResult]]
 
 
 class Strategy(ABC):
@@ -182,19 +180,31 @@ class Strategy(ABC):
     ) -> WorkerResult:
         """One worker's part of round ``round_index``."""
 
-    @abstractmethod
-    def combine(
-        self,
-        results: Sequence[WorkerResult],
-        params: np.ndarray,
-        opt_state,
-        model: Model,
-        optimizer: Optimizer,
+    def round(
+        self, run_workers: RunWorkers, params: np.ndarray, opt_state: Any, model: Model, optimizer: Optimizer
     ) -> StepOutcome:
-        """Merge the workers' results (in worker order) into the next parameters."""
+        """One round on the coordinator: ``run_workers(point)`` is one pass of the workers.
+
+        Gradient strategies hand the optimizer the objective, whose every evaluation is a
+        pass (a line search makes several): the sums averaged exactly, the penalty added once.
+        """
+
+        def evaluate(point: np.ndarray) -> tuple[float, np.ndarray]:
+            return objective(self.receive(run_workers(point), len(point)), point, model)
+
+        step = optimizer.minimize(evaluate, params, opt_state)
+        return StepOutcome(step.params, step.state, step.loss, float(np.abs(step.grad).max()), step.stalled)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that identify this strategy (for checking a resumed run)."""
+        return {"name": self.name, **self.settings(), "compress": self.compress}
+
+    def settings(self) -> dict[str, Any]:
+        """The strategy's own settings, besides compression."""
+        return {}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
 
@@ -215,20 +225,22 @@ class GradientDescent(Strategy):
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
         return 1
 
-    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
-        loss, grad = model.loss_grad(params, shard.X, shard.y)
+    def worker_step(
+        self,
+        shard: Shard,
+        model: Model,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        round_index: int,
+        plan: RoundPlan,
+    ) -> WorkerResult:
+        loss, grad = model.loss_grad(params, shard.X, shard.labels)
         return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
-
-    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
-        return gradient_step(self.receive(results, len(params)), params, opt_state, model, optimizer)
 
 
 def _check_batch_size(batch_size: int | None, allow_none: bool) -> int | None:
-    if batch_size is None and allow_none:
-        return None
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    check_positive_int("batch_size", batch_size, allow_none)
+    return None if batch_size is None else int(batch_size)
 
 
 class SGD(Strategy):
@@ -242,25 +254,34 @@ class SGD(Strategy):
     name = "sgd"
 
     def __init__(self, batch_size: int = 256, compress: str | None = None) -> None:
-        self.batch_size = _check_batch_size(batch_size, allow_none=False)
+        check_positive_int("batch_size", batch_size)
+        self.batch_size = int(batch_size)
         self.compress = compress
         get_compressor(compress)
 
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
         return math.ceil(max(shard_sizes) / self.batch_size)
 
-    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
+    def settings(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size}
+
+    def worker_step(
+        self,
+        shard: Shard,
+        model: Model,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        round_index: int,
+        plan: RoundPlan,
+    ) -> WorkerResult:
         epoch, position = divmod(round_index, plan.rounds_per_epoch)
         rows = batch_rows(shard, plan.seed, epoch, position, self.batch_size)
-        X, y = shard.X[rows], shard.y[rows]
+        X, y = shard.X[rows], shard.labels[rows]
         if X.shape[0] == 0:
             loss, grad = 0.0, np.zeros(len(params))
         else:
             loss, grad = model.loss_grad(params, X, y)
         return WorkerResult(X.shape[0], loss, self.send(shard, grad, plan, round_index))
-
-    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
-        return gradient_step(self.receive(results, len(params)), params, opt_state, model, optimizer)
 
 
 class LocalSGD(Strategy):
@@ -284,10 +305,7 @@ class LocalSGD(Strategy):
         server_lr: float = 1.0,
         compress: str | None = None,
     ) -> None:
-        if local_steps is not None and (
-            not isinstance(local_steps, (int, np.integer)) or isinstance(local_steps, bool) or local_steps < 1
-        ):
-            raise ConfigError(f"local_steps must be a positive integer or None, got {local_steps!r}")
+        check_positive_int("local_steps", local_steps, allow_none=True, what="a positive integer or None")
         if not isinstance(server_lr, (int, float)) or not 0.0 < server_lr <= 10.0:
             raise ConfigError(f"server_lr must be in (0, 10], got {server_lr!r}")
         self.local_steps = None if local_steps is None else int(local_steps)
@@ -316,7 +334,15 @@ class LocalSGD(Strategy):
             return 0
         return round_index * self.local_steps // self._batches_per_epoch(max(shard_sizes))
 
-    def worker_step(self, shard, model, optimizer, params, round_index, plan) -> WorkerResult:
+    def worker_step(
+        self,
+        shard: Shard,
+        model: Model,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        round_index: int,
+        plan: RoundPlan,
+    ) -> WorkerResult:
         per_epoch = self._batches_per_epoch(shard.num_rows)
         if self.local_steps is None:
             first, num_steps = 0, plan.epochs * per_epoch
@@ -327,7 +353,7 @@ class LocalSGD(Strategy):
         theta, loss_total = params, 0.0
         for batch in range(first, first + num_steps):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
-            X, y = shard.X[rows], shard.y[rows]
+            X, y = shard.X[rows], shard.labels[rows]
             loss, grad = model.loss_grad(theta, X, y)
             penalty, penalty_grad = model.penalty(theta)
             loss_total += loss / X.shape[0] + penalty
@@ -336,7 +362,18 @@ class LocalSGD(Strategy):
         sent = theta if self.compress is None else self.send(shard, theta - params, plan, round_index)
         return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, sent)
 
-    def combine(self, results, params, opt_state, model, optimizer) -> StepOutcome:
+    def settings(self) -> dict[str, Any]:
+        return {"local_steps": self.local_steps, "batch_size": self.batch_size, "server_lr": self.server_lr}
+
+    def round(
+        self, run_workers: RunWorkers, params: np.ndarray, opt_state: Any, model: Model, optimizer: Optimizer
+    ) -> StepOutcome:
+        """The workers train from ``params``; their results are averaged. The coordinator's
+        optimizer state is untouched: each worker's optimizer starts afresh every round."""
+        return self.combine(run_workers(params), params)._replace(opt_state=opt_state)
+
+    def combine(self, results: Sequence[WorkerResult], params: np.ndarray) -> StepOutcome:
+        """The shard-weighted average of the workers' parameters (or of their changes)."""
         counts = [result.count for result in results]
         if self.compress is None:
             average = weighted_mean([result.vector for result in results], counts)
@@ -345,13 +382,13 @@ class LocalSGD(Strategy):
             average = params + weighted_mean(deltas, counts)
         new_params = average if self.server_lr == 1.0 else params + self.server_lr * (average - params)
         loss = sum(result.loss_sum for result in results) / sum(counts)
-        return StepOutcome(new_params, opt_state, loss, None)
+        return StepOutcome(new_params, None, loss, None)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"gd": GradientDescent, "sgd": SGD, "local-sgd": LocalSGD}
 
 
-def get_strategy(name: str, **kwargs) -> Strategy:
+def get_strategy(name: str, **kwargs: Any) -> Strategy:
     """A strategy by name (``gd``, ``sgd``, ``local-sgd``) with its keyword arguments."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
