@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.data import Standardizer, open_numpy
-from paragrad.errors import ModelFileError, ParagradError
+from paragrad.errors import ConfigError, ModelFileError, ParagradError, check_positive_int
 from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
 
@@ -96,7 +97,9 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
 # -- training checkpoints -------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "paragrad-checkpoint"
+CHECKPOINT_VERSION = 2  # 2: typed run configuration, worker state by declared field
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
+WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 
 
 class CheckpointWarning(UserWarning):
@@ -109,7 +112,8 @@ class TrainingState:
 
     ``round`` is the next round to run; the sampling position follows from it, since every
     random draw comes from (seed, worker, epoch). ``config`` describes the run for the
-    check that a resumed run is the same run.
+    check that a resumed run is the same run. ``worker_state`` holds each declared
+    per-worker array, one row per worker.
     """
 
     round: int
@@ -119,7 +123,7 @@ class TrainingState:
     convergence: dict[str, Any]
     standardizer: Standardizer | None
     config: dict[str, Any]
-    worker_states: list[dict[str, np.ndarray]] | None = None
+    worker_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -139,7 +143,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": CHECKPOINT_FORMAT,
-        "version": VERSION,
+        "version": CHECKPOINT_VERSION,
         "round": state.round,
         "config": state.config,
         "convergence": state.convergence,
@@ -156,10 +160,7 @@ def save_checkpoint(
     if state.standardizer is not None:
         arrays["standardizer_mean"] = state.standardizer.mean
         arrays["standardizer_scale"] = state.standardizer.scale
-    for worker, worker_state in enumerate(state.worker_states or []):
-        arrays.update({f"worker{worker}.{key}": np.asarray(value) for key, value in worker_state.items()})
-    meta["num_worker_states"] = len(state.worker_states or [])
-    arrays["meta"] = np.array(json.dumps(meta))
+    arrays.update({WORKER_STATE + name: rows for name, rows in state.worker_state.items()})
     arrays["checksum"] = np.array(_checksum(arrays))
     path = directory / f"checkpoint-{state.round:09d}.npz"
     with atomic_write(path) as handle:
@@ -192,7 +193,7 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     if _checksum(arrays) != stored:
         raise ValueError("checksum mismatch")
     meta = json.loads(str(arrays["meta"]))
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError("not a paragrad checkpoint of this version")
     fields = meta["opt_fields"]
     if list(opt_state_type._fields) != fields:
@@ -207,11 +208,9 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     standardizer = None
     if "standardizer_mean" in arrays:
         standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
-    worker_states: list[dict[str, np.ndarray]] = [{} for _ in range(meta.get("num_worker_states", 0))]
-    for name, value in arrays.items():
-        if name.startswith("worker") and "." in name:
-            worker, key = name[len("worker") :].split(".", 1)
-            worker_states[int(worker)][key] = value
+    worker_state = {
+        name[len(WORKER_STATE) :]: rows for name, rows in arrays.items() if name.startswith(WORKER_STATE)
+    }
     return TrainingState(
         meta["round"],
         arrays["params"],
@@ -220,5 +219,53 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
         meta["convergence"],
         standardizer,
         meta["config"],
-        worker_states,
+        worker_state,
     )
+
+
+@dataclass
+class Checkpointing:
+    """When and where a run writes checkpoints: every so many rounds or seconds."""
+
+    directory: Path | None
+    every_rounds: int | None
+    every_s: float | None
+    keep: int
+    last_written: float = 0.0
+
+    @classmethod
+    def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
+        """The policy for ``checkpoint_dir``, ``checkpoint_every`` and ``keep_checkpoints``."""
+        check_positive_int("keep_checkpoints", keep)
+        if directory is None:
+            if every is not None:
+                raise ConfigError("checkpoint_every needs checkpoint_dir (--checkpoint DIR)")
+            return cls(None, None, None, keep)
+        text = "60s" if every is None else str(every).strip()
+        try:
+            if text.endswith("s"):
+                seconds = float(text[:-1])
+                if not seconds > 0:
+                    raise ValueError
+                return cls(Path(directory), None, seconds, keep, time.monotonic())
+            rounds = int(text)
+            if rounds < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"checkpoint_every must be a positive number of rounds (10) or seconds (30s), got {every!r}"
+            ) from None
+        return cls(Path(directory), rounds, None, keep, time.monotonic())
+
+    def due(self, rounds_done: int) -> bool:
+        if self.directory is None:
+            return False
+        if self.every_rounds is not None:
+            return rounds_done % self.every_rounds == 0
+        assert self.every_s is not None
+        return time.monotonic() - self.last_written >= self.every_s
+
+    def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
+        assert self.directory is not None
+        save_checkpoint(self.directory, state, history_keys, self.keep)
+        self.last_written = time.monotonic()

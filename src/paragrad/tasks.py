@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from paragrad.data import Moments, Standardizer, moments
-from paragrad.models.base import MAX_CLASSES, Model
+from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
 from paragrad.shards import Shard, StateField, Task
 from paragrad.strategies import RoundPlan, Strategy, WorkerResult
@@ -106,11 +106,14 @@ class PredictShard(Task):
     proba: bool
 
     def __call__(self, shard: Shard) -> tuple[np.ndarray, int]:
-        model = self.model
-        X = model.prepare(shard.X)
-        scores = model.proba(model.params_, X) if self.proba else model.decision_function(model.params_, X)
+        model, X = self.model, self.model.prepare(shard.X)
+        classifier = model if isinstance(model, Classifier) else None
+        if classifier is not None and self.proba:
+            scores = classifier.proba(model.params, X)
+        else:
+            scores = model.decision_function(model.params, X)
         finite = np.isfinite(scores) if scores.ndim == 1 else np.isfinite(scores).all(axis=1)
         bad = -1 if finite.all() else int(np.argmin(finite))
-        if self.proba or not model.is_classifier:
+        if classifier is None or self.proba:
             return scores, bad
-        return model.labels_from(scores), bad
+        return classifier.labels_from(scores), bad

@@ -1,4 +1,10 @@
-"""The round loop: set-up on the workers, rounds until converged, history and progress."""
+"""The round loop: set-up on the workers, rounds until converged, history and progress.
+
+:func:`train` checks its settings, starts the engine, sets the model up from statistics
+the workers gather, and runs a :class:`RoundLoop`. Each round hands the next one a
+:class:`LoopState` (parameters, optimizer state, history, convergence); nothing passes
+between methods through attributes set on the side.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,18 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from paragrad.checkpoint import CheckpointWarning, TrainingState, load_latest_checkpoint, save_checkpoint
+from paragrad.checkpoint import (
+    Checkpointing,
+    CheckpointWarning,
+    TrainingState,
+    load_latest_checkpoint,
+)
+from paragrad.convergence import ConvergenceCheck
 from paragrad.data import Dataset, Standardizer, combine_moments
 from paragrad.engines import Engine, make_engine
 from paragrad.errors import (
@@ -23,132 +34,16 @@ from paragrad.errors import (
     TrainingDiverged,
     WorkerError,
     WorkerLost,
+    check_positive_int,
 )
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, Optimizer
-from paragrad.shards import plan_shards
-from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, objective
+from paragrad.run import HISTORY_KEYS, Run, RunConfig
+from paragrad.shards import StateField, plan_shards
+from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
 from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
-HISTORY_KEYS = (
-    "round",
-    "epoch",
-    "loss",
-    "wall_s",
-    "compute_s",
-    "comm_s",
-    "bytes_sent",
-    "bytes_received",
-    "samples",
-    "wait_s",
-)
-
-
-# -- the result -----------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """A finished training run: the trained model and one history record per round."""
-
-    model: Model
-    history: list[dict[str, Any]]
-    converged: bool
-    strategy: Strategy
-    engine: str
-    num_workers: int
-    wall_s: float
-
-    @property
-    def params(self) -> np.ndarray:
-        """The trained flat parameter vector."""
-        return self.model.params
-
-    @property
-    def final_loss(self) -> float:
-        return self.history[-1]["loss"] if self.history else math.nan
-
-    def summary(self) -> str:
-        """A table of the run: rounds, loss, speed, where the time went, traffic and cost.
-
-        Each round's wall time splits into computing (the workers' mean), waiting for the
-        slowest worker, communication (moving data between processes) and the
-        coordinator's own work. Worker-seconds are workers x wall time: what a
-        pay-per-use cloud bills for holding the workers.
-        """
-        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:]}
-        wait, slowest = total["wait_s"], total["compute_s"]
-        compute = slowest - wait
-        coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
-        wall = max(total["wall_s"], 1e-12)
-        lines = [
-            f"model       {self.model!r}",
-            f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
-            f"rounds      {len(self.history)} ({'converged' if self.converged else 'stopped at the limit'})",
-            f"final loss  {self.final_loss:.6g}",
-            f"speed       {total['samples'] / wall:,.0f} samples/s",
-            f"time        {total['wall_s']:.3f} s: computing {compute:.3f} s, waiting for the slowest "
-            f"{wait:.3f} s, communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
-            f"traffic     {total['bytes_sent'] / 1e6:.3f} MB sent, "
-            f"{total['bytes_received'] / 1e6:.3f} MB received",
-            f"cost        {total['wall_s'] * self.num_workers:.3f} worker-seconds",
-            f"stragglers  {slowest / compute if compute > 0 else 1.0:.2f} (slowest worker's compute / mean)",
-        ]
-        return "\n".join(lines)
-
-    def save(self, path) -> None:
-        """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
-        from paragrad.checkpoint import save_model
-
-        save_model(self.model, path)
-
-
-# -- the loop -------------------------------------------------------------------------------
-
-
-class ConvergenceCheck:
-    """Decides after each round whether training has converged to ``tol``.
-
-    Full-batch strategies converge when the gradient's largest entry is at most ``tol``;
-    stochastic ones when an epoch's mean loss differs from the previous epoch's by at most
-    ``tol * max(1, |previous|)``. ``tol=0`` never converges.
-    """
-
-    def __init__(self, tol: float, stochastic: bool) -> None:
-        self.tol, self.stochastic = tol, stochastic
-        self.previous_epoch_loss: float | None = None
-        self.epoch_losses: list[float] = []
-
-    def state(self) -> dict[str, Any]:
-        return {"previous_epoch_loss": self.previous_epoch_loss, "epoch_losses": list(self.epoch_losses)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.previous_epoch_loss = state["previous_epoch_loss"]
-        self.epoch_losses = list(state["epoch_losses"])
-
-    def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
-        if self.tol == 0:
-            return False
-        if not self.stochastic and outcome.grad_norm is not None:
-            return outcome.grad_norm <= self.tol
-        self.epoch_losses.append(outcome.loss)
-        if not epoch_ends:
-            return False
-        epoch_loss = float(np.mean(self.epoch_losses))
-        previous, self.previous_epoch_loss, self.epoch_losses = (
-            self.previous_epoch_loss,
-            epoch_loss,
-            [],
-        )
-        return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
-
-
-def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def train(
@@ -166,7 +61,7 @@ def train(
     standardize: bool = False,
     shuffle: bool = False,
     progress: bool | None = None,
-    dtype="float64",
+    dtype: str | np.dtype = "float64",
     max_restarts: int = 0,
     threads_per_worker: int = 1,
     address: str | None = None,
@@ -237,6 +132,52 @@ def train(
     Run
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
+    strategy = GradientDescent() if strategy is None else strategy
+    optimizer = default_optimizer(model, strategy) if optimizer is None else optimizer
+    _check_settings(model, data, strategy, optimizer, epochs, max_rounds, workers, tol)
+    data = data.astype(dtype)
+    if standardize and data.sparse:
+        raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
+    checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
+    config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
+    resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
+
+    own_engine = not isinstance(engine, Engine)
+    runner = (
+        engine
+        if isinstance(engine, Engine)
+        else make_engine(
+            engine, workers, address=address, max_restarts=max_restarts, threads_per_worker=threads_per_worker
+        )
+    )
+    try:
+        plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
+        runner.start(data, plan)
+        _set_up_model(model, data, runner, standardize, None if resumed is None else resumed.standardizer)
+        config = config.with_classes(model.classes_)
+        if resumed is not None and resumed.config.get("classes") != config.classes:
+            raise ConfigError(
+                f"{checkpoint_dir}: the checkpoint was made for classes {resumed.config.get('classes')}, "
+                f"but this data has {config.classes}"
+            )
+        loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
+        return loop.run(resumed, checkpoints, config, progress)
+    finally:
+        if own_engine:
+            runner.close()
+
+
+def _check_settings(
+    model: Model,
+    data: Dataset,
+    strategy: Strategy,
+    optimizer: Optimizer,
+    epochs: int,
+    max_rounds: int | None,
+    workers: int | None,
+    tol: float,
+) -> None:
+    """Refuse settings that cannot work together, naming the keyword to change."""
     if not isinstance(model, Model):
         raise ConfigError(f"model must be a paragrad model, got {type(model).__name__}")
     if not isinstance(data, Dataset):
@@ -245,46 +186,19 @@ def train(
         )
     if not data.has_labels:
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
-    strategy = GradientDescent() if strategy is None else strategy
-    optimizer = default_optimizer(model, strategy) if optimizer is None else optimizer
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
-    if getattr(optimizer, "needs_objective", False) and not isinstance(strategy, GradientDescent):
+    if optimizer.line_search and not isinstance(strategy, GradientDescent):
         raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
-    if getattr(optimizer, "needs_objective", False) and strategy.compress is not None:
+    if optimizer.line_search and strategy.compress is not None:
         raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("max_rounds", max_rounds, allow_none=True)
-    _check_positive_int("workers", workers, allow_none=True)
+    check_positive_int("epochs", epochs)
+    check_positive_int("max_rounds", max_rounds, allow_none=True)
+    check_positive_int("workers", workers, allow_none=True)
     if not isinstance(tol, (int, float)) or not tol >= 0:
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
-    data = data.astype(dtype)
-    if standardize and data.sparse:
-        raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
-    every = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
-    config = _run_config(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
-    state = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
-
-    own_engine = not isinstance(engine, Engine)
-    options = {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker, "address": address}
-    runner = make_engine(engine, workers, **options) if own_engine else engine
-    try:
-        plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
-        runner.start(data, plan)
-        _set_up_model(model, data, runner, standardize, None if state is None else state.standardizer)
-        if state is not None and state.config.get("classes") != _classes(model):
-            raise ConfigError(
-                f"{checkpoint_dir}: the checkpoint was made for classes {state.config.get('classes')}, "
-                f"but this data has {_classes(model)}"
-            )
-        config["classes"] = _classes(model)
-        loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
-        return loop.run(state, every, config, progress)
-    finally:
-        if own_engine:
-            runner.close()
 
 
 def default_optimizer(model: Model, strategy: Strategy) -> Optimizer:
@@ -298,30 +212,13 @@ def default_optimizer(model: Model, strategy: Strategy) -> Optimizer:
     return Adam(lr=0.01)
 
 
-def _classes(model: Model) -> list[int] | None:
-    return None if model.classes_ is None else model.classes_.tolist()
-
-
-def _run_config(model, data, strategy, optimizer, seed, dtype, standardize, shuffle) -> dict[str, Any]:
-    """What identifies a run: a checkpoint resumes only a run with the same values."""
-    return {
-        "model": model.name,
-        "model_config": model.get_config(),
-        "num_rows": data.num_rows,
-        "num_features": data.num_features,
-        "strategy": repr(strategy),
-        "optimizer": repr(optimizer),
-        "seed": seed,
-        "dtype": str(np.dtype(dtype)),
-        "standardize": standardize,
-        "shuffle": shuffle,
-    }
-
-
-def _load_resume_state(checkpoint_dir, config, model: Model, optimizer: Optimizer) -> TrainingState | None:
+def _load_resume_state(
+    checkpoint_dir: str | os.PathLike | None, config: RunConfig, model: Model, optimizer: Optimizer
+) -> TrainingState | None:
+    """The newest checkpoint of this same run, or None (with a warning) when there is none."""
     if checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (--checkpoint DIR)")
-    model.setup(config["num_features"], None if not model.is_classifier else np.arange(2.0))
+    model.setup(config.num_features, None if not model.is_classifier else np.arange(2.0))
     opt_state_type = type(optimizer.init(model.init_params()))
     state = load_latest_checkpoint(checkpoint_dir, HISTORY_KEYS, opt_state_type)
     if state is None:
@@ -331,11 +228,7 @@ def _load_resume_state(checkpoint_dir, config, model: Model, optimizer: Optimize
             stacklevel=3,
         )
         return None
-    differences = [
-        f"{key} {state.config.get(key)!r} (now {value!r})"
-        for key, value in config.items()
-        if state.config.get(key) != value
-    ]
+    differences = config.differences(state.config)
     if differences:
         raise ConfigError(
             f"{checkpoint_dir}: the checkpoint belongs to another run; it differs in "
@@ -364,71 +257,88 @@ def _set_up_model(
         runner.run(StandardizeShard(model.standardizer_))
 
 
-def _progress_bar(total: int, show: bool | None):
+def _progress_bar(total: int, show: bool | None) -> Any:
     from tqdm.auto import tqdm
 
     if show is None:
         show = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        unit="round",
-        disable=not show,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    return tqdm(total=total, unit="round", disable=not show, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 @dataclass
-class Checkpointing:
-    """When and where a run writes checkpoints: every so many rounds or seconds."""
+class LoopState:
+    """What one round hands the next: parameters, optimizer state, history, convergence."""
 
-    directory: Path | None
-    every_rounds: int | None
-    every_s: float | None
-    keep: int
-    last_written: float = 0.0
+    params: np.ndarray
+    opt_state: Any
+    history: list[dict[str, Any]]
+    check: ConvergenceCheck
+    converged: bool = False
+    first_loss: float | None = None
 
-    @classmethod
-    def parse(cls, directory, every: int | str | None, keep: int) -> Checkpointing:
-        _check_positive_int("keep_checkpoints", keep)
-        if directory is None:
-            if every is not None:
-                raise ConfigError("checkpoint_every needs checkpoint_dir (--checkpoint DIR)")
-            return cls(None, None, None, keep)
-        text = "60s" if every is None else str(every).strip()
+
+@dataclass
+class PassMeter:
+    """What the workers' passes of one round cost (a line search makes several passes)."""
+
+    runner: Engine
+    compute_s: float = 0.0
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    run_s: float = 0.0
+    sent: int = 0
+    received: int = 0
+    samples: int = 0
+    results: list[WorkerResult] = field(default_factory=list)
+
+    def run(self, task: TrainStep, point: np.ndarray, round_index: int) -> list[WorkerResult]:
+        """One pass of every worker at ``point``; errors name the round."""
+        start = time.perf_counter()
         try:
-            if text.endswith("s"):
-                seconds = float(text[:-1])
-                if not seconds > 0:
-                    raise ValueError
-                return cls(Path(directory), None, seconds, keep, time.monotonic())
-            rounds = int(text)
-            if rounds < 1:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(
-                f"checkpoint_every must be a positive number of rounds (10) or seconds (30s), got {every!r}"
-            ) from None
-        return cls(Path(directory), rounds, None, keep, time.monotonic())
+            results: list[WorkerResult] = self.runner.run(task, point, round_index)
+        except (WorkerLost, WorkerError) as exc:
+            raise type(exc)(f"round {round_index}: {exc}") from exc
+        self.run_s += time.perf_counter() - start
+        slowest = max(result.compute_s for result in results)
+        # Serial workers compute one after another: all of it is inside run_s.
+        self.busy_s += slowest if self.runner.parallel else sum(result.compute_s for result in results)
+        self.compute_s += slowest
+        self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
+        self.samples += sum(result.count for result in results)
+        self.sent += self.runner.last_bytes_sent
+        self.received += self.runner.last_bytes_received
+        return results
 
-    def due(self, rounds_done: int) -> bool:
-        if self.directory is None:
-            return False
-        if self.every_rounds is not None:
-            return rounds_done % self.every_rounds == 0
-        return time.monotonic() - self.last_written >= self.every_s
-
-    def write(self, state: TrainingState) -> None:
-        save_checkpoint(self.directory, state, HISTORY_KEYS, self.keep)
-        self.last_written = time.monotonic()
+    def record(self, round_index: int, epoch: int, loss: float, wall_s: float) -> dict[str, Any]:
+        """The round's history record (the keys of ``HISTORY_KEYS``)."""
+        return {
+            "round": round_index,
+            "epoch": epoch,
+            "loss": float(loss),
+            "wall_s": wall_s,
+            "compute_s": self.compute_s,
+            "comm_s": max(self.run_s - self.busy_s, 0.0),
+            "bytes_sent": self.sent,
+            "bytes_received": self.received,
+            "samples": self.samples,
+            "wait_s": self.wait_s,
+        }
 
 
 class RoundLoop:
     """The rounds of one run: broadcast, combine, record, check, checkpoint."""
 
     def __init__(
-        self, model, runner, shard_sizes, strategy, optimizer, epochs, max_rounds, tol, seed
+        self,
+        model: Model,
+        runner: Engine,
+        shard_sizes: tuple[int, ...],
+        strategy: Strategy,
+        optimizer: Optimizer,
+        epochs: int,
+        max_rounds: int | None,
+        tol: float,
+        seed: int,
     ) -> None:
         self.model, self.runner, self.shard_sizes = model, runner, shard_sizes
         self.strategy, self.optimizer, self.tol, self.seed = strategy, optimizer, tol, seed
@@ -437,165 +347,138 @@ class RoundLoop:
         if max_rounds is not None:
             self.total = min(self.total, max_rounds)
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
-        self.first_loss: float | None = None
-        self.stalled = False
+        self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
 
-    def run(self, state: TrainingState | None, checkpoints: Checkpointing, config: dict, progress) -> Run:
-        strategy, optimizer, model = self.strategy, self.optimizer, self.model
-        check = ConvergenceCheck(self.tol, strategy.stochastic)
-        if state is None:
-            params = model.init_params(self.seed)
-            opt_state, history, first, converged = optimizer.init(params), [], 0, False
-        else:
-            params, opt_state, history, first = state.params, state.opt_state, state.history, state.round
-            check.restore(state.convergence)
-            self.first_loss = history[0]["loss"] if history else None
-            converged = state.convergence.get("converged", False)
-
-        keeps_state = strategy.compressor is not None and strategy.compressor.error_feedback
-        if state is not None and keeps_state:
-            self.restore_worker_states(state.worker_states)
-
-        def snapshot(next_round: int) -> TrainingState:
-            convergence = {**check.state(), "converged": converged}
-            worker_states = None
-            if keeps_state:
-                fields = strategy.worker_state(len(params))
-                worker_states = [
-                    {field.name: array for field, array in zip(fields, arrays, strict=True)}
-                    for arrays in self.runner.run(GetWorkerState(fields))
-                ]
-            return TrainingState(
-                next_round,
-                params,
-                opt_state,
-                history,
-                convergence,
-                model.standardizer_,
-                config,
-                worker_states,
-            )
-
+    def run(
+        self,
+        resumed: TrainingState | None,
+        checkpoints: Checkpointing,
+        config: RunConfig,
+        progress: bool | None,
+    ) -> Run:
+        state = self.initial_state(resumed)
         started = time.perf_counter()
+        stalled = False
         with _progress_bar(self.total, progress) as bar:
-            bar.update(first)
-            for round_index in range(first, self.total):
-                if converged:
+            bar.update(len(state.history))
+            for round_index in range(len(state.history), self.total):
+                if state.converged:
                     break
-                record, outcome = self.round(round_index, params, opt_state)
-                history.append(record)
-                params, opt_state = outcome.params, outcome.opt_state
+                outcome = self.round(round_index, state)
                 bar.update(1)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
-                epoch_ends = strategy.epoch_of(round_index + 1, self.shard_sizes) != record["epoch"]
-                converged = check.update(outcome, epoch_ends)
-                if self.stalled:
+                if outcome.stalled:
+                    stalled = True
                     break
                 if checkpoints.due(round_index + 1):
-                    checkpoints.write(snapshot(round_index + 1))
+                    checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
         if checkpoints.directory is not None:
-            checkpoints.write(snapshot(len(history)))
-        if self.tol > 0 and not converged and self.total > 1 and not self.stalled:
+            checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
+        if self.tol > 0 and not state.converged and self.total > 1 and not stalled:
             warnings.warn(
-                f"stopped after {len(history)} rounds without converging to tol={self.tol:g}; "
+                f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        model.params_ = params
+        self.model.params_ = state.params
+        elapsed = time.perf_counter() - started
         return Run(
-            model,
-            history,
-            converged,
-            strategy,
+            self.model,
+            state.history,
+            state.converged,
+            self.strategy,
             self.runner.name,
             self.runner.num_workers,
-            time.perf_counter() - started,
+            elapsed,
         )
 
-    def restore_worker_states(self, states: list[dict[str, np.ndarray]] | None) -> None:
-        """Hand the workers their error-feedback state back, if the worker count allows."""
-        if not states:
+    def initial_state(self, resumed: TrainingState | None) -> LoopState:
+        """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
+        check = ConvergenceCheck(self.tol, self.strategy.stochastic)
+        if resumed is None:
+            params = self.model.init_params(self.seed)
+            return LoopState(params, self.optimizer.init(params), [], check)
+        check.restore(resumed.convergence)
+        history = resumed.history
+        self.restore_worker_state(resumed.worker_state)
+        return LoopState(
+            resumed.params,
+            resumed.opt_state,
+            history,
+            check,
+            converged=resumed.convergence.get("converged", False),
+            first_loss=history[0]["loss"] if history else None,
+        )
+
+    def restore_worker_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Hand the workers their declared state back, if the worker count allows."""
+        if not self.state_fields or not arrays:
             return
-        if len(states) != self.runner.num_workers:
+        rows = {len(array) for array in arrays.values()}
+        if set(arrays) != {f.name for f in self.state_fields} or rows != {self.runner.num_workers}:
             warnings.warn(
-                f"the checkpoint has error-feedback state for {len(states)} workers, not "
+                f"the checkpoint has error-feedback state for {max(rows)} workers, not "
                 f"{self.runner.num_workers}: it starts again from zero",
                 CheckpointWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             return
-        fields = self.strategy.worker_state(self.model.num_params)
-        arrays = tuple(np.stack([state[field.name] for state in states]) for field in fields)
-        self.runner.run(SetWorkerState(fields, arrays))
+        self.runner.run(SetWorkerState(self.state_fields, tuple(arrays[f.name] for f in self.state_fields)))
 
-    def round(self, round_index: int, params, opt_state) -> tuple[dict[str, Any], StepOutcome]:
-        """One round; raises TrainingDiverged, keeping ``params``, if the result is not finite.
+    def snapshot(self, state: LoopState, config: RunConfig) -> TrainingState:
+        """Everything needed to go on from the next round (the workers' state included)."""
+        worker_state: dict[str, np.ndarray] = {}
+        if self.state_fields:
+            per_worker = self.runner.run(GetWorkerState(self.state_fields))
+            worker_state = {
+                f.name: np.stack([arrays[i] for arrays in per_worker])
+                for i, f in enumerate(self.state_fields)
+            }
+        convergence = {**state.check.state(), "converged": state.converged}
+        return TrainingState(
+            len(state.history),
+            state.params,
+            state.opt_state,
+            state.history,
+            convergence,
+            self.model.standardizer_,
+            config.to_json(),
+            worker_state,
+        )
 
-        With an optimizer that minimises through whole evaluations (LBFGS), the round is
-        one optimizer step, and each evaluation of its line search one pass of the workers.
-        """
+    def round(self, round_index: int, state: LoopState) -> StepOutcome:
+        """One round, recorded in ``state``; raises TrainingDiverged, keeping the last
+        finite parameters, if the result is not finite."""
         start = time.perf_counter()
-        passes = {
-            "compute_s": 0.0,
-            "busy_s": 0.0,
-            "wait_s": 0.0,
-            "run_s": 0.0,
-            "sent": 0,
-            "received": 0,
-            "samples": 0,
-        }
-
-        def run_workers(point):
-            pass_start = time.perf_counter()
-            try:
-                results = self.runner.run(self.task, point, round_index)
-            except (WorkerLost, WorkerError) as exc:
-                raise type(exc)(f"round {round_index}: {exc}") from exc
-            passes["run_s"] += time.perf_counter() - pass_start
-            slowest = max(result.compute_s for result in results)
-            # Serial workers compute one after another: all of it is inside run_s.
-            passes["busy_s"] += slowest if self.runner.parallel else sum(r.compute_s for r in results)
-            passes["compute_s"] += slowest
-            passes["wait_s"] += slowest - sum(result.compute_s for result in results) / len(results)
-            passes["samples"] += sum(result.count for result in results)
-            passes["sent"] += self.runner.last_bytes_sent
-            passes["received"] += self.runner.last_bytes_received
-            return results
-
+        meter = PassMeter(self.runner)
         with np.errstate(over="ignore", invalid="ignore"):
-            if getattr(self.optimizer, "needs_objective", False):
-                evaluate = lambda point: objective(run_workers(point), point, self.model)  # noqa: E731
-                new_params, new_state, loss, grad, stalled = self.optimizer.minimize_step(
-                    evaluate, params, opt_state
-                )
-                outcome = StepOutcome(new_params, new_state, loss, float(np.abs(grad).max()))
-                self.stalled = stalled
-            else:
-                results = run_workers(params)
-                outcome = self.strategy.combine(results, params, opt_state, self.model, self.optimizer)
-        record = {
-            "round": round_index,
-            "epoch": self.strategy.epoch_of(round_index, self.shard_sizes),
-            "loss": float(outcome.loss),
-            "wall_s": time.perf_counter() - start,
-            "compute_s": passes["compute_s"],
-            "comm_s": max(passes["run_s"] - passes["busy_s"], 0.0),
-            "bytes_sent": passes["sent"],
-            "bytes_received": passes["received"],
-            "samples": passes["samples"],
-            "wait_s": passes["wait_s"],
-        }
-        if self.first_loss is None:
-            self.first_loss = outcome.loss
-        exploded = abs(outcome.loss) > EXPLODED * max(1.0, abs(self.first_loss))
+            outcome = self.strategy.round(
+                lambda point: meter.run(self.task, point, round_index),
+                state.params,
+                state.opt_state,
+                self.model,
+                self.optimizer,
+            )
+        epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
+        self.check_finite(round_index, outcome, state)
+        state.history.append(meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start))
+        state.params, state.opt_state = outcome.params, outcome.opt_state
+        epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
+        state.converged = state.check.update(outcome, epoch_ends)
+        return outcome
+
+    def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
+        """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
+        if state.first_loss is None:
+            state.first_loss = outcome.loss
+        exploded = abs(outcome.loss) > EXPLODED * max(1.0, abs(state.first_loss))
         if exploded or not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
-            self.model.params_ = params
+            self.model.params_ = state.params
             raise TrainingDiverged(
                 f"training diverged at round {round_index} (loss {outcome.loss:g}): "
                 f"lower the learning rate (now {self.optimizer.describe_lr()})",
-                params,
+                state.params,
                 round_index,
             )
-        return record, outcome

@@ -1,0 +1,148 @@
+"""A finished training run: the trained model, its history and a summary of where time went."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paragrad.data import Dataset
+from paragrad.models.base import Model
+from paragrad.optim import Optimizer
+from paragrad.strategies import Strategy
+
+HISTORY_KEYS = (
+    "round",
+    "epoch",
+    "loss",
+    "wall_s",
+    "compute_s",
+    "comm_s",
+    "bytes_sent",
+    "bytes_received",
+    "samples",
+    "wait_s",
+)
+
+
+@dataclass
+class Run:
+    """A finished training run: the trained model and one history record per round."""
+
+    model: Model
+    history: list[dict[str, Any]]
+    converged: bool
+    strategy: Strategy
+    engine: str
+    num_workers: int
+    wall_s: float
+
+    @property
+    def params(self) -> np.ndarray:
+        """The trained flat parameter vector."""
+        return self.model.params
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"] if self.history else math.nan
+
+    def summary(self) -> str:
+        """A table of the run: rounds, loss, speed, where the time went, traffic and cost.
+
+        Each round's wall time splits into computing (the workers' mean), waiting for the
+        slowest worker, communication (moving data between processes) and the
+        coordinator's own work. Worker-seconds are workers x wall time: what a
+        pay-per-use cloud bills for holding the workers.
+        """
+        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:]}
+        wait, slowest = total["wait_s"], total["compute_s"]
+        compute = slowest - wait
+        coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
+        wall = max(total["wall_s"], 1e-12)
+        lines = [
+            f"model       {self.model!r}",
+            f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
+            f"rounds      {len(self.history)} ({'converged' if self.converged else 'stopped at the limit'})",
+            f"final loss  {self.final_loss:.6g}",
+            f"speed       {total['samples'] / wall:,.0f} samples/s",
+            f"time        {total['wall_s']:.3f} s: computing {compute:.3f} s, waiting for the slowest "
+            f"{wait:.3f} s, communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
+            f"traffic     {total['bytes_sent'] / 1e6:.3f} MB sent, "
+            f"{total['bytes_received'] / 1e6:.3f} MB received",
+            f"cost        {total['wall_s'] * self.num_workers:.3f} worker-seconds",
+            f"stragglers  {slowest / compute if compute > 0 else 1.0:.2f} (slowest worker's compute / mean)",
+        ]
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
+        self.model._check_trained()
+        self.model.save(path)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What identifies a run: a checkpoint resumes only a run with the same values.
+
+    Strategies and optimizers are described by their declared settings (``config()``),
+    so an attribute added to a class later does not make old checkpoints foreign.
+    """
+
+    model: str
+    model_config: dict[str, Any]
+    num_rows: int
+    num_features: int
+    strategy: dict[str, Any]
+    optimizer: dict[str, Any]
+    seed: int
+    dtype: str
+    standardize: bool
+    shuffle: bool
+    classes: list[Any] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        model: Model,
+        data: Dataset,
+        strategy: Strategy,
+        optimizer: Optimizer,
+        seed: int,
+        dtype: Any,
+        standardize: bool,
+        shuffle: bool,
+    ) -> RunConfig:
+        return cls(
+            model.name,
+            model.get_config(),
+            data.num_rows,
+            data.num_features,
+            strategy.config(),
+            optimizer.config(),
+            seed,
+            str(np.dtype(dtype)),
+            standardize,
+            shuffle,
+        )
+
+    def with_classes(self, classes: np.ndarray | None) -> RunConfig:
+        return dataclasses.replace(self, classes=None if classes is None else classes.tolist())
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON values (as a checkpoint stores it)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """How a stored configuration differs from this one (the classes, known only once
+        the data is read, are compared later)."""
+        current = self.to_json()
+        return [
+            f"{key} {stored.get(key)!r} (now {value!r})"
+            for key, value in current.items()
+            if key != "classes" and stored.get(key) != value
+        ]
