@@ -18,7 +18,7 @@ from paragrad import __version__
 from paragrad.bench import SUITES, run_suites
 from paragrad.checkpoint import save_model
 from paragrad.data import PARQUET_SUFFIXES, load, make_classification, make_regression, save_dataset
-from paragrad.engines import ENGINES
+from paragrad.engines import ENGINES, reads_own_rows
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
 from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
@@ -92,8 +92,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
-    # On Ray the workers read their own rows of a Parquet file: it is not read here.
-    lazy = args.engine == "ray" and args.data.suffix.lower() in PARQUET_SUFFIXES
+    # Workers that read their own rows of a Parquet file (Ray's) spare reading it here.
+    lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES
     dataset = load(args.data, args.target, dtype=args.dtype, lazy=lazy)
     model_class = get_model(args.model)
     model_options = {"l2": args.l2}

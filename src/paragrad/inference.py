@@ -16,7 +16,7 @@ import numpy as np
 
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
-from paragrad.engines import Engine, make_engine
+from paragrad.engines import Engine, make_engine, reads_own_rows
 from paragrad.errors import ConfigError, DataError
 from paragrad.models.base import Model, check_class_labels
 from paragrad.shards import plan_shards
@@ -99,7 +99,7 @@ def predict(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    dataset = read_features(model, data, check_finite=False, lazy=_on_ray(engine))
+    dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
     with make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker) as runner:
@@ -214,7 +214,7 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    chunk_of, num_rows, source = _chunks_of(model, data, lazy=_on_ray(engine))
+    chunk_of, num_rows, source = _chunks_of(model, data, lazy=reads_own_rows(engine))
     out = Path(out)
     step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
     task = PredictShard(model, proba)
@@ -238,11 +238,6 @@ def predict_to_file(
         finally:
             writer.close()
     return num_rows
-
-
-def _on_ray(engine: str | Engine) -> bool:
-    """Whether the workers are Ray actors: they then read their rows of a Parquet file."""
-    return engine == "ray" or getattr(engine, "name", None) == "ray"
 
 
 def _chunks_of(model: Model, data, lazy: bool) -> tuple[Callable[[int, int], Dataset], int, str]:

@@ -68,6 +68,13 @@ class Shard:
     def num_rows(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The labels, which training needs (data to predict on has none)."""
+        if self.y is None:
+            raise ValueError(f"worker {self.worker}'s shard has no labels to train on")
+        return self.y
+
 
 @dataclass(frozen=True)
 class ShardPlan:

@@ -9,6 +9,28 @@ from paragrad.shards import FunctionTask, Shard, Task, default_workers
 ENGINES = ("serial", "local", "ray")
 
 
+def engine_class(name: str) -> type[Engine]:
+    """The engine class for a name, imported only when asked for."""
+    if name == "serial":
+        from paragrad.engines.serial import SerialEngine
+
+        return SerialEngine
+    if name == "local":
+        from paragrad.engines.local import LocalEngine
+
+        return LocalEngine
+    if name == "ray":
+        from paragrad.engines.ray import RayEngine
+
+        return RayEngine
+    raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+def reads_own_rows(engine: str | Engine) -> bool:
+    """Whether an engine's workers read their own rows of a file (see ``Engine``)."""
+    return engine.reads_own_rows if isinstance(engine, Engine) else engine_class(engine).reads_own_rows
+
+
 def make_engine(
     name: str,
     workers: int | None = None,
@@ -22,23 +44,18 @@ def make_engine(
     ``threads_per_worker`` is each local worker's BLAS threads, or the CPUs each Ray actor
     reserves (and its BLAS threads); ``address`` joins a Ray cluster.
     """
-    if address is not None and name != "ray":
-        raise ConfigError(f"address= joins a Ray cluster: use engine='ray', not {name!r}")
-    if name == "serial":
-        from paragrad.engines.serial import SerialEngine
-
-        return SerialEngine(workers)
-    if name == "local":
-        from paragrad.engines.local import LocalEngine
-
-        return LocalEngine(workers, max_restarts=max_restarts, threads_per_worker=threads_per_worker)
-    if name == "ray":
-        from paragrad.engines.ray import RayEngine
-
-        return RayEngine(
-            workers, address=address, max_restarts=max_restarts, cpus_per_worker=threads_per_worker
-        )
-    raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    options = {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker}
+    return engine_class(name).from_options(workers, address=address, **options)
 
 
-__all__ = ["ENGINES", "Engine", "FunctionTask", "Shard", "Task", "default_workers", "make_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "FunctionTask",
+    "Shard",
+    "Task",
+    "default_workers",
+    "engine_class",
+    "make_engine",
+    "reads_own_rows",
+]

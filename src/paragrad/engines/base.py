@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.errors import ParagradError, WorkerError
+from paragrad.errors import ConfigError, ParagradError, WorkerError
 from paragrad.shards import ShardPlan, Task, default_workers
 
 
@@ -45,16 +45,32 @@ def task_failure(worker: int, exc: BaseException | None, text: str) -> Exception
     return error
 
 
+def refuse_address(name: str, address: str | None) -> None:
+    if address is not None:
+        raise ConfigError(f"address= joins a Ray cluster: use engine='ray', not {name!r}")
+
+
 class Engine(ABC):
     """Runs tasks on workers that each hold one shard of a data set."""
 
     name: str
     parallel: ClassVar[bool] = True  # whether the workers compute at the same time
+    # Whether each worker reads its own rows of a data file, so a lazily opened table
+    # (load(..., lazy=True)) need not be read by the coordinator first.
+    reads_own_rows: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = default_workers() if workers is None else int(workers)
         self.last_bytes_sent = 0
         self.last_bytes_received = 0
+
+    @classmethod
+    def from_options(
+        cls, workers: int | None, *, address: str | None, max_restarts: int, threads_per_worker: int
+    ) -> Engine:
+        """An engine with the options of :func:`~paragrad.engines.make_engine` that apply to it."""
+        refuse_address(cls.name, address)
+        return cls(workers)
 
     @abstractmethod
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from paragrad.data import Dataset
 from paragrad.engines import transport
+from paragrad.engines.base import refuse_address
 from paragrad.engines.placement import ShardSpec, place
 from paragrad.engines.protocol import AddTask, Command, LoadShard, RunTask, SetPath, Stop, TaskDone
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
@@ -123,6 +124,13 @@ class LocalEngine(WorkerSession):
         self._data: Region | None = None
         self._broadcast: Region | None = None
         self._slots: list[Region] = []
+
+    @classmethod
+    def from_options(
+        cls, workers: int | None, *, address: str | None, max_restarts: int, threads_per_worker: int
+    ) -> LocalEngine:
+        refuse_address(cls.name, address)
+        return cls(workers, max_restarts=max_restarts, threads_per_worker=threads_per_worker)
 
     @property
     def _workers(self) -> list[WorkerProcess | None]:

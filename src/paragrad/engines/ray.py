@@ -22,7 +22,7 @@ import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -157,7 +157,9 @@ class ShardActor:
                 "RayEngine(runtime_env={'py_modules': [...]}))"
             ) from None
 
-    def run(self, key: int, args: tuple) -> Any:
+    def run(self, key: int, args: tuple[Any, ...]) -> Any:
+        if self.shard is None:
+            raise RuntimeError("no shard is loaded")
         return self.tasks[key](self.shard, *args)
 
 
@@ -221,6 +223,7 @@ class RayEngine(WorkerSession):
     """
 
     name = "ray"
+    reads_own_rows: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -246,6 +249,12 @@ class RayEngine(WorkerSession):
         if workers is None:  # as many as the cluster has room for
             self._prepare(0)
             self.num_workers = max(1, self._cluster_cpus() // self.cpus_per_worker)
+
+    @classmethod
+    def from_options(
+        cls, workers: int | None, *, address: str | None, max_restarts: int, threads_per_worker: int
+    ) -> RayEngine:
+        return cls(workers, address=address, max_restarts=max_restarts, cpus_per_worker=threads_per_worker)
 
     @property
     def pids(self) -> list[int]:

@@ -80,6 +80,8 @@ class WorkerState:
         try:
             broadcast = None if message.region is None else self.region(message.region, message.region_size)
             args = transport.loads(message.stream, broadcast, message.layout)
+            if self.shard is None:
+                raise RuntimeError("no shard is loaded")
             return self.reply(self.task(message.key)(self.shard, *args), message)
         except BaseException as exc:  # every failure goes back to the coordinator
             return TaskFailed(_portable(exc), traceback.format_exc())
