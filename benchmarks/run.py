@@ -1,6 +1,6 @@
 """Run paragrad's benchmarks: ``python benchmarks/run.py [--quick] [--suite NAME] [--out DIR]``.
 
-The same suites as ``paragrad bench`` (see ``paragrad/bench.py``); every figure is
+The same suites as ``paragrad bench`` (see ``paragrad/bench/``); every figure is
 reported beside a baseline measured in the same run.
 """
 
