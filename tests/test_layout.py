@@ -54,7 +54,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
 def test_every_module_imports():
     for name in _modules():
-        importlib.import_module(name)
+        if not name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(name)
 
 
 def test_the_import_graph_has_no_circle():
@@ -120,7 +121,7 @@ def test_light_entry_points_do_not_import_heavy_modules(code):
 
 
 def test_no_file_is_over_the_limit():
-    for name, path in _modules().items():
+    for path in _modules().values():
         lines = len(path.read_text().splitlines())
         assert lines <= MAX_FILE_LINES, f"{path.relative_to(SOURCE.parent)} has {lines} lines"
 

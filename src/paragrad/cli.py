@@ -223,13 +223,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
-    parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
-    commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
-    )
-
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
     p = commands.add_parser("train", help="train a model on a data file")
     p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
     p.add_argument("--target", type=_target, help="label column of a CSV or Parquet file (name or index)")
@@ -278,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
     _add_engine_options(p)
     p.set_defaults(handler=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
+    parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
+
+    _add_train_command(commands)
 
     p = commands.add_parser("predict", help="predict with a saved model, distributed over workers")
     p.add_argument("model", type=Path, help="model file written by train --out")
