@@ -125,6 +125,20 @@ def test_error_feedback_state_is_checkpointed_so_resume_is_exact(tmp_path, local
     np.testing.assert_array_equal(resumed.params, whole.params)
 
 
+def test_a_finished_run_resumed_on_other_workers_keeps_its_parameters(tmp_path):
+    """Its error-feedback state cannot be handed back (another worker count): a warning,
+    and the final checkpoint holds zeros for what the new workers never used."""
+    data = pg.make_classification(400, 10, seed=4)
+    options = dict(strategy=pg.SGD(32, compress="topk:0.1"), engine="serial", epochs=1, tol=0)
+    done = pg.train(pg.models.LogisticRegression(), data, workers=2, checkpoint_dir=tmp_path, **options)
+    with pytest.warns(pg.checkpoint.CheckpointWarning, match="error-feedback state for 2 workers, not 3"):
+        again = pg.train(
+            pg.models.LogisticRegression(), data, workers=3, checkpoint_dir=tmp_path, resume=True, **options
+        )
+    np.testing.assert_array_equal(again.params, done.params)
+    assert len(again.history) == len(done.history)
+
+
 def test_summary_accounts_for_time_traffic_and_cost(binary_data):
     run = pg.train(
         pg.models.LogisticRegression(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import pytest
 from conftest import relative_error, run_cli
 
 import paragrad as pg
+from paragrad import checkpoint
 from paragrad.checkpoint import CheckpointWarning
 from paragrad.shm import region_prefix
 
@@ -89,6 +91,21 @@ def test_resume_without_a_checkpoint_starts_afresh_with_a_warning(tmp_path, bina
     with pytest.warns(CheckpointWarning, match="no checkpoint to resume from"):
         run = fit(binary_data, checkpoint_dir=tmp_path / "empty", resume=True)
     assert relative_error(run.params, fit(binary_data).params) <= 1e-12
+
+
+def test_a_checkpoint_of_an_earlier_format_is_refused_by_name_and_kept(tmp_path, binary_data):
+    options = dict(engine="serial", workers=2, epochs=3, tol=0, checkpoint_dir=tmp_path)
+    pg.train(pg.models.LogisticRegression(), binary_data, **options)
+    (path,) = tmp_path.glob("checkpoint-*.npz")
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "checksum"}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "version": 1}))
+    arrays["checksum"] = np.array(checkpoint._checksum(arrays))
+    np.savez(path, **arrays)
+    with pytest.raises(pg.ConfigError, match="a checkpoint of an earlier paragrad .format 1."):
+        pg.train(pg.models.LogisticRegression(), binary_data, resume=True, **options)
+    assert path.exists()
 
 
 def test_elastic_resume_of_gradient_descent_follows_the_same_path(tmp_path, regression_data):

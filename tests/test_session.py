@@ -53,11 +53,12 @@ class ObjectEngine(WorkerSession):
     def _prepare(self, num_workers: int) -> None:
         pass
 
-    def _spawn(self, worker: int) -> None:
-        while len(self.workers) <= worker:
+    def _spawn(self, workers: Sequence[int]) -> None:
+        while len(self.workers) < self.num_workers:
             self.workers.append(None)
-        self.workers[worker] = ObjectWorker(worker, self.num_workers)
-        self.spawned += 1
+        for worker in workers:
+            self.workers[worker] = ObjectWorker(worker, self.num_workers)
+            self.spawned += 1
 
     def _alive(self, worker: int) -> bool:
         return self.workers[worker] is not None
@@ -149,6 +150,19 @@ def test_without_restarts_a_killed_worker_is_named_with_its_round():
         with pytest.raises(pg.errors.WorkerLost, match=r"round 7: worker 1 died \(dropped\)"):
             _train(engine)
         assert engine.workers == []  # a lost worker stops them all
+
+
+def test_a_replacement_that_cannot_load_its_shard_ends_the_run_with_workers_stopped():
+    class NoSecondChance(ObjectEngine):
+        def _load(self, workers: Sequence[int]) -> Deaths:
+            if self.restarts:
+                raise pg.DataError("data file not found where the replacement runs")
+            return super()._load(workers)
+
+    with NoSecondChance(2, max_restarts=1, kill_at_round=5) as engine:
+        with pytest.raises(pg.errors.WorkerLost, match="worker 1: its replacement could not be set up: data"):
+            _train(engine)
+        assert engine.workers == []
 
 
 def fail_on_every_worker(shard: Shard) -> int:

@@ -98,6 +98,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
 
 CHECKPOINT_FORMAT = "paragrad-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: typed run configuration, worker state by declared field
+OLDER_VERSIONS = (1,)  # refused by name, never skipped as damaged (and then pruned)
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
 WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 
@@ -181,6 +182,8 @@ def load_latest_checkpoint(
     for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
         try:
             return _read_checkpoint(path, history_keys, opt_state_type)
+        except ConfigError:
+            raise
         except (ModelFileError, KeyError, TypeError, ValueError) as exc:
             warnings.warn(f"{path}: skipped a damaged checkpoint ({exc})", CheckpointWarning, stacklevel=3)
     return None
@@ -193,6 +196,11 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     if _checksum(arrays) != stored:
         raise ValueError("checksum mismatch")
     meta = json.loads(str(arrays["meta"]))
+    if meta.get("format") == CHECKPOINT_FORMAT and meta.get("version") in OLDER_VERSIONS:
+        raise ConfigError(
+            f"{path}: a checkpoint of an earlier paragrad (format {meta['version']}), which this one "
+            "cannot resume: finish the run with that version, or start afresh in another directory"
+        )
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError("not a paragrad checkpoint of this version")
     fields = meta["opt_fields"]

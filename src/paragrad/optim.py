@@ -302,8 +302,8 @@ class LBFGS(Optimizer):
     ) -> None:
         super().__init__(lr)
         check_positive_int("memory", memory)
-        if not 0.0 < c1 < 0.5:
-            raise ConfigError(f"c1 must be in (0, 0.5), got {c1}")
+        if not 0.0 < c1 < 1.0:
+            raise ConfigError(f"c1 must be in (0, 1), got {c1}")
         check_positive_int("max_line_search", max_line_search)
         self.memory, self.c1, self.max_line_search = int(memory), float(c1), int(max_line_search)
         self.loss_noise = _positive("loss_noise", loss_noise)

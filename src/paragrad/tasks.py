@@ -53,7 +53,8 @@ class GetWorkerState(Task):
     fields: tuple[StateField, ...]
 
     def __call__(self, shard: Shard) -> tuple[np.ndarray, ...]:
-        return tuple(np.array(shard.state[field.name]) for field in self.fields)
+        """Each field's array; zeros for one the worker has not used yet."""
+        return tuple(np.array(shard.state.get(field.name, np.zeros(field.size))) for field in self.fields)
 
 
 @dataclass(frozen=True)

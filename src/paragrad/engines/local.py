@@ -153,7 +153,11 @@ class LocalEngine(WorkerSession):
         handle = self._workers[worker]
         return handle is not None and handle.process.poll() is None
 
-    def _spawn(self, worker: int) -> None:
+    def _spawn(self, workers: Sequence[int]) -> None:
+        for worker in workers:
+            self._spawn_one(worker)
+
+    def _spawn_one(self, worker: int) -> None:
         while len(self._workers) <= worker:
             self._workers.append(None)
         old, self._workers[worker] = self._workers[worker], None

@@ -290,25 +290,24 @@ class RayEngine(WorkerSession):
     def _cluster_cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 0))
 
-    def _spawn(self, worker: int) -> None:
-        """A new, started actor in the worker's place; an old one is killed first (one only
-        unreachable would hold its CPUs)."""
-        while len(self._actors) <= worker:
+    def _spawn(self, workers: Sequence[int]) -> None:
+        """New actors in the workers' places, created together, then each checked; old ones
+        are killed first (one only unreachable would hold its CPUs)."""
+        while len(self._actors) < self.num_workers:
             self._actors.append(None)
-        _kill(self.ray, [self._actors[worker]])
         if self._actor_class is None:
             self._actor_class = self.ray.remote(ShardActor)
-        options: dict[str, Any] = {
-            "num_cpus": self.cpus_per_worker,
-            "max_restarts": 0,
-            "scheduling_strategy": "SPREAD",
-        }
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_worker, "max_restarts": 0}
+        options["scheduling_strategy"] = "SPREAD"
         if self.runtime_env is not None:
             options["runtime_env"] = self.runtime_env
-        self._actors[worker] = self._actor_class.options(**options).remote(
-            worker, self.num_workers, self.cpus_per_worker, list(sys.path)
-        )
-        self._answers(worker, new=True)
+        for worker in workers:
+            _kill(self.ray, [self._actors[worker]])
+            self._actors[worker] = self._actor_class.options(**options).remote(
+                worker, self.num_workers, self.cpus_per_worker, list(sys.path)
+            )
+        for worker in workers:
+            self._answers(worker, new=True)
 
     def _alive(self, worker: int) -> bool:
         return self._answers(worker)

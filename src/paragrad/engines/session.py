@@ -105,8 +105,8 @@ class WorkerSession(Engine):
         """Get ready to start ``num_workers`` workers afresh (connect, check capacity)."""
 
     @abstractmethod
-    def _spawn(self, worker: int) -> None:
-        """Start a new worker in slot ``worker``, stopping whatever was there."""
+    def _spawn(self, workers: Sequence[int]) -> None:
+        """Start a new worker in each slot of ``workers``, stopping whatever was there."""
 
     @abstractmethod
     def _alive(self, worker: int) -> bool:
@@ -151,15 +151,12 @@ class WorkerSession(Engine):
         try:
             workers = range(plan.num_shards)
             if self._keeps_workers(plan.num_shards):
-                for worker in workers:
-                    if not self._alive(worker):
-                        self._spawn(worker)
+                self._spawn([worker for worker in workers if not self._alive(worker)])
             else:
                 self._stop()
                 self._prepare(plan.num_shards)
                 self.num_workers = plan.num_shards
-                for worker in workers:
-                    self._spawn(worker)
+                self._spawn(workers)
             self.num_workers = plan.num_shards
             self._tasks, self._setup_log = {}, []
             self._place(dataset, plan)
@@ -222,7 +219,7 @@ class WorkerSession(Engine):
         for worker, reply in enumerate(replies):
             while isinstance(reply, Died):
                 self._restart(worker, reply.reason)
-                reply = self._call(entry.key, args, [worker], copy)[0]
+                reply = self._call(entry.key, args, [worker], copy)[0]  # the round's part, again
             replies[worker] = reply
         for worker, reply in enumerate(replies):
             if isinstance(reply, Raised):
@@ -242,15 +239,22 @@ class WorkerSession(Engine):
             if self.restarts >= self.max_restarts:
                 raise WorkerLost(message + (f" after {self.restarts} restart(s)" if self.restarts else ""))
             self.restarts += 1
+            traffic = self.last_bytes_sent, self.last_bytes_received
             try:
                 self._catch_up(worker)
                 return
             except _Replacement as again:
                 reason = again.reason
+            except WorkerLost:
+                raise
+            except ParagradError as failed:  # a replacement without its shard must not compute
+                raise WorkerLost(f"worker {worker}: its replacement could not be set up: {failed}") from None
+            finally:  # bringing a replacement up to date is not the round's traffic
+                self.last_bytes_sent, self.last_bytes_received = traffic
 
     def _catch_up(self, worker: int) -> None:
         """Start a new worker and give it its shard, every task and the set-up log's replay."""
-        self._spawn(worker)
+        self._spawn([worker])
         died = self._load([worker])[0]
         for entry in self._tasks.values():
             died = died or self._add_task([worker], entry.key, entry.payload)[0]
