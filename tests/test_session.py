@@ -190,3 +190,20 @@ def test_results_come_back_in_worker_order_as_arrays():
     with ObjectEngine(3) as engine:
         engine.start(data, plan_shards(30, 3))
         np.testing.assert_array_equal(np.stack(engine.run(first_row)), data.X[[0, 10, 20]])
+
+
+class Undeclared:
+    """Sets a capability without the Task base: it would go unseen, so it is refused."""
+
+    mutates_shard = True
+
+    def __call__(self, shard: Shard) -> None:
+        shard.X = shard.X + 1.0
+
+
+def test_a_callable_object_without_the_task_base_is_refused_by_name():
+    with ObjectEngine(2) as engine:
+        engine.start(pg.make_regression(10, 2), plan_shards(10, 2))
+        with pytest.raises(pg.ConfigError, match="got Undeclared: subclass Task"):
+            engine.run(Undeclared())
+        assert engine.run(rows) == [5, 5]

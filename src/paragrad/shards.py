@@ -137,7 +137,7 @@ class Task:
 
 @dataclass(frozen=True)
 class FunctionTask(Task):
-    """A plain function run as a task, with the default capabilities."""
+    """A function (or bound method) run as a task, with the default capabilities."""
 
     function: Callable[..., Any]
 
@@ -146,11 +146,11 @@ class FunctionTask(Task):
 
 
 def as_task(task: Task | Callable[..., Any]) -> Task:
-    """``task`` itself, or a plain function wrapped as one; other callables are refused,
-    since capabilities they set without the Task base would go unseen."""
+    """``task`` itself, or a function or bound method wrapped as one. Other callable
+    objects are refused: capabilities they set without the Task base would go unseen."""
     if isinstance(task, Task):
         return task
-    if isinstance(task, (types.FunctionType, types.BuiltinFunctionType, partial)):
+    if isinstance(task, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, partial)):
         return FunctionTask(task)
     raise ConfigError(
         f"a task must be a paragrad.engines.Task or a plain function, got {type(task).__name__}: "
