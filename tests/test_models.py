@@ -184,3 +184,20 @@ def test_a_regressor_has_no_class_probabilities():
     assert model.predict(X).shape == (20,)
     with pytest.raises(pg.ConfigError, match="predict_proba needs a classifier; this MLP does regression"):
         model.predict_proba(X)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-no-intercept", "softmax", "mlp-tanh"])
+def test_penalty_hessian_matches_finite_differences_of_the_penalty_gradient(kind):
+    # Prepare
+    model, params, _, _ = make_model(kind)
+    step = 1e-6
+    numeric = np.empty((len(params), len(params)))
+    for i in range(len(params)):
+        e = np.zeros_like(params)
+        e[i] = step
+        numeric[:, i] = (model.penalty(params + e)[1] - model.penalty(params - e)[1]) / (2 * step)
+    # Execute
+    diagonal = model.penalty_hessian(params)
+    # Assert
+    np.testing.assert_allclose(np.diag(diagonal), numeric, atol=1e-9)
+    assert diagonal.dtype == np.float64 and set(np.unique(diagonal)) <= {0.0, model.l2}

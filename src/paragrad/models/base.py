@@ -116,6 +116,12 @@ class Model(ABC):
         grad[:] = self.l2 * weights
         return 0.5 * self.l2 * float(weights @ weights), grad
 
+    def penalty_hessian(self, params: np.ndarray) -> np.ndarray:
+        """Diagonal of the L2 term's Hessian: ``l2`` on weights, 0 on intercepts; the term
+        is separable, so Newton's method adds this vector to the diagonal of the data Hessian.
+        """
+        return np.where(self._weight_mask, self.l2, 0.0)
+
     @abstractmethod
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Raw outputs: predictions for regression, scores or logits for classifiers."""
