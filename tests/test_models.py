@@ -184,3 +184,152 @@ def test_a_regressor_has_no_class_probabilities():
     assert model.predict(X).shape == (20,)
     with pytest.raises(pg.ConfigError, match="predict_proba needs a classifier; this MLP does regression"):
         model.predict_proba(X)
+
+
+# -- Hessian sums for Newton's method ---------------------------------------------------
+
+HESSIAN_KINDS = [
+    (family, intercept) for family in ("linear", "logistic", "softmax") for intercept in (True, False)
+]
+
+
+def make_linear_family(family: str, fit_intercept: bool, rows: int = 40):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((rows, 5))
+    if family == "linear":
+        model, y = LinearRegression(l2=0.3, fit_intercept=fit_intercept), rng.standard_normal(rows)
+    elif family == "logistic":
+        model, y = LogisticRegression(l2=0.1, fit_intercept=fit_intercept), rng.integers(0, 2, rows)
+    else:
+        model, y = SoftmaxRegression(l2=0.1, fit_intercept=fit_intercept), rng.integers(0, 4, rows)
+    y = y.astype(float)
+    model.setup(X.shape[1], np.unique(y) if model.is_classifier else None)
+    params = 0.5 * rng.standard_normal(model.num_params)
+    return model, params, X, y
+
+
+def reference_hessian(model, params, X, y) -> np.ndarray:
+    """``sum_i kron(a_i a_i^T, S_i)`` row by row, S_i the Hessian of row i's loss in its outputs."""
+    A = np.column_stack([X, np.ones(len(X))]) if model.fit_intercept else X
+    Z = model.outputs(params, X)
+    if isinstance(model, LinearRegression):
+        S = np.ones((len(X), 1, 1))
+    elif isinstance(model, LogisticRegression):
+        p = 1.0 / (1.0 + np.exp(-Z[:, 0]))
+        S = (p * (1.0 - p))[:, None, None]
+    else:
+        P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+        S = np.stack([np.diag(p) - np.outer(p, p) for p in P])
+    return sum(np.kron(np.outer(a, a), s) for a, s in zip(A, S, strict=True))
+
+
+def assert_same_hessian(actual, expected, rtol):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
+def test_hessian_sum_matches_finite_differences_of_the_gradient_sum(family, fit_intercept):
+    # Prepare
+    model, params, X, y = make_linear_family(family, fit_intercept)
+    step = 1e-5
+    numeric = np.empty((model.num_params, model.num_params))
+    for i in range(model.num_params):
+        e = np.zeros_like(params)
+        e[i] = step
+        numeric[:, i] = (model.loss_grad(params + e, X, y)[1] - model.loss_grad(params - e, X, y)[1]) / (
+            2 * step
+        )
+    # Execute
+    _loss, _grad, hess = model.loss_grad_hess(params, X, y)
+    # Assert
+    assert hess.shape == (model.num_params, model.num_params) and hess.dtype == np.float64
+    assert_same_hessian(hess, numeric, rtol=1e-6)
+    assert_same_hessian(hess, reference_hessian(model, params, X, y), rtol=1e-12)
+    np.testing.assert_array_equal(hess, hess.T)
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
+def test_hessian_call_returns_the_loss_and_gradient_of_loss_grad_bit_for_bit(family, fit_intercept):
+    # Prepare
+    model, params, X, y = make_linear_family(family, fit_intercept)
+    # Execute
+    loss, grad, _hess = model.loss_grad_hess(params, X, y)
+    # Assert
+    expected_loss, expected_grad = model.loss_grad(params, X, y)
+    assert loss == expected_loss
+    np.testing.assert_array_equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
+def test_hessian_sums_add_up_over_row_splits(family, fit_intercept):
+    # Prepare
+    model, params, X, y = make_linear_family(family, fit_intercept)
+    # Execute
+    whole = model.loss_grad_hess(params, X, y)[2]
+    parts = [model.loss_grad_hess(params, X[rows], y[rows])[2] for rows in (slice(0, 17), slice(17, 40))]
+    # Assert
+    assert_same_hessian(parts[0] + parts[1], whole, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["linear", "logistic", "softmax"])
+def test_hessian_is_the_same_over_many_blocks(family, monkeypatch):
+    # Prepare: blocks of 64 rows, so 300 rows take five of them
+    from paragrad.models import base
+
+    model, params, X, y = make_linear_family(family, True, rows=300)
+    one_block = model.loss_grad_hess(params, X, y)
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    # Execute
+    loss, grad, hess = model.loss_grad_hess(params, X, y)
+    # Assert
+    assert loss == model.loss_grad(params, X, y)[0]
+    np.testing.assert_array_equal(grad, model.loss_grad(params, X, y)[1])
+    assert_same_hessian(hess, one_block[2], rtol=1e-12)
+    np.testing.assert_array_equal(hess, hess.T)
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
+def test_hessian_of_float32_data_is_close_to_float64(family, fit_intercept):
+    # Prepare
+    model, params, X, y = make_linear_family(family, fit_intercept, rows=500)
+    # Execute
+    hess32 = model.loss_grad_hess(params, X.astype(np.float32), y)[2]
+    # Assert
+    assert hess32.dtype == np.float64
+    assert_same_hessian(hess32, model.loss_grad_hess(params, X, y)[2], rtol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
+def test_hessian_of_csr_data_equals_dense(family, fit_intercept, monkeypatch):
+    # Prepare: a sparse matrix densified 64 rows at a time
+    import scipy.sparse as sp
+
+    from paragrad.models import base
+
+    model, params, X, y = make_linear_family(family, fit_intercept, rows=200)
+    X[np.abs(X) < 0.8] = 0.0
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    # Execute
+    loss, grad, hess = model.loss_grad_hess(params, sp.csr_matrix(X), y)
+    # Assert
+    dense_loss, dense_grad, dense_hess = model.loss_grad_hess(params, X, y)
+    assert loss == pytest.approx(dense_loss, rel=1e-13)
+    np.testing.assert_allclose(grad, dense_grad, rtol=1e-12, atol=1e-12)
+    assert_same_hessian(hess, dense_hess, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-no-intercept", "softmax", "mlp-tanh"])
+def test_penalty_hessian_matches_finite_differences_of_the_penalty_gradient(kind):
+    # Prepare
+    model, params, _, _ = make_model(kind)
+    step = 1e-6
+    numeric = np.empty((len(params), len(params)))
+    for i in range(len(params)):
+        e = np.zeros_like(params)
+        e[i] = step
+        numeric[:, i] = (model.penalty(params + e)[1] - model.penalty(params - e)[1]) / (2 * step)
+    # Execute
+    diagonal = model.penalty_hessian(params)
+    # Assert
+    np.testing.assert_allclose(np.diag(diagonal), numeric, atol=1e-9)
+    assert diagonal.dtype == np.float64 and set(np.unique(diagonal)) <= {0.0, model.l2}

@@ -16,6 +16,7 @@ import numpy as np
 from paragrad.data import Standardizer, is_sparse
 from paragrad.errors import ConfigError, DataError
 from paragrad.model_file import write_model_file
+from paragrad.models.curvature import add_hessian_sums, finish_hessian
 
 MAX_CLASSES = 1000
 
@@ -115,6 +116,12 @@ class Model(ABC):
         weights = np.where(self._weight_mask, params, 0.0)
         grad[:] = self.l2 * weights
         return 0.5 * self.l2 * float(weights @ weights), grad
+
+    def penalty_hessian(self, params: np.ndarray) -> np.ndarray:
+        """Diagonal of the L2 term's Hessian: ``l2`` on weights, 0 on intercepts; the term
+        is separable, so Newton's method adds this vector to the diagonal of the data Hessian.
+        """
+        return np.where(self._weight_mask, self.l2, 0.0)
 
     @abstractmethod
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -271,12 +278,37 @@ class LinearLayout:
         """Loss sum of outputs ``Z`` (rows, k) against ``y``, and its derivative dLoss/dZ."""
         raise NotImplementedError
 
+    def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hessian of each row's loss with respect to its outputs ``Z`` (rows, k), as ``(D, U)``
+        for ``diag(D_i) - U_i U_i^T``, both (rows, k); U is None where the Hessian is diagonal.
+        """
+        raise NotImplementedError
+
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss and gradient sums, fused block by block: each block of X is read from
         memory once, and read again for ``X_block.T @ dZ`` while it is still in cache.
 
         Products run in the data's float type; sums over blocks accumulate in float64.
         """
+        return self._fused_sums(params, X, y, None)
+
+    def loss_grad_hess(
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
+
+        The loss and gradient are :meth:`loss_grad`'s, bit for bit: the same block loop adds
+        each block's Hessian while the block is in cache. Hessian products run in the data's
+        float type, as the gradient's do; the sums accumulate in float64.
+        """
+        hess = np.zeros((self.num_params, self.num_params))
+        loss, grad = self._fused_sums(params, X, y, hess)
+        return loss, grad, finish_hessian(hess, self.num_outputs)
+
+    def _fused_sums(
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hess: np.ndarray | None
+    ) -> tuple[float, np.ndarray]:
+        """The block loop of :meth:`loss_grad`; adds the Hessian sum to ``hess`` unless None."""
         d, k = self.num_features_, self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
@@ -285,8 +317,9 @@ class LinearLayout:
         num_rows = X.shape[0]
         step = max(num_rows, 1) if is_sparse(X) else block_rows(X)  # CSR rows are read in one go
         for start in range(0, num_rows, step):
-            X_block = X[start : start + step]
-            block_loss, dZ = self.output_loss(self._outputs(W, b, X_block), y[start : start + step])
+            X_block, y_block = X[start : start + step], y[start : start + step]
+            Z = self._outputs(W, b, X_block)
+            block_loss, dZ = self.output_loss(Z, y_block)
             loss += block_loss
             if k == 1 and not is_sparse(X_block):
                 grad_W[:, 0] += dZ[:, 0] @ X_block
@@ -294,6 +327,9 @@ class LinearLayout:
                 grad_W += np.asarray(X_block.T @ dZ)
             if self.fit_intercept:
                 grad[d * k :] += dZ.sum(axis=0, dtype=np.float64)
+            if hess is not None:
+                diag, outer = self.output_curvature(Z, y_block)
+                add_hessian_sums(hess, X_block, diag, outer, self.fit_intercept, block_rows(X))
         return loss, grad
 
 
@@ -301,8 +337,8 @@ BLOCK_BYTES = 512 * 1024
 
 
 def block_rows(X: np.ndarray) -> int:
-    """Rows per block so that a block of X stays in a core's L2 cache."""
-    return max(64, BLOCK_BYTES // max(1, X.shape[1] * X.itemsize))
+    """Rows per block so that a (dense) block of X stays in a core's L2 cache."""
+    return max(64, BLOCK_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
 
 
 def log_softmax_xent(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

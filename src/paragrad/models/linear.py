@@ -30,3 +30,7 @@ class LinearRegression(LinearLayout, Model):
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         residual = Z[:, 0] - y
         return 0.5 * float(residual @ residual), residual[:, None]
+
+    def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, None]:
+        """The squared error's second derivative is 1 on every row: the Hessian is ``A^T A``."""
+        return np.ones_like(Z), None

@@ -54,3 +54,7 @@ class LogisticRegression(LinearLayout, Classifier):
         z = Z[:, 0]
         loss = float(np.logaddexp(0.0, z).sum(dtype=np.float64) - z @ y)
         return loss, (sigmoid(z) - y)[:, None]
+
+    def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, None]:
+        """``p (1 - p)`` per row, as ``sigmoid(z) sigmoid(-z)`` to stay accurate in both tails."""
+        return sigmoid(Z) * sigmoid(-Z), None

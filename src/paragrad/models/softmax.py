@@ -53,3 +53,8 @@ class SoftmaxRegression(LinearLayout, Classifier):
 
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return log_softmax_xent(Z, y)
+
+    def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``diag(p) - p p^T`` per row, with p the softmax of the row's logits."""
+        P = softmax(Z)
+        return P, P

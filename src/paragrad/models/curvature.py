@@ -1,0 +1,76 @@
+"""Exact Hessian sums of the linear models, for Newton's method.
+
+The flat parameters ``[W.ravel(), b]`` put ``W[j, c]`` at ``j*k + c`` and ``b[c]`` at
+``d*k + c``: with ``a = [x, 1]`` the index is ``j*k + c`` for every column j of a. So the
+Hessian of one row's loss is ``kron(a a^T, S)``, where S (k, k) is the Hessian of the loss
+with respect to the row's outputs. Every family here has ``S = diag(D) - u u^T`` (u absent
+for linear and logistic regression), which :meth:`output_curvature` returns as ``(D, U)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from paragrad.data import is_sparse
+
+
+def add_hessian_sums(
+    hess: np.ndarray,
+    X,
+    diag: np.ndarray,
+    outer: np.ndarray | None,
+    fit_intercept: bool,
+    dense_rows: int,
+) -> None:
+    """Add ``sum_i kron(a_i a_i^T, diag(D_i) - u_i u_i^T)`` over the rows of ``X`` to ``hess``.
+
+    Only class pairs ``c <= c'`` are filled, one ``X^T (X * v)`` product each;
+    :func:`finish_hessian` mirrors them. Products run in X's float type (float32 data:
+    float32 products, as for the gradient); the sums accumulate in ``hess``, float64.
+    Sparse X is densified ``dense_rows`` rows at a time.
+    """
+    d, k = X.shape[1], diag.shape[1]
+    blocks = hess.reshape(d + int(fit_intercept), k, d + int(fit_intercept), k)
+    for start, A in dense_row_blocks(X, dense_rows):
+        rows = slice(start, start + A.shape[0])
+        for c, c2 in class_pairs(k, outer is not None):
+            v = diag[rows, c] if c == c2 else 0.0
+            if outer is not None:
+                v = v - outer[rows, c] * outer[rows, c2]
+            Av = A * v.astype(A.dtype, copy=False)[:, None]
+            blocks[:d, c, :d, c2] += A.T @ Av
+            if fit_intercept:
+                column = Av.sum(axis=0, dtype=np.float64)  # A^T v
+                blocks[:d, c, d, c2] += column
+                blocks[d, c, :d, c2] += column
+                blocks[d, c, d, c2] += float(v.sum(dtype=np.float64))
+
+
+def dense_row_blocks(X, dense_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, dense block)`` pairs: X itself when dense, else CSR rows densified."""
+    if not is_sparse(X):
+        yield 0, X
+        return
+    for start in range(0, X.shape[0], dense_rows):
+        yield start, X[start : start + dense_rows].toarray()
+
+
+def class_pairs(k: int, coupled: bool) -> Iterator[tuple[int, int]]:
+    """Class pairs ``c <= c'`` whose blocks can be non-zero: only ``c == c'`` unless coupled."""
+    for c in range(k):
+        for c2 in range(c, k if coupled else c + 1):
+            yield c, c2
+
+
+def finish_hessian(hess: np.ndarray, k: int) -> np.ndarray:
+    """Make ``hess`` exactly symmetric from its filled class pairs ``c <= c'``, in place."""
+    n = hess.shape[0] // k
+    blocks = hess.reshape(n, k, n, k)
+    for c in range(k):
+        block = blocks[:, c, :, c]
+        block[...] = np.triu(block) + np.triu(block, 1).T
+        for c2 in range(c + 1, k):
+            blocks[:, c2, :, c] = blocks[:, c, :, c2].T
+    return hess
