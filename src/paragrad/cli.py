@@ -27,6 +27,7 @@ from paragrad.trainer import default_optimizer, train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
 # The suites of paragrad.bench, in the order they run; named here so that the command line
@@ -118,10 +119,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strategy == "local-sgd":
         strategy_options.update(local_steps=args.local_steps, server_lr=args.server_lr)
     strategy = get_strategy(args.strategy, **strategy_options)
-    optimizer_name = args.optimizer or default_optimizer(model, strategy).name
+    optimizer_name = args.optimizer or default_optimizer(model, strategy, dataset).name
     if optimizer_name != "sgd" and (args.momentum or args.nesterov):
         raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
-    optimizer_options = {"lr": args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]}
+    if optimizer_name not in DEFAULT_LR and args.lr is not None:
+        raise ConfigError(f"--lr does not apply to --optimizer {optimizer_name}")
+    optimizer_options = {}
+    if optimizer_name in DEFAULT_LR:
+        optimizer_options["lr"] = args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]
     if optimizer_name == "sgd":
         optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
     options = dict(
@@ -155,9 +160,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             ) from None
         raise
     print(run.summary())
+    if args.strict and not run.converged:
+        print(f"paragrad: error: {run.outcome}; raise --epochs or --tol (no model saved)", file=sys.stderr)
+        return NOT_CONVERGED
     if args.out is not None:
         run.save(args.out)
         print(f"saved       {args.out}")
+    if not run.converged:
+        print(
+            f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
+        )
     return 0
 
 
@@ -251,14 +263,33 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
     p.add_argument("--compress", metavar="C", help="compress what workers send: topk:0.01, int8 or fp16")
     p.add_argument(
-        "--optimizer", choices=OPTIMIZERS, help="default: lbfgs for gd on linear models, else adam"
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="default with gd: qr for linear, newton for logistic and softmax (up to 256 parameters, "
+        "else lbfgs); otherwise adam",
     )
     p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="passes over the data; rounds for gd (default: 500 for gd, which stops once converged; "
+        "10 for sgd and local-sgd)",
+    )
     p.add_argument("--max-rounds", type=_positive_int)
-    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-6,
+        help="converged when the solver's measure (gd) or the epoch loss's change (sgd) is this small "
+        "(default: 1e-6)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"stopping before converging is an error (exit status {NOT_CONVERGED}; nothing saved)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
     p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")

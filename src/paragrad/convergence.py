@@ -12,9 +12,11 @@ from paragrad.strategies import StepOutcome
 class ConvergenceCheck:
     """Decides after each round whether training has converged to ``tol``.
 
-    Full-batch strategies converge when the gradient's largest entry is at most ``tol``;
-    stochastic ones when an epoch's mean loss differs from the previous epoch's by at most
-    ``tol * max(1, |previous|)``. ``tol=0`` never converges.
+    Full-batch strategies converge when the optimizer's own measure is at most ``tol``
+    (Newton: its step relative to the parameters), else the gradient's largest entry, or at
+    once when an exact solver has solved the problem; stochastic ones when an epoch's mean
+    loss differs from the previous epoch's by at most ``tol * max(1, |previous|)``.
+    ``tol=0`` never converges, unless solved exactly.
     """
 
     def __init__(self, tol: float, stochastic: bool) -> None:
@@ -30,10 +32,14 @@ class ConvergenceCheck:
         self.epoch_losses = list(state["epoch_losses"])
 
     def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
+        if outcome.solved:
+            return True
         if self.tol == 0:
             return False
-        if not self.stochastic and outcome.grad_norm is not None:
-            return outcome.grad_norm <= self.tol
+        if not self.stochastic:
+            measure = outcome.criterion if outcome.criterion is not None else outcome.grad_norm
+            if measure is not None:
+                return measure <= self.tol
         self.epoch_losses.append(outcome.loss)
         if not epoch_ends:
             return False

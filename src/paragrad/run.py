@@ -41,6 +41,17 @@ class Run:
     engine: str
     num_workers: int
     wall_s: float
+    stopped: str = "converged"  # or "solved", "round limit", "line search stalled"
+
+    @property
+    def outcome(self) -> str:
+        """How the run ended, in words: converged, or why not."""
+        return {
+            "converged": "converged",
+            "solved": "converged: solved exactly",
+            "round limit": "not converged: stopped at the round limit",
+            "line search stalled": "not converged: the line search stalled",
+        }[self.stopped]
 
     @property
     def params(self) -> np.ndarray:
@@ -67,7 +78,7 @@ class Run:
         lines = [
             f"model       {self.model!r}",
             f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
-            f"rounds      {len(self.history)} ({'converged' if self.converged else 'stopped at the limit'})",
+            f"rounds      {len(self.history)} ({self.outcome})",
             f"final loss  {self.final_loss:.6g}",
             f"speed       {total['samples'] / wall:,.0f} samples/s",
             f"time        {total['wall_s']:.3f} s: computing {compute:.3f} s, waiting for the slowest "

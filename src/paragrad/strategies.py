@@ -12,14 +12,16 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from paragrad.compression import Compressor, get_compressor
 from paragrad.errors import ConfigError, check_positive_int
-from paragrad.models.base import Model
-from paragrad.optim import Optimizer
+from paragrad.models.base import LinearLayout, Model
+from paragrad.optim import Evaluation, Optimizer
+from paragrad.optim.base import Needs
+from paragrad.optim.least_squares import combine_factors, shard_factor
 from paragrad.shards import EpochOrder, Shard, StateField
 
 RESIDUAL = "residual"  # the StateField of error feedback
@@ -29,13 +31,15 @@ class WorkerResult(NamedTuple):
     """What a worker returns: rows used, loss sum over them, and a vector.
 
     The vector is a gradient sum (GradientDescent, SGD) or the worker's trained
-    parameters (LocalSGD). ``compute_s`` is the worker's own computing time.
+    parameters (LocalSGD). ``compute_s`` is the worker's own computing time. ``matrix``
+    holds what a full-batch solver needs besides (see ``Optimizer.needs``).
     """
 
     count: int  # type: ignore[assignment]  # a field: it hides tuple.count on purpose
     loss_sum: float
     vector: Any  # an array, or its compressed payload
     compute_s: float = 0.0
+    matrix: np.ndarray | None = None  # a Hessian sum or a least-squares factor, when needed
 
 
 class StepOutcome(NamedTuple):
@@ -44,7 +48,9 @@ class StepOutcome(NamedTuple):
     ``loss`` is the objective (mean loss plus penalty) the round measured: over the whole
     data at the incoming parameters for GradientDescent, over the round's batches
     otherwise. ``grad_norm`` is the largest absolute gradient entry, when known;
-    ``stalled`` says a line search found no better point (the parameters stayed put).
+    ``stalled`` says a line search found no better point (the parameters stayed put);
+    ``criterion`` is the optimizer's own convergence measure, when it has one, and
+    ``solved`` says an exact solver reached the optimum.
     """
 
     params: np.ndarray
@@ -52,6 +58,8 @@ class StepOutcome(NamedTuple):
     loss: float
     grad_norm: float | None
     stalled: bool = False
+    criterion: float | None = None
+    solved: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,11 +113,28 @@ def batch_rows(
     return np.sort(perm[position * batch_size : (position + 1) * batch_size])
 
 
-def objective(results: Sequence[WorkerResult], params: np.ndarray, model: Model) -> tuple[float, np.ndarray]:
-    """The mean objective and its gradient: sums averaged exactly, the penalty added once."""
+def objective(
+    results: Sequence[WorkerResult], params: np.ndarray, model: Model, needs: Needs = "gradient"
+) -> Evaluation:
+    """The mean objective at ``params``: sums averaged exactly, the penalty added once.
+
+    With ``needs="hessian"`` the mean Hessian too; with ``"factor"``, the workers'
+    least-squares factors combined with the penalty's rows (and no loss yet).
+    """
     count, loss_sum, grad_sum = sum_results(results)
+    matrices = [result.matrix for result in results if result.matrix is not None]
+    if needs == "factor":
+        scales = np.sqrt(count * model.penalty_hessian(params))
+        penalty_rows = np.zeros((int(np.count_nonzero(scales)), len(params) + 1))
+        penalty_rows[:, :-1] = np.diag(scales)[scales > 0]
+        return Evaluation(
+            math.nan, np.zeros(len(params)), factor=combine_factors(matrices, penalty_rows), count=count
+        )
     penalty, penalty_grad = model.penalty(params)
-    return loss_sum / count + penalty, grad_sum / count + penalty_grad
+    hessian = None
+    if needs == "hessian":
+        hessian = np.add.reduce(matrices) / count + np.diag(model.penalty_hessian(params))
+    return Evaluation(loss_sum / count + penalty, grad_sum / count + penalty_grad, hessian, count=count)
 
 
 RunWorkers = Callable[[np.ndarray], list[WorkerResult]]
@@ -124,6 +149,7 @@ class Strategy(ABC):
 
     name: str
     stochastic: bool = True
+    default_epochs: ClassVar[int] = 10
     compress: str | None = None
 
     @property
@@ -189,11 +215,14 @@ class Strategy(ABC):
         pass (a line search makes several): the sums averaged exactly, the penalty added once.
         """
 
-        def evaluate(point: np.ndarray) -> tuple[float, np.ndarray]:
-            return objective(self.receive(run_workers(point), len(point)), point, model)
+        def evaluate(point: np.ndarray) -> Evaluation:
+            return objective(self.receive(run_workers(point), len(point)), point, model, optimizer.needs)
 
         step = optimizer.minimize(evaluate, params, opt_state)
-        return StepOutcome(step.params, step.state, step.loss, float(np.abs(step.grad).max()), step.stalled)
+        grad_norm = float(np.abs(step.grad).max())
+        return StepOutcome(
+            step.params, step.state, step.loss, grad_norm, step.stalled, step.criterion, step.solved
+        )
 
     def config(self) -> dict[str, Any]:
         """The settings that identify this strategy (for checking a resumed run)."""
@@ -217,6 +246,7 @@ class GradientDescent(Strategy):
 
     name = "gd"
     stochastic = False
+    default_epochs: ClassVar[int] = 500  # rounds: full-batch solvers stop when converged
 
     def __init__(self, compress: str | None = None) -> None:
         self.compress = compress
@@ -234,8 +264,16 @@ class GradientDescent(Strategy):
         round_index: int,
         plan: RoundPlan,
     ) -> WorkerResult:
-        loss, grad = model.loss_grad(params, shard.X, shard.labels)
-        return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
+        if optimizer.needs == "gradient":
+            loss, grad = model.loss_grad(params, shard.X, shard.labels)
+            return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
+        if not isinstance(model, LinearLayout):
+            raise ConfigError(f"{optimizer.name} solves the linear models only, not {type(model).__name__}")
+        if optimizer.needs == "factor":
+            factor = shard_factor(shard.X, shard.labels, model.fit_intercept)
+            return WorkerResult(shard.num_rows, 0.0, np.zeros(0), matrix=factor)
+        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels)
+        return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
 
 def _check_batch_size(batch_size: int | None, allow_none: bool) -> int | None:

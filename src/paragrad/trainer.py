@@ -8,6 +8,7 @@ between methods through attributes set on the side.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -36,8 +37,9 @@ from paragrad.errors import (
     WorkerLost,
     check_positive_int,
 )
-from paragrad.models.base import LinearLayout, Model
-from paragrad.optim import LBFGS, Adam, Optimizer
+from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
+from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
+from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
 from paragrad.shards import StateField, plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
@@ -54,7 +56,7 @@ def train(
     optimizer: Optimizer | None = None,
     engine: str | Engine = "local",
     workers: int | None = None,
-    epochs: int = 10,
+    epochs: int | None = None,
     max_rounds: int | None = None,
     tol: float = 1e-6,
     seed: int = 0,
@@ -87,8 +89,10 @@ def train(
         Where the workers run; an Engine object is used as is and left open.
     workers : int, optional
         Number of workers (shards); default one per core.
-    epochs : int
-        Passes over the data (for ``LocalSGD(local_steps=None)``: local passes).
+    epochs : int, optional
+        Passes over the data (for ``LocalSGD(local_steps=None)``: local passes); for
+        GradientDescent, rounds. Default: 500 for GradientDescent (it stops when
+        converged), 10 for the stochastic strategies.
     max_rounds : int, optional
         A cap on rounds, below ``epochs``.
     tol : float
@@ -133,8 +137,10 @@ def train(
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
     strategy = GradientDescent() if strategy is None else strategy
-    optimizer = default_optimizer(model, strategy) if optimizer is None else optimizer
-    _check_settings(model, data, strategy, optimizer, epochs, max_rounds, workers, tol)
+    _check_inputs(model, data, strategy)
+    optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
+    epochs = strategy.default_epochs if epochs is None else epochs
+    _check_settings(model, strategy, optimizer, epochs, max_rounds, workers, tol)
     data = data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
@@ -167,17 +173,8 @@ def train(
             runner.close()
 
 
-def _check_settings(
-    model: Model,
-    data: Dataset,
-    strategy: Strategy,
-    optimizer: Optimizer,
-    epochs: int,
-    max_rounds: int | None,
-    workers: int | None,
-    tol: float,
-) -> None:
-    """Refuse settings that cannot work together, naming the keyword to change."""
+def _check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
+    """Refuse what is not a model, labelled data or a strategy, naming the keyword."""
     if not isinstance(model, Model):
         raise ConfigError(f"model must be a paragrad model, got {type(model).__name__}")
     if not isinstance(data, Dataset):
@@ -188,12 +185,28 @@ def _check_settings(
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
+
+
+def _check_settings(
+    model: Model,
+    strategy: Strategy,
+    optimizer: Optimizer,
+    epochs: int,
+    max_rounds: int | None,
+    workers: int | None,
+    tol: float,
+) -> None:
+    """Refuse settings that cannot work together, naming the keyword to change."""
     if not isinstance(optimizer, Optimizer):
         raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
     if optimizer.line_search and not isinstance(strategy, GradientDescent):
         raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
     if optimizer.line_search and strategy.compress is not None:
         raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
+    if optimizer.needs == "hessian" and not isinstance(model, LinearLayout):
+        raise ConfigError(f"newton needs the Hessian of a linear model, not of {type(model).__name__}")
+    if optimizer.needs == "factor" and not isinstance(model, LinearRegression):
+        raise ConfigError(f"qr solves least squares: LinearRegression only, not {type(model).__name__}")
     check_positive_int("epochs", epochs)
     check_positive_int("max_rounds", max_rounds, allow_none=True)
     check_positive_int("workers", workers, allow_none=True)
@@ -201,15 +214,35 @@ def _check_settings(
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
 
 
-def default_optimizer(model: Model, strategy: Strategy) -> Optimizer:
-    """LBFGS for uncompressed full-batch training of the linear models, else Adam(lr=0.01)."""
-    if (
-        isinstance(strategy, GradientDescent)
-        and isinstance(model, LinearLayout)
-        and strategy.compress is None
-    ):
-        return LBFGS()
+MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker
+MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2, each costing rows x params^2 to sum
+
+
+def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimizer:
+    """The exact solver where it fits, for uncompressed full-batch training of the linear
+    models: QR least squares for linear regression, Newton for logistic and softmax
+    regression (up to ``MAX_NEWTON_PARAMS`` parameters), else L-BFGS; Adam(lr=0.01) for
+    the stochastic strategies and the other models."""
+    if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
+        return Adam(lr=0.01)
+    if isinstance(model, LinearRegression):
+        return LeastSquares() if data.num_features <= MAX_FACTOR_FEATURES else LBFGS()
+    if isinstance(model, LinearLayout):
+        params = (data.num_features + int(model.fit_intercept)) * _num_outputs(model, data)
+        return Newton() if params <= MAX_NEWTON_PARAMS else LBFGS()
     return Adam(lr=0.01)
+
+
+def _num_outputs(model: Model, data: Dataset) -> int:
+    """A linear classifier's outputs before it is set up: one for logistic regression; for
+    softmax the class count given, else the labels' (MAX_CLASSES when they are not read)."""
+    if isinstance(model, LogisticRegression):
+        return 1
+    if isinstance(model, SoftmaxRegression) and model.num_classes_hint is not None:
+        return model.num_classes_hint
+    if data.table is not None or data.y is None:
+        return MAX_CLASSES
+    return len(np.unique(data.y)[: MAX_CLASSES + 1])
 
 
 def _load_resume_state(
@@ -275,6 +308,7 @@ class LoopState:
     check: ConvergenceCheck
     converged: bool = False
     first_loss: float | None = None
+    norms: list[float] = field(default_factory=list)  # the parameters' largest entry, each round
 
 
 @dataclass
@@ -358,13 +392,14 @@ class RoundLoop:
     ) -> Run:
         state = self.initial_state(resumed)
         started = time.perf_counter()
-        stalled = False
+        stalled = solved = False
         with _progress_bar(self.total, progress) as bar:
             bar.update(len(state.history))
             for round_index in range(len(state.history), self.total):
                 if state.converged:
                     break
                 outcome = self.round(round_index, state)
+                solved = outcome.solved
                 bar.update(1)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
@@ -382,8 +417,11 @@ class RoundLoop:
                 ConvergenceWarning,
                 stacklevel=4,
             )
+        if not state.converged and not stalled:
+            self.warn_if_unbounded(state)
         self.model.params_ = state.params
         elapsed = time.perf_counter() - started
+        stopped = "solved" if solved else "converged" if state.converged else "round limit"
         return Run(
             self.model,
             state.history,
@@ -392,7 +430,28 @@ class RoundLoop:
             self.runner.name,
             self.runner.num_workers,
             elapsed,
+            "line search stalled" if stalled else stopped,
         )
+
+    def warn_if_unbounded(self, state: LoopState) -> None:
+        """Say so when an unpenalised classifier's weights keep growing while its loss
+        falls: the classes look (quasi-)separable, and no finite optimum exists."""
+        norms, losses = state.norms, [record["loss"] for record in state.history]
+        # Newton converges in a handful of rounds where an optimum exists: there, many rounds of
+        # growth are the sign. (A first-order method's weights also grow on the way to one.)
+        newton = self.optimizer.needs == "hessian"
+        if not newton or not self.model.is_classifier or self.model.l2 > 0 or len(norms) < 20:
+            return
+        tail = slice(len(norms) - 10, None)
+        growing = all(b > a for a, b in itertools.pairwise(norms[tail]))
+        falling = all(b <= a for a, b in itertools.pairwise(losses[tail]))
+        if growing and falling and norms[-1] > 1.5 * norms[len(norms) // 2]:
+            warnings.warn(
+                f"the weights keep growing (largest {norms[-1]:.3g}) while the loss falls: the classes look "
+                "(quasi-)separable, so without a penalty there is no finite optimum; add one (l2=, --l2)",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
 
     def initial_state(self, resumed: TrainingState | None) -> LoopState:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
@@ -465,6 +524,7 @@ class RoundLoop:
         self.check_finite(round_index, outcome, state)
         state.history.append(meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start))
         state.params, state.opt_state = outcome.params, outcome.opt_state
+        state.norms.append(float(np.abs(outcome.params).max()))
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
         return outcome
