@@ -68,6 +68,24 @@ def test_csv_loads_by_target_name_and_index(tmp_path):
     assert pg.load(path, target=1).target_name == "y"
 
 
+def test_a_target_text_is_a_name_first_then_an_index(tmp_path):
+    named = write(tmp_path / "named.csv", "a,1,y\n1,0,2\n3,1,4\n")
+    assert pg.load(named, target="1").target_name == "1"
+    assert pg.load(named, target="#1").target_name == "1"  # index 1 is the column named 1
+    assert pg.load(named, target="#2").target_name == "y"
+    assert pg.load(named, target="#-1").target_name == "y"
+    plain = write(tmp_path / "plain.csv", "a,b,y\n1,0,2\n3,1,4\n")
+    assert pg.load(plain, target="2").target_name == "y"
+    assert pg.load(plain, target="-3").target_name == "a"
+    assert pg.load(plain, target=0).target_name == "a"
+    with pytest.raises(pg.DataError, match=r"target column index 9 out of range \(3 columns\)"):
+        pg.load(plain, target="#9")
+    with pytest.raises(pg.DataError, match=r"'9' not found: no column .* out of range \(3 columns\)"):
+        pg.load(plain, target="9")
+    with pytest.raises(pg.DataError, match=r"target column '#x' not found \(columns: a, b, y\)"):
+        pg.load(plain, target="#x")
+
+
 def test_tsv_parquet_npz_and_svmlight_load_the_same_data(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
