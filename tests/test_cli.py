@@ -178,6 +178,17 @@ def test_target_is_a_column_name_first(tmp_path, header, target, picked):
     assert result.returncode == 0, result.stderr
 
 
+def test_evaluate_finds_the_models_target_by_name_only(tmp_path):
+    data = write_csv(tmp_path / "data.csv", "a,#0,y\n1,0,0\n3,1,1\n2,0,1\n")
+    out = tmp_path / "model.npz"
+    args = ("--model", "linear", "--engine", "serial", "--epochs", "1", "--out", out)
+    assert run_cli("train", data, "--target", "1", *args).returncode == 0
+    assert pg.load_model(out).target_name_ == "#0"
+    result = run_cli("evaluate", out, data, "--json")  # '#0', the model's column, not index 0
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 3
+
+
 def test_target_index_out_of_range_gets_one_clear_line(tmp_path):
     data = write_csv(tmp_path / "data.csv", "a,b,y\n1,2,0\n3,4,1\n")
     out = tmp_path / "model.npz"

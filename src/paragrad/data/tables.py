@@ -212,6 +212,10 @@ def _rows_by_group(file_rows: range | np.ndarray, groups):
 _INDEX = re.compile(r"-?[0-9]+", re.ASCII)
 
 
+class ColumnName(str):
+    """A target that is a column name only, never read as an index (a model's own)."""
+
+
 def _resolve_target(path: Path, names: list[str], target) -> str | None:
     """The target column's name. An int is an index; a text is a name first, then, when
     no column has that name, a text of digits is an index; ``"#3"`` is always index 3."""
@@ -219,20 +223,21 @@ def _resolve_target(path: Path, names: list[str], target) -> str | None:
         return None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return _target_at(path, names, int(target))
-    if isinstance(target, str) and target.startswith("#") and _INDEX.fullmatch(target[1:]):
-        return _target_at(path, names, int(target[1:]))
-    if target in names:
-        return target
-    if isinstance(target, str) and _INDEX.fullmatch(target):
-        index = int(target)
-        if -len(names) <= index < len(names):
+    if isinstance(target, str) and not isinstance(target, ColumnName):
+        if target.startswith("#") and _INDEX.fullmatch(target[1:]):
+            return _target_at(path, names, int(target[1:]))
+        if target not in names and _INDEX.fullmatch(target):
+            index = int(target)
+            if not -len(names) <= index < len(names):
+                raise DataError(
+                    f"{path}: target column {target!r} not found: no column has that name, and index "
+                    f"{index} is out of range ({len(names)} columns)"
+                )
             return names[index]
-        raise DataError(
-            f"{path}: target column {target!r} not found: no column has that name, and index "
-            f"{index} is out of range ({len(names)} columns)"
-        )
-    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-    raise DataError(f"{path}: target column {target!r} not found (columns: {shown})")
+    if target not in names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise DataError(f"{path}: target column {str(target)!r} not found (columns: {shown})")
+    return str(target)
 
 
 def _target_at(path: Path, names: list[str], index: int) -> str:
