@@ -196,6 +196,18 @@ def test_target_index_out_of_range_gets_one_clear_line(tmp_path):
     expect_clear_error(result, "target column index 9 out of range (3 columns)", out)
 
 
+@pytest.mark.parametrize("extra", [[], ["--standardize"]], ids=["plain", "standardize"])
+def test_a_value_too_large_to_square_is_refused_not_trained_to_zeros(tmp_path, extra):
+    data = write_csv(tmp_path / "data.csv", "a,b,y\n1,2,0\n3,1e308,1\n2,1,1\n")
+    out = tmp_path / "model.npz"
+    result = run_cli(
+        "train", data, "--target", "y", "--model", "logistic", "--engine", "serial", "--out", out, *extra
+    )
+    assert result.returncode == 1
+    expect_clear_error(result, "too large to square in float64", out)
+    assert "first at row 2, 'b' (1e+308): rescale the column" in result.stderr
+
+
 def test_feature_count_that_differs_at_predict_time(trained, tmp_path):
     data = write_csv(tmp_path / "few.csv", "x0,x1,x2\n1,2,3\n")
     out = tmp_path / "preds.csv"
