@@ -162,6 +162,52 @@ def test_bad_training_input_gets_one_clear_line(tmp_path, content, extra, phrase
     expect_clear_error(result, phrase, out)
 
 
+@pytest.mark.parametrize(
+    ("header", "target", "picked"),
+    [("a,1,y", "1", "1"), ("a,1,y", "#1", "1"), ("a,b,y", "2", "y"), ("a,b,y", "#2", "y")],
+    ids=["name-of-digits", "hash-index", "index", "hash-index-plain"],
+)
+def test_target_is_a_column_name_first(tmp_path, header, target, picked):
+    data = write_csv(tmp_path / "data.csv", f"{header}\n1,0,0\n3,1,1\n2,0,1\n")
+    out = tmp_path / "model.npz"
+    args = ("--model", "linear", "--engine", "serial", "--epochs", "1", "--out", out)
+    result = run_cli("train", data, "--target", target, *args)
+    assert result.returncode == 0, result.stderr
+    assert pg.load_model(out).target_name_ == picked
+    result = run_cli("evaluate", out, data, "--target", target, "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_evaluate_finds_the_models_target_by_name_only(tmp_path):
+    data = write_csv(tmp_path / "data.csv", "a,#0,y\n1,0,0\n3,1,1\n2,0,1\n")
+    out = tmp_path / "model.npz"
+    args = ("--model", "linear", "--engine", "serial", "--epochs", "1", "--out", out)
+    assert run_cli("train", data, "--target", "1", *args).returncode == 0
+    assert pg.load_model(out).target_name_ == "#0"
+    result = run_cli("evaluate", out, data, "--json")  # '#0', the model's column, not index 0
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 3
+
+
+def test_target_index_out_of_range_gets_one_clear_line(tmp_path):
+    data = write_csv(tmp_path / "data.csv", "a,b,y\n1,2,0\n3,4,1\n")
+    out = tmp_path / "model.npz"
+    result = run_cli("train", data, "--target", "#9", "--model", "linear", "--engine", "serial", "--out", out)
+    expect_clear_error(result, "target column index 9 out of range (3 columns)", out)
+
+
+@pytest.mark.parametrize("extra", [[], ["--standardize"]], ids=["plain", "standardize"])
+def test_a_value_too_large_to_square_is_refused_not_trained_to_zeros(tmp_path, extra):
+    data = write_csv(tmp_path / "data.csv", "a,b,y\n1,2,0\n3,1e308,1\n2,1,1\n")
+    out = tmp_path / "model.npz"
+    result = run_cli(
+        "train", data, "--target", "y", "--model", "logistic", "--engine", "serial", "--out", out, *extra
+    )
+    assert result.returncode == 1
+    expect_clear_error(result, "too large to square in float64", out)
+    assert "first at row 2, 'b' (1e+308): rescale the column" in result.stderr
+
+
 def test_feature_count_that_differs_at_predict_time(trained, tmp_path):
     data = write_csv(tmp_path / "few.csv", "x0,x1,x2\n1,2,3\n")
     out = tmp_path / "preds.csv"

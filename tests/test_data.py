@@ -56,6 +56,70 @@ def test_dataset_rejects_infinite_target():
         pg.Dataset(np.ones((3, 1)), [0.0, np.inf, 1.0])
 
 
+def test_dataset_refuses_values_too_large_to_square():
+    X = np.ones((4, 3))
+    X[2, 1] = 1e200
+    X[3, 2] = -1e160
+    too_large = r"2 value\(s\) in features too large to square in float64 .* first at row 3, 'b' \(1e\+200\)"
+    with pytest.raises(pg.DataError, match=too_large + ": rescale the column"):
+        pg.Dataset(X, np.zeros(4), feature_names=["a", "b", "c"])
+    with pytest.raises(pg.DataError, match=r"in the target too large to square .* row 2, 'y'"):
+        pg.Dataset(np.ones((3, 1)), [0.0, -1e200, 1.0])
+    X[0, 0] = np.nan  # NaN is named first, as before
+    with pytest.raises(pg.DataError, match=r"1 NaN, missing or infinite.*row 1, 'a'"):
+        pg.Dataset(X, np.zeros(4), feature_names=["a", "b", "c"])
+    assert pg.Dataset(X, check_finite=False).X[2, 1] == 1e200  # predicting checks its outputs instead
+
+
+def test_large_values_below_the_bound_are_accepted():
+    bound = pg.data.dataset.MAX_MAGNITUDE
+    X = np.array([[1e100, -1e149], [np.nextafter(bound, 0), 2.0]])
+    np.testing.assert_array_equal(pg.Dataset(X, [1e100, -1e149]).X, X)
+    with pytest.raises(pg.DataError, match="too large"):
+        pg.Dataset([[bound]])
+
+
+def test_too_large_values_are_found_in_file_order_block_by_block():
+    from paragrad.data.dataset import _first_bad
+
+    X = np.ones((9, 2))
+    X[7, 1] = X[2, 0] = X[3, 1] = 1e300
+    is_bad = lambda part: np.abs(part) >= 1e150  # noqa: E731
+    assert _first_bad(X, 2, None, is_bad) == (3, 2, 0)
+    assert _first_bad(X, 2, np.array([8, 7, 6, 5, 4, 3, 2, 1, 0]), is_bad) == (3, 7, 1)
+    assert _first_bad(np.ones((5, 2)), 2, None, is_bad) == (0, 0, 0)
+
+
+def test_sparse_features_too_large_are_refused():
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(np.array([[0.0, 1.0], [0.0, 0.0], [3e200, 0.0]]))
+    with pytest.raises(pg.DataError, match=r"too large to square in float64 .* row 3, column 0"):
+        pg.Dataset(X)
+
+
+def test_a_csv_cell_too_large_names_file_column_and_row(tmp_path):
+    path = write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,1e308,1\n")
+    with pytest.raises(pg.DataError, match=r"d.csv: 1 value\(s\) in features too large .* row 2, 'b'"):
+        pg.load(path, target="y")
+    path = write(tmp_path / "t.csv", "a,b,y\n1,2,0\n3,4,-1e200\n")
+    with pytest.raises(pg.DataError, match=r"t.csv: 1 value\(s\) in the target too large .* row 2, 'y'"):
+        pg.load(path, target="y")
+
+
+def test_a_lazy_parquet_file_names_the_first_too_large_value_in_file_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = np.arange(50, dtype=np.float64)
+    values[37], values[44] = 1e200, -1e300
+    pq.write_table(pa.table({"a": values, "y": np.zeros(50)}), tmp_path / "d.parquet", row_group_size=8)
+    table = pg.load(tmp_path / "d.parquet", target="y", lazy=True).table
+    table.read(slice(0, 30))
+    with pytest.raises(pg.DataError, match=r"2 value\(s\) in features of the rows read too large .* row 38"):
+        table.read(np.array([44, 3, 37]))
+
+
 # -- loaders --------------------------------------------------------------------------------
 
 
@@ -66,6 +130,24 @@ def test_csv_loads_by_target_name_and_index(tmp_path):
     np.testing.assert_array_equal(ds.y, [0, 1, 1])
     assert ds.feature_names == ("a", "b") and ds.target_name == "y"
     assert pg.load(path, target=1).target_name == "y"
+
+
+def test_a_target_text_is_a_name_first_then_an_index(tmp_path):
+    named = write(tmp_path / "named.csv", "a,1,y\n1,0,2\n3,1,4\n")
+    assert pg.load(named, target="1").target_name == "1"
+    assert pg.load(named, target="#1").target_name == "1"  # index 1 is the column named 1
+    assert pg.load(named, target="#2").target_name == "y"
+    assert pg.load(named, target="#-1").target_name == "y"
+    plain = write(tmp_path / "plain.csv", "a,b,y\n1,0,2\n3,1,4\n")
+    assert pg.load(plain, target="2").target_name == "y"
+    assert pg.load(plain, target="-3").target_name == "a"
+    assert pg.load(plain, target=0).target_name == "a"
+    with pytest.raises(pg.DataError, match=r"target column index 9 out of range \(3 columns\)"):
+        pg.load(plain, target="#9")
+    with pytest.raises(pg.DataError, match=r"'9' not found: no column .* out of range \(3 columns\)"):
+        pg.load(plain, target="9")
+    with pytest.raises(pg.DataError, match=r"target column '#x' not found \(columns: a, b, y\)"):
+        pg.load(plain, target="#x")
 
 
 def test_tsv_parquet_npz_and_svmlight_load_the_same_data(tmp_path):
@@ -216,6 +298,15 @@ def test_constant_feature_keeps_scale_one():
     standardizer = Standardizer.from_moments(moments(X))
     assert standardizer.scale[0] == 1.0
     assert np.isfinite(standardizer.transform(X)).all()
+
+
+def test_standardizer_refuses_a_mean_or_scale_that_is_not_finite():
+    stats = moments(np.array([[1.0, 1e200, 2.0], [2.0, -1e200, 3.0]]))
+    assert not np.isfinite(stats.m2[1])
+    with pytest.raises(pg.DataError, match=r"cannot standardize feature 1 \(counted from 0\)"):
+        Standardizer.from_moments(stats)
+    with pytest.raises(pg.DataError, match="feature 0 .* not finite"):
+        Standardizer.from_moments(pg.data.Moments(2, np.array([np.inf]), np.array([0.0])))
 
 
 def test_memory_mapped_features_remember_where_they_lie_in_their_file(tmp_path):

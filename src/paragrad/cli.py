@@ -30,6 +30,10 @@ DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
 NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
+TARGET_HELP = (
+    "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
+    "has that name; '#3' is always index 3"
+)
 # The suites of paragrad.bench, in the order they run; named here so that the command line
 # does not load the benchmarks to parse its arguments.
 BENCH_SUITES = (
@@ -54,10 +58,6 @@ def _positive_int(text: str) -> int:
 
 def _local_steps(text: str) -> int | None:
     return None if text.lower() in ("none", "0") else _positive_int(text)
-
-
-def _target(text: str) -> str | int:
-    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -239,7 +239,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
     p = commands.add_parser("train", help="train a model on a data file")
     p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
-    p.add_argument("--target", type=_target, help="label column of a CSV or Parquet file (name or index)")
+    p.add_argument("--target", help=TARGET_HELP)
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
     p.add_argument("--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64")
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="loss and accuracy (or RMSE and R^2) on labelled data")
     p.add_argument("model", type=Path)
     p.add_argument("data", type=Path)
-    p.add_argument("--target", type=_target, help="label column (default: the one the model was trained on)")
+    p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(handler=cmd_evaluate)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
+from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, make_engine, reads_own_rows
 from paragrad.errors import ConfigError, DataError
 from paragrad.models.base import Model, check_class_labels
@@ -121,9 +122,9 @@ def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = 
     """
     model = as_model(model)
     if isinstance(data, (str, os.PathLike)) and target is None:
-        target = model.target_name_
-        if target is None:
+        if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with target=")
+        target = ColumnName(model.target_name_)  # the model's column, by name only
     dataset = read_features(model, data, target)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")

@@ -21,6 +21,12 @@ from paragrad.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from paragrad.data.tables import TableFile
 
+# The largest feature or target magnitude accepted. Training squares values and sums the
+# squares over all rows (losses, gradients, norms, standardisation): (1e150)^2 = 1e300,
+# and a sum of 1e8 such squares, 1e308, is still below float64's largest number, 1.8e308.
+# Larger values overflow to infinity, and a model trained on them silently stays zero.
+MAX_MAGNITUDE = 1e150
+
 
 class Dataset:
     """Features ``X`` (rows x features) and optional labels ``y``, validated once.
@@ -252,28 +258,80 @@ def _as_csr(X, dtype, source):
 
 
 def _check_finite(values, source, names, what="features", rows: Sequence[int] | None = None) -> None:
-    """Raise a DataError naming the first NaN or infinite value; ``rows`` maps the
-    array's rows to the file's (counted from 0) when the array holds only some of them."""
+    """Raise a DataError naming the first NaN, infinite or too large value (see
+    :data:`MAX_MAGNITUDE`); ``rows`` maps the array's rows to the file's (counted from 0)
+    when the array holds only some of them."""
     if is_sparse(values):
-        if np.isfinite(values.data).all():
+        data = values.data
+        if _within_bound(data):
             return
-        position = int(np.argmin(np.isfinite(values.data)))
+        finite = np.isfinite(data)
+        position = int(np.argmin(finite) if not finite.all() else np.argmin(_small(data)))
         row = int(np.searchsorted(values.indptr, position, side="right")) - 1
         column = values.indices[position]
         name = repr(names[column]) if names is not None else f"column {column}"
-        raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
+        if not finite.all():
+            raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
+        count = int((~_small(data)).sum())
+        raise _too_large(source, what, row + 1, name, data[position], count)
     block = max(1, (1 << 20) // max(1, values.shape[1]))  # a streaming pass: no n x d temporary
-    if all(np.isfinite(values[start : start + block]).all() for start in range(0, values.shape[0], block)):
+    if all(_within_bound(values[start : start + block]) for start in range(0, values.shape[0], block)):
         return
-    bad = ~np.isfinite(values)
-    bad_rows = np.flatnonzero(bad.any(axis=1))
-    row = bad_rows[0] if rows is None else bad_rows[np.argmin(np.asarray(rows)[bad_rows])]
-    col = int(np.argmax(bad[row]))
-    kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
-    row = row if rows is None else int(rows[row])
-    column = repr(names[col]) if names is not None else f"column {col}"
     scope = "" if rows is None else " of the rows read"
-    raise DataError(
-        f"{source}: {int(bad.sum())} NaN, missing or infinite value(s) in {what}{scope}; "
-        f"first at row {row + 1}, {column!s} ({kind})"
+    count, row, col = _first_bad(values, block, rows, lambda part: ~np.isfinite(part))
+    if count:
+        kind = "NaN or missing" if np.isnan(values[row, col]) else "infinite"
+        column = repr(names[col]) if names is not None else f"column {col}"
+        file_row = row if rows is None else int(rows[row])
+        raise DataError(
+            f"{source}: {count} NaN, missing or infinite value(s) in {what}{scope}; "
+            f"first at row {file_row + 1}, {column!s} ({kind})"
+        )
+    count, row, col = _first_bad(values, block, rows, lambda part: ~_small(part))
+    column = repr(names[col]) if names is not None else f"column {col}"
+    file_row = row if rows is None else int(rows[row])
+    raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count)
+
+
+def _within_bound(part) -> bool:
+    """Whether every value of ``part`` is finite and below the bound, without a temporary
+    (a NaN makes the extremes NaN, which compare false)."""
+    return part.size == 0 or (-MAX_MAGNITUDE < float(part.min()) and float(part.max()) < MAX_MAGNITUDE)
+
+
+def _small(values) -> np.ndarray:
+    """Whether each value is finite and below :data:`MAX_MAGNITUDE` (NaN is not)."""
+    if values.dtype != np.float64:  # float32: every finite value is below the bound
+        return np.isfinite(values)
+    return np.abs(values) < MAX_MAGNITUDE
+
+
+def _too_large(source, what, row: int, column: str, value, count: int) -> DataError:
+    return DataError(
+        f"{source}: {count} value(s) in {what} too large to square in float64 (magnitude "
+        f"{MAX_MAGNITUDE:.0e} or more); first at row {row}, {column} ({float(value):.3g}): rescale the column"
     )
+
+
+def _first_bad(values, block: int, rows, is_bad) -> tuple[int, int, int]:
+    """How many values ``is_bad`` marks, and the array row and column of the first of
+    them in the file's order, found block by block (no n x d temporary)."""
+    count, first = 0, None  # first: (file row, array row, column)
+    for start in range(0, values.shape[0], block):
+        bad = is_bad(values[start : start + block])
+        bad_rows = np.flatnonzero(bad.any(axis=1))
+        if not len(bad_rows):
+            continue
+        count += int(bad.sum())
+        if rows is None:
+            pick = 0
+            file_row = start + int(bad_rows[0])
+        else:
+            file_rows = np.asarray(rows[start : start + block])[bad_rows]
+            pick = int(np.argmin(file_rows))
+            file_row = int(file_rows[pick])
+        if first is None or file_row < first[0]:
+            first = (file_row, start + int(bad_rows[pick]), int(np.argmax(bad[bad_rows[pick]])))
+    if first is None:
+        return 0, 0, 0
+    return count, first[1], first[2]

@@ -43,8 +43,10 @@ def load(
     path : str or Path
         The file; its suffix picks the reader.
     target : str or int, optional
-        The label column of a CSV or Parquet file, by name or index. ``.npz`` files hold
-        ``X`` and ``y`` arrays and LIBSVM files carry labels, so they need none.
+        The label column of a CSV or Parquet file: an int is an index; a str is a name,
+        or, when no column has that name, a text of digits is an index; ``"#3"`` is
+        always index 3. ``.npz`` files hold ``X`` and ``y`` arrays and LIBSVM files carry
+        labels, so they need none.
     features : sequence of str, optional
         For tables: the feature columns to read, in this order (other columns are
         ignored). By default every column but the target.

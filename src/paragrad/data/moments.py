@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from paragrad.errors import DataError
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -47,7 +49,17 @@ class Standardizer:
 
     @classmethod
     def from_moments(cls, stats: Moments) -> Standardizer:
+        """Mean and scale from moments; a non-finite one is refused (an infinite scale would
+        turn the feature into zeros, silently dropping it)."""
         std = np.sqrt(stats.m2 / stats.count)
+        bad = ~(np.isfinite(stats.mean) & np.isfinite(std))
+        if bad.any():
+            feature = int(np.argmax(bad))
+            raise DataError(
+                f"cannot standardize feature {feature} (counted from 0): its mean or scale is "
+                f"not finite (mean {float(stats.mean[feature]):g}, scale {float(std[feature]):g}); "
+                "its values are too large for float64: rescale the column"
+            )
         return cls(stats.mean, np.where(std > 0, std, 1.0))
 
     def transform(self, X: np.ndarray) -> np.ndarray:

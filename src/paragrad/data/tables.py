@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,17 +209,41 @@ def _rows_by_group(file_rows: range | np.ndarray, groups):
             yield group, order[low:high], ordered[low:high] - first
 
 
+_INDEX = re.compile(r"-?[0-9]+", re.ASCII)
+
+
+class ColumnName(str):
+    """A target that is a column name only, never read as an index (a model's own)."""
+
+
 def _resolve_target(path: Path, names: list[str], target) -> str | None:
+    """The target column's name. An int is an index; a text is a name first, then, when
+    no column has that name, a text of digits is an index; ``"#3"`` is always index 3."""
     if target is None:
         return None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        if not -len(names) <= target < len(names):
-            raise DataError(f"{path}: target column index {target} out of range ({len(names)} columns)")
-        return names[target]
+        return _target_at(path, names, int(target))
+    if isinstance(target, str) and not isinstance(target, ColumnName):
+        if target.startswith("#") and _INDEX.fullmatch(target[1:]):
+            return _target_at(path, names, int(target[1:]))
+        if target not in names and _INDEX.fullmatch(target):
+            index = int(target)
+            if not -len(names) <= index < len(names):
+                raise DataError(
+                    f"{path}: target column {target!r} not found: no column has that name, and index "
+                    f"{index} is out of range ({len(names)} columns)"
+                )
+            return names[index]
     if target not in names:
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        raise DataError(f"{path}: target column {target!r} not found (columns: {shown})")
-    return target
+        raise DataError(f"{path}: target column {str(target)!r} not found (columns: {shown})")
+    return str(target)
+
+
+def _target_at(path: Path, names: list[str], index: int) -> str:
+    if not -len(names) <= index < len(names):
+        raise DataError(f"{path}: target column index {index} out of range ({len(names)} columns)")
+    return names[index]
 
 
 def _numeric_column(path: Path, column, name: str) -> np.ndarray:
