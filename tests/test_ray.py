@@ -51,6 +51,21 @@ def fit(engine, kind="logistic", strategy="gd", data=None, **options):
 # -- the same answers as the serial engine ----------------------------------------------------
 
 
+def test_the_defaults_give_statsmodels_fit_on_ray_as_on_the_serial_engine(ray_engine):
+    realdata = pytest.importorskip("realdata")
+    pytest.importorskip("statsmodels")
+    from test_exact import MODELS as EXACT_MODELS
+    from test_exact import assert_matches
+
+    for name in realdata.CASES:
+        case = realdata.load(name)
+        data = pg.Dataset(case.X, case.y)
+        run = pg.train(EXACT_MODELS[case.kind](), data, engine=ray_engine, workers=2)
+        serial = pg.train(EXACT_MODELS[case.kind](), data, engine="serial", workers=2)
+        assert_matches(case, run.params)
+        assert relative_error(run.params, serial.params) <= 1e-12
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("kind", MODELS)
 def test_ray_gives_the_serial_parameters(kind, strategy, ray_engine):

@@ -46,6 +46,7 @@ from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strateg
 from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
+SEPARATED_LOSS = 1e-8  # a classifier's mean loss this small: every row on its side, with a margin
 
 
 def train(
@@ -417,7 +418,7 @@ class RoundLoop:
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        if not state.converged and not stalled:
+        if not state.converged:
             self.warn_if_unbounded(state)
         self.model.params_ = state.params
         elapsed = time.perf_counter() - started
@@ -434,21 +435,21 @@ class RoundLoop:
         )
 
     def warn_if_unbounded(self, state: LoopState) -> None:
-        """Say so when an unpenalised classifier's weights keep growing while its loss
-        falls: the classes look (quasi-)separable, and no finite optimum exists."""
+        """Say so when an unpenalised classifier has no finite optimum: its loss reaches zero
+        (the classes are separable), or, with Newton, which converges in a handful of rounds
+        where an optimum exists, its weights keep growing while its loss falls."""
         norms, losses = state.norms, [record["loss"] for record in state.history]
-        # Newton converges in a handful of rounds where an optimum exists: there, many rounds of
-        # growth are the sign. (A first-order method's weights also grow on the way to one.)
-        newton = self.optimizer.needs == "hessian"
-        if not newton or not self.model.is_classifier or self.model.l2 > 0 or len(norms) < 20:
+        if not self.model.is_classifier or self.model.l2 > 0 or self.strategy.stochastic or not losses:
             return
-        tail = slice(len(norms) - 10, None)
-        growing = all(b > a for a, b in itertools.pairwise(norms[tail]))
-        falling = all(b <= a for a, b in itertools.pairwise(losses[tail]))
-        if growing and falling and norms[-1] > 1.5 * norms[len(norms) // 2]:
+        separable = losses[-1] <= SEPARATED_LOSS
+        if self.optimizer.needs == "hessian" and len(norms) >= 20:
+            tail = slice(len(norms) - 10, None)
+            growing = all(b >= a for a, b in itertools.pairwise(norms[tail])) and norms[-1] > 1.5 * norms[-10]
+            separable = separable or (growing and all(b <= a for a, b in itertools.pairwise(losses[tail])))
+        if separable:
             warnings.warn(
-                f"the weights keep growing (largest {norms[-1]:.3g}) while the loss falls: the classes look "
-                "(quasi-)separable, so without a penalty there is no finite optimum; add one (l2=, --l2)",
+                f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {norms[-1]:.3g} "
+                "and growing): without a penalty there is no finite optimum; add one (l2=, --l2)",
                 ConvergenceWarning,
                 stacklevel=5,
             )
