@@ -76,6 +76,7 @@ def test_a_fresh_local_engine_trains_and_cleans_up():
     run = pg.train(
         pg.models.LinearRegression(),
         pg.make_regression(200, 3, seed=0),
+        optimizer=pg.optim.LBFGS(),  # rounds to count (the default, QR, solves in one)
         engine="local",
         workers=2,
         epochs=3,
@@ -424,7 +425,9 @@ def test_an_interrupted_round_stops_the_workers_and_the_engine_starts_afresh():
         assert not any(_is_alive(pid) for pid in pids)
         with pytest.raises(pg.ConfigError, match="call start"):
             engine.run(shard_sum)
-        run = pg.train(pg.models.LinearRegression(), data, engine=engine, epochs=2, tol=0)
+        run = pg.train(
+            pg.models.LinearRegression(), data, optimizer=pg.optim.LBFGS(), engine=engine, epochs=2, tol=0
+        )
         assert len(run.history) == 2
 
 
@@ -435,7 +438,9 @@ def test_after_a_lost_worker_the_engine_can_start_again():
         with pytest.raises(pg.errors.WorkerLost):
             long_training(engine)
         thread.join()
-        run = pg.train(pg.models.LinearRegression(), data, engine=engine, epochs=2, tol=0)
+        run = pg.train(
+            pg.models.LinearRegression(), data, optimizer=pg.optim.LBFGS(), engine=engine, epochs=2, tol=0
+        )
         assert len(run.history) == 2
 
 

@@ -192,8 +192,36 @@ def test_unregularised_breast_cancer_is_said_to_have_no_finite_optimum():
     from sklearn.datasets import load_breast_cancer
 
     X, y = load_breast_cancer(return_X_y=True)
-    with pytest.warns(pg.ConvergenceWarning, match="look .quasi-.separable.*add one"):
-        run = pg.train(
-            pg.models.LogisticRegression(), pg.Dataset(X, y), engine="serial", workers=2, epochs=60
-        )
-    assert not run.converged and run.stopped == "round limit"
+    with pytest.warns(pg.ConvergenceWarning, match="separable.*no finite optimum.*add one"):
+        run = pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), engine="serial", workers=2)
+    assert not run.converged
+
+
+# -- L-BFGS on badly scaled data ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["longley", "spector", "randhie"])
+def test_preconditioned_lbfgs_solves_unscaled_data(name):
+    case = realdata.load(name)  # longley's features differ in scale by 1e5: condition 5e9
+    run = pg.train(
+        MODELS[case.kind](), pg.Dataset(case.X, case.y), optimizer=pg.optim.LBFGS(), engine="serial"
+    )
+    assert run.converged and run.stopped == "converged"
+    assert norm_error(case, run.params) <= 1e-5
+
+
+def test_lbfgs_that_stops_at_its_limit_says_so_rather_than_converged(tmp_path):
+    case = realdata.load("star98")
+    realdata.write_csv(case, tmp_path / "data.csv")
+    args = ["train", tmp_path / "data.csv", "--target", "y", "--model", "linear", "--optimizer", "lbfgs"]
+    args += ["--epochs", "50"]
+    result = run_cli(*args, "--out", tmp_path / "m.npz")
+    assert result.returncode == 0
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith("not converged: stopped at the round limit after 50")
+    )
+    strict = run_cli(*args, "--strict", "--out", tmp_path / "strict.npz")
+    assert strict.returncode == 3 and not (tmp_path / "strict.npz").exists()
+    assert strict.stderr.strip().splitlines()[-1].startswith("paragrad: error: not converged")

@@ -335,10 +335,10 @@ def test_lbfgs_two_loop_direction_is_newtons_on_a_quadratic():
 
 
 def test_lbfgs_stops_with_a_warning_when_its_line_search_stalls():
-    # Trial steps of 1e6 with a single halving cannot lower the loss after the first step.
+    # A trial step of 1e6 and a single evaluation cannot lower the loss after the first step.
     data = pg.make_regression(200, 3, noise=0.5, seed=1)
     optimizer = pg.optim.LBFGS(lr=1e6, max_line_search=1)
-    with pytest.warns(pg.optim.LineSearchStalled, match="found no lower loss in 1 halvings"):
+    with pytest.warns(pg.optim.LineSearchStalled, match="found no acceptable step in 1 evaluations"):
         run = pg.train(
             pg.models.LinearRegression(),
             data,

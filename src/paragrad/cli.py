@@ -22,8 +22,10 @@ from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
 from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
+from paragrad.optim.base import positive
+from paragrad.settings import default_optimizer
 from paragrad.strategies import STRATEGIES, get_strategy
-from paragrad.trainer import default_optimizer, train
+from paragrad.trainer import train
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
@@ -122,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer_name = args.optimizer or default_optimizer(model, strategy, dataset).name
     if optimizer_name != "sgd" and (args.momentum or args.nesterov):
         raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
+    if args.lr is not None:
+        positive("learning rate", args.lr)
     if optimizer_name not in DEFAULT_LR and args.lr is not None:
         raise ConfigError(f"--lr does not apply to --optimizer {optimizer_name}")
     optimizer_options = {}

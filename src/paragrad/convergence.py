@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 
 from paragrad.strategies import StepOutcome
+
+SEPARATED_LOSS = 1e-8  # a classifier's mean loss this small: every row on its side, with a margin
 
 
 class ConvergenceCheck:
@@ -50,3 +53,27 @@ class ConvergenceCheck:
             [],
         )
         return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
+
+
+def no_finite_optimum(losses: list[float], norms: list[float], newton: bool) -> str | None:
+    """Why an unpenalised classifier has no finite optimum, or None if nothing says so.
+
+    Its loss reaching zero (every row on its side, with a margin: separable classes); or,
+    under Newton, which converges in a handful of rounds where an optimum exists, weights
+    that keep growing while the loss falls. ``norms`` holds the parameters' largest entry
+    after each round.
+    """
+    if not losses:
+        return None
+    separable = losses[-1] <= SEPARATED_LOSS
+    if newton and len(norms) >= 20:
+        tail = slice(len(norms) - 10, None)
+        growing = all(b >= a for a, b in itertools.pairwise(norms[tail])) and norms[-1] > 1.5 * norms[-10]
+        separable = separable or (growing and all(b <= a for a, b in itertools.pairwise(losses[tail])))
+    if not separable:
+        return None
+    return (
+        f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {norms[-1]:.3g}): "
+        "without a penalty there is no finite optimum, and the weights grow without bound; add one "
+        "(l2=, --l2)"
+    )

@@ -41,7 +41,7 @@ class Run:
     engine: str
     num_workers: int
     wall_s: float
-    stopped: str = "converged"  # or "solved", "round limit", "line search stalled"
+    stopped: str = "converged"  # or "solved", "round limit", "line search stalled", "no finite optimum"
 
     @property
     def outcome(self) -> str:
@@ -51,6 +51,7 @@ class Run:
             "solved": "converged: solved exactly",
             "round limit": "not converged: stopped at the round limit",
             "line search stalled": "not converged: the line search stalled",
+            "no finite optimum": "not converged: no finite optimum (separable classes)",
         }[self.stopped]
 
     @property

@@ -8,7 +8,6 @@ between methods through attributes set on the side.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
@@ -25,28 +24,25 @@ from paragrad.checkpoint import (
     TrainingState,
     load_latest_checkpoint,
 )
-from paragrad.convergence import ConvergenceCheck
-from paragrad.data import Dataset, Standardizer, combine_moments
+from paragrad.convergence import ConvergenceCheck, no_finite_optimum
+from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.engines import Engine, make_engine
 from paragrad.errors import (
     ConfigError,
     ConvergenceWarning,
-    DataError,
     TrainingDiverged,
     WorkerError,
     WorkerLost,
-    check_positive_int,
 )
-from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
-from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
-from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
+from paragrad.models.base import LinearLayout, Model
+from paragrad.optim import Optimizer
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
+from paragrad.settings import check_inputs, check_settings, default_optimizer
 from paragrad.shards import StateField, plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
 from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
-SEPARATED_LOSS = 1e-8  # a classifier's mean loss this small: every row on its side, with a margin
 
 
 def train(
@@ -138,10 +134,10 @@ def train(
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
     strategy = GradientDescent() if strategy is None else strategy
-    _check_inputs(model, data, strategy)
+    check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
-    _check_settings(model, strategy, optimizer, epochs, max_rounds, workers, tol)
+    check_settings(model, strategy, optimizer, epochs, max_rounds, workers, tol)
     data = data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
@@ -160,7 +156,12 @@ def train(
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
         runner.start(data, plan)
-        _set_up_model(model, data, runner, standardize, None if resumed is None else resumed.standardizer)
+        # The features' moments make L-BFGS's preconditioner.
+        want = optimizer.takes_scales and isinstance(model, LinearLayout) and not data.sparse
+        standardizer = None if resumed is None else resumed.standardizer
+        stats = _set_up_model(model, data, runner, standardize, standardizer, want)
+        if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
+            optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
         if resumed is not None and resumed.config.get("classes") != config.classes:
             raise ConfigError(
@@ -172,78 +173,6 @@ def train(
     finally:
         if own_engine:
             runner.close()
-
-
-def _check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
-    """Refuse what is not a model, labelled data or a strategy, naming the keyword."""
-    if not isinstance(model, Model):
-        raise ConfigError(f"model must be a paragrad model, got {type(model).__name__}")
-    if not isinstance(data, Dataset):
-        raise ConfigError(
-            "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
-        )
-    if not data.has_labels:
-        raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
-    if not isinstance(strategy, Strategy):
-        raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
-
-
-def _check_settings(
-    model: Model,
-    strategy: Strategy,
-    optimizer: Optimizer,
-    epochs: int,
-    max_rounds: int | None,
-    workers: int | None,
-    tol: float,
-) -> None:
-    """Refuse settings that cannot work together, naming the keyword to change."""
-    if not isinstance(optimizer, Optimizer):
-        raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
-    if optimizer.line_search and not isinstance(strategy, GradientDescent):
-        raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
-    if optimizer.line_search and strategy.compress is not None:
-        raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
-    if optimizer.needs == "hessian" and not isinstance(model, LinearLayout):
-        raise ConfigError(f"newton needs the Hessian of a linear model, not of {type(model).__name__}")
-    if optimizer.needs == "factor" and not isinstance(model, LinearRegression):
-        raise ConfigError(f"qr solves least squares: LinearRegression only, not {type(model).__name__}")
-    check_positive_int("epochs", epochs)
-    check_positive_int("max_rounds", max_rounds, allow_none=True)
-    check_positive_int("workers", workers, allow_none=True)
-    if not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
-
-
-MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker
-MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2, each costing rows x params^2 to sum
-
-
-def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimizer:
-    """The exact solver where it fits, for uncompressed full-batch training of the linear
-    models: QR least squares for linear regression, Newton for logistic and softmax
-    regression (up to ``MAX_NEWTON_PARAMS`` parameters), else L-BFGS; Adam(lr=0.01) for
-    the stochastic strategies and the other models."""
-    if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
-        return Adam(lr=0.01)
-    if isinstance(model, LinearRegression):
-        return LeastSquares() if data.num_features <= MAX_FACTOR_FEATURES else LBFGS()
-    if isinstance(model, LinearLayout):
-        params = (data.num_features + int(model.fit_intercept)) * _num_outputs(model, data)
-        return Newton() if params <= MAX_NEWTON_PARAMS else LBFGS()
-    return Adam(lr=0.01)
-
-
-def _num_outputs(model: Model, data: Dataset) -> int:
-    """A linear classifier's outputs before it is set up: one for logistic regression; for
-    softmax the class count given, else the labels' (MAX_CLASSES when they are not read)."""
-    if isinstance(model, LogisticRegression):
-        return 1
-    if isinstance(model, SoftmaxRegression) and model.num_classes_hint is not None:
-        return model.num_classes_hint
-    if data.table is not None or data.y is None:
-        return MAX_CLASSES
-    return len(np.unique(data.y)[: MAX_CLASSES + 1])
 
 
 def _load_resume_state(
@@ -272,23 +201,37 @@ def _load_resume_state(
 
 
 def _set_up_model(
-    model: Model, data: Dataset, runner: Engine, standardize: bool, standardizer: Standardizer | None
-) -> None:
-    """Fix the model's shapes and standardisation from statistics gathered shard by shard.
+    model: Model,
+    data: Dataset,
+    runner: Engine,
+    standardize: bool,
+    standardizer: Standardizer | None,
+    want_moments: bool,
+) -> Moments | None:
+    """Fix the model's shapes and standardisation from statistics gathered shard by shard;
+    with ``want_moments``, return the features' moments as the model sees them.
 
     A resumed run brings its ``standardizer``, so it scales exactly as before.
     """
-    described = runner.run(DescribeShard(model.is_classifier, standardize and standardizer is None))
+    gather = (standardize and standardizer is None) or want_moments
+    described = runner.run(DescribeShard(model.is_classifier, gather))
     labels = None
     if model.is_classifier:
         labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
     model.standardizer_ = None
+    stats = combine_moments([part for *_, part in described]) if gather else None
     if standardize:
-        model.standardizer_ = standardizer or Standardizer.from_moments(
-            combine_moments([stats for *_, stats in described])
-        )
+        model.standardizer_ = standardizer or Standardizer.from_moments(stats)  # type: ignore[arg-type]
         runner.run(StandardizeShard(model.standardizer_))
+        stats = Moments(data.num_rows, np.zeros(data.num_features), np.full(data.num_features, data.num_rows))
+    return stats if want_moments else None
+
+
+def root_mean_square(stats: Moments) -> np.ndarray:
+    """Each feature's root mean square: its scale, offset included (1 for a zero column)."""
+    rms = np.sqrt(stats.m2 / stats.count + stats.mean**2)
+    return np.where(rms > 0, rms, 1.0)
 
 
 def _progress_bar(total: int, show: bool | None) -> Any:
@@ -411,48 +354,38 @@ class RoundLoop:
                     checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
         if checkpoints.directory is not None:
             checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
-        if self.tol > 0 and not state.converged and self.total > 1 and not stalled:
+        unbounded = self.unbounded(state)
+        if unbounded is not None:
+            warnings.warn(unbounded, ConvergenceWarning, stacklevel=4)
+        elif self.tol > 0 and not state.converged and self.total > 1 and not stalled:
             warnings.warn(
                 f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        if not state.converged:
-            self.warn_if_unbounded(state)
         self.model.params_ = state.params
         elapsed = time.perf_counter() - started
         stopped = "solved" if solved else "converged" if state.converged else "round limit"
+        stopped = "line search stalled" if stalled else stopped
         return Run(
             self.model,
             state.history,
-            state.converged,
+            state.converged and unbounded is None,
             self.strategy,
             self.runner.name,
             self.runner.num_workers,
             elapsed,
-            "line search stalled" if stalled else stopped,
+            "no finite optimum" if unbounded is not None else stopped,
         )
 
-    def warn_if_unbounded(self, state: LoopState) -> None:
-        """Say so when an unpenalised classifier has no finite optimum: its loss reaches zero
-        (the classes are separable), or, with Newton, which converges in a handful of rounds
-        where an optimum exists, its weights keep growing while its loss falls."""
-        norms, losses = state.norms, [record["loss"] for record in state.history]
-        if not self.model.is_classifier or self.model.l2 > 0 or self.strategy.stochastic or not losses:
-            return
-        separable = losses[-1] <= SEPARATED_LOSS
-        if self.optimizer.needs == "hessian" and len(norms) >= 20:
-            tail = slice(len(norms) - 10, None)
-            growing = all(b >= a for a, b in itertools.pairwise(norms[tail])) and norms[-1] > 1.5 * norms[-10]
-            separable = separable or (growing and all(b <= a for a, b in itertools.pairwise(losses[tail])))
-        if separable:
-            warnings.warn(
-                f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {norms[-1]:.3g} "
-                "and growing): without a penalty there is no finite optimum; add one (l2=, --l2)",
-                ConvergenceWarning,
-                stacklevel=5,
-            )
+    def unbounded(self, state: LoopState) -> str | None:
+        """Why an unpenalised linear classifier has no finite optimum, if it has none."""
+        model = self.model
+        if not model.is_classifier or model.l2 > 0 or self.strategy.stochastic or not state.history:
+            return None
+        losses = [record["loss"] for record in state.history]
+        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian")
 
     def initial_state(self, resumed: TrainingState | None) -> LoopState:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""

@@ -250,6 +250,13 @@ class LinearLayout:
         mask[: self.num_features_ * self.num_outputs] = True
         return mask
 
+    def param_scales(self, feature_scales: np.ndarray) -> np.ndarray:
+        """Each parameter's scale, for preconditioning: its feature's scale for a weight
+        (``W[j, c]`` has feature ``j``'s), 1 for an intercept."""
+        k = self.num_outputs
+        intercepts = np.ones(k if self.fit_intercept else 0)
+        return np.concatenate([np.repeat(np.asarray(feature_scales, dtype=np.float64), k), intercepts])
+
     def split(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
         """Views of the weights (d, k) and the intercepts (k,) in ``params``."""
         d, k = self.num_features_, self.num_outputs

@@ -156,6 +156,7 @@ class Optimizer:
     name: str
     line_search: ClassVar[bool] = False
     needs: ClassVar[Needs] = "gradient"
+    takes_scales: ClassVar[bool] = False  # preconditioned by the parameters' scales (with_scales)
 
     def __init__(self, lr: float | Schedule) -> None:
         self.schedule = as_schedule(lr)
@@ -172,6 +173,10 @@ class Optimizer:
         here = evaluate(params)
         new_params, new_state = self.update(here.grad, state, params)
         return OptimizerStep(new_params, new_state, here.loss, here.grad)
+
+    def with_scales(self, scales: np.ndarray) -> Optimizer:
+        """This optimizer for parameters of the given scales (where it ``takes_scales``)."""
+        return self
 
     def starting_at(self, step: int) -> Optimizer:
         """This optimizer with its schedule advanced by ``step`` steps and fresh state.

@@ -14,7 +14,7 @@ import numpy as np
 
 from paragrad.errors import ConfigError, check_positive_int
 from paragrad.optim.base import Evaluate, Evaluation, Needs, Optimizer, OptimizerStep, positive
-from paragrad.optim.lbfgs import LineSearchStalled, sufficient_decrease
+from paragrad.optim.line_search import LineSearchStalled, sufficient_decrease
 
 
 class NewtonState(NamedTuple):

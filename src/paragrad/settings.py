@@ -1,0 +1,84 @@
+"""What a training run is set up with: its settings checked, and the default optimizer chosen."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from paragrad.data import Dataset
+from paragrad.errors import ConfigError, DataError, check_positive_int
+from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
+from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
+from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
+from paragrad.strategies import GradientDescent, Strategy
+
+
+def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
+    """Refuse what is not a model, labelled data or a strategy, naming the keyword."""
+    if not isinstance(model, Model):
+        raise ConfigError(f"model must be a paragrad model, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise ConfigError(
+            "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
+        )
+    if not data.has_labels:
+        raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
+
+
+def check_settings(
+    model: Model,
+    strategy: Strategy,
+    optimizer: Optimizer,
+    epochs: int,
+    max_rounds: int | None,
+    workers: int | None,
+    tol: float,
+) -> None:
+    """Refuse settings that cannot work together, naming the keyword to change."""
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
+    if optimizer.line_search and not isinstance(strategy, GradientDescent):
+        raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
+    if optimizer.line_search and strategy.compress is not None:
+        raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
+    if optimizer.needs == "hessian" and not isinstance(model, LinearLayout):
+        raise ConfigError(f"newton needs the Hessian of a linear model, not of {type(model).__name__}")
+    if optimizer.needs == "factor" and not isinstance(model, LinearRegression):
+        raise ConfigError(f"qr solves least squares: LinearRegression only, not {type(model).__name__}")
+    check_positive_int("epochs", epochs)
+    check_positive_int("max_rounds", max_rounds, allow_none=True)
+    check_positive_int("workers", workers, allow_none=True)
+    if not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
+
+
+MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker
+MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2, each costing rows x params^2 to sum
+
+
+def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimizer:
+    """The exact solver where it fits, for uncompressed full-batch training of the linear
+    models: QR least squares for linear regression, Newton for logistic and softmax
+    regression (up to ``MAX_NEWTON_PARAMS`` parameters), else L-BFGS; Adam(lr=0.01) for
+    the stochastic strategies and the other models."""
+    if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
+        return Adam(lr=0.01)
+    if isinstance(model, LinearRegression):
+        return LeastSquares() if data.num_features <= MAX_FACTOR_FEATURES else LBFGS()
+    if isinstance(model, LinearLayout):
+        params = (data.num_features + int(model.fit_intercept)) * num_outputs_before_setup(model, data)
+        return Newton() if params <= MAX_NEWTON_PARAMS else LBFGS()
+    return Adam(lr=0.01)
+
+
+def num_outputs_before_setup(model: Model, data: Dataset) -> int:
+    """A linear classifier's outputs before it is set up: one for logistic regression; for
+    softmax the class count given, else the labels' (MAX_CLASSES when they are not read)."""
+    if isinstance(model, LogisticRegression):
+        return 1
+    if isinstance(model, SoftmaxRegression) and model.num_classes_hint is not None:
+        return model.num_classes_hint
+    if data.table is not None or data.y is None:
+        return MAX_CLASSES
+    return len(np.unique(data.y)[: MAX_CLASSES + 1])
