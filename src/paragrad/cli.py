@@ -43,6 +43,7 @@ BENCH_SUITES = (
     "gd_step",
     "mlp_scaling",
     "solvers",
+    "exact",
     "float32",
     "predict",
     "communication",
@@ -269,8 +270,8 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        help="default with gd: qr for linear, newton for logistic and softmax (up to 256 parameters, "
-        "else lbfgs); otherwise adam",
+        help="default with gd: qr for linear; newton for logistic and softmax where its Hessian is "
+        "cheap (rows x parameters^2 up to 1e9), else lbfgs; adam for sgd and local-sgd",
     )
     p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")

@@ -54,13 +54,17 @@ def check_settings(
 
 
 MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker
-MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2, each costing rows x params^2 to sum
+MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2 entries, sent by every worker
+# Newton's pass sums rows x params^2 products, L-BFGS's rows x params: beyond this many (a
+# few tenths of a second per pass), L-BFGS's cheaper passes win on time.
+MAX_NEWTON_PRODUCTS = 1e9
 
 
 def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimizer:
     """The exact solver where it fits, for uncompressed full-batch training of the linear
     models: QR least squares for linear regression, Newton for logistic and softmax
-    regression (up to ``MAX_NEWTON_PARAMS`` parameters), else L-BFGS; Adam(lr=0.01) for
+    regression where its Hessian is cheap (``MAX_NEWTON_PARAMS``, ``MAX_NEWTON_PRODUCTS``),
+    else L-BFGS (preconditioned by the features' scales); Adam(lr=0.01) for
     the stochastic strategies and the other models."""
     if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
         return Adam(lr=0.01)
@@ -68,7 +72,8 @@ def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimi
         return LeastSquares() if data.num_features <= MAX_FACTOR_FEATURES else LBFGS()
     if isinstance(model, LinearLayout):
         params = (data.num_features + int(model.fit_intercept)) * num_outputs_before_setup(model, data)
-        return Newton() if params <= MAX_NEWTON_PARAMS else LBFGS()
+        cheap = params <= MAX_NEWTON_PARAMS and data.num_rows * params**2 <= MAX_NEWTON_PRODUCTS
+        return Newton() if cheap else LBFGS()
     return Adam(lr=0.01)
 
 

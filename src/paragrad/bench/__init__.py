@@ -30,6 +30,7 @@ from typing import Any
 from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, machine
 from paragrad.bench.communication import bench_communication
+from paragrad.bench.exact import bench_exact
 from paragrad.bench.gd_step import bench_float32, bench_gd_step
 from paragrad.bench.latency import bench_latency
 from paragrad.bench.plots import write_plots
@@ -43,6 +44,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "gd_step": bench_gd_step,
     "mlp_scaling": bench_mlp_scaling,
     "solvers": bench_solvers,
+    "exact": bench_exact,
     "float32": bench_float32,
     "predict": bench_predict,
     "communication": bench_communication,
