@@ -74,3 +74,13 @@ def test_sparse_features_refuse_standardisation_and_name_bad_values(sparse_data)
     X.data[5] = np.nan
     with pytest.raises(pg.DataError, match="NaN or infinite value in features; first at row 1"):
         pg.Dataset(X, sparse_data.y)
+
+
+def test_moments_of_csr_rows_equal_those_of_dense_rows():
+    from paragrad.data import moments
+
+    data = make_sparse_classification(300, 50, density=0.1, seed=4)
+    sparse, dense = moments(data.X), moments(data.X.toarray())
+    assert sparse.count == dense.count
+    np.testing.assert_allclose(sparse.mean, dense.mean, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sparse.m2, dense.m2, rtol=1e-10, atol=1e-12)

@@ -157,7 +157,7 @@ def train(
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
         runner.start(data, plan)
         # The features' moments make L-BFGS's preconditioner.
-        want = optimizer.takes_scales and isinstance(model, LinearLayout) and not data.sparse
+        want = optimizer.takes_scales and isinstance(model, LinearLayout)
         standardizer = None if resumed is None else resumed.standardizer
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:

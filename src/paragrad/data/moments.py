@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,15 @@ class Moments:
     m2: np.ndarray
 
 
-def moments(X: np.ndarray) -> Moments:
-    """The moments of the rows of ``X``, accumulated in float64."""
+def moments(X: Any) -> Moments:
+    """The moments of the rows of ``X`` (an array or CSR matrix), accumulated in float64.
+
+    For CSR rows, from the sums of values and of squares (centring would make them dense).
+    """
+    if hasattr(X, "tocsr"):
+        mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+        squares = np.asarray(X.multiply(X).sum(axis=0, dtype=np.float64)).ravel()
+        return Moments(X.shape[0], mean, np.maximum(squares - X.shape[0] * mean**2, 0.0))
     mean = X.mean(axis=0, dtype=np.float64)
     centred = X - mean
     return Moments(len(X), mean, np.einsum("ij,ij->j", centred, centred))
