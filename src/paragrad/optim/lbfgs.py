@@ -150,9 +150,9 @@ class LBFGS(Optimizer):
             direction = -self._inverse_diagonal(len(grad)) * grad
             slope = float(grad @ direction)
         step = self.schedule(int(state.step))
-        if int(state.num_pairs) == 0:  # no curvature known yet: a step of modest length
-            units = np.ones(len(grad)) if self.scales is None else self.scales
-            step = min(step, 1.0 / max(float(np.abs(direction * units).sum()), 1e-300))
+        if int(state.num_pairs) == 0 and self.scales is None:
+            # No curvature known, and no scales to size the step by: a modest one.
+            step = min(step, 1.0 / max(float(np.abs(direction).sum()), 1e-300))
 
         def probe(length: float) -> Trial:
             there = evaluate(params + length * direction)
