@@ -225,3 +225,19 @@ def test_lbfgs_that_stops_at_its_limit_says_so_rather_than_converged(tmp_path):
     strict = run_cli(*args, "--strict", "--out", tmp_path / "strict.npz")
     assert strict.returncode == 3 and not (tmp_path / "strict.npz").exists()
     assert strict.stderr.strip().splitlines()[-1].startswith("paragrad: error: not converged")
+
+
+def test_dependent_features_under_newton_give_the_same_probabilities_with_a_warning():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 3))
+    y = (rng.random(500) < 1 / (1 + np.exp(-(X @ [1.0, -1.0, 0.5])))).astype(float)
+    with_copies = np.column_stack([X, X[:, 0], np.full(500, 3.0)])  # a repeated and a constant column
+    with pytest.warns(pg.optim.RankDeficient, match="linearly dependent"):
+        run = pg.train(pg.models.LogisticRegression(), pg.Dataset(with_copies, y), engine="serial", workers=2)
+    reference = sm.Logit(y, sm.add_constant(X)).fit(disp=0, method="newton", tol=1e-12)
+    assert run.converged
+    np.testing.assert_allclose(
+        run.model.predict_proba(with_copies)[:, 1], reference.predict(sm.add_constant(X)), atol=1e-12
+    )

@@ -14,6 +14,7 @@ import numpy as np
 
 from paragrad.errors import ConfigError, check_positive_int
 from paragrad.optim.base import Evaluate, Evaluation, Needs, Optimizer, OptimizerStep, positive
+from paragrad.optim.least_squares import RankDeficient
 from paragrad.optim.line_search import LineSearchStalled, sufficient_decrease
 
 
@@ -25,15 +26,22 @@ class NewtonState(NamedTuple):
 
 
 def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """``-H^-1 g`` by Cholesky; where H is singular (collinear features, separable
-    classes), the least-squares direction of smallest norm instead."""
+    """``-H^-1 g`` by Cholesky; where H is singular (linearly dependent features, separable
+    classes), the least-squares direction of smallest norm instead, with a warning."""
     try:
         lower = np.linalg.cholesky(hessian)
+        direction = -np.linalg.solve(lower.T, np.linalg.solve(lower, grad))
+        if np.isfinite(direction).all():
+            return direction
     except np.linalg.LinAlgError:
-        return -np.linalg.lstsq(hessian, grad, rcond=None)[0]
-    half = np.linalg.solve(lower, grad)
-    direction = -np.linalg.solve(lower.T, half)
-    return direction if np.isfinite(direction).all() else -np.linalg.lstsq(hessian, grad, rcond=None)[0]
+        pass
+    warnings.warn(
+        "the Hessian is singular: the features are linearly dependent (a column repeats others or is "
+        "constant), and the solution of smallest norm is taken; or the classes are separable",
+        RankDeficient,
+        stacklevel=3,
+    )
+    return -np.linalg.lstsq(hessian, grad, rcond=None)[0]
 
 
 class Newton(Optimizer):
