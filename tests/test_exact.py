@@ -8,6 +8,8 @@ conditioning.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import realdata
@@ -105,7 +107,7 @@ def test_qr_reaches_lstsq_accuracy_where_the_normal_equations_fail():
 def test_qr_of_a_shard_in_blocks_equals_one_factorisation(monkeypatch):
     X, y = ill_conditioned(300, 5, 1e3, seed=3)
     whole = shard_factor(X, y, fit_intercept=True)
-    monkeypatch.setattr("paragrad.optim.least_squares.BLOCK_ROWS", 7)
+    monkeypatch.setattr("paragrad.optim.least_squares.BLOCK_ELEMENTS", 1)  # blocks of 14 rows
     blocked = shard_factor(X, y, fit_intercept=True)
     # Factors are unique up to the signs of their rows.
     np.testing.assert_allclose(np.abs(blocked), np.abs(whole), rtol=1e-9, atol=1e-12)
@@ -241,3 +243,79 @@ def test_dependent_features_under_newton_give_the_same_probabilities_with_a_warn
     np.testing.assert_allclose(
         run.model.predict_proba(with_copies)[:, 1], reference.predict(sm.add_constant(X)), atol=1e-12
     )
+
+
+# -- what the review of the solvers found --------------------------------------------------------
+
+
+def test_qr_is_exact_when_one_column_is_in_much_larger_units():
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((2000, 3))
+    y = X @ np.array([1.0, 2.0, 3.0]) + 0.01 * rng.standard_normal(2000)
+    X[:, 0] *= 1e13
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pg.optim.RankDeficient)
+        run = pg.train(pg.models.LinearRegression(), pg.Dataset(X, y), engine="serial", workers=2)
+    scaled = np.linalg.lstsq(np.column_stack([X / [1e13, 1, 1], np.ones(2000)]), y, rcond=None)[0]
+    assert relative_error(run.params, scaled / [1e13, 1, 1, 1]) <= 1e-9
+
+
+def test_softmax_under_newton_is_not_said_to_be_singular():
+    case = realdata.load("anes96")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pg.optim.RankDeficient)
+        for l2 in (0.0, 1e-3):
+            run = pg.train(pg.models.SoftmaxRegression(l2=l2), pg.Dataset(case.X, case.y), engine="serial")
+            assert run.converged and len(run.history) <= 12
+
+
+def test_digits_softmax_defaults_to_newton_and_converges():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    run = pg.train(pg.models.SoftmaxRegression(l2=1e-3), pg.Dataset(X, y), engine="local", workers=2)
+    assert run.converged and len(run.history) <= 12
+
+
+class StallsAtZero(pg.optim.Optimizer):
+    """Reports a stalled search that nonetheless measured zero."""
+
+    name = "stalls"
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+    def init(self, params):
+        return pg.optim.LeastSquaresState(np.array(0))
+
+    def minimize(self, evaluate, params, state):
+        here = evaluate(params)
+        return pg.optim.OptimizerStep(params, state, here.loss, here.grad, stalled=True, criterion=0.0)
+
+
+def test_a_stalled_line_search_is_never_convergence():
+    run = pg.train(
+        pg.models.LinearRegression(), pg.make_regression(50, 2), optimizer=StallsAtZero(), engine="serial"
+    )
+    assert not run.converged and run.stopped == "line search stalled"
+
+
+def test_values_too_large_for_float32_are_refused_when_training_in_float32():
+    X = np.random.default_rng(10).standard_normal((40, 2))
+    X[7, 1] = 1e20
+    data = pg.Dataset(X, (X[:, 0] > 0).astype(float), feature_names=["a", "b"])
+    with pytest.raises(pg.DataError, match=r"too large to square in float32.*row 8, 'b'"):
+        pg.train(pg.models.LogisticRegression(), data, engine="serial", dtype="float32")
+
+
+def test_resuming_a_separable_run_with_no_rounds_left_says_so_again(tmp_path):
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((200, 2))
+    data = pg.Dataset(X, (X[:, 0] > 0).astype(float))
+    options = dict(engine="serial", workers=2, epochs=30, checkpoint_dir=tmp_path)
+    with pytest.warns(pg.ConvergenceWarning, match="no finite optimum"):
+        first = pg.train(pg.models.LogisticRegression(), data, **options)
+    with pytest.warns(pg.ConvergenceWarning, match="no finite optimum"):
+        again = pg.train(pg.models.LogisticRegression(), data, resume=True, **options)
+    assert not first.converged and not again.converged
+    np.testing.assert_array_equal(again.params, first.params)

@@ -128,7 +128,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.lr is not None:
         positive("learning rate", args.lr)
     if optimizer_name not in DEFAULT_LR and args.lr is not None:
-        raise ConfigError(f"--lr does not apply to --optimizer {optimizer_name}")
+        chosen = (
+            f"--optimizer {optimizer_name}"
+            if args.optimizer
+            else f"{optimizer_name}, the default solver here,"
+        )
+        raise ConfigError(
+            f"--lr does not apply: {chosen} takes no learning rate (--optimizer lbfgs, adam or sgd do)"
+        )
     optimizer_options = {}
     if optimizer_name in DEFAULT_LR:
         optimizer_options["lr"] = args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]
@@ -270,8 +277,9 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        help="default with gd: qr for linear; newton for logistic and softmax where its Hessian is "
-        "cheap (rows x parameters^2 up to 1e9), else lbfgs; adam for sgd and local-sgd",
+        help="default with gd: qr for linear (rows x features^2 up to 1e11), newton for logistic and "
+        "softmax (up to 1024 parameters, rows x parameters^2 up to 1e9), else lbfgs; adam for sgd "
+        "and local-sgd",
     )
     p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")

@@ -55,7 +55,7 @@ class ConvergenceCheck:
         return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
 
 
-def no_finite_optimum(losses: list[float], norms: list[float], newton: bool) -> str | None:
+def no_finite_optimum(losses: list[float], norms: list[float], newton: bool, largest: float) -> str | None:
     """Why an unpenalised classifier has no finite optimum, or None if nothing says so.
 
     Its loss reaching zero (every row on its side, with a margin: separable classes); or,
@@ -73,7 +73,7 @@ def no_finite_optimum(losses: list[float], norms: list[float], newton: bool) -> 
     if not separable:
         return None
     return (
-        f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {norms[-1]:.3g}): "
+        f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {largest:.3g}): "
         "without a penalty there is no finite optimum, and the weights grow without bound; add one "
         "(l2=, --l2)"
     )

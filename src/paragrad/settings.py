@@ -54,7 +54,10 @@ def check_settings(
 
 
 MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker
-MAX_NEWTON_PARAMS = 256  # Newton: a Hessian of params^2 entries, sent by every worker
+# QR's pass costs about 2 rows x d^2 operations (1e10: a second on two cores); beyond this,
+# L-BFGS's passes of rows x d win on time.
+MAX_FACTOR_PRODUCTS = 1e11
+MAX_NEWTON_PARAMS = 1024  # Newton: a Hessian of params^2 entries, sent by every worker
 # Newton's pass sums rows x params^2 products, L-BFGS's rows x params: beyond this many (a
 # few tenths of a second per pass), L-BFGS's cheaper passes win on time.
 MAX_NEWTON_PRODUCTS = 1e9
@@ -69,7 +72,9 @@ def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimi
     if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
         return Adam(lr=0.01)
     if isinstance(model, LinearRegression):
-        return LeastSquares() if data.num_features <= MAX_FACTOR_FEATURES else LBFGS()
+        width = data.num_features + 2
+        cheap = width <= MAX_FACTOR_FEATURES and data.num_rows * width**2 <= MAX_FACTOR_PRODUCTS
+        return LeastSquares() if cheap else LBFGS()
     if isinstance(model, LinearLayout):
         params = (data.num_features + int(model.fit_intercept)) * num_outputs_before_setup(model, data)
         cheap = params <= MAX_NEWTON_PARAMS and data.num_rows * params**2 <= MAX_NEWTON_PRODUCTS

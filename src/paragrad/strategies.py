@@ -134,6 +134,9 @@ def objective(
     hessian = None
     if needs == "hessian":
         hessian = np.add.reduce(matrices) / count + np.diag(model.penalty_hessian(params))
+        flat = model.flat_directions()  # curvature where the objective is flat: a definite system
+        if len(flat):
+            hessian += (np.trace(hessian) / len(params)) * (flat.T @ flat) / len(flat)
     return Evaluation(loss_sum / count + penalty, grad_sum / count + penalty_grad, hessian, count=count)
 
 

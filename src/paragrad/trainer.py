@@ -347,8 +347,8 @@ class RoundLoop:
                 bar.update(1)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
-                if outcome.stalled:
-                    stalled = True
+                if outcome.stalled:  # a stalled search is no convergence, whatever it measured
+                    stalled, state.converged = True, False
                     break
                 if checkpoints.due(round_index + 1):
                     checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
@@ -385,7 +385,8 @@ class RoundLoop:
         if not model.is_classifier or model.l2 > 0 or self.strategy.stochastic or not state.history:
             return None
         losses = [record["loss"] for record in state.history]
-        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian")
+        largest = float(np.abs(state.params).max())
+        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest)
 
     def initial_state(self, resumed: TrainingState | None) -> LoopState:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 # and a sum of 1e8 such squares, 1e308, is still below float64's largest number, 1.8e308.
 # Larger values overflow to infinity, and a model trained on them silently stays zero.
 MAX_MAGNITUDE = 1e150
+# The same for float32 data, whose products and squares run in float32 (largest 3.4e38):
+# (1e15)^2 times the thousands of terms a product sums stays well below it.
+MAX_MAGNITUDE_FLOAT32 = 1e15
+
+
+def magnitude_bound(dtype: np.dtype) -> float:
+    """The largest magnitude accepted in data of this float type."""
+    return MAX_MAGNITUDE if dtype == np.float64 else MAX_MAGNITUDE_FLOAT32
 
 
 class Dataset:
@@ -165,7 +173,12 @@ class Dataset:
         if self._X is None:
             return Dataset._lazy(dataclasses.replace(self.table, dtype=dtype.str))
         y = None if self.y is None else self.y.astype(dtype)
-        return Dataset._trusted(self.X.astype(dtype), y, self.feature_names, self.target_name, self.source)
+        X = self.X.astype(dtype)
+        if dtype == np.float32:  # values fine in float64 may be too large in float32
+            _check_finite(X, self.source, self.feature_names)
+            if y is not None:
+                _check_finite(y[:, None], self.source, (self.target_name or "y",), what="the target")
+        return Dataset._trusted(X, y, self.feature_names, self.target_name, self.source)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -273,7 +286,7 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
         if not finite.all():
             raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
         count = int((~_small(data)).sum())
-        raise _too_large(source, what, row + 1, name, data[position], count)
+        raise _too_large(source, what, row + 1, name, data[position], count, data.dtype)
     block = max(1, (1 << 20) // max(1, values.shape[1]))  # a streaming pass: no n x d temporary
     if all(_within_bound(values[start : start + block]) for start in range(0, values.shape[0], block)):
         return
@@ -290,26 +303,26 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     count, row, col = _first_bad(values, block, rows, lambda part: ~_small(part))
     column = repr(names[col]) if names is not None else f"column {col}"
     file_row = row if rows is None else int(rows[row])
-    raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count)
+    raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count, values.dtype)
 
 
 def _within_bound(part) -> bool:
     """Whether every value of ``part`` is finite and below the bound, without a temporary
     (a NaN makes the extremes NaN, which compare false)."""
-    return part.size == 0 or (-MAX_MAGNITUDE < float(part.min()) and float(part.max()) < MAX_MAGNITUDE)
+    bound = magnitude_bound(part.dtype)
+    return part.size == 0 or (-bound < float(part.min()) and float(part.max()) < bound)
 
 
 def _small(values) -> np.ndarray:
-    """Whether each value is finite and below :data:`MAX_MAGNITUDE` (NaN is not)."""
-    if values.dtype != np.float64:  # float32: every finite value is below the bound
-        return np.isfinite(values)
-    return np.abs(values) < MAX_MAGNITUDE
+    """Whether each value is finite and below its type's bound (NaN is not)."""
+    return np.abs(values) < magnitude_bound(values.dtype)
 
 
-def _too_large(source, what, row: int, column: str, value, count: int) -> DataError:
+def _too_large(source, what, row: int, column: str, value, count: int, dtype: np.dtype) -> DataError:
     return DataError(
-        f"{source}: {count} value(s) in {what} too large to square in float64 (magnitude "
-        f"{MAX_MAGNITUDE:.0e} or more); first at row {row}, {column} ({float(value):.3g}): rescale the column"
+        f"{source}: {count} value(s) in {what} too large to square in {np.dtype(dtype).name} (magnitude "
+        f"{magnitude_bound(dtype):.0e} or more); first at row {row}, {column} ({float(value):.3g}): "
+        "rescale the column"
     )
 
 

@@ -123,6 +123,12 @@ class Model(ABC):
         """
         return np.where(self._weight_mask, self.l2, 0.0)
 
+    def flat_directions(self) -> np.ndarray:
+        """Directions (rows) along which the objective never changes: none, unless a family
+        is over-parameterised. Newton's method gives them curvature so that its system is
+        definite; the gradient has no component along them."""
+        return np.zeros((0, self.num_params))
+
     @abstractmethod
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Raw outputs: predictions for regression, scores or logits for classifiers."""

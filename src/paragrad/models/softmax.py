@@ -45,6 +45,22 @@ class SoftmaxRegression(LinearLayout, Classifier):
     def num_outputs(self) -> int:
         return self.num_classes
 
+    def flat_directions(self) -> np.ndarray:
+        """Adding the same amount to every class's intercept (and, unpenalised, to every
+        class's weight for one feature) changes no probability: k outputs, k - 1 free."""
+        d, k = self.num_features_, self.num_outputs
+        directions = []
+        if self.l2 == 0.0:
+            for j in range(d):
+                vector = np.zeros(self.num_params)
+                vector[j * k : (j + 1) * k] = 1.0
+                directions.append(vector)
+        if self.fit_intercept:
+            vector = np.zeros(self.num_params)
+            vector[d * k :] = 1.0
+            directions.append(vector)
+        return np.array(directions).reshape(-1, self.num_params)
+
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.outputs(params, X)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from paragrad.optim.base import Evaluate, Needs, Optimizer, OptimizerStep
 
-BLOCK_ROWS = 8192
+BLOCK_ELEMENTS = 1 << 20  # rows per block: about 8 MB of float64, and at least twice the width
 
 
 class RankDeficient(UserWarning):
@@ -37,14 +37,15 @@ def _triangular(rows: np.ndarray) -> np.ndarray:
 def shard_factor(X: Any, y: np.ndarray, fit_intercept: bool) -> np.ndarray:
     """The triangular factor of a shard's ``[X, 1, y]``, reduced block by block in float64."""
     width = X.shape[1] + int(fit_intercept) + 1
+    step = max(2 * width, BLOCK_ELEMENTS // width)
     factor = np.zeros((0, width))
-    for start in range(0, X.shape[0], BLOCK_ROWS):
-        block = X[start : start + BLOCK_ROWS]
+    for start in range(0, X.shape[0], step):
+        block = X[start : start + step]
         block = block.toarray() if hasattr(block, "toarray") else block
         columns = [np.asarray(block, dtype=np.float64)]
         if fit_intercept:
             columns.append(np.ones((block.shape[0], 1)))
-        columns.append(np.asarray(y[start : start + BLOCK_ROWS], dtype=np.float64)[:, None])
+        columns.append(np.asarray(y[start : start + step], dtype=np.float64)[:, None])
         factor = _triangular(np.vstack([factor, np.hstack(columns)]))
     return factor
 
@@ -84,9 +85,14 @@ class LeastSquares(Optimizer):
         assert here.factor is not None and here.count > 0
         p = len(params)
         R, c, rho = here.factor[:p, :p], here.factor[:p, p], here.factor[p, p]
-        # The cut-off numpy.linalg.lstsq would use on the whole (count x p) matrix.
+        # The rank is judged on columns of equal norm (one column in large units would make
+        # the others look negligible), with the cut-off numpy.linalg.lstsq uses on the whole
+        # (count x p) matrix; dependent columns get lstsq's own minimum-norm answer.
         cutoff = np.finfo(np.float64).eps * max(here.count, p)
-        theta, _, rank, _ = np.linalg.lstsq(R, c, rcond=cutoff)
+        norms = np.linalg.norm(R, axis=0)
+        norms[norms == 0] = 1.0
+        scaled, _, rank, _ = np.linalg.lstsq(R / norms, c, rcond=cutoff)
+        theta = scaled / norms if rank == p else np.linalg.lstsq(R, c, rcond=cutoff)[0]
         if rank < p:
             warnings.warn(
                 f"the features are linearly dependent (rank {rank} of {p} columns): the solution of "

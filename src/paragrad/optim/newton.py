@@ -27,7 +27,10 @@ class NewtonState(NamedTuple):
 
 def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """``-H^-1 g`` by Cholesky; where H is singular (linearly dependent features, separable
-    classes), the least-squares direction of smallest norm instead, with a warning."""
+    classes), the least-squares direction of smallest norm instead, with a warning; where
+    it is not finite (values too large for the data's float type), the gradient's."""
+    if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
+        return -grad
     try:
         lower = np.linalg.cholesky(hessian)
         direction = -np.linalg.solve(lower.T, np.linalg.solve(lower, grad))
