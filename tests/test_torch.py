@@ -19,41 +19,104 @@ def small_net(d: int, k: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.Tanh(), torch.nn.Linear(16, k))
 
 
-def test_sgd_on_two_local_workers_equals_one_process_on_the_same_global_batches(local_engine):
-    data = pg.make_classification(300, 6, num_classes=3, seed=0)
-    net = small_net(6, 3)
-    strategy = pg.SGD(batch_size=20)
-    run = pg.train(
-        pg.models.Torch(net),
-        data,
-        strategy=strategy,
-        optimizer=pg.optim.SGD(lr=0.2),
-        engine=local_engine,
-        epochs=2,
-        tol=0,
-    )
-    # The same rounds in one process: each round's global batch is the union of the
-    # workers' batches, and the step is plain SGD on its mean loss.
-    plan = plan_shards(300, 2)
+def quartic_loss(out, y):
+    """A hand-written loss: importable, so that worker processes can unpickle it."""
+    return ((out - y) ** 4).sum()
+
+
+def mean_quartic_loss(out, y):
+    return ((out - y) ** 4).mean()
+
+
+def same_rounds_in_one_process(net, data, strategy, lr, num_rounds, loss_sum, target) -> np.ndarray:
+    """Plain torch SGD on each round's global batch: the union of the workers' batches."""
+    plan = plan_shards(data.num_rows, 2)
     shards = [Shard(data.X[plan.rows(w)], data.y[plan.rows(w)], w, 2) for w in range(2)]
     rounds_per_epoch = strategy.rounds_per_epoch(plan.sizes)
     reference = copy.deepcopy(net)
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.2)
-    X, y = torch.from_numpy(data.X).float(), torch.from_numpy(data.y).long()
-    for round_index in range(len(run.history)):
+    optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
+    X, y = torch.from_numpy(data.X).float(), target(torch.from_numpy(data.y))
+    for round_index in range(num_rounds):
         epoch, position = divmod(round_index, rounds_per_epoch)
         rows = np.concatenate(
             [
-                plan.bounds[w][0] + np.arange(s.num_rows)[batch_rows(s, 0, epoch, position, 20)]
+                plan.bounds[w][0]
+                + np.arange(s.num_rows)[batch_rows(s, 0, epoch, position, strategy.batch_size)]
                 for w, s in enumerate(shards)
             ]
         )
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(reference(X[rows]), y[rows], reduction="sum") / len(rows)
+        loss = loss_sum(reference(X[rows]), y[rows]) / len(rows)
         loss.backward()
         optimizer.step()
-    expected = torch.nn.utils.parameters_to_vector(reference.parameters()).detach().double().numpy()
+    return torch.nn.utils.parameters_to_vector(reference.parameters()).detach().double().numpy()
+
+
+def cross_entropy_sum(out, y):
+    return torch.nn.functional.cross_entropy(out, y, reduction="sum")
+
+
+def huber_sum(out, y):
+    return torch.nn.functional.huber_loss(out.squeeze(-1), y, reduction="sum")
+
+
+def quartic_sum(out, y):
+    return quartic_loss(out.squeeze(-1), y)
+
+
+CLASSIFICATION = (3, cross_entropy_sum, lambda y: y.long(), 0.2)
+CASES = {
+    "cross_entropy": ("cross_entropy", *CLASSIFICATION),
+    "CrossEntropyLoss": (torch.nn.CrossEntropyLoss(), *CLASSIFICATION),
+    "HuberLoss": (torch.nn.HuberLoss(), 1, huber_sum, lambda y: y.float(), 0.2),
+    "function": (quartic_loss, 1, quartic_sum, lambda y: y.float(), 0.02),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sgd_on_two_local_workers_equals_one_process_on_the_same_global_batches(local_engine, case):
+    loss, num_outputs, loss_sum, target, lr = CASES[case]
+    if num_outputs > 1:
+        data = pg.make_classification(300, 6, num_classes=num_outputs, seed=0)
+    else:
+        regression = pg.make_regression(300, 6, seed=0)
+        data = pg.Dataset(regression.X, regression.y / 4)  # keeps the quartic's steps small
+    net = small_net(6, num_outputs)
+    strategy = pg.SGD(batch_size=20)
+    run = pg.train(
+        pg.models.Torch(net, loss=loss),
+        data,
+        strategy=strategy,
+        optimizer=pg.optim.SGD(lr=lr),
+        engine=local_engine,
+        epochs=2,
+        tol=0,
+    )
+    expected = same_rounds_in_one_process(net, data, strategy, lr, len(run.history), loss_sum, target)
     np.testing.assert_allclose(run.params, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_mean_reduction_trains_as_its_sum_and_the_loss_is_given_again_on_loading(tmp_path):
+    data = pg.make_regression(200, 4, seed=1)
+    net = small_net(4, 1)
+
+    def train(loss):
+        model = pg.models.Torch(net, loss=loss)
+        strategy = pg.SGD(batch_size=16)
+        return pg.train(model, data, strategy=strategy, engine="serial", workers=2, epochs=2, tol=0)
+
+    summed = train(torch.nn.HuberLoss(reduction="sum"))
+    for loss in (torch.nn.HuberLoss(), torch.nn.functional.huber_loss):
+        np.testing.assert_array_equal(train(loss).params, summed.params)
+    summed.save(tmp_path / "net.npz")
+    loaded = pg.models.Torch.load(tmp_path / "net.npz", small_net(4, 1), loss=torch.nn.HuberLoss())
+    np.testing.assert_array_equal(loaded.predict(data.X), summed.model.predict(data.X))
+
+
+def test_a_function_that_returns_a_mean_is_refused_before_training():
+    data = pg.make_regression(50, 4, seed=1)
+    with pytest.raises(pg.ConfigError, match="loss=mean_quartic_loss must return the sum over the rows"):
+        pg.train(pg.models.Torch(small_net(4, 1), loss=mean_quartic_loss), data, engine="serial", epochs=1)
 
 
 def test_a_small_torch_mlp_reaches_95_percent_on_held_out_digits(local_engine):
@@ -101,8 +164,12 @@ def test_regression_and_saving_the_parameters(tmp_path):
 def test_bad_arguments_are_refused():
     with pytest.raises(pg.ConfigError, match="module must be a torch.nn.Module"):
         pg.models.Torch("not a module")
-    with pytest.raises(pg.ConfigError, match="loss must be one of cross_entropy, mse"):
+    with pytest.raises(pg.ConfigError, match="loss= must be one of cross_entropy, mse or a callable"):
         pg.models.Torch(torch.nn.Linear(2, 2), loss="hinge")
+    with pytest.raises(pg.ConfigError, match="^loss= must be .* a torch.nn loss module .* got int$"):
+        pg.models.Torch(torch.nn.Linear(2, 2), loss=3)
+    with pytest.raises(pg.ConfigError, match="task= must be one of classification, regression"):
+        pg.models.Torch(torch.nn.Linear(2, 2), loss=quartic_loss, task="ranking")
 
 
 def test_the_loss_picks_a_regressor_or_a_classifier_class():
@@ -112,8 +179,18 @@ def test_the_loss_picks_a_regressor_or_a_classifier_class():
     assert type(classifier) is pg.models.TorchClassifier and isinstance(classifier, pg.models.Torch)
     for model in (regressor, classifier):
         assert type(copy.deepcopy(model)) is type(model)
-    with pytest.raises(pg.ConfigError, match="TorchClassifier has loss 'cross_entropy'"):
+    with pytest.raises(pg.ConfigError, match="TorchClassifier is for classification, but loss='mse'"):
         pg.models.TorchClassifier(torch.nn.Linear(2, 1), loss="mse")
+
+
+def test_cross_entropy_and_nll_modules_or_the_task_keyword_make_a_classifier():
+    net = torch.nn.Linear(2, 3)
+    for loss in (torch.nn.CrossEntropyLoss(), torch.nn.NLLLoss()):
+        assert type(pg.models.Torch(net, loss=loss)) is pg.models.TorchClassifier
+    assert type(pg.models.Torch(net, loss=torch.nn.L1Loss())) is pg.models.Torch
+    model = pg.models.Torch(net, loss=quartic_loss, task="classification")
+    assert type(model) is pg.models.TorchClassifier
+    assert type(copy.deepcopy(model)) is pg.models.TorchClassifier
 
 
 def test_standardised_training_predicts_and_reloads_with_the_same_scaling(tmp_path):

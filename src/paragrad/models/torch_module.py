@@ -3,15 +3,22 @@
 Needs PyTorch (``pip install 'paragrad[torch]'``; a CPU build is enough). The module's
 parameters travel as one float64 vector and are copied into the module (in its own float
 type) for every evaluation; gradients are sums over the rows, as for every model.
+
+The loss may be one of two names, a ``torch.nn`` loss module or a function, and is
+always applied as a *sum* over the rows: workers' sums add up to the sum over all rows,
+whereas means taken on shards of different sizes would not.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +27,8 @@ from paragrad.model_file import standardizer_arrays, write_arrays
 from paragrad.models.base import Classifier, Model, softmax
 
 LOSSES = ("cross_entropy", "mse")
+TASKS = ("classification", "regression")
+PROBE_RTOL = 1e-4  # float32 rounding of a two-row sum, with room to spare
 
 
 def _torch():
@@ -37,43 +46,94 @@ class Torch(Model):
     ----------
     module : torch.nn.Module
         Maps a float tensor of shape (rows, features) to outputs (rows, classes) for
-        ``loss="cross_entropy"`` or (rows,) / (rows, 1) for ``loss="mse"``.
-    loss : {"cross_entropy", "mse"}
-        Summed cross-entropy over integer labels 0..k-1, or ``1/2 (out - y)^2``.
+        classification or (rows,) / (rows, 1) for regression.
+    loss : "cross_entropy", "mse", torch.nn loss module or callable
+        ``"cross_entropy"``: summed cross-entropy over integer labels 0..k-1;
+        ``"mse"``: ``1/2 (out - y)^2`` summed. Otherwise a loss module such as
+        ``torch.nn.HuberLoss()`` or a function ``(output, target) -> tensor``. It is
+        applied as a sum over the rows, since paragrad adds the workers' sums: a module
+        with a ``reduction`` attribute is copied with ``reduction="sum"``, and a function
+        that takes a ``reduction`` keyword (as ``torch.nn.functional``'s losses do) is
+        called with ``reduction="sum"``. Any other function must return the sum over the
+        rows; :meth:`setup` checks this on two probe rows, because a mean would train
+        with a step scaled by the batch size without any error. Regression outputs of
+        shape (rows, 1) reach the loss as (rows,), the target's shape, so that
+        element-wise losses do not broadcast. For worker processes, a function must be
+        importable (defined with ``def`` at a module's top level), not a lambda.
     l2 : float
         L2 penalty on every parameter.
+    task : {"classification", "regression"}, optional
+        What the loss trains. By default ``"cross_entropy"``, ``torch.nn.CrossEntropyLoss``
+        and ``torch.nn.NLLLoss`` mean classification (integer labels), anything else
+        regression.
 
-    A ``Torch`` model itself is a regressor: ``loss="cross_entropy"`` (the default) makes
-    a :class:`TorchClassifier`, the subclass that adds the classes and their probabilities.
+    A ``Torch`` model itself is a regressor: a classification loss (the default) makes a
+    :class:`TorchClassifier`, the subclass that adds the classes and their probabilities.
+    A custom loss is not saved with the parameters; :meth:`load` takes it again.
     """
 
     name = "torch"
-    loss_name: str = "mse"
+    task: ClassVar[str] = "regression"
 
-    def __new__(cls, module: Any = None, loss: str = "cross_entropy", l2: float = 0.0) -> Torch:
-        if cls is Torch and loss == "cross_entropy":
+    def __new__(
+        cls, module: Any = None, loss: Any = "cross_entropy", l2: float = 0.0, *, task: str | None = None
+    ) -> Torch:
+        # Only picks the class (a copy gives just its task); __init__ checks the pair.
+        if cls is Torch and (task or _task_of(loss, None)) == "classification":
             cls = TorchClassifier
         return super().__new__(cls)
 
     def __getnewargs_ex__(self) -> tuple[tuple, dict[str, Any]]:
-        return (), {"loss": self.loss_name}  # so that a copy is of this class again
+        return (), {"task": self.task}  # so that a copy is of this class again
 
-    def __init__(self, module: Any, loss: str = "cross_entropy", l2: float = 0.0) -> None:
+    def __init__(
+        self, module: Any, loss: Any = "cross_entropy", l2: float = 0.0, *, task: str | None = None
+    ) -> None:
         super().__init__(l2=l2)
         torch = _torch()
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        if loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if loss != self.loss_name:
+        wanted = _task_of(loss, task)
+        if wanted != self.task:
             raise ConfigError(
-                f"{type(self).__name__} has loss {self.loss_name!r}: use Torch(module, loss={loss!r})"
+                f"{type(self).__name__} is for {self.task}, but loss={_describe(loss)} trains "
+                f"{wanted}: use Torch(module, loss=..., task={wanted!r})"
             )
+        self.loss_name = loss if isinstance(loss, str) else _describe(loss)
+        self._criterion = None if isinstance(loss, str) else _summed(loss)
         self.module = copy.deepcopy(module)
         self._dtype = next(self.module.parameters()).dtype
 
     def get_config(self) -> dict[str, Any]:
-        return {"loss": self.loss_name, "l2": self.l2, "module": repr(self.module)}
+        return {"loss": self.loss_name, "task": self.task, "l2": self.l2, "module": repr(self.module)}
+
+    def setup(self, num_features: int, labels: np.ndarray | None = None, **names: Any) -> None:
+        """Fix the shapes, then check on two probe rows that a custom loss returns sums."""
+        super().setup(num_features, labels, **names)
+        if self._criterion is not None:
+            self._check_sum_over_rows()
+
+    def _check_sum_over_rows(self) -> None:
+        """Refuse a loss whose value on two rows is not the sum of its values row by row."""
+        torch = _torch()
+        generator = torch.Generator().manual_seed(0)
+        X = torch.randn(2, self.num_features_, generator=generator, dtype=torch.float64).numpy()
+        y = np.zeros(2) if self.is_classifier else np.array([0.5, -1.5])
+        with torch.no_grad():
+            out = self._outputs(X)
+            both = self._loss(out, y)
+            if both.numel() != 1:
+                raise ConfigError(
+                    f"loss={self.loss_name} must return one number, the sum over the rows; "
+                    f"it returned shape {tuple(both.shape)}"
+                )
+            one_by_one = float(self._loss(out[:1], y[:1])) + float(self._loss(out[1:], y[1:]))
+        if not np.isclose(float(both), one_by_one, rtol=PROBE_RTOL, atol=1e-12):
+            raise ConfigError(
+                f"loss={self.loss_name} must return the sum over the rows (paragrad adds the "
+                f"workers' sums), but on two rows it gave {float(both):.6g}, not the sum of the "
+                f"rows' losses {one_by_one:.6g}: give it a reduction='sum' keyword or sum it"
+            )
 
     @property
     def num_params(self) -> int:
@@ -105,6 +165,8 @@ class Torch(Model):
         """The loss sum, as a tensor, of the module's outputs ``out`` against ``y``."""
         torch = _torch()
         target = torch.from_numpy(np.asarray(y)).to(self._dtype)
+        if self._criterion is not None:
+            return self._criterion(out, target)
         return 0.5 * torch.sum((out - target) ** 2)
 
     def loss_grad(self, params: np.ndarray, X, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -140,11 +202,17 @@ class Torch(Model):
         write_arrays(path, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, module, loss: str = "cross_entropy") -> Torch:
-        """The model saved by :meth:`save`, with its parameters loaded into ``module``."""
+    def load(
+        cls, path: str | os.PathLike, module: Any, loss: Any = "cross_entropy", *, task: str | None = None
+    ) -> Torch:
+        """The model saved by :meth:`save`, with its parameters loaded into ``module``.
+
+        ``loss`` and ``task`` are those given to the constructor: a custom loss is code,
+        which the file does not hold.
+        """
         from paragrad.data import Standardizer, open_numpy
 
-        model = cls(module, loss)
+        model = cls(module, loss, task=task)
         with open_numpy(
             Path(path), "npz", what="a paragrad Torch model file", error=ModelFileError
         ) as archive:
@@ -169,14 +237,59 @@ class Torch(Model):
 class TorchClassifier(Torch, Classifier):
     """A :class:`Torch` model whose outputs are class scores, trained with cross-entropy."""
 
-    loss_name = "cross_entropy"
+    task = "classification"
 
     def _outputs(self, X):
         return self.module(self._inputs(X))
 
     def _loss(self, out, y: np.ndarray):
         torch = _torch()
-        return torch.nn.functional.cross_entropy(out, torch.from_numpy(y).long(), reduction="sum")
+        target = torch.from_numpy(np.asarray(y)).long()
+        if self._criterion is not None:
+            return self._criterion(out, target)
+        return torch.nn.functional.cross_entropy(out, target, reduction="sum")
 
     def proba(self, params: np.ndarray, X) -> np.ndarray:
         return softmax(self.decision_function(params, X))
+
+
+def _task_of(loss: Any, task: str | None) -> str:
+    """Classification or regression: ``task`` when given, else what the loss implies."""
+    if not isinstance(loss, str) and not callable(loss):
+        raise ConfigError(
+            f"loss= must be 'cross_entropy', 'mse', a torch.nn loss module or a function "
+            f"(output, target) -> tensor, got {type(loss).__name__}"
+        )
+    if isinstance(loss, str) and loss not in LOSSES:
+        raise ConfigError(f"loss= must be one of {', '.join(LOSSES)} or a callable, got {loss!r}")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task= must be one of {', '.join(TASKS)}, got {task!r}")
+    if isinstance(loss, str):
+        implied = "classification" if loss == "cross_entropy" else "regression"
+        if task is not None and task != implied:
+            raise ConfigError(f"loss={loss!r} is for {implied}, but task={task!r}")
+        return implied
+    if task is not None:
+        return task
+    nn = _torch().nn
+    return "classification" if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) else "regression"
+
+
+def _summed(loss: Callable) -> Callable:
+    """``loss`` with a sum reduction where it has a setting for it (checked in ``setup``)."""
+    if hasattr(loss, "reduction") and isinstance(loss, _torch().nn.Module):
+        summed = copy.deepcopy(loss)
+        summed.reduction = "sum"
+        return summed
+    try:
+        takes_reduction = "reduction" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        takes_reduction = False
+    return functools.partial(loss, reduction="sum") if takes_reduction else loss
+
+
+def _describe(loss: Any) -> str:
+    """A short name for a loss in messages and the run's configuration."""
+    if isinstance(loss, str):
+        return repr(loss)
+    return getattr(loss, "__qualname__", None) or repr(loss)
