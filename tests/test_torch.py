@@ -113,6 +113,14 @@ def test_a_mean_reduction_trains_as_its_sum_and_the_loss_is_given_again_on_loadi
     np.testing.assert_array_equal(loaded.predict(data.X), summed.model.predict(data.X))
 
 
+def test_a_lambda_trains_in_one_process_and_is_refused_with_a_hint_by_worker_processes(local_engine):
+    data = pg.make_regression(50, 4, seed=1)
+    model = pg.models.Torch(small_net(4, 1), loss=lambda out, y: ((out - y) ** 4).sum())
+    assert np.all(np.isfinite(pg.train(model, data, engine="serial", workers=2, epochs=1).params))
+    with pytest.raises(pg.ConfigError, match="define functions you pass .* with def at a module's top level"):
+        pg.train(model, data, engine=local_engine, epochs=1)
+
+
 def test_a_function_that_returns_a_mean_is_refused_before_training():
     data = pg.make_regression(50, 4, seed=1)
     with pytest.raises(pg.ConfigError, match="loss=mean_quartic_loss must return the sum over the rows"):

@@ -138,7 +138,13 @@ class WorkerSession(Engine):
 
     def _encode(self, task: Task) -> Any:
         """The form in which a task travels to the workers."""
-        return pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:  # a lambda, a local function
+            raise ConfigError(
+                f"cannot send the work to worker processes ({exc}): define functions you pass "
+                "(a custom loss) with def at a module's top level, or use engine='serial'"
+            ) from None
 
     # -- life cycle ----------------------------------------------------------------------------
 
