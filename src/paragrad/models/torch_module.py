@@ -105,7 +105,10 @@ class Torch(Model):
         self._dtype = next(self.module.parameters()).dtype
 
     def get_config(self) -> dict[str, Any]:
-        return {"loss": self.loss_name, "task": self.task, "l2": self.l2, "module": repr(self.module)}
+        config = {"loss": self.loss_name, "l2": self.l2, "module": repr(self.module)}
+        if self._criterion is not None:  # a name implies the task; older runs' configs stay equal
+            config["task"] = self.task
+        return config
 
     def setup(self, num_features: int, labels: np.ndarray | None = None, **names: Any) -> None:
         """Fix the shapes, then check on two probe rows that a custom loss returns sums."""
