@@ -22,8 +22,9 @@ import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.data import Standardizer, open_numpy
+from paragrad.data.encoding import Encoding
 from paragrad.errors import ConfigError, ModelFileError, ParagradError, check_positive_int
-from paragrad.model_file import FORMAT, VERSION
+from paragrad.model_file import FORMAT, VERSION, save_encoding
 from paragrad.models import Model, get_model
 
 
@@ -31,6 +32,7 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
     model._check_trained()
     model.save(path)
+    save_encoding(model, path)
 
 
 def load_model(path: str | os.PathLike) -> Model:
@@ -79,6 +81,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             feature_names=None if names is None else tuple(map(str, names)),
             target_name=meta["target_name"],
         )
+        encoding = Encoding.from_json(meta["encoding"]) if "encoding" in meta else None
         if standardizer is not None and (
             standardizer.mean.shape != (num_features,) or standardizer.scale.shape != (num_features,)
         ):
@@ -91,6 +94,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
         )
     model.params_ = params
     model.standardizer_ = standardizer
+    model.encoding_ = encoding  # type: ignore[attr-defined]
     return model
 
 

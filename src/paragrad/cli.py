@@ -16,9 +16,16 @@ from pathlib import Path
 
 from paragrad import __version__
 from paragrad.checkpoint import save_model
-from paragrad.data import PARQUET_SUFFIXES, load, make_classification, make_regression, save_dataset
+from paragrad.data import (
+    PARQUET_SUFFIXES,
+    Dataset,
+    load,
+    make_classification,
+    make_regression,
+    save_dataset,
+)
 from paragrad.engines import ENGINES, reads_own_rows
-from paragrad.errors import ConfigError, ParagradError, TrainingDiverged
+from paragrad.errors import ConfigError, ParagradError, TrainingDiverged, flag_names
 from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
@@ -31,7 +38,7 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
 NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
-DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")
+DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
 TARGET_HELP = (
     "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
     "has that name; '#3' is always index 3"
@@ -70,6 +77,38 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
 
 
+def _columns(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected column names like id or id,notes, got {text!r}")
+    return names
+
+
+def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
+    """How to read a data file: the delimiter, and for training the columns and rows used."""
+    parser.add_argument(
+        "--delimiter",
+        metavar="C",
+        help="delimiter of a text table: one character, or tab or space (default: read from the header)",
+    )
+    if not training:
+        return
+    parser.add_argument("--drop", type=_columns, metavar="COL[,COL]", help="columns not to use (an id, say)")
+    parser.add_argument(
+        "--features", type=_columns, metavar="COL[,COL]", help="the feature columns (default: all others)"
+    )
+    parser.add_argument(
+        "--one-hot",
+        type=_columns,
+        metavar="COL[,COL]",
+        help="text columns to expand into COL=value indicator columns (at most 100 values each)",
+    )
+    parser.add_argument("--dropna", action="store_true", help="skip rows with missing values")
+    parser.add_argument(
+        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
+    )
+
+
 def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
     """Fail before any work when the output could not be written."""
     directory = path.parent if str(path.parent) else Path(".")
@@ -105,12 +144,35 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
+    """The training data, read with the file options of ``paragrad train``."""
+    if args.data.suffix.lower() == ".npy" and args.target_file is None:
+        raise ConfigError(
+            f"{args.data}: a .npy holds features only: give the targets with --target-file y.npy"
+        )
+    dataset = load(
+        args.data,
+        args.target,
+        features=args.features,
+        drop=args.drop or (),
+        one_hot=args.one_hot or (),
+        dropna=args.dropna,
+        delimiter=args.delimiter,
+        target_file=args.target_file,
+        dtype=args.dtype,
+        lazy=lazy,
+    )
+    if dataset.rows_dropped:
+        print(f"dropped {dataset.rows_dropped} rows with missing values")
+    return dataset
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
     # Workers that read their own rows of a Parquet file (Ray's) spare reading it here.
     lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES
-    dataset = load(args.data, args.target, dtype=args.dtype, lazy=lazy)
+    dataset = _load_training_data(args, lazy)
     model_class = get_model(args.model)
     model_options = {"l2": args.l2}
     if model_class.name == "mlp":
@@ -161,6 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
     )
+    model.encoding_ = dataset.encoding  # type: ignore[attr-defined]  # saved with the model
     try:
         run = train(model, dataset, **options)
     except TrainingDiverged as exc:
@@ -196,13 +259,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         proba=args.proba,
         address=args.address,
         threads_per_worker=args.threads_per_worker,
+        delimiter=args.delimiter,
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    metrics = evaluate(args.model, args.data, args.target)
+    metrics = evaluate(args.model, args.data, args.target, delimiter=args.delimiter)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -315,6 +379,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in --checkpoint")
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    _add_file_options(p, training=True)
     _add_engine_options(p)
     p.set_defaults(handler=cmd_train)
 
@@ -333,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="rows to predict (a target column is ignored)")
     p.add_argument("--out", type=Path, required=True, help="predictions file (.csv, .parquet or .npy)")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
+    _add_file_options(p, training=False)
     _add_engine_options(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -341,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_file_options(p, training=False)
     p.set_defaults(handler=cmd_evaluate)
 
     p = commands.add_parser("make-data", help="generate a synthetic data set")
@@ -378,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.handler(args)
+        with flag_names():
+            return args.handler(args)
     except ParagradError as exc:
         print(f"paragrad: error: {exc}", file=sys.stderr)
     except OSError as exc:

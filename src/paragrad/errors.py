@@ -6,7 +6,15 @@ setting); the command line prints that message as one line and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import numpy as np
+
+# Whether messages name settings as command-line flags (``--drop id``) rather than as
+# keyword arguments (``drop=['id']``); the command line turns it on while it runs.
+_FLAG_NAMES = contextvars.ContextVar("flag_names", default=False)
 
 
 class ParagradError(Exception):
@@ -57,3 +65,25 @@ def check_positive_int(
         return
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Within this block, :func:`option` names settings as command-line flags."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
+
+
+def option(keyword: str, value: object = True) -> str:
+    """A setting as the user writes it, for messages that say how to fix a problem:
+    ``--one-hot color`` on the command line, ``one_hot=['color']`` in Python."""
+    if not _FLAG_NAMES.get():
+        return f"{keyword}={value!r}"
+    flag = "--" + keyword.replace("_", "-")
+    if value is True:
+        return flag
+    shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return f"{flag} {shown}"

@@ -43,13 +43,19 @@ def as_model(model: Model | str | os.PathLike) -> Model:
 
 
 def read_features(
-    model: Model, data, target: str | int | None = None, check_finite: bool = True, lazy: bool = False
+    model: Model,
+    data,
+    target: str | int | None = None,
+    check_finite: bool = True,
+    lazy: bool = False,
+    delimiter: str | None = None,
 ) -> Dataset:
     """The features (and, with ``target``, labels) of ``data`` in the model's column order.
 
     ``data`` is an array, a Dataset or a path. For tables the model's feature names pick
     the columns, so a target column present in the file is ignored unless asked for.
-    ``lazy`` opens a Parquet file without reading it (see :func:`paragrad.load`).
+    ``lazy`` opens a Parquet file without reading it (see :func:`paragrad.load`). A model
+    trained on one-hot encoded columns (``model.encoding_``) encodes a table's the same way.
     """
     if isinstance(data, Dataset):
         dataset = data
@@ -59,6 +65,8 @@ def read_features(
             target,
             features=model.feature_names_,
             num_features=model.num_features_,
+            one_hot=getattr(model, "encoding_", None) or (),  # only models trained on tables have it
+            delimiter=delimiter,
             dtype=None,
             check_finite=check_finite,
             lazy=lazy and Path(data).suffix.lower() in PARQUET_SUFFIXES,
@@ -113,19 +121,25 @@ def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> 
     return _gather_predictions(runner.run(PredictShard(model, proba)), plan, 0, dataset.source)
 
 
-def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: Model | str | os.PathLike,
+    data,
+    target: str | int | None = None,
+    *,
+    delimiter: str | None = None,
+) -> dict[str, Any]:
     """Metrics of a trained model on labelled data.
 
     Classifiers: mean log-loss and accuracy. Regression: mean loss ``1/2 (pred - y)^2``,
     RMSE and R^2. ``target`` names the label column of a table (default: the column the
-    model was trained on).
+    model was trained on); ``delimiter`` overrides the one read from a text table.
     """
     model = as_model(model)
     if isinstance(data, (str, os.PathLike)) and target is None:
         if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with target=")
         target = ColumnName(model.target_name_)  # the model's column, by name only
-    dataset = read_features(model, data, target)
+    dataset = read_features(model, data, target, delimiter=delimiter)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
     y = dataset.y.astype(np.float64)
@@ -198,13 +212,15 @@ def predict_to_file(
     progress: bool | None = None,
     address: str | None = None,
     threads_per_worker: int = 1,
+    delimiter: str | None = None,
 ) -> int:
     """Predict a data file chunk by chunk on the workers, writing each chunk as it comes.
 
     A ``.npy`` input is memory-mapped and the workers map their rows of each chunk from
     the file; on Ray, each actor also reads its rows of each chunk of a Parquet file. Other
     inputs are read whole first. The output (``.npy``, ``.csv`` or ``.parquet``) appears
-    only when complete. Returns the number of rows predicted.
+    only when complete; ``delimiter`` overrides the one read from a text table. Returns the
+    number of rows predicted.
     """
     import sys
 
@@ -215,7 +231,7 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    chunk_of, num_rows, source = _chunks_of(model, data, lazy=reads_own_rows(engine))
+    chunk_of, num_rows, source = _chunks_of(model, data, reads_own_rows(engine), delimiter)
     out = Path(out)
     step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
     task = PredictShard(model, proba)
@@ -241,7 +257,9 @@ def predict_to_file(
     return num_rows
 
 
-def _chunks_of(model: Model, data, lazy: bool) -> tuple[Callable[[int, int], Dataset], int, str]:
+def _chunks_of(
+    model: Model, data, lazy: bool, delimiter: str | None
+) -> tuple[Callable[[int, int], Dataset], int, str]:
     """Rows to predict, taken chunk by chunk: a ``.npy`` stays memory-mapped in its own
     type (each chunk is converted on its own); with ``lazy``, the workers read their rows of
     each chunk of a Parquet file; anything else is read as for ``predict``."""
@@ -256,7 +274,7 @@ def _chunks_of(model: Model, data, lazy: bool) -> tuple[Callable[[int, int], Dat
             rows.shape[0],
             str(data),
         )
-    dataset = read_features(model, data, check_finite=False, lazy=lazy)
+    dataset = read_features(model, data, check_finite=False, lazy=lazy, delimiter=delimiter)
     return (
         lambda start, stop: dataset.take(slice(start, stop)).features_only(),
         dataset.num_rows,

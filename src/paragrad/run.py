@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset
+from paragrad.model_file import save_encoding
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
 from paragrad.strategies import Strategy
@@ -95,6 +96,7 @@ class Run:
         """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
         self.model._check_trained()
         self.model.save(path)
+        save_encoding(self.model, path)
 
 
 @dataclass(frozen=True)

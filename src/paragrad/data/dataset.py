@@ -19,6 +19,7 @@ import numpy as np
 from paragrad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from paragrad.data.encoding import Encoding
     from paragrad.data.tables import TableFile
 
 # The largest feature or target magnitude accepted. Training squares values and sums the
@@ -57,12 +58,19 @@ class Dataset:
         Check every feature value (a pass over the data); predict skips it and checks its
         outputs instead, which NaN or infinite features always reach.
 
+    ``encoding`` holds the categories of the columns ``load(..., one_hot=...)`` encoded,
+    and ``rows_dropped`` the rows ``load(..., dropna=True)`` skipped.
+
     A data set opened with ``load(path, lazy=True)`` has a :class:`TableFile` in
     ``table`` and reads its rows only when they are needed: the Ray engine's workers read
     their own rows; ``X`` and ``y`` read the whole file on first use.
     """
 
     table: TableFile | None = None
+    # Set by :func:`paragrad.load` on the data set it returns: the one-hot encoded columns
+    # and their categories, and how many rows with missing values ``dropna=True`` skipped.
+    encoding: Encoding | None = None
+    rows_dropped: int = 0
 
     def __init__(
         self,

@@ -15,11 +15,13 @@ import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.data.dataset import Dataset
-from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, TableFile, _load_table
-from paragrad.errors import ConfigError, DataError, ParagradError
+from paragrad.data.delimited import TEXT_SUFFIXES
+from paragrad.data.encoding import Encoding
+from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, ReadOptions, TableFile, _load_table
+from paragrad.errors import ConfigError, DataError, ParagradError, option
 
 SVMLIGHT_SUFFIXES = (".svm", ".libsvm", ".svmlight")
-SUPPORTED = ".csv, .tsv, .parquet, .npz, .npy, .svm/.libsvm"
+SUPPORTED = ".csv, .tsv, .txt, .parquet, .npz, .npy, .svm/.libsvm"
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -30,13 +32,18 @@ def load(
     target: str | int | None = None,
     *,
     features: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    one_hot: Sequence[str] | Encoding = (),
+    dropna: bool = False,
+    delimiter: str | None = None,
+    target_file: str | os.PathLike | None = None,
     num_features: int | None = None,
     dtype=np.float64,
     mmap: bool = True,
     check_finite: bool = True,
     lazy: bool = False,
 ) -> Dataset:
-    """Read a data set from CSV/TSV (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
+    """Read a data set from CSV/TSV/``.txt`` (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
 
     Parameters
     ----------
@@ -49,7 +56,23 @@ def load(
         labels, so they need none.
     features : sequence of str, optional
         For tables: the feature columns to read, in this order (other columns are
-        ignored). By default every column but the target.
+        ignored). By default every column but the target and those in ``drop``.
+    drop : sequence of str
+        For tables: columns not to use (an id or a free-text column, say).
+    one_hot : sequence of str, or an Encoding
+        For tables: text columns to expand into indicator columns ``COL=value``, one per
+        category (sorted; at most 100). The categories are kept in ``dataset.encoding``; an
+        :class:`~paragrad.data.encoding.Encoding` (a model's ``encoding_``) applies them
+        again, and refuses a value it does not hold.
+    dropna : bool
+        For tables: skip rows with a missing value (an empty cell, ``NA``, ``NaN``) in the
+        columns used; ``dataset.rows_dropped`` says how many. Without it such a row is an
+        error naming its line (the header is line 1, the first data row line 2).
+    delimiter : str, optional
+        For text tables: the delimiter (one character, or ``tab``/``space``). By default it
+        is read from the header: comma, semicolon, tab, pipe or space.
+    target_file : str or Path, optional
+        For ``.npy`` features: a ``.npy`` of the targets, one per row.
     num_features : int, optional
         For LIBSVM files: the feature count (a file need not use the last feature).
     dtype : float dtype or None
@@ -72,17 +95,56 @@ def load(
     suffix = path.suffix.lower()
     if lazy and suffix not in (*PARQUET_SUFFIXES, ".npy"):
         raise ConfigError(f"{path}: lazy=True reads .parquet files (and .npy, memory-mapped anyway)")
-    if lazy and suffix in PARQUET_SUFFIXES:
-        return Dataset._lazy(TableFile.open(path, target, features, dtype))
-    if suffix in TABLE_SUFFIXES or suffix in PARQUET_SUFFIXES:
-        return _load_table(path, target, features, dtype, check_finite)
+    drop, one_hot = (
+        _names(drop, "drop"),
+        one_hot if isinstance(one_hot, Encoding) else _names(one_hot, "one_hot"),
+    )
+    is_table = suffix in TEXT_SUFFIXES or suffix in PARQUET_SUFFIXES
+    asked = one_hot and not isinstance(one_hot, Encoding)  # a model's encoding fits any file
+    if not is_table and (drop or asked or dropna or delimiter is not None):
+        raise ConfigError(f"{path}: drop=, one_hot=, dropna= and delimiter= apply to CSV and Parquet tables")
+    if target_file is not None and suffix != ".npy":
+        raise ConfigError(f"{path}: {option('target_file', str(target_file))} goes with .npy features")
+    # One-hot encoding and skipping rows need every row read here.
+    if lazy and suffix in PARQUET_SUFFIXES and not (one_hot or dropna):
+        return Dataset._lazy(TableFile.open(path, target, features, dtype, drop))
+    if is_table:
+        options = ReadOptions(features, drop, one_hot or (), dropna, delimiter)
+        return _load_table(path, target, dtype, check_finite, options)
     if suffix == ".npz":
         return _load_npz(path, dtype, check_finite)
     if suffix == ".npy":
-        return _load_npy(path, dtype, mmap, check_finite)
+        dataset = _load_npy(path, dtype, mmap, check_finite)
+        return dataset if target_file is None else _with_targets(dataset, Path(target_file))
     if suffix in SVMLIGHT_SUFFIXES:
         return _load_svmlight(path, num_features, dtype, check_finite)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
+
+
+def _names(value: Sequence[str] | str, keyword: str) -> tuple[str, ...]:
+    """Column names given as a list, or as one text of names separated by commas."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(f"{keyword}= must be column names, got {value!r}")
+    return tuple(names)
+
+
+def _with_targets(dataset: Dataset, path: Path) -> Dataset:
+    """``.npy`` features with their targets from another ``.npy`` file."""
+    if not path.is_file():
+        raise DataError(f"{path}: target file not found")
+    with open_numpy(path, "npy") as y:
+        y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != dataset.num_rows:
+        raise DataError(
+            f"{path}: {dataset.num_rows} rows of features in {dataset.source} but targets of shape {y.shape}"
+        )
+    # The features were checked as they were loaded; the targets always are.
+    return Dataset(
+        dataset.X, y, target_name="y", dtype=dataset.dtype, source=dataset.source, check_finite=False
+    )
 
 
 def has_magic(path: Path, magic: bytes) -> bool:

@@ -1,5 +1,6 @@
-"""CSV/TSV and Parquet tables: reading, picking the feature and target columns, and
-:class:`TableFile`, a Parquet file whose rows are read only when they are needed.
+"""CSV/TSV and Parquet tables: reading, picking the feature and target columns, one-hot
+encoding, rows with missing values, and :class:`TableFile`, a Parquet file whose rows are
+read only when they are needed.
 """
 
 from __future__ import annotations
@@ -8,39 +9,54 @@ import dataclasses
 import itertools
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from paragrad.data.dataset import Dataset, _check_finite, _float_dtype
-from paragrad.errors import DataError
+from paragrad.data.delimited import data_lines, read_text_table
+from paragrad.data.encoding import Encoding, apply, learn
+from paragrad.errors import DataError, option
 from paragrad.shm import shared_empty
 
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # what save_dataset writes
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def _read_table(path: Path):
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a table besides its target (see :func:`paragrad.load`): the feature
+    columns, columns to drop, columns to one-hot encode (names, or a model's encoding),
+    whether to skip rows with missing values, and a delimiter that overrides the sniffed one."""
+
+    features: Sequence[str] | None = None
+    drop: tuple[str, ...] = ()
+    one_hot: tuple[str, ...] | Encoding = ()
+    dropna: bool = False
+    delimiter: str | None = None
+
+
+def _read_table(path: Path, delimiter: str | None = None):
     import pyarrow as pa
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    suffix = path.suffix.lower()
+    if path.suffix.lower() not in PARQUET_SUFFIXES:
+        return read_text_table(path, delimiter)
     try:
-        if suffix in PARQUET_SUFFIXES:
-            return pq.read_table(path)
-        parse = pacsv.ParseOptions(delimiter=TABLE_SUFFIXES[suffix])
-        return pacsv.read_csv(path, parse_options=parse)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Empty CSV file" in reason:
-            reason = "the file is empty"
         raise DataError(f"{path}: cannot read: {reason}") from None
 
 
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+
+
 def _pick_columns(
-    path: Path, names: list[str], num_rows: int, target, features
+    path: Path, names: list[str], num_rows: int, target, features, drop: Sequence[str] = ()
 ) -> tuple[list[str], str | None]:
     """The feature columns and the target column of a table, checked against its header."""
     if not names:
@@ -49,15 +65,26 @@ def _pick_columns(
         duplicate = next(name for name in names if names.count(name) > 1)
         raise DataError(f"{path}: column {duplicate!r} appears more than once in the header")
     target_name = _resolve_target(path, names, target)
+    unknown = [name for name in drop if name not in names]
+    if unknown:
+        raise DataError(
+            f"{path}: cannot drop {', '.join(map(repr, unknown))} ({option('drop', list(drop))}): "
+            f"no such column (columns: {_shown(names)})"
+        )
+    if target_name in drop:
+        raise DataError(f"{path}: column {target_name!r} cannot be both dropped and the target")
     if features is None:
-        features = [name for name in names if name != target_name]
+        features = [name for name in names if name != target_name and name not in drop]
     else:
         missing = [name for name in features if name not in names]
         if missing:
             raise DataError(
                 f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
-                f"that the model was trained with"
+                f"(columns: {_shown(names)})"
             )
+        both = [name for name in features if name in drop]
+        if both:
+            raise DataError(f"{path}: column {both[0]!r} cannot be both a feature and dropped")
     if num_rows == 0:
         raise DataError(f"{path}: no data rows (only a header)")
     if not features:
@@ -67,16 +94,75 @@ def _pick_columns(
     return list(features), target_name
 
 
-def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Dataset:
-    table = _read_table(path)
-    features, target_name = _pick_columns(path, list(table.column_names), table.num_rows, target, features)
+def _row_names(path: Path):
+    """How messages name row ``i`` (from 0) of a table: its line in a text file (the header
+    is line 1, so the first data row is line 2), else its row number counted from 1."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return lambda row: f"row {row + 1}"
+    lines: list[int] = []
+
+    def where(row: int) -> str:
+        if not lines:
+            lines.extend(data_lines(path))
+        return f"line {lines[row] if row < len(lines) else row + 2}"
+
+    return where
+
+
+def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOptions) -> Dataset:
+    table = _read_table(path, options.delimiter)
+    names, where = list(table.column_names), _row_names(path)
+    target_name = _resolve_target(path, names, target) if names else None
+    encoding = options.one_hot
+    if not isinstance(encoding, Encoding):
+        if target_name in encoding:
+            raise DataError(f"{path}: the target {target_name!r} cannot be one-hot encoded")
+        encoding = learn(path, table, [name for name in encoding if name not in options.drop])
+    expanded, indicators = apply(path, table, encoding, where)
+    # A one-hot column named as a feature, or to drop, stands for its indicator columns.
+    features = None if options.features is None else encoding.expand(options.features)
+    drop = encoding.expand(options.drop)
+    target = None if target_name is None else ColumnName(target_name)
+    features, target_name = _pick_columns(path, expanded, table.num_rows, target, features, drop)
     X = shared_empty((table.num_rows, len(features)), dtype)
     for j, name in enumerate(features):
-        X[:, j] = _numeric_column(path, table.column(name), name)
+        if name in indicators:
+            X[:, j] = indicators[name]
+        else:
+            X[:, j] = _numeric_column(path, table.column(name), name, where)
     y = None
     if target_name is not None:
-        y = _numeric_column(path, table.column(target_name), target_name)
-    return Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
+        y = _numeric_column(path, table.column(target_name), target_name, where, feature=False)
+    X, y, dropped = _missing_rows(path, X, y, features, target_name, options.dropna, where)
+    dataset = Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
+    dataset.encoding = encoding if encoding.categories else None
+    dataset.rows_dropped = dropped
+    return dataset
+
+
+def _missing_rows(path: Path, X, y, features, target_name, dropna: bool, where):
+    """Skip the rows with a missing (empty, NA or NaN) value when ``dropna``, else name the
+    first; returns the features, the target and how many rows were skipped."""
+    missing = np.isnan(X).any(axis=1)
+    if y is not None:
+        missing |= np.isnan(y)
+    count = int(missing.sum())
+    if count == 0:
+        return X, y, 0
+    if not dropna:
+        row = int(np.argmax(missing))
+        bad = np.isnan(X[row])
+        column = features[int(np.argmax(bad))] if bad.any() else target_name
+        others = f" ({count} rows have missing values)" if count > 1 else ""
+        raise DataError(
+            f"{path}: missing value in column {column!r} at {where(row)}{others}; "
+            f"skip such rows with {option('dropna')}"
+        )
+    if count == len(missing):
+        raise DataError(f"{path}: every row has a missing value")
+    kept = shared_empty((len(missing) - count, X.shape[1]), X.dtype)
+    kept[:] = X[~missing]
+    return kept, None if y is None else y[~missing], count
 
 
 @dataclass(frozen=True)
@@ -104,7 +190,7 @@ class TableFile:
         return dataclasses.replace(self, first=picked.start, num_rows=len(picked))
 
     @classmethod
-    def open(cls, path: Path, target, features, dtype) -> TableFile:
+    def open(cls, path: Path, target, features, dtype, drop: Sequence[str] = ()) -> TableFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -114,11 +200,11 @@ class TableFile:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"{path}: cannot read: {reason}") from None
         schema = metadata.schema.to_arrow_schema()
-        features, target_name = _pick_columns(path, schema.names, metadata.num_rows, target, features)
+        features, target_name = _pick_columns(path, schema.names, metadata.num_rows, target, features, drop)
         for name in [*features, *([] if target_name is None else [target_name])]:
             kind = schema.field(name).type
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-                raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+                raise DataError(f"{path}: column {name!r} is not numeric (type {kind}){_fix_text(name)}")
         return cls(
             os.path.abspath(path),
             tuple(features),
@@ -246,7 +332,14 @@ def _target_at(path: Path, names: list[str], index: int) -> str:
     return names[index]
 
 
-def _numeric_column(path: Path, column, name: str) -> np.ndarray:
+def _fix_text(name: str, feature: bool = True) -> str:
+    """How to fix a text column, for messages: drop it, or one-hot encode it."""
+    if not feature:
+        return ""
+    return f": drop it with {option('drop', [name])} or encode it with {option('one_hot', [name])}"
+
+
+def _numeric_column(path: Path, column, name: str, where=None, feature: bool = True) -> np.ndarray:
     """One table column as float64, nulls as NaN; a clear error for text or dates."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -256,6 +349,7 @@ def _numeric_column(path: Path, column, name: str) -> np.ndarray:
         return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
+    where = where or (lambda row: f"row {row + 1}")
     for row, value in enumerate(column.to_pylist()):
         if value is None:
             continue
@@ -263,6 +357,7 @@ def _numeric_column(path: Path, column, name: str) -> np.ndarray:
             float(value)
         except (TypeError, ValueError):
             raise DataError(
-                f"{path}: column {name!r} is not numeric (row {row + 1} holds {str(value)[:40]!r})"
+                f"{path}: column {name!r} is not numeric ({where(row)} holds {str(value)[:40]!r})"
+                f"{_fix_text(name, feature)}"
             ) from None
-    raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+    raise DataError(f"{path}: column {name!r} is not numeric (type {kind}){_fix_text(name, feature)}")

@@ -1,0 +1,192 @@
+"""Real files as spreadsheets and tools write them, read through the real command line.
+
+Each either trains to the least-squares fit of the intended numeric data, or fails with
+one line naming the cause and the flag that fixes it, leaving no output file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paragrad.checkpoint import load_model
+from tests.conftest import run_cli
+
+X = np.array([[1.0, 2.0], [2.0, 0.5], [3.5, 1.0], [4.0, 3.0], [5.0, 2.5], [6.5, 0.0]])
+Y = np.array([3.0, 1.5, 4.0, 9.0, 7.5, 6.0])
+
+
+def lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    design = np.column_stack([X, np.ones(len(X))])
+    return np.linalg.lstsq(design, y, rcond=None)[0]
+
+
+def table(delimiter: str = ",", names=("a", "b", "y"), rows=None, newline: str = "\n") -> str:
+    rows = rows if rows is not None else [[*map(str, x), str(y)] for x, y in zip(X, Y, strict=True)]
+    return newline.join(delimiter.join(row) for row in [list(names), *rows]) + newline
+
+
+def train(tmp_path: Path, name: str, text: str | bytes, *flags: str):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "m.npz"
+    result = run_cli("train", path, "--target", "y", "--model", "linear", "--out", out, *flags)
+    return result, out
+
+
+def coefficients(out: Path) -> np.ndarray:
+    return load_model(out).params_
+
+
+GOOD = {
+    "comma": ("d.csv", table(","), ()),
+    "semicolon": ("d.csv", table(";"), ()),
+    "tab in a .csv": ("d.csv", table("\t"), ()),
+    "tsv": ("d.tsv", table("\t"), ()),
+    "pipe": ("d.txt", table("|"), ()),
+    "space": ("d.txt", table(" "), ()),
+    "aligned spaces": ("d.txt", table("   ").replace("\n", "  \n"), ()),
+    "BOM and CRLF": ("d.csv", b"\xef\xbb\xbf" + table(",", newline="\r\n").encode(), ()),
+    "quoted header with commas": ("d.csv", table(",", names=('"a, cm"', '"b, kg"', "y")), ()),
+    "semicolon, quoted header": ("d.csv", table(";", names=('"a;1"', "b", "y")), ()),
+    "column named 1": ("d.csv", table(",", names=("1", "b", "y")), ()),
+    "explicit delimiter": ("d.csv", table(";"), ("--delimiter", ";")),
+}
+
+
+@pytest.mark.parametrize("case", GOOD, ids=list(GOOD))
+def test_files_as_tools_write_them_train_to_the_least_squares_fit(tmp_path, case):
+    name, text, flags = GOOD[case]
+    result, out = train(tmp_path, name, text, *flags)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(coefficients(out), lstsq(X, Y), atol=1e-8)
+
+
+def with_id(missing: str | None = None) -> str:
+    rows = [[f"r{i}", *map(str, x), str(y)] for i, (x, y) in enumerate(zip(X, Y, strict=True))]
+    if missing is not None:
+        rows[2][1] = missing
+        rows.append(["extra", "1", missing, "2"])
+    return table(",", names=("id", "a", "b", "y"), rows=rows)
+
+
+def test_a_text_id_column_is_named_with_the_flag_that_drops_it(tmp_path):
+    result, out = train(tmp_path, "d.csv", with_id())
+    expect_one_line(result, out, "column 'id' is not numeric (line 2 holds 'r0'): drop it with --drop id")
+    result, out = train(tmp_path, "d.csv", with_id(), "--drop", "id")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(coefficients(out), lstsq(X, Y), atol=1e-8)
+
+
+def test_features_picks_the_columns(tmp_path):
+    result, out = train(tmp_path, "d.csv", with_id(), "--features", "a,b")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(coefficients(out), lstsq(X, Y), atol=1e-8)
+
+
+@pytest.mark.parametrize("missing", ["NA", ""])
+def test_missing_cells_are_named_by_line_and_skipped_with_dropna(tmp_path, missing):
+    result, out = train(tmp_path, "d.csv", with_id(missing), "--drop", "id")
+    # Header is line 1, so the third data row is line 4.
+    expect_one_line(result, out, "missing value in column 'a' at line 4 (2 rows have missing values); ")
+    assert "--dropna" in result.stderr
+    result, out = train(tmp_path, "d.csv", with_id(missing), "--drop", "id", "--dropna")
+    assert result.returncode == 0, result.stderr
+    assert "dropped 2 rows with missing values" in result.stdout
+    keep = np.arange(len(X)) != 2
+    np.testing.assert_allclose(coefficients(out), lstsq(X[keep], Y[keep]), atol=1e-8)
+
+
+def test_a_file_read_with_the_wrong_delimiter_names_the_flag(tmp_path):
+    result, out = train(tmp_path, "d.csv", table(";"), "--delimiter", ",")
+    expect_one_line(result, out, "target column 'y' not found")
+
+
+def test_parquet_takes_the_same_options(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a = X[:, 0].tolist()
+    a[1] = None
+    columns = {"id": [f"r{i}" for i in range(len(X))], "a": a, "b": X[:, 1], "y": Y}
+    pq.write_table(pa.table(columns), tmp_path / "d.parquet")
+    out = tmp_path / "m.npz"
+    base = ("train", tmp_path / "d.parquet", "--target", "y", "--model", "linear", "--out", out)
+    expect_one_line(run_cli(*base), out, "column 'id' is not numeric")
+    expect_one_line(run_cli(*base, "--drop", "id"), out, "missing value in column 'a' at row 2")
+    result = run_cli(*base, "--drop", "id", "--dropna")
+    assert result.returncode == 0, result.stderr
+    keep = np.arange(len(X)) != 1
+    np.testing.assert_allclose(coefficients(out), lstsq(X[keep], Y[keep]), atol=1e-8)
+
+
+COLORS = ["red", "blue", "red", "green", "blue", "green"]
+
+
+def test_one_hot_round_trip_through_predict(tmp_path):
+    rows = [[str(x[0]), c, str(y)] for x, c, y in zip(X, COLORS, Y, strict=True)]
+    text = table(",", names=("a", "color", "y"), rows=rows)
+    result, out = train(tmp_path, "d.csv", text, "--one-hot", "color")
+    assert result.returncode == 0, result.stderr
+    assert load_model(out).feature_names_ == ("a", "color=blue", "color=green", "color=red")
+    new = tmp_path / "new.csv"
+    new.write_text("color,a\nred,0.5\ngreen,2\nblue,7\n")
+    predicted = tmp_path / "p.npy"
+    result = run_cli("predict", out, new, "--out", predicted)
+    assert result.returncode == 0, result.stderr
+    categories = ["blue", "green", "red"]
+    design = np.column_stack([X[:, 0], [[c == k for k in categories] for c in COLORS]]).astype(float)
+    w = lstsq(design, Y)
+    new_design = np.array([[0.5, 0, 0, 1], [2, 0, 1, 0], [7, 1, 0, 0]], dtype=float)
+    np.testing.assert_allclose(np.load(predicted), new_design @ w[:-1] + w[-1], atol=1e-8)
+    new.write_text("color,a\npurple,1\n")
+    result = run_cli("predict", out, new, "--out", tmp_path / "q.npy")
+    expect_one_line(result, tmp_path / "q.npy", "column 'color' holds 'purple' at line 2")
+
+
+def test_one_hot_refuses_too_many_categories(tmp_path):
+    rows = [[f"v{i}", str(i % 7), str(i)] for i in range(120)]
+    result, out = train(
+        tmp_path, "d.csv", table(",", names=("name", "a", "y"), rows=rows), "--one-hot", "name"
+    )
+    expect_one_line(result, out, "column 'name' has 120 distinct values, too many to one-hot encode")
+
+
+def test_target_file_round_trip(tmp_path):
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", Y)
+    out = tmp_path / "m.npz"
+    base = ("train", tmp_path / "X.npy", "--model", "linear", "--out", out)
+    expect_one_line(
+        run_cli(*base), out, "a .npy holds features only: give the targets with --target-file y.npy"
+    )
+    result = run_cli(*base, "--target-file", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(coefficients(out), lstsq(X, Y), atol=1e-8)
+
+
+def test_statsmodels_space_and_semicolon_files(tmp_path):
+    datasets = pytest.importorskip("statsmodels.datasets")
+    root = Path(datasets.__file__).parent
+    spector = np.loadtxt(root / "spector" / "spector.csv", skiprows=1)
+    out = tmp_path / "m.npz"
+    result = run_cli(
+        "train", root / "spector" / "spector.csv", "--target", "GRADE", "--model", "linear",
+        "--drop", "OBS", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(coefficients(out), lstsq(spector[:, 1:4], spector[:, 4]), atol=1e-8)
+    result = run_cli(
+        "train", root / "modechoice" / "modechoice.csv", "--target", "choice", "--model", "linear"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def expect_one_line(result, out: Path, message: str) -> None:
+    assert result.returncode != 0
+    assert result.stderr.startswith("paragrad: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
