@@ -145,7 +145,7 @@ def expect_clear_error(result, phrase: str, *unwritten) -> None:
         ("a,b,label\n1,2,0\n3,4,1\n", [], "target column 'y' not found (columns: a, b, label)"),
         ("a,b,y\n1,x,0\n3,4,1\n", [], "column 'b' is not numeric (row 1 holds 'x')"),
         ("a,b,y\n1,2,0\n,4,1\n", [], "first at row 2, 'a'"),
-        ("a,b,y\n1,2,0\n3,4,2\n", [], "needs labels 0 and 1; found labels up to 2"),
+        ("a,b,y\n1,2,0\n3,4,2\n5,6,1\n", [], "takes two classes, but the target has 3"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "3"], "3 workers need at least 3 rows, but the data has 2"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--lr", "0"], "learning rate must be a positive number"),
     ],

@@ -69,7 +69,9 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features {num_features!r}")
         classes = meta["classes"]
-        labels = None if classes is None else np.asarray(classes, dtype=np.float64)
+        labels = None if classes is None else np.asarray(classes)
+        if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "biufU"):
+            raise ValueError(f"classes {classes!r}")
         names = meta["feature_names"]
         if names is not None and len(names) != num_features:
             raise ValueError(f"{len(names)} feature names for {num_features} features")

@@ -19,7 +19,7 @@ from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, make_engine, reads_own_rows
 from paragrad.errors import ConfigError, DataError
-from paragrad.models.base import Model, check_class_labels
+from paragrad.models.base import Model
 from paragrad.shards import plan_shards
 from paragrad.tasks import PredictShard
 
@@ -116,7 +116,8 @@ def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> 
 def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = None) -> dict[str, Any]:
     """Metrics of a trained model on labelled data.
 
-    Classifiers: mean log-loss and accuracy. Regression: mean loss ``1/2 (pred - y)^2``,
+    Classifiers: mean log-loss and accuracy, against labels of the kind the model was
+    trained on (text, booleans or numbers). Regression: mean loss ``1/2 (pred - y)^2``,
     RMSE and R^2. ``target`` names the label column of a table (default: the column the
     model was trained on).
     """
@@ -128,14 +129,13 @@ def evaluate(model: Model | str | os.PathLike, data, target: str | int | None = 
     dataset = read_features(model, data, target)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
-    y = dataset.y.astype(np.float64)
-    if model.is_classifier:
-        check_class_labels(model, y)
+    y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
     predictions = model.predict(dataset.X)
     if model.is_classifier:
-        metrics["accuracy"] = float(np.mean(predictions == y))
+        metrics["accuracy"] = float(np.mean(model.codes_of(predictions) == model.codes_of(y)))
     else:
+        y = y.astype(np.float64)
         residual = predictions - y
         metrics["rmse"] = float(np.sqrt(np.mean(residual**2)))
         spread = float(np.sum((y - y.mean()) ** 2))

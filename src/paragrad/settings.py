@@ -24,6 +24,12 @@ def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
+    if data.classes is not None and not model.is_classifier:
+        shown = ", ".join(map(str, data.classes[:5].tolist()))
+        raise DataError(
+            f"{data.source}: {type(model).__name__} needs a numeric target, but it holds labels "
+            f"({shown}): use LogisticRegression or SoftmaxRegression (--model logistic or softmax)"
+        )
 
 
 def check_settings(

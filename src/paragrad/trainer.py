@@ -40,7 +40,14 @@ from paragrad.run import HISTORY_KEYS, Run, RunConfig
 from paragrad.settings import check_inputs, check_settings, default_optimizer
 from paragrad.shards import StateField, plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
-from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
+from paragrad.tasks import (
+    DescribeShard,
+    EncodeLabels,
+    GetWorkerState,
+    SetWorkerState,
+    StandardizeShard,
+    TrainStep,
+)
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 
@@ -218,7 +225,13 @@ def _set_up_model(
     labels = None
     if model.is_classifier:
         labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
+        if data.classes is not None:  # the shards hold positions among the data's classes
+            labels = data.classes[labels.astype(np.intp)]
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
+    if model.classes_ is not None and data.classes is None:
+        classes = model.classes_.astype(np.float64)
+        if not np.array_equal(classes, np.arange(len(classes))):  # -1/1, 1/2, ...: code them 0..k-1
+            runner.run(EncodeLabels(classes))
     model.standardizer_ = None
     stats = combine_moments([part for *_, part in described]) if gather else None
     if standardize:

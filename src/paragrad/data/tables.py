@@ -75,7 +75,7 @@ def _load_table(path: Path, target, features, dtype, check_finite: bool) -> Data
         X[:, j] = _numeric_column(path, table.column(name), name)
     y = None
     if target_name is not None:
-        y = _numeric_column(path, table.column(target_name), target_name)
+        y = _target_column(path, table.column(target_name), target_name)
     return Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
@@ -244,6 +244,21 @@ def _target_at(path: Path, names: list[str], index: int) -> str:
     if not -len(names) <= index < len(names):
         raise DataError(f"{path}: target column index {index} out of range ({len(names)} columns)")
     return names[index]
+
+
+def _target_column(path: Path, column, name: str) -> np.ndarray:
+    """The target column: numbers as float64 (nulls as NaN); text or booleans as they are,
+    for class labels (a missing one is an error naming its row)."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)):
+        return _numeric_column(path, column, name)
+    if column.null_count:
+        row = next(row for row, value in enumerate(column.to_pylist()) if value is None)
+        count = column.null_count
+        raise DataError(f"{path}: column {name!r} has {count} missing label(s); first at row {row + 1}")
+    return np.asarray(column.to_pylist(), dtype=bool if pa.types.is_boolean(kind) else str)
 
 
 def _numeric_column(path: Path, column, name: str) -> np.ndarray:
