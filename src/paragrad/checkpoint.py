@@ -22,7 +22,13 @@ import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.data import Standardizer, open_numpy
-from paragrad.errors import ConfigError, ModelFileError, ParagradError, check_positive_int
+from paragrad.errors import (
+    ConfigError,
+    ModelFileError,
+    ParagradError,
+    caller_stacklevel,
+    check_positive_int,
+)
 from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
 
@@ -187,7 +193,8 @@ def load_latest_checkpoint(
         except ConfigError:
             raise
         except (ModelFileError, KeyError, TypeError, ValueError) as exc:
-            warnings.warn(f"{path}: skipped a damaged checkpoint ({exc})", CheckpointWarning, stacklevel=3)
+            message = f"{path}: skipped a damaged checkpoint ({exc})"
+            warnings.warn(message, CheckpointWarning, stacklevel=caller_stacklevel())
     return None
 
 

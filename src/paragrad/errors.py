@@ -6,6 +6,9 @@ setting); the command line prints that message as one line and exits non-zero.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 
@@ -35,6 +38,20 @@ class TrainingDiverged(ParagradError, ArithmeticError):
         super().__init__(message)
         self.params = params
         self.round_index = round_index
+
+
+class PerformanceWarning(UserWarning):
+    """Settings that work, but waste the machine or do less than asked (clipped batches)."""
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the calling function point at the
+    first caller outside paragrad: the user's line, however deep the warning is raised."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ConvergenceWarning(UserWarning):

@@ -8,6 +8,7 @@ between methods through attributes set on the side.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -30,14 +31,16 @@ from paragrad.engines import Engine, make_engine
 from paragrad.errors import (
     ConfigError,
     ConvergenceWarning,
+    PerformanceWarning,
     TrainingDiverged,
     WorkerError,
     WorkerLost,
+    caller_stacklevel,
 )
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.settings import check_inputs, check_settings, default_optimizer
+from paragrad.settings import check_inputs, check_settings, default_optimizer, resource_warnings
 from paragrad.shards import StateField, plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
 from paragrad.tasks import (
@@ -140,6 +143,7 @@ def train(
     Run
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
+    call_started = time.perf_counter()
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
@@ -162,6 +166,8 @@ def train(
     )
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
+        for message in resource_warnings(runner, strategy, plan.sizes):
+            warnings.warn(message, PerformanceWarning, stacklevel=2)
         runner.start(data, plan)
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
@@ -176,10 +182,12 @@ def train(
                 f"but this data has {config.classes}"
             )
         loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
-        return loop.run(resumed, checkpoints, config, progress)
+        setup_s = time.perf_counter() - call_started
+        run = loop.run(resumed, checkpoints, config, progress)
     finally:
         if own_engine:
             runner.close()
+    return dataclasses.replace(run, setup_s=setup_s, total_s=time.perf_counter() - call_started)
 
 
 def _load_resume_state(
@@ -195,7 +203,7 @@ def _load_resume_state(
         warnings.warn(
             f"{checkpoint_dir}: no checkpoint to resume from; starting from the beginning",
             CheckpointWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
         return None
     differences = config.differences(state.config)
@@ -252,7 +260,16 @@ def _progress_bar(total: int, show: bool | None) -> Any:
 
     if show is None:
         show = sys.stderr.isatty()
-    return tqdm(total=total, unit="round", disable=not show, leave=False, file=sys.stderr, dynamic_ncols=True)
+    # Shown only once a run has taken a second: short runs print nothing.
+    return tqdm(
+        total=total,
+        unit="round",
+        disable=not show,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        delay=1.0,
+    )
 
 
 @dataclass
@@ -295,7 +312,7 @@ class PassMeter:
         self.busy_s += slowest if self.runner.parallel else sum(result.compute_s for result in results)
         self.compute_s += slowest
         self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
-        self.samples += sum(result.count for result in results)
+        self.samples += sum(result.rows_processed for result in results)
         self.sent += self.runner.last_bytes_sent
         self.received += self.runner.last_bytes_received
         return results
@@ -369,13 +386,13 @@ class RoundLoop:
             checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
         unbounded = self.unbounded(state)
         if unbounded is not None:
-            warnings.warn(unbounded, ConvergenceWarning, stacklevel=4)
+            warnings.warn(unbounded, ConvergenceWarning, stacklevel=caller_stacklevel())
         elif self.tol > 0 and not state.converged and self.total > 1 and not stalled:
             warnings.warn(
                 f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
         self.model.params_ = state.params
         elapsed = time.perf_counter() - started
@@ -429,7 +446,7 @@ class RoundLoop:
                 f"the checkpoint has error-feedback state for {max(rows)} workers, not "
                 f"{self.runner.num_workers}: it starts again from zero",
                 CheckpointWarning,
-                stacklevel=5,
+                stacklevel=caller_stacklevel(),
             )
             return
         self.runner.run(SetWorkerState(self.state_fields, tuple(arrays[f.name] for f in self.state_fields)))
