@@ -23,7 +23,7 @@ from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
 from paragrad.optim.base import positive
-from paragrad.settings import default_optimizer
+from paragrad.settings import MAX_GUESSED_CLASSES, choose_model, default_optimizer
 from paragrad.strategies import STRATEGIES, get_strategy
 from paragrad.trainer import train
 
@@ -108,10 +108,11 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
-    # Workers that read their own rows of a Parquet file (Ray's) spare reading it here.
-    lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES
+    # Workers that read their own rows of a Parquet file (Ray's) spare reading it here;
+    # choosing the model reads the target, so it needs the file read.
+    lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES and bool(args.model)
     dataset = load(args.data, args.target, dtype=args.dtype, lazy=lazy)
-    model_class = get_model(args.model)
+    model_class = get_model(args.model or _chosen_model(dataset))
     model_options = {"l2": args.l2}
     if model_class.name == "mlp":
         model_options.update(hidden=args.hidden, activation=args.activation, task=args.task)
@@ -177,12 +178,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         return NOT_CONVERGED
     if args.out is not None:
         run.save(args.out)
-        print(f"saved       {args.out}")
+        print(f"saved         {args.out}")
+    else:
+        print("not saved: give --out FILE to keep the model")
     if not run.converged:
         print(
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _chosen_model(dataset) -> str:
+    """The model the target calls for, said in one line (``--model`` overrides it)."""
+    if not dataset.has_labels:
+        raise ConfigError(f"{dataset.source}: name the label column with --target")
+    name, reason = choose_model(dataset)
+    print(f"model: {name} ({reason})")
+    return name
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -240,6 +252,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help says its default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
+        return f"{text} (default: {default})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes end as one line on stderr, like every other error."""
 
@@ -249,12 +272,19 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
     """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
-    p = commands.add_parser("train", help="train a model on a data file")
+    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
     p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
     p.add_argument("--target", help=TARGET_HELP)
-    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="default: chosen from the target: logistic for 2 distinct values, softmax for 3 to "
+        f"{MAX_GUESSED_CLASSES} whole numbers or labels, else linear",
+    )
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
-    p.add_argument("--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64")
+    p.add_argument(
+        "--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64 (default: 64)"
+    )
     p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="MLP activation")
     p.add_argument(
         "--task",
@@ -262,9 +292,11 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         default="classification",
         help="MLP task",
     )
-    p.add_argument("--strategy", choices=STRATEGIES, default="gd")
+    p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
     p.add_argument(
-        "--batch-size", type=_positive_int, help="rows per worker per step (sgd 256, local-sgd 64)"
+        "--batch-size",
+        type=_positive_int,
+        help="rows per worker per step (default: 256 for sgd, 64 for local-sgd)",
     )
     p.add_argument(
         "--local-steps",
@@ -281,7 +313,9 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         "softmax (up to 1024 parameters, rows x parameters^2 up to 1e9), else lbfgs; adam for sgd "
         "and local-sgd",
     )
-    p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
+    p.add_argument(
+        "--lr", type=float, help="learning rate (default: sgd 0.1, adam 0.01; lbfgs: first trial step, 1)"
+    )
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument(
@@ -290,7 +324,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         help="passes over the data; rounds for gd (default: 500 for gd, which stops once converged; "
         "10 for sgd and local-sgd)",
     )
-    p.add_argument("--max-rounds", type=_positive_int)
+    p.add_argument("--max-rounds", type=_positive_int, help="a cap on rounds (default: no cap)")
     p.add_argument(
         "--tol",
         type=float,
@@ -303,12 +337,19 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"stopping before converging is an error (exit status {NOT_CONVERGED}; nothing saved)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the start, the sampling and the shuffle")
     p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
     p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
-    p.add_argument("--out", type=Path, help="where to save the trained model (.npz)")
+    p.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="float type of the data"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal, once a run takes a second)",
+    )
+    p.add_argument("--out", type=Path, help="where to save the trained model, .npz (default: not saved)")
     p.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints to this folder")
     p.add_argument(
         "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
@@ -367,9 +408,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"paragrad: warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C so that workers stop and shared memory is released."""
+
+
 def _terminate(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so workers stop and shared memory is released."""
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,9 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paragrad: error: {where}{exc.strerror or exc}", file=sys.stderr)
     except MemoryError:
         print("paragrad: error: out of memory: use smaller data, model or batches", file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # the shell's codes: 128 + the signal's number
+        if isinstance(exc, Terminated):
+            print("paragrad: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("paragrad: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     return 1
 
 
