@@ -176,16 +176,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strict and not run.converged:
         print(f"paragrad: error: {run.outcome}; raise --epochs or --tol (no model saved)", file=sys.stderr)
         return NOT_CONVERGED
-    if args.out is not None:
-        run.save(args.out)
-        print(f"saved         {args.out}")
-    else:
-        print("not saved: give --out FILE to keep the model")
+    _save(run, args.out)
     if not run.converged:
         print(
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _save(run, out: Path | None) -> None:
+    """Save the model to ``out``, or say that it was not saved."""
+    if out is None:
+        print("not saved: give --out FILE to keep the model")
+        return
+    run.save(out)
+    print(f"saved         {out}")
 
 
 def _chosen_model(dataset) -> str:
@@ -270,11 +275,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_train_command(commands: argparse._SubParsersAction) -> None:
-    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
-    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
-    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
-    p.add_argument("--target", help=TARGET_HELP)
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """``paragrad train``'s model: the family (chosen from the target unless given) and its
+    hyperparameters."""
     p.add_argument(
         "--model",
         choices=MODELS,
@@ -292,6 +295,14 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         default="classification",
         help="MLP task",
     )
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
+    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
+    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
+    p.add_argument("--target", help=TARGET_HELP)
+    _add_model_options(p)
     p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
     p.add_argument(
         "--batch-size",

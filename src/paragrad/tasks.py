@@ -57,6 +57,14 @@ class EncodeLabels(Task):
     classes: np.ndarray
     mutates_shard: ClassVar[bool] = True
 
+    @classmethod
+    def needed_for(cls, classes: np.ndarray | None) -> EncodeLabels | None:
+        """The task for numeric labels that are not already ``0..k-1``; None when none is."""
+        if classes is None:
+            return None
+        values = classes.astype(np.float64)
+        return None if np.array_equal(values, np.arange(len(values))) else cls(values)
+
     def __call__(self, shard: Shard) -> None:
         y = shard.labels
         shard.y = np.searchsorted(self.classes, y).astype(y.dtype)

@@ -236,10 +236,9 @@ def _set_up_model(
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
-    if model.classes_ is not None and data.classes is None:
-        classes = model.classes_.astype(np.float64)
-        if not np.array_equal(classes, np.arange(len(classes))):  # -1/1, 1/2, ...: code them 0..k-1
-            runner.run(EncodeLabels(classes))
+    coding = None if data.classes is not None else EncodeLabels.needed_for(model.classes_)
+    if coding is not None:  # numeric labels other than 0..k-1 (-1/1, 1/2, ...)
+        runner.run(coding)
     model.standardizer_ = None
     stats = combine_moments([part for *_, part in described]) if gather else None
     if standardize:
@@ -258,18 +257,10 @@ def root_mean_square(stats: Moments) -> np.ndarray:
 def _progress_bar(total: int, show: bool | None) -> Any:
     from tqdm.auto import tqdm
 
-    if show is None:
-        show = sys.stderr.isatty()
-    # Shown only once a run has taken a second: short runs print nothing.
-    return tqdm(
-        total=total,
-        unit="round",
-        disable=not show,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        delay=1.0,
-    )
+    # Unless asked for, shown on a terminal once a run has taken a second: short runs print nothing.
+    shown, delay = (sys.stderr.isatty(), 1.0) if show is None else (show, 0.0)
+    style = {"unit": "round", "leave": False, "file": sys.stderr, "dynamic_ncols": True}
+    return tqdm(total=total, disable=not shown, delay=delay, **style)
 
 
 @dataclass
