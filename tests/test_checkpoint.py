@@ -90,7 +90,7 @@ def test_damaged_metadata_is_refused(saved_model):
     [
         ({"num_features": "abc"}, "num_features 'abc'"),
         ({"num_features": -3}, "num_features -3"),
-        ({"classes": ["a", "b"]}, "damaged model metadata"),
+        ({"classes": [{"a": 1}, {"b": 2}]}, "damaged model metadata"),
         ({"feature_names": ["only", "two"]}, "2 feature names for 5 features"),
         ({"version": 99}, "version 99 is not supported"),
     ],
@@ -129,3 +129,23 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_write(target, "w") as handle:
         handle.write("new")
     assert target.read_text() == "new"
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [["no", "yes"], [-1, 1], [False, True], [0.5, 1.5, 2.5]],
+    ids=["text", "ints", "bools", "floats"],
+)
+def test_a_model_file_keeps_the_classes_in_their_own_type(tmp_path, labels):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    y = np.asarray(labels)[np.arange(60) % len(labels)]
+    model = pg.models.LogisticRegression(l2=0.1) if len(labels) == 2 else pg.models.SoftmaxRegression(l2=0.1)
+    pg.train(model, pg.Dataset(X, y), engine="serial")
+
+    model.save(tmp_path / "model.npz")
+    loaded = pg.load_model(tmp_path / "model.npz")
+
+    assert loaded.classes_.tolist() == labels
+    assert [type(value) for value in loaded.predict(X).tolist()] == [type(labels[0])] * len(X)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

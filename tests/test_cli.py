@@ -145,7 +145,7 @@ def expect_clear_error(result, phrase: str, *unwritten) -> None:
         ("a,b,label\n1,2,0\n3,4,1\n", [], "target column 'y' not found (columns: a, b, label)"),
         ("a,b,y\n1,x,0\n3,4,1\n", [], "column 'b' is not numeric (line 2 holds 'x'): drop it with --drop b"),
         ("a,b,y\n1,2,0\n,4,1\n", [], "missing value in column 'a' at line 3; skip such rows with --dropna"),
-        ("a,b,y\n1,2,0\n3,4,2\n", [], "needs labels 0 and 1; found labels up to 2"),
+        ("a,b,y\n1,2,0\n3,4,2\n5,6,1\n", [], "takes two classes, but the target has 3"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "3"], "3 workers need at least 3 rows, but the data has 2"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--lr", "0"], "learning rate must be a positive number"),
     ],
@@ -288,3 +288,127 @@ def test_predict_converts_a_float16_npy_chunk_by_chunk(tmp_path):
     np.testing.assert_allclose(
         np.load(tmp_path / "p.npy"), run.model.predict(X16.astype(np.float64)), rtol=1e-12
     )
+
+
+def labelled_csv(path, labels, rows: int = 120):
+    """A CSV of two features and a target ``y`` holding ``labels`` (written as given),
+    the label of each row following its first feature, with some noise."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((rows, 2))
+    codes = np.digitize(X[:, 0] + 0.5 * rng.standard_normal(rows), np.linspace(-1, 1, len(labels) - 1))
+    lines = [f"{a:.6f},{b:.6f},{labels[code]}" for (a, b), code in zip(X, codes, strict=True)]
+    path.write_text("a,b,y\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("labels", "chosen", "typed"),
+    [
+        (["no", "yes"], "model: logistic (2 classes: no, yes)", str),
+        (["-1", "1"], "model: logistic (2 classes: -1, 1)", int),
+        (["1", "2"], "model: logistic (2 classes: 1, 2)", int),
+        (["false", "true"], "model: logistic (2 classes: False, True)", bool),
+        (["low", "mid", "high"], "model: softmax (3 classes: high, low, mid)", str),
+    ],
+    ids=["yes-no", "minus-one-one", "one-two", "true-false", "three-texts"],
+)
+def test_zero_flag_training_predicts_and_evaluates_in_the_labels_own_type(tmp_path, labels, chosen, typed):
+    data = labelled_csv(tmp_path / "data.csv", labels)
+    model, out = tmp_path / "m.npz", tmp_path / "p.csv"
+
+    trained = run_cli("train", data, "--target", "y", "--out", model, "--workers", "2")
+    predicted = run_cli("predict", model, data, "--out", out, "--workers", "2")
+    evaluated = run_cli("evaluate", model, data, "--json")
+
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.splitlines()[0] == chosen
+    assert predicted.returncode == 0, predicted.stderr
+    values = pacsv.read_csv(out).column("prediction").to_pylist()
+    written = [str(label).lower() for label in values]
+    assert set(written) <= {label.lower() for label in labels}
+    assert all(type(value) is typed for value in values)
+    metrics = json.loads(evaluated.stdout)
+    assert evaluated.returncode == 0 and metrics["accuracy"] > 0.5, evaluated.stderr
+
+
+def test_zero_flag_training_of_a_regression_file(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 3))
+    y = X @ [1.0, -2.0, 0.5] + 0.1 * rng.standard_normal(200)
+    data = tmp_path / "data.csv"
+    pg.save_dataset(pg.Dataset(X, y), data)
+    model, out = tmp_path / "m.npz", tmp_path / "p.csv"
+
+    trained = run_cli("train", data, "--target", "y", "--out", model)
+    predicted = run_cli("predict", model, data, "--out", out)
+    evaluated = run_cli("evaluate", model, data, "--json")
+
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.splitlines()[0] == "model: linear (target y, 200 distinct values)"
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(pacsv.read_csv(out).column("prediction")) == 200
+    assert json.loads(evaluated.stdout)["r2"] > 0.99
+
+
+def test_model_overrides_the_choice_and_a_constant_target_is_refused(tmp_path):
+    data = labelled_csv(tmp_path / "data.csv", ["0", "1"])
+    overridden = run_cli("train", data, "--target", "y", "--model", "linear", "--engine", "serial")
+    constant = write_csv(tmp_path / "constant.csv", "a,y\n1,5\n2,5\n3,5\n")
+
+    refused = run_cli("train", constant, "--target", "y", "--engine", "serial")
+
+    assert overridden.returncode == 0, overridden.stderr
+    assert not overridden.stdout.startswith("model:")
+    expect_clear_error(refused, "every value of target y is 5")
+
+
+def test_text_labels_for_a_regression_model_are_one_clear_line(tmp_path):
+    data = labelled_csv(tmp_path / "data.csv", ["no", "yes"])
+    result = run_cli("train", data, "--target", "y", "--model", "linear", "--engine", "serial")
+    expect_clear_error(result, "LinearRegression needs a numeric target, but it holds labels (no, yes)")
+
+
+def test_every_train_option_shows_its_default_in_help():
+    from paragrad.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    flags = [a.option_strings[-1] for a in commands.choices["train"]._actions if a.option_strings]
+    flags = [flag for flag in flags if flag not in ("--help", "--no-progress")]
+
+    text = run_cli("train", "--help").stdout
+    options = text[text.index("options:") :]
+
+    for flag, after in zip(flags, [*flags[1:], None], strict=True):
+        start = options.index(f"  {flag}")
+        chunk = options[start : options.index(f"  {after}", start) if after else None]
+        assert "default" in chunk, chunk
+
+
+def test_train_without_out_says_nothing_was_saved(tmp_path):
+    data = labelled_csv(tmp_path / "data.csv", ["no", "yes"])
+    result = run_cli("train", data, "--target", "y", "--engine", "serial")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "not saved: give --out FILE to keep the model"
+    assert "training loss" in result.stdout
+
+
+def test_sigterm_stops_training_with_exit_status_143(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data.npz"
+    pg.save_dataset(pg.make_classification(20000, 20, seed=0), data)
+    command = [sys.executable, "-m", "paragrad", "train", data, "--model", "logistic", "--workers", "2"]
+    args = [*command, "--strategy", "sgd", "--batch-size", "1", "--epochs", "1000", "--tol", "0"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "paragrad: terminated"

@@ -128,10 +128,11 @@ def test_classifier_predictions_and_probabilities():
 @pytest.mark.parametrize(
     ("model", "labels", "message"),
     [
-        (LogisticRegression(), [0.0, 1.0, 2.0], "needs labels 0 and 1; found labels up to 2"),
+        (LogisticRegression(), [0.0, 1.0, 2.0], "takes two classes, but the target has 3"),
         (LogisticRegression(), [1.0], "at least two classes; every label is 1"),
-        (SoftmaxRegression(), [0.0, 0.5, 1.0], r"class labels 0..k-1 \(integers\); found 0.5"),
-        (SoftmaxRegression(), [-1.0, 0.0], "found -1"),
+        (LogisticRegression(), ["yes"], "at least two classes; every label is 'yes'"),
+        (SoftmaxRegression(num_classes=3), [1.0, 3.0], "num_classes=3 declares labels 0..2; found 1, 3"),
+        (SoftmaxRegression(num_classes=3), ["a", "b"], "num_classes=3 declares labels 0..2"),
         (MLP(), np.arange(1500.0), "more than 1000 distinct values"),
     ],
 )
@@ -333,3 +334,55 @@ def test_penalty_hessian_matches_finite_differences_of_the_penalty_gradient(kind
     # Assert
     np.testing.assert_allclose(np.diag(diagonal), numeric, atol=1e-9)
     assert diagonal.dtype == np.float64 and set(np.unique(diagonal)) <= {0.0, model.l2}
+
+
+def labelled(num_classes: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and class codes 0..num_classes-1 (every class present)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((rows, 3))
+    return X, (np.arange(rows) % num_classes).astype(float)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [["no", "yes"], [-1, 1], [1, 2], [False, True], [0.5, 1.5]],
+    ids=["text", "minus-one-one", "one-two", "booleans", "fractions"],
+)
+def test_labels_of_any_kind_train_the_same_parameters_as_codes(labels):
+    X, codes = labelled(2, 120)
+    reference = pg.train(LogisticRegression(l2=0.1), pg.Dataset(X, codes), engine="serial").params
+    y = np.asarray(labels)[codes.astype(int)]
+
+    model = LogisticRegression(l2=0.1)
+    pg.train(model, pg.Dataset(X, y), engine="serial")
+
+    np.testing.assert_allclose(model.params, reference, rtol=1e-10, atol=1e-12)
+    assert model.classes_.tolist() == labels
+    positive = model.predict_proba(X)[:, 1] > 0.5
+    np.testing.assert_array_equal(model.predict(X), np.asarray(labels)[positive.astype(int)])
+    assert type(model.predict(X[:1])[0].item()) is type(labels[0])
+
+
+def test_softmax_labels_are_sorted_classes_in_their_own_type():
+    X, codes = labelled(4, 150)
+    y = np.array(["c", "a", "b", "d"])[codes.astype(int)]
+
+    model = SoftmaxRegression(l2=0.1)
+    pg.train(model, pg.Dataset(X, y), engine="serial")
+
+    assert model.classes_.tolist() == sorted(set(y.tolist()))
+    assert set(model.predict(X).tolist()) <= set(y.tolist())
+    assert model.loss(X, y) < np.log(len(model.classes_))
+
+
+def test_unknown_labels_and_text_regression_targets_are_refused():
+    X, codes = labelled(2, 50)
+    y = np.where(codes > 0, "yes", "no")
+    model = LogisticRegression()
+    pg.train(model, pg.Dataset(X, y), engine="serial")
+
+    unknown = r"label 'maybe' at row 2 is not one of the model's classes \('no', 'yes'\)"
+    with pytest.raises(pg.DataError, match=unknown):
+        model.loss(X[:2], ["no", "maybe"])
+    with pytest.raises(pg.DataError, match="LinearRegression needs a numeric target, but it holds labels"):
+        pg.train(LinearRegression(), pg.Dataset(X, y), engine="serial")

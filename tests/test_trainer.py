@@ -30,7 +30,7 @@ def test_history_has_one_record_per_round_with_the_documented_keys(binary_data):
         assert record["bytes_sent"] == 2 * (run.params.nbytes + 8)
         assert record["wall_s"] >= record["compute_s"] >= 0
     assert run.final_loss == run.history[-1]["loss"]
-    assert "rounds      8" in run.summary()
+    assert "rounds        8" in run.summary()
 
 
 def test_gradient_descent_does_not_depend_on_how_rows_are_sharded(regression_data):

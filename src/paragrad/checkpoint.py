@@ -23,8 +23,14 @@ import numpy as np
 from paragrad.atomic import atomic_write
 from paragrad.data import Standardizer, open_numpy
 from paragrad.data.encoding import Encoding
-from paragrad.errors import ConfigError, ModelFileError, ParagradError, check_positive_int
-from paragrad.model_file import FORMAT, VERSION, save_encoding
+from paragrad.errors import (
+    ConfigError,
+    ModelFileError,
+    ParagradError,
+    caller_stacklevel,
+    check_positive_int,
+)
+from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
 
 
@@ -32,7 +38,6 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
     model._check_trained()
     model.save(path)
-    save_encoding(model, path)
 
 
 def load_model(path: str | os.PathLike) -> Model:
@@ -71,7 +76,9 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features {num_features!r}")
         classes = meta["classes"]
-        labels = None if classes is None else np.asarray(classes, dtype=np.float64)
+        labels = None if classes is None else np.asarray(classes)
+        if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "biufU"):
+            raise ValueError(f"classes {classes!r}")
         names = meta["feature_names"]
         if names is not None and len(names) != num_features:
             raise ValueError(f"{len(names)} feature names for {num_features} features")
@@ -94,7 +101,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
         )
     model.params_ = params
     model.standardizer_ = standardizer
-    model.encoding_ = encoding  # type: ignore[attr-defined]
+    model.encoding_ = encoding
     return model
 
 
@@ -189,7 +196,8 @@ def load_latest_checkpoint(
         except ConfigError:
             raise
         except (ModelFileError, KeyError, TypeError, ValueError) as exc:
-            warnings.warn(f"{path}: skipped a damaged checkpoint ({exc})", CheckpointWarning, stacklevel=3)
+            message = f"{path}: skipped a damaged checkpoint ({exc})"
+            warnings.warn(message, CheckpointWarning, stacklevel=caller_stacklevel())
     return None
 
 

@@ -30,7 +30,7 @@ from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import MODELS, get_model
 from paragrad.optim import OPTIMIZERS, get_optimizer
 from paragrad.optim.base import positive
-from paragrad.settings import default_optimizer
+from paragrad.settings import MAX_GUESSED_CLASSES, choose_model, default_optimizer
 from paragrad.strategies import STRATEGIES, get_strategy
 from paragrad.trainer import train
 
@@ -170,10 +170,11 @@ def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
-    # Workers that read their own rows of a Parquet file (Ray's) spare reading it here.
-    lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES
+    # Workers that read their own rows of a Parquet file (Ray's) spare reading it here;
+    # choosing the model reads the target, so it needs the file read.
+    lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES and bool(args.model)
     dataset = _load_training_data(args, lazy)
-    model_class = get_model(args.model)
+    model_class = get_model(args.model or _chosen_model(dataset))
     model_options = {"l2": args.l2}
     if model_class.name == "mlp":
         model_options.update(hidden=args.hidden, activation=args.activation, task=args.task)
@@ -223,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
     )
-    model.encoding_ = dataset.encoding  # type: ignore[attr-defined]  # saved with the model
+    model.encoding_ = dataset.encoding  # saved with the model
     try:
         run = train(model, dataset, **options)
     except TrainingDiverged as exc:
@@ -238,14 +239,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strict and not run.converged:
         print(f"paragrad: error: {run.outcome}; raise --epochs or --tol (no model saved)", file=sys.stderr)
         return NOT_CONVERGED
-    if args.out is not None:
-        run.save(args.out)
-        print(f"saved       {args.out}")
+    _save(run, args.out)
     if not run.converged:
         print(
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _save(run, out: Path | None) -> None:
+    """Save the model to ``out``, or say that it was not saved."""
+    if out is None:
+        print("not saved: give --out FILE to keep the model")
+        return
+    run.save(out)
+    print(f"saved         {out}")
+
+
+def _chosen_model(dataset) -> str:
+    """The model the target calls for, said in one line (``--model`` overrides it)."""
+    if not dataset.has_labels:
+        raise ConfigError(f"{dataset.source}: name the label column with --target")
+    name, reason = choose_model(dataset)
+    print(f"model: {name} ({reason})")
+    return name
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -304,6 +321,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help says its default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
+        return f"{text} (default: {default})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes end as one line on stderr, like every other error."""
 
@@ -311,14 +339,19 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_train_command(commands: argparse._SubParsersAction) -> None:
-    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
-    p = commands.add_parser("train", help="train a model on a data file")
-    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
-    p.add_argument("--target", help=TARGET_HELP)
-    p.add_argument("--model", choices=MODELS, required=True)
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """``paragrad train``'s model: the family (chosen from the target unless given) and its
+    hyperparameters."""
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="default: chosen from the target: logistic for 2 distinct values, softmax for 3 to "
+        f"{MAX_GUESSED_CLASSES} whole numbers or labels, else linear",
+    )
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
-    p.add_argument("--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64")
+    p.add_argument(
+        "--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64 (default: 64)"
+    )
     p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="MLP activation")
     p.add_argument(
         "--task",
@@ -326,9 +359,19 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         default="classification",
         help="MLP task",
     )
-    p.add_argument("--strategy", choices=STRATEGIES, default="gd")
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
+    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
+    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
+    p.add_argument("--target", help=TARGET_HELP)
+    _add_model_options(p)
+    p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
     p.add_argument(
-        "--batch-size", type=_positive_int, help="rows per worker per step (sgd 256, local-sgd 64)"
+        "--batch-size",
+        type=_positive_int,
+        help="rows per worker per step (default: 256 for sgd, 64 for local-sgd)",
     )
     p.add_argument(
         "--local-steps",
@@ -345,7 +388,9 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         "softmax (up to 1024 parameters, rows x parameters^2 up to 1e9), else lbfgs; adam for sgd "
         "and local-sgd",
     )
-    p.add_argument("--lr", type=float, help="learning rate (sgd 0.1, adam 0.01; lbfgs: first trial step, 1)")
+    p.add_argument(
+        "--lr", type=float, help="learning rate (default: sgd 0.1, adam 0.01; lbfgs: first trial step, 1)"
+    )
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument(
@@ -354,7 +399,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         help="passes over the data; rounds for gd (default: 500 for gd, which stops once converged; "
         "10 for sgd and local-sgd)",
     )
-    p.add_argument("--max-rounds", type=_positive_int)
+    p.add_argument("--max-rounds", type=_positive_int, help="a cap on rounds (default: no cap)")
     p.add_argument(
         "--tol",
         type=float,
@@ -367,12 +412,19 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"stopping before converging is an error (exit status {NOT_CONVERGED}; nothing saved)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the start, the sampling and the shuffle")
     p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
     p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
-    p.add_argument("--out", type=Path, help="where to save the trained model (.npz)")
+    p.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="float type of the data"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal, once a run takes a second)",
+    )
+    p.add_argument("--out", type=Path, help="where to save the trained model, .npz (default: not saved)")
     p.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints to this folder")
     p.add_argument(
         "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
@@ -434,9 +486,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"paragrad: warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C so that workers stop and shared memory is released."""
+
+
 def _terminate(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so workers stop and shared memory is released."""
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,9 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paragrad: error: {where}{exc.strerror or exc}", file=sys.stderr)
     except MemoryError:
         print("paragrad: error: out of memory: use smaller data, model or batches", file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # the shell's codes: 128 + the signal's number
+        if isinstance(exc, Terminated):
+            print("paragrad: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("paragrad: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     return 1
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,6 +45,20 @@ class TrainingDiverged(ParagradError, ArithmeticError):
         super().__init__(message)
         self.params = params
         self.round_index = round_index
+
+
+class PerformanceWarning(UserWarning):
+    """Settings that work, but waste the machine or do less than asked (clipped batches)."""
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the calling function point at the
+    first caller outside paragrad: the user's line, however deep the warning is raised."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ConvergenceWarning(UserWarning):

@@ -19,7 +19,7 @@ from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, make_engine, reads_own_rows
 from paragrad.errors import ConfigError, DataError
-from paragrad.models.base import Model, check_class_labels
+from paragrad.models.base import Model
 from paragrad.shards import plan_shards
 from paragrad.tasks import PredictShard
 
@@ -65,7 +65,7 @@ def read_features(
             target,
             features=model.feature_names_,
             num_features=model.num_features_,
-            one_hot=getattr(model, "encoding_", None) or (),  # only models trained on tables have it
+            one_hot=model.encoding_ or (),
             delimiter=delimiter,
             dtype=None,
             check_finite=check_finite,
@@ -130,7 +130,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of a trained model on labelled data.
 
-    Classifiers: mean log-loss and accuracy. Regression: mean loss ``1/2 (pred - y)^2``,
+    Classifiers: mean log-loss and accuracy, against labels of the kind the model was
+    trained on (text, booleans or numbers). Regression: mean loss ``1/2 (pred - y)^2``,
     RMSE and R^2. ``target`` names the label column of a table (default: the column the
     model was trained on); ``delimiter`` overrides the one read from a text table.
     """
@@ -142,14 +143,13 @@ def evaluate(
     dataset = read_features(model, data, target, delimiter=delimiter)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
-    y = dataset.y.astype(np.float64)
-    if model.is_classifier:
-        check_class_labels(model, y)
+    y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
     predictions = model.predict(dataset.X)
     if model.is_classifier:
-        metrics["accuracy"] = float(np.mean(predictions == y))
+        metrics["accuracy"] = float(np.mean(model.codes_of(predictions) == model.codes_of(y)))
     else:
+        y = y.astype(np.float64)
         residual = predictions - y
         metrics["rmse"] = float(np.sqrt(np.mean(residual**2)))
         spread = float(np.sum((y - y.mean()) ** 2))

@@ -48,21 +48,3 @@ def write_model_file(
         **standardizer_arrays(standardizer),
     }
     write_arrays(path, arrays)
-
-
-def add_to_meta(path: str | os.PathLike, entries: dict[str, Any]) -> None:
-    """Add JSON-able ``entries`` (a one-hot ``encoding``, say) to a model file's metadata;
-    the file is rewritten atomically."""
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    meta = {**json.loads(str(arrays["meta"])), **entries}
-    arrays["meta"] = np.array(json.dumps(meta))
-    write_arrays(path, arrays)
-
-
-def save_encoding(model: Any, path: str | os.PathLike) -> None:
-    """Add the model's one-hot encoding (``model.encoding_``), if it has one, to its file,
-    so that predicting encodes new data the same way."""
-    encoding = getattr(model, "encoding_", None)  # set by whoever trained it on encoded data
-    if encoding is not None:
-        add_to_meta(path, {"encoding": encoding.to_json()})

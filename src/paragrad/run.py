@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.model_file import save_encoding
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
 from paragrad.strategies import Strategy
@@ -41,8 +40,10 @@ class Run:
     strategy: Strategy
     engine: str
     num_workers: int
-    wall_s: float
+    wall_s: float  # the rounds
     stopped: str = "converged"  # or "solved", "round limit", "line search stalled", "no finite optimum"
+    setup_s: float = 0.0  # starting the workers, placing the data, the set-up pass
+    total_s: float = 0.0  # the whole call to train
 
     @property
     def outcome(self) -> str:
@@ -65,30 +66,36 @@ class Run:
         return self.history[-1]["loss"] if self.history else math.nan
 
     def summary(self) -> str:
-        """A table of the run: rounds, loss, speed, where the time went, traffic and cost.
+        """A table of the run: rounds, training loss, speed, where the time went, traffic, cost.
 
-        Each round's wall time splits into computing (the workers' mean), waiting for the
-        slowest worker, communication (moving data between processes) and the
-        coordinator's own work. Worker-seconds are workers x wall time: what a
-        pay-per-use cloud bills for holding the workers.
+        The whole call splits into set-up (starting the workers, placing the data, the
+        set-up pass) and the rounds; each round's wall time splits into computing (the
+        workers' mean), waiting for the slowest worker, communication (moving data
+        between processes) and the coordinator's own work. Speed counts the rows the
+        workers computed on per second of rounds. Worker-seconds are workers x the whole
+        call: what a pay-per-use cloud bills for holding the workers.
         """
         total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:]}
         wait, slowest = total["wait_s"], total["compute_s"]
         compute = slowest - wait
         coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
         wall = max(total["wall_s"], 1e-12)
+        whole = max(self.total_s, self.setup_s + total["wall_s"])
         lines = [
-            f"model       {self.model!r}",
-            f"strategy    {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
-            f"rounds      {len(self.history)} ({self.outcome})",
-            f"final loss  {self.final_loss:.6g}",
-            f"speed       {total['samples'] / wall:,.0f} samples/s",
-            f"time        {total['wall_s']:.3f} s: computing {compute:.3f} s, waiting for the slowest "
-            f"{wait:.3f} s, communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
-            f"traffic     {total['bytes_sent'] / 1e6:.3f} MB sent, "
+            f"model         {self.model!r}",
+            f"strategy      {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
+            f"rounds        {len(self.history)} ({self.outcome})",
+            f"training loss {self.final_loss:.6g}",
+            f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",
+            f"time          {whole:.3f} s in all: set-up {self.setup_s:.3f} s (starting workers, placing "
+            f"data, set-up pass), rounds {total['wall_s']:.3f} s",
+            f"rounds time   computing {compute:.3f} s, waiting for the slowest {wait:.3f} s, "
+            f"communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
+            f"traffic       {total['bytes_sent'] / 1e6:.3f} MB sent, "
             f"{total['bytes_received'] / 1e6:.3f} MB received",
-            f"cost        {total['wall_s'] * self.num_workers:.3f} worker-seconds",
-            f"stragglers  {slowest / compute if compute > 0 else 1.0:.2f} (slowest worker's compute / mean)",
+            f"cost          {whole * self.num_workers:.3f} worker-seconds",
+            f"stragglers    {slowest / compute if compute > 0 else 1.0:.2f} "
+            "(slowest worker's compute / mean)",
         ]
         return "\n".join(lines)
 
@@ -96,7 +103,6 @@ class Run:
         """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
         self.model._check_trained()
         self.model.save(path)
-        save_encoding(self.model, path)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from paragrad.data import Dataset
@@ -9,7 +11,41 @@ from paragrad.errors import ConfigError, DataError, check_positive_int
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
-from paragrad.strategies import GradientDescent, Strategy
+from paragrad.shards import default_workers
+from paragrad.strategies import SGD, GradientDescent, LocalSGD, Strategy
+
+if TYPE_CHECKING:
+    from paragrad.engines import Engine
+
+# The most distinct whole-number (or text) targets that choose_model reads as classes; more
+# are a regression target. Twenty covers ratings, digits and the usual category columns.
+MAX_GUESSED_CLASSES = 20
+
+
+def choose_model(data: Dataset) -> tuple[str, str]:
+    """The model the target calls for, and why in words: logistic for two distinct values,
+    softmax for 3 to ``MAX_GUESSED_CLASSES`` whole numbers or texts, else linear for numbers.
+    """
+    y = data.labels
+    if y is None:
+        raise DataError(f"{data.source}: no target values to train on (name the label column)")
+    distinct = np.unique(y)
+    target = data.target_name or "y"
+    numeric = data.classes is None
+    if len(distinct) < 2:
+        raise DataError(f"{data.source}: every value of target {target} is {distinct[0]}: nothing to learn")
+    whole = numeric and np.array_equal(distinct, np.round(distinct))
+    if len(distinct) == 2 or ((whole or not numeric) and len(distinct) <= MAX_GUESSED_CLASSES):
+        shown = [f"{value:g}" if numeric else str(value) for value in distinct[:10].tolist()]
+        listed = ", ".join(shown) + (", ..." if len(distinct) > 10 else "")
+        name = "logistic" if len(distinct) == 2 else "softmax"
+        return name, f"{len(distinct)} classes: {listed}"
+    if not numeric:
+        raise DataError(
+            f"{data.source}: target {target} has {len(distinct)} distinct labels, more than "
+            f"{MAX_GUESSED_CLASSES}: choose --model softmax if they are classes"
+        )
+    return "linear", f"target {target}, {len(distinct)} distinct values"
 
 
 def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
@@ -24,6 +60,12 @@ def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
         raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
+    if data.classes is not None and not model.is_classifier:
+        shown = ", ".join(map(str, data.classes[:5].tolist()))
+        raise DataError(
+            f"{data.source}: {type(model).__name__} needs a numeric target, but it holds labels "
+            f"({shown}): use LogisticRegression or SoftmaxRegression (--model logistic or softmax)"
+        )
 
 
 def check_settings(
@@ -51,6 +93,25 @@ def check_settings(
     check_positive_int("workers", workers, allow_none=True)
     if not isinstance(tol, (int, float)) or not tol >= 0:
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
+
+
+def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int, ...]) -> list[str]:
+    """What works but wastes the machine or does less than asked: more worker threads
+    than this process's cores, or batches larger than a shard (clipped to it)."""
+    messages = []
+    threads, cores = runner.num_workers * runner.threads_per_worker, default_workers()
+    if runner.shares_cores and threads > cores:
+        messages.append(
+            f"{runner.num_workers} workers x {runner.threads_per_worker} threads_per_worker = {threads} "
+            f"threads on {cores} cores: they slow each other down; lower workers or threads_per_worker"
+        )
+    batch = strategy.batch_size if isinstance(strategy, (SGD, LocalSGD)) else None
+    if batch is not None and batch > min(shard_sizes):
+        messages.append(
+            f"batch_size {batch} is larger than the smallest shard ({min(shard_sizes)} rows): "
+            "its batches are the whole shard"
+        )
+    return messages
 
 
 MAX_FACTOR_FEATURES = 4096  # least squares by QR: a (d+2)^2 factor per worker

@@ -31,8 +31,10 @@ class WorkerResult(NamedTuple):
     """What a worker returns: rows used, loss sum over them, and a vector.
 
     The vector is a gradient sum (GradientDescent, SGD) or the worker's trained
-    parameters (LocalSGD). ``compute_s`` is the worker's own computing time. ``matrix``
-    holds what a full-batch solver needs besides (see ``Optimizer.needs``).
+    parameters (LocalSGD). ``count`` weighs the worker's result when results combine;
+    ``processed`` is how many rows it computed on, when that differs (LocalSGD's local
+    steps). ``compute_s`` is the worker's own computing time. ``matrix`` holds what a
+    full-batch solver needs besides (see ``Optimizer.needs``).
     """
 
     count: int  # type: ignore[assignment]  # a field: it hides tuple.count on purpose
@@ -40,6 +42,12 @@ class WorkerResult(NamedTuple):
     vector: Any  # an array, or its compressed payload
     compute_s: float = 0.0
     matrix: np.ndarray | None = None  # a Hessian sum or a least-squares factor, when needed
+    processed: int | None = None  # rows computed on, when not ``count``
+
+    @property
+    def rows_processed(self) -> int:
+        """Rows the worker computed on in the round."""
+        return self.count if self.processed is None else self.processed
 
 
 class StepOutcome(NamedTuple):
@@ -391,17 +399,19 @@ class LocalSGD(Strategy):
             first, num_steps = round_index * self.local_steps, self.local_steps
         optimizer = optimizer.starting_at(first)
         state = optimizer.init(params)
-        theta, loss_total = params, 0.0
+        theta, loss_total, processed = params, 0.0, 0
         for batch in range(first, first + num_steps):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
             X, y = shard.X[rows], shard.labels[rows]
             loss, grad = model.loss_grad(theta, X, y)
             penalty, penalty_grad = model.penalty(theta)
             loss_total += loss / X.shape[0] + penalty
+            processed += X.shape[0]
             theta, state = optimizer.update(grad / X.shape[0] + penalty_grad, state, theta)
         # Compressed, the worker sends its change of the parameters rather than them.
         sent = theta if self.compress is None else self.send(shard, theta - params, plan, round_index)
-        return WorkerResult(shard.num_rows, loss_total / num_steps * shard.num_rows, sent)
+        loss_sum = loss_total / num_steps * shard.num_rows  # weighted by the shard, as the average is
+        return WorkerResult(shard.num_rows, loss_sum, sent, processed=processed)
 
     def settings(self) -> dict[str, Any]:
         return {"local_steps": self.local_steps, "batch_size": self.batch_size, "server_lr": self.server_lr}

@@ -47,6 +47,30 @@ class StandardizeShard(Task):
 
 
 @dataclass(frozen=True)
+class EncodeLabels(Task):
+    """Replace the shard's labels by their positions among ``classes`` (sorted floats),
+    so the models see classes ``0..k-1`` whatever the labels are (-1/1, 1/2, ...).
+
+    It changes the shard, so an engine replays it on a worker it restarts.
+    """
+
+    classes: np.ndarray
+    mutates_shard: ClassVar[bool] = True
+
+    @classmethod
+    def needed_for(cls, classes: np.ndarray | None) -> EncodeLabels | None:
+        """The task for numeric labels that are not already ``0..k-1``; None when none is."""
+        if classes is None:
+            return None
+        values = classes.astype(np.float64)
+        return None if np.array_equal(values, np.arange(len(values))) else cls(values)
+
+    def __call__(self, shard: Shard) -> None:
+        y = shard.labels
+        shard.y = np.searchsorted(self.classes, y).astype(y.dtype)
+
+
+@dataclass(frozen=True)
 class GetWorkerState(Task):
     """The worker's state fields (error-feedback residuals), for a checkpoint."""
 

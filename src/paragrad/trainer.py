@@ -8,6 +8,7 @@ between methods through attributes set on the side.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -30,17 +31,26 @@ from paragrad.engines import Engine, make_engine
 from paragrad.errors import (
     ConfigError,
     ConvergenceWarning,
+    PerformanceWarning,
     TrainingDiverged,
     WorkerError,
     WorkerLost,
+    caller_stacklevel,
 )
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.settings import check_inputs, check_settings, default_optimizer
+from paragrad.settings import check_inputs, check_settings, default_optimizer, resource_warnings
 from paragrad.shards import StateField, plan_shards
 from paragrad.strategies import GradientDescent, RoundPlan, StepOutcome, Strategy, WorkerResult
-from paragrad.tasks import DescribeShard, GetWorkerState, SetWorkerState, StandardizeShard, TrainStep
+from paragrad.tasks import (
+    DescribeShard,
+    EncodeLabels,
+    GetWorkerState,
+    SetWorkerState,
+    StandardizeShard,
+    TrainStep,
+)
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 
@@ -133,6 +143,7 @@ def train(
     Run
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
+    call_started = time.perf_counter()
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
@@ -155,6 +166,8 @@ def train(
     )
     try:
         plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
+        for message in resource_warnings(runner, strategy, plan.sizes):
+            warnings.warn(message, PerformanceWarning, stacklevel=2)
         runner.start(data, plan)
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
@@ -169,10 +182,12 @@ def train(
                 f"but this data has {config.classes}"
             )
         loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
-        return loop.run(resumed, checkpoints, config, progress)
+        setup_s = time.perf_counter() - call_started
+        run = loop.run(resumed, checkpoints, config, progress)
     finally:
         if own_engine:
             runner.close()
+    return dataclasses.replace(run, setup_s=setup_s, total_s=time.perf_counter() - call_started)
 
 
 def _load_resume_state(
@@ -188,7 +203,7 @@ def _load_resume_state(
         warnings.warn(
             f"{checkpoint_dir}: no checkpoint to resume from; starting from the beginning",
             CheckpointWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
         return None
     differences = config.differences(state.config)
@@ -218,7 +233,12 @@ def _set_up_model(
     labels = None
     if model.is_classifier:
         labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
+        if data.classes is not None:  # the shards hold positions among the data's classes
+            labels = data.classes[labels.astype(np.intp)]
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
+    coding = None if data.classes is not None else EncodeLabels.needed_for(model.classes_)
+    if coding is not None:  # numeric labels other than 0..k-1 (-1/1, 1/2, ...)
+        runner.run(coding)
     model.standardizer_ = None
     stats = combine_moments([part for *_, part in described]) if gather else None
     if standardize:
@@ -237,9 +257,10 @@ def root_mean_square(stats: Moments) -> np.ndarray:
 def _progress_bar(total: int, show: bool | None) -> Any:
     from tqdm.auto import tqdm
 
-    if show is None:
-        show = sys.stderr.isatty()
-    return tqdm(total=total, unit="round", disable=not show, leave=False, file=sys.stderr, dynamic_ncols=True)
+    # Unless asked for, shown on a terminal once a run has taken a second: short runs print nothing.
+    shown, delay = (sys.stderr.isatty(), 1.0) if show is None else (show, 0.0)
+    style = {"unit": "round", "leave": False, "file": sys.stderr, "dynamic_ncols": True}
+    return tqdm(total=total, disable=not shown, delay=delay, **style)
 
 
 @dataclass
@@ -282,7 +303,7 @@ class PassMeter:
         self.busy_s += slowest if self.runner.parallel else sum(result.compute_s for result in results)
         self.compute_s += slowest
         self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
-        self.samples += sum(result.count for result in results)
+        self.samples += sum(result.rows_processed for result in results)
         self.sent += self.runner.last_bytes_sent
         self.received += self.runner.last_bytes_received
         return results
@@ -356,13 +377,13 @@ class RoundLoop:
             checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
         unbounded = self.unbounded(state)
         if unbounded is not None:
-            warnings.warn(unbounded, ConvergenceWarning, stacklevel=4)
+            warnings.warn(unbounded, ConvergenceWarning, stacklevel=caller_stacklevel())
         elif self.tol > 0 and not state.converged and self.total > 1 and not stalled:
             warnings.warn(
                 f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
         self.model.params_ = state.params
         elapsed = time.perf_counter() - started
@@ -416,7 +437,7 @@ class RoundLoop:
                 f"the checkpoint has error-feedback state for {max(rows)} workers, not "
                 f"{self.runner.num_workers}: it starts again from zero",
                 CheckpointWarning,
-                stacklevel=5,
+                stacklevel=caller_stacklevel(),
             )
             return
         self.runner.run(SetWorkerState(self.state_fields, tuple(arrays[f.name] for f in self.state_fields)))

@@ -45,7 +45,10 @@ class Dataset:
     X : array-like, shape (num_rows, num_features)
         Numeric and finite.
     y : array-like, shape (num_rows,), optional
-        Numeric and finite labels or targets; ``None`` for data to predict on.
+        Numeric and finite targets, or class labels of any kind (numbers, text such as
+        ``"yes"``/``"no"``, booleans); ``None`` for data to predict on. Text or boolean
+        labels are kept in ``classes`` (sorted) and ``y`` holds each row's position
+        among them; :attr:`labels` gives them back.
     feature_names : sequence of str, optional
         One name per column of ``X``.
     target_name : str, optional
@@ -71,6 +74,7 @@ class Dataset:
     # and their categories, and how many rows with missing values ``dropna=True`` skipped.
     encoding: Encoding | None = None
     rows_dropped: int = 0
+    classes: np.ndarray | None = None
 
     def __init__(
         self,
@@ -87,7 +91,7 @@ class Dataset:
         self.source = source
         self.storage = _file_backing(X, dtype)
         self._X = _as_matrix(X, dtype, source)
-        self._y = None if y is None else _as_labels(y, self._X.shape[0], dtype, source)
+        self._y, self.classes = (None, None) if y is None else _as_labels(y, self._X.shape[0], dtype, source)
         if feature_names is not None:
             feature_names = tuple(str(name) for name in feature_names)
             if len(feature_names) != self.X.shape[1]:
@@ -102,11 +106,11 @@ class Dataset:
             _check_finite(self.y[:, None], source, (target_name or "y",), what="the target")
 
     @classmethod
-    def _trusted(cls, X, y, feature_names, target_name, source) -> Dataset:
+    def _trusted(cls, X, y, feature_names, target_name, source, classes=None) -> Dataset:
         """Build a dataset from arrays already validated (a slice or a type change)."""
         ds = cls.__new__(cls)
         ds._X, ds._y, ds.source, ds.storage = X, y, source, _file_backing(X, X.dtype)
-        ds.feature_names, ds.target_name = feature_names, target_name
+        ds.feature_names, ds.target_name, ds.classes = feature_names, target_name, classes
         return ds
 
     @classmethod
@@ -134,6 +138,14 @@ class Dataset:
     def _read_whole(self) -> None:
         whole = self.table.read()
         self._X, self._y, self.storage = whole.X, whole.y, whole.storage
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The labels as given: text or booleans for such a target, else ``y`` itself."""
+        y = self.y
+        if y is None or self.classes is None:
+            return y
+        return self.classes[y.astype(np.intp)]
 
     @property
     def has_labels(self) -> bool:
@@ -165,7 +177,8 @@ class Dataset:
                 return Dataset._lazy(self.table.window(rows))
             return self.table.read(np.arange(self.num_rows)[rows])
         y = None if self.y is None else self.y[rows]
-        return Dataset._trusted(self.X[rows], y, self.feature_names, self.target_name, self.source)
+        names, target = self.feature_names, self.target_name
+        return Dataset._trusted(self.X[rows], y, names, target, self.source, self.classes)
 
     def features_only(self) -> Dataset:
         """The same rows without labels or names: what predicting needs."""
@@ -186,7 +199,7 @@ class Dataset:
             _check_finite(X, self.source, self.feature_names)
             if y is not None:
                 _check_finite(y[:, None], self.source, (self.target_name or "y",), what="the target")
-        return Dataset._trusted(X, y, self.feature_names, self.target_name, self.source)
+        return Dataset._trusted(X, y, self.feature_names, self.target_name, self.source, self.classes)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -252,17 +265,37 @@ def _as_matrix(X, dtype, source):
     return np.ascontiguousarray(X, dtype=dtype)
 
 
-def _as_labels(y, num_rows, dtype, source) -> np.ndarray:
+def _as_labels(y, num_rows, dtype, source) -> tuple[np.ndarray, np.ndarray | None]:
+    """The target as floats, and for text or boolean labels their sorted distinct values
+    (the floats are then each row's position among them)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
-        raise DataError(f"{source}: the target must be real numbers, got values of type {y.dtype}")
     if y.ndim != 1:
         raise DataError(f"{source}: the target must be 1-D, got shape {y.shape}")
     if len(y) != num_rows:
         raise DataError(f"{source}: {num_rows} rows of features but {len(y)} target values")
-    return np.ascontiguousarray(y, dtype=dtype)
+    if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating):
+        return np.ascontiguousarray(y, dtype=dtype), None
+    if y.dtype.kind not in "bUSO":
+        raise DataError(f"{source}: the target must be numbers, text or booleans, got type {y.dtype}")
+    y = _plain_labels(y, source)
+    classes, codes = np.unique(y, return_inverse=True)
+    return np.ascontiguousarray(codes.reshape(-1), dtype=dtype), classes
+
+
+def _plain_labels(y: np.ndarray, source: str) -> np.ndarray:
+    """Text or boolean labels as a plain numpy array (no Python objects); a missing label
+    is an error naming its row."""
+    if y.dtype.kind != "O":
+        return y
+    missing = [row for row, value in enumerate(y.tolist()) if value is None or value != value]
+    if missing:
+        first = missing[0] + 1
+        raise DataError(f"{source}: {len(missing)} missing label(s) in the target; first at row {first}")
+    if all(isinstance(value, (bool, np.bool_)) for value in y.tolist()):
+        return y.astype(bool)
+    return y.astype(str)
 
 
 def _as_csr(X, dtype, source):

@@ -132,7 +132,7 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
             X[:, j] = _numeric_column(path, table.column(name), name, where)
     y = None
     if target_name is not None:
-        y = _numeric_column(path, table.column(target_name), target_name, where, feature=False)
+        y = _target_column(path, table.column(target_name), target_name, where)
     X, y, dropped = _missing_rows(path, X, y, features, target_name, options.dropna, where)
     dataset = Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
     dataset.encoding = encoding if encoding.categories else None
@@ -144,7 +144,7 @@ def _missing_rows(path: Path, X, y, features, target_name, dropna: bool, where):
     """Skip the rows with a missing (empty, NA or NaN) value when ``dropna``, else name the
     first; returns the features, the target and how many rows were skipped."""
     missing = np.isnan(X).any(axis=1)
-    if y is not None:
+    if y is not None and y.dtype.kind == "f":  # labels read as text or booleans have none
         missing |= np.isnan(y)
     count = int(missing.sum())
     if count == 0:
@@ -337,6 +337,21 @@ def _fix_text(name: str, feature: bool = True) -> str:
     if not feature:
         return ""
     return f": drop it with {option('drop', [name])} or encode it with {option('one_hot', [name])}"
+
+
+def _target_column(path: Path, column, name: str, where) -> np.ndarray:
+    """The target column: numbers as float64 (nulls as NaN); text or booleans as they are,
+    for class labels (a missing one is an error naming its row)."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)):
+        return _numeric_column(path, column, name, where, feature=False)
+    if column.null_count:
+        row = next(row for row, value in enumerate(column.to_pylist()) if value is None)
+        count = column.null_count
+        raise DataError(f"{path}: column {name!r} has {count} missing label(s); first at {where(row)}")
+    return np.asarray(column.to_pylist(), dtype=bool if pa.types.is_boolean(kind) else str)
 
 
 def _numeric_column(path: Path, column, name: str, where=None, feature: bool = True) -> np.ndarray:

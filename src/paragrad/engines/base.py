@@ -55,6 +55,8 @@ class Engine(ABC):
 
     name: str
     parallel: ClassVar[bool] = True  # whether the workers compute at the same time
+    shares_cores: ClassVar[bool] = False  # whether the workers are processes on this machine
+    threads_per_worker: int = 1
     # Whether each worker reads its own rows of a data file, so a lazily opened table
     # (load(..., lazy=True)) need not be read by the coordinator first.
     reads_own_rows: ClassVar[bool] = False

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, ClassVar
 
 from paragrad.data import Dataset
 from paragrad.engines import transport
@@ -110,6 +110,7 @@ class LocalEngine(WorkerSession):
     """
 
     name = "local"
+    shares_cores: ClassVar[bool] = True
 
     def __init__(
         self, workers: int | None = None, *, threads_per_worker: int = 1, max_restarts: int = 0

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from paragrad.data import Standardizer, is_sparse
+from paragrad.data.encoding import Encoding
 from paragrad.errors import ConfigError, DataError
 from paragrad.model_file import write_model_file
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
@@ -41,6 +42,7 @@ class Model(ABC):
         self.standardizer_: Standardizer | None = None
         self.feature_names_: tuple[str, ...] | None = None
         self.target_name_: str | None = None
+        self.encoding_: Encoding | None = None  # the one-hot columns of the table it learnt from
 
     # -- configuration -------------------------------------------------------------------
 
@@ -68,22 +70,46 @@ class Model(ABC):
         self._weight_mask = self._make_weight_mask()
 
     def _classes_from(self, labels: np.ndarray | None) -> np.ndarray:
-        """Check classification labels: integers ``0..k-1`` with at least two classes."""
+        """The classes: the distinct labels, sorted, in their own type (numbers, text or
+        booleans); at least two of them. Training sees each label as its position here."""
         if labels is None:
             raise DataError(f"{type(self).__name__} needs labels to train on")
-        labels = np.asarray(labels)
+        labels = np.unique(np.asarray(labels))
         if len(labels) > MAX_CLASSES:
             raise DataError(
-                f"{type(self).__name__} needs class labels 0..k-1, but the target has more "
-                f"than {MAX_CLASSES} distinct values: is it a regression target?"
+                f"{type(self).__name__} takes at most {MAX_CLASSES} classes, but the target has "
+                f"more than {MAX_CLASSES} distinct values: is it a regression target?"
             )
-        bad = labels[(labels < 0) | (labels != np.round(labels))]
-        if len(bad):
-            shown = ", ".join(f"{v:g}" for v in bad[:5])
-            raise DataError(f"{type(self).__name__} needs class labels 0..k-1 (integers); found {shown}")
         if len(labels) < 2:
-            raise DataError(f"{type(self).__name__} needs at least two classes; every label is {labels[0]:g}")
-        return np.arange(int(labels.max()) + 1)
+            raise DataError(
+                f"{type(self).__name__} needs at least two classes; every label is {_shown(labels[0])}"
+            )
+        if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
+            return labels.astype(np.int64)  # whole numbers read as floats are integer labels
+        return labels
+
+    def codes_of(self, y) -> np.ndarray:
+        """Each label's position in ``classes_`` (float64), as training sees it; an error
+        names the first label that is not one of the classes."""
+        classes = self.classes_
+        y = np.asarray(y)
+        if classes is None:
+            raise ConfigError(f"this {type(self).__name__} has no classes")
+        if y.dtype.kind in "fiub" and classes.dtype.kind in "fiub":
+            y, classes = y.astype(np.float64), classes.astype(np.float64)
+        elif y.dtype.kind != classes.dtype.kind:  # text against numbers: compare as text
+            y, classes = y.astype(str), np.array([str(value) for value in classes])
+        order = np.argsort(classes, kind="stable")
+        places = np.clip(np.searchsorted(classes[order], y), 0, len(classes) - 1)
+        codes = order[places]
+        known = classes[codes] == y
+        if not np.all(known):
+            row = int(np.argmin(known))
+            shown = ", ".join(_shown(value) for value in self.classes_[:10])
+            raise DataError(
+                f"label {_shown(y[row])} at row {row + 1} is not one of the model's classes ({shown})"
+            )
+        return codes.astype(np.float64)
 
     @property
     def num_classes(self) -> int:
@@ -182,9 +208,7 @@ class Model(ABC):
     def loss(self, X, y) -> float:
         """Mean data loss of the trained model on ``(X, y)``, without the penalty."""
         X = self.prepare(X)
-        y = np.asarray(y, dtype=np.float64)
-        if self.is_classifier:
-            check_class_labels(self, y)
+        y = self.codes_of(y) if self.is_classifier else _numeric_target(y)
         return self.loss_grad(self.params_, X, y)[0] / X.shape[0]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -198,6 +222,8 @@ class Model(ABC):
             "feature_names": None if self.feature_names_ is None else list(self.feature_names_),
             "target_name": self.target_name_,
         }
+        if self.encoding_ is not None:  # predicting encodes new tables the same way
+            meta["encoding"] = self.encoding_.to_json()
         write_model_file(path, meta, self.params_, self.standardizer_)
 
     def __repr__(self) -> str:
@@ -205,14 +231,27 @@ class Model(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def _shown(value) -> str:
+    """A label as a person would write it: ``2`` for 2.0, ``'yes'`` for text."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return f"{float(value):g}"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _numeric_target(y) -> np.ndarray:
+    """A regression target as float64; text or booleans are refused by name."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "fiu":
+        raise DataError(
+            f"a regression model needs numeric targets, got values of type {y.dtype}: "
+            "use a classifier (LogisticRegression or SoftmaxRegression) for labels"
+        )
+    return y.astype(np.float64)
+
+
 def check_class_labels(model: Model, y: np.ndarray) -> None:
     """Reject labels that are not among the classes the model was trained with."""
-    known = np.isin(y, model.classes_)
-    if not known.all():
-        row = int(np.argmin(known))
-        raise DataError(
-            f"label {y[row]:g} at row {row + 1} is not one of the model's classes 0..{model.num_classes - 1}"
-        )
+    model.codes_of(y)
 
 
 class Classifier(Model):

@@ -1,4 +1,4 @@
-"""Binary logistic regression on labels {0, 1}, stable for any size of logit."""
+"""Binary logistic regression on two classes (coded 0 and 1), stable for any size of logit."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class LogisticRegression(LinearLayout, Classifier):
         classes = super()._classes_from(labels)
         if len(classes) > 2:
             raise DataError(
-                f"LogisticRegression needs labels 0 and 1; found labels up to {classes[-1]}: "
+                f"LogisticRegression takes two classes, but the target has {len(classes)}: "
                 "use SoftmaxRegression (--model softmax) for more classes"
             )
         return classes

@@ -1,4 +1,4 @@
-"""Multinomial (softmax) regression on labels 0..k-1."""
+"""Multinomial (softmax) regression on k classes (coded 0..k-1)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class SoftmaxRegression(LinearLayout, Classifier):
     """Softmax regression; objective ``mean cross-entropy + l2/2 ||W||^2``.
 
     scikit-learn's multinomial ``LogisticRegression(C=C)`` on m rows is the same problem
-    with ``l2 = 1 / (C m)``. The class count is ``max(label) + 1`` unless given.
+    with ``l2 = 1 / (C m)``. The classes are the distinct labels; ``num_classes`` declares
+    classes ``0..num_classes-1`` for integer labels, some of which the data may lack.
     """
 
     name = "softmax"
@@ -35,11 +36,13 @@ class SoftmaxRegression(LinearLayout, Classifier):
 
     def _classes_from(self, labels):
         classes = super()._classes_from(labels)
-        if self.num_classes_hint is not None:
-            if len(classes) > self.num_classes_hint:
-                raise DataError(f"labels go up to {classes[-1]}, but num_classes is {self.num_classes_hint}")
-            classes = np.arange(self.num_classes_hint)
-        return classes
+        hint = self.num_classes_hint
+        if hint is None:
+            return classes
+        if classes.dtype.kind not in "iu" or classes[0] < 0 or classes[-1] >= hint:
+            shown = ", ".join(map(str, classes[:5].tolist()))
+            raise DataError(f"num_classes={hint} declares labels 0..{hint - 1}; found {shown}")
+        return np.arange(hint)
 
     @property
     def num_outputs(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from paragrad.errors import ConfigError, check_positive_int
+from paragrad.errors import ConfigError, caller_stacklevel, check_positive_int
 from paragrad.optim.base import Evaluate, Evaluation, Optimizer, OptimizerStep, positive
 from paragrad.optim.line_search import LineSearchStalled, StrongWolfe, Trial
 
@@ -166,7 +166,7 @@ class LBFGS(Optimizer):
                 f"L-BFGS's line search found no acceptable step in {self.max_line_search} evaluations; "
                 "stopping here",
                 LineSearchStalled,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),
             )
             kept = state._replace(loss=np.array(loss), grad=grad)
             return OptimizerStep(params, kept, loss, grad, stalled=True, criterion=criterion)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from paragrad.errors import caller_stacklevel
 from paragrad.optim.base import Evaluate, Needs, Optimizer, OptimizerStep
 
 BLOCK_ELEMENTS = 1 << 20  # rows per block: about 8 MB of float64, and at least twice the width
@@ -98,7 +99,7 @@ class LeastSquares(Optimizer):
                 f"the features are linearly dependent (rank {rank} of {p} columns): the solution of "
                 "smallest norm is returned, as numpy.linalg.lstsq gives",
                 RankDeficient,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),
             )
         loss = float(rho**2) / (2 * here.count)
         grad = R.T @ (R @ theta - c) / here.count

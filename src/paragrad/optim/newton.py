@@ -12,7 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from paragrad.errors import ConfigError, check_positive_int
+from paragrad.errors import ConfigError, caller_stacklevel, check_positive_int
 from paragrad.optim.base import Evaluate, Evaluation, Needs, Optimizer, OptimizerStep, positive
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.optim.line_search import LineSearchStalled, sufficient_decrease
@@ -42,7 +42,7 @@ def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
         "the Hessian is singular: the features are linearly dependent (a column repeats others or is "
         "constant), and the solution of smallest norm is taken; or the classes are separable",
         RankDeficient,
-        stacklevel=3,
+        stacklevel=caller_stacklevel(),
     )
     return -np.linalg.lstsq(hessian, grad, rcond=None)[0]
 
@@ -109,7 +109,7 @@ class Newton(Optimizer):
         warnings.warn(
             f"Newton's line search found no lower loss in {self.max_line_search} halvings; stopping here",
             LineSearchStalled,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
         kept = NewtonState(state.step, np.array(here.loss), here.grad, here.hessian)
         return OptimizerStep(params, kept, here.loss, here.grad, stalled=True, criterion=criterion)
