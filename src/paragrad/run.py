@@ -41,7 +41,8 @@ class Run:
     engine: str
     num_workers: int
     wall_s: float
-    stopped: str = "converged"  # or "solved", "round limit", "line search stalled", "no finite optimum"
+    # or "solved", "round limit", "line search stalled", "no finite optimum", "stopped by a callback"
+    stopped: str = "converged"
 
     @property
     def outcome(self) -> str:
@@ -52,6 +53,7 @@ class Run:
             "round limit": "not converged: stopped at the round limit",
             "line search stalled": "not converged: the line search stalled",
             "no finite optimum": "not converged: no finite optimum (separable classes)",
+            "stopped by a callback": "not converged: stopped by a callback",
         }[self.stopped]
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.callbacks.base import Callback, CallbackList, RoundFunction, TrainInfo
 from paragrad.checkpoint import (
     Checkpointing,
     CheckpointWarning,
@@ -68,6 +69,7 @@ def train(
     checkpoint_every: int | str | None = None,
     resume: bool = False,
     keep_checkpoints: int = 3,
+    callbacks: list[Callback | RoundFunction] | None = None,
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -127,6 +129,10 @@ def train(
         strategy, the optimizer and the seed may not.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
+    callbacks : list, optional
+        :class:`paragrad.callbacks.Callback` objects (``TensorBoard(dir)``, ``MLflow()``) or
+        functions ``f(record)`` of each round's history record; True from either stops the
+        run after that round (``run.stopped == "stopped by a callback"``).
 
     Returns
     -------
@@ -142,6 +148,7 @@ def train(
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
+    hooks = CallbackList.of(callbacks)
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
@@ -169,7 +176,12 @@ def train(
                 f"but this data has {config.classes}"
             )
         loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
-        return loop.run(resumed, checkpoints, config, progress)
+        done = 0 if resumed is None else resumed.round
+        hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
+        with hooks.reporting_errors():
+            run = loop.run(resumed, checkpoints, config, progress, hooks)
+        hooks.train_end(run)
+        return run
     finally:
         if own_engine:
             runner.close()
@@ -333,10 +345,11 @@ class RoundLoop:
         checkpoints: Checkpointing,
         config: RunConfig,
         progress: bool | None,
+        hooks: CallbackList,
     ) -> Run:
         state = self.initial_state(resumed)
         started = time.perf_counter()
-        stalled = solved = False
+        stalled = solved = halted = False
         with _progress_bar(self.total, progress) as bar:
             bar.update(len(state.history))
             for round_index in range(len(state.history), self.total):
@@ -344,11 +357,14 @@ class RoundLoop:
                     break
                 outcome = self.round(round_index, state)
                 solved = outcome.solved
+                halted = hooks.round_end(state.history[-1])
                 bar.update(1)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
                 if outcome.stalled:  # a stalled search is no convergence, whatever it measured
                     stalled, state.converged = True, False
+                    break
+                if halted:  # the last checkpoint, below, is written all the same
                     break
                 if checkpoints.due(round_index + 1):
                     checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
@@ -357,7 +373,7 @@ class RoundLoop:
         unbounded = self.unbounded(state)
         if unbounded is not None:
             warnings.warn(unbounded, ConvergenceWarning, stacklevel=4)
-        elif self.tol > 0 and not state.converged and self.total > 1 and not stalled:
+        elif self.tol > 0 and not state.converged and self.total > 1 and not (stalled or halted):
             warnings.warn(
                 f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
                 "raise epochs (or max_rounds) or tol",
@@ -368,6 +384,7 @@ class RoundLoop:
         elapsed = time.perf_counter() - started
         stopped = "solved" if solved else "converged" if state.converged else "round limit"
         stopped = "line search stalled" if stalled else stopped
+        stopped = "stopped by a callback" if halted and not state.converged else stopped
         return Run(
             self.model,
             state.history,
