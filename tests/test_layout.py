@@ -15,7 +15,7 @@ import pytest
 import paragrad
 
 SOURCE = Path(paragrad.__file__).parent
-HEAVY = ("paragrad.bench", "matplotlib", "torch", "ray", "scipy", "sklearn")
+HEAVY = ("paragrad.bench", "matplotlib", "torch", "ray", "scipy", "sklearn", "tensorboard", "mlflow")
 # Modules outside engines/ that may choose an engine. The benchmarks drive engines directly,
 # as the tests do; they are loaded only by ``paragrad bench``.
 ENGINE_USERS = {"paragrad.trainer", "paragrad.inference", "paragrad.cli"}

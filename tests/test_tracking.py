@@ -1,4 +1,4 @@
-"""Callbacks: what a run tells them, in order, and stopping early."""
+"""Callbacks and run tracking: the protocol, stopping early, TensorBoard and MLflow read back."""
 
 from __future__ import annotations
 
@@ -123,3 +123,77 @@ def test_callbacks_hear_of_a_run_that_raises(regression_data):
 def test_callbacks_must_be_a_list_of_callbacks_or_functions(regression_data, callbacks):
     with pytest.raises(pg.ConfigError, match="callbacks"):
         pg.train(pg.models.LinearRegression(), regression_data, engine="serial", callbacks=callbacks)
+
+
+def test_tensorboard_event_files_hold_each_rounds_scalars(binary_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _sgd(binary_data, callbacks=[pg.callbacks.TensorBoard(tmp_path / "tb")])
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    losses = events.Scalars("loss")
+    assert [event.step for event in losses] == [record["round"] for record in run.history]
+    # Event files store scalars as float32.
+    assert [event.value for event in losses] == pytest.approx(
+        [record["loss"] for record in run.history], rel=1e-6
+    )
+    assert [event.value for event in events.Scalars("samples")] == [r["samples"] for r in run.history]
+    assert {"parameters", "summary"} <= set(events.Tags()["tensors"])
+    table = events.Tensors("parameters")[0].tensor_proto.string_val[0].decode()
+    assert "| model | logistic |" in table and "| workers | 2 |" in table
+
+
+@pytest.fixture
+def mlflow_home(tmp_path, monkeypatch):
+    """A fresh folder as the current one, with no MLflow settings from the environment."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return mlflow
+
+
+def test_mlflow_logs_params_metrics_and_the_model_offline_by_default(binary_data, mlflow_home, tmp_path):
+    run = _sgd(binary_data, callbacks=[pg.callbacks.MLflow()])
+
+    assert (tmp_path / "mlflow.db").exists()  # MLflow's local default: no server, no network
+    client = mlflow_home.tracking.MlflowClient()
+    experiment = client.get_experiment_by_name("paragrad")
+    [logged] = client.search_runs([experiment.experiment_id])
+    assert logged.info.status == "FINISHED"
+    params = logged.data.params
+    assert params["model"] == "logistic" and params["strategy.name"] == "sgd"
+    assert params["optimizer.name"] == "adam" and params["seed"] == "0"
+    assert (params["engine"], params["workers"]) == ("serial", "2")
+    history = sorted(client.get_metric_history(logged.info.run_id, "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(r["round"], r["loss"]) for r in run.history]
+    assert logged.data.tags["paragrad.outcome"] == run.outcome
+    model_file = client.download_artifacts(logged.info.run_id, "model/model.npz", str(tmp_path))
+    np.testing.assert_array_equal(pg.load_model(model_file).params, run.params)
+
+
+def test_mlflow_logs_into_an_open_run_and_marks_failures(regression_data, mlflow_home, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with mlflow_home.start_run() as opened:
+        pg.train(
+            pg.models.LinearRegression(), regression_data, engine="serial", callbacks=[pg.callbacks.MLflow()]
+        )
+        assert mlflow_home.active_run().info.run_id == opened.info.run_id  # left open
+    with pytest.raises(pg.TrainingDiverged):
+        pg.train(
+            pg.models.LinearRegression(),
+            regression_data,
+            optimizer=pg.optim.SGD(lr=1e9),
+            engine="serial",
+            callbacks=[pg.callbacks.MLflow(experiment="diverged")],
+        )
+
+    client = mlflow_home.tracking.MlflowClient(uri)
+    assert client.get_run(opened.info.run_id).data.params["model"] == "linear"
+    assert client.get_metric_history(opened.info.run_id, "loss")
+    failed = client.get_experiment_by_name("diverged")
+    [logged] = client.search_runs([failed.experiment_id])
+    assert logged.info.status == "FAILED"
