@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import paragrad as pg
 from paragrad.callbacks import Callback, TrainInfo
@@ -197,3 +199,47 @@ def test_mlflow_logs_into_an_open_run_and_marks_failures(regression_data, mlflow
     failed = client.get_experiment_by_name("diverged")
     [logged] = client.search_runs([failed.experiment_id])
     assert logged.info.status == "FAILED"
+
+
+def test_the_command_line_logs_to_tensorboard_and_mlflow(binary_data, mlflow_home, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pg.save_dataset(binary_data, tmp_path / "train.csv")
+    done = run_cli(
+        "train", "train.csv", "--target", "y", "--model", "logistic", "--engine", "serial",
+        "--workers", "2", "--log-dir", "tb", "--mlflow", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    rounds = len(events.Scalars("loss"))
+    assert rounds > 0 and f"rounds      {rounds} " in done.stdout
+    client = mlflow_home.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [logged] = client.search_runs([client.get_experiment_by_name("paragrad").experiment_id])
+    assert len(client.get_metric_history(logged.info.run_id, "loss")) == rounds
+    assert [item.path for item in client.list_artifacts(logged.info.run_id, "model")] == ["model/model.npz"]
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "mlflow"])
+def test_the_command_line_names_the_extra_to_install_when_a_tracker_is_missing(
+    binary_data, tmp_path, package
+):
+    hidden = tmp_path / "hidden" / package
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('not installed')\n")
+    pg.save_dataset(binary_data, tmp_path / "train.csv")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "hidden"), os.environ.get("PYTHONPATH")]))
+    flag = ["--log-dir", "tb"] if package == "tensorboard" else ["--mlflow"]
+
+    done = run_cli(
+        "train", "train.csv", "--target", "y", "--model", "logistic", "--engine", "serial", *flag,
+        cwd=tmp_path, env={"PYTHONPATH": path},
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"paragrad: error: {'TensorBoard' if package == 'tensorboard' else 'MLflow'} tracking needs "
+        f"the {package} package: pip install 'paragrad[{package}]'"
+    ]

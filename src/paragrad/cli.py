@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from paragrad import __version__
+from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.checkpoint import save_model
 from paragrad.data import PARQUET_SUFFIXES, load, make_classification, make_regression, save_dataset
 from paragrad.engines import ENGINES, reads_own_rows
@@ -160,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        callbacks=_trackers(args),
     )
     try:
         run = train(model, dataset, **options)
@@ -183,6 +185,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _trackers(args: argparse.Namespace) -> list[Callback]:
+    """The run trackers that --log-dir and --mlflow ask for."""
+    trackers: list[Callback] = []
+    if args.log_dir is not None:
+        trackers.append(TensorBoard(args.log_dir))
+    if args.mlflow:
+        trackers.append(MLflow())
+    return trackers
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -314,6 +326,12 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
     )
     p.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in --checkpoint")
+    p.add_argument("--log-dir", type=Path, metavar="DIR", help="write TensorBoard event files to this folder")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
+    )
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
     _add_engine_options(p)
     p.set_defaults(handler=cmd_train)
