@@ -23,10 +23,10 @@ def test_bench_writes_results_with_baselines(tmp_path):
 
 def test_cli_names_the_same_suites_as_the_registry():
     import paragrad.bench
-    import paragrad.cli
+    import paragrad.cli_parser
 
-    assert set(paragrad.bench.SUITES) == set(paragrad.cli.BENCH_SUITES)
-    assert len(paragrad.cli.BENCH_SUITES) == len(paragrad.bench.SUITES)
+    assert set(paragrad.bench.SUITES) == set(paragrad.cli_parser.BENCH_SUITES)
+    assert len(paragrad.cli_parser.BENCH_SUITES) == len(paragrad.bench.SUITES)
 
 
 def test_cli_does_not_load_the_benchmarks():

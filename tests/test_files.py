@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import paragrad as pg
 from paragrad.checkpoint import load_model
 from tests.conftest import run_cli
 
@@ -190,3 +191,17 @@ def expect_one_line(result, out: Path, message: str) -> None:
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_file_with_the_target_column_predicts_with_a_model_trained_on_bare_arrays(tmp_path):
+    data = pg.make_regression(200, 4, seed=3)
+    model = pg.train(pg.models.LinearRegression(), pg.Dataset(data.X, data.y), engine="serial").model
+    pg.save_dataset(data, tmp_path / "test.csv")  # x0..x3 and y
+    np.testing.assert_allclose(
+        pg.predict(model, tmp_path / "test.csv", engine="serial"), model.predict(data.X)
+    )
+    pg.save_dataset(pg.Dataset(np.column_stack([data.X, data.y])), tmp_path / "other.csv")  # x0..x4
+    with pytest.raises(
+        pg.DataError, match=r"has 5 features, but the model was trained with 4: is 'x4' the target"
+    ):
+        pg.predict(model, tmp_path / "other.csv", engine="serial")

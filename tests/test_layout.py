@@ -15,10 +15,16 @@ import pytest
 import paragrad
 
 SOURCE = Path(paragrad.__file__).parent
-HEAVY = ("paragrad.bench", "matplotlib", "torch", "ray", "scipy", "sklearn")
+HEAVY = ("paragrad.bench", "matplotlib", "torch", "ray", "scipy", "sklearn", "tensorboard", "mlflow")
 # Modules outside engines/ that may choose an engine. The benchmarks drive engines directly,
 # as the tests do; they are loaded only by ``paragrad bench``.
-ENGINE_USERS = {"paragrad.trainer", "paragrad.inference", "paragrad.cli"}
+ENGINE_USERS = {
+    "paragrad.trainer",
+    "paragrad.rounds",
+    "paragrad.inference",
+    "paragrad.cli",
+    "paragrad.cli_parser",
+}
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from paragrad import models, optim
+from paragrad import callbacks, models, optim
 from paragrad.checkpoint import load_model, save_model
 from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
 from paragrad.errors import (
@@ -36,6 +36,7 @@ __all__ = [
     "ParagradError",
     "Run",
     "TrainingDiverged",
+    "callbacks",
     "evaluate",
     "load",
     "load_model",

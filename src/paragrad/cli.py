@@ -14,8 +14,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from paragrad import __version__
+from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.checkpoint import save_model
+from paragrad.cli_parser import (
+    BENCH_SUITES,
+    DATA_SUFFIXES,
+    DEFAULT_BATCH,
+    DEFAULT_LR,
+    NOT_CONVERGED,
+    PREDICTION_SUFFIXES,
+    build_parser,
+)
 from paragrad.data import (
     PARQUET_SUFFIXES,
     Dataset,
@@ -24,89 +33,15 @@ from paragrad.data import (
     make_regression,
     save_dataset,
 )
-from paragrad.engines import ENGINES, reads_own_rows
+from paragrad.engines import reads_own_rows
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged, flag_names
 from paragrad.inference import evaluate, predict_to_file
-from paragrad.models import MODELS, get_model
-from paragrad.optim import OPTIMIZERS, get_optimizer
+from paragrad.models import get_model
+from paragrad.optim import get_optimizer
 from paragrad.optim.base import positive
-from paragrad.settings import MAX_GUESSED_CLASSES, choose_model, default_optimizer
-from paragrad.strategies import STRATEGIES, get_strategy
+from paragrad.settings import choose_model, default_optimizer
+from paragrad.strategies import get_strategy
 from paragrad.trainer import train
-
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
-DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
-NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
-PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
-DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
-TARGET_HELP = (
-    "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
-    "has that name; '#3' is always index 3"
-)
-# The suites of paragrad.bench, in the order they run; named here so that the command line
-# does not load the benchmarks to parse its arguments.
-BENCH_SUITES = (
-    "latency",
-    "gd_step",
-    "mlp_scaling",
-    "solvers",
-    "exact",
-    "float32",
-    "predict",
-    "communication",
-    "torch",
-    "ray",
-)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _local_steps(text: str) -> int | None:
-    return None if text.lower() in ("none", "0") else _positive_int(text)
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive_int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
-
-
-def _columns(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected column names like id or id,notes, got {text!r}")
-    return names
-
-
-def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
-    """How to read a data file: the delimiter, and for training the columns and rows used."""
-    parser.add_argument(
-        "--delimiter",
-        metavar="C",
-        help="delimiter of a text table: one character, or tab or space (default: read from the header)",
-    )
-    if not training:
-        return
-    parser.add_argument("--drop", type=_columns, metavar="COL[,COL]", help="columns not to use (an id, say)")
-    parser.add_argument(
-        "--features", type=_columns, metavar="COL[,COL]", help="the feature columns (default: all others)"
-    )
-    parser.add_argument(
-        "--one-hot",
-        type=_columns,
-        metavar="COL[,COL]",
-        help="text columns to expand into COL=value indicator columns (at most 100 values each)",
-    )
-    parser.add_argument("--dropna", action="store_true", help="skip rows with missing values")
-    parser.add_argument(
-        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
-    )
 
 
 def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
@@ -118,30 +53,6 @@ def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
         raise ConfigError(f"{path}: is a directory; give a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{path}: unsupported output type; use {', '.join(suffixes)}")
-
-
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        help="number of workers (default: one per core)",
-    )
-    parser.add_argument(
-        "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
-    )
-    parser.add_argument(
-        "--address",
-        metavar="HOST:PORT",
-        help="ray engine: join this Ray cluster (default: RAY_ADDRESS, else a local instance)",
-    )
-    parser.add_argument(
-        "--threads-per-worker",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="BLAS threads per worker; on Ray, the CPUs each worker reserves (default: 1)",
-    )
 
 
 def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
@@ -223,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        callbacks=_trackers(args),
     )
     model.encoding_ = dataset.encoding  # saved with the model
     try:
@@ -263,6 +175,16 @@ def _chosen_model(dataset) -> str:
     name, reason = choose_model(dataset)
     print(f"model: {name} ({reason})")
     return name
+
+
+def _trackers(args: argparse.Namespace) -> list[Callback]:
+    """The run trackers that --log-dir and --mlflow ask for."""
+    trackers: list[Callback] = []
+    if args.log_dir is not None:
+        trackers.append(TensorBoard(args.log_dir))
+    if args.mlflow:
+        trackers.append(MLflow())
+    return trackers
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -321,165 +243,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Every option's help says its default, unless its text already does."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
-            return text
-        default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
-        return f"{text} (default: {default})"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes end as one line on stderr, like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """``paragrad train``'s model: the family (chosen from the target unless given) and its
-    hyperparameters."""
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        help="default: chosen from the target: logistic for 2 distinct values, softmax for 3 to "
-        f"{MAX_GUESSED_CLASSES} whole numbers or labels, else linear",
-    )
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
-    p.add_argument(
-        "--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64 (default: 64)"
-    )
-    p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="MLP activation")
-    p.add_argument(
-        "--task",
-        choices=("classification", "regression"),
-        default="classification",
-        help="MLP task",
-    )
-
-
-def _add_train_command(commands: argparse._SubParsersAction) -> None:
-    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
-    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
-    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
-    p.add_argument("--target", help=TARGET_HELP)
-    _add_model_options(p)
-    p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        help="rows per worker per step (default: 256 for sgd, 64 for local-sgd)",
-    )
-    p.add_argument(
-        "--local-steps",
-        type=_local_steps,
-        default=16,
-        help="local-sgd steps per round; 'none': one-shot",
-    )
-    p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
-    p.add_argument("--compress", metavar="C", help="compress what workers send: topk:0.01, int8 or fp16")
-    p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help="default with gd: qr for linear (rows x features^2 up to 1e11), newton for logistic and "
-        "softmax (up to 1024 parameters, rows x parameters^2 up to 1e9), else lbfgs; adam for sgd "
-        "and local-sgd",
-    )
-    p.add_argument(
-        "--lr", type=float, help="learning rate (default: sgd 0.1, adam 0.01; lbfgs: first trial step, 1)"
-    )
-    p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument(
-        "--epochs",
-        type=_positive_int,
-        help="passes over the data; rounds for gd (default: 500 for gd, which stops once converged; "
-        "10 for sgd and local-sgd)",
-    )
-    p.add_argument("--max-rounds", type=_positive_int, help="a cap on rounds (default: no cap)")
-    p.add_argument(
-        "--tol",
-        type=float,
-        default=1e-6,
-        help="converged when the solver's measure (gd) or the epoch loss's change (sgd) is this small "
-        "(default: 1e-6)",
-    )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help=f"stopping before converging is an error (exit status {NOT_CONVERGED}; nothing saved)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seeds the start, the sampling and the shuffle")
-    p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
-    p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
-    p.add_argument(
-        "--dtype", choices=("float64", "float32"), default="float64", help="float type of the data"
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal, once a run takes a second)",
-    )
-    p.add_argument("--out", type=Path, help="where to save the trained model, .npz (default: not saved)")
-    p.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints to this folder")
-    p.add_argument(
-        "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
-    )
-    p.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in --checkpoint")
-    p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
-    _add_file_options(p, training=True)
-    _add_engine_options(p)
-    p.set_defaults(handler=cmd_train)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
-    parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
-    commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
-    )
-
-    _add_train_command(commands)
-
-    p = commands.add_parser("predict", help="predict with a saved model, distributed over workers")
-    p.add_argument("model", type=Path, help="model file written by train --out")
-    p.add_argument("data", type=Path, help="rows to predict (a target column is ignored)")
-    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv, .parquet or .npy)")
-    p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
-    _add_file_options(p, training=False)
-    _add_engine_options(p)
-    p.set_defaults(handler=cmd_predict)
-
-    p = commands.add_parser("evaluate", help="loss and accuracy (or RMSE and R^2) on labelled data")
-    p.add_argument("model", type=Path)
-    p.add_argument("data", type=Path)
-    p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    _add_file_options(p, training=False)
-    p.set_defaults(handler=cmd_evaluate)
-
-    p = commands.add_parser("make-data", help="generate a synthetic data set")
-    p.add_argument("kind", choices=("regression", "classification"))
-    p.add_argument("--rows", type=_positive_int, required=True)
-    p.add_argument("--features", type=_positive_int, required=True)
-    p.add_argument("--classes", type=_positive_int, default=2, help="classes (classification)")
-    p.add_argument("--noise", type=float, default=0.1, help="noise level (regression)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help=".csv, .tsv, .parquet or .npz")
-    p.add_argument("--test-rows", type=_positive_int, help="extra rows from the same distribution ...")
-    p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
-    p.set_defaults(handler=cmd_make_data)
-
-    p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
-    p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")
-    p.add_argument("--suite", action="append", choices=BENCH_SUITES, help="run only this suite (repeatable)")
-    p.add_argument("--out", type=Path, help="folder for results.json")
-    p.set_defaults(handler=cmd_bench)
-    return parser
+HANDLERS = {
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "make-data": cmd_make_data,
+    "bench": cmd_bench,
+}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -501,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         with flag_names():
-            return args.handler(args)
+            return HANDLERS[args.command](args)
     except ParagradError as exc:
         print(f"paragrad: error: {exc}", file=sys.stderr)
     except OSError as exc:

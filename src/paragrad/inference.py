@@ -18,7 +18,7 @@ from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, make_engine, reads_own_rows
-from paragrad.errors import ConfigError, DataError
+from paragrad.errors import ConfigError, DataError, option
 from paragrad.models.base import Model
 from paragrad.shards import plan_shards
 from paragrad.tasks import PredictShard
@@ -60,9 +60,7 @@ def read_features(
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (str, os.PathLike)):
-        dataset = load(
-            Path(data),
-            target,
+        options = dict(
             features=model.feature_names_,
             num_features=model.num_features_,
             one_hot=model.encoding_ or (),
@@ -71,14 +69,29 @@ def read_features(
             check_finite=check_finite,
             lazy=lazy and Path(data).suffix.lower() in PARQUET_SUFFIXES,
         )
+        dataset = load(Path(data), target, **options)
+        extra = _extra_target(model, dataset)
+        if extra is not None:  # the model knows no names: drop the column named like its target
+            dataset = load(Path(data), target, drop=[extra], **options)
     else:
         dataset = Dataset(data, dtype=None, check_finite=check_finite)
     if dataset.num_features != model.num_features_:
+        names = dataset.feature_names or ()
+        hint = f": is {names[-1]!r} the target? drop it ({option('drop', [names[-1]])})" if names else ""
         raise DataError(
             f"{dataset.source}: has {dataset.num_features} features, but the model was trained "
-            f"with {model.num_features_}"
+            f"with {model.num_features_}{hint if dataset.num_features == model.num_features_ + 1 else ''}"
         )
     return dataset
+
+
+def _extra_target(model: Model, dataset: Dataset) -> str | None:
+    """The column of a table read for a model that knows no feature names which, named like
+    its target (``y`` when it knows none), is one column too many; else None."""
+    if model.feature_names_ is not None or dataset.num_features != model.num_features_ + 1:
+        return None
+    target = model.target_name_ or "y"
+    return target if target in (dataset.feature_names or ()) else None
 
 
 def predict(

@@ -41,7 +41,8 @@ class Run:
     engine: str
     num_workers: int
     wall_s: float  # the rounds
-    stopped: str = "converged"  # or "solved", "round limit", "line search stalled", "no finite optimum"
+    # or "solved", "round limit", "line search stalled", "no finite optimum", "stopped by a callback"
+    stopped: str = "converged"
     setup_s: float = 0.0  # starting the workers, placing the data, the set-up pass
     total_s: float = 0.0  # the whole call to train
 
@@ -54,6 +55,7 @@ class Run:
             "round limit": "not converged: stopped at the round limit",
             "line search stalled": "not converged: the line search stalled",
             "no finite optimum": "not converged: no finite optimum (separable classes)",
+            "stopped by a callback": "not converged: stopped by a callback",
         }[self.stopped]
 
     @property

@@ -1,0 +1,277 @@
+"""The command line's options: one parser per command, every default shown in ``--help``.
+
+Parsing names no handler: :mod:`paragrad.cli` runs the command the parser picked.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from paragrad import __version__
+from paragrad.engines import ENGINES
+from paragrad.models import MODELS
+from paragrad.optim import OPTIMIZERS
+from paragrad.settings import MAX_GUESSED_CLASSES
+from paragrad.strategies import STRATEGIES
+
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
+DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
+PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
+DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
+TARGET_HELP = (
+    "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
+    "has that name; '#3' is always index 3"
+)
+# The suites of paragrad.bench, in the order they run; named here so that the command line
+# does not load the benchmarks to parse its arguments.
+BENCH_SUITES = (
+    "latency",
+    "gd_step",
+    "mlp_scaling",
+    "solvers",
+    "exact",
+    "float32",
+    "predict",
+    "communication",
+    "torch",
+    "ray",
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _local_steps(text: str) -> int | None:
+    return None if text.lower() in ("none", "0") else _positive_int(text)
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
+
+
+def _columns(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected column names like id or id,notes, got {text!r}")
+    return names
+
+
+def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
+    """How to read a data file: the delimiter, and for training the columns and rows used."""
+    parser.add_argument(
+        "--delimiter",
+        metavar="C",
+        help="delimiter of a text table: one character, or tab or space (default: read from the header)",
+    )
+    if not training:
+        return
+    parser.add_argument("--drop", type=_columns, metavar="COL[,COL]", help="columns not to use (an id, say)")
+    parser.add_argument(
+        "--features", type=_columns, metavar="COL[,COL]", help="the feature columns (default: all others)"
+    )
+    parser.add_argument(
+        "--one-hot",
+        type=_columns,
+        metavar="COL[,COL]",
+        help="text columns to expand into COL=value indicator columns (at most 100 values each)",
+    )
+    parser.add_argument("--dropna", action="store_true", help="skip rows with missing values")
+    parser.add_argument(
+        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
+    )
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="number of workers (default: one per core)",
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
+    )
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="ray engine: join this Ray cluster (default: RAY_ADDRESS, else a local instance)",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="BLAS threads per worker; on Ray, the CPUs each worker reserves (default: 1)",
+    )
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help says its default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
+        return f"{text} (default: {default})"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end as one line on stderr, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """``paragrad train``'s model: the family (chosen from the target unless given) and its
+    hyperparameters."""
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="default: chosen from the target: logistic for 2 distinct values, softmax for 3 to "
+        f"{MAX_GUESSED_CLASSES} whole numbers or labels, else linear",
+    )
+    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
+    p.add_argument(
+        "--hidden", type=_hidden, default=(64,), help="MLP hidden sizes, e.g. 128,64 (default: 64)"
+    )
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu", help="MLP activation")
+    p.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        default="classification",
+        help="MLP task",
+    )
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
+    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
+    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
+    p.add_argument("--target", help=TARGET_HELP)
+    _add_model_options(p)
+    p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="rows per worker per step (default: 256 for sgd, 64 for local-sgd)",
+    )
+    p.add_argument(
+        "--local-steps",
+        type=_local_steps,
+        default=16,
+        help="local-sgd steps per round; 'none': one-shot",
+    )
+    p.add_argument("--server-lr", type=float, default=1.0, help="local-sgd server learning rate")
+    p.add_argument("--compress", metavar="C", help="compress what workers send: topk:0.01, int8 or fp16")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="default with gd: qr for linear (rows x features^2 up to 1e11), newton for logistic and "
+        "softmax (up to 1024 parameters, rows x parameters^2 up to 1e9), else lbfgs; adam for sgd "
+        "and local-sgd",
+    )
+    p.add_argument(
+        "--lr", type=float, help="learning rate (default: sgd 0.1, adam 0.01; lbfgs: first trial step, 1)"
+    )
+    p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="passes over the data; rounds for gd (default: 500 for gd, which stops once converged; "
+        "10 for sgd and local-sgd)",
+    )
+    p.add_argument("--max-rounds", type=_positive_int, help="a cap on rounds (default: no cap)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-6,
+        help="converged when the solver's measure (gd) or the epoch loss's change (sgd) is this small "
+        "(default: 1e-6)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"stopping before converging is an error (exit status {NOT_CONVERGED}; nothing saved)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the start, the sampling and the shuffle")
+    p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
+    p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
+    p.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="float type of the data"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal, once a run takes a second)",
+    )
+    p.add_argument("--out", type=Path, help="where to save the trained model, .npz (default: not saved)")
+    p.add_argument("--checkpoint", type=Path, metavar="DIR", help="write checkpoints to this folder")
+    p.add_argument(
+        "--checkpoint-every", metavar="K", help="every K rounds (10) or seconds (30s); default 60s"
+    )
+    p.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in --checkpoint")
+    p.add_argument("--log-dir", type=Path, metavar="DIR", help="write TensorBoard event files to this folder")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
+    )
+    p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    _add_file_options(p, training=True)
+    _add_engine_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; ``args.command`` names the one given."""
+    parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
+    parser.add_argument("--version", action="version", version=f"paragrad {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
+
+    _add_train_command(commands)
+
+    p = commands.add_parser("predict", help="predict with a saved model, distributed over workers")
+    p.add_argument("model", type=Path, help="model file written by train --out")
+    p.add_argument("data", type=Path, help="rows to predict (a target column is ignored)")
+    p.add_argument("--out", type=Path, required=True, help="predictions file (.csv, .parquet or .npy)")
+    p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
+    _add_file_options(p, training=False)
+    _add_engine_options(p)
+
+    p = commands.add_parser("evaluate", help="loss and accuracy (or RMSE and R^2) on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_file_options(p, training=False)
+
+    p = commands.add_parser("make-data", help="generate a synthetic data set")
+    p.add_argument("kind", choices=("regression", "classification"))
+    p.add_argument("--rows", type=_positive_int, required=True)
+    p.add_argument("--features", type=_positive_int, required=True)
+    p.add_argument("--classes", type=_positive_int, default=2, help="classes (classification)")
+    p.add_argument("--noise", type=float, default=0.1, help="noise level (regression)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help=".csv, .tsv, .parquet or .npz")
+    p.add_argument("--test-rows", type=_positive_int, help="extra rows from the same distribution ...")
+    p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
+
+    p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")
+    p.add_argument("--suite", action="append", choices=BENCH_SUITES, help="run only this suite (repeatable)")
+    p.add_argument("--out", type=Path, help="folder for results.json")
+    return parser

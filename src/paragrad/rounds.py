@@ -1,0 +1,295 @@
+"""The rounds of one run: broadcast, combine, record, check, checkpoint.
+
+Each round hands the next one a :class:`LoopState` (parameters, optimizer state, history,
+convergence); a round's passes of the workers are metered in a :class:`PassMeter`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from paragrad.callbacks.base import CallbackList
+from paragrad.checkpoint import (
+    Checkpointing,
+    CheckpointWarning,
+    TrainingState,
+)
+from paragrad.convergence import ConvergenceCheck, no_finite_optimum
+from paragrad.engines import Engine
+from paragrad.errors import (
+    ConvergenceWarning,
+    TrainingDiverged,
+    WorkerError,
+    WorkerLost,
+    caller_stacklevel,
+)
+from paragrad.models.base import Model
+from paragrad.optim import Optimizer
+from paragrad.run import HISTORY_KEYS, Run, RunConfig
+from paragrad.shards import StateField
+from paragrad.strategies import RoundPlan, StepOutcome, Strategy, WorkerResult
+from paragrad.tasks import (
+    GetWorkerState,
+    SetWorkerState,
+    TrainStep,
+)
+
+EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
+
+
+def _progress_bar(total: int, show: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    # Unless asked for, shown on a terminal once a run has taken a second: short runs print nothing.
+    shown, delay = (sys.stderr.isatty(), 1.0) if show is None else (show, 0.0)
+    style = {"unit": "round", "leave": False, "file": sys.stderr, "dynamic_ncols": True}
+    return tqdm(total=total, disable=not shown, delay=delay, **style)
+
+
+@dataclass
+class LoopState:
+    """What one round hands the next: parameters, optimizer state, history, convergence."""
+
+    params: np.ndarray
+    opt_state: Any
+    history: list[dict[str, Any]]
+    check: ConvergenceCheck
+    converged: bool = False
+    first_loss: float | None = None
+    norms: list[float] = field(default_factory=list)  # the parameters' largest entry, each round
+
+
+@dataclass
+class PassMeter:
+    """What the workers' passes of one round cost (a line search makes several passes)."""
+
+    runner: Engine
+    compute_s: float = 0.0
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    run_s: float = 0.0
+    sent: int = 0
+    received: int = 0
+    samples: int = 0
+    results: list[WorkerResult] = field(default_factory=list)
+
+    def run(self, task: TrainStep, point: np.ndarray, round_index: int) -> list[WorkerResult]:
+        """One pass of every worker at ``point``; errors name the round."""
+        start = time.perf_counter()
+        try:
+            results: list[WorkerResult] = self.runner.run(task, point, round_index)
+        except (WorkerLost, WorkerError) as exc:
+            raise type(exc)(f"round {round_index}: {exc}") from exc
+        self.run_s += time.perf_counter() - start
+        slowest = max(result.compute_s for result in results)
+        # Serial workers compute one after another: all of it is inside run_s.
+        self.busy_s += slowest if self.runner.parallel else sum(result.compute_s for result in results)
+        self.compute_s += slowest
+        self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
+        self.samples += sum(result.rows_processed for result in results)
+        self.sent += self.runner.last_bytes_sent
+        self.received += self.runner.last_bytes_received
+        return results
+
+    def record(self, round_index: int, epoch: int, loss: float, wall_s: float) -> dict[str, Any]:
+        """The round's history record (the keys of ``HISTORY_KEYS``)."""
+        return {
+            "round": round_index,
+            "epoch": epoch,
+            "loss": float(loss),
+            "wall_s": wall_s,
+            "compute_s": self.compute_s,
+            "comm_s": max(self.run_s - self.busy_s, 0.0),
+            "bytes_sent": self.sent,
+            "bytes_received": self.received,
+            "samples": self.samples,
+            "wait_s": self.wait_s,
+        }
+
+
+class RoundLoop:
+    """The rounds of one run: broadcast, combine, record, check, checkpoint."""
+
+    def __init__(
+        self,
+        model: Model,
+        runner: Engine,
+        shard_sizes: tuple[int, ...],
+        strategy: Strategy,
+        optimizer: Optimizer,
+        epochs: int,
+        max_rounds: int | None,
+        tol: float,
+        seed: int,
+    ) -> None:
+        self.model, self.runner, self.shard_sizes = model, runner, shard_sizes
+        self.strategy, self.optimizer, self.tol, self.seed = strategy, optimizer, tol, seed
+        rounds_per_epoch = strategy.rounds_per_epoch(shard_sizes)
+        self.total = strategy.total_rounds(shard_sizes, epochs)
+        if max_rounds is not None:
+            self.total = min(self.total, max_rounds)
+        self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
+        self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
+
+    def run(
+        self,
+        resumed: TrainingState | None,
+        checkpoints: Checkpointing,
+        config: RunConfig,
+        progress: bool | None,
+        hooks: CallbackList,
+    ) -> Run:
+        state = self.initial_state(resumed)
+        started = time.perf_counter()
+        stalled = solved = halted = False
+        with _progress_bar(self.total, progress) as bar:
+            bar.update(len(state.history))
+            for round_index in range(len(state.history), self.total):
+                if state.converged:
+                    break
+                outcome = self.round(round_index, state)
+                solved = outcome.solved
+                halted = hooks.round_end(state.history[-1])
+                bar.update(1)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
+                if outcome.stalled:  # a stalled search is no convergence, whatever it measured
+                    stalled, state.converged = True, False
+                    break
+                if halted:  # the last checkpoint, below, is written all the same
+                    break
+                if checkpoints.due(round_index + 1):
+                    checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
+        if checkpoints.directory is not None:
+            checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
+        unbounded = self.unbounded(state)
+        if unbounded is not None:
+            warnings.warn(unbounded, ConvergenceWarning, stacklevel=caller_stacklevel())
+        elif self.tol > 0 and not state.converged and self.total > 1 and not (stalled or halted):
+            warnings.warn(
+                f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
+                "raise epochs (or max_rounds) or tol",
+                ConvergenceWarning,
+                stacklevel=caller_stacklevel(),
+            )
+        self.model.params_ = state.params
+        elapsed = time.perf_counter() - started
+        stopped = "solved" if solved else "converged" if state.converged else "round limit"
+        stopped = "line search stalled" if stalled else stopped
+        stopped = "stopped by a callback" if halted and not state.converged else stopped
+        return Run(
+            self.model,
+            state.history,
+            state.converged and unbounded is None,
+            self.strategy,
+            self.runner.name,
+            self.runner.num_workers,
+            elapsed,
+            "no finite optimum" if unbounded is not None else stopped,
+        )
+
+    def unbounded(self, state: LoopState) -> str | None:
+        """Why an unpenalised linear classifier has no finite optimum, if it has none."""
+        model = self.model
+        if not model.is_classifier or model.l2 > 0 or self.strategy.stochastic or not state.history:
+            return None
+        losses = [record["loss"] for record in state.history]
+        largest = float(np.abs(state.params).max())
+        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest)
+
+    def initial_state(self, resumed: TrainingState | None) -> LoopState:
+        """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
+        check = ConvergenceCheck(self.tol, self.strategy.stochastic)
+        if resumed is None:
+            params = self.model.init_params(self.seed)
+            return LoopState(params, self.optimizer.init(params), [], check)
+        check.restore(resumed.convergence)
+        history = resumed.history
+        self.restore_worker_state(resumed.worker_state)
+        return LoopState(
+            resumed.params,
+            resumed.opt_state,
+            history,
+            check,
+            converged=resumed.convergence.get("converged", False),
+            first_loss=history[0]["loss"] if history else None,
+        )
+
+    def restore_worker_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Hand the workers their declared state back, if the worker count allows."""
+        if not self.state_fields or not arrays:
+            return
+        rows = {len(array) for array in arrays.values()}
+        if set(arrays) != {f.name for f in self.state_fields} or rows != {self.runner.num_workers}:
+            warnings.warn(
+                f"the checkpoint has error-feedback state for {max(rows)} workers, not "
+                f"{self.runner.num_workers}: it starts again from zero",
+                CheckpointWarning,
+                stacklevel=caller_stacklevel(),
+            )
+            return
+        self.runner.run(SetWorkerState(self.state_fields, tuple(arrays[f.name] for f in self.state_fields)))
+
+    def snapshot(self, state: LoopState, config: RunConfig) -> TrainingState:
+        """Everything needed to go on from the next round (the workers' state included)."""
+        worker_state: dict[str, np.ndarray] = {}
+        if self.state_fields:
+            per_worker = self.runner.run(GetWorkerState(self.state_fields))
+            worker_state = {
+                f.name: np.stack([arrays[i] for arrays in per_worker])
+                for i, f in enumerate(self.state_fields)
+            }
+        convergence = {**state.check.state(), "converged": state.converged}
+        return TrainingState(
+            len(state.history),
+            state.params,
+            state.opt_state,
+            state.history,
+            convergence,
+            self.model.standardizer_,
+            config.to_json(),
+            worker_state,
+        )
+
+    def round(self, round_index: int, state: LoopState) -> StepOutcome:
+        """One round, recorded in ``state``; raises TrainingDiverged, keeping the last
+        finite parameters, if the result is not finite."""
+        start = time.perf_counter()
+        meter = PassMeter(self.runner)
+        with np.errstate(over="ignore", invalid="ignore"):
+            outcome = self.strategy.round(
+                lambda point: meter.run(self.task, point, round_index),
+                state.params,
+                state.opt_state,
+                self.model,
+                self.optimizer,
+            )
+        epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
+        self.check_finite(round_index, outcome, state)
+        state.history.append(meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start))
+        state.params, state.opt_state = outcome.params, outcome.opt_state
+        state.norms.append(float(np.abs(outcome.params).max()))
+        epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
+        state.converged = state.check.update(outcome, epoch_ends)
+        return outcome
+
+    def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
+        """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
+        if state.first_loss is None:
+            state.first_loss = outcome.loss
+        exploded = abs(outcome.loss) > EXPLODED * max(1.0, abs(state.first_loss))
+        if exploded or not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
+            self.model.params_ = state.params
+            raise TrainingDiverged(
+                f"training diverged at round {round_index} (loss {outcome.loss:g}): "
+                f"lower the learning rate (now {self.optimizer.describe_lr()})",
+                state.params,
+                round_index,
+            )
