@@ -131,7 +131,7 @@ def test_one_hot_round_trip_through_predict(tmp_path):
     text = table(",", names=("a", "color", "y"), rows=rows)
     result, out = train(tmp_path, "d.csv", text, "--one-hot", "color")
     assert result.returncode == 0, result.stderr
-    assert load_model(out).feature_names_ == ("a", "color=blue", "color=green", "color=red")
+    assert load_model(out).feature_names_ == ("a", "color=green", "color=red")  # blue: the reference
     new = tmp_path / "new.csv"
     new.write_text("color,a\nred,0.5\ngreen,2\nblue,7\n")
     predicted = tmp_path / "p.npy"
@@ -205,3 +205,22 @@ def test_a_file_with_the_target_column_predicts_with_a_model_trained_on_bare_arr
         pg.DataError, match=r"has 5 features, but the model was trained with 4: is 'x4' the target"
     ):
         pg.predict(model, tmp_path / "other.csv", engine="serial")
+
+
+def test_evaluate_takes_the_targets_of_npy_features_and_skips_rows_with_missing_values(tmp_path):
+    data = pg.make_regression(300, 3, seed=5)
+    np.save(tmp_path / "X.npy", data.X)
+    np.save(tmp_path / "y.npy", data.y)
+    trained = run_cli(
+        "train", tmp_path / "X.npy", "--target-file", tmp_path / "y.npy", "--out", tmp_path / "m.npz"
+    )
+    assert trained.returncode == 0, trained.stderr
+    scored = run_cli("evaluate", tmp_path / "m.npz", tmp_path / "X.npy", "--target-file", tmp_path / "y.npy")
+    assert scored.returncode == 0, scored.stderr
+    assert scored.stdout.splitlines()[0].split() == ["rows", "300"]
+    (tmp_path / "t.csv").write_text("x0,x1,x2,y\n1,2,3,4\n,1,1,1\n2,2,2,2\n")
+    run_cli("train", tmp_path / "t.csv", "--target", "y", "--dropna", "--out", tmp_path / "small.npz")
+    missing = run_cli("predict", tmp_path / "small.npz", tmp_path / "t.csv", "--out", tmp_path / "p.csv")
+    assert missing.returncode == 1 and "at line 3; fill or remove such rows" in missing.stderr
+    kept = run_cli("evaluate", tmp_path / "small.npz", tmp_path / "t.csv", "--dropna")
+    assert kept.returncode == 0 and kept.stdout.splitlines()[0].split() == ["rows", "2"]

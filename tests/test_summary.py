@@ -63,7 +63,7 @@ def test_convergence_warnings_point_at_the_callers_line(binary_data):
 
 def test_a_batch_larger_than_a_shard_is_warned_about(binary_data):
     with pytest.warns(
-        PerformanceWarning, match="batch_size 1000 is larger than the smallest shard"
+        PerformanceWarning, match="batch_size=1000 is larger than the smallest shard"
     ) as caught:
         pg.train(
             pg.models.LogisticRegression(),
@@ -80,7 +80,9 @@ def test_a_batch_larger_than_a_shard_is_warned_about(binary_data):
 
 def test_more_worker_threads_than_cores_are_warned_about(binary_data):
     threads = default_workers() + 1
-    with pytest.warns(PerformanceWarning, match=f"1 workers x {threads} threads_per_worker"):
+    with pytest.warns(
+        PerformanceWarning, match=rf"1 workers x {threads} thread.s. each .* threads_per_worker="
+    ):
         pg.train(
             pg.models.LogisticRegression(),
             binary_data,

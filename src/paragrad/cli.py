@@ -136,7 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         callbacks=_trackers(args),
     )
-    model.encoding_ = dataset.encoding  # saved with the model
     try:
         run = train(model, dataset, **options)
     except TrainingDiverged as exc:
@@ -205,7 +204,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    metrics = evaluate(args.model, args.data, args.target, delimiter=args.delimiter)
+    options = dict(delimiter=args.delimiter, dropna=args.dropna, target_file=args.target_file)
+    metrics = evaluate(args.model, args.data, args.target, **options)
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -157,7 +157,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
     """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
     p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
-    p.add_argument("data", type=Path, help="CSV/TSV, Parquet, .npz or LIBSVM file")
+    p.add_argument(
+        "data", type=Path, help="CSV/TSV/.txt, Parquet, .npz, LIBSVM, or .npy features with --target-file"
+    )
     p.add_argument("--target", help=TARGET_HELP)
     _add_model_options(p)
     p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
@@ -253,11 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p)
 
     p = commands.add_parser("evaluate", help="loss and accuracy (or RMSE and R^2) on labelled data")
-    p.add_argument("model", type=Path)
-    p.add_argument("data", type=Path)
+    p.add_argument("model", type=Path, help="model file written by train --out")
+    p.add_argument(
+        "data", type=Path, help="labelled rows: a table with the target, or .npy with --target-file"
+    )
     p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_file_options(p, training=False)
+    p.add_argument("--dropna", action="store_true", help="skip rows with missing values")
+    p.add_argument(
+        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
+    )
 
     p = commands.add_parser("make-data", help="generate a synthetic data set")
     p.add_argument("kind", choices=("regression", "classification"))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.errors import setting
 from paragrad.strategies import StepOutcome
 
 SEPARATED_LOSS = 1e-8  # a classifier's mean loss this small: every row on its side, with a margin
@@ -75,5 +76,5 @@ def no_finite_optimum(losses: list[float], norms: list[float], newton: bool, lar
     return (
         f"the classes look separable (training loss {losses[-1]:.3g}, largest weight {largest:.3g}): "
         "without a penalty there is no finite optimum, and the weights grow without bound; add one "
-        "(l2=, --l2)"
+        f"({setting('l2')})"
     )

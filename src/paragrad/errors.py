@@ -93,6 +93,12 @@ def flag_names() -> Iterator[None]:
         _FLAG_NAMES.reset(token)
 
 
+def setting(keyword: str) -> str:
+    """A setting's name as the user writes it: ``--max-rounds`` on the command line,
+    ``max_rounds=`` in Python."""
+    return "--" + keyword.replace("_", "-") if _FLAG_NAMES.get() else f"{keyword}="
+
+
 def option(keyword: str, value: object = True) -> str:
     """A setting as the user writes it, for messages that say how to fix a problem:
     ``--one-hot color`` on the command line, ``one_hot=['color']`` in Python."""

@@ -49,6 +49,8 @@ def read_features(
     check_finite: bool = True,
     lazy: bool = False,
     delimiter: str | None = None,
+    dropna: bool | None = None,
+    target_file: str | os.PathLike | None = None,
 ) -> Dataset:
     """The features (and, with ``target``, labels) of ``data`` in the model's column order.
 
@@ -65,6 +67,8 @@ def read_features(
             num_features=model.num_features_,
             one_hot=model.encoding_ or (),
             delimiter=delimiter,
+            dropna=dropna if Path(data).suffix.lower() != ".npy" else False,
+            target_file=target_file,
             dtype=None,
             check_finite=check_finite,
             lazy=lazy and Path(data).suffix.lower() in PARQUET_SUFFIXES,
@@ -140,6 +144,8 @@ def evaluate(
     target: str | int | None = None,
     *,
     delimiter: str | None = None,
+    dropna: bool = False,
+    target_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Metrics of a trained model on labelled data.
 
@@ -153,7 +159,7 @@ def evaluate(
         if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with target=")
         target = ColumnName(model.target_name_)  # the model's column, by name only
-    dataset = read_features(model, data, target, delimiter=delimiter)
+    dataset = read_features(model, data, target, delimiter=delimiter, dropna=dropna, target_file=target_file)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
     y = dataset.labels  # as in the file: text, booleans or numbers

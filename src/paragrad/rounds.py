@@ -29,6 +29,7 @@ from paragrad.errors import (
     WorkerError,
     WorkerLost,
     caller_stacklevel,
+    setting,
 )
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
@@ -174,8 +175,8 @@ class RoundLoop:
             warnings.warn(unbounded, ConvergenceWarning, stacklevel=caller_stacklevel())
         elif self.tol > 0 and not state.converged and self.total > 1 and not (stalled or halted):
             warnings.warn(
-                f"stopped after {len(state.history)} rounds without converging to tol={self.tol:g}; "
-                "raise epochs (or max_rounds) or tol",
+                f"stopped after {len(state.history)} rounds without converging to tol {self.tol:g}; "
+                f"raise {setting('epochs')} (or {setting('max_rounds')}) or {setting('tol')}",
                 ConvergenceWarning,
                 stacklevel=caller_stacklevel(),
             )
@@ -193,6 +194,7 @@ class RoundLoop:
             self.runner.num_workers,
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
+            optimizer=self.optimizer.name,
         )
 
     def unbounded(self, state: LoopState) -> str | None:

@@ -45,6 +45,7 @@ class Run:
     stopped: str = "converged"
     setup_s: float = 0.0  # starting the workers, placing the data, the set-up pass
     total_s: float = 0.0  # the whole call to train
+    optimizer: str = ""  # the optimizer's name (a default chosen for the model, say)
 
     @property
     def outcome(self) -> str:
@@ -85,7 +86,8 @@ class Run:
         whole = max(self.total_s, self.setup_s + total["wall_s"])
         lines = [
             f"model         {self.model!r}",
-            f"strategy      {self.strategy!r} on {self.engine} engine, {self.num_workers} workers",
+            f"strategy      {self.strategy!r}{f' with {self.optimizer}' if self.optimizer else ''} on "
+            f"{self.engine} engine, {self.num_workers} workers",
             f"rounds        {len(self.history)} ({self.outcome})",
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.errors import ConfigError, DataError, check_positive_int
+from paragrad.errors import ConfigError, DataError, check_positive_int, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
@@ -102,13 +102,14 @@ def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int
     threads, cores = runner.num_workers * runner.threads_per_worker, default_workers()
     if runner.shares_cores and threads > cores:
         messages.append(
-            f"{runner.num_workers} workers x {runner.threads_per_worker} threads_per_worker = {threads} "
-            f"threads on {cores} cores: they slow each other down; lower workers or threads_per_worker"
+            f"{runner.num_workers} workers x {runner.threads_per_worker} thread(s) each = {threads} threads "
+            f"on {cores} cores: they slow each other down; lower {setting('workers')} or "
+            f"{setting('threads_per_worker')}"
         )
     batch = strategy.batch_size if isinstance(strategy, (SGD, LocalSGD)) else None
     if batch is not None and batch > min(shard_sizes):
         messages.append(
-            f"batch_size {batch} is larger than the smallest shard ({min(shard_sizes)} rows): "
+            f"{setting('batch_size')}{batch} is larger than the smallest shard ({min(shard_sizes)} rows): "
             "its batches are the whole shard"
         )
     return messages

@@ -141,7 +141,7 @@ def train(
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
     check_settings(model, strategy, optimizer, epochs, max_rounds, workers, tol)
-    data = data.astype(dtype)
+    encoding, data = data.encoding, data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -166,6 +166,7 @@ def train(
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
         standardizer = None if resumed is None else resumed.standardizer
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
+        model.encoding_ = encoding  # one-hot categories, kept in the model file
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)

@@ -22,13 +22,17 @@ MAX_CATEGORIES = 100
 
 @dataclass(frozen=True)
 class Encoding:
-    """The one-hot encoded columns, each with its sorted categories."""
+    """The one-hot encoded columns, each with its sorted categories.
+
+    The first category of each is the reference and gets no column (the intercept stands
+    for it): all of them would add up to the intercept's column, a dependence in every fit.
+    """
 
     categories: Mapping[str, tuple[str, ...]]
 
     def names(self, column: str) -> list[str]:
-        """The indicator columns that stand for ``column``."""
-        return [f"{column}={value}" for value in self.categories[column]]
+        """The indicator columns that stand for ``column``: one per category but the first."""
+        return [f"{column}={value}" for value in self.categories[column][1:]]
 
     def expand(self, columns: Sequence[str]) -> list[str]:
         """``columns`` with each encoded one replaced by its indicator columns."""
@@ -96,7 +100,7 @@ def apply(path, table, encoding: Encoding, where) -> tuple[list[str], dict[str, 
                 f"{path}: column {column!r} holds {cells[row]!r} at {where(row)}, a value the model "
                 f"was not trained with (known: {', '.join(known)})"
             )
-        for j, name in enumerate(encoding.names(column)):
+        for j, name in enumerate(encoding.names(column), start=1):
             indicator = (codes == j).astype(np.float64)
             indicator[codes == -2] = np.nan
             values[name] = indicator

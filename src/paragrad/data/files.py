@@ -34,7 +34,7 @@ def load(
     features: Sequence[str] | None = None,
     drop: Sequence[str] = (),
     one_hot: Sequence[str] | Encoding = (),
-    dropna: bool = False,
+    dropna: bool | None = False,
     delimiter: str | None = None,
     target_file: str | os.PathLike | None = None,
     num_features: int | None = None,

@@ -34,7 +34,7 @@ class ReadOptions:
     features: Sequence[str] | None = None
     drop: tuple[str, ...] = ()
     one_hot: tuple[str, ...] | Encoding = ()
-    dropna: bool = False
+    dropna: bool | None = False  # None: not offered (predicting keeps every row)
     delimiter: str | None = None
 
 
@@ -140,9 +140,10 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
     return dataset
 
 
-def _missing_rows(path: Path, X, y, features, target_name, dropna: bool, where):
+def _missing_rows(path: Path, X, y, features, target_name, dropna: bool | None, where):
     """Skip the rows with a missing (empty, NA or NaN) value when ``dropna``, else name the
-    first; returns the features, the target and how many rows were skipped."""
+    first (``None``: skipping is no choice, as when predicting, whose rows must all stay);
+    returns the features, the target and how many rows were skipped."""
     missing = np.isnan(X).any(axis=1)
     if y is not None and y.dtype.kind == "f":  # labels read as text or booleans have none
         missing |= np.isnan(y)
@@ -156,7 +157,7 @@ def _missing_rows(path: Path, X, y, features, target_name, dropna: bool, where):
         others = f" ({count} rows have missing values)" if count > 1 else ""
         raise DataError(
             f"{path}: missing value in column {column!r} at {where(row)}{others}; "
-            f"skip such rows with {option('dropna')}"
+            + ("fill or remove such rows" if dropna is None else f"skip such rows with {option('dropna')}")
         )
     if count == len(missing):
         raise DataError(f"{path}: every row has a missing value")
