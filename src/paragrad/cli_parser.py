@@ -84,6 +84,11 @@ def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
         metavar="COL[,COL]",
         help="text columns to expand into COL=value indicator columns (at most 100 values each)",
     )
+    _add_row_options(parser)
+
+
+def _add_row_options(parser: argparse.ArgumentParser) -> None:
+    """Which rows count, and where the targets of ``.npy`` features are (train, evaluate)."""
     parser.add_argument("--dropna", action="store_true", help="skip rows with missing values")
     parser.add_argument(
         "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
@@ -262,10 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_file_options(p, training=False)
-    p.add_argument("--dropna", action="store_true", help="skip rows with missing values")
-    p.add_argument(
-        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
-    )
+    _add_row_options(p)
 
     p = commands.add_parser("make-data", help="generate a synthetic data set")
     p.add_argument("kind", choices=("regression", "classification"))
