@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def sniff(path: Path, delimiter: str | None = None) -> Dialect:
         lines = lines[:-1]  # the last line read may be cut short
     lines = [line for line in lines if line.strip()][:SNIFF_LINES]
     header = lines[0].strip() if lines else ""
-    # Some tools (R's write.table, say) quote names with single quotes.
-    quote = "'" if header.startswith("'") and '"' not in header else '"'
+    # Some tools (R's write.table, say) quote names with single quotes: a first name wrapped
+    # in them, then a delimiter or the end (a lone ' is just a character of a name).
+    quoted_first = re.match(r"'[^']*'(?:[\s,;|]|$)", header) is not None
+    quote = "'" if quoted_first and '"' not in header else '"'
     if delimiter is not None:
         return Dialect(delimiter_from(delimiter), quote)
     for candidate in CANDIDATES:
