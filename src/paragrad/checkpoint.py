@@ -36,8 +36,7 @@ from paragrad.models import Model, get_model
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
-    model._check_trained()
-    model.save(path)
+    model.save(path)  # which refuses an untrained model
 
 
 def load_model(path: str | os.PathLike) -> Model:

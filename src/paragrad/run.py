@@ -105,7 +105,6 @@ class Run:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the trained model to a ``.npz`` model file (see :func:`paragrad.load_model`)."""
-        self.model._check_trained()
         self.model.save(path)
 
 

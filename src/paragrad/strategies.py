@@ -287,11 +287,6 @@ class GradientDescent(Strategy):
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
 
-def _check_batch_size(batch_size: int | None, allow_none: bool) -> int | None:
-    check_positive_int("batch_size", batch_size, allow_none)
-    return None if batch_size is None else int(batch_size)
-
-
 class SGD(Strategy):
     """Distributed minibatch SGD: each worker draws ``batch_size`` rows of its shard.
 
@@ -358,7 +353,8 @@ class LocalSGD(Strategy):
         if not isinstance(server_lr, (int, float)) or not 0.0 < server_lr <= 10.0:
             raise ConfigError(f"server_lr must be in (0, 10], got {server_lr!r}")
         self.local_steps = None if local_steps is None else int(local_steps)
-        self.batch_size = _check_batch_size(batch_size, allow_none=True)
+        check_positive_int("batch_size", batch_size, allow_none=True)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.server_lr = float(server_lr)
         self.compress = compress
         get_compressor(compress)

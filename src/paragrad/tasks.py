@@ -83,19 +83,16 @@ class GetWorkerState(Task):
 
 @dataclass(frozen=True)
 class SetWorkerState(Task):
-    """Give each worker its state fields: zeros, or its arrays from a checkpoint
-    (``arrays[f][w]`` is field ``f`` of worker ``w``)."""
+    """Give each worker its state fields back from a checkpoint (``arrays[f][w]`` is
+    field ``f`` of worker ``w``)."""
 
     fields: tuple[StateField, ...]
-    arrays: tuple[np.ndarray, ...] | None = None
+    arrays: tuple[np.ndarray, ...]
     mutates_shard: ClassVar[bool] = True
 
     def __call__(self, shard: Shard) -> None:
         shard.state = {
-            field.name: np.zeros(field.size)
-            if self.arrays is None
-            else np.array(self.arrays[f][shard.worker])
-            for f, field in enumerate(self.fields)
+            field.name: np.array(self.arrays[f][shard.worker]) for f, field in enumerate(self.fields)
         }
 
 

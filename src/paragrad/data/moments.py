@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.data.dataset import is_sparse
 from paragrad.errors import DataError
 
 
@@ -27,7 +28,7 @@ def moments(X: Any) -> Moments:
 
     For CSR rows, from the sums of values and of squares (centring would make them dense).
     """
-    if hasattr(X, "tocsr"):
+    if is_sparse(X):
         mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
         squares = np.asarray(X.multiply(X).sum(axis=0, dtype=np.float64)).ravel()
         return Moments(X.shape[0], mean, np.maximum(squares - X.shape[0] * mean**2, 0.0))

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from paragrad.data import is_sparse
 from paragrad.errors import caller_stacklevel
 from paragrad.optim.base import Evaluate, Needs, Optimizer, OptimizerStep
 
@@ -42,7 +43,7 @@ def shard_factor(X: Any, y: np.ndarray, fit_intercept: bool) -> np.ndarray:
     factor = np.zeros((0, width))
     for start in range(0, X.shape[0], step):
         block = X[start : start + step]
-        block = block.toarray() if hasattr(block, "toarray") else block
+        block = block.toarray() if is_sparse(block) else block
         columns = [np.asarray(block, dtype=np.float64)]
         if fit_intercept:
             columns.append(np.ones((block.shape[0], 1)))
