@@ -386,3 +386,39 @@ def test_unknown_labels_and_text_regression_targets_are_refused():
         model.loss(X[:2], ["no", "maybe"])
     with pytest.raises(pg.DataError, match="LinearRegression needs a numeric target, but it holds labels"):
         pg.train(LinearRegression(), pg.Dataset(X, y), engine="serial")
+
+
+def _trained_like(model, rng, num_features: int):
+    """A model with random parameters, set up for ``num_features`` and three classes."""
+    labels = np.array(["a", "b", "c"]) if isinstance(model, Classifier) else None
+    if isinstance(model, LogisticRegression):
+        labels = np.array([-1, 1])
+    model.setup(num_features, labels)
+    model.params_ = 0.3 * rng.standard_normal(model.num_params)
+    return model
+
+
+@pytest.mark.parametrize("num_features", [1, 7, 33, 100, 257])
+@pytest.mark.parametrize(
+    "make",
+    [
+        LinearRegression,
+        LogisticRegression,
+        SoftmaxRegression,
+        lambda: MLP(hidden=(40,), task="regression"),
+        lambda: MLP(hidden=(128, 16)),
+        lambda: MLP(hidden=(512,), activation="tanh"),
+    ],
+)
+def test_a_rows_prediction_does_not_depend_on_the_rows_predicted_with_it(make, num_features):
+    # A server batches requests and workers predict shards of any size: every row must come
+    # out bit for bit as when it is predicted alone.
+    rng = np.random.default_rng(num_features)
+    model = _trained_like(make(), rng, num_features)
+    X = rng.standard_normal((300, num_features))
+    outputs = model.predict_proba if model.is_classifier else model.predict
+    together = outputs(X)
+    for start, count in [(0, 1), (5, 1), (3, 2), (17, 5), (40, 64), (100, 200), (299, 1)]:
+        alone = outputs(X[start : start + count].copy())
+        np.testing.assert_array_equal(alone, together[start : start + count])
+    np.testing.assert_array_equal(model.predict(X[7:8]), model.predict(X)[7:8])

@@ -18,6 +18,7 @@ from paragrad.data.encoding import Encoding
 from paragrad.errors import ConfigError, DataError
 from paragrad.model_file import write_model_file
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
+from paragrad.models.rowwise import row_product
 
 MAX_CLASSES = 1000
 
@@ -318,8 +319,12 @@ class LinearLayout:
         return W, b
 
     def outputs(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """``X @ W + b``, shape (rows, k); a matrix-vector product when k is 1."""
-        return self._outputs(*self.weights_for(params, X), X)
+        """``X @ W + b``, shape (rows, k), as predictions take it: each row's result
+        independent of the other rows (:func:`row_product`)."""
+        W, b = self.weights_for(params, X)
+        if self.num_outputs == 1:
+            return (row_product(X, W[:, 0]) + b)[:, None]
+        return row_product(X, W) + b
 
     def _outputs(self, W: np.ndarray, b, X: np.ndarray) -> np.ndarray:
         if self.num_outputs == 1:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Any
 
 import numpy as np
 
 from paragrad.errors import ConfigError
 from paragrad.models.base import Classifier, Model, log_softmax_xent, softmax
+from paragrad.models.rowwise import row_product
 
 ACTIVATIONS = ("relu", "tanh")
 TASKS = ("classification", "regression")
@@ -119,15 +121,19 @@ class MLP(Model):
             return (activated > 0).astype(activated.dtype)
         return 1.0 - activated**2
 
-    def _forward(self, params: np.ndarray, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def _forward(
+        self, params: np.ndarray, X: np.ndarray, product=operator.matmul
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every layer's activations and the network's outputs; predictions pass
+        :func:`row_product` so that a row's outputs do not depend on the rows beside it."""
         *hidden, (W_out, b_out) = self.layers(params)
         outputs = [X]
         for W, b in hidden:
-            outputs.append(self._act(outputs[-1] @ W.astype(X.dtype) + b.astype(X.dtype)))
-        return outputs, outputs[-1] @ W_out.astype(X.dtype) + b_out.astype(X.dtype)
+            outputs.append(self._act(product(outputs[-1], W.astype(X.dtype)) + b.astype(X.dtype)))
+        return outputs, product(outputs[-1], W_out.astype(X.dtype)) + b_out.astype(X.dtype)
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return self._forward(params, X)[1][:, 0]
+        return self._forward(params, X, row_product)[1][:, 0]
 
     def output_loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss sum of the network's outputs ``out`` against ``y``, and dLoss/dout."""
@@ -159,10 +165,10 @@ class MLPClassifier(MLP, Classifier):
         return self.num_classes
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return self._forward(params, X)[1]
+        return self._forward(params, X, row_product)[1]
 
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return softmax(self._forward(params, X)[1])
+        return softmax(self.decision_function(params, X))
 
     def output_loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return log_softmax_xent(out, y)
