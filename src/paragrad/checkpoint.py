@@ -39,12 +39,17 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
     model.save(path)  # which refuses an untrained model
 
 
-def load_model(path: str | os.PathLike) -> Model:
-    """Read a model written by :func:`save_model` (or ``run.save``), refusing anything else."""
+def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
+    """Read a model written by :func:`save_model` (or ``run.save``), refusing anything else.
+
+    ``content`` is the file's bytes when the caller has read them already (a server that
+    must know which version it loaded).
+    """
     path = Path(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    with open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError) as archive:
+    opened = open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError, content=content)
+    with opened as archive:
         if "meta" not in archive.files and "num_features" in archive.files:
             raise ModelFileError(
                 f"{path}: a Torch model's parameters: load them with pg.models.Torch.load(path, module)"

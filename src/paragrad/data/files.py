@@ -6,6 +6,7 @@ without pickle.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zipfile
 from collections.abc import Sequence
@@ -154,15 +155,24 @@ def has_magic(path: Path, magic: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def open_numpy(path: Path, kind: str, *, what: str | None = None, error: type[Exception] = DataError):
+def open_numpy(
+    path: Path,
+    kind: str,
+    *,
+    what: str | None = None,
+    error: type[Exception] = DataError,
+    content: bytes | None = None,
+):
     """``np.load`` of a ``.npy`` or ``.npz`` file without pickle, every failure one clear error.
 
     ``what`` names the expected content in messages; the file is closed on every path.
+    ``content``, when given, is the file's bytes as read earlier (``path`` names it in messages).
     """
     what = what or f"a valid .{kind} file"
-    if not has_magic(path, ZIP_MAGIC if kind == "npz" else NPY_MAGIC):
+    magic = ZIP_MAGIC if kind == "npz" else NPY_MAGIC
+    if not (content.startswith(magic) if content is not None else has_magic(path, magic)):
         raise error(f"{path}: not {what}")
-    with open(path, "rb") as handle:
+    with open(path, "rb") if content is None else io.BytesIO(content) as handle:
         try:
             yield np.load(handle, allow_pickle=False)
         except ParagradError:

@@ -260,9 +260,14 @@ class Classifier(Model):
 
     is_classifier = True
 
-    @abstractmethod
     def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (rows, classes)."""
+        return self.proba_from(self.decision_function(params, X))
+
+    def proba_from(self, scores: np.ndarray) -> np.ndarray:
+        """Class probabilities from the raw scores of :meth:`decision_function` (a softmax
+        of the logits), so that labels and probabilities come from one pass."""
+        return softmax(scores)
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class, shape (rows, classes), columns in ``classes_`` order."""

@@ -46,8 +46,8 @@ class LogisticRegression(LinearLayout, Classifier):
     def labels_from(self, scores: np.ndarray) -> np.ndarray:
         return self.classes_[(scores > 0).astype(np.intp)]
 
-    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        p = sigmoid(self.decision_function(params, X))
+    def proba_from(self, scores: np.ndarray) -> np.ndarray:
+        p = sigmoid(scores)
         return np.column_stack([1.0 - p, p])
 
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

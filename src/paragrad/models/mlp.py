@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import ConfigError
-from paragrad.models.base import Classifier, Model, log_softmax_xent, softmax
+from paragrad.models.base import Classifier, Model, log_softmax_xent
 from paragrad.models.rowwise import row_product
 
 ACTIVATIONS = ("relu", "tanh")
@@ -166,9 +166,6 @@ class MLPClassifier(MLP, Classifier):
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self._forward(params, X, row_product)[1]
-
-    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return softmax(self.decision_function(params, X))
 
     def output_loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return log_softmax_xent(out, y)

@@ -67,9 +67,6 @@ class SoftmaxRegression(LinearLayout, Classifier):
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.outputs(params, X)
 
-    def proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return softmax(self.decision_function(params, X))
-
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return log_softmax_xent(Z, y)
 

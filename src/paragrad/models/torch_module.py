@@ -24,7 +24,7 @@ import numpy as np
 
 from paragrad.errors import ConfigError, ModelFileError
 from paragrad.model_file import standardizer_arrays, write_arrays
-from paragrad.models.base import Classifier, Model, softmax
+from paragrad.models.base import Classifier, Model
 
 LOSSES = ("cross_entropy", "mse")
 TASKS = ("classification", "regression")
@@ -251,9 +251,6 @@ class TorchClassifier(Torch, Classifier):
         if self._criterion is not None:
             return self._criterion(out, target)
         return torch.nn.functional.cross_entropy(out, target, reduction="sum")
-
-    def proba(self, params: np.ndarray, X) -> np.ndarray:
-        return softmax(self.decision_function(params, X))
 
 
 def _task_of(loss: Any, task: str | None) -> str:
