@@ -15,7 +15,18 @@ import pytest
 import paragrad
 
 SOURCE = Path(paragrad.__file__).parent
-HEAVY = ("paragrad.bench", "matplotlib", "torch", "ray", "scipy", "sklearn", "tensorboard", "mlflow")
+HEAVY = (
+    "paragrad.bench",
+    "matplotlib",
+    "torch",
+    "ray",
+    "scipy",
+    "sklearn",
+    "tensorboard",
+    "mlflow",
+    "onnx",
+    "onnxruntime",
+)
 # Modules outside engines/ that may choose an engine. The benchmarks drive engines directly,
 # as the tests do; they are loaded only by ``paragrad bench``.
 ENGINE_USERS = {

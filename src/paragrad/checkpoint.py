@@ -34,6 +34,10 @@ from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
 
 
+class TorchModelFileError(ModelFileError):
+    """The file holds a Torch model's parameters, which need the module to be a model."""
+
+
 def save_model(model: Model, path: str | os.PathLike) -> None:
     """Write a trained model to ``path`` (any suffix; ``.npz`` is customary)."""
     model.save(path)  # which refuses an untrained model
@@ -51,7 +55,7 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
     opened = open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError, content=content)
     with opened as archive:
         if "meta" not in archive.files and "num_features" in archive.files:
-            raise ModelFileError(
+            raise TorchModelFileError(
                 f"{path}: a Torch model's parameters: load them with pg.models.Torch.load(path, module)"
             )
         if "meta" not in archive.files or "params" not in archive.files:

@@ -15,12 +15,13 @@ import warnings
 from pathlib import Path
 
 from paragrad.callbacks import Callback, MLflow, TensorBoard
-from paragrad.checkpoint import save_model
+from paragrad.checkpoint import TorchModelFileError, load_model, save_model
 from paragrad.cli_parser import (
     BENCH_SUITES,
     DATA_SUFFIXES,
     DEFAULT_BATCH,
     DEFAULT_LR,
+    EXPORT_SUFFIXES,
     NOT_CONVERGED,
     PREDICTION_SUFFIXES,
     build_parser,
@@ -37,6 +38,7 @@ from paragrad.engines import reads_own_rows
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged, flag_names
 from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import get_model
+from paragrad.onnx_export import export_onnx, import_onnx
 from paragrad.optim import get_optimizer
 from paragrad.optim.base import positive
 from paragrad.settings import choose_model, default_optimizer
@@ -234,6 +236,22 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _check_out(args.out, EXPORT_SUFFIXES)
+    import_onnx()  # a missing package is said before any work
+    try:
+        model = load_model(args.model)
+    except TorchModelFileError:
+        raise ConfigError(
+            f"{args.model}: a Torch model's parameters: export covers the numpy models; "
+            "export a Torch module with torch.onnx.export"
+        ) from None
+    export_onnx(model, args.out, dtype=args.dtype)
+    outputs = "predict, proba" if model.is_classifier else "predict"
+    print(f"wrote {args.out} ({args.format}, {args.dtype}): input X, outputs {outputs}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from paragrad.bench import run_suites  # the suites load only when benchmarks run
 
@@ -248,6 +266,7 @@ HANDLERS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "make-data": cmd_make_data,
+    "export": cmd_export,
     "bench": cmd_bench,
 }
 

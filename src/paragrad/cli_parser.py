@@ -20,6 +20,8 @@ DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
 NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
+EXPORT_FORMATS = ("onnx",)
+EXPORT_SUFFIXES = (".onnx",)
 TARGET_HELP = (
     "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
     "has that name; '#3' is always index 3"
@@ -120,11 +122,16 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
-    """Every option's help says its default, unless its text already does."""
+    """Every optional option's help says its default, unless its text already does."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+        if (
+            not action.option_strings
+            or action.required
+            or "default" in text
+            or action.default is argparse.SUPPRESS
+        ):
             return text
         default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
         return f"{text} (default: {default})"
@@ -279,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help=".csv, .tsv, .parquet or .npz")
     p.add_argument("--test-rows", type=_positive_int, help="extra rows from the same distribution ...")
     p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
+
+    p = commands.add_parser(
+        "export", help="export a saved model to ONNX, for onnxruntime", formatter_class=DefaultsFormatter
+    )
+    p.add_argument("model", type=Path, help="model file written by train --out (numpy models only)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="file format")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="where to write the exported model, .onnx"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="float type of the input, weights and outputs; float64 matches predict to round-off",
+    )
 
     p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")
