@@ -26,6 +26,11 @@ HEAVY = (
     "mlflow",
     "onnx",
     "onnxruntime",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "fastapi",
+    "paragrad.serving.app",
 )
 # Modules outside engines/ that may choose an engine. The benchmarks drive engines directly,
 # as the tests do; they are loaded only by ``paragrad bench``.

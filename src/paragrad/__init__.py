@@ -19,6 +19,7 @@ from paragrad.errors import (
     TrainingDiverged,
 )
 from paragrad.inference import evaluate, predict
+from paragrad.serving import serve
 from paragrad.strategies import SGD, GradientDescent, LocalSGD
 from paragrad.trainer import Run, train
 
@@ -47,5 +48,6 @@ __all__ = [
     "predict",
     "save_dataset",
     "save_model",
+    "serve",
     "train",
 ]

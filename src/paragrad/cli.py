@@ -252,6 +252,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# The serve options that pass to pg.serve as they are.
+SERVE_SETTINGS = (
+    "host",
+    "port",
+    "max_batch",
+    "max_wait_ms",
+    "max_queue",
+    "max_rows",
+    "max_body_mb",
+    "token",
+    "insecure",
+    "grace",
+    "reload_interval",
+    "workers",
+    "split_rows",
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from paragrad.serving import serve
+
+    settings = {key: getattr(args, key) for key in SERVE_SETTINGS}
+    serve(args.models, access_log=not args.no_access_log, **settings)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from paragrad.bench import run_suites  # the suites load only when benchmarks run
 
@@ -267,6 +293,7 @@ HANDLERS = {
     "evaluate": cmd_evaluate,
     "make-data": cmd_make_data,
     "export": cmd_export,
+    "serve": cmd_serve,
     "bench": cmd_bench,
 }
 

@@ -248,6 +248,47 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     _add_engine_options(p)
 
 
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve saved models over HTTP (Open Inference Protocol) with a page to try them",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="model file, or NAME=PATH (default name: its stem)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs --token")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--max-batch", type=_positive_int, default=256, help="rows predicted together at most")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="longest a request waits for others to share its batch"
+    )
+    p.add_argument(
+        "--max-queue", type=_positive_int, default=512, help="requests waiting per model before 503"
+    )
+    p.add_argument("--max-rows", type=_positive_int, default=100_000, help="rows per request before 413")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size before 413")
+    p.add_argument(
+        "--token", help="clients must send 'Authorization: Bearer TOKEN' (default: $PARAGRAD_SERVE_TOKEN)"
+    )
+    p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without a token")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to finish requests after SIGTERM")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        help="seconds between looks at the model files (0: never)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="local workers for large requests")
+    p.add_argument(
+        "--split-rows",
+        type=_positive_int,
+        default=200_000,
+        help="rows from which a request goes to the workers",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; ``args.command`` names the one given."""
     parser = OneLineParser(prog="paragrad", description="Data-parallel training and inference.")
@@ -301,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="float64",
         help="float type of the input, weights and outputs; float64 matches predict to round-off",
     )
+
+    _add_serve_command(commands)
 
     p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")

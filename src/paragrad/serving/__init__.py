@@ -1,0 +1,86 @@
+"""Serve trained models over HTTP: the Open Inference Protocol, dynamic batching, metrics.
+
+Needs the ``serve`` extra (uvicorn, Starlette, prometheus_client), imported only when a
+server starts, so that ``import paragrad`` stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from paragrad.errors import ConfigError
+from paragrad.serving.config import ServeConfig, model_paths, token_from_environment
+
+__all__ = ["ServeConfig", "serve"]
+
+
+def serve(
+    models: str | os.PathLike | Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 256,
+    max_wait_ms: float = 2.0,
+    max_queue: int = 512,
+    max_rows: int = 100_000,
+    max_body_mb: float = 64.0,
+    token: str | None = None,
+    insecure: bool = False,
+    grace: float = 30.0,
+    reload_interval: float = 1.0,
+    workers: int = 1,
+    split_rows: int = 200_000,
+    access_log: bool = True,
+) -> None:
+    """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
+
+    Parameters
+    ----------
+    models : path, list of paths or ``NAME=PATH`` strings, or a mapping name -> path
+        The models, each named by its file's stem unless named explicitly.
+    host, port : str, int
+        Where to listen; 127.0.0.1 by default, port 0 for a free port. Any other address
+        needs ``token`` or ``insecure=True``.
+    max_batch, max_wait_ms : int, float
+        Concurrent requests to a model are predicted together, up to ``max_batch`` rows;
+        a request waits at most ``max_wait_ms`` for others to join it.
+    max_queue : int
+        Requests waiting per model; more are answered 503 with ``Retry-After``.
+    max_rows, max_body_mb : int, float
+        Larger requests are answered 413.
+    token : str, optional
+        Clients must send ``Authorization: Bearer TOKEN`` (default: ``PARAGRAD_SERVE_TOKEN``).
+    insecure : bool
+        Serve a non-loopback address without a token.
+    grace : float
+        Seconds to finish requests in flight after SIGTERM before exiting.
+    reload_interval : float
+        Seconds between looks at the model files; a replaced file is served at once (0: never).
+    workers, split_rows : int
+        Requests of ``split_rows`` rows or more are predicted on ``workers`` local workers.
+    access_log : bool
+        One JSON line per request on stderr.
+    """
+    paths = model_paths(models)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_rows=max_rows,
+        max_body_mb=max_body_mb,
+        token=token_from_environment(token),
+        insecure=insecure,
+        grace=grace,
+        reload_interval=reload_interval,
+        workers=workers,
+        split_rows=split_rows,
+        access_log=access_log,
+    )
+    try:
+        from paragrad.serving.server import run
+    except ImportError as exc:
+        raise ConfigError(f"serving needs {exc.name}: pip install 'paragrad[serve]'") from None
+    run(paths, config)

@@ -1,0 +1,265 @@
+"""The HTTP interface: the Open Inference Protocol (KServe V2 REST), the older
+``/v1/models/NAME:predict``, Prometheus metrics, and a page to try the models.
+
+Every answer to a bad request is ``{"error": "..."}`` with a 4xx status and one line
+saying what to fix; nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from paragrad import __version__
+from paragrad.serving.batching import Outputs, QueueFull
+from paragrad.serving.config import ServeConfig
+from paragrad.serving.metrics import NO_MODEL, Metrics
+from paragrad.serving.models import ServedModels
+from paragrad.serving.registry import ModelVersion
+from paragrad.serving.tensors import (
+    InferRequest,
+    RequestError,
+    datatype_of,
+    output_tensor,
+    parse_infer,
+    parse_instances,
+)
+
+access_log = logging.getLogger("paragrad.serving.access")
+log = logging.getLogger("paragrad.serving")
+JSON = "application/json"
+Handler = Callable[[Request], Awaitable[Response]]
+PAGE = resources.files("paragrad.serving").joinpath("page.html")
+
+
+class Outcome:
+    """What the access log and the metrics record of one request, filled in as it goes."""
+
+    __slots__ = ("model", "rows", "version")
+
+    def __init__(self) -> None:
+        self.model = NO_MODEL
+        self.version: str | None = None
+        self.rows = 0
+
+    def served(self, version: ModelVersion) -> None:
+        self.model, self.version = version.name, version.version
+
+
+def json_response(status: int, payload: Any, version: str | None = None) -> Response:
+    headers = {"x-model-version": version} if version else None
+    return Response(json.dumps(payload, separators=(",", ":")), status, headers, JSON)
+
+
+class Endpoints:
+    """The handlers, each given the request and the :class:`Outcome` it fills in."""
+
+    def __init__(self, served: ServedModels, config: ServeConfig, metrics: Metrics) -> None:
+        self.served = served
+        self.config = config
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+        routes = [
+            Route("/", self._wrap(self.page, open_to_all=True), methods=["GET"]),
+            Route("/v2/health/live", self._wrap(self.live, open_to_all=True), methods=["GET"]),
+            Route("/v2/health/ready", self._wrap(self.ready, open_to_all=True), methods=["GET"]),
+            Route("/v2", self._wrap(self.server_metadata), methods=["GET"]),
+            Route("/v2/models", self._wrap(self.models_index), methods=["GET"]),
+            Route("/metrics", self._wrap(self.metrics_text), methods=["GET"]),
+            Route("/v1/models/{name}:predict", self._wrap(self.predict_v1), methods=["POST"]),
+        ]
+        for prefix in (model, versioned):
+            routes += [
+                Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
+                Route(prefix + "/ready", self._wrap(self.model_ready), methods=["GET"]),
+                Route(prefix + "/infer", self._wrap(self.infer), methods=["POST"]),
+            ]
+        everything = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+        return [*routes, Route("/{path:path}", self._wrap(self.not_found), methods=everything)]
+
+    def _wrap(
+        self, handler: Callable[[Request, Outcome], Awaitable[Response]], open_to_all: bool = False
+    ) -> Handler:
+        """The handler with the token check, error answers, metrics and the access log."""
+
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            outcome = Outcome()
+            try:
+                if not open_to_all:
+                    _check_token(request, self.config.token)
+                response = await handler(request, outcome)
+            except RequestError as exc:
+                response = json_response(exc.status, {"error": str(exc)}, outcome.version)
+                if exc.status == 401:
+                    response.headers["www-authenticate"] = "Bearer"
+            except QueueFull as exc:
+                response = json_response(503, {"error": f"the server is busy: {exc}; retry shortly"})
+                response.headers["retry-after"] = "1"
+            except Exception as exc:  # a bug of ours: answer, log, keep serving
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+            seconds = time.perf_counter() - started
+            if outcome.model != NO_MODEL or response.status_code != 200:
+                self.metrics.answered(outcome.model, response.status_code, seconds)
+            if self.config.access_log:
+                _log_access(request, response.status_code, seconds, outcome)
+            return response
+
+        return run
+
+    async def infer(self, request: Request, outcome: Outcome) -> Response:
+        version = self._version(request, outcome)
+        parsed, outputs = await self._predicted(request, version, parse_infer, outcome)
+        payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
+        if parsed.id is not None:
+            payload["id"] = parsed.id
+        payload["parameters"] = {"rows": len(parsed.X)}
+        payload["outputs"] = [output_tensor(name, outputs[name]) for name in parsed.outputs]
+        return json_response(200, payload, version.version)
+
+    async def predict_v1(self, request: Request, outcome: Outcome) -> Response:
+        version = self._version(request, outcome)
+        _, outputs = await self._predicted(request, version, parse_instances, outcome)
+        payload = {"model_name": version.name, "model_version": version.version}
+        payload["predictions"] = output_tensor("predict", outputs["predict"])["data"]
+        if "proba" in outputs:
+            payload["probabilities"] = outputs["proba"].tolist()
+        return json_response(200, payload, version.version)
+
+    async def _predicted(
+        self, request: Request, version: ModelVersion, parse: Callable[..., InferRequest], outcome: Outcome
+    ) -> tuple[InferRequest, Outputs]:
+        """The request's rows parsed and predicted in the version's next batch."""
+        batcher = self.served.batcher(version)
+        batcher.expect()
+        try:
+            body = await _body(request, self.config.max_body_bytes)
+            parsed = parse(body, version, self.config.max_rows)
+        except BaseException:
+            batcher.forget()
+            raise
+        outcome.rows = len(parsed.X)
+        return parsed, await batcher.submit(parsed.X)
+
+    def _version(self, request: Request, outcome: Outcome) -> ModelVersion:
+        version = self.served.version(request.path_params["name"], request.path_params.get("version"))
+        outcome.served(version)
+        return version
+
+    async def model_metadata(self, request: Request, outcome: Outcome) -> Response:
+        version = self._version(request, outcome)
+        return json_response(200, _metadata(version), version.version)
+
+    async def model_ready(self, request: Request, outcome: Outcome) -> Response:
+        version = self._version(request, outcome)
+        return json_response(200, {"name": version.name, "ready": self.served.ready}, version.version)
+
+    async def models_index(self, request: Request, outcome: Outcome) -> Response:
+        slots = self.served.slots.values()
+        return json_response(200, {"models": [_metadata(s.current) for s in slots if s.current is not None]})
+
+    async def live(self, request: Request, outcome: Outcome) -> Response:
+        return json_response(200, {"live": True})
+
+    async def ready(self, request: Request, outcome: Outcome) -> Response:
+        return json_response(200 if self.served.ready else 503, {"ready": self.served.ready})
+
+    async def server_metadata(self, request: Request, outcome: Outcome) -> Response:
+        return json_response(
+            200, {"name": "paragrad", "version": __version__, "extensions": ["models_index"]}
+        )
+
+    async def metrics_text(self, request: Request, outcome: Outcome) -> Response:
+        return Response(self.metrics.text(), 200, media_type="text/plain; version=0.0.4")
+
+    async def page(self, request: Request, outcome: Outcome) -> Response:
+        return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8")
+
+    async def not_found(self, request: Request, outcome: Outcome) -> Response:
+        raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
+
+
+def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> Starlette:
+    """The ASGI application serving ``served``: batchers and the file watcher run with it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        served.start()
+        watcher = served.start_watching()
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await served.close()
+
+    return Starlette(routes=Endpoints(served, config, metrics).routes(), lifespan=lifespan)
+
+
+def _check_token(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise RequestError(401, "this server needs 'Authorization: Bearer TOKEN' with its token")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(
+            413, f"the request body has {int(declared)} bytes; this server takes at most {limit}"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body exceeds {limit} bytes, the most this server takes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _metadata(version: ModelVersion) -> dict[str, Any]:
+    """The protocol's model metadata, with the model's description under ``parameters``."""
+    labels = "FP64" if version.classes is None else datatype_of(version.classes.dtype)
+    outputs = [{"name": "predict", "datatype": labels, "shape": [-1]}]
+    if version.classes is not None:
+        outputs.append({"name": "proba", "datatype": "FP64", "shape": [-1, len(version.classes)]})
+    return {
+        "name": version.name,
+        "versions": [version.version],
+        "platform": "paragrad_numpy",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, version.num_features]}],
+        "outputs": outputs,
+        "parameters": version.describe(),
+    }
+
+
+def _log_access(request: Request, status: int, seconds: float, outcome: Outcome) -> None:
+    client = request.client
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+        "client": f"{client.host}:{client.port}" if client else None,
+        "method": request.method,
+        "path": request.url.path,
+        "status": status,
+        "ms": round(seconds * 1000, 3),
+        "model": None if outcome.model == NO_MODEL else outcome.model,
+        "version": outcome.version,
+        "rows": outcome.rows,
+    }
+    access_log.info(json.dumps(record, separators=(",", ":")))

@@ -1,0 +1,80 @@
+"""The server's Prometheus metrics, in a registry of its own (two servers in one process
+do not share counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from paragrad.serving.batching import BatchRecord
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+NO_MODEL = "-"  # the model label of requests that name no served model
+
+
+class Metrics:
+    """Requests by model and status code, latency, batch sizes, queue time, model versions."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "paragrad_requests",
+            "Requests answered, by model and HTTP status code",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "paragrad_request_seconds",
+            "Time from a request's arrival to its answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "paragrad_batch_rows",
+            "Rows predicted together in one batch",
+            ["model"],
+            buckets=ROW_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "paragrad_queue_seconds",
+            "Time a request waited for its batch to start",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.version = Gauge(
+            "paragrad_model_version",
+            "1 for the version of each model now served",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "paragrad_model_reloads",
+            "Model files read again after they changed, by outcome",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "paragrad_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry
+        )
+
+    def answered(self, model: str, code: int, seconds: float) -> None:
+        self.requests.labels(model, str(code)).inc()
+        if code == 200:
+            self.latency.labels(model).observe(seconds)
+
+    def batched(self, model: str, record: BatchRecord) -> None:
+        self.batch_rows.labels(model).observe(record.rows)
+        queue = self.queue_seconds.labels(model)
+        for wait in record.waits:
+            queue.observe(wait)
+
+    def serving(self, model: str, version: str, previous: str | None) -> None:
+        if previous is not None:
+            self.version.remove(model, previous)
+        self.version.labels(model, version).set(1)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

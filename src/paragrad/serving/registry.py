@@ -1,0 +1,103 @@
+"""The models a server holds: each name's current version, loaded from its file.
+
+A version is the file's content (the first 12 hex digits of its SHA-256), so the same
+file always reports the same version and a replaced file a new one. A file is replaced
+atomically by ``train --out`` (a rename), so a reload reads either the old file or the new
+one; the stamp taken before and after the read tells a file that changed while it was
+read, which is then read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paragrad.checkpoint import load_model
+from paragrad.errors import ModelFileError
+from paragrad.models.base import Model
+
+Stamp = tuple[int, int, int]  # inode, modification time (ns), size
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    """What changes when the file at ``path`` is replaced or rewritten; None when it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One loaded version of a served model."""
+
+    name: str
+    path: Path
+    model: Model
+    version: str
+    stamp: Stamp
+
+    @property
+    def num_features(self) -> int:
+        return int(self.model.num_features_ or 0)
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        return self.model.feature_names_
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        return self.model.classes_
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("predict", "proba") if self.model.is_classifier else ("predict",)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to call the model: features, classes, family and version."""
+        classes = self.classes
+        return {
+            "family": self.model.name,
+            "num_features": self.num_features,
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+            "classes": None if classes is None else classes.tolist(),
+            "target_name": self.model.target_name_,
+            "version": self.version,
+        }
+
+
+def load_version(name: str, path: Path, attempts: int = 3) -> ModelVersion:
+    """Read the model file at ``path``; a file replaced while it was read is read again."""
+    for _ in range(attempts):
+        before = stamp_of(path)
+        if before is None:
+            raise ModelFileError(f"{path}: model file not found")
+        content = path.read_bytes()
+        if stamp_of(path) != before:
+            continue
+        model = load_model(path, content)
+        return ModelVersion(name, path, model, hashlib.sha256(content).hexdigest()[:12], before)
+    raise ModelFileError(f"{path}: the model file kept changing while it was read")
+
+
+@dataclass
+class ModelSlot:
+    """A served name: its file and the version now answering requests."""
+
+    name: str
+    path: Path
+    current: ModelVersion | None = None
+    failed_stamp: Stamp | None = field(default=None)  # a file that failed to load, not retried
+
+    def changed(self) -> bool:
+        """Whether the file differs from the version served and from the last failed one."""
+        stamp = stamp_of(self.path)
+        if stamp is None or stamp == self.failed_stamp:
+            return False
+        return self.current is None or stamp != self.current.stamp

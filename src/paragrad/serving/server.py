@@ -1,0 +1,91 @@
+"""Run the application under uvicorn until SIGTERM or Ctrl-C, then drain and exit cleanly.
+
+uvicorn stops accepting connections on the signal and waits up to ``grace`` seconds for
+requests in flight; this server then returns normally (exit status 0) where uvicorn would
+raise the signal again once it has drained, ending the process as killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from paragrad.serving.app import build_app
+from paragrad.serving.config import ServeConfig
+from paragrad.serving.metrics import Metrics
+from paragrad.serving.models import ServedModels, load_all
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that says where it listens and ends normally after a stop signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"paragrad serve: listening on http://{shown}:{port}", flush=True)
+
+
+def run(paths: dict[str, Path], config: ServeConfig) -> None:
+    """Load every model, then serve them until stopped."""
+    _configure_logging(config.access_log)
+    versions = load_all(paths)
+    for version in versions:
+        print(
+            f"paragrad serve: model {version.name} ({version.model.name}, version {version.version}) "
+            f"from {version.path}",
+            flush=True,
+        )
+    metrics = Metrics()
+    served = ServedModels(versions, config, metrics)
+    app = build_app(served, config, metrics)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(config.grace),
+        backlog=4096,
+        lifespan="on",
+    )
+    DrainingServer(uvicorn_config).run()
+
+
+def _configure_logging(access_log: bool) -> None:
+    """Server messages as ``paragrad serve: ...`` lines, the access log as JSON lines, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("paragrad serve: %(message)s"))
+    server_log = logging.getLogger("paragrad.serving")
+    server_log.handlers[:] = [handler]
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
+    access = logging.getLogger("paragrad.serving.access")
+    access_handler = logging.StreamHandler(sys.stderr)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [access_handler]
+    access.setLevel(logging.INFO if access_log else logging.WARNING)
+    access.propagate = False

@@ -1,0 +1,235 @@
+"""The Open Inference Protocol's tensors (KServe V2 REST) to and from numpy.
+
+A request holds one FP32/FP64 tensor of shape [rows, features] (any name), or one tensor
+of shape [rows] or [rows, 1] per named feature. Every way a request can be wrong is a
+:class:`RequestError` with the status to answer and one line saying what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paragrad.serving.registry import ModelVersion
+
+# The protocol's numeric types, as numpy reads their JSON numbers; FP32 is rounded to
+# float32 first, as the client meant it, then predicted in float64.
+NUMERIC: dict[str, type[np.generic]] = {
+    "FP64": np.float64,
+    "FP32": np.float32,
+    "FP16": np.float16,
+    **{f"INT{bits}": np.dtype(f"int{bits}").type for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": np.dtype(f"uint{bits}").type for bits in (8, 16, 32, 64)},
+}
+
+
+class RequestError(Exception):
+    """A request the server cannot answer: ``status`` and a one-line reason for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed inference request: the rows, and what to send back."""
+
+    X: np.ndarray
+    id: str | None
+    outputs: tuple[str, ...]
+    parameters: dict[str, Any] | None
+
+
+def read_json(body: bytes) -> Any:
+    """The request body as JSON; NaN and infinities are refused like any other bad number."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
+    """An ``/infer`` request body as rows in the model's feature order."""
+    request = read_json(body)
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise RequestError(400, "the request needs 'inputs': a list of tensors")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(400, "'id' must be a string")
+    parameters = request.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise RequestError(400, "'parameters' must be an object")
+    inputs = request["inputs"]
+    if _one_matrix(inputs, version):
+        X = _matrix(inputs[0], version.num_features, max_rows)
+    else:
+        X = _columns(inputs, version, max_rows)
+    return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version), parameters)
+
+
+def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
+    """The older ``{"instances": [[...], ...]}`` body as rows."""
+    request = read_json(body)
+    if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
+        raise RequestError(400, "the request needs 'instances': a list of rows")
+    rows = request["instances"]
+    if not rows:
+        raise RequestError(400, "'instances' holds no rows")
+    _check_rows(len(rows), max_rows)
+    X = _numbers(rows, np.float64, "instances")
+    if X.ndim == 1 and version.num_features == len(X) and not isinstance(rows[0], list):
+        X = X[None, :]
+    if X.ndim != 2:
+        raise RequestError(400, f"'instances' must be rows of {version.num_features} numbers")
+    _check_width(X.shape[1], version, "instances")
+    return InferRequest(X, None, version.output_names, None)
+
+
+def _one_matrix(inputs: list, version: ModelVersion) -> bool:
+    """Whether the inputs are one [rows, features] tensor rather than one tensor per feature."""
+    if len(inputs) != 1:
+        return False
+    name = inputs[0].get("name") if isinstance(inputs[0], dict) else None
+    return version.num_features == 1 or name not in (version.feature_names or ())
+
+
+def _tensor_parts(tensor: Any) -> tuple[str, list[int], type[np.generic], Any]:
+    """A request tensor's name, shape, numpy type and data, each checked."""
+    if not isinstance(tensor, dict):
+        raise RequestError(400, "each input must be an object with name, shape, datatype and data")
+    name = tensor.get("name")
+    if not isinstance(name, str):
+        raise RequestError(400, "each input needs a 'name'")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
+    datatype = tensor.get("datatype")
+    if datatype not in NUMERIC:
+        raise RequestError(
+            400, f"input {name!r}: datatype {datatype!r} is not a number type (use FP64 or FP32)"
+        )
+    if "data" not in tensor:
+        raise RequestError(400, f"input {name!r} has no 'data'")
+    return name, shape, NUMERIC[datatype], tensor["data"]
+
+
+def _matrix(tensor: Any, num_features: int, max_rows: int) -> np.ndarray:
+    """One tensor of shape [rows, features] (or [features] for one row)."""
+    name, shape, kind, data = _tensor_parts(tensor)
+    if len(shape) == 1:  # one row, or one feature's rows
+        shape = [shape[0], 1] if num_features == 1 else [1, *shape]
+    if len(shape) != 2:
+        raise RequestError(400, f"input {name!r}: shape {shape} must be [rows, {num_features}]")
+    _check_rows(shape[0], max_rows)
+    X = _numbers(data, kind, name)
+    if X.size != shape[0] * shape[1]:
+        raise RequestError(
+            400, f"input {name!r}: shape {shape} needs {shape[0] * shape[1]} values, got {X.size}"
+        )
+    if shape[1] != num_features:
+        raise RequestError(400, f"input {name!r} has {shape[1]} features, but the model takes {num_features}")
+    if shape[0] == 0:
+        raise RequestError(400, f"input {name!r} holds no rows")
+    return X.reshape(shape)
+
+
+def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
+    """One tensor per named feature, each of shape [rows] or [rows, 1], in the model's order."""
+    names = version.feature_names
+    if names is None:
+        raise RequestError(
+            400,
+            f"the model knows no feature names: send one input of shape [rows, {version.num_features}]",
+        )
+    columns: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        name, shape, kind, data = _tensor_parts(tensor)
+        if name not in names:
+            raise RequestError(
+                400, f"input {name!r} is not a feature of the model (features: {', '.join(names)})"
+            )
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise RequestError(
+                400, f"input {name!r}: a feature's shape must be [rows] or [rows, 1], got {shape}"
+            )
+        _check_rows(shape[0], max_rows)
+        values = _numbers(data, kind, name).reshape(-1)
+        if values.size != shape[0]:
+            raise RequestError(
+                400, f"input {name!r}: shape {shape} needs {shape[0]} values, got {values.size}"
+            )
+        columns[name] = values
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise RequestError(400, f"features missing from the request: {', '.join(missing)}")
+    if len({len(column) for column in columns.values()}) != 1:
+        raise RequestError(400, "the feature inputs hold different numbers of rows")
+    if len(columns[names[0]]) == 0:
+        raise RequestError(400, "the request holds no rows")
+    return np.column_stack([columns[name] for name in names])
+
+
+def _numbers(data: Any, kind: type[np.generic], name: str) -> np.ndarray:
+    """``data`` as float64 after rounding to the declared type; only finite numbers pass."""
+    try:
+        values: np.ndarray = np.asarray(data, dtype=kind)
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(
+            400, f"input {name!r} holds values that are not {np.dtype(kind).name} numbers"
+        ) from None
+    values = values.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        raise RequestError(400, f"input {name!r} holds NaN or infinite values")
+    return values
+
+
+def _check_rows(rows: Any, max_rows: int) -> None:
+    if isinstance(rows, int) and rows > max_rows:
+        raise RequestError(
+            413, f"the request has {rows} rows; this server takes at most {max_rows} per request"
+        )
+
+
+def _check_width(width: int, version: ModelVersion, name: str) -> None:
+    if width != version.num_features:
+        raise RequestError(
+            400, f"{name} rows have {width} features, but the model takes {version.num_features}"
+        )
+
+
+def _requested_outputs(outputs: Any, version: ModelVersion) -> tuple[str, ...]:
+    if outputs is None:
+        return version.output_names
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
+        raise RequestError(400, "'outputs' must be a list of objects with a 'name'")
+    names = tuple(o["name"] for o in outputs)
+    unknown = [n for n in names if n not in version.output_names]
+    if unknown:
+        raise RequestError(
+            400,
+            f"output {unknown[0]!r} is not one the model gives (outputs: {', '.join(version.output_names)})",
+        )
+    return names
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The protocol's name for values of ``dtype``: labels in their own type, text as BYTES."""
+    return {"U": "BYTES", "S": "BYTES", "b": "BOOL", "i": "INT64", "u": "UINT64"}.get(dtype.kind, "FP64")
+
+
+def output_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
+    """A response tensor of ``values``; numbers must be finite."""
+    datatype = datatype_of(values.dtype)
+    data = values.ravel().tolist()
+    if datatype == "FP64" and not all(map(math.isfinite, data)):
+        raise RequestError(500, f"the model's {name} is not finite for these rows")
+    return {"name": name, "datatype": datatype, "shape": list(values.shape), "data": data}
