@@ -250,7 +250,7 @@ def test_train_refuses_a_directory_as_output_before_training(tmp_path, trained):
     expect_clear_error(result, "is a directory")
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "make-data", "export"])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "make-data", "export", "serve"])
 def test_every_command_has_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "usage: paragrad" in result.stdout

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from paragrad.errors import ConfigError, setting
 from paragrad.serving.app import build_app
 from paragrad.serving.config import ServeConfig
 from paragrad.serving.metrics import Metrics
@@ -50,29 +52,44 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(paths: dict[str, Path], config: ServeConfig) -> None:
-    """Load every model, then serve them until stopped."""
+    """Bind the address and load every model (either failing is one error before serving),
+    then serve them until stopped."""
     _configure_logging(config.access_log)
-    versions = load_all(paths)
-    for version in versions:
-        print(
-            f"paragrad serve: model {version.name} ({version.model.name}, version {version.version}) "
-            f"from {version.path}",
-            flush=True,
+    with contextlib.closing(_listening_socket(config.host, config.port)) as sock:
+        versions = load_all(paths)
+        for version in versions:
+            print(
+                f"paragrad serve: model {version.name} ({version.model.name}, version {version.version}) "
+                f"from {version.path}",
+                flush=True,
+            )
+        metrics = Metrics()
+        served = ServedModels(versions, config, metrics)
+        uvicorn_config = uvicorn.Config(
+            build_app(served, config, metrics),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(config.grace),
+            backlog=4096,
+            lifespan="on",
         )
-    metrics = Metrics()
-    served = ServedModels(versions, config, metrics)
-    app = build_app(served, config, metrics)
-    uvicorn_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=math.ceil(config.grace),
-        backlog=4096,
-        lifespan="on",
-    )
-    DrainingServer(uvicorn_config).run()
+        DrainingServer(uvicorn_config).run(sockets=[sock])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, so that a port in use is one clear error before serving."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {reason}; choose another {setting('port')} or {setting('host')}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _configure_logging(access_log: bool) -> None:

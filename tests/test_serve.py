@@ -1,0 +1,448 @@
+"""`paragrad serve` as clients meet it: a real server in a child process on 127.0.0.1,
+real HTTP requests, every answer checked against ``load_model(...).predict`` on the same rows."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paragrad as pg
+
+NUM_FEATURES = 5
+
+
+def _save(model, path: Path, labels=None, seed: int = 0, names=None) -> Path:
+    """``model`` set up for NUM_FEATURES features with random parameters and a standardisation."""
+    rng = np.random.default_rng(seed)
+    model.setup(NUM_FEATURES, labels, feature_names=names)
+    model.params_ = 0.5 * rng.standard_normal(model.num_params)
+    model.standardizer_ = pg.data.Standardizer(
+        rng.standard_normal(NUM_FEATURES), rng.uniform(0.5, 2, NUM_FEATURES)
+    )
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    names = tuple(f"f{i}" for i in range(NUM_FEATURES))
+    return {
+        "linear": _save(pg.models.LinearRegression(), folder / "linear.npz", names=names),
+        "logistic": _save(pg.models.LogisticRegression(), folder / "logistic.npz", np.array(["no", "yes"])),
+        "softmax": _save(pg.models.SoftmaxRegression(), folder / "softmax.npz", np.array([-1, 3, 7])),
+        "mlp": _save(pg.models.MLP(hidden=(64,), task="regression"), folder / "mlp.npz"),
+        "mlp_classifier": _save(pg.models.MLP(hidden=(40, 48)), folder / "mlp_classifier.npz", np.arange(4)),
+    }
+
+
+@contextmanager
+def running(*args: str, env: dict | None = None) -> Iterator[Server]:
+    """``paragrad serve ARGS --port 0`` in a child process, stopped by its process id."""
+    command = [sys.executable, "-m", "paragrad", "serve", *args, "--port", "0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    try:
+        yield Server(process, _port_from(process))
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill the process if it still runs, and wait for it and its pipes to end."""
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=30)
+
+
+def _port_from(process: subprocess.Popen) -> int:
+    for line in process.stdout:
+        if "listening on" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise AssertionError(f"the server did not start: {process.stderr.read()}")
+
+
+class Server:
+    """A running server; what it writes is read as it comes (a full pipe would stall it)."""
+
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=lambda s=stream, out=lines: out.extend(s), daemon=True)
+            for stream, lines in ((process.stdout, []), (process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def wait(self, timeout: float = 30) -> int:
+        """The exit status, once the process has ended and everything it wrote was read."""
+        status = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return status
+
+    def call(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict, object]:
+        """One request on a new connection: status, headers and the JSON answer (or text)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+            connection.request(method, path, body=data, headers=headers or {})
+            response = connection.getresponse()
+            raw = response.read()
+            kind = response.getheader("content-type", "")
+            payload = json.loads(raw) if "json" in kind else raw.decode()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+        finally:
+            connection.close()
+
+    def infer(self, model: str, X: np.ndarray, datatype: str = "FP64", **extra) -> dict:
+        status, _, answer = self.call("POST", f"/v2/models/{model}/infer", v2_body(X, datatype, **extra))
+        assert status == 200, answer
+        return answer
+
+
+def v2_body(X: np.ndarray, datatype: str = "FP64", **extra) -> dict:
+    tensor = {"name": "input-0", "shape": list(X.shape), "datatype": datatype, "data": X.ravel().tolist()}
+    return {"inputs": [tensor], **extra}
+
+
+def outputs(answer: dict) -> dict[str, np.ndarray]:
+    return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
+
+
+@pytest.fixture(scope="module")
+def server(model_files) -> Iterator[Server]:
+    specs = [f"{name}={path}" for name, path in model_files.items()]
+    with running(*specs, "--max-rows", "1000", "--max-body-mb", "1", "--max-wait-ms", "20") as running_server:
+        yield running_server
+
+
+def file_version(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("name", ["linear", "logistic", "softmax", "mlp", "mlp_classifier"])
+def test_every_family_answers_exactly_what_predict_gives(server, model_files, name):
+    model = pg.load_model(model_files[name])
+    X = np.random.default_rng(1).standard_normal((37, NUM_FEATURES)) * 3
+    answer = server.infer(name, X, id="request-7", parameters={"note": "kept"})
+    assert answer["model_name"] == name and answer["id"] == "request-7"
+    assert answer["model_version"] == file_version(model_files[name])
+    got = outputs(answer)
+    np.testing.assert_array_equal(got["predict"], model.predict(X))
+    assert got["predict"].dtype.kind == model.predict(X).dtype.kind  # labels in their own type
+    if model.is_classifier:
+        np.testing.assert_array_equal(got["proba"], model.predict_proba(X))
+    # FP32 is the client's float32 rounding of its numbers, predicted as such
+    rounded = X.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(outputs(server.infer(name, X, "FP32"))["predict"], model.predict(rounded))
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, model_files):
+    model = pg.load_model(model_files["mlp_classifier"])
+    rng = np.random.default_rng(2)
+    requests = [rng.standard_normal((int(rng.integers(1, 9)), NUM_FEATURES)) for _ in range(240)]
+    before = _batches(server, "mlp_classifier")
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(lambda X: outputs(server.infer("mlp_classifier", X)), requests))
+    for X, got in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(got["predict"], model.predict(X))
+        np.testing.assert_array_equal(got["proba"], model.predict_proba(X))
+    batches, rows = np.subtract(_batches(server, "mlp_classifier"), before)
+    assert rows == sum(len(X) for X in requests)
+    assert batches < len(requests)  # some requests shared a batch
+
+
+def _batches(server: Server, model: str) -> tuple[float, float]:
+    """How many batches the model has predicted, and their rows, from the metrics."""
+    _, _, text = server.call("GET", "/metrics")
+    values = {}
+    for line in text.splitlines():
+        for kind in ("count", "sum"):
+            if line.startswith(f'paragrad_batch_rows_{kind}{{model="{model}"}}'):
+                values[kind] = float(line.rsplit(" ", 1)[1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+def test_one_tensor_per_named_feature_and_the_v1_form_answer_the_same(server, model_files):
+    model = pg.load_model(model_files["linear"])
+    X = np.random.default_rng(3).standard_normal((4, NUM_FEATURES))
+    columns = [
+        {"name": f"f{i}", "shape": [4, 1], "datatype": "FP64", "data": X[:, i].tolist()}
+        for i in reversed(range(NUM_FEATURES))
+    ]
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", {"inputs": columns})
+    assert status == 200, answer
+    np.testing.assert_array_equal(outputs(answer)["predict"], model.predict(X))
+    status, headers, answer = server.call("POST", "/v1/models/logistic:predict", {"instances": X.tolist()})
+    assert status == 200, answer
+    assert answer["predictions"] == pg.load_model(model_files["logistic"]).predict(X).tolist()
+    assert headers["x-model-version"] == answer["model_version"] == file_version(model_files["logistic"])
+
+
+def test_health_metadata_and_readiness(server, model_files):
+    assert server.call("GET", "/v2/health/live")[2] == {"live": True}
+    assert server.call("GET", "/v2/health/ready")[:1] == (200,)
+    version = file_version(model_files["softmax"])
+    for path in ("/v2/models/softmax", f"/v2/models/softmax/versions/{version}"):
+        status, _, metadata = server.call("GET", path)
+        assert status == 200
+        assert metadata["name"] == "softmax" and metadata["versions"] == [version]
+        assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, NUM_FEATURES]}]
+        assert metadata["outputs"] == [
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},
+            {"name": "proba", "datatype": "FP64", "shape": [-1, 3]},
+        ]
+        assert metadata["parameters"]["classes"] == [-1, 3, 7]
+    assert server.call("GET", "/v2/models/softmax/ready")[2] == {"name": "softmax", "ready": True}
+    assert server.call("GET", "/v2/models/logistic")[2]["outputs"][0]["datatype"] == "BYTES"
+    assert server.call("GET", "/v2")[2]["name"] == "paragrad"
+    names = [m["name"] for m in server.call("GET", "/v2/models")[2]["models"]]
+    assert names == list(model_files)
+
+
+def _tensor(shape, data, datatype="FP64", name="input-0") -> dict:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+ROW = [0.5] * NUM_FEATURES
+BAD_REQUESTS = [
+    ("/v2/models/linear/infer", b"{not json", 400, "not valid JSON"),
+    ("/v2/models/linear/infer", {"inputs": []}, 400, "'inputs'"),
+    ("/v2/models/linear/infer", _tensor([1, 3], [1, 2, 3]), 400, "has 3 features, but the model takes 5"),
+    ("/v2/models/linear/infer", _tensor([2, 5], ROW), 400, "needs 10 values, got 5"),
+    (
+        "/v2/models/linear/infer",
+        b'{"inputs":[{"name":"x","shape":[1,5],"datatype":"FP64","data":[1,2,NaN,4,5]}]}',
+        400,
+        "NaN",
+    ),
+    (
+        "/v2/models/linear/infer",
+        b'{"inputs":[{"name":"x","shape":[1,5],"datatype":"FP64","data":[1,2,1e999,4,5]}]}',
+        400,
+        "NaN or infinite",
+    ),
+    ("/v2/models/linear/infer", _tensor([1, 5], ROW, "BYTES"), 400, "datatype 'BYTES' is not a number type"),
+    ("/v2/models/linear/infer", _tensor([1, 5], ["a", 1, 2, 3, 4]), 400, "not float64 numbers"),
+    ("/v2/models/linear/infer", _tensor([1], [1.0], name="f9") | {}, 400, "input 'f9' has 1 features"),
+    (
+        "/v2/models/linear/infer",
+        {
+            "inputs": [
+                {"name": "f0", "shape": [1], "datatype": "FP64", "data": [1]},
+                {"name": "f9", "shape": [1], "datatype": "FP64", "data": [1]},
+            ]
+        },
+        400,
+        "'f9' is not a feature",
+    ),
+    (
+        "/v2/models/linear/infer",
+        {
+            "inputs": [
+                {"name": "f0", "shape": [1], "datatype": "FP64", "data": [1]},
+                {"name": "f1", "shape": [1], "datatype": "FP64", "data": [1]},
+            ]
+        },
+        400,
+        "features missing from the request: f2, f3, f4",
+    ),
+    (
+        "/v2/models/mlp/infer",
+        _tensor([2, 5], ROW * 2) | {"outputs": [{"name": "proba"}]},
+        400,
+        "output 'proba' is not one the model gives",
+    ),
+    ("/v2/models/linear/infer", _tensor([1001, 5], ROW * 1001), 413, "at most 1000"),
+    ("/v2/models/linear/infer", b"[" + b"1," * 600_000 + b"1]", 413, "bytes"),
+    ("/v2/models/nope/infer", _tensor([1, 5], ROW), 404, "no model named 'nope'"),
+    ("/v2/models/linear/versions/0123/infer", _tensor([1, 5], ROW), 404, "no version '0123'"),
+    ("/v1/models/linear:predict", {"instances": [[1, 2]]}, 400, "have 2 features, but the model takes 5"),
+    ("/v2/nothing/here", {}, 404, "no such endpoint"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "reason"), BAD_REQUESTS)
+def test_bad_requests_get_one_line_reasons_and_the_server_keeps_serving(server, path, body, status, reason):
+    got_status, _, answer = server.call("POST", path, body)
+    assert got_status == status, answer
+    assert set(answer) == {"error"} and reason in answer["error"] and "\n" not in answer["error"]
+    assert server.call("GET", "/v2/health/live")[0] == 200
+    server.infer("linear", np.ones((1, NUM_FEATURES)))
+
+
+def test_metrics_count_requests_by_code_and_report_versions(server, model_files):
+    server.call("POST", "/v2/models/nope/infer", {})
+    _, headers, text = server.call("GET", "/metrics")
+    assert headers["content-type"].startswith("text/plain")
+    assert 'paragrad_requests_total{code="404",model="-"}' in text
+    assert (
+        f'paragrad_model_version{{model="linear",version="{file_version(model_files["linear"])}"}} 1.0'
+        in text
+    )
+    for name in (
+        "paragrad_request_seconds_bucket",
+        "paragrad_queue_seconds_bucket",
+        "paragrad_batch_rows_bucket",
+    ):
+        assert name in text
+
+
+def test_a_replaced_model_file_is_served_without_failing_a_request(tmp_path):
+    path = _save(pg.models.SoftmaxRegression(), tmp_path / "m.npz", np.arange(3), seed=1)
+    first = pg.load_model(path), file_version(path)
+    X = np.random.default_rng(4).standard_normal((3, NUM_FEATURES))
+    answers: list[dict] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            answers.append(server.infer("m", X))
+
+    with running(f"{path}", "--reload-interval", "0.05") as server:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        _save(pg.models.SoftmaxRegression(), path, np.arange(3), seed=2)  # written atomically
+        second = pg.load_model(path), file_version(path)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not answers or answers[-1]["model_version"] != second[1]):
+            time.sleep(0.05)
+        time.sleep(0.2)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    models = dict([reversed(first), reversed(second)])
+    seen = [answer["model_version"] for answer in answers]
+    assert seen[0] == first[1] and seen[-1] == second[1]
+    for answer in answers:  # each answer is exactly the version it names
+        np.testing.assert_array_equal(
+            outputs(answer)["proba"], models[answer["model_version"]].predict_proba(X)
+        )
+
+
+def _slow_model(path: Path) -> Path:
+    """An MLP that takes a noticeable time per row, for queues and draining."""
+    return _save(pg.models.MLP(hidden=(1024, 1024)), path, np.arange(2))
+
+
+def test_an_overfull_queue_answers_503_with_retry_after(tmp_path):
+    path = _slow_model(tmp_path / "slow.npz")
+    X = np.random.default_rng(5).standard_normal((1500, NUM_FEATURES))
+    with running(str(path), "--max-queue", "1", "--max-batch", "1500") as server:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(lambda _: server.call("POST", "/v2/models/slow/infer", v2_body(X)), range(8))
+            )
+    statuses = sorted(status for status, _, _ in replies)
+    assert 503 in statuses and 200 in statuses, statuses
+    for status, headers, answer in replies:
+        if status == 503:
+            assert headers["retry-after"] == "1" and "busy" in answer["error"]
+
+
+def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path):
+    path = _slow_model(tmp_path / "slow.npz")
+    model = pg.load_model(path)
+    X = np.random.default_rng(6).standard_normal((1500, NUM_FEATURES))
+    with running(str(path), "--grace", "30", "--max-batch", "1500") as server:
+        with ThreadPoolExecutor(4) as pool:
+            replies = [
+                pool.submit(server.call, "POST", "/v2/models/slow/infer", v2_body(X)) for _ in range(4)
+            ]
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            answers = [reply.result() for reply in replies]
+        assert server.wait() == 0
+        with pytest.raises(ConnectionError):
+            server.call("GET", "/v2/health/live")
+    for status, _, answer in answers:
+        assert status == 200, answer
+        np.testing.assert_array_equal(outputs(answer)["predict"], model.predict(X))
+
+
+def test_a_token_is_required_when_given(model_files):
+    token = "s3cret-token"
+    with running(str(model_files["linear"]), env={"PARAGRAD_SERVE_TOKEN": token}) as server:
+        body = v2_body(np.ones((1, NUM_FEATURES)))
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            status, reply_headers, answer = server.call("POST", "/v2/models/linear/infer", body, headers)
+            assert (
+                status == 401 and reply_headers["www-authenticate"] == "Bearer" and "token" in answer["error"]
+            )
+        assert server.call("GET", "/metrics")[0] == 401
+        assert server.call("GET", "/v2/health/ready")[0] == 200  # probes need no token
+        good = {"Authorization": f"Bearer {token}"}
+        assert server.call("POST", "/v2/models/linear/infer", body, good)[0] == 200
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "paragrad", "serve", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, "PARAGRAD_SERVE_TOKEN": ""}
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["{linear}", "--host", "0.0.0.0"],
+            "binding 0.0.0.0 lets other machines reach the models: give --token",
+        ),
+        (["missing.npz"], "missing.npz: model file not found"),
+        (["a={linear}", "a={logistic}"], "two models are named 'a'"),
+        (["{linear}", "--max-wait-ms", "-1"], "--max-wait-ms must be a non-negative number"),
+        (["{data}"], "not a paragrad model file"),
+    ],
+)
+def test_serve_refuses_bad_settings_with_one_line_before_binding(model_files, tmp_path, args, message):
+    data = tmp_path / "data.npz"
+    np.savez(data, X=np.ones(3))
+    files = {name: str(path) for name, path in model_files.items()} | {"data": str(data)}
+    result = _cli(*(arg.format(**files) for arg in args))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"paragrad: error: {result.stderr.split('error: ', 1)[1].strip()}"
+    ]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "listening" not in result.stdout
+
+
+def test_pg_serve_runs_the_same_server_from_python(model_files):
+    code = (
+        "import sys, paragrad as pg; "
+        f"pg.serve({{'model': {str(model_files['softmax'])!r}}}, port=0, max_batch=8, access_log=False)"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        server = Server(process, _port_from(process))
+        X = np.eye(NUM_FEATURES)
+        got = outputs(server.infer("model", X))["predict"]
+        np.testing.assert_array_equal(got, pg.load_model(model_files["softmax"]).predict(X))
+        process.send_signal(signal.SIGINT)
+        assert server.wait() == 0
+        assert server.stderr == []  # no access log asked, nothing else to say
+    finally:
+        stop(process)
