@@ -12,11 +12,13 @@ from paragrad import __version__
 from paragrad.engines import ENGINES
 from paragrad.models import MODELS
 from paragrad.optim import OPTIMIZERS
+from paragrad.serving.config import ServeConfig
 from paragrad.settings import MAX_GUESSED_CLASSES
 from paragrad.strategies import STRATEGIES
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}
+SERVE_DEFAULT = ServeConfig()
 NOT_CONVERGED = 3  # the exit status of --strict when training stopped before converging
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
@@ -257,33 +259,59 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "models", nargs="+", metavar="MODEL", help="model file, or NAME=PATH (default name: its stem)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs --token")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
-    p.add_argument("--max-batch", type=_positive_int, default=256, help="rows predicted together at most")
     p.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="longest a request waits for others to share its batch"
+        "--host", default=SERVE_DEFAULT.host, help="address to listen on; any but loopback needs --token"
     )
     p.add_argument(
-        "--max-queue", type=_positive_int, default=512, help="requests waiting per model before 503"
+        "--port", type=int, default=SERVE_DEFAULT.port, help="port to listen on (0: any free port)"
     )
-    p.add_argument("--max-rows", type=_positive_int, default=100_000, help="rows per request before 413")
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size before 413")
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=SERVE_DEFAULT.max_batch,
+        help="rows predicted together at most",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=SERVE_DEFAULT.max_wait_ms,
+        help="longest a request waits for others to share its batch",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=SERVE_DEFAULT.max_queue,
+        help="requests waiting per model before 503",
+    )
+    p.add_argument(
+        "--max-rows", type=_positive_int, default=SERVE_DEFAULT.max_rows, help="rows per request before 413"
+    )
+    p.add_argument(
+        "--max-body-mb", type=float, default=SERVE_DEFAULT.max_body_mb, help="request body size before 413"
+    )
     p.add_argument(
         "--token", help="clients must send 'Authorization: Bearer TOKEN' (default: $PARAGRAD_SERVE_TOKEN)"
     )
     p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without a token")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds to finish requests after SIGTERM")
+    p.add_argument(
+        "--grace", type=float, default=SERVE_DEFAULT.grace, help="seconds to finish requests after SIGTERM"
+    )
     p.add_argument(
         "--reload-interval",
         type=float,
-        default=1.0,
+        default=SERVE_DEFAULT.reload_interval,
         help="seconds between looks at the model files (0: never)",
     )
-    p.add_argument("--workers", type=_positive_int, default=1, help="local workers for large requests")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=SERVE_DEFAULT.workers,
+        help="local workers for large requests",
+    )
     p.add_argument(
         "--split-rows",
         type=_positive_int,
-        default=200_000,
+        default=SERVE_DEFAULT.split_rows,
         help="rows from which a request goes to the workers",
     )
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")

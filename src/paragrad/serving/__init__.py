@@ -14,23 +14,25 @@ from paragrad.serving.config import ServeConfig, model_paths, token_from_environ
 
 __all__ = ["ServeConfig", "serve"]
 
+DEFAULT = ServeConfig()
+
 
 def serve(
     models: str | os.PathLike | Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike],
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_batch: int = 256,
-    max_wait_ms: float = 2.0,
-    max_queue: int = 512,
-    max_rows: int = 100_000,
-    max_body_mb: float = 64.0,
+    host: str = DEFAULT.host,
+    port: int = DEFAULT.port,
+    max_batch: int = DEFAULT.max_batch,
+    max_wait_ms: float = DEFAULT.max_wait_ms,
+    max_queue: int = DEFAULT.max_queue,
+    max_rows: int = DEFAULT.max_rows,
+    max_body_mb: float = DEFAULT.max_body_mb,
     token: str | None = None,
     insecure: bool = False,
-    grace: float = 30.0,
-    reload_interval: float = 1.0,
-    workers: int = 1,
-    split_rows: int = 200_000,
+    grace: float = DEFAULT.grace,
+    reload_interval: float = DEFAULT.reload_interval,
+    workers: int = DEFAULT.workers,
+    split_rows: int = DEFAULT.split_rows,
     access_log: bool = True,
 ) -> None:
     """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
