@@ -39,6 +39,7 @@ BENCH_SUITES = (
     "communication",
     "torch",
     "ray",
+    "serve",
 )
 
 
