@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import pickle
+import socket
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 from conftest import run_cli
+
+from paragrad.data import make_classification
 
 
 def test_bench_writes_results_with_baselines(tmp_path):
@@ -34,3 +40,57 @@ def test_cli_does_not_load_the_benchmarks():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_serve_load_generator_measures_a_baseline_server_and_stops_it():
+    pytest.importorskip("uvicorn")
+    from paragrad.bench.serve_load import Load, LoadGenerator
+    from paragrad.bench.serve_servers import baseline_command, running
+
+    with LoadGenerator() as generator, running(baseline_command("floor", {})) as port:
+        load = Load(port, "any", 1, 4, concurrency=4, warmup_s=0.1, measure_s=0.3, max_requests=200)
+        result = generator.run(load)
+    assert result["errors"] == 0 and 0 < result["requests"] <= 200
+    assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+    with pytest.raises(ConnectionRefusedError):  # the server was stopped
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_serve_baseline_answers_as_paragrad_serve_does(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    from paragrad.bench.serve_servers import baseline_command, predicted_labels, running
+
+    data = make_classification(200, 4, seed=1)
+    model = LogisticRegression().fit(data.X, data.y.astype(int))
+    with open(tmp_path / "m.pkl", "wb") as handle:
+        pickle.dump(model, handle)
+    with running(baseline_command("fastapi", {"m": tmp_path / "m.pkl"})) as port:
+        labels = predicted_labels(port, "m", 5, 4)
+    expected = model.predict(np.random.default_rng(0).standard_normal((5, 4)))
+    assert labels == expected.tolist()
+
+
+def test_serve_targets_are_judged_against_the_better_baseline():
+    from paragrad.bench.serve_suite import _best, _cell_rows, _target_rows
+
+    def cell(rate, p50, p99):
+        return {"requests": 100, "requests_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+    cells = {}
+    for clients in (1, 8, 64):
+        cells["floor", "-", 1, clients] = cell(10_000.0, 0.1, 0.2)
+        for model in ("logistic", "mlp"):
+            cells["paragrad", model, 1, clients] = {**cell(4000.0, 0.5, 20.0), "avg_batch_rows": 8.0}
+            cells["fastapi", model, 1, clients] = cell(1000.0, 0.9, 30.0)
+            cells["fastapi_async", model, 1, clients] = cell(2500.0, 0.4, 10.0)
+    rows = _cell_rows(cells)
+    assert rows[0]["fastapi_requests_per_s"] == 2500.0 and rows[0]["fastapi_p99_ms"] == 10.0
+    targets = _target_rows(rows, {"logistic": True, "mlp": True})
+    assert targets[0]["speedup_c64"] == 1.6 and targets[0]["speedup_verdict"] == "not met"
+    assert targets[0]["floor_verdict"] == "not met"  # 0.4 of the floor
+    assert targets[0]["p99_verdict"] == "not met"  # 20 ms against the async variant's 10
+    assert targets[0]["p50_limit_ms_c1"] == 0.4 + 2.0 and targets[0]["p50_verdict"] == "met"
+    assert _best({}, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)

@@ -41,6 +41,7 @@ BENCH_SUITES = (
     "communication",
     "torch",
     "ray",
+    "serve",
 )
 
 

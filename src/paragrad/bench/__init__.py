@@ -18,6 +18,10 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
 - ``communication``: bytes and wall time to a target loss, plain and compressed.
 - ``torch``: epoch time of a torch model against DistributedDataParallel.
 - ``ray``: the Ray engine against the local engine (see :mod:`paragrad.bench.ray_suite`).
+- ``serve``: ``paragrad serve`` under closed-loop HTTP load (1, 8 and 64 clients, requests
+  of 1 and 100 rows, logistic regression and an MLP) against the same HTTP stack answering
+  a constant and a FastAPI service calling scikit-learn per request; and one large request
+  predicted in the server or split across 2 workers (see :mod:`paragrad.bench.serve_suite`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from paragrad.bench.latency import bench_latency
 from paragrad.bench.plots import write_plots
 from paragrad.bench.predict import bench_predict
 from paragrad.bench.ray_suite import bench_ray
+from paragrad.bench.serve_suite import bench_serve
 from paragrad.bench.solvers import bench_mlp_scaling, bench_solvers
 from paragrad.bench.torch_suite import bench_torch
 
@@ -50,6 +55,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "communication": bench_communication,
     "torch": bench_torch,
     "ray": bench_ray,
+    "serve": bench_serve,
 }
 
 
