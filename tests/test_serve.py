@@ -240,7 +240,7 @@ BAD_REQUESTS = [
         "/v2/models/linear/infer",
         b'{"inputs":[{"name":"x","shape":[1,5],"datatype":"FP64","data":[1,2,1e999,4,5]}]}',
         400,
-        "NaN or infinite",
+        "infinity",
     ),
     ("/v2/models/linear/infer", _tensor([1, 5], ROW, "BYTES"), 400, "datatype 'BYTES' is not a number type"),
     ("/v2/models/linear/infer", _tensor([1, 5], ["a", 1, 2, 3, 4]), 400, "not float64 numbers"),

@@ -28,9 +28,9 @@ LISTENING = re.compile(r"listening on http://\S*:(\d+)")
 
 
 def paragrad_command(models: dict[str, Path], *options: str) -> list[str]:
-    """``paragrad serve`` of ``models`` on a free port, without the access log."""
+    """``paragrad serve`` of ``models`` on a free port, with its defaults (the access log on)."""
     named = [f"{name}={path}" for name, path in models.items()]
-    return [sys.executable, "-m", "paragrad", "serve", *named, "--port", "0", "--no-access-log", *options]
+    return [sys.executable, "-m", "paragrad", "serve", *named, "--port", "0", *options]
 
 
 def baseline_command(kind: str, models: dict[str, Path]) -> list[str]:

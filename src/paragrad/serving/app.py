@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
+import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from paragrad import __version__
 from paragrad.serving.batching import Outputs, QueueFull
@@ -58,8 +60,9 @@ class Outcome:
 
 
 def json_response(status: int, payload: Any, version: str | None = None) -> Response:
+    """``payload`` as JSON; numpy arrays in it are written as they are, to the last digit."""
     headers = {"x-model-version": version} if version else None
-    return Response(json.dumps(payload, separators=(",", ":")), status, headers, JSON)
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, JSON)
 
 
 class Endpoints:
@@ -70,22 +73,28 @@ class Endpoints:
         self.config = config
         self.metrics = metrics
 
+    def inference_routes(self) -> list[Route]:
+        return [
+            Route("/v2/models/{name}/infer", self._wrap(self.infer), methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", self._wrap(self.infer), methods=["POST"]),
+            Route("/v1/models/{name}:predict", self._wrap(self.predict_v1), methods=["POST"]),
+        ]
+
     def routes(self) -> list[Route]:
         model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
         routes = [
+            *self.inference_routes(),
             Route("/", self._wrap(self.page, open_to_all=True), methods=["GET"]),
             Route("/v2/health/live", self._wrap(self.live, open_to_all=True), methods=["GET"]),
             Route("/v2/health/ready", self._wrap(self.ready, open_to_all=True), methods=["GET"]),
             Route("/v2", self._wrap(self.server_metadata), methods=["GET"]),
             Route("/v2/models", self._wrap(self.models_index), methods=["GET"]),
             Route("/metrics", self._wrap(self.metrics_text), methods=["GET"]),
-            Route("/v1/models/{name}:predict", self._wrap(self.predict_v1), methods=["POST"]),
         ]
         for prefix in (model, versioned):
             routes += [
                 Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
                 Route(prefix + "/ready", self._wrap(self.model_ready), methods=["GET"]),
-                Route(prefix + "/infer", self._wrap(self.infer), methods=["POST"]),
             ]
         everything = ["GET", "POST", "PUT", "DELETE", "PATCH"]
         return [*routes, Route("/{path:path}", self._wrap(self.not_found), methods=everything)]
@@ -134,10 +143,10 @@ class Endpoints:
     async def predict_v1(self, request: Request, outcome: Outcome) -> Response:
         version = self._version(request, outcome)
         _, outputs = await self._predicted(request, version, parse_instances, outcome)
-        payload = {"model_name": version.name, "model_version": version.version}
+        payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
         payload["predictions"] = output_tensor("predict", outputs["predict"])["data"]
         if "proba" in outputs:
-            payload["probabilities"] = outputs["proba"].tolist()
+            payload["probabilities"] = np.ascontiguousarray(outputs["proba"])
         return json_response(200, payload, version.version)
 
     async def _predicted(
@@ -193,7 +202,7 @@ class Endpoints:
         raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
 
 
-def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> Starlette:
+def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> DirectInference:
     """The ASGI application serving ``served``: batchers and the file watcher run with it."""
 
     @contextlib.asynccontextmanager
@@ -206,7 +215,34 @@ def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> St
             watcher.cancel()
             await served.close()
 
-    return Starlette(routes=Endpoints(served, config, metrics).routes(), lifespan=lifespan)
+    endpoints = Endpoints(served, config, metrics)
+    return DirectInference(
+        Starlette(routes=endpoints.routes(), lifespan=lifespan), endpoints.inference_routes()
+    )
+
+
+class DirectInference:
+    """Inference requests go straight to their handler, everything else through Starlette.
+
+    Starlette's middleware and router wrap every request in several more calls; the
+    inference handlers answer every error themselves, so the hot path skips them (about a
+    fifth of the server's time per one-row request, measured with ``bench --suite serve``).
+    """
+
+    def __init__(self, app: Starlette, routes: list[Route]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    response = await route.endpoint(Request(scope, receive))
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def _check_token(request: Request, token: str | None) -> None:
@@ -262,4 +298,4 @@ def _log_access(request: Request, status: int, seconds: float, outcome: Outcome)
         "version": outcome.version,
         "rows": outcome.rows,
     }
-    access_log.info(json.dumps(record, separators=(",", ":")))
+    access_log.info(orjson.dumps(record).decode())

@@ -36,7 +36,7 @@ class ServeConfig:
     grace: float = 30.0  # seconds to finish in-flight requests after SIGTERM
     reload_interval: float = 1.0  # seconds between looks at the model files
     workers: int = 1  # local engine workers for large requests; 1: all in the server
-    split_rows: int = 200_000  # rows from which a request goes to the workers
+    split_rows: int = 20_000  # rows from which a request goes to the workers
     access_log: bool = True
 
     def __post_init__(self) -> None:

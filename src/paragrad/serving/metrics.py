@@ -3,6 +3,8 @@ do not share counts)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from paragrad.serving.batching import BatchRecord
@@ -16,6 +18,8 @@ class Metrics:
     """Requests by model and status code, latency, batch sizes, queue time, model versions."""
 
     def __init__(self) -> None:
+        self._answers: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._batches: dict[str, tuple[Any, Any]] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "paragrad_requests",
@@ -61,13 +65,19 @@ class Metrics:
         )
 
     def answered(self, model: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, str(code)).inc()
+        key = (model, code)
+        if key not in self._answers:  # looking labels up costs more than counting
+            self._answers[key] = (self.requests.labels(model, str(code)), self.latency.labels(model))
+        count, latency = self._answers[key]
+        count.inc()
         if code == 200:
-            self.latency.labels(model).observe(seconds)
+            latency.observe(seconds)
 
     def batched(self, model: str, record: BatchRecord) -> None:
-        self.batch_rows.labels(model).observe(record.rows)
-        queue = self.queue_seconds.labels(model)
+        if model not in self._batches:
+            self._batches[model] = (self.batch_rows.labels(model), self.queue_seconds.labels(model))
+        rows, queue = self._batches[model]
+        rows.observe(record.rows)
         for wait in record.waits:
             queue.observe(wait)
 

@@ -7,12 +7,12 @@ of shape [rows] or [rows, 1] per named feature. Every way a request can be wrong
 
 from __future__ import annotations
 
-import json
-import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from paragrad.serving.registry import ModelVersion
 
@@ -25,6 +25,9 @@ NUMERIC: dict[str, type[np.generic]] = {
     **{f"INT{bits}": np.dtype(f"int{bits}").type for bits in (8, 16, 32, 64)},
     **{f"UINT{bits}": np.dtype(f"uint{bits}").type for bits in (8, 16, 32, 64)},
 }
+
+
+NON_FINITE = re.compile(rb"\bNaN\b|\bInfinity\b")
 
 
 class RequestError(Exception):
@@ -46,15 +49,15 @@ class InferRequest:
 
 
 def read_json(body: bytes) -> Any:
-    """The request body as JSON; NaN and infinities are refused like any other bad number."""
+    """The request body as JSON (strict: NaN, Infinity and numbers beyond float64 are refused)."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if NON_FINITE.search(body):
+            raise RequestError(
+                400, "the request holds NaN or Infinity, which JSON has not: send finite numbers"
+            ) from None
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
@@ -227,9 +230,14 @@ def datatype_of(dtype: np.dtype) -> str:
 
 
 def output_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
-    """A response tensor of ``values``; numbers must be finite."""
+    """A response tensor of ``values`` (numbers go to JSON as they are, text as a list)."""
     datatype = datatype_of(values.dtype)
-    data = values.ravel().tolist()
-    if datatype == "FP64" and not all(map(math.isfinite, data)):
+    if datatype == "FP64" and not np.isfinite(values).all():
         raise RequestError(500, f"the model's {name} is not finite for these rows")
-    return {"name": name, "datatype": datatype, "shape": list(values.shape), "data": data}
+    data = values.ravel()
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": list(values.shape),
+        "data": data.tolist() if datatype == "BYTES" else np.ascontiguousarray(data),
+    }
