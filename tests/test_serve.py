@@ -448,3 +448,21 @@ def test_pg_serve_runs_the_same_server_from_python(model_files):
         assert server.stderr == []  # no access log asked, nothing else to say
     finally:
         stop(process)
+
+
+def test_every_request_gets_a_json_line_in_the_access_log(server, model_files):
+    server.infer("softmax", np.ones((3, NUM_FEATURES)), id="logged")
+    server.call("GET", "/v2/models/nope")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for line in list(server.stderr) if line.startswith("{")]
+        infers = [r for r in records if r["path"] == "/v2/models/softmax/infer" and r["rows"] == 3]
+        missing = [r for r in records if r["path"] == "/v2/models/nope"]
+        if infers and missing:
+            break
+        time.sleep(0.05)
+    assert set(infers[-1]) == {"time", "client", "method", "path", "status", "ms", "model", "version", "rows"}
+    assert infers[-1]["status"] == 200 and infers[-1]["model"] == "softmax"
+    assert infers[-1]["version"] == file_version(model_files["softmax"]) and infers[-1]["ms"] > 0
+    assert infers[-1]["client"].startswith("127.0.0.1:")
+    assert missing[-1]["status"] == 404 and missing[-1]["model"] is None

@@ -7,9 +7,11 @@ saying what to fix; nothing a client sends can stop the server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -24,6 +26,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from paragrad import __version__
+from paragrad.serving.access_log import AccessLog
 from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
 from paragrad.serving.metrics import NO_MODEL, Metrics
@@ -38,7 +41,6 @@ from paragrad.serving.tensors import (
     parse_instances,
 )
 
-access_log = logging.getLogger("paragrad.serving.access")
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,6 +60,13 @@ class Outcome:
     def served(self, version: ModelVersion) -> None:
         self.model, self.version = version.name, version.version
 
+    def fields(self) -> dict[str, Any]:
+        return {
+            "model": None if self.model == NO_MODEL else self.model,
+            "version": self.version,
+            "rows": self.rows,
+        }
+
 
 def json_response(status: int, payload: Any, version: str | None = None) -> Response:
     """``payload`` as JSON; numpy arrays in it are written as they are, to the last digit."""
@@ -68,10 +77,13 @@ def json_response(status: int, payload: Any, version: str | None = None) -> Resp
 class Endpoints:
     """The handlers, each given the request and the :class:`Outcome` it fills in."""
 
-    def __init__(self, served: ServedModels, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, served: ServedModels, config: ServeConfig, metrics: Metrics, access: AccessLog | None
+    ) -> None:
         self.served = served
         self.config = config
         self.metrics = metrics
+        self.access = access
 
     def inference_routes(self) -> list[Route]:
         return [
@@ -124,8 +136,8 @@ class Endpoints:
             seconds = time.perf_counter() - started
             if outcome.model != NO_MODEL or response.status_code != 200:
                 self.metrics.answered(outcome.model, response.status_code, seconds)
-            if self.config.access_log:
-                _log_access(request, response.status_code, seconds, outcome)
+            if self.access is not None:
+                self.access.record(request.scope, response.status_code, seconds, outcome.fields())
             return response
 
         return run
@@ -205,17 +217,23 @@ class Endpoints:
 def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> DirectInference:
     """The ASGI application serving ``served``: batchers and the file watcher run with it."""
 
+    access = AccessLog(sys.stderr.buffer) if config.access_log else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
         watcher = served.start_watching()
+        writer = asyncio.get_running_loop().create_task(access.run()) if access is not None else None
         try:
             yield
         finally:
             watcher.cancel()
             await served.close()
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
-    endpoints = Endpoints(served, config, metrics)
+    endpoints = Endpoints(served, config, metrics, access)
     return DirectInference(
         Starlette(routes=endpoints.routes(), lifespan=lifespan), endpoints.inference_routes()
     )
@@ -283,19 +301,3 @@ def _metadata(version: ModelVersion) -> dict[str, Any]:
         "outputs": outputs,
         "parameters": version.describe(),
     }
-
-
-def _log_access(request: Request, status: int, seconds: float, outcome: Outcome) -> None:
-    client = request.client
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-        "client": f"{client.host}:{client.port}" if client else None,
-        "method": request.method,
-        "path": request.url.path,
-        "status": status,
-        "ms": round(seconds * 1000, 3),
-        "model": None if outcome.model == NO_MODEL else outcome.model,
-        "version": outcome.version,
-        "rows": outcome.rows,
-    }
-    access_log.info(orjson.dumps(record).decode())

@@ -54,7 +54,7 @@ class DrainingServer(uvicorn.Server):
 def run(paths: dict[str, Path], config: ServeConfig) -> None:
     """Bind the address and load every model (either failing is one error before serving),
     then serve them until stopped."""
-    _configure_logging(config.access_log)
+    _configure_logging()
     with contextlib.closing(_listening_socket(config.host, config.port)) as sock:
         versions = load_all(paths)
         for version in versions:
@@ -92,17 +92,11 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(access_log: bool) -> None:
-    """Server messages as ``paragrad serve: ...`` lines, the access log as JSON lines, on stderr."""
+def _configure_logging() -> None:
+    """Server messages as ``paragrad serve: ...`` lines on stderr (the access log writes its own)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("paragrad serve: %(message)s"))
     server_log = logging.getLogger("paragrad.serving")
     server_log.handlers[:] = [handler]
     server_log.setLevel(logging.INFO)
     server_log.propagate = False
-    access = logging.getLogger("paragrad.serving.access")
-    access_handler = logging.StreamHandler(sys.stderr)
-    access_handler.setFormatter(logging.Formatter("%(message)s"))
-    access.handlers[:] = [access_handler]
-    access.setLevel(logging.INFO if access_log else logging.WARNING)
-    access.propagate = False

@@ -1,0 +1,58 @@
+"""The access log: one JSON line per request, written in batches.
+
+A write (and flush) per request through :mod:`logging` took a fifth of the server's time
+on one-row requests, as much as predicting them; lines are gathered here and written
+together every ``interval`` seconds, and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+import orjson
+
+
+class AccessLog:
+    """Requests as JSON lines on ``stream`` (time, client, method, path, status, ms, model,
+    version, rows)."""
+
+    def __init__(self, stream: IO[bytes], interval: float = 0.2) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._lines: list[bytes] = []
+        self._second = -1
+        self._stamp = ""
+
+    def record(self, scope: Mapping[str, Any], status: int, seconds: float, fields: dict[str, Any]) -> None:
+        now = int(time.time())
+        if now != self._second:  # formatting the time costs more than the rest of the line
+            self._second, self._stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        client = scope.get("client")
+        line = {
+            "time": self._stamp,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "ms": round(seconds * 1000, 3),
+            **fields,
+        }
+        self._lines.append(orjson.dumps(line))
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._stream.write(b"\n".join(lines) + b"\n")
+            self._stream.flush()
+
+    async def run(self) -> None:
+        """Write what has gathered every ``interval`` seconds, until cancelled (then the rest)."""
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                self.flush()
+        finally:
+            self.flush()
