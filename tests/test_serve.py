@@ -25,13 +25,13 @@ import paragrad as pg
 NUM_FEATURES = 5
 
 
-def _save(model, path: Path, labels=None, seed: int = 0, names=None) -> Path:
-    """``model`` set up for NUM_FEATURES features with random parameters and a standardisation."""
+def _save(model, path: Path, labels=None, seed: int = 0, names=None, num_features=NUM_FEATURES) -> Path:
+    """``model`` set up for ``num_features`` features with random parameters and a standardisation."""
     rng = np.random.default_rng(seed)
-    model.setup(NUM_FEATURES, labels, feature_names=names)
+    model.setup(num_features, labels, feature_names=names)
     model.params_ = 0.5 * rng.standard_normal(model.num_params)
     model.standardizer_ = pg.data.Standardizer(
-        rng.standard_normal(NUM_FEATURES), rng.uniform(0.5, 2, NUM_FEATURES)
+        rng.standard_normal(num_features), rng.uniform(0.5, 2, num_features)
     )
     model.save(path)
     return path
@@ -47,6 +47,8 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "softmax": _save(pg.models.SoftmaxRegression(), folder / "softmax.npz", np.array([-1, 3, 7])),
         "mlp": _save(pg.models.MLP(hidden=(64,), task="regression"), folder / "mlp.npz"),
         "mlp_classifier": _save(pg.models.MLP(hidden=(40, 48)), folder / "mlp_classifier.npz", np.arange(4)),
+        # the README's example: `make demo`'s 20 features, two classes
+        "model": _save(pg.models.LogisticRegression(), folder / "model.npz", np.arange(2), num_features=20),
     }
 
 
@@ -466,3 +468,14 @@ def test_every_request_gets_a_json_line_in_the_access_log(server, model_files):
     assert infers[-1]["version"] == file_version(model_files["softmax"]) and infers[-1]["ms"] > 0
     assert infers[-1]["client"].startswith("127.0.0.1:")
     assert missing[-1]["status"] == 404 and missing[-1]["model"] is None
+
+
+def test_the_readme_curl_example_is_answered_as_shown(server, model_files):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = readme[readme.index("curl -s localhost:8000/v2/models/model/infer") :]
+    body = json.loads(command.split("-d '", 1)[1].split("'", 1)[0])
+    status, _, answer = server.call("POST", "/v2/models/model/infer", body)
+    assert status == 200, answer
+    assert answer["id"] == body["id"] and [o["name"] for o in answer["outputs"]] == ["predict", "proba"]
+    X = np.array(body["inputs"][0]["data"]).reshape(body["inputs"][0]["shape"])
+    np.testing.assert_array_equal(outputs(answer)["predict"], pg.load_model(model_files["model"]).predict(X))
