@@ -245,7 +245,12 @@ BAD_REQUESTS = [
         "infinity",
     ),
     ("/v2/models/linear/infer", _tensor([1, 5], ROW, "BYTES"), 400, "datatype 'BYTES' is not a number type"),
-    ("/v2/models/linear/infer", _tensor([1, 5], ["a", 1, 2, 3, 4]), 400, "not float64 numbers"),
+    (
+        "/v2/models/linear/infer",
+        _tensor([1, 5], ["a", 1, 2, 3, 4]),
+        400,
+        "not numbers (text, true/false or null)",
+    ),
     ("/v2/models/linear/infer", _tensor([1], [1.0], name="f9") | {}, 400, "input 'f9' has 1 features"),
     (
         "/v2/models/linear/infer",
@@ -281,6 +286,48 @@ BAD_REQUESTS = [
     ("/v2/models/linear/versions/0123/infer", _tensor([1, 5], ROW), 404, "no version '0123'"),
     ("/v1/models/linear:predict", {"instances": [[1, 2]]}, 400, "have 2 features, but the model takes 5"),
     ("/v2/nothing/here", {}, 404, "no such endpoint"),
+    (
+        "/v2/models/linear/infer",
+        _tensor([True, 5], ROW),
+        400,
+        "'shape' must be a list of non-negative integers",
+    ),
+    ("/v2/models/linear/infer", _tensor([1, 5], ROW, ["FP64"]), 400, "is not a number type"),
+    ("/v2/models/linear/infer", _tensor([1, 5], [None, 1, 2, 3, 4]), 400, "not numbers"),
+    ("/v2/models/linear/infer", _tensor([1, 5], "5"), 400, "'data' must be a list of numbers"),
+    ("/v2/models/linear/infer", _tensor([1, 5], [1.5, 1, 2, 3, 4], "INT64"), 400, "not int64 integers"),
+    (
+        "/v2/models/linear/infer",
+        _tensor([1, 5], [1e300, 1, 2, 3, 4], "FP32"),
+        400,
+        "beyond the range of float32",
+    ),
+    ("/v2/models/linear/infer", _tensor([1, 5], [[1, 2], [3, 4, 5]]), 400, "nested unevenly"),
+    (
+        "/v2/models/linear/infer",
+        _tensor([1, 6], [[1, 2, 3], [4, 5, 6]]),
+        400,
+        "nested as [2, 3], but its shape is [1, 6]",
+    ),
+    (
+        "/v2/models/linear/infer",
+        _tensor([1, 5], [1e308, -1e308, 1e308, 0, 0]),
+        400,
+        "not finite for these rows",
+    ),
+    (
+        "/v2/models/linear/infer",
+        _tensor([1, 5], ROW) | {"outputs": []},
+        400,
+        "'outputs' must name each output",
+    ),
+    (
+        "/v2/models/linear/infer",
+        {"inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [1]} for n in ("f0", "f0", "f1")]},
+        400,
+        "input 'f0' is given twice",
+    ),
+    ("/v2/models/" + "x" * 5000 + "/infer", _tensor([1, 5], ROW), 404, "x" * 80 + "...'"),
 ]
 
 
@@ -325,16 +372,21 @@ def test_a_replaced_model_file_is_served_without_failing_a_request(tmp_path):
         threads = [threading.Thread(target=client) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)
-        _save(pg.models.SoftmaxRegression(), path, np.arange(3), seed=2)  # written atomically
-        second = pg.load_model(path), file_version(path)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not answers or answers[-1]["model_version"] != second[1]):
-            time.sleep(0.05)
-        time.sleep(0.2)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        try:
+            path.touch()  # the same model: looked at, not served again
+            time.sleep(0.3)
+            _save(pg.models.SoftmaxRegression(), path, np.arange(3), seed=2)  # written atomically
+            second = pg.load_model(path), file_version(path)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (not answers or answers[-1]["model_version"] != second[1]):
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        reloads = 'paragrad_model_reloads_total{model="m",outcome="loaded"} 1.0'
+        assert reloads in server.call("GET", "/metrics")[2]  # the touch did not count
     models = dict([reversed(first), reversed(second)])
     seen = [answer["model_version"] for answer in answers]
     assert seen[0] == first[1] and seen[-1] == second[1]
@@ -388,15 +440,21 @@ def test_a_token_is_required_when_given(model_files):
     token = "s3cret-token"
     with running(str(model_files["linear"]), env={"PARAGRAD_SERVE_TOKEN": token}) as server:
         body = v2_body(np.ones((1, NUM_FEATURES)))
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": token},
+            {"Authorization": "Basic x"},
+        ):
             status, reply_headers, answer = server.call("POST", "/v2/models/linear/infer", body, headers)
             assert (
                 status == 401 and reply_headers["www-authenticate"] == "Bearer" and "token" in answer["error"]
             )
         assert server.call("GET", "/metrics")[0] == 401
         assert server.call("GET", "/v2/health/ready")[0] == 200  # probes need no token
-        good = {"Authorization": f"Bearer {token}"}
-        assert server.call("POST", "/v2/models/linear/infer", body, good)[0] == 200
+        for scheme in ("Bearer", "bearer"):  # the scheme's case does not matter (RFC 7235)
+            good = {"Authorization": f"{scheme} {token}"}
+            assert server.call("POST", "/v2/models/linear/infer", body, good)[0] == 200
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -416,6 +474,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["missing.npz"], "missing.npz: model file not found"),
         (["a={linear}", "a={logistic}"], "two models are named 'a'"),
         (["{linear}", "--max-wait-ms", "-1"], "--max-wait-ms must be a non-negative number"),
+        (["{linear}", "--max-body-mb", "0"], "--max-body-mb must be above 0"),
         (["{data}"], "not a paragrad model file"),
     ],
 )
@@ -479,3 +538,37 @@ def test_the_readme_curl_example_is_answered_as_shown(server, model_files):
     assert answer["id"] == body["id"] and [o["name"] for o in answer["outputs"]] == ["predict", "proba"]
     X = np.array(body["inputs"][0]["data"]).reshape(body["inputs"][0]["shape"])
     np.testing.assert_array_equal(outputs(answer)["predict"], pg.load_model(model_files["model"]).predict(X))
+
+
+def test_a_wrong_method_is_405_naming_the_methods_and_binary_tensors_are_refused(server):
+    status, headers, answer = server.call("GET", "/v2/models/linear/infer")
+    assert status == 405 and headers["allow"] == "POST" and "takes POST, not GET" in answer["error"]
+    status, _, answer = server.call("OPTIONS", "/")
+    assert status == 405 and "error" in answer
+    binary = {"Inference-Header-Content-Length": "10", "Content-Type": "application/octet-stream"}
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", b"{}" + bytes(48), binary)
+    assert status == 400 and "binary tensor data is not supported" in answer["error"]
+
+
+def test_a_stalled_upload_holds_back_no_reload(tmp_path):
+    import socket
+
+    first = _save(pg.models.LinearRegression(), tmp_path / "a.npz", seed=1)
+    second = _save(pg.models.LinearRegression(), tmp_path / "b.npz", seed=2)
+    with running(str(first), str(second), "--reload-interval", "0.05") as server:
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        try:  # a request to a whose body never finishes arriving
+            stalled.sendall(b"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+            time.sleep(0.2)
+            _save(pg.models.LinearRegression(), first, seed=3)
+            _save(pg.models.LinearRegression(), second, seed=4)
+            wanted = {"a": file_version(first), "b": file_version(second)}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                got = {name: server.call("GET", f"/v2/models/{name}")[2]["versions"][0] for name in wanted}
+                if got == wanted:
+                    break
+                time.sleep(0.05)
+            assert got == wanted
+        finally:
+            stalled.close()

@@ -6,6 +6,7 @@ server starts, so that ``import paragrad`` stays light.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping
 
@@ -64,6 +65,11 @@ def serve(
     access_log : bool
         One JSON line per request on stderr.
     """
+    if _in_event_loop():
+        raise ConfigError(
+            "pg.serve runs its own event loop and cannot start inside a running one (a notebook, "
+            "say): start it in a thread, or run `paragrad serve` in a shell"
+        )
     paths = model_paths(models)
     config = ServeConfig(
         host=host,
@@ -86,3 +92,11 @@ def serve(
     except ImportError as exc:
         raise ConfigError(f"serving needs {exc.name}: pip install 'paragrad[serve]'") from None
     run(paths, config)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

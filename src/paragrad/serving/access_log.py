@@ -8,11 +8,15 @@ together every ``interval`` seconds, and at shutdown.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import IO, Any
 
 import orjson
+
+log = logging.getLogger("paragrad.serving")
+MAX_WAITING_LINES = 100_000  # beyond this between two flushes, lines are not kept
 
 
 class AccessLog:
@@ -23,6 +27,7 @@ class AccessLog:
         self._stream = stream
         self._interval = interval
         self._lines: list[bytes] = []
+        self.dropped = 0  # lines that could not be written
         self._second = -1
         self._stamp = ""
 
@@ -40,13 +45,22 @@ class AccessLog:
             "ms": round(seconds * 1000, 3),
             **fields,
         }
-        self._lines.append(orjson.dumps(line))
+        if len(self._lines) < MAX_WAITING_LINES:
+            self._lines.append(orjson.dumps(line))
 
     def flush(self) -> None:
-        if self._lines:
-            lines, self._lines = self._lines, []
+        """Write the gathered lines; lines that cannot be written (a closed pipe, a full
+        disk) are dropped and counted, and writing is tried again at the next flush."""
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        try:
             self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()
+        except (OSError, ValueError) as exc:
+            if not self.dropped:
+                log.warning("the access log cannot be written (%s); its lines are dropped until it can", exc)
+            self.dropped += len(lines)
 
     async def run(self) -> None:
         """Write what has gathered every ``interval`` seconds, until cancelled (then the rest)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -43,6 +43,7 @@ from paragrad.serving.tensors import (
 
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
+CLIENT_CLOSED = 499  # the client left before its answer (nginx's code for it)
 Handler = Callable[[Request], Awaitable[Response]]
 PAGE = resources.files("paragrad.serving").joinpath("page.html")
 
@@ -84,6 +85,7 @@ class Endpoints:
         self.config = config
         self.metrics = metrics
         self.access = access
+        self._routes: list[Route] = []
 
     def inference_routes(self) -> list[Route]:
         return [
@@ -108,7 +110,8 @@ class Endpoints:
                 Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
                 Route(prefix + "/ready", self._wrap(self.model_ready), methods=["GET"]),
             ]
-        everything = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+        self._routes = routes
+        everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
         return [*routes, Route("/{path:path}", self._wrap(self.not_found), methods=everything)]
 
     def _wrap(
@@ -128,11 +131,16 @@ class Endpoints:
                 if exc.status == 401:
                     response.headers["www-authenticate"] = "Bearer"
             except QueueFull as exc:
-                response = json_response(503, {"error": f"the server is busy: {exc}; retry shortly"})
+                response = json_response(
+                    503, {"error": f"the server is busy: {exc}; retry shortly"}, outcome.version
+                )
                 response.headers["retry-after"] = "1"
+            except ClientDisconnect:  # nobody to answer; counted as nginx counts it
+                response = Response(status_code=CLIENT_CLOSED)
             except Exception as exc:  # a bug of ours: answer, log, keep serving
                 log.exception("%s %s failed", request.method, request.url.path)
-                response = json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+                error = {"error": f"internal error: {type(exc).__name__}: {exc}"}
+                response = json_response(500, error, outcome.version)
             seconds = time.perf_counter() - started
             if outcome.model != NO_MODEL or response.status_code != 200:
                 self.metrics.answered(outcome.model, response.status_code, seconds)
@@ -191,7 +199,7 @@ class Endpoints:
 
     async def models_index(self, request: Request, outcome: Outcome) -> Response:
         slots = self.served.slots.values()
-        return json_response(200, {"models": [_metadata(s.current) for s in slots if s.current is not None]})
+        return json_response(200, {"models": [_metadata(slot.current) for slot in slots]})
 
     async def live(self, request: Request, outcome: Outcome) -> Response:
         return json_response(200, {"live": True})
@@ -211,7 +219,22 @@ class Endpoints:
         return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8")
 
     async def not_found(self, request: Request, outcome: Outcome) -> Response:
-        raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
+        """404, or 405 naming the methods when the path exists for other methods."""
+        allowed = sorted(
+            {
+                method
+                for route in self._routes
+                if route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+        )
+        if not allowed:
+            raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
+        response = json_response(
+            405, {"error": f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"}
+        )
+        response.headers["allow"] = ", ".join(allowed)
+        return response
 
 
 def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> DirectInference:
@@ -266,13 +289,17 @@ class DirectInference:
 def _check_token(request: Request, token: str | None) -> None:
     if token is None:
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise RequestError(401, "this server needs 'Authorization: Bearer TOKEN' with its token")
 
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    if "inference-header-content-length" in request.headers:
+        raise RequestError(
+            400, "binary tensor data is not supported: send tensors as JSON 'data' (binary_data=False)"
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(

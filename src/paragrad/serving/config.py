@@ -48,6 +48,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{_named(name)} must be a non-negative number, got {value!r}")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"{_named('max_body_mb')} must be above 0, got {self.max_body_mb!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError(f"{_named('token')} must not be empty")
         if not is_loopback(self.host) and self.token is None and not self.insecure:

@@ -20,7 +20,7 @@ from paragrad.models.base import Classifier, Model
 from paragrad.serving.batching import Batcher, Outputs, Predict
 from paragrad.serving.config import ServeConfig
 from paragrad.serving.metrics import Metrics
-from paragrad.serving.registry import ModelSlot, ModelVersion, load_version, stamp_of
+from paragrad.serving.registry import ModelSlot, ModelVersion, load_version
 from paragrad.serving.tensors import RequestError
 
 if TYPE_CHECKING:
@@ -83,20 +83,21 @@ class ServedModels:
         self.slots = {v.name: ModelSlot(v.name, v.path, v) for v in versions}
         self.workers = WorkerPool(config)
         self._batchers: dict[int, Batcher] = {}
+        self._closing: set[asyncio.Task] = set()  # old versions' batchers, draining
         self.ready = False
 
     def start(self) -> None:
         """Start a batcher for every model (inside the server's event loop)."""
         for slot in self.slots.values():
-            assert slot.current is not None
             self._serve(slot.current, previous=None)
         self.ready = True
 
     def version(self, name: str, version: str | None = None) -> ModelVersion:
         """The version of ``name`` now served; 404 for an unknown name or another version."""
         slot = self.slots.get(name)
-        if slot is None or slot.current is None:
-            raise RequestError(404, f"no model named {name!r} (models: {', '.join(self.slots)})")
+        if slot is None:
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise RequestError(404, f"no model named {shown!r} (models: {', '.join(self.slots)})")
         if version is not None and version != slot.current.version:
             raise RequestError(
                 404, f"model {name!r} has no version {version!r} (it serves {slot.current.version})"
@@ -132,34 +133,42 @@ class ServedModels:
         while True:
             await asyncio.sleep(self.config.reload_interval)
             for slot in self.slots.values():
-                if slot.changed():
+                changed, stamp = slot.look()
+                if changed and stamp is None:
+                    log.warning(
+                        "model %s: %s is gone; still serving version %s",
+                        slot.name,
+                        slot.path,
+                        slot.current.version,
+                    )
+                elif changed:
                     await self._reload(slot)
 
     async def _reload(self, slot: ModelSlot) -> None:
         try:
             version = await asyncio.to_thread(load_version, slot.name, slot.path)
         except ModelFileError as exc:
-            slot.failed_stamp = stamp_of(slot.path)
             self.metrics.reloads.labels(slot.name, "failed").inc()
-            log.warning("model %s: %s; still serving version %s", slot.name, exc, _shown(slot.current))
+            log.warning("model %s: %s; still serving version %s", slot.name, exc, slot.current.version)
+            return
+        if version.version == slot.current.version:  # touched or rewritten, the same model
             return
         previous, slot.current = slot.current, version
         self._serve(version, previous)
         self.metrics.reloads.labels(slot.name, "loaded").inc()
-        log.info("model %s: now serving version %s (was %s)", slot.name, version.version, _shown(previous))
-        if previous is not None:
-            old = self._batchers.pop(id(previous))
-            await old.close()
+        log.info("model %s: now serving version %s (was %s)", slot.name, version.version, previous.version)
+        # Requests already reading their bodies finish on the old version; its batcher stops
+        # once they are answered, however long that takes, while other files are watched.
+        old = self._batchers.pop(id(previous))
+        closing = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Answer everything queued, then stop the batchers and the workers."""
         self.ready = False
-        await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()))
+        await asyncio.gather(*self._closing, *(batcher.close() for batcher in self._batchers.values()))
         await asyncio.to_thread(self.workers.close)
-
-
-def _shown(version: ModelVersion | None) -> str:
-    return "none" if version is None else version.version
 
 
 def load_all(paths: dict[str, Path]) -> list[ModelVersion]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +88,20 @@ def load_version(name: str, path: Path, attempts: int = 3) -> ModelVersion:
 
 @dataclass
 class ModelSlot:
-    """A served name: its file and the version now answering requests."""
+    """A served name: its file, the version now answering requests, and the file's stamp
+    when it was last looked at (a file that failed to load is not read again until it changes)."""
 
     name: str
     path: Path
-    current: ModelVersion | None = None
-    failed_stamp: Stamp | None = field(default=None)  # a file that failed to load, not retried
+    current: ModelVersion
+    seen: Stamp | None = None
 
-    def changed(self) -> bool:
-        """Whether the file differs from the version served and from the last failed one."""
+    def __post_init__(self) -> None:
+        self.seen = self.current.stamp
+
+    def look(self) -> tuple[bool, Stamp | None]:
+        """Whether the file changed since it was last looked at, and its stamp now."""
         stamp = stamp_of(self.path)
-        if stamp is None or stamp == self.failed_stamp:
-            return False
-        return self.current is None or stamp != self.current.stamp
+        changed = stamp != self.seen
+        self.seen = stamp
+        return changed, stamp

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import uvicorn
 
@@ -69,7 +69,8 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             build_app(served, config, metrics),
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=math.ceil(config.grace),
+            # typed as whole seconds, but handed to asyncio.wait_for, which takes any number
+            timeout_graceful_shutdown=cast(int, config.grace),
             backlog=4096,
             lifespan="on",
         )

@@ -88,7 +88,7 @@ def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferR
     if not rows:
         raise RequestError(400, "'instances' holds no rows")
     _check_rows(len(rows), max_rows)
-    X = _numbers(rows, np.float64, "instances")
+    X = _numbers(rows, np.float64, "instances", None)
     if X.ndim == 1 and version.num_features == len(X) and not isinstance(rows[0], list):
         X = X[None, :]
     if X.ndim != 2:
@@ -113,10 +113,10 @@ def _tensor_parts(tensor: Any) -> tuple[str, list[int], type[np.generic], Any]:
     if not isinstance(name, str):
         raise RequestError(400, "each input needs a 'name'")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
     datatype = tensor.get("datatype")
-    if datatype not in NUMERIC:
+    if not isinstance(datatype, str) or datatype not in NUMERIC:
         raise RequestError(
             400, f"input {name!r}: datatype {datatype!r} is not a number type (use FP64 or FP32)"
         )
@@ -128,12 +128,13 @@ def _tensor_parts(tensor: Any) -> tuple[str, list[int], type[np.generic], Any]:
 def _matrix(tensor: Any, num_features: int, max_rows: int) -> np.ndarray:
     """One tensor of shape [rows, features] (or [features] for one row)."""
     name, shape, kind, data = _tensor_parts(tensor)
+    declared = shape
     if len(shape) == 1:  # one row, or one feature's rows
         shape = [shape[0], 1] if num_features == 1 else [1, *shape]
     if len(shape) != 2:
         raise RequestError(400, f"input {name!r}: shape {shape} must be [rows, {num_features}]")
     _check_rows(shape[0], max_rows)
-    X = _numbers(data, kind, name)
+    X = _numbers(data, kind, name, declared)
     if X.size != shape[0] * shape[1]:
         raise RequestError(
             400, f"input {name!r}: shape {shape} needs {shape[0] * shape[1]} values, got {X.size}"
@@ -156,6 +157,8 @@ def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
     columns: dict[str, np.ndarray] = {}
     for tensor in inputs:
         name, shape, kind, data = _tensor_parts(tensor)
+        if name in columns:
+            raise RequestError(400, f"input {name!r} is given twice")
         if name not in names:
             raise RequestError(
                 400, f"input {name!r} is not a feature of the model (features: {', '.join(names)})"
@@ -165,7 +168,7 @@ def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
                 400, f"input {name!r}: a feature's shape must be [rows] or [rows, 1], got {shape}"
             )
         _check_rows(shape[0], max_rows)
-        values = _numbers(data, kind, name).reshape(-1)
+        values = _numbers(data, kind, name, shape).reshape(-1)
         if values.size != shape[0]:
             raise RequestError(
                 400, f"input {name!r}: shape {shape} needs {shape[0]} values, got {values.size}"
@@ -181,17 +184,36 @@ def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
     return np.column_stack([columns[name] for name in names])
 
 
-def _numbers(data: Any, kind: type[np.generic], name: str) -> np.ndarray:
-    """``data`` as float64 after rounding to the declared type; only finite numbers pass."""
+def _numbers(data: Any, kind: type[np.generic], name: str, shape: list[int] | None) -> np.ndarray:
+    """``data`` (flat in row-major order, or nested as ``shape``) as float64, after checking
+    that every value is a finite number the declared type holds as it is."""
+    if not isinstance(data, list):
+        raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
     try:
-        values: np.ndarray = np.asarray(data, dtype=kind)
-    except (ValueError, TypeError, OverflowError):
+        raw = np.asarray(data)
+    except ValueError:
         raise RequestError(
-            400, f"input {name!r} holds values that are not {np.dtype(kind).name} numbers"
+            400, f"input {name!r}: 'data' is nested unevenly; send it flat, row after row"
         ) from None
-    values = values.astype(np.float64, copy=False)
-    if not np.isfinite(values).all():
-        raise RequestError(400, f"input {name!r} holds NaN or infinite values")
+    if raw.dtype.kind not in "iuf":
+        raise RequestError(
+            400, f"input {name!r} holds values that are not numbers (text, true/false or null)"
+        )
+    if shape is not None and raw.ndim > 1 and list(raw.shape) != shape:
+        raise RequestError(
+            400, f"input {name!r}: 'data' is nested as {list(raw.shape)}, but its shape is {shape}"
+        )
+    values = raw.astype(np.float64, copy=False)
+    if kind is not np.float64:  # the client's type: a value it cannot hold is refused, not changed
+        with np.errstate(over="ignore", invalid="ignore"):
+            typed = raw.astype(kind).astype(np.float64)
+        if np.dtype(kind).kind in "iu" and not np.array_equal(typed, values):
+            raise RequestError(
+                400, f"input {name!r} holds values that are not {np.dtype(kind).name} integers"
+            )
+        if not np.isfinite(typed).all():
+            raise RequestError(400, f"input {name!r} holds values beyond the range of {np.dtype(kind).name}")
+        values = typed
     return values
 
 
@@ -215,6 +237,8 @@ def _requested_outputs(outputs: Any, version: ModelVersion) -> tuple[str, ...]:
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
         raise RequestError(400, "'outputs' must be a list of objects with a 'name'")
     names = tuple(o["name"] for o in outputs)
+    if not names or len(set(names)) != len(names):
+        raise RequestError(400, "'outputs' must name each output it asks for once (or be left out for all)")
     unknown = [n for n in names if n not in version.output_names]
     if unknown:
         raise RequestError(
@@ -233,7 +257,9 @@ def output_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
     """A response tensor of ``values`` (numbers go to JSON as they are, text as a list)."""
     datatype = datatype_of(values.dtype)
     if datatype == "FP64" and not np.isfinite(values).all():
-        raise RequestError(500, f"the model's {name} is not finite for these rows")
+        raise RequestError(
+            400, f"the model's {name} is not finite for these rows: are their features far too large?"
+        )
     data = values.ravel()
     return {
         "name": name,
