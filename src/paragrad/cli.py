@@ -24,6 +24,7 @@ from paragrad.cli_parser import (
     EXPORT_SUFFIXES,
     NOT_CONVERGED,
     PREDICTION_SUFFIXES,
+    SERVE_OPTIONS,
     build_parser,
 )
 from paragrad.data import (
@@ -252,29 +253,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# The serve options that pass to pg.serve as they are.
-SERVE_SETTINGS = (
-    "host",
-    "port",
-    "max_batch",
-    "max_wait_ms",
-    "max_queue",
-    "max_rows",
-    "max_body_mb",
-    "token",
-    "insecure",
-    "grace",
-    "reload_interval",
-    "workers",
-    "split_rows",
-)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
-    settings = {key: getattr(args, key) for key in SERVE_SETTINGS}
-    serve(args.models, access_log=not args.no_access_log, **settings)
+    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS] + ["token", "insecure"]
+    serve(args.models, access_log=not args.no_access_log, **{key: getattr(args, key) for key in keys})
     return 0
 
 

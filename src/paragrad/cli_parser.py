@@ -251,6 +251,22 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     _add_engine_options(p)
 
 
+# The serve options with a value: flag, type and help; their defaults are ServeConfig's.
+SERVE_OPTIONS = (
+    ("--host", str, "address to listen on; any but loopback needs --token"),
+    ("--port", int, "port to listen on (0: any free port)"),
+    ("--max-batch", _positive_int, "rows predicted together at most"),
+    ("--max-wait-ms", float, "longest a request waits for others to share its batch"),
+    ("--max-queue", _positive_int, "requests waiting per model before 503"),
+    ("--max-rows", _positive_int, "rows per request before 413"),
+    ("--max-body-mb", float, "request body size before 413"),
+    ("--grace", float, "seconds to finish requests after SIGTERM"),
+    ("--reload-interval", float, "seconds between looks at the model files (0: never)"),
+    ("--workers", _positive_int, "local workers for large requests"),
+    ("--split-rows", _positive_int, "rows from which a request goes to the workers"),
+)
+
+
 def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "serve",
@@ -260,61 +276,12 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "models", nargs="+", metavar="MODEL", help="model file, or NAME=PATH (default name: its stem)"
     )
-    p.add_argument(
-        "--host", default=SERVE_DEFAULT.host, help="address to listen on; any but loopback needs --token"
-    )
-    p.add_argument(
-        "--port", type=int, default=SERVE_DEFAULT.port, help="port to listen on (0: any free port)"
-    )
-    p.add_argument(
-        "--max-batch",
-        type=_positive_int,
-        default=SERVE_DEFAULT.max_batch,
-        help="rows predicted together at most",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=SERVE_DEFAULT.max_wait_ms,
-        help="longest a request waits for others to share its batch",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=_positive_int,
-        default=SERVE_DEFAULT.max_queue,
-        help="requests waiting per model before 503",
-    )
-    p.add_argument(
-        "--max-rows", type=_positive_int, default=SERVE_DEFAULT.max_rows, help="rows per request before 413"
-    )
-    p.add_argument(
-        "--max-body-mb", type=float, default=SERVE_DEFAULT.max_body_mb, help="request body size before 413"
-    )
+    for flag, kind, text in SERVE_OPTIONS:
+        p.add_argument(flag, type=kind, default=getattr(SERVE_DEFAULT, flag[2:].replace("-", "_")), help=text)
     p.add_argument(
         "--token", help="clients must send 'Authorization: Bearer TOKEN' (default: $PARAGRAD_SERVE_TOKEN)"
     )
     p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without a token")
-    p.add_argument(
-        "--grace", type=float, default=SERVE_DEFAULT.grace, help="seconds to finish requests after SIGTERM"
-    )
-    p.add_argument(
-        "--reload-interval",
-        type=float,
-        default=SERVE_DEFAULT.reload_interval,
-        help="seconds between looks at the model files (0: never)",
-    )
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=SERVE_DEFAULT.workers,
-        help="local workers for large requests",
-    )
-    p.add_argument(
-        "--split-rows",
-        type=_positive_int,
-        default=SERVE_DEFAULT.split_rows,
-        help="rows from which a request goes to the workers",
-    )
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
 
 
