@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from serving import running
 
 import paragrad as pg
 
@@ -74,33 +72,10 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _serve(files: dict[str, Path], *options: str) -> Iterator[str]:
-    """A real server on a free port; yields its address, then stops it by its process id."""
-    command = [sys.executable, "-m", "paragrad", "serve", *(f"{n}={p}" for n, p in files.items())]
-    command += ["--port", "0", "--no-access-log", "--reload-interval", "0", *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    timer = threading.Timer(60, process.kill)  # a server that never listens ends the wait below
-    timer.start()
-    try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            found = re.search(r"listening on (http://\S+)", line)
-            if found:
-                break
-        else:
-            pytest.fail(f"the server ended before it listened:\n{''.join(lines)}", pytrace=False)
-        timer.cancel()
-        yield found.group(1)
-    finally:
-        timer.cancel()
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
+    """A real server on a free port; yields its address (stopped by its process id after)."""
+    specs = [f"{name}={path}" for name, path in files.items()]
+    with running(*specs, "--no-access-log", "--reload-interval", "0", *options) as server:
+        yield f"http://127.0.0.1:{server.port}"
 
 
 @pytest.fixture(scope="module")

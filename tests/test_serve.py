@@ -4,7 +4,6 @@ real HTTP requests, every answer checked against ``load_model(...).predict`` on 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import signal
@@ -14,11 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from serving import Server, outputs, port_from, running, stop, v2_body
 
 import paragrad as pg
 
@@ -50,83 +49,6 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         # the README's example: `make demo`'s 20 features, two classes
         "model": _save(pg.models.LogisticRegression(), folder / "model.npz", np.arange(2), num_features=20),
     }
-
-
-@contextmanager
-def running(*args: str, env: dict | None = None) -> Iterator[Server]:
-    """``paragrad serve ARGS --port 0`` in a child process, stopped by its process id."""
-    command = [sys.executable, "-m", "paragrad", "serve", *args, "--port", "0"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
-    try:
-        yield Server(process, _port_from(process))
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Kill the process if it still runs, and wait for it and its pipes to end."""
-    if process.poll() is None:
-        process.kill()
-    process.communicate(timeout=30)
-
-
-def _port_from(process: subprocess.Popen) -> int:
-    for line in process.stdout:
-        if "listening on" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise AssertionError(f"the server did not start: {process.stderr.read()}")
-
-
-class Server:
-    """A running server; what it writes is read as it comes (a full pipe would stall it)."""
-
-    def __init__(self, process: subprocess.Popen, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.stderr: list[str] = []
-        self._readers = [
-            threading.Thread(target=lambda s=stream, out=lines: out.extend(s), daemon=True)
-            for stream, lines in ((process.stdout, []), (process.stderr, self.stderr))
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def wait(self, timeout: float = 30) -> int:
-        """The exit status, once the process has ended and everything it wrote was read."""
-        status = self.process.wait(timeout=timeout)
-        for reader in self._readers:
-            reader.join(timeout)
-        return status
-
-    def call(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict, object]:
-        """One request on a new connection: status, headers and the JSON answer (or text)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-            connection.request(method, path, body=data, headers=headers or {})
-            response = connection.getresponse()
-            raw = response.read()
-            kind = response.getheader("content-type", "")
-            payload = json.loads(raw) if "json" in kind else raw.decode()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
-        finally:
-            connection.close()
-
-    def infer(self, model: str, X: np.ndarray, datatype: str = "FP64", **extra) -> dict:
-        status, _, answer = self.call("POST", f"/v2/models/{model}/infer", v2_body(X, datatype, **extra))
-        assert status == 200, answer
-        return answer
-
-
-def v2_body(X: np.ndarray, datatype: str = "FP64", **extra) -> dict:
-    tensor = {"name": "input-0", "shape": list(X.shape), "datatype": datatype, "data": X.ravel().tolist()}
-    return {"inputs": [tensor], **extra}
-
-
-def outputs(answer: dict) -> dict[str, np.ndarray]:
-    return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +422,7 @@ def test_pg_serve_runs_the_same_server_from_python(model_files):
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        server = Server(process, _port_from(process))
+        server = Server(process, port_from(process))
         X = np.eye(NUM_FEATURES)
         got = outputs(server.infer("model", X))["predict"]
         np.testing.assert_array_equal(got, pg.load_model(model_files["softmax"]).predict(X))
