@@ -94,3 +94,18 @@ def test_serve_targets_are_judged_against_the_better_baseline():
     assert targets[0]["p99_verdict"] == "not met"  # 20 ms against the async variant's 10
     assert targets[0]["p50_limit_ms_c1"] == 0.4 + 2.0 and targets[0]["p50_verdict"] == "met"
     assert _best({}, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)
+
+
+def test_the_gd_step_benchmark_runs_against_the_strategies_of_today():
+    # The suites drive engines and strategies directly: a renamed call broke
+    # `paragrad bench` (the gd_step suite) with no test to tell.
+    from paragrad.bench.common import linear_gd_step
+    from paragrad.data import Dataset
+    from paragrad.engines import make_engine
+    from paragrad.shards import plan_shards
+
+    X = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 0.0]])
+    with make_engine("serial", 2) as engine:
+        engine.start(Dataset(X, np.zeros(4)), plan_shards(4, 2))
+        step = linear_gd_step(engine, 2)
+        step()

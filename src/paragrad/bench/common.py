@@ -94,7 +94,7 @@ def linear_gd_step(engine: Engine, num_features: int) -> Callable[[], None]:
     task = TrainStep(strategy, model, optimizer, RoundPlan(0, 1, 1))
 
     def step() -> None:
-        strategy.combine(engine.run(task, params, 0), params, state, model, optimizer)
+        strategy.round(lambda point: engine.run(task, point, 0), params, state, model, optimizer)
 
     return step
 
