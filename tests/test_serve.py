@@ -208,6 +208,8 @@ BAD_REQUESTS = [
     ("/v2/models/linear/versions/0123/infer", _tensor([1, 5], ROW), 404, "no version '0123'"),
     ("/v1/models/linear:predict", {"instances": [[1, 2]]}, 400, "have 2 features, but the model takes 5"),
     ("/v2/nothing/here", {}, 404, "no such endpoint"),
+    ("/v2/models/linear/infer", _tensor([1, 5], [1, 2, 3, True, 5]), 400, "holds true or false"),
+    ("/v1/models/linear:predict", {"instances": [[1, 2, 3, 4, False]]}, 400, "holds true or false"),
     (
         "/v2/models/linear/infer",
         _tensor([True, 5], ROW),
@@ -266,7 +268,8 @@ def test_metrics_count_requests_by_code_and_report_versions(server, model_files)
     server.call("POST", "/v2/models/nope/infer", {})
     _, headers, text = server.call("GET", "/metrics")
     assert headers["content-type"].startswith("text/plain")
-    assert 'paragrad_requests_total{code="404",model="-"}' in text
+    assert 'paragrad_requests_total{code="404",endpoint="infer",model="-"}' in text
+    assert 'paragrad_model_reloads_total{model="linear",outcome="failed"} 0.0' in text
     assert (
         f'paragrad_model_version{{model="linear",version="{file_version(model_files["linear"])}"}} 1.0'
         in text
@@ -494,3 +497,21 @@ def test_a_stalled_upload_holds_back_no_reload(tmp_path):
             assert got == wanted
         finally:
             stalled.close()
+
+
+def test_only_inference_is_timed_and_every_request_is_counted_by_endpoint(server):
+    def count(text: str, series: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    timed = 'paragrad_request_seconds_count{model="mlp"}'
+    metadata = 'paragrad_requests_total{code="200",endpoint="model_metadata",model="mlp"}'
+    before = server.call("GET", "/metrics")[2]
+    for _ in range(3):  # readiness probes and metadata reads are not inference
+        server.call("GET", "/v2/models/mlp")
+        server.call("GET", "/v2/models/mlp/ready")
+    server.infer("mlp", np.ones((2, NUM_FEATURES)))
+    after = server.call("GET", "/metrics")[2]
+    assert count(after, timed) - count(before, timed) == 1
+    assert count(after, metadata) - count(before, metadata) == 3
+    assert 'paragrad_request_seconds_count{model="-"}' not in after

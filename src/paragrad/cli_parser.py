@@ -255,14 +255,18 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
 SERVE_OPTIONS = (
     ("--host", str, "address to listen on; any but loopback needs --token"),
     ("--port", int, "port to listen on (0: any free port)"),
-    ("--max-batch", _positive_int, "rows predicted together at most"),
+    (
+        "--max-batch",
+        _positive_int,
+        "rows of concurrent requests predicted together (a larger request goes alone)",
+    ),
     ("--max-wait-ms", float, "longest a request waits for others to share its batch"),
     ("--max-queue", _positive_int, "requests waiting per model before 503"),
     ("--max-rows", _positive_int, "rows per request before 413"),
-    ("--max-body-mb", float, "request body size before 413"),
+    ("--max-body-mb", float, "request body size in MiB before 413"),
     ("--grace", float, "seconds to finish requests after SIGTERM"),
     ("--reload-interval", float, "seconds between looks at the model files (0: never)"),
-    ("--workers", _positive_int, "local workers for large requests"),
+    ("--workers", _positive_int, "local worker processes for requests of --split-rows rows (1: none)"),
     ("--split-rows", _positive_int, "rows from which a request goes to the workers"),
 )
 
@@ -271,6 +275,8 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "serve",
         help="serve saved models over HTTP (Open Inference Protocol) with a page to try them",
+        description="Serve model files over HTTP until SIGTERM or Ctrl-C: the Open Inference Protocol "
+        "(KServe V2 REST) at /v2, Prometheus metrics at /metrics, a page to try the models at /.",
         formatter_class=DefaultsFormatter,
     )
     p.add_argument(
@@ -325,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-out", type=Path, help="... written here, for held-out evaluation")
 
     p = commands.add_parser(
-        "export", help="export a saved model to ONNX, for onnxruntime", formatter_class=DefaultsFormatter
+        "export",
+        help="export a saved model to ONNX, for onnxruntime",
+        description="Write a numpy model file as an ONNX graph: input X (rows x features), outputs "
+        "predict and, for classifiers, proba.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("model", type=Path, help="model file written by train --out (numpy models only)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="file format")

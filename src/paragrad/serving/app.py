@@ -143,7 +143,7 @@ class Endpoints:
                 response = json_response(500, error, outcome.version)
             seconds = time.perf_counter() - started
             if outcome.model != NO_MODEL or response.status_code != 200:
-                self.metrics.answered(outcome.model, response.status_code, seconds)
+                self.metrics.answered(outcome.model, handler.__name__, response.status_code, seconds)
             if self.access is not None:
                 self.access.record(request.scope, response.status_code, seconds, outcome.fields())
             return response

@@ -93,7 +93,7 @@ class Batcher:
         """Queue rows ``X``; the future gets their outputs. :class:`QueueFull` when full."""
         self._coming -= 1
         if len(self._queue) >= self.max_queue:
-            raise QueueFull(f"{len(self._queue)} requests are waiting for this model")
+            raise QueueFull(f"the model's queue is full ({len(self._queue)} waiting)")
         waiting = Waiting(X, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._wake.set()

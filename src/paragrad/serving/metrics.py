@@ -12,24 +12,25 @@ from paragrad.serving.batching import BatchRecord
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 NO_MODEL = "-"  # the model label of requests that name no served model
+INFERENCE = ("infer", "predict_v1")  # the endpoints whose latency is measured
 
 
 class Metrics:
     """Requests by model and status code, latency, batch sizes, queue time, model versions."""
 
     def __init__(self) -> None:
-        self._answers: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._answers: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._batches: dict[str, tuple[Any, Any]] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "paragrad_requests",
-            "Requests answered, by model and HTTP status code",
-            ["model", "code"],
+            "Requests answered, by model, endpoint and HTTP status code",
+            ["model", "endpoint", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "paragrad_request_seconds",
-            "Time from a request's arrival to its answer",
+            "Time from an inference request's arrival to its answer (200s only)",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -64,14 +65,22 @@ class Metrics:
             "paragrad_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry
         )
 
-    def answered(self, model: str, code: int, seconds: float) -> None:
-        key = (model, code)
+    def answered(self, model: str, endpoint: str, code: int, seconds: float) -> None:
+        """Count a request; time it when it is an inference answered 200."""
+        key = (model, endpoint, code)
         if key not in self._answers:  # looking labels up costs more than counting
-            self._answers[key] = (self.requests.labels(model, str(code)), self.latency.labels(model))
+            timed = code == 200 and endpoint in INFERENCE
+            latency = self.latency.labels(model) if timed else None
+            self._answers[key] = (self.requests.labels(model, endpoint, str(code)), latency)
         count, latency = self._answers[key]
         count.inc()
-        if code == 200:
+        if latency is not None:
             latency.observe(seconds)
+
+    def model_added(self, model: str) -> None:
+        """Make a model's reload counts visible (at 0) before its first reload."""
+        for outcome in ("loaded", "failed"):
+            self.reloads.labels(model, outcome)
 
     def batched(self, model: str, record: BatchRecord) -> None:
         if model not in self._batches:

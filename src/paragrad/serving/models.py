@@ -90,6 +90,7 @@ class ServedModels:
         """Start a batcher for every model (inside the server's event loop)."""
         for slot in self.slots.values():
             self._serve(slot.current, previous=None)
+            self.metrics.model_added(slot.name)
         self.ready = True
 
     def version(self, name: str, version: str | None = None) -> ModelVersion:

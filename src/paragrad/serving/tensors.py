@@ -39,6 +39,15 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True)
+class Checks:
+    """What a request's tensors are checked against: the row limit, and whether the body
+    may hold booleans among its numbers."""
+
+    max_rows: int
+    booleans: bool
+
+
+@dataclass(frozen=True)
 class InferRequest:
     """A parsed inference request: the rows, and what to send back."""
 
@@ -63,6 +72,7 @@ def read_json(body: bytes) -> Any:
 def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
     """An ``/infer`` request body as rows in the model's feature order."""
     request = read_json(body)
+    checks = Checks(max_rows, booleans=_may_hold_booleans(body))
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request needs 'inputs': a list of tensors")
     request_id = request.get("id")
@@ -73,9 +83,9 @@ def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferReque
         raise RequestError(400, "'parameters' must be an object")
     inputs = request["inputs"]
     if _one_matrix(inputs, version):
-        X = _matrix(inputs[0], version.num_features, max_rows)
+        X = _matrix(inputs[0], version.num_features, checks)
     else:
-        X = _columns(inputs, version, max_rows)
+        X = _columns(inputs, version, checks)
     return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version), parameters)
 
 
@@ -88,7 +98,7 @@ def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferR
     if not rows:
         raise RequestError(400, "'instances' holds no rows")
     _check_rows(len(rows), max_rows)
-    X = _numbers(rows, np.float64, "instances", None)
+    X = _numbers(rows, np.float64, "instances", None, _may_hold_booleans(body))
     if X.ndim == 1 and version.num_features == len(X) and not isinstance(rows[0], list):
         X = X[None, :]
     if X.ndim != 2:
@@ -125,7 +135,7 @@ def _tensor_parts(tensor: Any) -> tuple[str, list[int], type[np.generic], Any]:
     return name, shape, NUMERIC[datatype], tensor["data"]
 
 
-def _matrix(tensor: Any, num_features: int, max_rows: int) -> np.ndarray:
+def _matrix(tensor: Any, num_features: int, checks: Checks) -> np.ndarray:
     """One tensor of shape [rows, features] (or [features] for one row)."""
     name, shape, kind, data = _tensor_parts(tensor)
     declared = shape
@@ -133,8 +143,8 @@ def _matrix(tensor: Any, num_features: int, max_rows: int) -> np.ndarray:
         shape = [shape[0], 1] if num_features == 1 else [1, *shape]
     if len(shape) != 2:
         raise RequestError(400, f"input {name!r}: shape {shape} must be [rows, {num_features}]")
-    _check_rows(shape[0], max_rows)
-    X = _numbers(data, kind, name, declared)
+    _check_rows(shape[0], checks.max_rows)
+    X = _numbers(data, kind, name, declared, checks.booleans)
     if X.size != shape[0] * shape[1]:
         raise RequestError(
             400, f"input {name!r}: shape {shape} needs {shape[0] * shape[1]} values, got {X.size}"
@@ -146,7 +156,7 @@ def _matrix(tensor: Any, num_features: int, max_rows: int) -> np.ndarray:
     return X.reshape(shape)
 
 
-def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
+def _columns(inputs: list, version: ModelVersion, checks: Checks) -> np.ndarray:
     """One tensor per named feature, each of shape [rows] or [rows, 1], in the model's order."""
     names = version.feature_names
     if names is None:
@@ -167,8 +177,8 @@ def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
             raise RequestError(
                 400, f"input {name!r}: a feature's shape must be [rows] or [rows, 1], got {shape}"
             )
-        _check_rows(shape[0], max_rows)
-        values = _numbers(data, kind, name, shape).reshape(-1)
+        _check_rows(shape[0], checks.max_rows)
+        values = _numbers(data, kind, name, shape, checks.booleans).reshape(-1)
         if values.size != shape[0]:
             raise RequestError(
                 400, f"input {name!r}: shape {shape} needs {shape[0]} values, got {values.size}"
@@ -184,11 +194,15 @@ def _columns(inputs: list, version: ModelVersion, max_rows: int) -> np.ndarray:
     return np.column_stack([columns[name] for name in names])
 
 
-def _numbers(data: Any, kind: type[np.generic], name: str, shape: list[int] | None) -> np.ndarray:
+def _numbers(
+    data: Any, kind: type[np.generic], name: str, shape: list[int] | None, booleans: bool
+) -> np.ndarray:
     """``data`` (flat in row-major order, or nested as ``shape``) as float64, after checking
     that every value is a finite number the declared type holds as it is."""
     if not isinstance(data, list):
         raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
+    if booleans and _holds_booleans(data):  # numpy would read true and false as 1 and 0
+        raise RequestError(400, f"input {name!r} holds true or false, which are not numbers")
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -215,6 +229,15 @@ def _numbers(data: Any, kind: type[np.generic], name: str, shape: list[int] | No
             raise RequestError(400, f"input {name!r} holds values beyond the range of {np.dtype(kind).name}")
         values = typed
     return values
+
+
+def _may_hold_booleans(body: bytes) -> bool:
+    """Whether the body has a ``true`` or ``false`` anywhere; only then are values checked one by one."""
+    return b"true" in body or b"false" in body
+
+
+def _holds_booleans(data: list) -> bool:
+    return any(v is True or v is False or (isinstance(v, list) and _holds_booleans(v)) for v in data)
 
 
 def _check_rows(rows: Any, max_rows: int) -> None:
