@@ -138,6 +138,7 @@ def test_the_graph_declares_its_input_outputs_and_metadata(tmp_path):
     meta = {prop.key: prop.value for prop in proto.metadata_props}
     assert meta["feature_names"] == '["a", "b", "c", "d"]' and meta["classes"] == '["no", "yes"]'
     assert meta["paragrad_version"] == pg.__version__ and meta["family"] == "logistic"
+    assert meta["encoding"] == "null"  # no one-hot columns
 
 
 def test_cli_exports_a_trained_model(tmp_path):

@@ -136,7 +136,7 @@ def test_health_metadata_and_readiness(server, model_files):
             {"name": "predict", "datatype": "INT64", "shape": [-1]},
             {"name": "proba", "datatype": "FP64", "shape": [-1, 3]},
         ]
-        assert metadata["parameters"]["classes"] == [-1, 3, 7]
+        assert metadata["parameters"]["classes"] == [-1, 3, 7] and metadata["parameters"]["encoding"] is None
     assert server.call("GET", "/v2/models/softmax/ready")[2] == {"name": "softmax", "ready": True}
     assert server.call("GET", "/v2/models/logistic")[2]["outputs"][0]["datatype"] == "BYTES"
     assert server.call("GET", "/v2")[2]["name"] == "paragrad"

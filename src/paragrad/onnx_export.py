@@ -92,6 +92,8 @@ def metadata(model: Model) -> dict[str, str]:
         "target_name": json.dumps(model.target_name_),
         "classes": json.dumps(None if classes is None else classes.tolist()),
         "standardized": json.dumps(model.standardizer_ is not None),
+        # one-hot columns: each text column's categories, the first the reference (no column)
+        "encoding": json.dumps(None if model.encoding_ is None else model.encoding_.to_json()),
     }
 
 

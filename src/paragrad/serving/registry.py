@@ -68,6 +68,8 @@ class ModelVersion:
             "feature_names": None if self.feature_names is None else list(self.feature_names),
             "classes": None if classes is None else classes.tolist(),
             "target_name": self.model.target_name_,
+            # one-hot columns: each text column's categories, the first the reference (no column)
+            "encoding": None if self.model.encoding_ is None else self.model.encoding_.to_json(),
             "version": self.version,
         }
 
