@@ -85,19 +85,23 @@ class Endpoints:
         self.config = config
         self.metrics = metrics
         self.access = access
-        self._routes: list[Route] = []
-
-    def inference_routes(self) -> list[Route]:
-        return [
+        # Built once: the inference routes (which DirectInference also tries first), then
+        # the rest; not_found looks through them all for a path taken by other methods.
+        self.inference_routes = [
             Route("/v2/models/{name}/infer", self._wrap(self.infer), methods=["POST"]),
             Route("/v2/models/{name}/versions/{version}/infer", self._wrap(self.infer), methods=["POST"]),
             Route("/v1/models/{name}:predict", self._wrap(self.predict_v1), methods=["POST"]),
         ]
+        self.known_routes = [*self.inference_routes, *self._other_routes()]
+        everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        self.routes = [
+            *self.known_routes,
+            Route("/{path:path}", self._wrap(self.not_found), methods=everything),
+        ]
 
-    def routes(self) -> list[Route]:
+    def _other_routes(self) -> list[Route]:
         model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
         routes = [
-            *self.inference_routes(),
             Route("/", self._wrap(self.page, open_to_all=True), methods=["GET"]),
             Route("/v2/health/live", self._wrap(self.live, open_to_all=True), methods=["GET"]),
             Route("/v2/health/ready", self._wrap(self.ready, open_to_all=True), methods=["GET"]),
@@ -110,9 +114,7 @@ class Endpoints:
                 Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
                 Route(prefix + "/ready", self._wrap(self.model_ready), methods=["GET"]),
             ]
-        self._routes = routes
-        everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-        return [*routes, Route("/{path:path}", self._wrap(self.not_found), methods=everything)]
+        return routes
 
     def _wrap(
         self, handler: Callable[[Request, Outcome], Awaitable[Response]], open_to_all: bool = False
@@ -223,7 +225,7 @@ class Endpoints:
         allowed = sorted(
             {
                 method
-                for route in self._routes
+                for route in self.known_routes
                 if route.matches(request.scope)[0] is Match.PARTIAL
                 for method in route.methods or ()
             }
@@ -257,9 +259,7 @@ def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> Di
                 await asyncio.gather(writer, return_exceptions=True)
 
     endpoints = Endpoints(served, config, metrics, access)
-    return DirectInference(
-        Starlette(routes=endpoints.routes(), lifespan=lifespan), endpoints.inference_routes()
-    )
+    return DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints.inference_routes)
 
 
 class DirectInference:
