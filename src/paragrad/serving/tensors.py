@@ -54,7 +54,6 @@ class InferRequest:
     X: np.ndarray
     id: str | None
     outputs: tuple[str, ...]
-    parameters: dict[str, Any] | None
 
 
 def read_json(body: bytes) -> Any:
@@ -78,15 +77,14 @@ def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferReque
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, "'id' must be a string")
-    parameters = request.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
+    if request.get("parameters") is not None and not isinstance(request["parameters"], dict):
         raise RequestError(400, "'parameters' must be an object")
     inputs = request["inputs"]
     if _one_matrix(inputs, version):
         X = _matrix(inputs[0], version.num_features, checks)
     else:
         X = _columns(inputs, version, checks)
-    return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version), parameters)
+    return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version))
 
 
 def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
@@ -104,7 +102,7 @@ def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferR
     if X.ndim != 2:
         raise RequestError(400, f"'instances' must be rows of {version.num_features} numbers")
     _check_width(X.shape[1], version, "instances")
-    return InferRequest(X, None, version.output_names, None)
+    return InferRequest(X, None, version.output_names)
 
 
 def _one_matrix(inputs: list, version: ModelVersion) -> bool:
