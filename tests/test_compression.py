@@ -8,6 +8,7 @@ from conftest import relative_error
 
 import paragrad as pg
 from paragrad.compression import FP16, Int8, TopK, get_compressor
+from paragrad.shards import plan_shards
 
 RNG = np.random.default_rng(0)
 
@@ -125,18 +126,24 @@ def test_error_feedback_state_is_checkpointed_so_resume_is_exact(tmp_path, local
     np.testing.assert_array_equal(resumed.params, whole.params)
 
 
-def test_a_finished_run_resumed_on_other_workers_keeps_its_parameters(tmp_path):
-    """Its error-feedback state cannot be handed back (another worker count): a warning,
-    and the final checkpoint holds zeros for what the new workers never used."""
+def test_a_run_resumed_on_other_workers_hands_the_residuals_to_the_rows_they_belong_to(tmp_path):
+    """The error-feedback residuals follow the rows: on 3 workers instead of 2, each new
+    worker gets the old ones' residuals in proportion to the rows it took over."""
     data = pg.make_classification(400, 10, seed=4)
     options = dict(strategy=pg.SGD(32, compress="topk:0.1"), engine="serial", epochs=1, tol=0)
     done = pg.train(pg.models.LogisticRegression(), data, workers=2, checkpoint_dir=tmp_path, **options)
-    with pytest.warns(pg.checkpoint.CheckpointWarning, match="error-feedback state for 2 workers, not 3"):
-        again = pg.train(
-            pg.models.LogisticRegression(), data, workers=3, checkpoint_dir=tmp_path, resume=True, **options
-        )
+    (saved,) = tmp_path.glob("checkpoint-*.npz")
+    before = np.load(saved)["worker_state.residual"]
+    again = pg.train(
+        pg.models.LogisticRegression(), data, workers=3, checkpoint_dir=tmp_path, resume=True, **options
+    )
+    after = np.load(saved)["worker_state.residual"]
     np.testing.assert_array_equal(again.params, done.params)
     assert len(again.history) == len(done.history)
+    old, new = plan_shards(400, 2).bounds, plan_shards(400, 3).bounds  # 200 | 200 -> 131 | 131 | 138
+    overlap = [[max(0, min(b, d) - max(a, c)) / (b - a) for a, b in old] for c, d in new]
+    np.testing.assert_allclose(after, np.array(overlap) @ before, rtol=1e-15, atol=1e-18)
+    np.testing.assert_allclose(after.sum(axis=0), before.sum(axis=0), rtol=1e-12, atol=1e-15)
 
 
 def test_summary_accounts_for_time_traffic_and_cost(binary_data):

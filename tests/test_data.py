@@ -258,11 +258,21 @@ def test_generators_repeat_with_a_seed_and_cover_all_classes():
 # -- shard plans ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("rows", "shards"), [(10, 1), (10, 3), (7, 7), (1000, 6)])
-def test_shard_plan_matches_array_split(rows, shards):
+@pytest.mark.parametrize(("rows", "shards"), [(10, 1), (10, 3), (7, 7), (1000, 6), (100_003, 7)])
+def test_a_shard_plan_gives_workers_runs_of_near_equal_virtual_shards(rows, shards):
     plan = plan_shards(rows, shards)
-    expected = np.array_split(np.arange(rows), shards)
-    assert [list(range(rows))[plan.rows(i)] for i in range(shards)] == [list(e) for e in expected]
+    assert plan.num_virtual == min(rows, 64)
+    virtual = np.diff(np.arange(plan.num_virtual + 1) * rows // plan.num_virtual)
+    assert virtual.max() - virtual.min() <= 1  # virtual shards differ by at most a row
+    held = [plan.virtual(w) for w in range(shards)]
+    assert max(v.count for v in held) - min(v.count for v in held) <= 1
+    assert [list(range(rows))[plan.rows(w)] for w in range(shards)] == [
+        list(range(*bounds)) for bounds in plan.bounds
+    ]
+    assert plan.bounds[0][0] == 0 and plan.bounds[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(plan.bounds, plan.bounds[1:], strict=False))
+    again = plan.regroup(1).regroup(shards)
+    assert again == plan and plan.regroup(1).bounds == ((0, rows),)
 
 
 def test_shuffled_shard_plan_is_a_seeded_partition():

@@ -189,7 +189,7 @@ def long_training(engine, **options):
     return pg.train(
         pg.models.LogisticRegression(l2=0.01),
         pg.make_classification(2000, 10, seed=4),
-        strategy=pg.SGD(batch_size=8),
+        strategy=pg.SGD(batch_size=16),
         engine=engine,
         workers=2,
         epochs=3,

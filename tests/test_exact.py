@@ -86,9 +86,12 @@ def test_qr_does_not_depend_on_the_worker_count():
     X, y = ill_conditioned(700, 12, 1e6, seed=1)
     data = pg.Dataset(X, y)
     runs = {w: pg.train(pg.models.LinearRegression(), data, engine="serial", workers=w) for w in (1, 2, 3, 7)}
+    # Shards change only the rounding of a backward-stable factorisation: within a few
+    # times condition x machine epsilon (2.2e-10 here) of one another.
+    bound = 4 * 1e6 * np.finfo(np.float64).eps
     for run in runs.values():
         assert len(run.history) == 1 and run.converged
-        assert relative_error(run.params, runs[1].params) <= 1e-10
+        assert relative_error(run.params, runs[1].params) <= bound
 
 
 def test_qr_reaches_lstsq_accuracy_where_the_normal_equations_fail():

@@ -21,7 +21,7 @@ from paragrad.shm import region_prefix
 
 
 def fit(data, **options):
-    common = dict(strategy=pg.SGD(batch_size=16), engine="serial", workers=2, epochs=3, tol=0, seed=1)
+    common = dict(strategy=pg.SGD(batch_size=32), engine="serial", workers=2, epochs=3, tol=0, seed=1)
     return pg.train(pg.models.LogisticRegression(l2=0.01), data, **{**common, **options})
 
 
@@ -82,7 +82,7 @@ def test_resuming_a_different_run_is_refused(tmp_path, binary_data, change, mess
     fit(binary_data, checkpoint_dir=tmp_path, max_rounds=5)
     data = change.pop("data", binary_data)
     model = change.pop("model", pg.models.LogisticRegression(l2=0.01))
-    options = {**dict(strategy=pg.SGD(batch_size=16), engine="serial", workers=2, seed=1), **change}
+    options = {**dict(strategy=pg.SGD(batch_size=32), engine="serial", workers=2, seed=1), **change}
     with pytest.raises(pg.ConfigError, match=f"belongs to another run; it differs in .*{message}"):
         pg.train(model, data, **options, checkpoint_dir=tmp_path, resume=True)
 

@@ -72,7 +72,11 @@ class ObjectEngine(WorkerSession):
             target = self.workers[worker]
             if target is not None:
                 rows = self.rows[worker]
-                target.shard, target.tasks = Shard(rows.X, rows.y, worker, self.num_workers), {}
+                virtual = self._plan.virtual(worker)
+                target.shard, target.tasks = (
+                    Shard(rows.X, rows.y, worker, self.num_workers, virtual=virtual),
+                    {},
+                )
             deaths.append(Died("dropped") if target is None else None)
         return deaths
 
@@ -97,6 +101,9 @@ class ObjectEngine(WorkerSession):
             except Exception as exc:
                 replies.append(Raised(exc, traceback.format_exc()))
         return replies
+
+    def _drop(self, workers: Sequence[int]) -> None:
+        self.workers[:] = [w for i, w in enumerate(self.workers) if i not in set(workers)]
 
     def _stop(self) -> None:
         self.workers.clear()

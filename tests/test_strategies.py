@@ -7,8 +7,9 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.shards import Shard
-from paragrad.strategies import batch_rows, weighted_mean
+from paragrad.sampling import batch_rows
+from paragrad.shards import Shard, plan_shards
+from paragrad.strategies import weighted_mean
 
 
 def reference_gd(X, y, kind: str, l2: float, lr: float, steps: int) -> np.ndarray:
@@ -147,41 +148,38 @@ def test_one_shot_averaging_is_the_mean_of_independently_trained_shards():
         tol=0,
     )
     assert len(run.history) == 1
+    plan = plan_shards(90, 3)
     per_shard = [
-        reference_gd(data.X[rows], data.y[rows], "linear", 0.0, 0.1, 20)
-        for rows in np.array_split(np.arange(90), 3)
+        reference_gd(data.X[plan.rows(w)], data.y[plan.rows(w)], "linear", 0.0, 0.1, 20) for w in range(3)
     ]
-    assert relative_error(run.params, np.mean(per_shard, axis=0)) <= 1e-12
+    assert relative_error(run.params, np.average(per_shard, axis=0, weights=plan.sizes)) <= 1e-12
 
 
-def test_sgd_with_batches_as_large_as_the_shards_is_gradient_descent():
+def test_sgd_with_a_batch_as_large_as_the_data_is_gradient_descent():
     data = pg.make_classification(90, 3, seed=1)
     common = dict(optimizer=pg.optim.Adam(lr=0.05), engine="serial", workers=3, epochs=20, tol=0)
-    sgd = pg.train(pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=30), **common)
+    sgd = pg.train(pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=90), **common)
     gd = pg.train(pg.models.LogisticRegression(), data, strategy=pg.GradientDescent(), **common)
     np.testing.assert_array_equal(sgd.params, gd.params)
 
 
-def test_sgd_on_uneven_shards_draws_each_row_once_per_epoch():
-    # Shards of 151 and 150 rows with batches of 150: the small shard is whole in the
-    # first round of an epoch and empty in the second, never drawn twice.
+def test_sgd_draws_a_global_batch_each_round_and_each_row_once_per_epoch():
+    # 301 rows in batches of 150: rounds of 150, 150 and 1 rows, whichever worker holds them.
     data = pg.make_regression(301, 2, seed=0)
     run = pg.train(
-        pg.models.LinearRegression(),
-        data,
-        strategy=pg.SGD(batch_size=150),
-        engine="serial",
-        workers=2,
-        epochs=2,
-        tol=0,
+        pg.models.LinearRegression(), data, strategy=pg.SGD(batch_size=150), engine="serial", workers=2, tol=0
     )
-    plan = pg.strategies.RoundPlan(seed=0, rounds_per_epoch=2, epochs=2)
-    shards = [Shard(data.X[:151], data.y[:151], 0, 2), Shard(data.X[151:], data.y[151:], 1, 2)]
-    counts = [
-        [pg.SGD(150).worker_step(s, run.model, None, run.params, r, plan).count for s in shards]
-        for r in range(4)
+    assert len(run.history) == 30 and [r["samples"] for r in run.history[:6]] == [150, 150, 1] * 2
+    plan = plan_shards(301, 2)
+    shards = [
+        Shard(data.X[plan.rows(w)], data.y[plan.rows(w)], w, 2, virtual=plan.virtual(w)) for w in range(2)
     ]
-    assert counts == [[150, 150], [1, 0], [150, 150], [1, 0]]
+    round_plan = pg.strategies.RoundPlan(seed=0, rounds_per_epoch=3, epochs=2)
+    counts = [
+        [pg.SGD(150).worker_step(s, run.model, None, run.params, r, round_plan).count for s in shards]
+        for r in range(6)
+    ]
+    assert [sum(c) for c in counts] == [150, 150, 1] * 2 and all(min(c[:2]) > 50 for c in counts[::3])
 
 
 def test_local_sgd_epochs_are_passes_over_the_data():

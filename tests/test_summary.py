@@ -61,9 +61,9 @@ def test_convergence_warnings_point_at_the_callers_line(binary_data):
     assert caught and {warning.filename for warning in caught} == {__file__}
 
 
-def test_a_batch_larger_than_a_shard_is_warned_about(binary_data):
+def test_a_batch_larger_than_the_data_is_warned_about(binary_data):
     with pytest.warns(
-        PerformanceWarning, match="batch_size=1000 is larger than the smallest shard"
+        PerformanceWarning, match="batch_size=1000 is larger than the data .301 rows."
     ) as caught:
         pg.train(
             pg.models.LogisticRegression(),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import paragrad as pg
+from paragrad.sampling import stream_rows
 from paragrad.shards import Shard, plan_shards
-from paragrad.strategies import batch_rows
 
 torch = pytest.importorskip("torch")
 
@@ -31,17 +31,19 @@ def mean_quartic_loss(out, y):
 def same_rounds_in_one_process(net, data, strategy, lr, num_rounds, loss_sum, target) -> np.ndarray:
     """Plain torch SGD on each round's global batch: the union of the workers' batches."""
     plan = plan_shards(data.num_rows, 2)
-    shards = [Shard(data.X[plan.rows(w)], data.y[plan.rows(w)], w, 2) for w in range(2)]
+    shards = [
+        Shard(data.X[plan.rows(w)], data.y[plan.rows(w)], w, 2, virtual=plan.virtual(w)) for w in range(2)
+    ]
     rounds_per_epoch = strategy.rounds_per_epoch(plan.sizes)
     reference = copy.deepcopy(net)
     optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
     X, y = torch.from_numpy(data.X).float(), target(torch.from_numpy(data.y))
     for round_index in range(num_rounds):
         epoch, position = divmod(round_index, rounds_per_epoch)
+        start, stop = position * strategy.batch_size, (position + 1) * strategy.batch_size
         rows = np.concatenate(
             [
-                plan.bounds[w][0]
-                + np.arange(s.num_rows)[batch_rows(s, 0, epoch, position, strategy.batch_size)]
+                plan.bounds[w][0] + np.arange(s.num_rows)[stream_rows(s, 0, epoch, start, stop)]
                 for w, s in enumerate(shards)
             ]
         )

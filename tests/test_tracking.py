@@ -16,11 +16,11 @@ from paragrad.run import HISTORY_KEYS
 
 
 def _sgd(data: pg.Dataset, **options) -> pg.Run:
-    """Eight rounds of SGD on two serial workers: 151 rows per shard, batches of 50, 2 epochs."""
+    """Eight rounds of SGD on two serial workers: 301 rows, batches of 100, 2 epochs."""
     return pg.train(
         pg.models.LogisticRegression(),
         data,
-        strategy=pg.SGD(batch_size=50),
+        strategy=pg.SGD(batch_size=100),
         engine="serial",
         workers=2,
         epochs=2,
@@ -58,7 +58,7 @@ def test_a_callback_hears_the_start_every_round_in_order_and_the_end(binary_data
     assert kinds == ["start"] + ["round"] * 8 + ["end"]
     info = recorder.calls[0][1]
     assert (info.engine, info.num_workers, info.total_rounds, info.first_round) == ("serial", 2, 8, 0)
-    assert info.params()["model"] == "logistic" and info.params()["strategy.batch_size"] == 50
+    assert info.params()["model"] == "logistic" and info.params()["strategy.batch_size"] == 100
     records = [record for kind, record in recorder.calls if kind == "round"]
     assert records == run.history
     assert all(tuple(record) == HISTORY_KEYS for record in records)

@@ -16,13 +16,13 @@ def test_history_has_one_record_per_round_with_the_documented_keys(binary_data):
     run = pg.train(
         pg.models.LogisticRegression(),
         binary_data,
-        strategy=pg.SGD(batch_size=50),
+        strategy=pg.SGD(batch_size=100),
         engine="serial",
         workers=2,
         epochs=2,
         tol=0,
     )
-    # 301 rows on 2 workers: the larger shard holds 151 rows, so 4 batches of 50 per epoch.
+    # 301 rows in global batches of 100: 4 rounds per epoch, whatever the workers.
     assert [record["round"] for record in run.history] == list(range(8))
     assert [record["epoch"] for record in run.history] == [0] * 4 + [1] * 4
     for record in run.history:
@@ -125,7 +125,7 @@ def test_progress_bar_is_silent_unless_asked(binary_data, capsys):
     ("options", "message"),
     [
         ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-        ({"workers": -1}, "workers must be a positive integer, got -1"),
+        ({"workers": -1}, "workers= must be a positive integer, .min, max. or 'auto', got -1"),
         ({"max_rounds": 1.5}, "max_rounds must be a positive integer"),
         ({"tol": -1}, "tol must be a non-negative number"),
         ({"workers": 400}, "400 workers need at least 400 rows, but the data has 301"),

@@ -116,8 +116,10 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
 # -- training checkpoints -------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "paragrad-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: typed run configuration, worker state by declared field
-OLDER_VERSIONS = (1,)  # refused by name, never skipped as damaged (and then pruned)
+# 2: typed run configuration, worker state by declared field; 3: SGD's sample stream over
+# virtual shards, the worker count of every round in the history
+CHECKPOINT_VERSION = 3
+OLDER_VERSIONS = (1, 2)  # refused by name, never skipped as damaged (and then pruned)
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
 WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 

@@ -100,12 +100,27 @@ def _add_row_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+def _worker_bounds(text: str) -> int | str:
+    """A count, or MIN:MAX or auto (whose numbers the library checks)."""
+    if text.strip().lstrip("-").isdigit():
+        return _positive_int(text)
+    if text == "auto" or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"must be a positive integer, MIN:MAX or auto, got {text!r}")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser, elastic: bool = False) -> None:
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_worker_bounds if elastic else _positive_int,
         default=None,
-        help="number of workers (default: one per core)",
+        metavar="N|MIN:MAX|auto" if elastic else "N",
+        help=(
+            "workers: a count (default: one per core), MIN:MAX to let the run shrink when a "
+            "worker is lost and grow when capacity appears, or auto to measure and keep the fastest"
+            if elastic
+            else "number of workers (default: one per core)"
+        ),
     )
     parser.add_argument(
         "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
@@ -248,7 +263,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
     _add_file_options(p, training=True)
-    _add_engine_options(p)
+    _add_engine_options(p, elastic=True)
 
 
 # The serve options with a value: flag, type and help; their defaults are ServeConfig's.

@@ -22,7 +22,9 @@ from paragrad.checkpoint import (
     TrainingState,
 )
 from paragrad.convergence import ConvergenceCheck, no_finite_optimum
+from paragrad.elastic import AutoScaler
 from paragrad.engines import Engine
+from paragrad.engines.base import GiveState
 from paragrad.errors import (
     ConvergenceWarning,
     TrainingDiverged,
@@ -34,13 +36,9 @@ from paragrad.errors import (
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.shards import StateField
+from paragrad.shards import ShardPlan, StateField, move_state
 from paragrad.strategies import RoundPlan, StepOutcome, Strategy, WorkerResult
-from paragrad.tasks import (
-    GetWorkerState,
-    SetWorkerState,
-    TrainStep,
-)
+from paragrad.tasks import GetWorkerState, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 
@@ -122,7 +120,7 @@ class RoundLoop:
         self,
         model: Model,
         runner: Engine,
-        shard_sizes: tuple[int, ...],
+        plan: ShardPlan,
         strategy: Strategy,
         optimizer: Optimizer,
         epochs: int,
@@ -130,7 +128,8 @@ class RoundLoop:
         tol: float,
         seed: int,
     ) -> None:
-        self.model, self.runner, self.shard_sizes = model, runner, shard_sizes
+        self.model, self.runner, self.plan, self.shard_sizes = model, runner, plan, plan.sizes
+        shard_sizes = plan.sizes
         self.strategy, self.optimizer, self.tol, self.seed = strategy, optimizer, tol, seed
         rounds_per_epoch = strategy.rounds_per_epoch(shard_sizes)
         self.total = strategy.total_rounds(shard_sizes, epochs)
@@ -138,6 +137,7 @@ class RoundLoop:
             self.total = min(self.total, max_rounds)
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
         self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
+        self.autoscaler: AutoScaler | None = None  # set for workers="auto"
 
     def run(
         self,
@@ -155,7 +155,9 @@ class RoundLoop:
             for round_index in range(len(state.history), self.total):
                 if state.converged:
                     break
+                self.runner.between_rounds(round_index)
                 outcome = self.round(round_index, state)
+                self.autoscale(state.history[-1])
                 solved = outcome.solved
                 halted = hooks.round_end(state.history[-1])
                 bar.update(1)
@@ -195,7 +197,19 @@ class RoundLoop:
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
             optimizer=self.optimizer.name,
+            changes=list(self.runner.changes),
+            scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
         )
+
+    def autoscale(self, record: dict[str, Any]) -> None:
+        """workers="auto": after a round, ask for the next worker count to measure, or the best."""
+        if self.autoscaler is None:
+            return
+        count = self.autoscaler.next_count(record)
+        if count is not None:
+            settled = self.autoscaler.chosen is not None
+            cause = f"workers=auto: {'the fastest' if settled else 'measuring'} {count}"
+            self.runner.resize(count, cause=cause, wait=False)
 
     def unbounded(self, state: LoopState) -> str | None:
         """Why an unpenalised linear classifier has no finite optimum, if it has none."""
@@ -225,19 +239,21 @@ class RoundLoop:
         )
 
     def restore_worker_state(self, arrays: dict[str, np.ndarray]) -> None:
-        """Hand the workers their declared state back, if the worker count allows."""
+        """Hand the workers their declared state back; on another worker count, moved to
+        the workers that now hold each saved worker's rows (see :func:`move_state`)."""
         if not self.state_fields or not arrays:
             return
         rows = {len(array) for array in arrays.values()}
-        if set(arrays) != {f.name for f in self.state_fields} or rows != {self.runner.num_workers}:
+        if set(arrays) != {f.name for f in self.state_fields} or len(rows) != 1:
             warnings.warn(
-                f"the checkpoint has error-feedback state for {max(rows)} workers, not "
-                f"{self.runner.num_workers}: it starts again from zero",
+                "the checkpoint's error-feedback state is not this strategy's: it starts again from zero",
                 CheckpointWarning,
                 stacklevel=caller_stacklevel(),
             )
             return
-        self.runner.run(SetWorkerState(self.state_fields, tuple(arrays[f.name] for f in self.state_fields)))
+        saved = self.plan.regroup(rows.pop())
+        states = [{name: array[w] for name, array in arrays.items()} for w in range(saved.num_shards)]
+        self.runner.run(GiveState(tuple(move_state(states, saved.bounds, self.plan.bounds))))
 
     def snapshot(self, state: LoopState, config: RunConfig) -> TrainingState:
         """Everything needed to go on from the next round (the workers' state included)."""
@@ -275,7 +291,8 @@ class RoundLoop:
             )
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
-        state.history.append(meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start))
+        record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
+        state.history.append({**record, "workers": self.runner.num_workers})
         state.params, state.opt_state = outcome.params, outcome.opt_state
         state.norms.append(float(np.abs(outcome.params).max()))
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch

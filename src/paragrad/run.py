@@ -14,6 +14,7 @@ import numpy as np
 from paragrad.data import Dataset
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
+from paragrad.shards import MembershipChange
 from paragrad.strategies import Strategy
 
 HISTORY_KEYS = (
@@ -27,6 +28,7 @@ HISTORY_KEYS = (
     "bytes_received",
     "samples",
     "wait_s",
+    "workers",
 )
 
 
@@ -46,6 +48,17 @@ class Run:
     setup_s: float = 0.0  # starting the workers, placing the data, the set-up pass
     total_s: float = 0.0  # the whole call to train
     optimizer: str = ""  # the optimizer's name (a default chosen for the model, say)
+    changes: list[MembershipChange] = dataclasses.field(default_factory=list)  # of the workers
+    scaling: str = ""  # what workers="auto" chose, and why
+
+    @property
+    def worker_seconds(self) -> float:
+        """Workers x seconds held, from the membership of every round: the set-up and any
+        time outside the rounds at the first and last rounds' worker counts."""
+        counts = [record.get("workers", self.num_workers) for record in self.history] or [self.num_workers]
+        rounds = sum(record["wall_s"] * count for record, count in zip(self.history, counts, strict=False))
+        outside = max(self.total_s - self.setup_s - sum(record["wall_s"] for record in self.history), 0.0)
+        return self.setup_s * counts[0] + rounds + outside * counts[-1]
 
     @property
     def outcome(self) -> str:
@@ -75,10 +88,11 @@ class Run:
         set-up pass) and the rounds; each round's wall time splits into computing (the
         workers' mean), waiting for the slowest worker, communication (moving data
         between processes) and the coordinator's own work. Speed counts the rows the
-        workers computed on per second of rounds. Worker-seconds are workers x the whole
-        call: what a pay-per-use cloud bills for holding the workers.
+        workers computed on per second of rounds. Worker-seconds are the workers held x
+        time, round by round (see :attr:`worker_seconds`): what a pay-per-use cloud bills.
+        Changes of the workers are listed with their round, cause and cost.
         """
-        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:]}
+        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:-1]}
         wait, slowest = total["wait_s"], total["compute_s"]
         compute = slowest - wait
         coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
@@ -87,20 +101,32 @@ class Run:
         lines = [
             f"model         {self.model!r}",
             f"strategy      {self.strategy!r}{f' with {self.optimizer}' if self.optimizer else ''} on "
-            f"{self.engine} engine, {self.num_workers} workers",
+            f"{self.engine} engine, {self.num_workers} workers{' at the end' if self.changes else ''}",
             f"rounds        {len(self.history)} ({self.outcome})",
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",
             f"time          {whole:.3f} s in all: set-up {self.setup_s:.3f} s (starting workers, placing "
-            f"data, set-up pass), rounds {total['wall_s']:.3f} s",
+            f"data, set-up pass), rounds {total['wall_s']:.3f} s"
+            + (
+                f", changes of the workers {sum(c.seconds for c in self.changes):.3f} s"
+                if self.changes
+                else ""
+            ),
             f"rounds time   computing {compute:.3f} s, waiting for the slowest {wait:.3f} s, "
             f"communication {total['comm_s']:.3f} s, coordinator {coordinator:.3f} s",
             f"traffic       {total['bytes_sent'] / 1e6:.3f} MB sent, "
             f"{total['bytes_received'] / 1e6:.3f} MB received",
-            f"cost          {whole * self.num_workers:.3f} worker-seconds",
+            f"cost          {self.worker_seconds:.3f} worker-seconds",
             f"stragglers    {slowest / compute if compute > 0 else 1.0:.2f} "
             "(slowest worker's compute / mean)",
         ]
+        lines += [
+            f"workers       {change.before} -> {change.after} before round {change.round} "
+            f"({change.cause}; {change.seconds:.3f} s)"
+            for change in self.changes
+        ]
+        if self.scaling:
+            lines.append(f"scaling       {self.scaling}")
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -74,7 +74,6 @@ def check_settings(
     optimizer: Optimizer,
     epochs: int,
     max_rounds: int | None,
-    workers: int | None,
     tol: float,
 ) -> None:
     """Refuse settings that cannot work together, naming the keyword to change."""
@@ -90,14 +89,14 @@ def check_settings(
         raise ConfigError(f"qr solves least squares: LinearRegression only, not {type(model).__name__}")
     check_positive_int("epochs", epochs)
     check_positive_int("max_rounds", max_rounds, allow_none=True)
-    check_positive_int("workers", workers, allow_none=True)
     if not isinstance(tol, (int, float)) or not tol >= 0:
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
 
 
 def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int, ...]) -> list[str]:
     """What works but wastes the machine or does less than asked: more worker threads
-    than this process's cores, or batches larger than a shard (clipped to it)."""
+    than this process's cores, or batches larger than they can be (clipped): SGD's global
+    batch beyond the data, LocalSGD's local batch beyond a shard."""
     messages = []
     threads, cores = runner.num_workers * runner.threads_per_worker, default_workers()
     if runner.shares_cores and threads > cores:
@@ -106,7 +105,13 @@ def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int
             f"on {cores} cores: they slow each other down; lower {setting('workers')} or "
             f"{setting('threads_per_worker')}"
         )
-    batch = strategy.batch_size if isinstance(strategy, (SGD, LocalSGD)) else None
+    num_rows = sum(shard_sizes)
+    if isinstance(strategy, SGD) and strategy.batch_size > num_rows:
+        messages.append(
+            f"{setting('batch_size')}{strategy.batch_size} is larger than the data ({num_rows} rows): "
+            "every batch is the whole data"
+        )
+    batch = strategy.batch_size if isinstance(strategy, LocalSGD) else None
     if batch is not None and batch > min(shard_sizes):
         messages.append(
             f"{setting('batch_size')}{batch} is larger than the smallest shard ({min(shard_sizes)} rows): "

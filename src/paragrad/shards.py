@@ -7,10 +7,11 @@ than the capabilities it declares.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
@@ -42,10 +43,43 @@ class StateField:
 
 @dataclass(frozen=True)
 class EpochOrder:
-    """The order in which a shard's rows are drawn in one epoch: recomputable, never saved."""
+    """The order in which a shard's rows are drawn in one epoch: recomputable, never saved.
+
+    For the global stream over virtual shards (see :mod:`paragrad.sampling`), ``ranks``
+    is each held virtual shard's place in the epoch's order of virtual shards, and
+    ``tails`` the stream position of its extra last row (-1 for a shard without one).
+    """
 
     epoch: int
     permutation: np.ndarray
+    ranks: np.ndarray | None = None
+    tails: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class VirtualShards:
+    """The virtual shards a worker holds: ``count`` consecutive ones from ``first``.
+
+    The data's ``total_rows`` rows are split into ``num_virtual`` contiguous virtual
+    shards, fixed for the whole run; virtual shard ``v`` holds the rows from
+    ``v * total_rows // num_virtual`` on. A worker holds consecutive ones, so its rows
+    are contiguous too, and the sample stream depends on virtual shards, not workers.
+    """
+
+    first: int
+    count: int
+    num_virtual: int
+    total_rows: int
+
+    def starts(self) -> np.ndarray:
+        """The first row of each held virtual shard and the end of the last (global rows)."""
+        ids = np.arange(self.first, self.first + self.count + 1, dtype=np.int64)
+        return ids * self.total_rows // self.num_virtual
+
+    @classmethod
+    def whole(cls, num_rows: int) -> VirtualShards:
+        """One virtual shard holding every row (a shard made by hand, say)."""
+        return cls(0, 1, 1, num_rows)
 
 
 @dataclass
@@ -55,6 +89,7 @@ class Shard:
     ``order`` caches what a task can always recompute (the epoch's sampling order), so a
     restarted worker that starts without it still gives the same results. ``state`` holds
     the arrays of the strategy's declared :class:`StateField` s, which it cannot.
+    ``virtual`` says which virtual shards the rows are (by default: one, all of them).
     """
 
     X: Any  # np.ndarray, or a scipy.sparse CSR matrix
@@ -63,6 +98,7 @@ class Shard:
     num_workers: int
     order: EpochOrder | None = None
     state: dict[str, np.ndarray] = field(default_factory=dict)
+    virtual: VirtualShards | None = None
 
     @property
     def num_rows(self) -> int:
@@ -75,21 +111,49 @@ class Shard:
             raise ValueError(f"worker {self.worker}'s shard has no labels to train on")
         return self.y
 
+    @property
+    def held(self) -> VirtualShards:
+        """The virtual shards this shard's rows are."""
+        return VirtualShards.whole(self.num_rows) if self.virtual is None else self.virtual
+
+
+NUM_VIRTUAL = 64  # virtual shards of a run, unless the data has fewer rows or more workers
+
+
+def num_virtual_shards(num_rows: int, max_workers: int) -> int:
+    """How many virtual shards a run splits its rows into: 64, or as many as the workers
+    it may grow to when more, and never more than the rows."""
+    return min(num_rows, max(NUM_VIRTUAL, max_workers))
+
+
+def _split(total: int, parts: int) -> tuple[int, ...]:
+    """Edges of ``parts`` near-equal consecutive blocks of ``total`` items."""
+    return tuple(part * total // parts for part in range(parts + 1))
+
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """Which rows each worker holds: contiguous near-equal blocks of ``order``.
+    """Which rows each worker holds: consecutive virtual shards of the rows in ``order``.
 
-    ``order`` is ``None`` for the rows as they are, or a permutation when shuffled.
-    Block sizes differ by at most one row, as with ``np.array_split``.
+    ``order`` is ``None`` for the rows as they are, or a permutation when shuffled. The
+    virtual shards are fixed for the run; :meth:`regroup` gives them to another number
+    of workers, so the rows and the sample stream stay what they were.
     """
 
-    bounds: tuple[tuple[int, int], ...]
+    num_rows: int
+    num_virtual: int
+    groups: tuple[int, ...]  # worker w holds virtual shards groups[w] .. groups[w + 1] - 1
     order: np.ndarray | None = None
 
     @property
     def num_shards(self) -> int:
-        return len(self.bounds)
+        return len(self.groups) - 1
+
+    @property
+    def bounds(self) -> tuple[tuple[int, int], ...]:
+        """Each worker's first and end row (in ``order``)."""
+        edges = [group * self.num_rows // self.num_virtual for group in self.groups]
+        return tuple(itertools.pairwise(edges))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -102,21 +166,52 @@ class ShardPlan:
             return slice(start, stop)
         return self.order[start:stop]
 
+    def virtual(self, shard: int) -> VirtualShards:
+        """The virtual shards worker ``shard`` holds."""
+        first, stop = self.groups[shard], self.groups[shard + 1]
+        return VirtualShards(first, stop - first, self.num_virtual, self.num_rows)
 
-def plan_shards(num_rows: int, num_shards: int, *, shuffle: bool = False, seed: int = 0) -> ShardPlan:
-    """Split ``num_rows`` rows into ``num_shards`` near-equal contiguous blocks."""
+    def regroup(self, num_shards: int) -> ShardPlan:
+        """The same virtual shards given to ``num_shards`` workers."""
+        _check_count(num_shards, self.num_virtual)
+        return dataclasses.replace(self, groups=_split(self.num_virtual, num_shards))
+
+
+def _check_count(num_shards: int, num_rows: int) -> None:
     if num_shards < 1:
         raise ConfigError(f"workers must be at least 1, got {num_shards}")
     if num_shards > num_rows:
         raise ConfigError(
             f"{num_shards} workers need at least {num_shards} rows, but the data has {num_rows}"
         )
-    base, extra = divmod(num_rows, num_shards)
-    sizes = [base + 1] * extra + [base] * (num_shards - extra)
-    edges = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    bounds = tuple(itertools.pairwise(edges))
+
+
+def plan_shards(
+    num_rows: int,
+    num_shards: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    max_shards: int | None = None,
+) -> ShardPlan:
+    """Split ``num_rows`` rows into virtual shards and give ``num_shards`` workers near-equal
+    runs of them; ``max_shards`` is the most workers the plan may be regrouped for."""
+    _check_count(num_shards, num_rows)
+    num_virtual = num_virtual_shards(num_rows, max(num_shards, max_shards or 0))
     order = np.random.default_rng(seed).permutation(num_rows) if shuffle else None
-    return ShardPlan(bounds, order)
+    return ShardPlan(num_rows, num_virtual, _split(num_virtual, num_shards), order)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """The workers of a run changed before round ``round``: how many, why, and the
+    seconds it took (stopping or starting workers, handing out the shards again)."""
+
+    round: int
+    before: int
+    after: int
+    cause: str
+    seconds: float
 
 
 class Task:
@@ -156,3 +251,23 @@ def as_task(task: Task | Callable[..., Any]) -> Task:
         f"a task must be a paragrad.engines.Task or a plain function, got {type(task).__name__}: "
         "subclass Task to declare what it does"
     )
+
+
+def move_state(
+    states: Sequence[dict[str, np.ndarray] | None],
+    old_bounds: Sequence[tuple[int, int]],
+    new_bounds: Sequence[tuple[int, int]],
+) -> list[dict[str, np.ndarray]]:
+    """Workers' state arrays (``None``: lost) handed to a new set of shards by the rows
+    they hold: each array is a sum over its worker's rows (as an error-feedback residual
+    is), so a new shard gets each old one's arrays in proportion to the rows it takes over.
+    What the old shards held in all is kept, less what the lost ones held."""
+    moved: list[dict[str, np.ndarray]] = [{} for _ in new_bounds]
+    for state, (start, stop) in zip(states, old_bounds, strict=True):
+        for name, array in (state or {}).items():
+            for target, (first, end) in zip(moved, new_bounds, strict=True):
+                overlap = min(stop, end) - max(start, first)
+                if overlap > 0:
+                    share = array * (overlap / (stop - start))
+                    target[name] = target[name] + share if name in target else share
+    return moved

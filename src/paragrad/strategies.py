@@ -2,8 +2,9 @@
 
 Each strategy has a worker side (``worker_step``, run on every shard) and a coordinator
 side (``combine``). Neither knows about processes. Every random draw of a worker comes
-from ``(seed, worker, epoch)`` with the epoch derived from the round number, so a round
-gives the same result on any engine and after any restart.
+from the seed, the epoch (derived from the round number) and the virtual shards it
+holds (see :mod:`paragrad.sampling`), so a round gives the same result on any engine,
+after any restart and, for GradientDescent and SGD, on any number of workers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Evaluation, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
-from paragrad.shards import EpochOrder, Shard, StateField
+from paragrad.sampling import batch_rows, stream_rows
+from paragrad.shards import Shard, StateField
 
 RESIDUAL = "residual"  # the StateField of error feedback
 
@@ -96,29 +98,6 @@ def sum_results(results: Sequence[WorkerResult]) -> tuple[int, float, np.ndarray
         loss += result.loss_sum
         total += result.vector
     return count, loss, total
-
-
-def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
-    """The order in which the shard's rows are drawn in ``epoch`` (kept for the epoch)."""
-    if shard.order is None or shard.order.epoch != epoch:
-        rng = np.random.default_rng([seed, shard.worker, epoch])
-        shard.order = EpochOrder(epoch, rng.permutation(shard.num_rows))
-    return shard.order.permutation
-
-
-def batch_rows(
-    shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None
-) -> slice | np.ndarray:
-    """Rows of batch ``position`` of ``epoch``, drawn without replacement within an epoch.
-
-    A batch as large as the shard is the whole shard, as a slice (no copy), and the later
-    batches of that epoch are empty. The rows of a batch are sorted, for memory locality;
-    this changes no sum but its order.
-    """
-    if batch_size is None or batch_size >= shard.num_rows:
-        return slice(None) if position == 0 else slice(0, 0)
-    perm = epoch_permutation(shard, seed, epoch)
-    return np.sort(perm[position * batch_size : (position + 1) * batch_size])
 
 
 def objective(
@@ -288,11 +267,12 @@ class GradientDescent(Strategy):
 
 
 class SGD(Strategy):
-    """Distributed minibatch SGD: each worker draws ``batch_size`` rows of its shard.
+    """Distributed minibatch SGD: every round draws a global batch of ``batch_size`` rows.
 
-    Rows are drawn without replacement within an epoch (one pass over the largest shard),
-    so the global batch holds up to ``workers * batch_size`` rows; the gradient is the
-    exact mean over all rows drawn in the round.
+    Rows are drawn without replacement within an epoch (one pass over the data) from a
+    stream that depends on the seed alone (see :mod:`paragrad.sampling`); each worker
+    computes on the rows of the batch it holds, and the gradient is the exact mean over
+    the batch. The batch, and so the result, is the same on any number of workers.
     """
 
     name = "sgd"
@@ -304,7 +284,7 @@ class SGD(Strategy):
         get_compressor(compress)
 
     def rounds_per_epoch(self, shard_sizes: Sequence[int]) -> int:
-        return math.ceil(max(shard_sizes) / self.batch_size)
+        return math.ceil(sum(shard_sizes) / self.batch_size)
 
     def settings(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size}
@@ -319,7 +299,8 @@ class SGD(Strategy):
         plan: RoundPlan,
     ) -> WorkerResult:
         epoch, position = divmod(round_index, plan.rounds_per_epoch)
-        rows = batch_rows(shard, plan.seed, epoch, position, self.batch_size)
+        start = position * self.batch_size
+        rows = stream_rows(shard, plan.seed, epoch, start, start + self.batch_size)
         X, y = shard.X[rows], shard.labels[rows]
         if X.shape[0] == 0:
             loss, grad = 0.0, np.zeros(len(params))

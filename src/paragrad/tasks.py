@@ -82,21 +82,6 @@ class GetWorkerState(Task):
 
 
 @dataclass(frozen=True)
-class SetWorkerState(Task):
-    """Give each worker its state fields back from a checkpoint (``arrays[f][w]`` is
-    field ``f`` of worker ``w``)."""
-
-    fields: tuple[StateField, ...]
-    arrays: tuple[np.ndarray, ...]
-    mutates_shard: ClassVar[bool] = True
-
-    def __call__(self, shard: Shard) -> None:
-        shard.state = {
-            field.name: np.array(self.arrays[f][shard.worker]) for f, field in enumerate(self.fields)
-        }
-
-
-@dataclass(frozen=True)
 class TrainStep(Task):
     """A strategy's worker step with everything it needs but the round's parameters."""
 

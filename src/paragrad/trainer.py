@@ -22,6 +22,7 @@ from paragrad.checkpoint import (
     load_latest_checkpoint,
 )
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
+from paragrad.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.engines import Engine, make_engine
 from paragrad.errors import (
     ConfigError,
@@ -49,7 +50,7 @@ def train(
     strategy: Strategy | None = None,
     optimizer: Optimizer | None = None,
     engine: str | Engine = "local",
-    workers: int | None = None,
+    workers: Workers = None,
     epochs: int | None = None,
     max_rounds: int | None = None,
     tol: float = 1e-6,
@@ -82,8 +83,14 @@ def train(
         LBFGS for GradientDescent on the linear models, else ``Adam(lr=0.01)``.
     engine : {"serial", "local", "ray"} or Engine
         Where the workers run; an Engine object is used as is and left open.
-    workers : int, optional
-        Number of workers (shards); default one per core.
+    workers : int, (min, max) or "auto", optional
+        Number of workers; default one per core. ``(min, max)`` makes the run elastic:
+        it starts with what is available (at least ``min``), goes on with fewer workers
+        when one is lost for good (``max_restarts`` spent), down to ``min``, and grows
+        when capacity appears (Ray) or on ``engine.resize(k)``, up to ``max``. ``"auto"``
+        measures the rounds' speed on 1, 2, 4, ... workers (up to one per core, or the
+        Ray cluster's CPUs) during the first rounds and keeps the fastest. GradientDescent
+        and SGD give the same parameters whatever the workers do.
     epochs : int, optional
         Passes over the data (for ``LocalSGD(local_steps=None)``: local passes); for
         GradientDescent, rounds. Default: 500 for GradientDescent (it stops when
@@ -140,7 +147,7 @@ def train(
     check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
-    check_settings(model, strategy, optimizer, epochs, max_rounds, workers, tol)
+    check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
     encoding, data = data.encoding, data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
@@ -149,19 +156,16 @@ def train(
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
+    bounds = WorkerBounds.parse(workers)
     own_engine = not isinstance(engine, Engine)
-    runner = (
-        engine
-        if isinstance(engine, Engine)
-        else make_engine(
-            engine, workers, address=address, max_restarts=max_restarts, threads_per_worker=threads_per_worker
-        )
-    )
+    runner = _runner(engine, bounds, address, max_restarts, threads_per_worker)
     try:
-        plan = plan_shards(data.num_rows, runner.num_workers, shuffle=shuffle, seed=seed)
+        first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
+        runner.set_bounds(low, high)
+        plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed, max_shards=high)
+        runner.start(data, plan)
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
-        runner.start(data, plan)
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
         standardizer = None if resumed is None else resumed.standardizer
@@ -175,7 +179,8 @@ def train(
                 f"{checkpoint_dir}: the checkpoint was made for classes {resumed.config.get('classes')}, "
                 f"but this data has {config.classes}"
             )
-        loop = RoundLoop(model, runner, plan.sizes, strategy, optimizer, epochs, max_rounds, tol, seed)
+        loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
+        loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
         done = 0 if resumed is None else resumed.round
         hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
@@ -187,6 +192,18 @@ def train(
     run = dataclasses.replace(run, setup_s=setup_s, total_s=time.perf_counter() - call_started)
     hooks.train_end(run)
     return run
+
+
+def _runner(
+    engine: str | Engine, bounds: WorkerBounds, address: str | None, max_restarts: int, threads: int
+) -> Engine:
+    """The engine object as given, or a new one of that name (elastic: sized to capacity)."""
+    if isinstance(engine, Engine):
+        return engine
+    workers = None if bounds.elastic else bounds.min
+    return make_engine(
+        engine, workers, address=address, max_restarts=max_restarts, threads_per_worker=threads
+    )
 
 
 def _load_resume_state(

@@ -15,13 +15,17 @@ from paragrad.bench.common import Row, two_ranks
 from paragrad.data import make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.optim import SGD as SGDOptimizer
+from paragrad.sampling import stream_rows
 from paragrad.shards import Shard, plan_shards
-from paragrad.strategies import SGD, batch_rows
+from paragrad.strategies import SGD
 from paragrad.trainer import train
+
+GLOBAL_BATCH = 2048  # 1024 rows a worker on two
 
 
 def _ddp_worker(rank: int, port: int, num_rows: int, d: int, epochs: int, queue: Queue[Any]) -> None:
-    """One DDP rank: its shard, batches of 1024 drawn as paragrad's SGD draws them."""
+    """One DDP rank: its shard, its part of global batches of 2048 drawn as paragrad's SGD
+    draws them."""
     import torch
     import torch.distributed as dist
 
@@ -30,18 +34,18 @@ def _ddp_worker(rank: int, port: int, num_rows: int, d: int, epochs: int, queue:
     data = make_classification(num_rows, d, seed=5, dtype=np.float32)
     plan = plan_shards(num_rows, 2)
     rows = plan.rows(rank)
-    shard = Shard(data.X[rows], data.y[rows], rank, 2)
+    shard = Shard(data.X[rows], data.y[rows], rank, 2, virtual=plan.virtual(rank))
     X, y = torch.from_numpy(shard.X), torch.from_numpy(shard.y).long()
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(d, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    per_epoch = math.ceil(max(plan.sizes) / 1024)
+    per_epoch = math.ceil(num_rows / GLOBAL_BATCH)
     times = []
     for epoch in range(epochs):
         dist.barrier()
         start = time.perf_counter()
         for position in range(per_epoch):
-            batch = batch_rows(shard, 0, epoch, position, 1024)
+            batch = stream_rows(shard, 0, epoch, position * GLOBAL_BATCH, (position + 1) * GLOBAL_BATCH)
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(X[batch]), y[batch])
             loss.backward()
@@ -69,7 +73,7 @@ def bench_torch(quick: bool) -> list[Row]:
         ours = []
         for _ in range(epochs):
             model = Torch(torch.nn.Linear(d, 2))
-            options = dict(strategy=SGD(batch_size=1024), optimizer=SGDOptimizer(lr=0.1), engine=engine)
+            options = dict(strategy=SGD(GLOBAL_BATCH), optimizer=SGDOptimizer(lr=0.1), engine=engine)
             run = train(model, data, epochs=1, tol=0, dtype="float32", **options)
             ours.append(sum(record["wall_s"] for record in run.history))
     ddp_s, ours_s = min(ddp_times), min(ours)
@@ -78,7 +82,7 @@ def bench_torch(quick: bool) -> list[Row]:
             "benchmark": "torch_epoch",
             "model": f"Linear({d}, 2), cross-entropy",
             "rows": num_rows,
-            "batch_per_worker": 1024,
+            "global_batch": GLOBAL_BATCH,
             "workers": 2,
             "epoch_s": ours_s,
             "ddp_gloo_epoch_s": ddp_s,

@@ -9,15 +9,35 @@ between calls; a round sends the arguments (parameters, O(d)), never the data.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, ParagradError, WorkerError
-from paragrad.shards import ShardPlan, Task, default_workers
+from paragrad.shards import MembershipChange, Shard, ShardPlan, Task, default_workers
+
+
+@dataclass(frozen=True)
+class TakeState(Task):
+    """A worker's state arrays, before its shard changes hands."""
+
+    def __call__(self, shard: Shard) -> dict[str, np.ndarray]:
+        return {name: np.array(array) for name, array in shard.state.items()}
+
+
+@dataclass(frozen=True)
+class GiveState(Task):
+    """State arrays for every worker (``states[w]`` for worker ``w``), after a regroup."""
+
+    states: tuple[dict[str, np.ndarray], ...]
+
+    def __call__(self, shard: Shard) -> None:
+        shard.state = dict(self.states[shard.worker])
 
 
 def payload_nbytes(value: Any) -> int:
@@ -65,6 +85,52 @@ class Engine(ABC):
         self.num_workers = default_workers() if workers is None else int(workers)
         self.last_bytes_sent = 0
         self.last_bytes_received = 0
+        self.min_workers, self.max_workers = self.num_workers, self.num_workers
+        self.changes: list[MembershipChange] = []  # since the last start
+        self._requested: tuple[int, str, bool] | None = None  # count, cause, whether to wait
+        self._round_index = 0  # the round about to run, for the membership records
+
+    def set_bounds(self, min_workers: int, max_workers: int) -> None:
+        """How far the engine may shrink (a worker lost) or grow (capacity found) on its own."""
+        if not 1 <= min_workers <= max_workers:
+            raise ConfigError(f"workers=(min, max) needs 1 <= min <= max, got ({min_workers}, {max_workers})")
+        self.min_workers, self.max_workers = int(min_workers), int(max_workers)
+
+    def resize(self, num_workers: int, *, cause: str = "resize", wait: bool = True) -> None:
+        """Run on ``num_workers`` workers: at once between runs, and from the next round
+        during one (a callback may call it). The coordinator keeps the parameters; the
+        shards are handed out again, and the sample stream stays what it was.
+
+        With ``wait=False`` a run grows only once its new workers have started, and
+        rounds go on meanwhile on the workers it has (their start overlaps the rounds).
+        """
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+            raise ConfigError(f"resize needs a worker count of at least 1, got {num_workers!r}")
+        self._requested = (num_workers, cause, wait)
+
+    @property
+    def planned_workers(self) -> int:
+        """The workers the next ``start`` should plan for: a resize asked for, if any."""
+        return self.num_workers if self._requested is None else self._requested[0]
+
+    def between_rounds(self, round_index: int) -> None:
+        """Apply a membership change that is due before round ``round_index``."""
+        self._round_index = round_index
+        if self._requested is not None:
+            (count, cause, _), self._requested = self._requested, None
+            if count != self.num_workers:
+                self._timed_regroup(round_index, count, cause)
+
+    def _timed_regroup(self, round_index: int, count: int, cause: str, lost: tuple[int, ...] = ()) -> None:
+        started, before = time.perf_counter(), self.num_workers
+        self._regroup(count, lost)
+        self.changes.append(
+            MembershipChange(round_index, before, count, cause, time.perf_counter() - started)
+        )
+
+    def _regroup(self, count: int, lost: tuple[int, ...]) -> None:
+        """Give the run's shards to ``count`` workers (the ``lost`` ones gone)."""
+        raise ConfigError(f"the {self.name} engine cannot change its number of workers during a run")
 
     @classmethod
     def from_options(

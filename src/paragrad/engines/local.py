@@ -17,6 +17,7 @@ released on every exit path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -31,7 +32,7 @@ from paragrad.data import Dataset
 from paragrad.engines import transport
 from paragrad.engines.base import refuse_address
 from paragrad.engines.placement import ShardSpec, place
-from paragrad.engines.protocol import AddTask, Command, LoadShard, RunTask, SetPath, Stop, TaskDone
+from paragrad.engines.protocol import AddTask, Command, LoadShard, Ready, RunTask, SetPath, Stop, TaskDone
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError
 from paragrad.shards import ShardPlan
@@ -52,6 +53,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     commands: Connection
     replies: Connection
+    ready: bool = False  # it said Ready (started, imports done)
 
 
 @dataclass
@@ -174,7 +176,7 @@ class LocalEngine(WorkerSession):
         commands = Connection(command_write, readable=False)
         replies = Connection(reply_read, writable=False)
         try:
-            args = [command_read, reply_write, worker, self.num_workers, self.threads_per_worker]
+            args = [command_read, reply_write, self.threads_per_worker]
             process = subprocess.Popen(
                 [sys.executable, "-m", "paragrad.engines.worker", *map(str, args)],
                 pass_fds=(command_read, reply_write),
@@ -191,6 +193,39 @@ class LocalEngine(WorkerSession):
             os.close(reply_write)
         self._workers[worker] = WorkerProcess(process, commands, replies)  # recorded before anything can fail
         self._send(worker, SetPath(sys.path))
+
+    def _drop(self, workers: Sequence[int]) -> None:
+        gone = set(workers)
+        for worker in sorted(gone):
+            handle = self._workers[worker]
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.commands.send_bytes(pickle.dumps(Stop()))
+                _stop_process(handle, STOP_TIMEOUT_S)
+        self._workers[:] = [handle for worker, handle in enumerate(self._workers) if worker not in gone]
+
+    def _prestart(self, workers: Sequence[int]) -> None:
+        for worker in workers:
+            if worker >= len(self._workers) or self._workers[worker] is None:
+                self._spawn_one(worker)
+
+    def _ready(self, worker: int) -> bool:
+        """Whether a started worker has said Ready, without waiting; False for a dead one."""
+        handle = self._workers[worker]
+        if handle is None or handle.ready:
+            return handle is not None
+        try:
+            while handle.replies.poll(0):
+                if isinstance(pickle.loads(handle.replies.recv_bytes()), Ready):
+                    handle.ready = True
+        except (EOFError, OSError):
+            return False
+        return handle.ready
+
+    def _workers_ready(self, worker: int) -> None:
+        handle = self._workers[worker]
+        if handle is not None:
+            handle.ready = True
 
     def _stop(self) -> None:
         _release(self._resources)
@@ -222,8 +257,19 @@ class LocalEngine(WorkerSession):
         self._data = self._new_region(size)
         return self._data
 
+    def _replan(self, plan: ShardPlan) -> None:
+        """The same placed rows, grouped anew: only the row ranges change."""
+        self._specs = [
+            dataclasses.replace(self._specs[0], start=start, stop=stop) for start, stop in plan.bounds
+        ]
+
     def _load(self, workers: Sequence[int]) -> Deaths:
-        return [self._send(worker, LoadShard(self._specs[worker])) for worker in workers]
+        assert self._plan is not None
+        count = self._plan.num_shards
+        return [
+            self._send(worker, LoadShard(self._specs[worker], worker, count, self._plan.virtual(worker)))
+            for worker in workers
+        ]
 
     def _add_task(self, workers: Sequence[int], key: int, payload: Any) -> Deaths:
         return [self._send(worker, AddTask(key, payload)) for worker in workers]
@@ -285,6 +331,10 @@ class LocalEngine(WorkerSession):
                     replies[worker] = self._died(worker)
                     continue
                 reply = pickle.loads(data)
+                if isinstance(reply, Ready):
+                    self._workers_ready(worker)
+                    pending[ready] = worker  # its reply is still to come
+                    continue
                 self.last_bytes_received += len(data)
                 if isinstance(reply, TaskDone):
                     self.last_bytes_received += sum(length for _, length in reply.layout)

@@ -2,7 +2,8 @@
 
 Each message is one small pickled dataclass on a pipe; large arrays travel beside it in
 shared regions (see :mod:`paragrad.engines.transport`). Commands go to a worker, and
-every :class:`RunTask` gets exactly one reply, :class:`TaskDone` or :class:`TaskFailed`.
+every :class:`RunTask` gets exactly one reply, :class:`TaskDone` or :class:`TaskFailed`;
+a worker says :class:`Ready` once, when it has started.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from paragrad.engines.placement import ShardSpec
 from paragrad.engines.transport import Layout
+from paragrad.shards import VirtualShards
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,13 @@ class SetPath:
 
 @dataclass(frozen=True)
 class LoadShard:
-    """Map these rows; the tasks held before go with the old shard."""
+    """Map these rows as worker ``worker`` of ``num_workers``; the tasks held before go
+    with the old shard."""
 
     spec: ShardSpec
+    worker: int
+    num_workers: int
+    virtual: VirtualShards
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,11 @@ class TaskFailed:
 
     error: BaseException | None
     traceback: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker has started and waits for commands (sent once, before any reply)."""
 
 
 Reply = TaskDone | TaskFailed

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from paragrad.engines.placement import map_rows
 from paragrad.engines.ray_cluster import Connection, first_line, import_ray
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError, DataError, WorkerLost
-from paragrad.shards import Shard, ShardPlan, Task, default_workers
+from paragrad.shards import Shard, ShardPlan, Task, VirtualShards, default_workers
 from paragrad.shm import is_region
 
 # Arguments at least this large are put in the object store once per round and passed
@@ -121,20 +122,21 @@ def shard_sources(dataset: Dataset, plan: ShardPlan) -> list[Any]:
 class ShardActor:
     """One worker: its shard, the tasks it was sent, and nothing else."""
 
-    def __init__(self, worker: int, num_workers: int, threads: int, sys_path: list[str]) -> None:
+    def __init__(self, threads: int, sys_path: list[str]) -> None:
         from threadpoolctl import threadpool_limits
 
         # Tasks may come from the coordinator's own modules: let them be imported here.
         sys.path.extend(path for path in sys_path if path not in sys.path)
         threadpool_limits(threads)
-        self.worker, self.num_workers = worker, num_workers
+        self.worker = 0
         self.shard: Shard | None = None
         self.tasks: dict[int, Task] = {}
 
     def pid(self) -> int:
         return os.getpid()
 
-    def load(self, source: Any) -> None:
+    def load(self, source: Any, worker: int, num_workers: int, virtual: VirtualShards) -> None:
+        self.worker, self.shard = worker, None
         try:
             X, y = source.load()
         except FileNotFoundError as exc:
@@ -142,7 +144,7 @@ class ShardActor:
                 f"{exc.filename}: not found where worker {self.worker} runs; on a cluster, data files "
                 "must be on a filesystem every node sees"
             ) from None
-        self.shard = Shard(X, y, self.worker, self.num_workers)
+        self.shard = Shard(X, y, worker, num_workers, virtual=virtual)
         self.tasks.clear()
 
     def add_task(self, key: int, payload: bytes) -> None:
@@ -217,6 +219,12 @@ class RayEngine(WorkerSession):
     runtime_env : dict, optional
         Ray's ``runtime_env`` for the actors (``{"py_modules": [...]}`` to ship your own
         modules to the nodes, say).
+    start_timeout_s : float
+        How long a new actor may take to start; one that cannot be placed in time (no
+        capacity) is given up: an elastic run then goes on without it.
+    grow_every_s : float
+        In an elastic run below its most workers, how often to look for free CPUs in the
+        cluster (between rounds; one call to the cluster's resource view).
 
     Use it as a context manager to keep the actors across ``train`` and ``predict``
     calls; closing it kills them (and stops a local instance it started).
@@ -233,6 +241,8 @@ class RayEngine(WorkerSession):
         cpus_per_worker: int = 1,
         max_restarts: int = 0,
         runtime_env: dict[str, Any] | None = None,
+        start_timeout_s: float = READY_TIMEOUT_S,
+        grow_every_s: float = 10.0,
     ) -> None:
         super().__init__(workers, max_restarts=max_restarts)
         if cpus_per_worker < 1:
@@ -241,6 +251,9 @@ class RayEngine(WorkerSession):
         self.address = address
         self.cpus_per_worker = int(cpus_per_worker)
         self.runtime_env = runtime_env
+        self.start_timeout_s, self.grow_every_s = float(start_timeout_s), float(grow_every_s)
+        self._next_look = 0.0  # when to look for free CPUs next (time.monotonic)
+        self._starting: dict[int, tuple[Any, float]] = {}  # prestarted slot: (its ping, when asked)
         self._actors: list[Any] = []
         self._connected = [False]
         self._finalizer = weakref.finalize(self, _release, self._actors, self._connected)
@@ -293,7 +306,14 @@ class RayEngine(WorkerSession):
     def _spawn(self, workers: Sequence[int]) -> None:
         """New actors in the workers' places, created together, then each checked; old ones
         are killed first (one only unreachable would hold its CPUs)."""
-        while len(self._actors) < self.num_workers:
+        for worker in workers:
+            self._create(worker)
+        for worker in workers:
+            self._answers(worker, new=True)
+
+    def _create(self, worker: int) -> None:
+        """A new actor in slot ``worker`` (asked for: Ray starts it when it has room)."""
+        while len(self._actors) <= worker:
             self._actors.append(None)
         if self._actor_class is None:
             self._actor_class = self.ray.remote(ShardActor)
@@ -301,26 +321,59 @@ class RayEngine(WorkerSession):
         options["scheduling_strategy"] = "SPREAD"
         if self.runtime_env is not None:
             options["runtime_env"] = self.runtime_env
+        _kill(self.ray, [self._actors[worker]])
+        self._starting.pop(worker, None)
+        self._actors[worker] = self._actor_class.options(**options).remote(
+            self.cpus_per_worker, list(sys.path)
+        )
+
+    def _prestart(self, workers: Sequence[int]) -> None:
         for worker in workers:
-            _kill(self.ray, [self._actors[worker]])
-            self._actors[worker] = self._actor_class.options(**options).remote(
-                worker, self.num_workers, self.cpus_per_worker, list(sys.path)
-            )
-        for worker in workers:
-            self._answers(worker, new=True)
+            self._create(worker)
+            self._starting[worker] = (self._actors[worker].pid.remote(), time.monotonic())
+
+    def _ready(self, worker: int) -> bool:
+        """Whether a prestarted actor answers; one that cannot start in time is given up."""
+        if worker not in self._starting:
+            return True
+        ping, asked = self._starting[worker]
+        done, _ = self.ray.wait([ping], timeout=0)
+        if done:
+            del self._starting[worker]
+            return True
+        if time.monotonic() - asked > self.start_timeout_s:
+            self._drop(range(self.num_workers, len(self._actors)))  # every prestarted one
+            self._extra, self._requested = 0, None
+        return False
+
+    def between_rounds(self, round_index: int) -> None:
+        """Grow onto free CPUs of the cluster (looked for every ``grow_every_s``), then
+        apply what is due."""
+        now = time.monotonic()
+        growing = self._requested is not None and self._requested[0] > self.num_workers
+        if self._placed and not growing and self.num_workers < self.max_workers and now >= self._next_look:
+            self._next_look = now + self.grow_every_s
+            room = int(self.ray.available_resources().get("CPU", 0)) // self.cpus_per_worker
+            if room > 0:
+                count = min(self.max_workers, self.num_workers + room)
+                self.resize(count, cause=f"capacity found: {room} free worker slot(s)", wait=False)
+        super().between_rounds(round_index)
 
     def _alive(self, worker: int) -> bool:
         return self._answers(worker)
 
     def _answers(self, worker: int, new: bool = False) -> bool:
         """Whether the worker's actor answers: False for a dead one. A new actor that
-        cannot start, or any that does not answer in time, is an error naming it."""
+        cannot start, or any that does not answer in time, is an error naming it (and a
+        new one is given up, so that it cannot take CPUs later)."""
         try:
-            self.ray.get(self._actors[worker].pid.remote(), timeout=READY_TIMEOUT_S)
+            self.ray.get(self._actors[worker].pid.remote(), timeout=self.start_timeout_s)
             return True
         except self.ray.exceptions.GetTimeoutError:
+            if new:
+                _kill(self.ray, [self._actors[worker]])
             raise WorkerLost(
-                f"worker {worker}: its Ray actor did not answer within {READY_TIMEOUT_S:.0f} s "
+                f"worker {worker}: its Ray actor did not answer within {self.start_timeout_s:g} s "
                 "(is the cluster out of CPUs?)"
             ) from None
         except self.ray.exceptions.RayActorError as exc:
@@ -330,6 +383,12 @@ class RayEngine(WorkerSession):
                 f"worker {worker}: its Ray actor could not start ({first_line(exc)}); "
                 "is paragrad installed on every node?"
             ) from None
+
+    def _drop(self, workers: Sequence[int]) -> None:
+        gone = set(workers)
+        self._starting = {}
+        _kill(self.ray, [self._actors[worker] for worker in gone])
+        self._actors[:] = [actor for worker, actor in enumerate(self._actors) if worker not in gone]
 
     def _stop(self) -> None:
         _kill(self.ray, self._actors)
@@ -342,7 +401,14 @@ class RayEngine(WorkerSession):
         self._sources = shard_sources(dataset, plan)
 
     def _load(self, workers: Sequence[int]) -> Deaths:
-        calls = [self._actors[worker].load.remote(self._sources[worker]) for worker in workers]
+        assert self._plan is not None
+        plan = self._plan
+        calls = [
+            self._actors[worker].load.remote(
+                self._sources[worker], worker, plan.num_shards, plan.virtual(worker)
+            )
+            for worker in workers
+        ]
         return self._deaths(workers, calls)
 
     def _encode(self, task: Task) -> Any:

@@ -8,9 +8,16 @@ set-up log, and runs its part of the round again, so the round's result is the o
 undisturbed run would have had. A task that raises comes back as a value, and the lowest
 worker's failure is raised, whatever the timing.
 
+Between rounds the workers may change: :meth:`WorkerSession._regroup` hands the run's
+virtual shards to another number of workers (a ``resize``, capacity found, or a worker
+lost for good while the run may shrink), each loading its new rows from where the data
+lies and catching up like a replacement; the workers' state arrays move with the rows.
+A worker lost during a round with no restart left shrinks the run (down to
+``min_workers``) and the round's pass runs again on the rest.
+
 An engine supplies only the mechanics, the abstract methods of :class:`WorkerSession`:
 start a worker, tell whether it lives, place the data, load shards, add a task, call
-workers, and stop them all.
+workers, drop some, and stop them all.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from paragrad.data import Dataset
-from paragrad.engines.base import Engine, task_failure
+from paragrad.engines.base import Engine, GiveState, TakeState, task_failure
 from paragrad.errors import ConfigError, ParagradError, WorkerLost
-from paragrad.shards import ShardPlan, Task, as_task
+from paragrad.shards import ShardPlan, Task, as_task, move_state
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class WorkerSession(Engine):
         self._setup_log: list[tuple[int, tuple[Any, ...]]] = []
         self._keys = itertools.count()
         self._placed = False
+        self._dataset: Dataset | None = None
+        self._plan: ShardPlan | None = None
+        self._extra = 0  # slots after the last worker holding prestarted workers
 
     # -- the mechanics an engine supplies -------------------------------------------------------
 
@@ -133,6 +143,23 @@ class WorkerSession(Engine):
         """
 
     @abstractmethod
+    def _drop(self, workers: Sequence[int]) -> None:
+        """Stop the workers in these slots and remove the slots (the later ones move up)."""
+
+    def _prestart(self, workers: Sequence[int]) -> None:
+        """Start workers in these new slots without waiting for them (a run grows onto
+        them once they are ready, so their start overlaps rounds); by default, nothing."""
+
+    def _ready(self, worker: int) -> bool:
+        """Whether the worker in a prestarted slot is ready, without waiting."""
+        return True
+
+    def _replan(self, plan: ShardPlan) -> None:
+        """Where each worker of a regrouped plan finds its rows (the data stays placed)."""
+        assert self._dataset is not None
+        self._place(self._dataset, plan)
+
+    @abstractmethod
     def _stop(self) -> None:
         """Stop every worker and release what they hold; safe to call twice."""
 
@@ -165,6 +192,8 @@ class WorkerSession(Engine):
                 self._spawn(workers)
             self.num_workers = plan.num_shards
             self._tasks, self._setup_log = {}, []
+            self._dataset, self._plan, self._requested, self.changes = dataset, plan, None, []
+            self._extra = 0
             self._place(dataset, plan)
             self._replace_dead(workers, self._load(workers))
             self._placed = True
@@ -175,6 +204,20 @@ class WorkerSession(Engine):
     def close(self) -> None:
         self._stop()
         self._tasks, self._setup_log, self._placed = {}, [], False
+        self._dataset, self._plan, self._extra = None, None, 0
+
+    def between_rounds(self, round_index: int) -> None:
+        """Apply a membership change that is due; a growth asked for without waiting is
+        applied once its new workers, started at the first boundary after the request,
+        are ready."""
+        if self._requested is not None and self._placed and self._requested[0] > self.num_workers:
+            count, _, wait = self._requested
+            new = range(self.num_workers, count)
+            self._prestart(new[self._extra :])
+            self._extra = len(new)
+            if not wait and not all(self._ready(worker) for worker in new):
+                return
+        super().between_rounds(round_index)
 
     # -- rounds --------------------------------------------------------------------------------
 
@@ -224,13 +267,65 @@ class WorkerSession(Engine):
         replies = self._call(entry.key, args, range(self.num_workers), copy)
         for worker, reply in enumerate(replies):
             while isinstance(reply, Died):
-                self._restart(worker, reply.reason)
+                try:
+                    self._restart(worker, reply.reason)
+                except WorkerLost as lost:
+                    if self.num_workers <= self.min_workers:
+                        raise
+                    self._shrink(worker, str(lost))
+                    return self._round(entry, args)  # the whole pass, on the workers left
                 reply = self._call(entry.key, args, [worker], copy)[0]  # the round's part, again
             replies[worker] = reply
         for worker, reply in enumerate(replies):
             if isinstance(reply, Raised):
                 raise task_failure(worker, reply.error, reply.traceback)
         return [reply.value for reply in replies if isinstance(reply, Done)]
+
+    def _shrink(self, worker: int, cause: str) -> None:
+        """Go on without ``worker`` (and any other that died): its rows go to the rest."""
+        lost = tuple(w for w in range(self.num_workers) if w == worker or not self._alive(w))
+        count = self.num_workers - len(lost)
+        if count < self.min_workers:
+            raise WorkerLost(f"{cause}; {count} worker(s) left, fewer than the {self.min_workers} asked for")
+        self._timed_regroup(self._round_index, count, cause, lost)
+
+    def _regroup(self, count: int, lost: tuple[int, ...]) -> None:
+        """Hand the run's virtual shards to ``count`` workers: the ``lost`` ones and any
+        beyond ``count`` go, new ones start; every worker loads its rows, gets the tasks
+        and replays the set-up log, and the state arrays follow the rows."""
+        assert self._plan is not None
+        plan = self._plan.regroup(count)
+        survivors = [w for w in range(self.num_workers) if w not in lost]
+        states = self._take_states(survivors)
+        self._drop(lost)
+        started = len(survivors) + self._extra  # the prestarted workers follow the survivors
+        if count < started:
+            self._drop(range(count, started))
+        old_bounds, kept, self._extra = self._plan.bounds, min(count, started), 0
+        self._plan, self.num_workers = plan, count
+        self._replan(plan)
+        if count > kept:
+            self._spawn(range(kept, count))
+        everyone = range(count)
+        try:
+            self._bring_up(everyone)
+        except _Replacement as died:
+            raise WorkerLost(f"a worker died while the workers were regrouped ({died.reason})") from None
+        moved = move_state([states.get(w) for w in range(len(old_bounds))], old_bounds, plan.bounds)
+        if any(moved):
+            self._one_off(GiveState(tuple(moved)), everyone)
+
+    def _take_states(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The state arrays of these workers (a dead one's are lost)."""
+        replies = self._one_off(TakeState(), workers)
+        return {w: reply.value for w, reply in zip(workers, replies, strict=True) if isinstance(reply, Done)}
+
+    def _one_off(self, task: Task, workers: Sequence[int]) -> list[Reply]:
+        """Run an engine's own task once on these workers (not kept for replacements)."""
+        key = next(self._keys)
+        deaths = self._add_task(workers, key, self._encode(task))
+        replies = self._call(key, (), workers, copy=True)
+        return [died or reply for died, reply in zip(deaths, replies, strict=True)]
 
     def _replace_dead(self, workers: Sequence[int], deaths: Deaths) -> None:
         for worker, died in zip(workers, deaths, strict=True):
@@ -261,15 +356,24 @@ class WorkerSession(Engine):
     def _catch_up(self, worker: int) -> None:
         """Start a new worker and give it its shard, every task and the set-up log's replay."""
         self._spawn([worker])
-        died = self._load([worker])[0]
+        self._bring_up([worker])
+
+    def _bring_up(self, workers: Sequence[int]) -> None:
+        """Give the workers their shards, every task and the set-up log's replay."""
+        deaths = self._load(workers)
         for entry in self._tasks.values():
-            died = died or self._add_task([worker], entry.key, entry.payload)[0]
-        if died is not None:
-            raise _Replacement(died.reason)
+            deaths = [
+                a or b for a, b in zip(deaths, self._add_task(workers, entry.key, entry.payload), strict=True)
+            ]
+        for died in deaths:
+            if died is not None:
+                raise _Replacement(died.reason)
         for key, args in self._setup_log:
-            reply = self._call(key, args, [worker], copy=True)[0]
-            if isinstance(reply, Died):
-                raise _Replacement(reply.reason)
-            if isinstance(reply, Raised):
-                last = (reply.traceback.strip().splitlines() or [""])[-1]
-                raise WorkerLost(f"worker {worker}: restarted, but replaying its set-up failed: {last}")
+            for worker, reply in zip(workers, self._call(key, args, workers, copy=True), strict=True):
+                if isinstance(reply, Died):
+                    raise _Replacement(reply.reason)
+                if isinstance(reply, Raised):
+                    last = (reply.traceback.strip().splitlines() or [""])[-1]
+                    raise WorkerLost(
+                        f"worker {worker}: its shard changed, but replaying its set-up failed: {last}"
+                    )

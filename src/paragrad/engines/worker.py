@@ -21,6 +21,7 @@ from paragrad.engines.protocol import (
     AddTask,
     Command,
     LoadShard,
+    Ready,
     Reply,
     RunTask,
     SetPath,
@@ -35,8 +36,7 @@ from paragrad.shm import Region
 class WorkerState:
     """What a worker keeps between commands: its shard, its tasks and open regions."""
 
-    def __init__(self, worker: int, num_workers: int) -> None:
-        self.worker, self.num_workers = worker, num_workers
+    def __init__(self) -> None:
         self.shard: Shard | None = None
         self.tasks: dict[int, Task | bytes] = {}
         self.regions: dict[str, Region] = {}
@@ -57,7 +57,7 @@ class WorkerState:
         """Map the shard's rows from the data file, read-only and without a copy."""
         self.shard = None
         X, y = map_shard(message.spec)
-        self.shard = Shard(X, y, self.worker, self.num_workers)
+        self.shard = Shard(X, y, message.worker, message.num_workers, virtual=message.virtual)
         self.tasks.clear()
 
     def task(self, key: int) -> Task:
@@ -131,13 +131,14 @@ def _portable(exc: BaseException) -> BaseException | None:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    command_fd, reply_fd, worker, num_workers, threads = map(int, argv)
+    command_fd, reply_fd, threads = map(int, argv)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
     commands = Connection(command_fd, writable=False)
     replies = Connection(reply_fd, readable=False)
-    serve(commands, replies, WorkerState(worker, num_workers))
+    replies.send_bytes(pickle.dumps(Ready()))
+    serve(commands, replies, WorkerState())
     os._exit(0)
 
 

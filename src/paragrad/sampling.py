@@ -1,0 +1,96 @@
+"""Which rows a worker computes on in a round: the sample streams of the strategies.
+
+SGD draws from one stream over the whole data that depends on the seed and the virtual
+shards alone, never on the workers, so any number of workers, and any change of them
+between rounds, draws the same rows. In each epoch every virtual shard's rows are
+permuted from ``(seed, virtual shard, epoch)``, and the virtual shards are visited in an
+order drawn from ``(seed, epoch)``: position ``j * V + rank(v)`` of the epoch's stream
+is the ``j``-th row of virtual shard ``v``'s permutation (the shards one row larger
+than the rest give their last rows after every full lap, in the same order). Round
+``p`` takes positions ``[p B, (p + 1) B)``: a global batch of ``B`` rows, spread evenly
+over the data. A worker finds its rows of a round from its own virtual shards alone.
+
+LocalSGD's workers draw batches from their own rows (``(seed, worker, epoch)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from paragrad.shards import EpochOrder, Shard
+
+
+def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
+    """The epoch's permutation of each held virtual shard (as rows of the shard, one
+    after another), each one's rank in the epoch's order of virtual shards, and the
+    stream position of its extra row (-1 for none)."""
+    if shard.order is not None and shard.order.epoch == epoch and shard.order.ranks is not None:
+        return shard.order
+    held = shard.held
+    edges = _edges(held.total_rows, held.num_virtual)
+    ids = range(held.first, held.first + held.count)
+    local = edges[held.first : held.first + held.count + 1] - edges[held.first]
+    parts = [
+        local[i] + np.random.default_rng([seed, v, epoch, 1]).permutation(local[i + 1] - local[i])
+        for i, v in enumerate(ids)
+    ]
+    lap = np.random.default_rng([seed, epoch]).permutation(held.num_virtual)
+    ranks = np.empty(held.num_virtual, dtype=np.int64)
+    ranks[lap] = np.arange(held.num_virtual)
+    base = held.total_rows // held.num_virtual
+    larger = np.diff(edges) > base  # the virtual shards with one more row than the rest
+    # Their extra rows come after the full laps, in lap order.
+    tails = base * held.num_virtual + np.cumsum(larger[lap])[ranks] - 1
+    mine = slice(held.first, held.first + held.count)
+    shard.order = EpochOrder(epoch, np.concatenate(parts), ranks[mine], np.where(larger, tails, -1)[mine])
+    return shard.order
+
+
+def _edges(total: int, parts: int) -> np.ndarray:
+    return np.arange(parts + 1, dtype=np.int64) * total // parts
+
+
+def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> slice | np.ndarray:
+    """The shard's rows at positions ``[start, stop)`` of the epoch's global stream, sorted
+    (for memory locality; this changes no sum but its order). All of them: a slice."""
+    held = shard.held
+    if start <= 0 and stop >= held.total_rows:
+        return slice(None)
+    order = virtual_order(shard, seed, epoch)
+    assert order.ranks is not None and order.tails is not None
+    ranks, tails, V = order.ranks, order.tails, held.num_virtual
+    base = held.total_rows // V
+
+    def drawn_before(position: int) -> np.ndarray:
+        """How many of each held shard's rows come before ``position`` in the stream."""
+        laps = np.clip(-((ranks - position) // V), 0, base)  # ceil((position - rank) / V)
+        return laps + ((tails >= 0) & (tails < position))
+
+    first, last = drawn_before(start), drawn_before(stop)
+    edges = _edges(held.total_rows, V)
+    starts = edges[held.first : held.first + held.count] - edges[held.first]
+    pieces = [order.permutation[s + a : s + b] for s, a, b in zip(starts, first, last, strict=True) if b > a]
+    return np.sort(np.concatenate(pieces)) if pieces else np.empty(0, dtype=np.int64)
+
+
+def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
+    """The order in which the shard's own rows are drawn in ``epoch`` (kept for the epoch)."""
+    if shard.order is None or shard.order.epoch != epoch or shard.order.ranks is not None:
+        rng = np.random.default_rng([seed, shard.worker, epoch])
+        shard.order = EpochOrder(epoch, rng.permutation(shard.num_rows))
+    return shard.order.permutation
+
+
+def batch_rows(
+    shard: Shard, seed: int, epoch: int, position: int, batch_size: int | None
+) -> slice | np.ndarray:
+    """Rows of batch ``position`` of ``epoch`` of the shard's own rows, drawn without
+    replacement within an epoch (LocalSGD's local steps).
+
+    A batch as large as the shard is the whole shard, as a slice (no copy), and the later
+    batches of that epoch are empty. The rows of a batch are sorted, for memory locality.
+    """
+    if batch_size is None or batch_size >= shard.num_rows:
+        return slice(None) if position == 0 else slice(0, 0)
+    perm = epoch_permutation(shard, seed, epoch)
+    return np.sort(perm[position * batch_size : (position + 1) * batch_size])
