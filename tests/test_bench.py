@@ -109,3 +109,21 @@ def test_the_gd_step_benchmark_runs_against_the_strategies_of_today():
         engine.start(Dataset(X, np.zeros(4)), plan_shards(4, 2))
         step = linear_gd_step(engine, 2)
         step()
+
+
+def test_the_elastic_suite_reports_each_change_with_its_cost():
+    from paragrad.bench.elastic_suite import _change_rows
+    from paragrad.engines.serial import SerialEngine
+
+    with SerialEngine(2) as engine:
+        rows = _change_rows("serial", engine, make_classification(2000, 5, seed=0), bandwidth=1e10)
+    assert [(row["change"], row["cause"]) for row in rows] == [
+        ("2->1", "resize, waiting for its start"),
+        ("1->2", "resize, waiting for its start"),
+        ("2->1", "resize, waiting for its start"),
+        ("1->2", "resize, its start overlapping rounds"),
+    ]
+    for row in rows:
+        assert row["cost_s"] == row["change_s"] + row["next_round_delay_s"]
+        assert row["moved_bytes"] == 1000 * 5 * 8 and row["moved_copy_s"] == row["moved_bytes"] / 1e10
+        assert row["ratio_to_round_plus_copy"] == row["cost_s"] / (row["round_s"] + row["moved_copy_s"])

@@ -42,6 +42,7 @@ BENCH_SUITES = (
     "torch",
     "ray",
     "serve",
+    "elastic",
 )
 
 

@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from paragrad.data import Dataset
+from paragrad.elastic import Workers
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, LinearRegression, LogisticRegression, Model, SoftmaxRegression
 from paragrad.models.base import LinearLayout
@@ -37,7 +38,7 @@ class _ParagradEstimator(BaseEstimator):
         strategy: str | Strategy = "gd",
         optimizer: str | Optimizer | None = None,
         engine: str = "local",
-        workers: int | None = None,
+        workers: Workers = None,
         epochs: int = 100,
         seed: int = 0,
         l2: float = 0.0,
@@ -71,7 +72,9 @@ class _ParagradEstimator(BaseEstimator):
         optimizer = self.optimizer
         if isinstance(optimizer, str):
             optimizer = get_optimizer(optimizer)
-        workers = min(self.workers or default_workers(), X.shape[0])
+        workers = self.workers  # (min, max) and "auto" never go past the rows themselves
+        if workers is None or isinstance(workers, int):
+            workers = min(workers or default_workers(), X.shape[0])
         names = getattr(self, "feature_names_in_", None)
         data = Dataset(X, y, None if names is None else [str(n) for n in names])
         self.run_ = train(
@@ -123,7 +126,8 @@ class ParagradRegressor(RegressorMixin, _ParagradEstimator):
     optimizer : {"sgd", "adam", "lbfgs"}, Optimizer or None (the trainer's default)
     engine : {"serial", "local"}
     workers, epochs, seed, tol, standardize
-        As for :func:`paragrad.train` (workers is capped at the number of rows).
+        As for :func:`paragrad.train` (a worker count is capped at the number of rows;
+        ``(min, max)`` and ``"auto"`` make the fit elastic).
     l2 : float
         L2 penalty of a model named by string.
     """

@@ -18,6 +18,8 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
 - ``communication``: bytes and wall time to a target loss, plain and compressed.
 - ``torch``: epoch time of a torch model against DistributedDataParallel.
 - ``ray``: the Ray engine against the local engine (see :mod:`paragrad.bench.ray_suite`).
+- ``elastic``: ``workers="auto"`` against every fixed worker count, and the cost of a
+  change of the workers against a round (see :mod:`paragrad.bench.elastic_suite`).
 - ``serve``: ``paragrad serve`` under closed-loop HTTP load (1, 8 and 64 clients, requests
   of 1 and 100 rows, logistic regression and an MLP) against the same HTTP stack answering
   a constant and a FastAPI service calling scikit-learn per request; and one large request
@@ -34,6 +36,7 @@ from typing import Any
 from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, machine
 from paragrad.bench.communication import bench_communication
+from paragrad.bench.elastic_suite import bench_elastic
 from paragrad.bench.exact import bench_exact
 from paragrad.bench.gd_step import bench_float32, bench_gd_step
 from paragrad.bench.latency import bench_latency
@@ -56,6 +59,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "torch": bench_torch,
     "ray": bench_ray,
     "serve": bench_serve,
+    "elastic": bench_elastic,
 }
 
 

@@ -73,8 +73,8 @@ def bench_communication(quick: bool) -> list[Row]:
     data = shared_classification(num_rows, d, seed=3)
     batches = epochs * math.ceil(num_rows / 2 / 256)
     runs: dict[str, Strategy] = {
-        "sgd": SGD(batch_size=256),
-        "sgd_topk": SGD(batch_size=256, compress="topk:0.01"),
+        "sgd": SGD(batch_size=512),  # global batches: 256 rows a worker, as LocalSGD's
+        "sgd_topk": SGD(batch_size=512, compress="topk:0.01"),
         "local_sgd": LocalSGD(local_steps=16, batch_size=256),
         "local_sgd_topk": LocalSGD(local_steps=16, batch_size=256, compress="topk:0.1"),
         "local_sgd_int8": LocalSGD(local_steps=16, batch_size=256, compress="int8"),

@@ -42,7 +42,7 @@ def bench_solvers(quick: bool) -> list[Row]:
     runs = {
         "lbfgs": dict(strategy=GradientDescent(), optimizer=LBFGS(), epochs=100),
         "gd": dict(strategy=GradientDescent(), optimizer=Adam(lr=0.1), epochs=30 if quick else 15),
-        "sgd": dict(strategy=SGD(batch_size=512), optimizer=Adam(lr=0.01), epochs=2),
+        "sgd": dict(strategy=SGD(batch_size=1024), optimizer=Adam(lr=0.01), epochs=2),  # 512 a worker
         "local_sgd": dict(
             strategy=LocalSGD(local_steps=16, batch_size=256), optimizer=Adam(lr=0.01), epochs=2
         ),
@@ -91,7 +91,7 @@ def bench_mlp_scaling(quick: bool) -> list[Row]:
         run = train(
             MLP(hidden=(128,)),
             data,
-            strategy=SGD(batch_size=batch),
+            strategy=SGD(batch_size=batch * workers),  # the global batch: 1024 rows a worker
             optimizer=SGDOptimizer(lr=0.05),
             engine="local",
             workers=workers,

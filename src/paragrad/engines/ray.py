@@ -47,14 +47,46 @@ READY_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class StoredRows:
-    """A shard put in the object store: features and labels, read without a copy."""
+    """A shard's rows in the object store: row ranges of blocks put there (features and
+    labels), read without a copy when one whole block holds them (as when first placed),
+    gathered from the blocks where they lie after the workers were regrouped."""
 
-    ref: Any  # ray.ObjectRef of (X, y)
+    pieces: tuple[tuple[Any, int, int, int], ...]  # ray.ObjectRef of (X, y), its rows, first, end
 
     def load(self) -> tuple[Any, np.ndarray | None]:
         import ray
 
-        return ray.get(self.ref)
+        blocks = ray.get([ref for ref, *_ in self.pieces])
+        if len(blocks) == 1 and self.pieces[0][2:] == (0, self.pieces[0][1]):
+            return blocks[0]
+        parts = [
+            (X[first:end], y if y is None else y[first:end])
+            for (X, y), (_, _, first, end) in zip(blocks, self.pieces, strict=True)
+        ]
+        Xs = [X for X, _ in parts]
+        if hasattr(Xs[0], "tocsr"):
+            import scipy.sparse as sp
+
+            X = sp.vstack(Xs, format="csr")
+        else:
+            X = np.concatenate(Xs)
+        return X, None if parts[0][1] is None else np.concatenate([y for _, y in parts])
+
+
+Block = tuple[Any, int, int]  # a ray.ObjectRef of (X, y), and its rows' place in the data: first, end
+
+
+def stored_rows(blocks: list[Block], bounds: tuple[tuple[int, int], ...]) -> list[StoredRows]:
+    """Where each worker finds its rows among the blocks put in the object store."""
+    sources = []
+    for start, stop in bounds:
+        pieces = tuple(
+            (ref, end - first, max(start, first) - first, min(stop, end) - first)
+            for ref, first, end in blocks
+            if min(stop, end) > max(start, first)
+        )
+        sources.append(StoredRows(pieces))
+    return sources
 
 
 @dataclass(frozen=True)
@@ -95,25 +127,28 @@ class TableRows:
         return part.X, part.y
 
 
-def shard_sources(dataset: Dataset, plan: ShardPlan) -> list[Any]:
+def shard_sources(dataset: Dataset, plan: ShardPlan) -> tuple[list[Any], list[Block]]:
     """How each worker gets its rows: from a data file it can read, or from the object
-    store (arrays in memory, and tables loaded into this machine's shared memory)."""
+    store (arrays in memory, and tables loaded into this machine's shared memory): then
+    also the blocks put there, one a worker, from which a regrouped plan takes its rows."""
     import ray
 
     if dataset.table is not None:
-        return [TableRows(dataset.table, plan.rows(worker)) for worker in range(plan.num_shards)]
-    sources: list[Any] = []
-    for worker in range(plan.num_shards):
+        return [TableRows(dataset.table, plan.rows(worker)) for worker in range(plan.num_shards)], []
+    if dataset.storage is not None and not is_region(dataset.storage.path):
+        sources: list[Any] = []
+        for worker in range(plan.num_shards):
+            rows = plan.rows(worker)
+            y_ref = None if dataset.y is None else ray.put(np.ascontiguousarray(dataset.y[rows]))
+            backing, X = dataset.storage, dataset.X
+            sources.append(MappedRows(backing.path, backing.offset, X.dtype.str, X.shape, rows, y_ref))
+        return sources, []
+    blocks: list[Block] = []
+    for worker, (start, stop) in enumerate(plan.bounds):
         rows = plan.rows(worker)
         y = None if dataset.y is None else np.ascontiguousarray(dataset.y[rows])
-        if dataset.storage is not None and not is_region(dataset.storage.path):
-            X = dataset.X
-            y_ref = None if y is None else ray.put(y)
-            backing = dataset.storage
-            sources.append(MappedRows(backing.path, backing.offset, X.dtype.str, X.shape, rows, y_ref))
-        else:
-            sources.append(StoredRows(ray.put((dataset.X[rows], y))))
-    return sources
+        blocks.append((ray.put((dataset.X[rows], y)), start, stop))
+    return stored_rows(blocks, plan.bounds), blocks
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -128,6 +163,8 @@ class ShardActor:
         # Tasks may come from the coordinator's own modules: let them be imported here.
         sys.path.extend(path for path in sys_path if path not in sys.path)
         threadpool_limits(threads)
+        import paragrad.tasks  # noqa: F401  # what every task needs, loaded while the actor starts
+
         self.worker = 0
         self.shard: Shard | None = None
         self.tasks: dict[int, Task] = {}
@@ -258,6 +295,7 @@ class RayEngine(WorkerSession):
         self._connected = [False]
         self._finalizer = weakref.finalize(self, _release, self._actors, self._connected)
         self._sources: list[Any] = []
+        self._blocks: list[Block] = []
         self._actor_class: Any = None
         if workers is None:  # as many as the cluster has room for
             self._prepare(0)
@@ -393,12 +431,20 @@ class RayEngine(WorkerSession):
     def _stop(self) -> None:
         _kill(self.ray, self._actors)
         self._actors.clear()
-        self._sources = []
+        self._sources, self._blocks = [], []
 
     # -- data and tasks ------------------------------------------------------------------------
 
     def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
-        self._sources = shard_sources(dataset, plan)
+        self._sources, self._blocks = shard_sources(dataset, plan)
+
+    def _replan(self, plan: ShardPlan) -> None:
+        """Rows in the object store are taken from the blocks where they lie; rows of a
+        file are read from it again by whichever worker holds them now."""
+        if self._blocks:
+            self._sources = stored_rows(self._blocks, plan.bounds)
+        else:
+            super()._replan(plan)
 
     def _load(self, workers: Sequence[int]) -> Deaths:
         assert self._plan is not None

@@ -135,6 +135,10 @@ def main(argv: list[str]) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
+    # The modules every task needs, loaded before saying Ready: a worker started while
+    # rounds go on (a run that grows) is then ready to compute at once.
+    import paragrad.tasks  # noqa: F401
+
     commands = Connection(command_fd, writable=False)
     replies = Connection(reply_fd, readable=False)
     replies.send_bytes(pickle.dumps(Ready()))
