@@ -261,7 +261,7 @@ def test_generators_repeat_with_a_seed_and_cover_all_classes():
 @pytest.mark.parametrize(("rows", "shards"), [(10, 1), (10, 3), (7, 7), (1000, 6), (100_003, 7)])
 def test_a_shard_plan_gives_workers_runs_of_near_equal_virtual_shards(rows, shards):
     plan = plan_shards(rows, shards)
-    assert plan.num_virtual == min(rows, 64)
+    assert plan.num_virtual == min(rows, 1024)
     virtual = np.diff(np.arange(plan.num_virtual + 1) * rows // plan.num_virtual)
     assert virtual.max() - virtual.min() <= 1  # virtual shards differ by at most a row
     held = [plan.virtual(w) for w in range(shards)]

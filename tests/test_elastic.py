@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import relative_error
+from conftest import relative_error, run_cli
 
 import paragrad as pg
 from paragrad.elastic import AutoScaler, WorkerBounds
@@ -42,7 +40,7 @@ def test_the_rows_drawn_each_round_are_the_same_on_1_2_3_and_7_workers():
     drawn = {}
     for workers in (1, 2, 3, 7):
         with LocalEngine(workers) as engine:
-            engine.start(data, pg.shards.plan_shards(1003, workers, max_shards=7))
+            engine.start(data, pg.shards.plan_shards(1003, workers))
             drawn[workers] = [np.concatenate(engine.run(task, r)) for r in range(56)]
     for workers in (2, 3, 7):
         assert all(np.array_equal(a, b) for a, b in zip(drawn[1], drawn[workers], strict=True))
@@ -226,6 +224,9 @@ def test_a_checkpointed_run_resumes_on_another_worker_count_with_the_same_parame
 @pytest.mark.parametrize(
     ("workers", "parsed"),
     [
+        (np.int64(2), (2, 2, False)),
+        ([1, 3], (1, 3, False)),
+        ("Auto", (1, None, True)),
         (None, (None, None, False)),
         (3, (3, 3, False)),
         ((1, 4), (1, 4, False)),
@@ -246,68 +247,61 @@ def test_bad_worker_settings_are_refused_by_name(workers):
 
 def test_an_elastic_run_never_has_more_workers_than_rows():
     assert WorkerBounds.parse((1, 8)).resolve(capacity=8, num_rows=3) == (3, 1, 3)
+    assert WorkerBounds.parse((1, 5000)).resolve(capacity=5000, num_rows=10**6) == (1024, 1, 1024)
     assert WorkerBounds.parse("auto").resolve(capacity=2, num_rows=100) == (1, 1, 2)
     with pytest.raises(pg.ConfigError, match="at least 4 workers, but only 3 fit"):
         WorkerBounds.parse((4, 8)).resolve(capacity=8, num_rows=3)
 
 
 def test_the_command_line_takes_min_max_and_auto(tmp_path):
-    data = tmp_path / "d.csv"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "paragrad",
-            "make-data",
-            "classification",
-            "--rows",
-            "400",
-            "--features",
-            "3",
-            "--out",
-            data,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    data, out = tmp_path / "d.csv", tmp_path / "m.npz"
+    made = run_cli("make-data", "classification", "--rows", "400", "--features", "3", "--out", data)
+    assert made.returncode == 0, made.stderr
     for workers in ("1:2", "auto"):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "paragrad",
-                "train",
-                data,
-                "--target",
-                "y",
-                "--workers",
-                workers,
-                "--strategy",
-                "sgd",
-                "--out",
-                tmp_path / "m.npz",
-            ],
-            capture_output=True,
-            text=True,
+        result = run_cli(
+            "train", data, "--target", "y", "--workers", workers, "--strategy", "sgd", "--out", out
         )
         assert result.returncode == 0, result.stderr
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "paragrad",
-            "train",
-            data,
-            "--target",
-            "y",
-            "--workers",
-            "2:1",
-            "--out",
-            tmp_path / "m.npz",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "paragrad: error: --workers MIN:MAX needs 1 <= MIN <= MAX, got '2:1'"
+    bad = run_cli("train", data, "--target", "y", "--workers", "2:1", "--out", out)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "paragrad train: error: argument --workers: MIN:MAX needs 1 <= MIN <= MAX, got '2:1' "
+        "(see paragrad train --help)"
     ]
+
+
+def test_a_resize_the_rows_cannot_take_is_refused_when_asked():
+    with SerialEngine(1) as engine:
+        engine.start(pg.make_regression(300, 2), pg.shards.plan_shards(300, 1))
+        with pytest.raises(pg.ConfigError, match=r"resize\(400\): this run can have at most 300 workers"):
+            engine.resize(400)
+        with pytest.raises(pg.ConfigError, match="resize needs a worker count of at least 1, got 0"):
+            engine.resize(0)
+        engine.resize(np.int64(3))
+        engine.between_rounds(0)
+        assert engine.num_workers == 3 and engine.changes[0].after == 3
+
+
+def test_a_worker_dying_while_the_workers_change_is_replaced_or_dropped():
+    """A death noticed during a change: a restart while they last, else one worker fewer."""
+    fixed = _fit(pg.SGD(batch_size=32), "serial")
+
+    for max_restarts, workers, final in ((1, 2, 3), (0, (1, 3), 2)):
+        with LocalEngine(2, max_restarts=max_restarts) as engine:
+
+            def grow_and_kill(record: dict) -> None:
+                if record["round"] == 3:
+                    engine.resize(3)
+                    os.kill(engine.pids[0], signal.SIGKILL)
+                    time.sleep(0.2)
+
+            run = _fit(pg.SGD(batch_size=32), engine, workers=workers, callbacks=[grow_and_kill])
+        assert relative_error(run.params, fixed.params) <= 1e-12
+        (change,) = run.changes
+        assert (change.round, change.before, change.after) == (4, 2, final)
+        assert [record["round"] for record in run.history] == list(range(len(fixed.history)))
+
+
+def test_float32_runs_agree_across_worker_counts_to_float32_rounding():
+    """The same rows, summed in another order: float32's rounding, not float64's."""
+    runs = [_fit(pg.SGD(batch_size=32), "serial", workers=w, dtype="float32") for w in (1, 3)]
+    assert relative_error(runs[0].params, runs[1].params) <= 1e-6

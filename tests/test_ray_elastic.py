@@ -104,3 +104,19 @@ def test_an_actor_that_cannot_be_placed_in_time_is_given_up_and_the_run_goes_on(
     (change,) = run.changes
     assert (change.before, change.after, change.round) == (2, 1, 6)
     assert "did not answer within 2 s" in change.cause
+
+
+def test_after_an_explicit_resize_the_run_grows_no_more_on_its_own(cluster):
+    node = cluster.add_node(**NODE)
+    try:
+        with RayEngine(2, grow_every_s=0.0) as engine:
+
+            def shrink_at_round_5(record: dict) -> None:
+                if record["round"] == 5:
+                    engine.resize(1)
+
+            run = _fit(pg.SGD(batch_size=32), engine, workers=(1, 2), callbacks=[shrink_at_round_5])
+        assert [(c.before, c.after, c.cause) for c in run.changes] == [(2, 1, "resize")]
+        assert run.history[-1]["workers"] == 1
+    finally:
+        cluster.remove_node(node, allow_graceful=True)

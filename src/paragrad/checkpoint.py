@@ -233,7 +233,7 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
     history = [dict(zip(history_keys, row.tolist(), strict=True)) for row in arrays["history"]]
     for record in history:
-        for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples"):
+        for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
             record[key] = int(record[key])
     standardizer = None
     if "standardizer_mean" in arrays:

@@ -9,7 +9,9 @@ import argparse
 from pathlib import Path
 
 from paragrad import __version__
+from paragrad.elastic import WorkerBounds
 from paragrad.engines import ENGINES
+from paragrad.errors import ConfigError, flag_names
 from paragrad.models import MODELS
 from paragrad.optim import OPTIMIZERS
 from paragrad.serving.config import ServeConfig
@@ -102,12 +104,13 @@ def _add_row_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_bounds(text: str) -> int | str:
-    """A count, or MIN:MAX or auto (whose numbers the library checks)."""
-    if text.strip().lstrip("-").isdigit():
-        return _positive_int(text)
-    if text == "auto" or ":" in text:
-        return text
-    raise argparse.ArgumentTypeError(f"must be a positive integer, MIN:MAX or auto, got {text!r}")
+    """A count, MIN:MAX or auto."""
+    try:
+        with flag_names():
+            WorkerBounds.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+    return int(text) if text.strip().isdigit() else text
 
 
 def _add_engine_options(parser: argparse.ArgumentParser, elastic: bool = False) -> None:

@@ -10,13 +10,15 @@ and SGD end where a fixed-size run ends.
 
 from __future__ import annotations
 
+import numbers
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from paragrad.errors import ConfigError, setting
+from paragrad.shards import NUM_VIRTUAL
 
-Workers = int | tuple[int, int] | str | None
+Workers = int | tuple[int, int] | list[int] | str | None
 
 
 @dataclass(frozen=True)
@@ -33,28 +35,32 @@ class WorkerBounds:
 
     @classmethod
     def parse(cls, workers: Workers) -> WorkerBounds:
-        """``None``, ``N``, ``(min, max)``, ``"MIN:MAX"`` or ``"auto"``; refused otherwise, by name."""
+        """``None``, ``N``, ``(min, max)`` (or a list), ``"MIN:MAX"`` or ``"auto"``; anything
+        else is refused, naming the setting."""
         if workers is None:
             return cls(None, None)
         if isinstance(workers, str):
-            if workers == "auto":
+            text = workers.strip().lower()
+            if text == "auto":
                 return cls(1, None, auto=True)
-            first, sep, last = workers.partition(":")
+            first, sep, last = text.partition(":")
             if sep and first.strip().isdigit() and last.strip().isdigit():
                 if 1 <= int(first) <= int(last):
                     return cls(int(first), int(last))
                 raise ConfigError(f"{setting('workers')} MIN:MAX needs 1 <= MIN <= MAX, got {workers!r}")
-            if workers.strip().isdigit():
-                return cls.parse(int(workers))
-            raise ConfigError(f"{setting('workers')} must be a count, MIN:MAX or auto, got {workers!r}")
-        if isinstance(workers, tuple) and len(workers) == 2:
+            if text.isdigit() and int(text) >= 1:
+                return cls(int(text), int(text))
+            raise ConfigError(
+                f"{setting('workers')} must be a positive integer, MIN:MAX or auto, got {workers!r}"
+            )
+        if isinstance(workers, (tuple, list)) and len(workers) == 2:
             low, high = workers
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in workers) and 1 <= low <= high:
+            if _whole(low) and _whole(high) and 1 <= low <= high:
                 return cls(int(low), int(high))
             raise ConfigError(
                 f"{setting('workers')} (min, max) needs whole numbers 1 <= min <= max, got {workers!r}"
             )
-        if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1:
+        if isinstance(workers, numbers.Integral) and not isinstance(workers, bool) and workers >= 1:
             return cls(int(workers), int(workers))
         raise ConfigError(
             f"{setting('workers')} must be a positive integer, (min, max) or 'auto', got {workers!r}"
@@ -64,14 +70,20 @@ class WorkerBounds:
         """``(start, min, max)`` for an engine with room for ``capacity`` workers, never
         more workers than rows: a fixed run starts with its count; an elastic one with
         what is available within its bounds; ``auto`` with one. An elastic run never
-        has more workers than rows."""
+        has more workers than rows, or than its virtual shards."""
         if not self.elastic:  # a fixed count: more workers than rows is refused by the plan
             count = capacity if self.min is None else self.min
             return count, count, count
-        low, high = self.min or 1, min(capacity if self.max is None else self.max, num_rows)
+        most = min(num_rows, NUM_VIRTUAL)
+        low, high = self.min or 1, min(capacity if self.max is None else self.max, most)
         if low > high:
             raise ConfigError(f"{setting('workers')} asks for at least {low} workers, but only {high} fit")
         return (low if self.auto else max(low, min(high, capacity))), low, high
+
+
+def _whole(value: Any) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 PROBE_ROUNDS = 4  # rounds measured at each worker count, after one to settle in
@@ -116,5 +128,7 @@ class AutoScaler:
         """What it chose and why, for the run's summary."""
         rates = ", ".join(f"{count}: {rate:,.0f}" for count, rate in sorted(self.rates.items()))
         if self.chosen is None:
+            if not rates:
+                return "workers=auto: the run ended before a worker count was measured (too few rounds)"
             return f"workers=auto still measuring when the run ended (rows/s by workers: {rates})"
         return f"workers=auto chose {self.chosen}, the fastest measured (rows/s by workers: {rates})"

@@ -117,7 +117,8 @@ def predict(
     data : array, Dataset or path
         Rows to predict (a table's target column, if present, is ignored).
     engine, workers, address, threads_per_worker
-        As for :func:`paragrad.train`. Fewer rows than workers use fewer workers. On Ray,
+        As for :func:`paragrad.train`, with a count of workers (``(min, max)`` and ``"auto"``
+        are for training). Fewer rows than workers use fewer workers. On Ray,
         the workers read their own rows of a ``.npy`` or Parquet file.
     proba : bool
         Class probabilities (rows x classes) instead of labels; classifiers only.

@@ -155,7 +155,10 @@ class RoundLoop:
             for round_index in range(len(state.history), self.total):
                 if state.converged:
                     break
-                self.runner.between_rounds(round_index)
+                try:
+                    self.runner.between_rounds(round_index)
+                except WorkerLost as exc:
+                    raise WorkerLost(f"round {round_index}: {exc}") from exc
                 outcome = self.round(round_index, state)
                 self.autoscale(state.history[-1])
                 solved = outcome.solved

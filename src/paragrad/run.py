@@ -101,7 +101,8 @@ class Run:
         lines = [
             f"model         {self.model!r}",
             f"strategy      {self.strategy!r}{f' with {self.optimizer}' if self.optimizer else ''} on "
-            f"{self.engine} engine, {self.num_workers} workers{' at the end' if self.changes else ''}",
+            f"{self.engine} engine, {self.num_workers} worker{'s' if self.num_workers != 1 else ''}"
+            + (" at the end" if self.changes else ""),
             f"rounds        {len(self.history)} ({self.outcome})",
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",

@@ -68,9 +68,11 @@ def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> s
 
     first, last = drawn_before(start), drawn_before(stop)
     edges = _edges(held.total_rows, V)
-    starts = edges[held.first : held.first + held.count] - edges[held.first]
-    pieces = [order.permutation[s + a : s + b] for s, a, b in zip(starts, first, last, strict=True) if b > a]
-    return np.sort(np.concatenate(pieces)) if pieces else np.empty(0, dtype=np.int64)
+    begins = edges[held.first : held.first + held.count] - edges[held.first] + first
+    counts = last - first  # each held shard's rows in the batch: permutation[begin : begin + count]
+    ends = np.cumsum(counts)
+    positions = np.arange(ends[-1]) + np.repeat(begins - (ends - counts), counts)
+    return np.sort(order.permutation[positions])
 
 
 def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:

@@ -117,13 +117,14 @@ class Shard:
         return VirtualShards.whole(self.num_rows) if self.virtual is None else self.virtual
 
 
-NUM_VIRTUAL = 64  # virtual shards of a run, unless the data has fewer rows or more workers
+# The virtual shards of a run (fewer when the data has fewer rows), whatever its workers:
+# the most workers a run can have, and the finest grain its rows are handed out in.
+NUM_VIRTUAL = 1024
 
 
-def num_virtual_shards(num_rows: int, max_workers: int) -> int:
-    """How many virtual shards a run splits its rows into: 64, or as many as the workers
-    it may grow to when more, and never more than the rows."""
-    return min(num_rows, max(NUM_VIRTUAL, max_workers))
+def num_virtual_shards(num_rows: int) -> int:
+    """How many virtual shards a run splits its rows into: one a row, up to ``NUM_VIRTUAL``."""
+    return min(num_rows, NUM_VIRTUAL)
 
 
 def _split(total: int, parts: int) -> tuple[int, ...]:
@@ -173,16 +174,21 @@ class ShardPlan:
 
     def regroup(self, num_shards: int) -> ShardPlan:
         """The same virtual shards given to ``num_shards`` workers."""
-        _check_count(num_shards, self.num_virtual)
+        _check_count(num_shards, self.num_rows)
         return dataclasses.replace(self, groups=_split(self.num_virtual, num_shards))
 
 
 def _check_count(num_shards: int, num_rows: int) -> None:
+    """Refuse a worker count the rows cannot be handed out to, saying why."""
     if num_shards < 1:
         raise ConfigError(f"workers must be at least 1, got {num_shards}")
     if num_shards > num_rows:
         raise ConfigError(
             f"{num_shards} workers need at least {num_shards} rows, but the data has {num_rows}"
+        )
+    if num_shards > NUM_VIRTUAL:
+        raise ConfigError(
+            f"{num_shards} workers: a run has at most {NUM_VIRTUAL}, one for each of its virtual shards"
         )
 
 
@@ -192,12 +198,11 @@ def plan_shards(
     *,
     shuffle: bool = False,
     seed: int = 0,
-    max_shards: int | None = None,
 ) -> ShardPlan:
     """Split ``num_rows`` rows into virtual shards and give ``num_shards`` workers near-equal
-    runs of them; ``max_shards`` is the most workers the plan may be regrouped for."""
+    runs of them."""
     _check_count(num_shards, num_rows)
-    num_virtual = num_virtual_shards(num_rows, max(num_shards, max_shards or 0))
+    num_virtual = num_virtual_shards(num_rows)
     order = np.random.default_rng(seed).permutation(num_rows) if shuffle else None
     return ShardPlan(num_rows, num_virtual, _split(num_virtual, num_shards), order)
 

@@ -127,9 +127,10 @@ def train(
     resume : bool
         Go on from the newest intact checkpoint in ``checkpoint_dir`` (a damaged newest
         one is skipped with a warning). The run ends with the parameters it would have
-        had without the interruption. The worker count may differ (the data is then
-        re-sharded and the sampling stream changes); the model, the data's shape, the
-        strategy, the optimizer and the seed may not.
+        had without the interruption. The worker count may differ (the virtual shards are
+        handed out again: GradientDescent and SGD follow the same path, LocalSGD's workers
+        walk other rows); the model, the data's shape, the strategy, the optimizer and
+        the seed may not.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
     callbacks : list, optional
@@ -162,7 +163,7 @@ def train(
     try:
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
-        plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed, max_shards=high)
+        plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
         runner.start(data, plan)
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from paragrad.engines.base import Engine
-from paragrad.errors import ConfigError
+from paragrad.errors import ConfigError, check_positive_int
 from paragrad.shards import FunctionTask, Shard, Task, default_workers
 
 ENGINES = ("serial", "local", "ray")
@@ -44,6 +44,7 @@ def make_engine(
     ``threads_per_worker`` is each local worker's BLAS threads, or the CPUs each Ray actor
     reserves (and its BLAS threads); ``address`` joins a Ray cluster.
     """
+    check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
     options = {"max_restarts": max_restarts, "threads_per_worker": threads_per_worker}
     return engine_class(name).from_options(workers, address=address, **options)
 

@@ -9,6 +9,7 @@ between calls; a round sends the arguments (parameters, O(d)), never the data.
 
 from __future__ import annotations
 
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, ParagradError, WorkerError
-from paragrad.shards import MembershipChange, Shard, ShardPlan, Task, default_workers
+from paragrad.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Task, default_workers
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ class Engine(ABC):
         self.changes: list[MembershipChange] = []  # since the last start
         self._requested: tuple[int, str, bool] | None = None  # count, cause, whether to wait
         self._round_index = 0  # the round about to run, for the membership records
+        self._most: int | None = None  # the most workers the running plan can have
+        self._held = False  # a resize was asked for: the engine grows no more on its own
+
+    def _begin(self, plan: ShardPlan) -> None:
+        """A new plan: no change asked for or made yet."""
+        self._requested, self.changes, self._held = None, [], False
+        self._most = min(plan.num_rows, NUM_VIRTUAL)
 
     def set_bounds(self, min_workers: int, max_workers: int) -> None:
         """How far the engine may shrink (a worker lost) or grow (capacity found) on its own."""
@@ -101,11 +109,23 @@ class Engine(ABC):
         during one (a callback may call it). The coordinator keeps the parameters; the
         shards are handed out again, and the sample stream stays what it was.
 
-        With ``wait=False`` a run grows only once its new workers have started, and
-        rounds go on meanwhile on the workers it has (their start overlaps the rounds).
+        Any count the rows allow may be asked for (``min`` and ``max`` of an elastic run
+        bound only what the engine does on its own), and the engine then no longer grows
+        on its own. With ``wait=False`` a run grows only once its new workers have
+        started, and rounds go on meanwhile on the workers it has.
         """
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1:
             raise ConfigError(f"resize needs a worker count of at least 1, got {num_workers!r}")
+        if self._most is not None and num_workers > self._most:
+            raise ConfigError(
+                f"resize({num_workers}): this run can have at most {self._most} workers "
+                "(one a row, and at most one for each of its virtual shards)"
+            )
+        self._held = True
+        self._ask(int(num_workers), cause, wait)
+
+    def _ask(self, num_workers: int, cause: str, wait: bool) -> None:
+        """Ask for a change of the workers, due at the next round boundary."""
         self._requested = (num_workers, cause, wait)
 
     @property
@@ -123,9 +143,9 @@ class Engine(ABC):
 
     def _timed_regroup(self, round_index: int, count: int, cause: str, lost: tuple[int, ...] = ()) -> None:
         started, before = time.perf_counter(), self.num_workers
-        self._regroup(count, lost)
+        self._regroup(count, lost)  # may end with fewer, when a worker dies meanwhile
         self.changes.append(
-            MembershipChange(round_index, before, count, cause, time.perf_counter() - started)
+            MembershipChange(round_index, before, self.num_workers, cause, time.perf_counter() - started)
         )
 
     def _regroup(self, count: int, lost: tuple[int, ...]) -> None:

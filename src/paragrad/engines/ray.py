@@ -10,7 +10,9 @@ parameters) and nothing else. Where the data comes from decides how it is placed
   the coordinator never holds the data (on a cluster the path must be on a filesystem
   every node sees).
 
-How the engine connects to Ray is :mod:`paragrad.engines.ray_cluster`'s. An actor that
+Where each actor finds its rows is :mod:`paragrad.engines.ray_sources`'s, how the engine
+connects to Ray :mod:`paragrad.engines.ray_cluster`'s. In an elastic run the engine also
+looks for free CPUs between rounds and grows onto them. An actor that
 dies is noticed when its result is collected; restarts and replay are the shared
 :class:`~paragrad.engines.session.WorkerSession`'s.
 """
@@ -22,133 +24,20 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
-from paragrad.data import Dataset, TableFile
+from paragrad.data import Dataset
 from paragrad.engines.base import payload_nbytes, task_failure
-from paragrad.engines.placement import map_rows
 from paragrad.engines.ray_cluster import Connection, first_line, import_ray
+from paragrad.engines.ray_sources import Block, shard_sources, stored_rows
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError, DataError, WorkerLost
 from paragrad.shards import Shard, ShardPlan, Task, VirtualShards, default_workers
-from paragrad.shm import is_region
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
 PUT_BYTES = 64 * 1024
 READY_TIMEOUT_S = 120.0
-
-
-# -- where a worker finds its rows ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredRows:
-    """A shard's rows in the object store: row ranges of blocks put there (features and
-    labels), read without a copy when one whole block holds them (as when first placed),
-    gathered from the blocks where they lie after the workers were regrouped."""
-
-    pieces: tuple[tuple[Any, int, int, int], ...]  # ray.ObjectRef of (X, y), its rows, first, end
-
-    def load(self) -> tuple[Any, np.ndarray | None]:
-        import ray
-
-        blocks = ray.get([ref for ref, *_ in self.pieces])
-        if len(blocks) == 1 and self.pieces[0][2:] == (0, self.pieces[0][1]):
-            return blocks[0]
-        parts = [
-            (X[first:end], y if y is None else y[first:end])
-            for (X, y), (_, _, first, end) in zip(blocks, self.pieces, strict=True)
-        ]
-        Xs = [X for X, _ in parts]
-        if hasattr(Xs[0], "tocsr"):
-            import scipy.sparse as sp
-
-            X = sp.vstack(Xs, format="csr")
-        else:
-            X = np.concatenate(Xs)
-        return X, None if parts[0][1] is None else np.concatenate([y for _, y in parts])
-
-
-Block = tuple[Any, int, int]  # a ray.ObjectRef of (X, y), and its rows' place in the data: first, end
-
-
-def stored_rows(blocks: list[Block], bounds: tuple[tuple[int, int], ...]) -> list[StoredRows]:
-    """Where each worker finds its rows among the blocks put in the object store."""
-    sources = []
-    for start, stop in bounds:
-        pieces = tuple(
-            (ref, end - first, max(start, first) - first, min(stop, end) - first)
-            for ref, first, end in blocks
-            if min(stop, end) > max(start, first)
-        )
-        sources.append(StoredRows(pieces))
-    return sources
-
-
-@dataclass(frozen=True)
-class MappedRows:
-    """A shard's rows of a ``.npy`` file (or any C-ordered matrix at an offset in a file)."""
-
-    path: str
-    offset: int
-    dtype: str
-    shape: tuple[int, int]
-    rows: slice | np.ndarray
-    y_ref: Any  # ray.ObjectRef of the shard's labels, or None
-
-    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        import ray
-
-        dtype, (num_rows, num_features) = np.dtype(self.dtype), self.shape
-        row_bytes = num_features * dtype.itemsize
-        if isinstance(self.rows, slice):
-            start, stop, _ = self.rows.indices(num_rows)
-            X = map_rows(self.path, self.offset + start * row_bytes, (stop - start) * row_bytes, dtype)
-            X = X.reshape(stop - start, num_features)
-        else:
-            whole = np.memmap(self.path, dtype, "r", offset=self.offset, shape=self.shape)
-            X = np.take(whole, self.rows, axis=0)
-        return X, None if self.y_ref is None else ray.get(self.y_ref)
-
-
-@dataclass(frozen=True)
-class TableRows:
-    """A shard's rows of a table file, read and checked by the worker itself."""
-
-    table: TableFile
-    rows: slice | np.ndarray
-
-    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        part = self.table.read(self.rows)
-        return part.X, part.y
-
-
-def shard_sources(dataset: Dataset, plan: ShardPlan) -> tuple[list[Any], list[Block]]:
-    """How each worker gets its rows: from a data file it can read, or from the object
-    store (arrays in memory, and tables loaded into this machine's shared memory): then
-    also the blocks put there, one a worker, from which a regrouped plan takes its rows."""
-    import ray
-
-    if dataset.table is not None:
-        return [TableRows(dataset.table, plan.rows(worker)) for worker in range(plan.num_shards)], []
-    if dataset.storage is not None and not is_region(dataset.storage.path):
-        sources: list[Any] = []
-        for worker in range(plan.num_shards):
-            rows = plan.rows(worker)
-            y_ref = None if dataset.y is None else ray.put(np.ascontiguousarray(dataset.y[rows]))
-            backing, X = dataset.storage, dataset.X
-            sources.append(MappedRows(backing.path, backing.offset, X.dtype.str, X.shape, rows, y_ref))
-        return sources, []
-    blocks: list[Block] = []
-    for worker, (start, stop) in enumerate(plan.bounds):
-        rows = plan.rows(worker)
-        y = None if dataset.y is None else np.ascontiguousarray(dataset.y[rows])
-        blocks.append((ray.put((dataset.X[rows], y)), start, stop))
-    return stored_rows(blocks, plan.bounds), blocks
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -389,12 +278,13 @@ class RayEngine(WorkerSession):
         apply what is due."""
         now = time.monotonic()
         growing = self._requested is not None and self._requested[0] > self.num_workers
-        if self._placed and not growing and self.num_workers < self.max_workers and now >= self._next_look:
+        room_to_grow = self._placed and not self._held and self.num_workers < self.max_workers
+        if room_to_grow and not growing and now >= self._next_look:
             self._next_look = now + self.grow_every_s
             room = int(self.ray.available_resources().get("CPU", 0)) // self.cpus_per_worker
             if room > 0:
                 count = min(self.max_workers, self.num_workers + room)
-                self.resize(count, cause=f"capacity found: {room} free worker slot(s)", wait=False)
+                self._ask(count, f"capacity found: {room} free worker slot(s)", wait=False)
         super().between_rounds(round_index)
 
     def _alive(self, worker: int) -> bool:

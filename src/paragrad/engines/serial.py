@@ -29,7 +29,7 @@ class SerialEngine(Engine):
 
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
         self._dataset, self._plan, self._setup_log = dataset, plan, []
-        self._requested, self.changes = None, []
+        self._begin(plan)
         self._load(plan)
 
     def _load(self, plan: ShardPlan) -> None:

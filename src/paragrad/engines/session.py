@@ -192,8 +192,8 @@ class WorkerSession(Engine):
                 self._spawn(workers)
             self.num_workers = plan.num_shards
             self._tasks, self._setup_log = {}, []
-            self._dataset, self._plan, self._requested, self.changes = dataset, plan, None, []
-            self._extra = 0
+            self._dataset, self._plan, self._extra = dataset, plan, 0
+            self._begin(plan)
             self._place(dataset, plan)
             self._replace_dead(workers, self._load(workers))
             self._placed = True
@@ -271,6 +271,8 @@ class WorkerSession(Engine):
                     self._restart(worker, reply.reason)
                 except WorkerLost as lost:
                     if self.num_workers <= self.min_workers:
+                        if self.min_workers < self.max_workers:  # an elastic run at its fewest
+                            raise WorkerLost(f"{lost}; the run is down to its fewest workers") from None
                         raise
                     self._shrink(worker, str(lost))
                     return self._round(entry, args)  # the whole pass, on the workers left
@@ -294,7 +296,7 @@ class WorkerSession(Engine):
         beyond ``count`` go, new ones start; every worker loads its rows, gets the tasks
         and replays the set-up log, and the state arrays follow the rows."""
         assert self._plan is not None
-        plan = self._plan.regroup(count)
+        self._plan.regroup(count)  # refuses a count the rows cannot take, before anything changes
         survivors = [w for w in range(self.num_workers) if w not in lost]
         states = self._take_states(survivors)
         self._drop(lost)
@@ -302,18 +304,44 @@ class WorkerSession(Engine):
         if count < started:
             self._drop(range(count, started))
         old_bounds, kept, self._extra = self._plan.bounds, min(count, started), 0
-        self._plan, self.num_workers = plan, count
-        self._replan(plan)
+        self._use_plan(count)
         if count > kept:
             self._spawn(range(kept, count))
-        everyone = range(count)
-        try:
-            self._bring_up(everyone)
-        except _Replacement as died:
-            raise WorkerLost(f"a worker died while the workers were regrouped ({died.reason})") from None
-        moved = move_state([states.get(w) for w in range(len(old_bounds))], old_bounds, plan.bounds)
-        if any(moved):
-            self._one_off(GiveState(tuple(moved)), everyone)
+        self._settle()
+        moved = move_state([states.get(w) for w in range(len(old_bounds))], old_bounds, self._plan.bounds)
+        # Every worker answers this one, so the change's time includes loading the rows.
+        self._settle(GiveState(tuple(moved)))
+
+    def _use_plan(self, count: int) -> None:
+        assert self._plan is not None
+        self._plan, self.num_workers = self._plan.regroup(count), count
+        self._replan(self._plan)
+
+    def _settle(self, then: Task | None = None) -> None:
+        """Bring every worker up to date (unless only ``then`` is to run), then run ``then``
+        on all. One that dies meanwhile is replaced while restarts last, else dropped and its
+        rows handed to the rest, down to ``min_workers``; below that: WorkerLost."""
+        stale = then is None
+        while True:
+            try:
+                if stale:
+                    self._bring_up(range(self.num_workers))
+                    stale = False
+                for reply in [] if then is None else self._one_off(then, range(self.num_workers)):
+                    if isinstance(reply, Died):
+                        raise _Replacement(reply.reason)
+                return
+            except _Replacement as died:
+                dead = [w for w in range(self.num_workers) if not self._alive(w)]
+                if dead and self.restarts + len(dead) <= self.max_restarts:
+                    self.restarts += len(dead)
+                    self._spawn(dead)
+                elif dead and self.num_workers - len(dead) >= self.min_workers:
+                    self._drop(dead)
+                    self._use_plan(self.num_workers - len(dead))
+                else:
+                    raise WorkerLost(f"a worker died ({died.reason}) while the workers changed") from None
+                stale = True
 
     def _take_states(self, workers: Sequence[int]) -> dict[int, dict[str, Any]]:
         """The state arrays of these workers (a dead one's are lost)."""
