@@ -305,3 +305,13 @@ def test_float32_runs_agree_across_worker_counts_to_float32_rounding():
     """The same rows, summed in another order: float32's rounding, not float64's."""
     runs = [_fit(pg.SGD(batch_size=32), "serial", workers=w, dtype="float32") for w in (1, 3)]
     assert relative_error(runs[0].params, runs[1].params) <= 1e-6
+
+
+def test_rows_gathered_from_several_blocks_are_the_blocks_one_after_another():
+    from paragrad.engines.ray_sources import stacked
+
+    blocks = [np.arange(12.0).reshape(4, 3), np.arange(12.0, 18.0).reshape(2, 3)]
+    rows = stacked(blocks)
+    np.testing.assert_array_equal(rows, np.concatenate(blocks))
+    rows[0, 0] = -1.0  # a shard the worker may standardise in place
+    assert stacked([np.zeros((0, 3))]).shape == (0, 3)
