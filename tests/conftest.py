@@ -61,3 +61,22 @@ def run_cli(
         env=env,
         timeout=120,
     )
+
+
+def shared_memory_of(pid: int | None = None) -> set[str]:
+    """What is left of the shared memory process ``pid`` (default: this one) created: its
+    region files, and its anonymous regions (by inode) that any process still holds open
+    or maps. The kernel frees an anonymous region once this set no longer names it."""
+    name = f"paragrad-{os.getpid() if pid is None else pid}"
+    found = {f"file:{entry}" for entry in os.listdir("/dev/shm") if entry.startswith(name + "-")}
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            for fd in (process / "fd").iterdir():
+                if os.readlink(fd).startswith(f"/memfd:{name} "):
+                    found.add(f"memfd:{os.stat(fd).st_ino}")
+            for line in (process / "maps").read_text().splitlines():
+                if f"/memfd:{name} " in line:
+                    found.add(f"memfd:{line.split()[4]}")
+        except OSError:  # a process that ended meanwhile, or one not ours to read
+            continue
+    return found

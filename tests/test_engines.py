@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import relative_error
+from conftest import relative_error, shared_memory_of
 
 import paragrad as pg
 from paragrad.engines import Task, make_engine
 from paragrad.engines.local import LocalEngine
 from paragrad.shards import plan_shards
-from paragrad.shm import region_prefix
 
 MODELS = {
     "linear": lambda: pg.models.LinearRegression(l2=0.01),
@@ -116,8 +115,8 @@ def _children() -> list[int]:
 
 
 def _our_shared_files(pid: int | None = None) -> set[str]:
-    """Shared-memory files created by this process (or by ``pid``)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(region_prefix(pid))}
+    """Shared memory created by this process (or by ``pid``) that is still held."""
+    return shared_memory_of(pid)
 
 
 def _is_alive(pid: int) -> bool:

@@ -9,15 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import relative_error, run_cli
+from conftest import relative_error, run_cli, shared_memory_of
 
 import paragrad as pg
 from paragrad import checkpoint
 from paragrad.checkpoint import CheckpointWarning
-from paragrad.shm import region_prefix
+from paragrad.shm import remove_orphans
 
 
 def fit(data, **options):
@@ -210,8 +211,8 @@ def test_a_run_killed_at_a_random_round_and_resumed_ends_as_if_never_interrupted
     assert resumed.returncode == 0, resumed.stderr
     expected = pg.load_model(tmp_path / "whole.npz").params
     assert relative_error(pg.load_model(tmp_path / "resumed.npz").params, expected) <= 1e-12
-    time.sleep(0.5)  # the resource tracker removes what the killed run had shared
-    assert not [name for name in os.listdir("/dev/shm") if name.startswith(region_prefix(process.pid))]
+    time.sleep(0.5)  # the workers notice their coordinator is gone
+    assert not shared_memory_of(process.pid)
 
 
 def test_a_killed_writer_never_leaves_a_partial_file(tmp_path):
@@ -299,3 +300,57 @@ def test_lbfgs_resumes_exactly(tmp_path, regression_data):
         pg.models.LinearRegression(l2=0.1), regression_data, checkpoint_dir=tmp_path, resume=True, **options
     )
     np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+KILLED_MID_RUN = """
+import numpy as np, paragrad as pg
+from paragrad.engines.local import LocalEngine
+data = pg.make_classification(100_000, 50, seed=0)
+with LocalEngine(2) as engine:
+    engine.start(data, pg.shards.plan_shards(100_000, 2))
+    print(*engine.pids, flush=True)
+    pg.train(pg.models.MLP(hidden=(256,)), data, engine=engine, strategy=pg.SGD(4096), epochs=10_000, tol=0)
+"""
+
+
+def test_a_run_killed_with_its_whole_process_group_leaves_no_memory_and_no_worker():
+    """kill -9 of the process group (as timeout -s KILL, a closed terminal or a service
+    manager's stop do) takes the resource tracker too: nothing may depend on cleaning up."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_RUN], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    workers = [int(pid) for pid in process.stdout.readline().split()]
+    time.sleep(1.0)  # mid-run: the data and the rounds' regions are shared
+    assert len(workers) == 2 and shared_memory_of(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (shared_memory_of(process.pid) or any(map(_running, workers))):
+        time.sleep(0.05)
+    assert not any(map(_running, workers)), "a worker outlived its coordinator"
+    assert not shared_memory_of(process.pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_a_start_without_anonymous_memory_removes_the_files_of_processes_that_are_gone(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, alive = (
+        Path(f"/dev/shm/paragrad-{int(gone.stdout)}-x1"),
+        Path(f"/dev/shm/paragrad-{os.getpid()}-x1"),
+    )
+    dead.write_bytes(b"left by a killed run")
+    alive.write_bytes(b"still in use")
+    try:
+        remove_orphans()
+        assert not dead.exists() and alive.exists()
+    finally:
+        dead.unlink(missing_ok=True)
+        alive.unlink(missing_ok=True)

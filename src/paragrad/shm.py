@@ -1,12 +1,20 @@
-"""Shared regions: memory-mapped files that several processes map at once.
+"""Shared regions: memory that several processes map at once.
 
-The coordinator creates regions (and alone unlinks them); workers open them by path.
+The coordinator creates regions (and alone releases them); workers open them by path.
 Data loaded from tables is read straight into one, so the local engine's workers map it
 where it lies.
+
+On Linux a region is anonymous memory (``memfd_create``) that has no name in any
+filesystem: workers open it through the creator's ``/proc/<pid>/fd/<n>``, and the kernel
+frees it once the last process holding it is gone. So nothing is left behind whatever
+kills the program, even a ``kill -9`` of its whole process group. Elsewhere a region is
+a file in ``/dev/shm`` (or the temporary directory), registered with multiprocessing's
+resource tracker, and each start removes the files of processes that are gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -33,19 +41,30 @@ def scratch_dir(size: int = 0) -> str:
 
 
 class Region:
-    """A memory-mapped file that several processes share."""
+    """Memory that several processes share, by path."""
 
-    def __init__(self, path: str, size: int, mapping: mmap.mmap) -> None:
+    def __init__(
+        self, path: str, size: int, mapping: mmap.mmap, fd: int | None = None, inode: int = 0
+    ) -> None:
         self.path, self.size, self.mapping = path, size, mapping
+        self._fd = fd  # a memfd region lives while its creator holds this (or anyone maps it)
+        self.inode = inode  # tells two regions apart that had the same path one after the other
 
     @classmethod
     def create(cls, size: int) -> Region:
-        """A new zero-filled region, named ``paragrad-<pid>-*`` after its creator.
-
-        Regions in ``/dev/shm`` are registered with multiprocessing's resource tracker,
-        which removes them should the creating process be killed before it can.
-        """
+        """A new zero-filled region, named ``paragrad-<pid>`` after its creator: anonymous
+        memory where the system has it, else a file (see the module's notes)."""
         size = max(int(size), 1)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create(region_prefix().rstrip("-"), os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                mapping = mmap.mmap(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+            return cls(f"/proc/{os.getpid()}/fd/{fd}", size, mapping, fd, os.fstat(fd).st_ino)
+        remove_orphans()
         fd, path = tempfile.mkstemp(prefix=f"{region_prefix()}", dir=scratch_dir(size))
         try:
             os.ftruncate(fd, size)
@@ -63,9 +82,18 @@ class Region:
         fd = os.open(path, os.O_RDWR)
         try:
             mapping = mmap.mmap(fd, size)
+            inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        return cls(path, size, mapping)
+        return cls(path, size, mapping, inode=inode)
+
+    def is_still_at(self, path: str) -> bool:
+        """Whether ``path`` still names this region: a creator's descriptor number, once
+        released, may name another region later."""
+        try:
+            return os.stat(path).st_ino == self.inode
+        except OSError:
+            return False
 
     def close(self) -> None:
         """Unmap; arrays still viewing the region keep it mapped until they are gone."""
@@ -75,6 +103,13 @@ class Region:
             pass
 
     def unlink(self) -> None:
+        """Let the region go: processes still mapping it keep it until they unmap."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            return
+        if self.path.startswith("/proc/"):
+            return  # another process's region, opened here
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -88,8 +123,38 @@ def region_prefix(pid: int | None = None) -> str:
 
 
 def is_region(path: str) -> bool:
-    """Whether a file is one of this process's regions: private to this machine."""
-    return Path(path).name.startswith(region_prefix())
+    """Whether a path is one of this process's regions: private to this machine."""
+    return path.startswith(f"/proc/{os.getpid()}/fd/") or Path(path).name.startswith(region_prefix())
+
+
+def remove_orphans() -> None:
+    """Remove region files whose creating process is gone (a file region outlives a
+    program killed with its resource tracker, as a ``kill -9`` of its process group does)."""
+    for directory in {str(SHM_DIR), tempfile.gettempdir()}:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            parts = name.split("-")
+            if (
+                len(parts) >= 3
+                and parts[0] == "paragrad"
+                and parts[1].isdigit()
+                and not _alive(int(parts[1]))
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _track(path: str, register: bool) -> None:

@@ -1,8 +1,8 @@
 """Moving task arguments and results between processes through shared regions.
 
 A message is pickled with protocol 5: large arrays leave the pickle stream as out-of-band
-buffers, which are copied once into a :class:`~paragrad.shm.Region` (a file in
-``/dev/shm`` mapped by both sides), while the small stream travels over a pipe. The
+buffers, which are copied once into a :class:`~paragrad.shm.Region` (shared memory
+mapped by both sides), while the small stream travels over a pipe. The
 receiver rebuilds the arrays as views of the region, without a copy.
 """
 

@@ -2,7 +2,8 @@
 
 It is started by :class:`paragrad.engines.local.LocalEngine` with two pipe descriptors
 (commands in, replies out) and serves until told to stop or until the coordinator goes
-away (end of file on the command pipe). It ignores Ctrl-C: the coordinator decides.
+away (end of file on the command pipe, or, in the middle of a task, a new parent). It
+ignores Ctrl-C: the coordinator decides.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,8 +45,11 @@ class WorkerState:
         self.regions: dict[str, Region] = {}
 
     def region(self, path: str, size: int) -> Region:
-        """The region at ``path``, opened once."""
-        if path not in self.regions:
+        """The region at ``path``, opened once (again when the path now names another)."""
+        known = self.regions.get(path)
+        if known is None or known.size != size or not known.is_still_at(path):
+            if known is not None:
+                known.close()
             self.regions[path] = Region.open(path, size)
         return self.regions[path]
 
@@ -129,8 +135,17 @@ def _portable(exc: BaseException) -> BaseException | None:
         return None
 
 
+def exit_when_orphaned(coordinator: int, every_s: float = 0.2) -> None:
+    """Exit once the coordinator is gone, even in the middle of a task (end of file on the
+    command pipe is read only between tasks): a worker never outlives it, whatever killed it."""
+    while os.getppid() == coordinator:
+        time.sleep(every_s)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     command_fd, reply_fd, threads = map(int, argv)
     from threadpoolctl import threadpool_limits
 
