@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -342,15 +344,34 @@ def test_a_start_without_anonymous_memory_removes_the_files_of_processes_that_ar
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    dead, alive = (
-        Path(f"/dev/shm/paragrad-{int(gone.stdout)}-x1"),
-        Path(f"/dev/shm/paragrad-{os.getpid()}-x1"),
-    )
-    dead.write_bytes(b"left by a killed run")
-    alive.write_bytes(b"still in use")
+    dead = Path(f"/dev/shm/paragrad-{int(gone.stdout)}-abcd_123")
+    alive = Path(f"/dev/shm/paragrad-{os.getpid()}-abcd_123")
+    users = Path(f"/dev/shm/paragrad-{int(gone.stdout)}-q3-report.csv")  # not a region's name
+    for path in (dead, alive, users):
+        path.write_bytes(b"data")
     try:
         remove_orphans()
-        assert not dead.exists() and alive.exists()
+        assert not dead.exists() and alive.exists() and users.exists()
     finally:
-        dead.unlink(missing_ok=True)
-        alive.unlink(missing_ok=True)
+        for path in (dead, alive, users):
+            path.unlink(missing_ok=True)
+
+
+def test_a_copied_data_set_claims_no_file_and_trains_on_its_own_rows(tmp_path):
+    """A copy's arrays lie in no file; the original's region may be gone and its
+    descriptor number name another data set's region."""
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    for path, seed in ((first, 0), (second, 1)):
+        data = pg.make_regression(400, 3, seed=seed)
+        np.savetxt(path, np.column_stack([data.X, data.y]), delimiter=",", header="a,b,c,y", comments="")
+    original = pg.load(first, target="y")
+    assert original.storage is not None
+    copy = deepcopy(original)
+    assert copy.storage is None
+    del original
+    gc.collect()
+    other = pg.load(second, target="y")  # may take the released descriptor number
+    on_workers = pg.train(pg.models.LinearRegression(), copy, engine="local", workers=2)
+    in_process = pg.train(pg.models.LinearRegression(), copy, engine="serial", workers=2)
+    assert relative_error(on_workers.params, in_process.params) <= 1e-10
+    assert other.num_rows == 400

@@ -15,8 +15,10 @@ resource tracker, and each start removes the files of processes that are gone.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
+import re
 import tempfile
 import weakref
 from pathlib import Path
@@ -55,7 +57,7 @@ class Region:
         """A new zero-filled region, named ``paragrad-<pid>`` after its creator: anonymous
         memory where the system has it, else a file (see the module's notes)."""
         size = max(int(size), 1)
-        if hasattr(os, "memfd_create"):
+        if anonymous_memory_shared():
             fd = os.memfd_create(region_prefix().rstrip("-"), os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
@@ -127,24 +129,42 @@ def is_region(path: str) -> bool:
     return path.startswith(f"/proc/{os.getpid()}/fd/") or Path(path).name.startswith(region_prefix())
 
 
+def anonymous_memory_shared() -> bool:
+    """Whether regions can be anonymous memory that workers open through ``/proc``: the
+    system has ``memfd_create``, ``/proc`` is there, and other processes of the user may
+    open this one's descriptors (not after ``setuid`` or with file capabilities, which
+    make a process non-dumpable)."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)
+    except (OSError, AttributeError):
+        return False
+
+
+PR_GET_DUMPABLE = 3
+# The names mkstemp gives region files: the prefix, then 8 of [a-z0-9_].
+REGION_FILE = re.compile(r"paragrad-(\d+)-[a-z0-9_]{8}")
+
+
 def remove_orphans() -> None:
-    """Remove region files whose creating process is gone (a file region outlives a
-    program killed with its resource tracker, as a ``kill -9`` of its process group does)."""
+    """Remove this user's region files whose creating process is gone (a file region
+    outlives a program killed with its resource tracker, as a ``kill -9`` of its process
+    group does). Only names of the exact form regions are given are touched."""
     for directory in {str(SHM_DIR), tempfile.gettempdir()}:
         try:
             names = os.listdir(directory)
         except OSError:
             continue
         for name in names:
-            parts = name.split("-")
-            if (
-                len(parts) >= 3
-                and parts[0] == "paragrad"
-                and parts[1].isdigit()
-                and not _alive(int(parts[1]))
-            ):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
+            match = REGION_FILE.fullmatch(name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_uid == os.getuid():
+                    os.unlink(path)
 
 
 def _alive(pid: int) -> bool:

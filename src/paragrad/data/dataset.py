@@ -204,6 +204,10 @@ class Dataset:
     def __len__(self) -> int:
         return self.num_rows
 
+    def __getstate__(self) -> dict:
+        """A copy's arrays (deep copies, pickles) lie in no file: it must not claim one."""
+        return {**self.__dict__, "storage": None}
+
     def __repr__(self) -> str:
         labels = "labels" if self.has_labels else "no labels"
         return f"Dataset({self.num_rows} rows x {self.num_features} features, {labels})"
@@ -211,10 +215,22 @@ class Dataset:
 
 @dataclass(frozen=True)
 class FileBacking:
-    """Where a memory-mapped feature matrix lies in its file, so workers can map it too."""
+    """Where a memory-mapped feature matrix lies in its file, so workers can map it too.
+
+    ``inode`` tells whether ``path`` still names that file: a shared region's path is its
+    creator's descriptor number, which may name another region once released.
+    """
 
     path: str
     offset: int
+    inode: int = 0
+
+    def is_current(self) -> bool:
+        """Whether the path still names the file the matrix lies in."""
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
 
 
 def _file_backing(X, dtype) -> FileBacking | None:
@@ -231,7 +247,7 @@ def _file_backing(X, dtype) -> FileBacking | None:
     offset = mapping_start + X.ctypes.data - np.frombuffer(mapped._mmap, np.uint8).ctypes.data
     if offset < 0 or offset + X.nbytes > os.path.getsize(mapped.filename):
         return None
-    return FileBacking(str(mapped.filename), int(offset))
+    return FileBacking(str(mapped.filename), int(offset), os.stat(mapped.filename).st_ino)
 
 
 def _float_dtype(dtype, like=None) -> np.dtype:

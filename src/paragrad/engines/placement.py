@@ -115,6 +115,7 @@ def place(dataset: Dataset, plan: ShardPlan, new_region: NewRegion) -> list[Shar
         return _place_sparse(dataset, plan, new_region)
     X, y = dataset.X, dataset.y
     backing = dataset.storage if plan.order is None else None
+    backing = backing if backing is not None and backing.is_current() else None
     size = (0 if backing else X.nbytes) + (0 if y is None else y.nbytes)
     data = new_region(size)
     if backing:

@@ -125,13 +125,14 @@ def shard_sources(dataset: Dataset, plan: ShardPlan) -> tuple[list[Any], list[Bl
 
     if dataset.table is not None:
         return [TableRows(dataset.table, plan.rows(worker)) for worker in range(plan.num_shards)], []
-    if dataset.storage is not None and not is_region(dataset.storage.path):
+    storage = dataset.storage
+    if storage is not None and not is_region(storage.path):  # a region's rows go to the store
         sources: list[Any] = []
         for worker in range(plan.num_shards):
             rows = plan.rows(worker)
             y_ref = None if dataset.y is None else ray.put(np.ascontiguousarray(dataset.y[rows]))
-            backing, X = dataset.storage, dataset.X
-            sources.append(MappedRows(backing.path, backing.offset, X.dtype.str, X.shape, rows, y_ref))
+            X = dataset.X
+            sources.append(MappedRows(storage.path, storage.offset, X.dtype.str, X.shape, rows, y_ref))
         return sources, []
     blocks: list[Block] = []
     for worker, (start, stop) in enumerate(plan.bounds):
