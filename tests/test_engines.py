@@ -489,3 +489,21 @@ def test_a_class_from_a_scripts_main_gets_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "define it in a module" in result.stderr
+
+
+def test_where_workers_cannot_open_anonymous_memory_regions_are_files(monkeypatch):
+    import paragrad.shm
+
+    monkeypatch.setattr(paragrad.shm, "anonymous_memory_shared", lambda: False)
+    data = pg.make_classification(300, 4, seed=1)
+    with LocalEngine(2) as engine:
+        engine.start(data, plan_shards(300, 2))
+        assert any(name.startswith("file:") for name in _our_shared_files())
+        on_files = pg.train(pg.models.LogisticRegression(), data, engine=engine)
+    assert (
+        relative_error(
+            on_files.params, pg.train(pg.models.LogisticRegression(), data, engine="serial").params
+        )
+        <= 1e-12
+    )
+    assert not [name for name in _our_shared_files() if name.startswith("file:")]

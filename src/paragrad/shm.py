@@ -60,24 +60,21 @@ class Region:
         if anonymous_memory_shared():
             fd = os.memfd_create(region_prefix().rstrip("-"), os.MFD_CLOEXEC)
             try:
-                os.ftruncate(fd, size)
-                mapping = mmap.mmap(fd, size)
+                return cls(f"/proc/{os.getpid()}/fd/{fd}", size, _sized(fd, size), fd, os.fstat(fd).st_ino)
             except BaseException:
                 os.close(fd)
                 raise
-            return cls(f"/proc/{os.getpid()}/fd/{fd}", size, mapping, fd, os.fstat(fd).st_ino)
         remove_orphans()
         fd, path = tempfile.mkstemp(prefix=f"{region_prefix()}", dir=scratch_dir(size))
         try:
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size)
+            region = cls(path, size, _sized(fd, size), inode=os.fstat(fd).st_ino)
         except BaseException:
             os.unlink(path)
             raise
         finally:
             os.close(fd)
         _track(path, register=True)
-        return cls(path, size, mapping)
+        return region
 
     @classmethod
     def open(cls, path: str, size: int) -> Region:
@@ -117,6 +114,12 @@ class Region:
         except FileNotFoundError:
             pass
         _track(self.path, register=False)
+
+
+def _sized(fd: int, size: int) -> mmap.mmap:
+    """A mapping of ``size`` bytes of the file behind ``fd``, grown to that size."""
+    os.ftruncate(fd, size)
+    return mmap.mmap(fd, size)
 
 
 def region_prefix(pid: int | None = None) -> str:

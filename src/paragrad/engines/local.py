@@ -125,6 +125,7 @@ class LocalEngine(WorkerSession):
         self._finalizer = weakref.finalize(self, _release, self._resources)
         self._specs: list[ShardSpec] = []
         self._data: Region | None = None
+        self._retired: list[Region] = []  # data placed before, released after the next round
         self._broadcast: Region | None = None
         self._slots: list[Region] = []
 
@@ -229,7 +230,7 @@ class LocalEngine(WorkerSession):
 
     def _stop(self) -> None:
         _release(self._resources)
-        self._data, self._broadcast, self._slots, self._specs = None, None, [], []
+        self._data, self._broadcast, self._slots, self._specs, self._retired = None, None, [], [], []
 
     def _died(self, worker: int) -> Died:
         """How a worker whose pipe broke ended."""
@@ -250,7 +251,10 @@ class LocalEngine(WorkerSession):
     # -- data ----------------------------------------------------------------------------------
 
     def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
-        self._drop_region(self._data)
+        # Workers read LoadShard messages in their own time: one may not have mapped its
+        # rows of the data placed before yet, so that is released after the next round.
+        if self._data is not None:
+            self._retired.append(self._data)
         self._specs = place(dataset, plan, self._new_data_region)
 
     def _new_data_region(self, size: int) -> Region:
@@ -313,6 +317,10 @@ class LocalEngine(WorkerSession):
                 replies[worker] = died
         self.last_bytes_sent += len(workers) * (len(stream) + sum(view.nbytes for view in buffers))
         self._gather([worker for worker in workers if worker not in replies], replies, copy)
+        if len(workers) == self.num_workers:  # every worker has read its LoadShard by now
+            for retired in self._retired:
+                self._drop_region(retired)
+            self._retired = []
         return [replies[worker] for worker in workers]
 
     def _gather(self, workers: list[int], replies: dict[int, Reply], copy: bool) -> None:
