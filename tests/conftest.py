@@ -80,3 +80,11 @@ def shared_memory_of(pid: int | None = None) -> set[str]:
         except OSError:  # a process that ended meanwhile, or one not ours to read
             continue
     return found
+
+
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, reaped or not, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

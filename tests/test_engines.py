@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import relative_error, shared_memory_of
+from conftest import is_running, relative_error, shared_memory_of
 
 import paragrad as pg
 from paragrad.engines import Task, make_engine
@@ -83,7 +83,7 @@ def test_a_fresh_local_engine_trains_and_cleans_up():
     )
     assert run.engine == "local" and len(run.history) == 3
     assert _our_shared_files() <= before
-    assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+    assert not [child for child in set(_children()) - children_before if is_running(child)]
 
 
 class Boom(Task):
@@ -119,13 +119,6 @@ def _our_shared_files(pid: int | None = None) -> set[str]:
     return shared_memory_of(pid)
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 def started_engine(rows: int = 50) -> LocalEngine:
     engine = make_engine("local", 2)
     engine.start(pg.make_regression(rows, 2, seed=0), plan_shards(rows, 2))
@@ -152,7 +145,7 @@ def test_a_killed_worker_is_reported_and_everything_is_released():
         engine.run(Die())
     engine.close()
     assert _our_shared_files() <= before_shm
-    assert not any(_is_alive(pid) for pid in pids)
+    assert not any(is_running(pid) for pid in pids)
 
 
 def test_unknown_engine_lists_the_choices():
@@ -216,7 +209,7 @@ def test_without_restarts_a_dead_worker_stops_training_with_worker_and_round():
             long_training(engine)
         thread.join()
     assert _our_shared_files() <= before
-    assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+    assert not [child for child in set(_children()) - children_before if is_running(child)]
 
 
 class FailingSGD(pg.SGD):
@@ -233,7 +226,7 @@ def test_an_exception_in_training_names_worker_and_round_and_releases_everything
     with pytest.raises(pg.errors.WorkerError, match="round 3: worker 1 raised ValueError: injected failure"):
         pg.train(pg.models.LinearRegression(), pg.make_regression(100, 2), strategy=FailingSGD(10), workers=2)
     assert _our_shared_files() <= before
-    assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+    assert not [child for child in set(_children()) - children_before if is_running(child)]
 
 
 INTERRUPTED_SCRIPT = """
@@ -257,7 +250,7 @@ def test_ctrl_c_in_a_script_without_main_guard_releases_workers_and_shared_memor
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr
-    assert not any(_is_alive(pid) for pid in workers)
+    assert not any(is_running(pid) for pid in workers)
     assert not _our_shared_files(process.pid)
 
 
@@ -421,7 +414,7 @@ def test_an_interrupted_round_stops_the_workers_and_the_engine_starts_afresh():
                 engine.run(Sleep())
         finally:
             signal.signal(signal.SIGALRM, previous)
-        assert not any(_is_alive(pid) for pid in pids)
+        assert not any(is_running(pid) for pid in pids)
         with pytest.raises(pg.ConfigError, match="call start"):
             engine.run(shard_sum)
         run = pg.train(
@@ -459,7 +452,7 @@ def test_ctrl_c_while_workers_start_leaves_no_process_behind():
             signal.signal(signal.SIGALRM, previous)
         engine.close()
         time.sleep(0.2)
-        assert not [child for child in set(_children()) - children_before if _is_alive(child)]
+        assert not [child for child in set(_children()) - children_before if is_running(child)]
 
 
 class RaiseDataError(Task):

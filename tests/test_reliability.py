@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import relative_error, run_cli, shared_memory_of
+from conftest import is_running, relative_error, run_cli, shared_memory_of
 
 import paragrad as pg
 from paragrad import checkpoint
@@ -327,17 +327,10 @@ def test_a_run_killed_with_its_whole_process_group_leaves_no_memory_and_no_worke
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (shared_memory_of(process.pid) or any(map(_running, workers))):
+    while time.monotonic() < deadline and (shared_memory_of(process.pid) or any(map(is_running, workers))):
         time.sleep(0.05)
-    assert not any(map(_running, workers)), "a worker outlived its coordinator"
+    assert not any(map(is_running, workers)), "a worker outlived its coordinator"
     assert not shared_memory_of(process.pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def test_a_start_without_anonymous_memory_removes_the_files_of_processes_that_are_gone(tmp_path):

@@ -148,6 +148,11 @@ def _tensor(shape, data, datatype="FP64", name="input-0") -> dict:
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
 
 
+def _per_feature(*names: str) -> dict:
+    """One tensor per named feature, each holding the value 1."""
+    return {"inputs": [{"name": name, "shape": [1], "datatype": "FP64", "data": [1]} for name in names]}
+
+
 ROW = [0.5] * NUM_FEATURES
 BAD_REQUESTS = [
     ("/v2/models/linear/infer", b"{not json", 400, "not valid JSON"),
@@ -176,23 +181,13 @@ BAD_REQUESTS = [
     ("/v2/models/linear/infer", _tensor([1], [1.0], name="f9") | {}, 400, "input 'f9' has 1 features"),
     (
         "/v2/models/linear/infer",
-        {
-            "inputs": [
-                {"name": "f0", "shape": [1], "datatype": "FP64", "data": [1]},
-                {"name": "f9", "shape": [1], "datatype": "FP64", "data": [1]},
-            ]
-        },
+        _per_feature("f0", "f9"),
         400,
         "'f9' is not a feature",
     ),
     (
         "/v2/models/linear/infer",
-        {
-            "inputs": [
-                {"name": "f0", "shape": [1], "datatype": "FP64", "data": [1]},
-                {"name": "f1", "shape": [1], "datatype": "FP64", "data": [1]},
-            ]
-        },
+        _per_feature("f0", "f1"),
         400,
         "features missing from the request: f2, f3, f4",
     ),
@@ -247,7 +242,7 @@ BAD_REQUESTS = [
     ),
     (
         "/v2/models/linear/infer",
-        {"inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [1]} for n in ("f0", "f0", "f1")]},
+        _per_feature("f0", "f0", "f1"),
         400,
         "input 'f0' is given twice",
     ),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from paragrad.shards import EpochOrder, Shard
+from paragrad.shards import EpochOrder, Shard, VirtualShards
 
 
 def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
@@ -27,9 +27,8 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     if shard.order is not None and shard.order.epoch == epoch and shard.order.ranks is not None:
         return shard.order
     held = shard.held
-    edges = _edges(held.total_rows, held.num_virtual)
     ids = range(held.first, held.first + held.count)
-    local = edges[held.first : held.first + held.count + 1] - edges[held.first]
+    local = _local_starts(held)
     parts = [
         local[i] + np.random.default_rng([seed, v, epoch, 1]).permutation(local[i + 1] - local[i])
         for i, v in enumerate(ids)
@@ -38,7 +37,8 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     ranks = np.empty(held.num_virtual, dtype=np.int64)
     ranks[lap] = np.arange(held.num_virtual)
     base = held.total_rows // held.num_virtual
-    larger = np.diff(edges) > base  # the virtual shards with one more row than the rest
+    every = VirtualShards(0, held.num_virtual, held.num_virtual, held.total_rows)
+    larger = np.diff(every.starts()) > base  # the virtual shards with one more row than the rest
     # Their extra rows come after the full laps, in lap order.
     tails = base * held.num_virtual + np.cumsum(larger[lap])[ranks] - 1
     mine = slice(held.first, held.first + held.count)
@@ -46,8 +46,10 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     return shard.order
 
 
-def _edges(total: int, parts: int) -> np.ndarray:
-    return np.arange(parts + 1, dtype=np.int64) * total // parts
+def _local_starts(held: VirtualShards) -> np.ndarray:
+    """Where each held virtual shard starts among the shard's rows, and where the last ends."""
+    starts = held.starts()
+    return starts - starts[0]
 
 
 def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> slice | np.ndarray:
@@ -67,8 +69,7 @@ def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> s
         return laps + ((tails >= 0) & (tails < position))
 
     first, last = drawn_before(start), drawn_before(stop)
-    edges = _edges(held.total_rows, V)
-    begins = edges[held.first : held.first + held.count] - edges[held.first] + first
+    begins = _local_starts(held)[:-1] + first
     counts = last - first  # each held shard's rows in the batch: permutation[begin : begin + count]
     ends = np.cumsum(counts)
     positions = np.arange(ends[-1]) + np.repeat(begins - (ends - counts), counts)
