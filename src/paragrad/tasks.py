@@ -27,9 +27,19 @@ class DescribeShard(Task):
     want_moments: bool
 
     def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None]:
-        labels = np.unique(shard.y)[: MAX_CLASSES + 1] if self.want_labels and shard.y is not None else None
+        labels = distinct_labels(shard.y) if self.want_labels and shard.y is not None else None
         stats = moments(shard.X) if self.want_moments else None
         return shard.num_rows, labels, stats
+
+
+def distinct_labels(y: np.ndarray) -> np.ndarray:
+    """The distinct values of ``y``, sorted (at most ``MAX_CLASSES + 1`` of them): counted
+    for class codes 0, 1, 2, ... (a pass over y), sorted otherwise."""
+    if len(y) and 0 <= y.min() and y.max() < 2 * MAX_CLASSES:
+        codes = y.astype(np.intp)
+        if np.array_equal(codes, y):
+            return np.flatnonzero(np.bincount(codes)).astype(y.dtype)[: MAX_CLASSES + 1]
+    return np.unique(y)[: MAX_CLASSES + 1]
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,24 @@ def moments(X: Any) -> Moments:
         mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
         squares = np.asarray(X.multiply(X).sum(axis=0, dtype=np.float64)).ravel()
         return Moments(X.shape[0], mean, np.maximum(squares - X.shape[0] * mean**2, 0.0))
-    mean = X.mean(axis=0, dtype=np.float64)
-    centred = X - mean
-    return Moments(len(X), mean, np.einsum("ij,ij->j", centred, centred))
+    # One pass, block by block: each block's mean and squared deviations while it is in
+    # cache, then merged exactly (m2 = sum of the blocks' m2 + n_b (mean_b - mean)^2).
+    step = max(1, BLOCK_VALUES // max(1, X.shape[1]))
+    counts, means, m2 = [], [], np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], step):
+        block = X[start : start + step]
+        means.append(block.mean(axis=0, dtype=np.float64))
+        counts.append(len(block))
+        centred = block - means[-1]
+        m2 += np.einsum("ij,ij->j", centred, centred)
+    weights, block_means = np.array(counts, dtype=np.float64), np.array(means)
+    mean = weights @ block_means / len(X)
+    return Moments(len(X), mean, m2 + weights @ (block_means - mean) ** 2)
+
+
+# Values per block of a streaming pass: small enough to stay in cache, large enough that
+# numpy's per-call cost does not show.
+BLOCK_VALUES = 1 << 17
 
 
 def combine_moments(parts: Sequence[Moments]) -> Moments:

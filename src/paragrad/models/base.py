@@ -395,7 +395,7 @@ class LinearLayout:
         return loss, grad
 
 
-BLOCK_BYTES = 512 * 1024
+BLOCK_BYTES = 1024 * 1024
 
 
 def block_rows(X: np.ndarray) -> int:

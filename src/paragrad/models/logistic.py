@@ -12,7 +12,13 @@ from paragrad.models.base import Classifier, LinearLayout
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """``1 / (1 + exp(-z))`` without overflow, accurate in both tails."""
-    return np.exp(-np.logaddexp(0.0, -z))
+    return sigmoid_from(z, np.exp(-np.abs(z)))
+
+
+def sigmoid_from(z: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """The sigmoid of ``z`` given ``tail = exp(-|z|)`` (in (0, 1], so nothing overflows):
+    ``1 / (1 + tail)`` for ``z >= 0``, ``tail / (1 + tail)`` below."""
+    return np.where(z >= 0, 1.0, tail) / (1.0 + tail)
 
 
 class LogisticRegression(LinearLayout, Classifier):
@@ -52,10 +58,14 @@ class LogisticRegression(LinearLayout, Classifier):
 
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         z = Z[:, 0]
-        # log(1 + e^z) - y z, row by row as log(1 + e^{(1 - 2y) z}) for y in {0, 1}: no
-        # cancellation between two large sums, so the loss of separated rows stays >= 0.
-        loss = float(np.logaddexp(0.0, (1.0 - 2.0 * y) * z).sum(dtype=np.float64))
-        return loss, (sigmoid(z) - y)[:, None]
+        # log(1 + e^z) - y z, row by row as log(1 + e^s) with s = (1 - 2y) z for y in {0, 1}:
+        # no cancellation between two large sums, so the loss of separated rows stays >= 0.
+        # log(1 + e^s) = max(s, 0) + log(1 + e^{-|s|}) and |s| = |z|, so one exponential
+        # serves the loss and the sigmoid (transcendental functions cost more than the
+        # products here).
+        tail = np.exp(-np.abs(z))
+        softplus = np.maximum((1.0 - 2.0 * y) * z, 0.0) + np.log1p(tail)
+        return float(softplus.sum(dtype=np.float64)), (sigmoid_from(z, tail) - y)[:, None]
 
     def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, None]:
         """``p (1 - p)`` per row, as ``sigmoid(z) sigmoid(-z)`` to stay accurate in both tails."""
