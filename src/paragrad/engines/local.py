@@ -44,6 +44,9 @@ STOP_TIMEOUT_S = 2.0
 # (measured: 500-700 page faults and 2x the time per MLP step). Keep them instead.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 MIN_SLOT_BYTES = 1 << 20
+# Placed data goes into the region of the data placed before when it needs at least this
+# share of it (a grid search, cross-validation folds, a second call on the same arrays).
+REUSE_SLACK = 1.5
 
 
 @dataclass
@@ -251,13 +254,18 @@ class LocalEngine(WorkerSession):
     # -- data ----------------------------------------------------------------------------------
 
     def _place(self, dataset: Dataset, plan: ShardPlan) -> None:
+        self._specs = place(dataset, plan, self._new_data_region)
+
+    def _new_data_region(self, size: int) -> Region:
+        """The region for placed data: the last one again when it fits (its pages are
+        already in memory, so a copy into it runs at the memory's speed instead of paying
+        a fault per fresh page), else a new one."""
+        if self._data is not None and size <= self._data.size <= REUSE_SLACK * size:
+            return self._data
         # Workers read LoadShard messages in their own time: one may not have mapped its
         # rows of the data placed before yet, so that is released after the next round.
         if self._data is not None:
             self._retired.append(self._data)
-        self._specs = place(dataset, plan, self._new_data_region)
-
-    def _new_data_region(self, size: int) -> Region:
         self._data = self._new_region(size)
         return self._data
 

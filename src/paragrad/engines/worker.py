@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from paragrad.engines import transport
-from paragrad.engines.placement import map_shard
+from paragrad.engines.placement import ShardSpec, map_shard
 from paragrad.engines.protocol import (
     AddTask,
     Command,
@@ -43,6 +43,9 @@ class WorkerState:
         self.shard: Shard | None = None
         self.tasks: dict[int, Task | bytes] = {}
         self.regions: dict[str, Region] = {}
+        # The rows mapped last: their spec, the data files' inodes (a region's path may
+        # name another region later), X and y.
+        self.mapped: tuple[ShardSpec | None, tuple[int, ...], Any, Any] = (None, (), None, None)
 
     def region(self, path: str, size: int) -> Region:
         """The region at ``path``, opened once (again when the path now names another)."""
@@ -60,9 +63,14 @@ class WorkerState:
                 self.regions.pop(path).close()
 
     def load(self, message: LoadShard) -> None:
-        """Map the shard's rows from the data file, read-only and without a copy."""
+        """Map the shard's rows from the data file, read-only and without a copy; the rows
+        mapped last time are used again when they are the same rows of the same file."""
         self.shard = None
-        X, y = map_shard(message.spec)
+        spec, (known, files, X, y) = message.spec, self.mapped
+        if spec != known or files != _inodes(spec):
+            self.mapped = (None, (), None, None)
+            X, y = map_shard(spec)
+            self.mapped = (spec, _inodes(spec), X, y)
         self.shard = Shard(X, y, message.worker, message.num_workers, virtual=message.virtual)
         self.tasks.clear()
 
@@ -101,6 +109,17 @@ class WorkerState:
         if buffers:
             stream = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         return TaskDone(stream, ())
+
+
+def _inodes(spec: ShardSpec) -> tuple[int, ...]:
+    """The inodes of the files a spec names (-1 for one that is gone)."""
+    found = []
+    for path in (spec.x_path, spec.y_path):
+        try:
+            found.append(-1 if path is None else os.stat(path).st_ino)
+        except OSError:
+            found.append(-1)
+    return tuple(found)
 
 
 def serve(commands: Connection, replies: Connection, state: WorkerState) -> None:
