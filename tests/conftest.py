@@ -19,6 +19,9 @@ from paragrad.engines.local import LocalEngine
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+# Calls without an engine object stop their workers at once, so that every test can check
+# that a call leaves nothing behind; tests of the engine kept between calls set it back.
+os.environ["PARAGRAD_IDLE_S"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ import numpy as np
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
-from paragrad.engines import Engine, make_engine, reads_own_rows
+from paragrad.engines import Engine, reads_own_rows
+from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ConfigError, DataError, option
 from paragrad.models.base import Model
 from paragrad.shards import plan_shards
@@ -129,7 +130,8 @@ def predict(
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
-    with make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker) as runner:
+    options = {"address": address, "max_restarts": 0, "threads_per_worker": threads_per_worker}
+    with engine_for_call(engine, workers, **options) as runner:
         return _predict_on(runner, model, dataset, proba)
 
 
@@ -258,7 +260,9 @@ def predict_to_file(
     show = sys.stderr.isatty() if progress is None else progress
     own_engine = not isinstance(engine, Engine)
     with (
-        make_engine(engine, workers, address=address, threads_per_worker=threads_per_worker)
+        engine_for_call(
+            engine, workers, address=address, max_restarts=0, threads_per_worker=threads_per_worker
+        )
         if own_engine
         else contextlib.nullcontext(engine) as runner,
         atomic_write(out) as handle,

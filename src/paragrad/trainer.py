@@ -7,10 +7,12 @@ the workers gather (classes, standardisation, feature scales) and runs the round
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from paragrad.checkpoint import (
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.engines import Engine, make_engine
+from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
     PerformanceWarning,
@@ -158,9 +161,7 @@ def train(
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
-    own_engine = not isinstance(engine, Engine)
-    runner = _runner(engine, bounds, address, max_restarts, threads_per_worker)
-    try:
+    with _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner:
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
@@ -187,9 +188,6 @@ def train(
         hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
-    finally:
-        if own_engine:
-            runner.close()
     run = dataclasses.replace(run, setup_s=setup_s, total_s=time.perf_counter() - call_started)
     hooks.train_end(run)
     return run
@@ -197,14 +195,20 @@ def train(
 
 def _runner(
     engine: str | Engine, bounds: WorkerBounds, address: str | None, max_restarts: int, threads: int
-) -> Engine:
-    """The engine object as given, or a new one of that name (elastic: sized to capacity)."""
+) -> contextlib.AbstractContextManager[Engine]:
+    """The engine object as given (left open); for a fixed worker count, the engine calls
+    share (:mod:`paragrad.engines.kept`); else a new one of that name, sized to capacity
+    when elastic."""
     if isinstance(engine, Engine):
-        return engine
-    workers = None if bounds.elastic else bounds.min
-    return make_engine(
-        engine, workers, address=address, max_restarts=max_restarts, threads_per_worker=threads
-    )
+        return contextlib.nullcontext(engine)
+    options: dict[str, Any] = {
+        "address": address,
+        "max_restarts": max_restarts,
+        "threads_per_worker": threads,
+    }
+    if bounds.elastic:
+        return make_engine(engine, None, **options)
+    return engine_for_call(engine, bounds.min, **options)
 
 
 def _load_resume_state(

@@ -1,0 +1,134 @@
+"""The local engine kept between calls made without an engine object: its workers and
+placed data serve the next call, it never trains on stale data, and it leaves nothing
+behind once released, idle or ended with the program."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import is_running, relative_error, shared_memory_of
+
+import paragrad as pg
+from paragrad.engines import kept
+
+
+@pytest.fixture
+def kept_for(monkeypatch):
+    """Calls keep their engine for the given idle time; it is released after the test."""
+
+    def keep(seconds: float) -> None:
+        monkeypatch.setenv("PARAGRAD_IDLE_S", str(seconds))
+
+    yield keep
+    kept.release_kept_engine()
+
+
+def kept_pids() -> list[int]:
+    engine = kept._kept.engine
+    return [] if engine is None else list(engine.pids)  # type: ignore[attr-defined]
+
+
+def serial_params(data: pg.Dataset) -> np.ndarray:
+    return pg.train(pg.models.LogisticRegression(), data, engine="serial", workers=2).params
+
+
+def test_calls_share_the_workers_and_release_them(kept_for):
+    kept_for(30)
+    data = pg.make_classification(3000, 5, seed=0)
+    first = pg.train(pg.models.LogisticRegression(), data, workers=2)
+    pids = kept_pids()
+    assert len(pids) == 2 and all(is_running(pid) for pid in pids)
+    second = pg.train(pg.models.LogisticRegression(), data, workers=2)
+    labels = pg.predict(second.model, data.X, workers=2)
+    assert kept_pids() == pids  # the same processes served all three calls
+    expected = serial_params(data)
+    assert relative_error(first.params, expected) <= 1e-12
+    assert relative_error(second.params, expected) <= 1e-12
+    np.testing.assert_array_equal(labels, second.model.predict(data.X))
+    kept.release_kept_engine()
+    assert kept_pids() == [] and not any(is_running(pid) for pid in pids)
+    assert shared_memory_of() == set()
+
+
+def test_data_changed_in_place_between_calls_is_what_the_next_call_trains_on(kept_for):
+    kept_for(30)
+    data = pg.make_classification(4000, 6, seed=1)
+    X, y = data.X.copy(), data.y.copy()
+    pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2)
+    X[:, 2] *= -3.0  # the same arrays, the same shapes: the placed copy is now stale
+    y[:100] = 1 - y[:100]
+    again = pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2)
+    assert relative_error(again.params, serial_params(pg.Dataset(X, y))) <= 1e-12
+    X[:5] = 0.0
+    np.testing.assert_array_equal(
+        pg.predict(again.model, X, workers=2, proba=True), again.model.predict_proba(X)
+    )
+
+
+def test_the_kept_engine_stops_once_idle(kept_for):
+    kept_for(0.3)
+    pg.train(pg.models.LogisticRegression(), pg.make_classification(500, 3, seed=0), workers=2)
+    pids = kept_pids()
+    assert pids
+    deadline = time.monotonic() + 10
+    while (kept_pids() or shared_memory_of()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kept_pids() == [] and not any(is_running(pid) for pid in pids)
+    assert shared_memory_of() == set()
+
+
+def test_other_settings_start_another_engine(kept_for):
+    kept_for(30)
+    data = pg.make_classification(600, 3, seed=0)
+    pg.train(pg.models.LogisticRegression(), data, workers=2)
+    two = kept_pids()
+    pg.train(pg.models.LogisticRegression(), data, workers=1)
+    assert len(kept_pids()) == 1 and not any(is_running(pid) for pid in two)
+
+
+def test_a_call_while_the_kept_engine_is_busy_gets_an_engine_of_its_own(kept_for):
+    kept_for(30)
+    data = pg.make_classification(800, 4, seed=2)
+    inner = []
+
+    def train_again(record):
+        if not inner:  # a call from within a call: the kept engine is in use
+            inner.append(pg.train(pg.models.LogisticRegression(), data, workers=2))
+
+    outer = pg.train(pg.models.LogisticRegression(), data, workers=2, callbacks=[train_again])
+    assert relative_error(inner[0].params, outer.params) <= 1e-12
+    assert len(kept_pids()) == 2
+
+
+def test_workers_of_the_kept_engine_end_with_the_program():
+    script = (
+        "import paragrad as pg\n"
+        "from paragrad.engines import kept\n"
+        "pg.train(pg.models.LogisticRegression(), pg.make_classification(500, 3, seed=0), workers=2)\n"
+        "print(*kept._kept.engine.pids)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PARAGRAD_IDLE_S": "600"},
+    )
+    assert done.returncode == 0, done.stderr
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(is_running(pid) for pid in pids)
+
+
+def test_a_bad_idle_time_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("PARAGRAD_IDLE_S", "soon")
+    with pytest.raises(pg.ConfigError, match="PARAGRAD_IDLE_S must be a number of seconds"):
+        pg.train(pg.models.LogisticRegression(), pg.make_classification(100, 2, seed=0))
