@@ -3,27 +3,45 @@
 >>> import paragrad as pg
 >>> ds = pg.make_classification(1000, 5, seed=0)
 >>> run = pg.train(pg.models.LogisticRegression(), ds, engine="serial", workers=2)
+
+Names are loaded on first use, so ``import paragrad`` (and a worker process, which needs
+only the models and tasks) does not pay for the modules a program never touches.
 """
 
 from __future__ import annotations
 
-from paragrad import callbacks, models, optim
-from paragrad.checkpoint import load_model, save_model
-from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
-from paragrad.errors import (
-    ConfigError,
-    ConvergenceWarning,
-    DataError,
-    ModelFileError,
-    ParagradError,
-    TrainingDiverged,
-)
-from paragrad.inference import evaluate, predict
-from paragrad.serving import serve
-from paragrad.strategies import SGD, GradientDescent, LocalSGD
-from paragrad.trainer import Run, train
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Each public name and the module it comes from (a submodule: the module itself).
+_SOURCES = {
+    "SGD": "paragrad.strategies",
+    "ConfigError": "paragrad.errors",
+    "ConvergenceWarning": "paragrad.errors",
+    "DataError": "paragrad.errors",
+    "Dataset": "paragrad.data",
+    "GradientDescent": "paragrad.strategies",
+    "LocalSGD": "paragrad.strategies",
+    "ModelFileError": "paragrad.errors",
+    "ParagradError": "paragrad.errors",
+    "Run": "paragrad.trainer",
+    "TrainingDiverged": "paragrad.errors",
+    "callbacks": "paragrad.callbacks",
+    "evaluate": "paragrad.inference",
+    "load": "paragrad.data",
+    "load_model": "paragrad.checkpoint",
+    "make_classification": "paragrad.data",
+    "make_regression": "paragrad.data",
+    "models": "paragrad.models",
+    "optim": "paragrad.optim",
+    "predict": "paragrad.inference",
+    "save_dataset": "paragrad.data",
+    "save_model": "paragrad.checkpoint",
+    "serve": "paragrad.serving",
+    "train": "paragrad.trainer",
+}
 
 __all__ = [
     "SGD",
@@ -51,3 +69,35 @@ __all__ = [
     "serve",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module 'paragrad' has no attribute {name!r}")
+    module = importlib.import_module(source)
+    value = module if source == f"paragrad.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from paragrad import callbacks, models, optim
+    from paragrad.checkpoint import load_model, save_model
+    from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
+    from paragrad.errors import (
+        ConfigError,
+        ConvergenceWarning,
+        DataError,
+        ModelFileError,
+        ParagradError,
+        TrainingDiverged,
+    )
+    from paragrad.inference import evaluate, predict
+    from paragrad.serving import serve
+    from paragrad.strategies import SGD, GradientDescent, LocalSGD
+    from paragrad.trainer import Run, train
