@@ -45,6 +45,7 @@ BENCH_SUITES = (
     "ray",
     "serve",
     "elastic",
+    "e2e",
 )
 
 

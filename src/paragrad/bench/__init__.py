@@ -24,6 +24,9 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
   of 1 and 100 rows, logistic regression and an MLP) against the same HTTP stack answering
   a constant and a FastAPI service calling scikit-learn per request; and one large request
   predicted in the server or split across 2 workers (see :mod:`paragrad.bench.serve_suite`).
+- ``e2e``: whole calls as users time them (``pg.train`` cold and warm, the CLI on a CSV,
+  MLPs, memory-mapped data as it grows, predict, cross-validation) against the
+  single-process tools they replace (see :mod:`paragrad.bench.e2e_suite`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, machine
 from paragrad.bench.communication import bench_communication
+from paragrad.bench.e2e_suite import bench_e2e
 from paragrad.bench.elastic_suite import bench_elastic
 from paragrad.bench.exact import bench_exact
 from paragrad.bench.gd_step import bench_float32, bench_gd_step
@@ -60,6 +64,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "ray": bench_ray,
     "serve": bench_serve,
     "elastic": bench_elastic,
+    "e2e": bench_e2e,
 }
 
 

@@ -1,0 +1,356 @@
+"""The ``e2e`` suite: whole calls as a user times them, each against the single-process
+tool a user would pick, measured in the same run on the same data.
+
+Every row is a ratio (ours over the baseline, best of ``repeats``), with its target and
+whether the answers agree (final training loss within 1e-4, or accuracy within 0.2
+points). Calls without an engine object use the engine kept between calls, as a user's
+script would: "cold" rows release it first, "warm" rows call again on the same arrays.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paragrad.bench.common import Row, write_features
+from paragrad.data import Dataset, make_classification
+from paragrad.engines.kept import release_kept_engine
+from paragrad.errors import ConvergenceWarning
+from paragrad.inference import predict_to_file
+from paragrad.models import MLP, LogisticRegression
+from paragrad.optim import Adam
+from paragrad.strategies import SGD
+from paragrad.trainer import train
+
+
+def _best(step: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
+    """The best wall time of ``repeats`` calls of ``step`` (``before`` runs untimed first)."""
+    times = []
+    for _ in range(repeats):
+        before()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:
+    ratio = ours_s / baseline_s
+    return {
+        "benchmark": "e2e",
+        "row": name,
+        "ours_s": ours_s,
+        "baseline": baseline,
+        "baseline_s": baseline_s,
+        "ratio": ratio,
+        "target_ratio": target,
+        "met": ratio <= target,
+        **extra,
+    }
+
+
+def _logistic_loss(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float) -> float:
+    z = X @ coef + intercept
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
+    """``pg.train`` (a Dataset built from the arrays, the default engine and optimizer)
+    against scikit-learn's ``LogisticRegression(solver="lbfgs")``, cold and warm."""
+    from sklearn.linear_model import LogisticRegression as SklearnLogistic
+
+    data = make_classification(num_rows, 100, seed=0)
+    X, y = np.ascontiguousarray(data.X), np.ascontiguousarray(data.y)
+    fitted: dict[str, Any] = {}
+
+    def sklearn() -> None:
+        fitted["sklearn"] = SklearnLogistic(solver="lbfgs").fit(X, y)
+
+    def ours() -> None:
+        fitted["ours"] = train(LogisticRegression(), Dataset(X, y))
+
+    sklearn_s = _best(sklearn, repeats)
+    cold_s = _best(ours, repeats, before=release_kept_engine)
+    reference = fitted["sklearn"]
+    gap = fitted["ours"].model.loss(X, y) - _logistic_loss(X, y, reference.coef_[0], reference.intercept_[0])
+    label = f"logistic {num_rows:.0e} x 100"
+    rows = [
+        _row(
+            f"pg.train {label}, cold",
+            cold_s,
+            "sklearn lbfgs",
+            sklearn_s,
+            0.6 if num_rows >= 1_000_000 else 1.0,
+            loss_minus_baseline=gap,
+            setup_s=fitted["ours"].setup_s,
+        )
+    ]
+    if warm:
+        warm_s = _best(ours, repeats)
+        rows.append(
+            _row(
+                f"pg.train {label}, warm",
+                warm_s,
+                "sklearn lbfgs",
+                sklearn_s,
+                0.4,
+                setup_s=fitted["ours"].setup_s,
+            )
+        )
+    release_kept_engine()
+    return rows
+
+
+def _cross_validation_row(num_rows: int, repeats: int) -> Row:
+    """``cross_val_score`` with 5 folds: ParagradClassifier(workers=2) against scikit-learn."""
+    from sklearn.linear_model import LogisticRegression as SklearnLogistic
+    from sklearn.model_selection import cross_val_score
+
+    from paragrad.sklearn import ParagradClassifier
+
+    data = make_classification(num_rows, 100, seed=1)
+    X, y = data.X, data.y
+    scores: dict[str, float] = {}
+
+    def score(name: str, estimator: Any) -> Callable[[], None]:
+        return lambda: scores.__setitem__(name, float(cross_val_score(estimator, X, y, cv=5).mean()))
+
+    sklearn_s = _best(score("sklearn", SklearnLogistic()), repeats)
+    ours_s = _best(
+        score("ours", ParagradClassifier("logistic", workers=2)), repeats, before=release_kept_engine
+    )
+    release_kept_engine()
+    return _row(
+        f"cross_val_score 5 folds, {num_rows:.0e} x 100",
+        ours_s,
+        "LogisticRegression",
+        sklearn_s,
+        1.0,
+        accuracy_points=100 * (scores["ours"] - scores["sklearn"]),
+    )
+
+
+def _mlp_rows(num_rows: int, repeats: int) -> list[Row]:
+    """A 100-128-2 MLP, 3 epochs of global batches of 2048 with Adam, on 2 workers (Torch
+    and the numpy MLP) against a plain PyTorch loop with all cores."""
+    if importlib.util.find_spec("torch") is None:
+        return [{"benchmark": "e2e", "row": "mlp", "skipped": "torch is not installed"}]
+    import torch
+
+    from paragrad.models.torch_module import TorchClassifier
+
+    data = make_classification(num_rows, 100, seed=3, dtype=np.float32)
+    X, y = data.X, data.y
+    accuracy: dict[str, float] = {}
+
+    def plain_torch() -> None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(100, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+        features, labels = torch.from_numpy(X), torch.from_numpy(y).long()
+        for _ in range(3):
+            for batch in torch.randperm(num_rows).split(2048):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(net(features[batch]), labels[batch]).backward()
+                optimizer.step()
+        with torch.no_grad():
+            accuracy["torch"] = float((net(features).argmax(1) == labels).float().mean())
+
+    def ours(make: Callable[[], Any], name: str) -> Callable[[], None]:
+        def step() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                run = train(
+                    make(), data, strategy=SGD(2048), optimizer=Adam(lr=0.01), epochs=3, tol=0, workers=2
+                )
+            accuracy[name] = float(np.mean(run.model.predict(X) == y))
+
+        return step
+
+    def torch_model() -> Any:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(100, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
+        return TorchClassifier(net)
+
+    torch_s = _best(plain_torch, repeats)
+    torch_ours = _best(ours(torch_model, "pg_torch"), repeats, before=release_kept_engine)
+    mlp_ours = _best(ours(lambda: MLP(hidden=(128,)), "pg_mlp"), repeats, before=release_kept_engine)
+    release_kept_engine()
+    points = {name: 100 * (accuracy[name] - accuracy["torch"]) for name in ("pg_torch", "pg_mlp")}
+    label = f"MLP 100-128-2, {num_rows:.0e} x 100, 3 epochs"
+    return [
+        _row(
+            f"pg.models.Torch {label}",
+            torch_ours,
+            "plain PyTorch loop",
+            torch_s,
+            1.2,
+            accuracy_points=points["pg_torch"],
+        ),
+        _row(
+            f"pg.models.MLP {label}",
+            mlp_ours,
+            "plain PyTorch loop",
+            torch_s,
+            1.0,
+            accuracy_points=points["pg_mlp"],
+        ),
+    ]
+
+
+def _process_seconds(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall time of a process as a user starts it from a shell, and its output."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])}... failed: {done.stderr.strip()[-500:]}")
+    return seconds, done.stdout
+
+
+PANDAS_SKLEARN = """
+import sys
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+frame = pd.read_csv(sys.argv[1])
+LogisticRegression(solver="lbfgs").fit(frame.drop(columns="y").to_numpy(), frame["y"].to_numpy())
+"""
+
+
+def _csv_row(num_rows: int, repeats: int, folder: Path) -> Row:
+    """``paragrad train data.csv --target y`` as a process against a script reading the CSV
+    with pandas and fitting scikit-learn."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    data = make_classification(num_rows, 100, seed=4)
+    path, out = folder / "data.csv", folder / "model.npz"
+    columns = {name: data.X[:, j] for j, name in enumerate(data.feature_names or [])}
+    pacsv.write_csv(pa.table({**columns, "y": data.y.astype(np.int64)}), path)
+    del data, columns
+    ours = [sys.executable, "-m", "paragrad", "train", str(path), "--target", "y", "--out", str(out)]
+    baseline = [sys.executable, "-c", PANDAS_SKLEARN, str(path)]
+    ours_s = min(_process_seconds(ours)[0] for _ in range(repeats))
+    baseline_s = min(_process_seconds(baseline)[0] for _ in range(repeats))
+    return _row(
+        f"paragrad train data.csv, {num_rows:.0e} x 100",
+        ours_s,
+        "pandas + sklearn script",
+        baseline_s,
+        0.6,
+        csv_mb=path.stat().st_size / 1e6,
+    )
+
+
+MMAP_TRAIN = """
+import resource, sys, time
+import numpy as np
+import paragrad as pg
+start = time.perf_counter()
+data = pg.Dataset(np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), dtype=None)
+run = pg.train(pg.models.LogisticRegression(), data)
+whole = time.perf_counter() - start
+rounds = sum(record["wall_s"] for record in run.history)
+print(whole, rounds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _mmap_rows(sizes: list[int], folder: Path) -> list[Row]:
+    """A whole call on a memory-mapped float32 ``.npy`` as the rows grow: its time against
+    the rounds plus one read of the file, and the coordinator's peak memory."""
+    rows, previous = [], None
+    rng = np.random.default_rng(6)
+    for num_rows in sizes:
+        x_path, y_path = folder / f"X{num_rows}.npy", folder / f"y{num_rows}.npy"
+        write_features(x_path, num_rows, 100, rng, dtype=np.float32, chunk=500_000)
+        np.save(y_path, (rng.random(num_rows) < 0.5).astype(np.float32))
+        read_s = _best(lambda path=x_path: _read_once(path), 1)
+        output = _process_seconds([sys.executable, "-c", MMAP_TRAIN, str(x_path), str(y_path)])[1]
+        whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])
+        rows.append(
+            _row(
+                f"mmap float32 .npy {num_rows:.0e} x 100, whole call",
+                whole_s,
+                "rounds + one read of the file",
+                rounds_s + read_s,
+                1.5,
+                coordinator_peak_gb=peak / 1e9,
+                peak_target_gb=1.0,
+                growth_vs_previous=None if previous is None else whole_s / previous,
+            )
+        )
+        previous = whole_s
+        x_path.unlink()
+    return rows
+
+
+def _read_once(path: Path) -> float:
+    """Read a ``.npy`` once in blocks (the floor of any pass over it)."""
+    mapped = np.load(path, mmap_mode="r")
+    total = 0.0
+    for start in range(0, len(mapped), 500_000):
+        total += float(mapped[start : start + 500_000].sum(dtype=np.float64))
+    return total
+
+
+def _predict_row(num_rows: int, folder: Path, repeats: int) -> list[Row]:
+    """``predict_to_file`` of a float32 ``.npy`` to a ``.npy`` (the engine kept between
+    calls) against single-process numpy, and against one read of the file."""
+    d, rng = 100, np.random.default_rng(2)
+    model = LogisticRegression()
+    model.setup(d, np.array([0.0, 1.0]))
+    model.params_ = rng.standard_normal(d + 1) * 0.1
+    path = folder / "P.npy"
+    write_features(path, num_rows, d, rng, dtype=np.float32, chunk=500_000)
+
+    def numpy_predict() -> None:
+        mapped = np.load(path, mmap_mode="r")
+        out = np.empty(num_rows, dtype=np.int64)
+        for start in range(0, num_rows, 500_000):
+            out[start : start + 500_000] = model.predict(mapped[start : start + 500_000])
+        np.save(folder / "numpy.npy", out)
+
+    def ours() -> None:
+        predict_to_file(model, path, folder / "ours.npy", progress=False, workers=2)
+
+    times: dict[str, list[float]] = {"numpy": [], "ours": [], "read": []}
+    for _ in range(repeats + 1):  # interleaved: all see the same page cache; the first warms it
+        times["numpy"].append(_best(numpy_predict, 1))
+        times["ours"].append(_best(ours, 1))
+        times["read"].append(_best(lambda: _read_once(path), 1))
+    release_kept_engine()
+    best = {name: min(values[1:]) for name, values in times.items()}
+    np.testing.assert_array_equal(np.load(folder / "ours.npy"), np.load(folder / "numpy.npy"))
+    path.unlink()
+    label = f"predict {num_rows:.0e} x 100 float32 .npy to .npy"
+    return [
+        _row(label, best["ours"], "single-process numpy", best["numpy"], 1.0),
+        _row(label, best["ours"], "one read of the file", best["read"], 1.3),
+    ]
+
+
+def bench_e2e(quick: bool) -> list[Row]:
+    """Every row of the end-to-end table; ``quick`` runs smaller sizes once."""
+    repeats = 1 if quick else 3
+    rows = _logistic_rows(200_000 if quick else 1_000_000, repeats, warm=True)
+    if not quick:
+        rows += _logistic_rows(200_000, repeats, warm=False)
+    rows.append(_cross_validation_row(50_000 if quick else 200_000, repeats))
+    rows += _mlp_rows(50_000 if quick else 200_000, repeats)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        rows.append(_csv_row(100_000 if quick else 1_000_000, repeats, folder))
+        rows += _predict_row(1_000_000 if quick else 10_000_000, folder, repeats)
+        rows += _mmap_rows([100_000, 1_000_000] if quick else [1_000_000, 10_000_000], folder)
+    return rows
