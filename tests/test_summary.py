@@ -51,6 +51,16 @@ def test_summary_splits_the_call_into_set_up_and_rounds(regression_data):
     assert "in all: set-up" in text and f"({regression_data.num_rows} rows processed)" in text
 
 
+def test_the_set_up_is_split_into_its_parts_on_the_local_engine(regression_data):
+    run = pg.train(pg.models.LinearRegression(), regression_data, engine="local", workers=2)
+
+    parts = run.setup_parts
+    assert list(parts) == ["checks", "placing data", "starting workers", "set-up pass"]
+    assert all(seconds >= 0 for seconds in parts.values())
+    assert sum(parts.values()) == pytest.approx(run.setup_s, abs=1e-9)
+    assert "placing data" in run.summary() and "starting workers" in run.summary()
+
+
 def test_convergence_warnings_point_at_the_callers_line(binary_data):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -46,6 +46,7 @@ class Run:
     # or "solved", "round limit", "line search stalled", "no finite optimum", "stopped by a callback"
     stopped: str = "converged"
     setup_s: float = 0.0  # starting the workers, placing the data, the set-up pass
+    setup_parts: dict[str, float] = dataclasses.field(default_factory=dict)  # setup_s, split
     total_s: float = 0.0  # the whole call to train
     optimizer: str = ""  # the optimizer's name (a default chosen for the model, say)
     changes: list[MembershipChange] = dataclasses.field(default_factory=list)  # of the workers
@@ -81,6 +82,11 @@ class Run:
     def final_loss(self) -> float:
         return self.history[-1]["loss"] if self.history else math.nan
 
+    def _setup_text(self) -> str:
+        if not self.setup_parts:
+            return "starting workers, placing data, set-up pass"
+        return ", ".join(f"{name} {seconds:.3f} s" for name, seconds in self.setup_parts.items())
+
     def summary(self) -> str:
         """A table of the run: rounds, training loss, speed, where the time went, traffic, cost.
 
@@ -106,8 +112,8 @@ class Run:
             f"rounds        {len(self.history)} ({self.outcome})",
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",
-            f"time          {whole:.3f} s in all: set-up {self.setup_s:.3f} s (starting workers, placing "
-            f"data, set-up pass), rounds {total['wall_s']:.3f} s"
+            f"time          {whole:.3f} s in all: set-up {self.setup_s:.3f} s ({self._setup_text()}), "
+            f"rounds {total['wall_s']:.3f} s"
             + (
                 f", changes of the workers {sum(c.seconds for c in self.changes):.3f} s"
                 if self.changes

@@ -165,7 +165,9 @@ def train(
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
+        checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
+        started_s = time.perf_counter() - call_started
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
@@ -184,13 +186,28 @@ def train(
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
+        setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
         done = 0 if resumed is None else resumed.round
         hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
-    run = dataclasses.replace(run, setup_s=setup_s, total_s=time.perf_counter() - call_started)
+    total_s = time.perf_counter() - call_started
+    run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
     hooks.train_end(run)
     return run
+
+
+def _setup_parts(
+    checks_s: float, started_s: float, setup_s: float, placing_s: float | None
+) -> dict[str, float]:
+    """Where the set-up went: checking the settings and data, placing the data (where the
+    engine measures it apart), starting the workers (what the placement did not hide),
+    the set-up pass (classes, moments, standardisation)."""
+    parts = {"checks": checks_s}
+    if placing_s is not None:
+        parts["placing data"] = placing_s
+    parts["starting workers"] = started_s - checks_s - (placing_s or 0.0)
+    return {**parts, "set-up pass": setup_s - started_s}
 
 
 def _runner(

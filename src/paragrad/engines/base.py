@@ -86,6 +86,7 @@ class Engine(ABC):
         self.num_workers = default_workers() if workers is None else int(workers)
         self.last_bytes_sent = 0
         self.last_bytes_received = 0
+        self.placing_s: float | None = None  # of the last start, where it is measured apart
         self.min_workers, self.max_workers = self.num_workers, self.num_workers
         self.changes: list[MembershipChange] = []  # since the last start
         self._requested: tuple[int, str, bool] | None = None  # count, cause, whether to wait

@@ -226,6 +226,15 @@ class LocalEngine(WorkerSession):
             return False
         return handle.ready
 
+    def _await_ready(self, workers: Sequence[int]) -> None:
+        for worker in workers:
+            handle = self._workers[worker]
+            while handle is not None and not handle.ready:
+                try:
+                    handle.ready = isinstance(pickle.loads(handle.replies.recv_bytes()), Ready)
+                except (EOFError, OSError):
+                    break  # it died: the first task finds that out
+
     def _workers_ready(self, worker: int) -> None:
         handle = self._workers[worker]
         if handle is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,10 @@ class WorkerSession(Engine):
         """Whether the worker in a prestarted slot is ready, without waiting."""
         return True
 
+    def _await_ready(self, workers: Sequence[int]) -> None:
+        """Wait until started workers can compute (their start overlaps the placement);
+        by default they can at once."""
+
     def _replan(self, plan: ShardPlan) -> None:
         """Where each worker of a regrouped plan finds its rows (the data stays placed)."""
         assert self._dataset is not None
@@ -194,8 +199,11 @@ class WorkerSession(Engine):
             self._tasks, self._setup_log = {}, []
             self._dataset, self._plan, self._extra = dataset, plan, 0
             self._begin(plan)
+            placing = time.perf_counter()
             self._place(dataset, plan)
+            self.placing_s = time.perf_counter() - placing
             self._replace_dead(workers, self._load(workers))
+            self._await_ready(workers)
             self._placed = True
         except BaseException:
             self.close()
