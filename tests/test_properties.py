@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import paragrad as pg
-from paragrad.data.dataset import MAX_MAGNITUDE
+from paragrad.data.dataset import MAX_MAGNITUDE, magnitude_bound
 
 NUMBER_TEXT = st.one_of(
     st.integers(-(2**63), 2**63 - 1).map(str),
@@ -99,7 +99,8 @@ def test_any_array_makes_a_valid_dataset_or_a_data_error(X, num_labels):
     except pg.DataError as error:
         assert "\n" not in str(error)
         return
-    assert data.X.ndim == 2 and data.X.dtype == np.float64 and data.X.flags.c_contiguous
+    kept = np.float32 if X.dtype == np.float32 else np.float64  # float32 stays as it is
+    assert data.X.ndim == 2 and data.X.dtype == kept and data.X.flags.c_contiguous
     assert data.num_rows == len(y) > 0 and data.num_features > 0
-    assert np.isfinite(data.X).all() and (np.abs(data.X) < MAX_MAGNITUDE).all()
-    np.testing.assert_array_equal(data.X, X.astype(np.float64))
+    assert np.isfinite(data.X).all() and (np.abs(data.X) < magnitude_bound(data.X.dtype)).all()
+    np.testing.assert_array_equal(data.X, X.astype(kept))

@@ -245,9 +245,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the start, the sampling and the shuffle")
     p.add_argument("--standardize", action="store_true", help="scale features to mean 0, variance 1")
     p.add_argument("--shuffle", action="store_true", help="shuffle rows before sharding")
-    p.add_argument(
-        "--dtype", choices=("float64", "float32"), default="float64", help="float type of the data"
-    )
+    p.add_argument("--dtype", choices=("float64", "float32"), help="float type (default: the data's own)")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

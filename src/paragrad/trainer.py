@@ -61,7 +61,7 @@ def train(
     standardize: bool = False,
     shuffle: bool = False,
     progress: bool | None = None,
-    dtype: str | np.dtype = "float64",
+    dtype: str | np.dtype | None = None,
     max_restarts: int = 0,
     threads_per_worker: int = 1,
     address: str | None = None,
@@ -113,8 +113,10 @@ def train(
         Shuffle rows before splitting them into shards.
     progress : bool, optional
         Show a progress bar; by default only when stderr is a terminal.
-    dtype : {"float64", "float32"}
-        Float type of the data on the workers.
+    dtype : {"float64", "float32"}, optional
+        Float type of the data on the workers; default the data's own. Float32 data
+        (a float32 ``.npy``, say) is used where it lies, products run in float32 and sums
+        accumulate in float64; ``"float64"`` makes the workers hold a float64 copy.
     max_restarts : int
         How many dead workers to restart, replaying their round, before stopping with
         :class:`~paragrad.errors.WorkerLost` (local and ray engines).
@@ -152,6 +154,7 @@ def train(
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
     check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
+    dtype = data.dtype if dtype is None else dtype
     encoding, data = data.encoding, data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")

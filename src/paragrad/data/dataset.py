@@ -54,7 +54,8 @@ class Dataset:
     target_name : str, optional
         The name of the label column, remembered by models trained on this data.
     dtype : float dtype or None
-        ``float64`` (default) or ``float32``; ``None`` keeps float32 features as they are.
+        ``float64`` or ``float32``; ``None`` (default) keeps float32 features as they are
+        (a memory-mapped float32 file stays mapped, never copied), and makes others float64.
     source : str
         What to call the data in error messages (a file name, say).
     check_finite : bool
@@ -83,7 +84,7 @@ class Dataset:
         feature_names: Sequence[str] | None = None,
         target_name: str | None = None,
         *,
-        dtype=np.float64,
+        dtype=None,
         source: str = "X",
         check_finite: bool = True,
     ) -> None:
@@ -345,7 +346,10 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
         count = int((~_small(data)).sum())
         raise _too_large(source, what, row + 1, name, data[position], count, data.dtype)
     block = max(1, (1 << 20) // max(1, values.shape[1]))  # a streaming pass: no n x d temporary
-    if all(_within_bound(values[start : start + block]) for start in range(0, values.shape[0], block)):
+    mapped = _memmap_of(values)
+    if all(
+        _within_bound(values[start : start + block], mapped) for start in range(0, values.shape[0], block)
+    ):
         return
     scope = "" if rows is None else " of the rows read"
     count, row, col = _first_bad(values, block, rows, lambda part: ~np.isfinite(part))
@@ -363,11 +367,35 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count, values.dtype)
 
 
-def _within_bound(part) -> bool:
+def _within_bound(part, mapped: np.memmap | None = None) -> bool:
     """Whether every value of ``part`` is finite and below the bound, without a temporary
-    (a NaN makes the extremes NaN, which compare false)."""
+    (a NaN makes the extremes NaN, which compare false). ``part`` of a memory-mapped
+    file (``mapped``) is let go once read: its pages stay in the page cache, but no
+    longer count in this process's memory, which so stays O(block) for any file."""
     bound = magnitude_bound(part.dtype)
-    return part.size == 0 or (-bound < float(part.min()) and float(part.max()) < bound)
+    within = part.size == 0 or (-bound < float(part.min()) and float(part.max()) < bound)
+    if mapped is not None and part.size:
+        _let_go(part, mapped)
+    return within
+
+
+def _memmap_of(X) -> np.memmap | None:
+    """The ``np.memmap`` of a file that ``X`` views, if any."""
+    while X is not None and not (isinstance(X, np.memmap) and X._mmap is not None):
+        X = getattr(X, "base", None)
+    return X if isinstance(X, np.memmap) and X.filename is not None else None
+
+
+def _let_go(part: np.ndarray, mapped: np.memmap) -> None:
+    """Drop this process's mapping of the whole pages under ``part`` (a contiguous view
+    into ``mapped``); reading them again maps them again from the page cache."""
+    buffer = mapped._mmap
+    assert buffer is not None
+    start = part.ctypes.data - np.frombuffer(buffer, np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (start + part.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= first < last <= len(buffer):
+        buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _small(values) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.data.dataset import Dataset
+from paragrad.data.dataset import Dataset, _float_dtype
 from paragrad.data.delimited import TEXT_SUFFIXES
 from paragrad.data.encoding import Encoding
 from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, ReadOptions, TableFile, _load_table
@@ -39,7 +39,7 @@ def load(
     delimiter: str | None = None,
     target_file: str | os.PathLike | None = None,
     num_features: int | None = None,
-    dtype=np.float64,
+    dtype=None,
     mmap: bool = True,
     check_finite: bool = True,
     lazy: bool = False,
@@ -77,7 +77,8 @@ def load(
     num_features : int, optional
         For LIBSVM files: the feature count (a file need not use the last feature).
     dtype : float dtype or None
-        ``float64`` or ``float32``; ``None`` keeps the file's float32 (else float64).
+        ``float64`` or ``float32``; ``None`` (default) keeps a numpy file's float32, which
+        then stays mapped where it lies (tables and other types read as float64).
     mmap : bool
         Memory-map ``.npy`` files instead of reading them: the local engine's workers then
         map the same file, and the data is never copied.
@@ -106,6 +107,8 @@ def load(
         raise ConfigError(f"{path}: drop=, one_hot=, dropna= and delimiter= apply to CSV and Parquet tables")
     if target_file is not None and suffix != ".npy":
         raise ConfigError(f"{path}: {option('target_file', str(target_file))} goes with .npy features")
+    if is_table or suffix not in (".npy", ".npz"):
+        dtype = _float_dtype(dtype)  # text and LIBSVM are parsed, into float64 by default
     # One-hot encoding and skipping rows need every row read here.
     if lazy and suffix in PARQUET_SUFFIXES and not (one_hot or dropna):
         return Dataset._lazy(TableFile.open(path, target, features, dtype, drop))
