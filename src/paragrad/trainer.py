@@ -164,7 +164,10 @@ def train(
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
-    with _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner:
+    with (
+        _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
+        _coordinator_threads(runner),
+    ):
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
@@ -198,6 +201,17 @@ def train(
     run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
     hooks.train_end(run)
     return run
+
+
+def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[Any]:
+    """One BLAS and OpenMP thread for the coordinator while workers on this machine run:
+    its math between rounds is small, and idle threads that spin after each call (as
+    OpenBLAS's and OpenMP's do) take the cores from the workers."""
+    if not runner.shares_cores:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
 
 
 def _setup_parts(

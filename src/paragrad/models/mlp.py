@@ -105,11 +105,14 @@ class MLP(Model):
         return mask
 
     def init_params(self, seed: int = 0) -> np.ndarray:
+        """``torch.nn.Linear``'s scheme, so that this network trains as the same network in
+        PyTorch does: every weight and bias uniform in +-1/sqrt(the layer's inputs)."""
         rng = np.random.default_rng(seed)
         params = np.zeros(self.num_params)
-        gain = 2.0 if self.activation == "relu" else 1.0
-        for W, _ in self.layers(params):
-            W[...] = rng.standard_normal(W.shape) * np.sqrt(gain / W.shape[0])
+        for W, b in self.layers(params):
+            bound = 1.0 / np.sqrt(W.shape[0])
+            W[...] = rng.uniform(-bound, bound, W.shape)
+            b[...] = rng.uniform(-bound, bound, b.shape)
         return params
 
     def _act(self, z: np.ndarray) -> np.ndarray:
