@@ -229,6 +229,25 @@ def test_bad_csv_gets_a_clear_error(tmp_path, content, target, message):
         pg.load(path, target=target)
 
 
+def test_a_csv_read_as_numbers_from_its_first_block_reads_exactly_and_names_later_text(tmp_path):
+    # The reader types columns from the file's first block (1 MB); past it, the values
+    # must come out as they are, integers as floats, and text still be named by its line.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40_000, 3)).round(6)
+    counts = rng.integers(0, 1000, 40_000)
+    lines = ["a,b,c,n,y"] + [
+        f"{a!r},{b!r},{c!r},{n},{n % 2}" for (a, b, c), n in zip(X.tolist(), counts.tolist(), strict=True)
+    ]
+    path = write(tmp_path / "big.csv", "\n".join(lines) + "\n")
+    assert path.stat().st_size > 1 << 20  # past the first block
+    data = pg.load(path, target="y")
+    np.testing.assert_array_equal(data.X, np.column_stack([X, counts]))
+    np.testing.assert_array_equal(data.y, counts % 2)
+    write(path, "\n".join([*lines[:-1], "0.5,0.5,0.5,many,1"]) + "\n")
+    with pytest.raises(pg.DataError, match=r"column 'n' is not numeric \(line 40001 holds 'many'\)"):
+        pg.load(path, target="y")
+
+
 def test_missing_file_unknown_suffix_and_pickled_npz_are_refused(tmp_path):
     with pytest.raises(pg.DataError, match="file not found"):
         pg.load(tmp_path / "nope.csv", target="y")

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import is_running, relative_error, shared_memory_of
+from conftest import is_running, relative_error, run_cli, shared_memory_of
 
 import paragrad as pg
 from paragrad.engines import kept
@@ -128,6 +128,19 @@ def test_workers_of_the_kept_engine_end_with_the_program():
     while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(is_running(pid) for pid in pids)
+
+
+def test_the_command_line_starts_its_workers_while_it_reads_the_file(tmp_path):
+    data = pg.make_classification(2000, 4, seed=3)
+    path, out = tmp_path / "train.csv", tmp_path / "model.npz"
+    pg.save_dataset(data, path)
+    done = run_cli(
+        "train", path, "--target", "y", "--workers", "2", "--out", out, env={"PARAGRAD_IDLE_S": "30"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "starting workers" in done.stdout
+    expected = pg.train(pg.models.LogisticRegression(), pg.load(path, "y"), engine="serial", workers=2)
+    assert relative_error(pg.load_model(out).params, expected.params) <= 1e-12
 
 
 def test_a_bad_idle_time_is_one_clear_error(monkeypatch):

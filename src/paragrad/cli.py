@@ -36,6 +36,7 @@ from paragrad.data import (
     save_dataset,
 )
 from paragrad.engines import reads_own_rows
+from paragrad.engines.kept import start_early
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged, flag_names
 from paragrad.inference import evaluate, predict_to_file
 from paragrad.models import get_model
@@ -81,12 +82,20 @@ def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
     return dataset
 
 
+def _start_workers_early(args: argparse.Namespace) -> None:
+    """Start the workers of a fixed count now: their start overlaps reading the file."""
+    if args.workers is None or isinstance(args.workers, int):
+        options = {"max_restarts": args.max_restarts, "threads_per_worker": args.threads_per_worker}
+        start_early(args.engine, args.workers, address=args.address, **options)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out)
     # Workers that read their own rows of a Parquet file (Ray's) spare reading it here;
     # choosing the model reads the target, so it needs the file read.
     lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES and bool(args.model)
+    _start_workers_early(args)
     dataset = _load_training_data(args, lazy)
     model_class = get_model(args.model or _chosen_model(dataset))
     model_options = {"l2": args.l2}

@@ -209,14 +209,25 @@ def _mlp_rows(num_rows: int, repeats: int) -> list[Row]:
     ]
 
 
-def _process_seconds(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Wall time of a process as a user starts it from a shell, and its output."""
+def _process_seconds(command: list[str]) -> tuple[float, str, float]:
+    """Wall time of a process as a user starts it from a shell, its output, and the peak
+    memory (RSS, bytes) of the largest process it ran (itself, for a coordinator)."""
+    measured = [sys.executable, "-c", PEAK_OF_CHILD, *command]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(measured, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])}... failed: {done.stderr.strip()[-500:]}")
-    return seconds, done.stdout
+    *output, peak = done.stdout.rstrip("\n").split("\n")
+    return seconds, "\n".join(output), float(peak) * 1024
+
+
+PEAK_OF_CHILD = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
 
 
 PANDAS_SKLEARN = """
@@ -239,17 +250,21 @@ def _csv_row(num_rows: int, repeats: int, folder: Path) -> Row:
     columns = {name: data.X[:, j] for j, name in enumerate(data.feature_names or [])}
     pacsv.write_csv(pa.table({**columns, "y": data.y.astype(np.int64)}), path)
     del data, columns
-    ours = [sys.executable, "-m", "paragrad", "train", str(path), "--target", "y", "--out", str(out)]
-    baseline = [sys.executable, "-c", PANDAS_SKLEARN, str(path)]
-    ours_s = min(_process_seconds(ours)[0] for _ in range(repeats))
-    baseline_s = min(_process_seconds(baseline)[0] for _ in range(repeats))
+    ours_command = [sys.executable, "-m", "paragrad", "train", str(path), "--target", "y", "--out", str(out)]
+    baseline_command = [sys.executable, "-c", PANDAS_SKLEARN, str(path)]
+    ours = [_process_seconds(ours_command) for _ in range(repeats)]
+    baseline = [_process_seconds(baseline_command) for _ in range(repeats)]
+    data_bytes = num_rows * 101 * 8  # the features and labels in memory, as float64
     return _row(
         f"paragrad train data.csv, {num_rows:.0e} x 100",
-        ours_s,
+        min(seconds for seconds, *_ in ours),
         "pandas + sklearn script",
-        baseline_s,
+        min(seconds for seconds, *_ in baseline),
         0.6,
         csv_mb=path.stat().st_size / 1e6,
+        peak_over_data=max(peak for *_, peak in ours) / data_bytes,
+        peak_target=1.5,
+        baseline_peak_over_data=max(peak for *_, peak in baseline) / data_bytes,
     )
 
 
@@ -277,7 +292,7 @@ def _mmap_rows(sizes: list[int], folder: Path) -> list[Row]:
         np.save(y_path, (rng.random(num_rows) < 0.5).astype(np.float32))
         read_s = _best(lambda path=x_path: _read_once(path), 1)
         output = _process_seconds([sys.executable, "-c", MMAP_TRAIN, str(x_path), str(y_path)])[1]
-        whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])
+        whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])  # peak: its own
         rows.append(
             _row(
                 f"mmap float32 .npy {num_rows:.0e} x 100, whole call",

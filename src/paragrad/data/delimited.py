@@ -95,6 +95,12 @@ def read_text_table(path: Path, delimiter: str | None = None):
             parse = pacsv.ParseOptions(delimiter=",", quote_char='"')
             return pacsv.read_csv(source, parse_options=parse, convert_options=convert)
         parse = pacsv.ParseOptions(delimiter=dialect.delimiter, quote_char=dialect.quote)
+        typed = _numbers_as_float64(path, parse, convert)
+        if typed is not None:
+            try:
+                return pacsv.read_csv(path, parse_options=parse, convert_options=typed)
+            except pa.ArrowInvalid:
+                pass  # a later value is not a number: the read below says which, in its terms
         return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -104,6 +110,29 @@ def read_text_table(path: Path, delimiter: str | None = None):
             shown = {"\t": "tab", " ": "space"}.get(dialect.delimiter, dialect.delimiter)
             reason += f" (read with delimiter {shown!r}; set another with {option('delimiter', ';')})"
         raise DataError(f"{path}: cannot read: {reason}") from None
+
+
+def _numbers_as_float64(path: Path, parse, convert):
+    """Options that read the columns whose first block holds numbers as float64 straight
+    away: pyarrow otherwise infers every column's type block by block, which takes more
+    than half of the read. None when the first block cannot be read (the full read then
+    reports why)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        with pacsv.open_csv(path, parse_options=parse, convert_options=convert) as reader:
+            schema = reader.schema
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return None
+    numeric = {
+        field.name: pa.float64()
+        for field in schema
+        if pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+    }
+    if not numeric or len(set(schema.names)) != len(schema.names):
+        return None  # no numbers, or a header with a repeated name: read as before
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=numeric)
 
 
 def _spaces_as_commas(path: Path, quote: str) -> io.BytesIO:

@@ -124,20 +124,56 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
     drop = encoding.expand(options.drop)
     target = None if target_name is None else ColumnName(target_name)
     features, target_name = _pick_columns(path, expanded, table.num_rows, target, features, drop)
-    X = shared_empty((table.num_rows, len(features)), dtype)
-    for j, name in enumerate(features):
-        if name in indicators:
-            X[:, j] = indicators[name]
-        else:
-            X[:, j] = _numeric_column(path, table.column(name), name, where)
     y = None
     if target_name is not None:
         y = _target_column(path, table.column(target_name), target_name, where)
+    for name in features:
+        if name not in indicators:
+            _check_numeric(path, table.column(name), name, where)
+    batches, num_rows = table.to_batches(), table.num_rows
+    del table, expanded  # the batches hold the table's memory, let go of batch by batch
+    X = _fill_rows(batches, num_rows, features, indicators, dtype)
     X, y, dropped = _missing_rows(path, X, y, features, target_name, options.dropna, where)
     dataset = Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
     dataset.encoding = encoding if encoding.categories else None
     dataset.rows_dropped = dropped
     return dataset
+
+
+def _fill_rows(batches: list, num_rows: int, features: list[str], indicators: dict, dtype) -> np.ndarray:
+    """The features in shared memory, filled a batch of rows at a time (row by row in
+    memory, not column by column); each batch is let go once copied, so the table and the
+    features are never both whole in memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    X = shared_empty((num_rows, len(features)), dtype)
+    as_one = not indicators and all(
+        batch.schema.field(name).type == pa.float64() for batch in batches[:1] for name in features
+    )
+    start = 0
+    for index, batch in enumerate(batches):
+        stop = start + batch.num_rows
+        if as_one:  # every feature a float64 column: one conversion of the whole batch
+            X[start:stop] = np.asarray(batch.select(features).to_tensor(null_to_nan=True, row_major=True))
+        else:
+            block = np.empty((batch.num_rows, len(features)), dtype)
+            for j, name in enumerate(features):
+                if name in indicators:
+                    block[:, j] = indicators[name][start:stop]
+                else:
+                    column = batch.column(name)
+                    block[:, j] = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            X[start:stop] = block
+        batches[index] = None
+        if index % RELEASE_EVERY == 0:
+            pa.default_memory_pool().release_unused()
+        start = stop
+    return X
+
+
+# Batches copied between two hand-backs of pyarrow's freed memory to the system.
+RELEASE_EVERY = 16
 
 
 def _missing_rows(path: Path, X, y, features, target_name, dropna: bool | None, where):
@@ -360,9 +396,17 @@ def _numeric_column(path: Path, column, name: str, where=None, feature: bool = T
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    _check_numeric(path, column, name, where, feature)
+    return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def _check_numeric(path: Path, column, name: str, where=None, feature: bool = True) -> None:
+    """Nothing for a column of numbers or booleans; a clear error for text or dates."""
+    import pyarrow as pa
+
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+        return
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
     where = where or (lambda row: f"row {row + 1}")

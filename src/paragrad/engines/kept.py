@@ -80,10 +80,30 @@ def engine_for_call(
         _stop_kept()  # whatever went wrong, the next call starts afresh
         raise
     finally:
-        _kept.timer = threading.Timer(idle_s, _stop_when_idle)
-        _kept.timer.daemon = True
-        _kept.timer.start()
-        _kept.lock.release()
+        _release_later(idle_s)
+
+
+def _release_later(idle_s: float) -> None:
+    """Let go of the kept engine, and start the timer that stops it once idle."""
+    _kept.timer = threading.Timer(idle_s, _stop_when_idle)
+    _kept.timer.daemon = True
+    _kept.timer.start()
+    _kept.lock.release()
+
+
+def start_early(
+    name: str, workers: int | None, *, address: str | None, max_restarts: int, threads_per_worker: int
+) -> None:
+    """Start the kept engine's workers now, without waiting for them, so that their start
+    overlaps what the caller does before its call (reading a file, say)."""
+    if name != "local" or idle_seconds() == 0 or not _kept.lock.acquire(blocking=False):
+        return
+    try:
+        options = {"address": address, "max_restarts": max_restarts, "threads_per_worker": threads_per_worker}
+        engine = _take(workers, options)
+        engine.start_workers(engine.num_workers)  # type: ignore[attr-defined]
+    finally:
+        _release_later(idle_seconds())
 
 
 def _take(workers: int | None, options: dict[str, Any]) -> Engine:

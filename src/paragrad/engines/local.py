@@ -198,6 +198,16 @@ class LocalEngine(WorkerSession):
         self._workers[worker] = WorkerProcess(process, commands, replies)  # recorded before anything can fail
         self._send(worker, SetPath(sys.path))
 
+    def start_workers(self, count: int) -> None:
+        """Start ``count`` workers now, without waiting for them (the next ``start`` with
+        that many workers finds them); workers already running are kept."""
+        if len(self._workers) != count:
+            self._stop()
+        self.num_workers = count
+        self._spawn(
+            [worker for worker in range(count) if worker >= len(self._workers) or not self._alive(worker)]
+        )
+
     def _drop(self, workers: Sequence[int]) -> None:
         gone = set(workers)
         for worker in sorted(gone):
