@@ -70,6 +70,27 @@ def test_local_predict_returns_the_serial_predictions_in_input_order(local_engin
     )
 
 
+@pytest.mark.parametrize("workers", [None, 3, 7])
+def test_predicting_an_array_in_memory_gives_the_models_own_predictions_in_order(workers):
+    # Rows in this process's memory are predicted here, a part per thread: no copy to workers.
+    data = pg.make_classification(1001, 4, num_classes=3, seed=1)
+    for model in (
+        pg.train(pg.models.SoftmaxRegression(), data, engine="serial", workers=2, epochs=5, tol=0).model,
+        pg.train(pg.models.MLP(hidden=(8,)), data, engine="serial", workers=2, epochs=2).model,
+    ):
+        X = data.X[:5] if workers == 7 else data.X  # fewer rows than threads
+        np.testing.assert_array_equal(pg.predict(model, X, workers=workers), model.predict(X))
+        np.testing.assert_array_equal(
+            pg.predict(model, X, workers=workers, proba=True), model.predict_proba(X)
+        )
+    X = data.X.copy()
+    X[600, 2] = np.nan
+    with pytest.raises(pg.DataError, match="row 601 has NaN or infinite features"):
+        pg.predict(model, X, workers=workers)
+    with pytest.raises(pg.ConfigError, match="workers must be a positive integer"):
+        pg.predict(model, X, workers=0)
+
+
 def test_a_fresh_local_engine_trains_and_cleans_up():
     before, children_before = _our_shared_files(), set(_children())
     run = pg.train(

@@ -19,9 +19,10 @@ from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, reads_own_rows
 from paragrad.engines.kept import engine_for_call
-from paragrad.errors import ConfigError, DataError, option
+from paragrad.errors import ConfigError, DataError, check_positive_int, option
 from paragrad.models.base import Model
-from paragrad.shards import plan_shards
+from paragrad.models.torch_module import Torch
+from paragrad.shards import Shard, default_workers, plan_shards
 from paragrad.tasks import PredictShard
 
 
@@ -120,7 +121,11 @@ def predict(
     engine, workers, address, threads_per_worker
         As for :func:`paragrad.train`, with a count of workers (``(min, max)`` and ``"auto"``
         are for training). Fewer rows than workers use fewer workers. On Ray,
-        the workers read their own rows of a ``.npy`` or Parquet file.
+        the workers read their own rows of a ``.npy`` or Parquet file. On the local
+        engine (no engine object), rows in this process's own memory (an array) are
+        predicted here, ``workers`` threads each on a part: worker processes would first
+        need a copy, which costs more than predicting a linear model; files and loaded
+        tables, which workers map, go to the workers.
     proba : bool
         Class probabilities (rows x classes) instead of labels; classifiers only.
     """
@@ -130,9 +135,38 @@ def predict(
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
+    if engine == "local" and _in_own_memory(dataset) and not isinstance(model, Torch):
+        check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
+        return _predict_here(model, dataset, proba, workers or default_workers())
     options = {"address": address, "max_restarts": 0, "threads_per_worker": threads_per_worker}
     with engine_for_call(engine, workers, **options) as runner:
         return _predict_on(runner, model, dataset, proba)
+
+
+def _in_own_memory(dataset: Dataset) -> bool:
+    """Whether the rows lie in this process's own memory (an array, not a mapped file or
+    shared memory that workers could map)."""
+    return dataset.table is None and not dataset.sparse and dataset.storage is None
+
+
+def _predict_here(model: Model, dataset: Dataset, proba: bool, threads: int) -> np.ndarray:
+    """Predict rows held in this process's own memory here, a part per thread (numpy lets
+    go of Python's lock): worker processes would first need a copy of the rows, which
+    costs more than predicting them (a linear model reads each value once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    plan = plan_shards(dataset.num_rows, max(1, min(threads, dataset.num_rows)))
+    task = PredictShard(model, proba)
+
+    def part(worker: int) -> tuple[np.ndarray, int]:
+        start, stop = plan.bounds[worker]
+        return task(Shard(dataset.X[start:stop], None, worker, plan.num_shards))
+
+    with threadpool_limits(1), ThreadPoolExecutor(plan.num_shards) as pool:
+        results = list(pool.map(part, range(plan.num_shards)))
+    return _gather_predictions(results, plan, 0, dataset.source)
 
 
 def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> np.ndarray:
