@@ -147,10 +147,34 @@ class Torch(Model):
         torch = _torch()
         return torch.nn.utils.parameters_to_vector(self.module.parameters()).detach().double().numpy().copy()
 
+    def _flat(self) -> tuple[Any, Any]:
+        """One tensor holding every parameter and one every gradient, in the module's
+        dtype: the parameters and their ``.grad`` become views into them (made once per
+        process), so a round loads the parameters with one copy and reads the gradient
+        with none, whatever the number of parameter tensors."""
+        torch = _torch()
+        flat = self.__dict__.get("_flat_tensors")
+        parameters = list(self.module.parameters())
+        if flat is None or any(parameter.grad is None for parameter in parameters[:1]):
+            values = torch.nn.utils.parameters_to_vector(parameters).detach().clone()
+            grads = torch.zeros_like(values)
+            offset = 0
+            for parameter in parameters:
+                size = parameter.numel()
+                parameter.data = values[offset : offset + size].view_as(parameter)
+                parameter.grad = grads[offset : offset + size].view_as(parameter)
+                offset += size
+            flat = self.__dict__["_flat_tensors"] = (values, grads)
+        return flat
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_flat_tensors"}
+
     def _load(self, params: np.ndarray) -> None:
         torch = _torch()
-        vector = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64)).to(self._dtype)
-        torch.nn.utils.vector_to_parameters(vector, self.module.parameters())
+        values, _ = self._flat()
+        with torch.no_grad():
+            values.copy_(torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64)))
 
     def _inputs(self, X):
         torch = _torch()
@@ -173,13 +197,12 @@ class Torch(Model):
         return 0.5 * torch.sum((out - target) ** 2)
 
     def loss_grad(self, params: np.ndarray, X, y: np.ndarray) -> tuple[float, np.ndarray]:
-        torch = _torch()
         self._load(params)
-        self.module.zero_grad(set_to_none=True)
+        _, grads = self._flat()
+        grads.zero_()
         loss = self._loss(self._outputs(X), y)
-        loss.backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.module.parameters()]
-        return float(loss.detach()), torch.nn.utils.parameters_to_vector(grads).double().numpy()
+        loss.backward()  # adds into the parameters' .grad, views of ``grads``
+        return float(loss.detach()), grads.to(_torch().float64, copy=True).numpy()
 
     def decision_function(self, params: np.ndarray, X) -> np.ndarray:
         torch = _torch()
