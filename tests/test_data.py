@@ -248,6 +248,24 @@ def test_a_csv_read_as_numbers_from_its_first_block_reads_exactly_and_names_late
         pg.load(path, target="y")
 
 
+def test_float32_features_stay_float32_unless_the_target_needs_float64(tmp_path):
+    X = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    labels = (X[:, 0] > 0).astype(np.float64)  # class codes: float32 holds them exactly
+    assert pg.Dataset(X, labels).dtype == np.float32 and pg.Dataset(X, X[:, 1]).dtype == np.float32
+    target = 1e8 + X[:, 1].astype(np.float64)  # float32 would round these to steps of 8
+    data = pg.Dataset(X, target)
+    assert data.dtype == np.float64
+    np.testing.assert_array_equal(data.y, target)
+    np.testing.assert_array_equal(data.X, X.astype(np.float64))
+    assert pg.Dataset(X, target, dtype="float32").dtype == np.float32  # asked for
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", target)
+    np.testing.assert_array_equal(pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy").y, target)
+    np.save(tmp_path / "labels.npy", labels)
+    mapped = pg.load(tmp_path / "X.npy", target_file=tmp_path / "labels.npy")
+    assert mapped.dtype == np.float32 and mapped.storage is not None  # still the file, mapped
+
+
 def test_missing_file_unknown_suffix_and_pickled_npz_are_refused(tmp_path):
     with pytest.raises(pg.DataError, match="file not found"):
         pg.load(tmp_path / "nope.csv", target="y")

@@ -4,6 +4,7 @@ behind once released, idle or ended with the program."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -143,7 +144,27 @@ def test_the_command_line_starts_its_workers_while_it_reads_the_file(tmp_path):
     assert relative_error(pg.load_model(out).params, expected.params) <= 1e-12
 
 
-def test_a_bad_idle_time_is_one_clear_error(monkeypatch):
-    monkeypatch.setenv("PARAGRAD_IDLE_S", "soon")
-    with pytest.raises(pg.ConfigError, match="PARAGRAD_IDLE_S must be a number of seconds"):
-        pg.train(pg.models.LogisticRegression(), pg.make_classification(100, 2, seed=0))
+def _fit_scaled(scale: float) -> np.ndarray:
+    data = pg.make_regression(3000, 4, seed=5)
+    return pg.train(pg.models.LinearRegression(), pg.Dataset(data.X, scale * data.y), workers=2).params
+
+
+def test_a_forked_child_starts_its_own_engine_and_leaves_the_parents_alone(kept_for):
+    kept_for(30)
+    expected = {scale: _fit_scaled(scale) for scale in (1.0, 2.0, 3.0, 4.0)}  # the parent's engine is kept
+    pids = kept_pids()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        found = dict(zip((2.0, 3.0, 4.0), pool.map(_fit_scaled, (2.0, 3.0, 4.0)), strict=True))
+    for scale, params in found.items():
+        assert relative_error(params, expected[scale]) <= 1e-12
+    assert kept_pids() == pids and all(is_running(pid) for pid in pids)
+    assert relative_error(_fit_scaled(1.0), expected[1.0]) <= 1e-12  # and it still serves
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", "1e300"])
+def test_a_bad_idle_time_is_one_clear_error_for_the_local_engine_alone(monkeypatch, value):
+    monkeypatch.setenv("PARAGRAD_IDLE_S", value)
+    data = pg.make_classification(100, 2, seed=0)
+    with pytest.raises(pg.ConfigError, match="PARAGRAD_IDLE_S must be a number of seconds from 0"):
+        pg.train(pg.models.LogisticRegression(), data)
+    pg.train(pg.models.LogisticRegression(), data, engine="serial")  # which never keeps one

@@ -143,7 +143,7 @@ class ParagradRegressor(RegressorMixin, _ParagradEstimator):
 
     def fit(self, X, y) -> ParagradRegressor:
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], y_numeric=True)
-        self._fit(X, y.astype(X.dtype), None)
+        self._fit(X, np.asarray(y, dtype=np.float64), None)  # float32 features keep their type if y fits
         if hasattr(self, "coef_"):
             self.coef_, self.intercept_ = self.coef_[0], float(np.ravel(self.intercept_)[0])
         return self

@@ -263,9 +263,13 @@ def _load_resume_state(
         return None
     differences = config.differences(state.config)
     if differences:
+        hint = ""
+        if any(difference.startswith("dtype") for difference in differences):  # the default follows the data
+            hint = f" (dtype={state.config.get('dtype')!r} trains as the checkpointed run did)"
         raise ConfigError(
             f"{checkpoint_dir}: the checkpoint belongs to another run; it differs in "
             + "; ".join(differences)
+            + hint
         )
     return state
 

@@ -88,7 +88,7 @@ class Dataset:
         source: str = "X",
         check_finite: bool = True,
     ) -> None:
-        dtype = _float_dtype(dtype, like=X)
+        dtype = _float_dtype(dtype, like=X, target=y)
         self.source = source
         self.storage = _file_backing(X, dtype)
         self._X = _as_matrix(X, dtype, source)
@@ -251,15 +251,31 @@ def _file_backing(X, dtype) -> FileBacking | None:
     return FileBacking(str(mapped.filename), int(offset), os.stat(mapped.filename).st_ino)
 
 
-def _float_dtype(dtype, like=None) -> np.dtype:
-    """The float type to use; ``None`` keeps float32 data as it is and makes the rest float64."""
+def _float_dtype(dtype, like=None, target=None) -> np.dtype:
+    """The float type to use; ``None`` keeps float32 features as they are (with their
+    ``target``, when float32 holds its every value exactly: class codes, float32 values)
+    and makes the rest float64."""
     if dtype is None:
         kind = getattr(like, "dtype", None)
-        return np.dtype(np.float32) if kind == np.float32 else np.dtype(np.float64)
+        if kind != np.float32 or not _fits_float32(target):
+            return np.dtype(np.float64)
+        return np.dtype(np.float32)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
+
+
+def _fits_float32(target) -> bool:
+    """Whether float32 holds every value of a target exactly (None, text and booleans do:
+    they become class codes); a float64 target of other values keeps the data float64."""
+    if target is None:
+        return True
+    values = np.asarray(target)
+    if values.dtype.kind not in "iuf" or values.dtype == np.float32:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.array_equal(values.astype(np.float32), values))
 
 
 def is_sparse(X) -> bool:

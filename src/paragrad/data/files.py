@@ -119,7 +119,7 @@ def load(
         return _load_npz(path, dtype, check_finite)
     if suffix == ".npy":
         dataset = _load_npy(path, dtype, mmap, check_finite)
-        return dataset if target_file is None else _with_targets(dataset, Path(target_file))
+        return dataset if target_file is None else _with_targets(dataset, Path(target_file), dtype)
     if suffix in SVMLIGHT_SUFFIXES:
         return _load_svmlight(path, num_features, dtype, check_finite)
     raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use {SUPPORTED}")
@@ -133,8 +133,9 @@ def _names(value: Sequence[str] | str, keyword: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _with_targets(dataset: Dataset, path: Path) -> Dataset:
-    """``.npy`` features with their targets from another ``.npy`` file."""
+def _with_targets(dataset: Dataset, path: Path, dtype) -> Dataset:
+    """``.npy`` features with their targets from another ``.npy`` file (``dtype`` None:
+    float32 features stay float32 when the targets fit float32)."""
     if not path.is_file():
         raise DataError(f"{path}: target file not found")
     with open_numpy(path, "npy") as y:
@@ -146,9 +147,7 @@ def _with_targets(dataset: Dataset, path: Path) -> Dataset:
             f"{path}: {dataset.num_rows} rows of features in {dataset.source} but targets of shape {y.shape}"
         )
     # The features were checked as they were loaded; the targets always are.
-    return Dataset(
-        dataset.X, y, target_name="y", dtype=dataset.dtype, source=dataset.source, check_finite=False
-    )
+    return Dataset(dataset.X, y, target_name="y", dtype=dtype, source=dataset.source, check_finite=False)
 
 
 def has_magic(path: Path, magic: bytes) -> bool:

@@ -26,6 +26,7 @@ from paragrad.engines.base import Engine
 from paragrad.errors import ConfigError
 
 DEFAULT_IDLE_S = 30.0
+MAX_IDLE_S = 1e6  # about 11 days: longer than any program needs, within what timers take
 
 
 class _Kept:
@@ -41,6 +42,20 @@ class _Kept:
 _kept = _Kept()
 
 
+def _forget_in_child() -> None:
+    """A forked child starts without a kept engine: the one it inherited is its parent's
+    (its pipes reach the parent's workers), so it is neither used nor stopped here."""
+    global _kept
+    engine = _kept.engine
+    finalizer = getattr(engine, "_finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()  # the child's exit must not stop the parent's workers
+    _kept = _Kept()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def idle_seconds() -> float:
     """How long the kept engine waits for another call (``PARAGRAD_IDLE_S``)."""
     text = os.environ.get("PARAGRAD_IDLE_S", "")
@@ -50,8 +65,10 @@ def idle_seconds() -> float:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:
-        raise ConfigError(f"PARAGRAD_IDLE_S must be a number of seconds >= 0, got {text!r}")
+    if not 0 <= seconds < MAX_IDLE_S:
+        raise ConfigError(
+            f"PARAGRAD_IDLE_S must be a number of seconds from 0 to {MAX_IDLE_S:.0f}, got {text!r}"
+        )
     return seconds
 
 
@@ -68,8 +85,8 @@ def engine_for_call(
         "max_restarts": max_restarts,
         "threads_per_worker": threads_per_worker,
     }
-    idle_s = idle_seconds()
-    if name != "local" or idle_s == 0 or not _kept.lock.acquire(blocking=False):
+    idle_s = idle_seconds() if name == "local" else 0.0
+    if idle_s == 0 or not _kept.lock.acquire(blocking=False):
         with make_engine(name, workers, **options) as engine:
             yield engine
         return
