@@ -127,3 +127,23 @@ def test_the_elastic_suite_reports_each_change_with_its_cost():
         assert row["cost_s"] == row["change_s"] + row["next_round_delay_s"]
         assert row["moved_bytes"] == 1000 * 5 * 8 and row["moved_copy_s"] == row["moved_bytes"] / 1e10
         assert row["ratio_to_round_plus_copy"] == row["cost_s"] / (row["round_s"] + row["moved_copy_s"])
+
+
+def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
+    from paragrad.bench import e2e_suite as e2e
+
+    rows = [
+        *e2e._logistic_rows(3000, 1, warm=True),
+        e2e._cross_validation_row(3000, 1),
+        *e2e._mlp_rows(3000, 1),
+        e2e._csv_row(2000, 1, tmp_path),
+        *e2e._predict_row(3000, tmp_path, 1),
+        *e2e._mmap_rows([3000, 6000], tmp_path),
+    ]
+    assert len(rows) == 11 and not list(tmp_path.glob("*.npy"))  # the big files go once measured
+    for row in rows:
+        assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0
+        assert row["met"] == (row["ratio"] <= row["target_ratio"])
+    assert abs(rows[0]["loss_minus_baseline"]) < 1e-3  # the same answer as scikit-learn's
+    assert rows[2]["cold_s"] > 0 and rows[2]["release_s"] >= 0
+    assert all(row["coordinator_peak_gb"] > 0 for row in rows[-2:])

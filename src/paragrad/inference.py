@@ -17,7 +17,7 @@ import numpy as np
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
-from paragrad.engines import Engine, reads_own_rows
+from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ConfigError, DataError, check_positive_int, option
 from paragrad.models.base import Model
@@ -135,7 +135,8 @@ def predict(
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
         return _predict_on(engine, model, dataset, proba)
-    if engine == "local" and _in_own_memory(dataset) and not isinstance(model, Torch):
+    # Worker processes on this machine would need a copy of rows in this process's memory.
+    if engine_class(engine).shares_cores and _in_own_memory(dataset) and not isinstance(model, Torch):
         check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
         return _predict_here(model, dataset, proba, workers or default_workers())
     options = {"address": address, "max_restarts": 0, "threads_per_worker": threads_per_worker}
