@@ -140,7 +140,7 @@ def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
         *e2e._predict_row(3000, tmp_path, 1),
         *e2e._mmap_rows([3000, 6000], tmp_path),
     ]
-    assert len(rows) == 11
+    assert len(rows) == 13
     assert not list(tmp_path.glob("X*.npy")) and not (tmp_path / "P.npy").exists()  # the big files go
     for row in rows:
         assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0

@@ -173,7 +173,8 @@ class Torch(Model):
     def _load(self, params: np.ndarray) -> None:
         torch = _torch()
         values, _ = self._flat()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # broadcast parameters are read-only;
+            warnings.simplefilter("ignore", UserWarning)  # they are only read here
             values.copy_(torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64)))
 
     def _inputs(self, X):
