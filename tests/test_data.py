@@ -266,6 +266,28 @@ def test_float32_features_stay_float32_unless_the_target_needs_float64(tmp_path)
     assert mapped.dtype == np.float32 and mapped.storage is not None  # still the file, mapped
 
 
+@pytest.mark.parametrize("engine", ["local", "serial"])
+def test_a_mapped_file_is_checked_where_its_rows_are_first_read(tmp_path, engine):
+    # The coordinator does not read a mapped file to check it: the workers do, in the
+    # set-up pass, and a bad value is named as a check at loading would name it.
+    X = np.random.default_rng(0).standard_normal((3000, 4)).astype(np.float32)
+    X[2345, 1] = np.inf
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", (X[:, 0] > 0).astype(np.float32))
+    data = pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy")
+    assert data.unchecked and data.storage is not None
+    message = r"1 NaN, missing or infinite value\(s\) in features; first at row 2346, column 1 \(infinite\)"
+    with pytest.raises(pg.DataError, match=message):
+        pg.train(pg.models.LogisticRegression(), data, engine=engine, workers=2)
+    with pytest.raises(pg.DataError, match=message):
+        pg.Dataset(np.load(tmp_path / "X.npy", mmap_mode="r")).check()
+    X[2345, 1] = 0.0
+    np.save(tmp_path / "X.npy", X)
+    data = pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy")
+    pg.train(pg.models.LogisticRegression(), data, engine=engine, workers=2)
+    assert not data.unchecked
+
+
 def test_missing_file_unknown_suffix_and_pickled_npz_are_refused(tmp_path):
     with pytest.raises(pg.DataError, match="file not found"):
         pg.load(tmp_path / "nope.csv", target="y")

@@ -200,6 +200,7 @@ def evaluate(
     dataset = read_features(model, data, target, delimiter=delimiter, dropna=dropna, target_file=target_file)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
+    dataset.check()
     y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
     predictions = model.predict(dataset.X)

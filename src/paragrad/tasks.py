@@ -13,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from paragrad.data import Moments, Standardizer, moments
+from paragrad.data.dataset import within_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
 from paragrad.shards import Shard, StateField, Task
@@ -21,15 +22,19 @@ from paragrad.strategies import RoundPlan, Strategy, WorkerResult
 
 @dataclass(frozen=True)
 class DescribeShard(Task):
-    """Row count, distinct labels (classifiers) and feature moments of a shard."""
+    """Row count, distinct labels (classifiers) and feature moments of a shard, and with
+    ``check_values`` whether its features are all finite and within bounds (the check of
+    a memory-mapped file, made where the rows are read)."""
 
     want_labels: bool
     want_moments: bool
+    check_values: bool = False
 
-    def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None]:
+    def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None, bool]:
         labels = distinct_labels(shard.y) if self.want_labels and shard.y is not None else None
-        stats = moments(shard.X) if self.want_moments else None
-        return shard.num_rows, labels, stats
+        clean = within_bounds(shard.X) if self.check_values else True
+        stats = moments(shard.X) if self.want_moments and clean else None
+        return shard.num_rows, labels, stats, clean
 
 
 def distinct_labels(y: np.ndarray) -> np.ndarray:

@@ -288,10 +288,13 @@ def _set_up_model(
     A resumed run brings its ``standardizer``, so it scales exactly as before.
     """
     gather = (standardize and standardizer is None) or want_moments
-    described = runner.run(DescribeShard(model.is_classifier, gather))
+    described = runner.run(DescribeShard(model.is_classifier, gather, data.unchecked))
+    if not all(clean for *_, clean in described):
+        data.check()  # names the first bad value, as a check when the data was made would
+    data.unchecked = False
     labels = None
     if model.is_classifier:
-        labels = np.unique(np.concatenate([shard_labels for _, shard_labels, _ in described]))
+        labels = np.unique(np.concatenate([shard_labels for _, shard_labels, *_ in described]))
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
@@ -299,7 +302,7 @@ def _set_up_model(
     if coding is not None:  # numeric labels other than 0..k-1 (-1/1, 1/2, ...)
         runner.run(coding)
     model.standardizer_ = None
-    stats = combine_moments([part for *_, part in described]) if gather else None
+    stats = combine_moments([part for *_, part, _ in described]) if gather else None
     if standardize:
         model.standardizer_ = standardizer or Standardizer.from_moments(stats)  # type: ignore[arg-type]
         runner.run(StandardizeShard(model.standardizer_))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from paragrad.errors import ConfigError, DataError
+from paragrad.shm import is_region
 
 if TYPE_CHECKING:
     from paragrad.data.encoding import Encoding
@@ -60,7 +61,9 @@ class Dataset:
         What to call the data in error messages (a file name, say).
     check_finite : bool
         Check every feature value (a pass over the data); predict skips it and checks its
-        outputs instead, which NaN or infinite features always reach.
+        outputs instead, which NaN or infinite features always reach. Features
+        memory-mapped from a file are checked later, where they are read: by the workers
+        in training's set-up pass, or by :meth:`check` (``unchecked`` says which).
 
     ``encoding`` holds the categories of the columns ``load(..., one_hot=...)`` encoded,
     and ``rows_dropped`` the rows ``load(..., dropna=True)`` skipped.
@@ -71,6 +74,7 @@ class Dataset:
     """
 
     table: TableFile | None = None
+    unchecked: bool = False  # features whose values are still to be checked (see check())
     # Set by :func:`paragrad.load` on the data set it returns: the one-hot encoded columns
     # and their categories, and how many rows with missing values ``dropna=True`` skipped.
     encoding: Encoding | None = None
@@ -101,7 +105,11 @@ class Dataset:
                 )
         self.feature_names = feature_names
         self.target_name = target_name
-        if check_finite:
+        # Features memory-mapped from a file (not a shared region, which was just written
+        # here) are checked by the workers as they first read their rows in training,
+        # or by check(): a pass here would read the whole file once more.
+        self.unchecked = check_finite and self.storage is not None and not is_region(self.storage.path)
+        if check_finite and not self.unchecked:
             _check_finite(self.X, source, feature_names)
         if self.y is not None:
             _check_finite(self.y[:, None], source, (target_name or "y",), what="the target")
@@ -139,6 +147,13 @@ class Dataset:
     def _read_whole(self) -> None:
         whole = self.table.read()
         self._X, self._y, self.storage = whole.X, whole.y, whole.storage
+
+    def check(self) -> None:
+        """Check features not yet checked (a mapped file's) here: a DataError names the
+        first NaN, infinite or too large value."""
+        if self.unchecked:
+            _check_finite(self.X, self.source, self.feature_names)
+            self.unchecked = False
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -179,7 +194,9 @@ class Dataset:
             return self.table.read(np.arange(self.num_rows)[rows])
         y = None if self.y is None else self.y[rows]
         names, target = self.feature_names, self.target_name
-        return Dataset._trusted(self.X[rows], y, names, target, self.source, self.classes)
+        part = Dataset._trusted(self.X[rows], y, names, target, self.source, self.classes)
+        part.unchecked = self.unchecked
+        return part
 
     def features_only(self) -> Dataset:
         """The same rows without labels or names: what predicting needs."""
@@ -192,6 +209,7 @@ class Dataset:
         dtype = _float_dtype(dtype)
         if dtype == self.dtype:
             return self
+        self.check()  # the conversion reads every value anyway
         if self._X is None:
             return Dataset._lazy(dataclasses.replace(self.table, dtype=dtype.str))
         y = None if self.y is None else self.y.astype(dtype)
@@ -381,6 +399,15 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     column = repr(names[col]) if names is not None else f"column {col}"
     file_row = row if rows is None else int(rows[row])
     raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count, values.dtype)
+
+
+def within_bounds(values) -> bool:
+    """Whether every feature value is finite and below its type's bound, in one streaming
+    pass (which :func:`_check_finite` then runs again to name the first bad value)."""
+    if is_sparse(values):
+        return _within_bound(values.data)
+    block = max(1, (1 << 20) // max(1, values.shape[1]))
+    return all(_within_bound(values[start : start + block]) for start in range(0, values.shape[0], block))
 
 
 def _within_bound(part, mapped: np.memmap | None = None) -> bool:

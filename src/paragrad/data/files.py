@@ -146,8 +146,15 @@ def _with_targets(dataset: Dataset, path: Path, dtype) -> Dataset:
         raise DataError(
             f"{path}: {dataset.num_rows} rows of features in {dataset.source} but targets of shape {y.shape}"
         )
-    # The features were checked as they were loaded; the targets always are.
-    return Dataset(dataset.X, y, target_name="y", dtype=dtype, source=dataset.source, check_finite=False)
+    # The features were checked as they were loaded (or are left to the workers, as
+    # dataset.unchecked says); the targets are checked here.
+    with_targets = Dataset(
+        dataset.X, y, target_name="y", dtype=dtype, source=dataset.source, check_finite=False
+    )
+    with_targets.unchecked = dataset.unchecked
+    if with_targets.storage is None:  # copied to float64 for the targets: no longer the file
+        with_targets.check()
+    return with_targets
 
 
 def has_magic(path: Path, magic: bytes) -> bool:
