@@ -291,7 +291,13 @@ def predict_to_file(
         raise ConfigError("proba=True needs a classifier")
     chunk_of, num_rows, source = _chunks_of(model, data, reads_own_rows(engine), delimiter)
     out = Path(out)
-    step = chunk_rows or max(1, CHUNK_BYTES // (model.num_features_ * 8))
+    # A chunk read here holds its rows; a mapped .npy's stay in the file, so only the
+    # chunk's predictions (a value, or a probability a class, per row) count.
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
+        row_bytes = 8 * (len(model.classes_) if proba and model.classes_ is not None else 1)
+    else:
+        row_bytes = 8 * model.num_features_
+    step = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
     task = PredictShard(model, proba)
     show = sys.stderr.isatty() if progress is None else progress
     own_engine = not isinstance(engine, Engine)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, write_features
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
@@ -368,7 +369,8 @@ def _predict_row(num_rows: int, folder: Path, repeats: int) -> list[Row]:
         out = np.empty(num_rows, dtype=np.float64)
         for start in range(0, num_rows, 500_000):
             out[start : start + 500_000] = mapped[start : start + 500_000] @ weights + intercept > 0
-        np.save(folder / "numpy.npy", out)
+        with atomic_write(folder / "numpy.npy") as handle:  # as durable as ours (fsync, rename)
+            np.save(handle, out)
 
     def ours() -> None:
         predict_to_file(model, path, folder / "ours.npy", progress=False, workers=2)
