@@ -91,6 +91,19 @@ def test_predicting_an_array_in_memory_gives_the_models_own_predictions_in_order
         pg.predict(model, X, workers=0)
 
 
+def test_results_larger_than_the_slot_come_back_whole_through_the_workers_regions():
+    pids = []
+    with started_engine() as engine:
+        for size in (3 << 18, 1 << 20, 1 << 16, 1 << 21):  # 6 MB, 8 MB, 512 kB, 16 MB
+            results = engine.run(Large(), size)
+            for worker, (values, index) in enumerate(results):
+                assert index == worker
+                np.testing.assert_array_equal(values, np.arange(size, dtype=np.float64) + worker)
+        pids = engine.pids
+    assert not [pid for pid in pids if is_running(pid)]
+    assert not any(shared_memory_of(pid) for pid in pids)
+
+
 def test_a_fresh_local_engine_trains_and_cleans_up():
     before, children_before = _our_shared_files(), set(_children())
     run = pg.train(
@@ -114,6 +127,13 @@ class Boom(Task):
         if shard.worker == 1:
             raise ValueError("boom")
         return shard.num_rows
+
+
+class Large(Task):
+    """A result far larger than the result slot: it comes back through the worker's own region."""
+
+    def __call__(self, shard, size):
+        return np.arange(size, dtype=np.float64) + shard.worker, shard.worker
 
 
 class Die(Task):

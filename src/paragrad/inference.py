@@ -238,7 +238,7 @@ class PredictionWriter:
                 }
                 np.lib.format.write_array_header_2_0(self.handle, header)
                 self.writer = True
-            self.handle.write(np.ascontiguousarray(values).tobytes())
+            self.handle.write(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy
             return
         import pyarrow as pa
         import pyarrow.csv as pacsv

@@ -131,6 +131,7 @@ class LocalEngine(WorkerSession):
         self._retired: list[Region] = []  # data placed before, released after the next round
         self._broadcast: Region | None = None
         self._slots: list[Region] = []
+        self._overflows: dict[int, Region] = {}  # workers' own regions of large results, opened here
 
     @classmethod
     def from_options(
@@ -252,6 +253,9 @@ class LocalEngine(WorkerSession):
 
     def _stop(self) -> None:
         _release(self._resources)
+        for region in self._overflows.values():
+            region.close()
+        self._overflows = {}
         self._data, self._broadcast, self._slots, self._specs, self._retired = None, None, [], [], []
 
     def _died(self, worker: int) -> Died:
@@ -350,6 +354,17 @@ class LocalEngine(WorkerSession):
             self._retired = []
         return [replies[worker] for worker in workers]
 
+    def _overflow(self, worker: int, reply: TaskDone) -> Region:
+        """The worker's own region its large result lies in, opened once (again when the
+        worker replaced it)."""
+        assert reply.region is not None
+        known = self._overflows.get(worker)
+        if known is None or known.size != reply.region_size or not known.is_still_at(reply.region):
+            if known is not None:
+                known.close()
+            known = self._overflows[worker] = Region.open(reply.region, reply.region_size)
+        return known
+
     def _gather(self, workers: list[int], replies: dict[int, Reply], copy: bool) -> None:
         """Each worker's reply as it comes; a broken pipe is a death."""
         pending: dict[Any, int] = {}
@@ -373,7 +388,8 @@ class LocalEngine(WorkerSession):
                 self.last_bytes_received += len(data)
                 if isinstance(reply, TaskDone):
                     self.last_bytes_received += sum(length for _, length in reply.layout)
-                    value = transport.loads(reply.stream, self._slots[worker], reply.layout, copy=copy)
+                    region = self._slots[worker] if reply.region is None else self._overflow(worker, reply)
+                    value = transport.loads(reply.stream, region, reply.layout, copy=copy)
                     replies[worker] = Done(value)
                 else:
                     replies[worker] = Raised(reply.error, reply.traceback)

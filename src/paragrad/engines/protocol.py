@@ -69,10 +69,13 @@ Command = SetPath | LoadShard | AddTask | RunTask | Stop
 
 @dataclass(frozen=True)
 class TaskDone:
-    """A result: its pickle stream, and the layout of its large buffers in the slot."""
+    """A result: its pickle stream, and the layout of its large buffers in the slot, or in
+    the worker's own ``region`` (of ``region_size`` bytes) when they outgrow the slot."""
 
     stream: bytes
     layout: Layout
+    region: str | None = None
+    region_size: int = 0
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class WorkerState:
         self.shard: Shard | None = None
         self.tasks: dict[int, Task | bytes] = {}
         self.regions: dict[str, Region] = {}
+        self.overflow: Region | None = None  # results larger than the slot go here
         # The rows mapped last: their spec, the data files' inodes (a region's path may
         # name another region later), X and y.
         self.mapped: tuple[ShardSpec | None, tuple[int, ...], Any, Any] = (None, (), None, None)
@@ -101,14 +102,24 @@ class WorkerState:
             return TaskFailed(_portable(exc), traceback.format_exc())
 
     def reply(self, result: Any, message: RunTask) -> TaskDone:
-        """A result's stream, its large buffers written to the result slot when they fit."""
+        """A result's stream, its large buffers written to the result slot when they fit,
+        else to a region of the worker's own (kept for the next results: a pipe would
+        carry them at a fraction of the memory's speed)."""
         stream, buffers = transport.dumps(result)
-        if buffers and transport.layout_size(buffers) <= message.slot_size:
+        if not buffers:
+            return TaskDone(stream, ())
+        size = transport.layout_size(buffers)
+        if size <= message.slot_size:
             slot = self.region(message.slot, message.slot_size)
             return TaskDone(stream, transport.write_buffers(buffers, slot))
-        if buffers:
-            stream = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        return TaskDone(stream, ())
+        if self.overflow is None or self.overflow.size < size:
+            if self.overflow is not None:
+                self.overflow.close()
+                self.overflow.unlink()
+                self.overflow = None
+            self.overflow = Region.create(size)
+        layout = transport.write_buffers(buffers, self.overflow)
+        return TaskDone(stream, layout, self.overflow.path, self.overflow.size)
 
 
 def _inodes(spec: ShardSpec) -> tuple[int, ...]:
