@@ -12,8 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from paragrad.data import Moments, Standardizer, moments
+from paragrad.data import Moments, Standardizer
 from paragrad.data.dataset import within_bounds
+from paragrad.data.moments import moments_and_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
 from paragrad.shards import Shard, StateField, Task
@@ -32,9 +33,11 @@ class DescribeShard(Task):
 
     def __call__(self, shard: Shard) -> tuple[int, np.ndarray | None, Moments | None, bool]:
         labels = distinct_labels(shard.y) if self.want_labels and shard.y is not None else None
+        if self.want_moments:  # the check rides along the moments' pass
+            stats, clean = moments_and_bounds(shard.X, self.check_values)
+            return shard.num_rows, labels, stats if clean else None, clean
         clean = within_bounds(shard.X) if self.check_values else True
-        stats = moments(shard.X) if self.want_moments and clean else None
-        return shard.num_rows, labels, stats, clean
+        return shard.num_rows, labels, None, clean
 
 
 def distinct_labels(y: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.data.dataset import is_sparse
+from paragrad.data.dataset import is_sparse, within_bounds
 from paragrad.errors import DataError
 
 
@@ -26,25 +26,42 @@ class Moments:
 def moments(X: Any) -> Moments:
     """The moments of the rows of ``X`` (an array or CSR matrix), accumulated in float64.
 
-    For CSR rows, from the sums of values and of squares (centring would make them dense).
+    A block's own moments are computed in the data's type (float32 data: float32 sums
+    over a block of a few hundred rows, as the training kernels' products run), and the
+    blocks merged in float64. For CSR rows, from the sums of values and of squares
+    (centring would make them dense).
     """
+    return moments_and_bounds(X, check=False)[0]
+
+
+def moments_and_bounds(X: Any, check: bool) -> tuple[Moments, bool]:
+    """:func:`moments`, and with ``check`` whether every value is finite and within its
+    type's bound, found in the same pass (each block is read from memory once)."""
     if is_sparse(X):
         mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
         squares = np.asarray(X.multiply(X).sum(axis=0, dtype=np.float64)).ravel()
-        return Moments(X.shape[0], mean, np.maximum(squares - X.shape[0] * mean**2, 0.0))
-    # One pass, block by block: each block's mean and squared deviations while it is in
-    # cache, then merged exactly (m2 = sum of the blocks' m2 + n_b (mean_b - mean)^2).
+        stats = Moments(X.shape[0], mean, np.maximum(squares - X.shape[0] * mean**2, 0.0))
+        return stats, not check or within_bounds(X)
+    # Block by block: each block's mean and squared deviations while it is in cache
+    # (sums as matrix-vector products), then merged exactly:
+    # m2 = the blocks' m2 + n_b (mean_b - mean)^2.
     step = max(1, BLOCK_VALUES // max(1, X.shape[1]))
-    counts, means, m2 = [], [], np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], step):
-        block = X[start : start + step]
-        means.append(block.mean(axis=0, dtype=np.float64))
-        counts.append(len(block))
-        centred = block - means[-1]
-        m2 += np.einsum("ij,ij->j", centred, centred)
-    weights, block_means = np.array(counts, dtype=np.float64), np.array(means)
+    ones, centred = np.ones(step, X.dtype), np.empty((min(step, len(X)), X.shape[1]), X.dtype)
+    counts, means, m2, clean = [], [], np.zeros(X.shape[1]), True
+    with np.errstate(over="ignore", invalid="ignore"):  # too large values: the caller says
+        for start in range(0, X.shape[0], step):
+            block = X[start : start + step]
+            rows = len(block)
+            if check and clean:
+                clean = within_bounds(block)
+            means.append(ones[:rows] @ block / rows)
+            counts.append(rows)
+            np.subtract(block, means[-1], out=centred[:rows])
+            np.multiply(centred[:rows], centred[:rows], out=centred[:rows])
+            m2 += ones[:rows] @ centred[:rows]
+    weights, block_means = np.array(counts, dtype=np.float64), np.array(means, dtype=np.float64)
     mean = weights @ block_means / len(X)
-    return Moments(len(X), mean, m2 + weights @ (block_means - mean) ** 2)
+    return Moments(len(X), mean, m2 + weights @ (block_means - mean) ** 2), clean
 
 
 # Values per block of a streaming pass: small enough to stay in cache, large enough that
