@@ -86,6 +86,16 @@ class Region:
             os.close(fd)
         return cls(path, size, mapping, inode=inode)
 
+    @classmethod
+    def reopen(cls, known: Region | None, path: str, size: int) -> Region:
+        """The region at ``path``: ``known`` while it is still that region, else opened
+        anew (``known`` closed)."""
+        if known is not None and known.size == size and known.is_still_at(path):
+            return known
+        if known is not None:
+            known.close()
+        return cls.open(path, size)
+
     def is_still_at(self, path: str) -> bool:
         """Whether ``path`` still names this region: a creator's descriptor number, once
         released, may name another region later."""

@@ -366,10 +366,10 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
     """Raise a DataError naming the first NaN, infinite or too large value (see
     :data:`MAX_MAGNITUDE`); ``rows`` maps the array's rows to the file's (counted from 0)
     when the array holds only some of them."""
+    if within_bounds(values):
+        return
     if is_sparse(values):
         data = values.data
-        if _within_bound(data):
-            return
         finite = np.isfinite(data)
         position = int(np.argmin(finite) if not finite.all() else np.argmin(_small(data)))
         row = int(np.searchsorted(values.indptr, position, side="right")) - 1
@@ -379,12 +379,7 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
             raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
         count = int((~_small(data)).sum())
         raise _too_large(source, what, row + 1, name, data[position], count, data.dtype)
-    block = max(1, (1 << 20) // max(1, values.shape[1]))  # a streaming pass: no n x d temporary
-    mapped = _memmap_of(values)
-    if all(
-        _within_bound(values[start : start + block], mapped) for start in range(0, values.shape[0], block)
-    ):
-        return
+    block = _block_rows(values)
     scope = "" if rows is None else " of the rows read"
     count, row, col = _first_bad(values, block, rows, lambda part: ~np.isfinite(part))
     if count:
@@ -406,8 +401,15 @@ def within_bounds(values) -> bool:
     pass (which :func:`_check_finite` then runs again to name the first bad value)."""
     if is_sparse(values):
         return _within_bound(values.data)
-    block = max(1, (1 << 20) // max(1, values.shape[1]))
-    return all(_within_bound(values[start : start + block]) for start in range(0, values.shape[0], block))
+    block, mapped = _block_rows(values), _memmap_of(values)
+    return all(
+        _within_bound(values[start : start + block], mapped) for start in range(0, values.shape[0], block)
+    )
+
+
+def _block_rows(values) -> int:
+    """Rows per block of a streaming pass (a million values): no rows x features temporary."""
+    return max(1, (1 << 20) // max(1, values.shape[1]))
 
 
 def _within_bound(part, mapped: np.memmap | None = None) -> bool:

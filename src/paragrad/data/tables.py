@@ -132,7 +132,7 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
             _check_numeric(path, table.column(name), name, where)
     batches, num_rows = table.to_batches(), table.num_rows
     del table, expanded  # the batches hold the table's memory, let go of batch by batch
-    X = _fill_rows(batches, num_rows, features, indicators, dtype)
+    X = _fill_rows(path, batches, num_rows, features, indicators, dtype)
     X, y, dropped = _missing_rows(path, X, y, features, target_name, options.dropna, where)
     dataset = Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
     dataset.encoding = encoding if encoding.categories else None
@@ -140,12 +140,13 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
     return dataset
 
 
-def _fill_rows(batches: list, num_rows: int, features: list[str], indicators: dict, dtype) -> np.ndarray:
+def _fill_rows(
+    path: Path, batches: list, num_rows: int, features: list[str], indicators: dict, dtype
+) -> np.ndarray:
     """The features in shared memory, filled a batch of rows at a time (row by row in
     memory, not column by column); each batch is let go once copied, so the table and the
     features are never both whole in memory."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     X = shared_empty((num_rows, len(features)), dtype)
     as_one = not indicators and all(
@@ -162,8 +163,7 @@ def _fill_rows(batches: list, num_rows: int, features: list[str], indicators: di
                 if name in indicators:
                     block[:, j] = indicators[name][start:stop]
                 else:
-                    column = batch.column(name)
-                    block[:, j] = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+                    block[:, j] = _numeric_column(path, batch.column(name), name)
             X[start:stop] = block
         batches[index] = None
         if index % RELEASE_EVERY == 0:

@@ -358,12 +358,9 @@ class LocalEngine(WorkerSession):
         """The worker's own region its large result lies in, opened once (again when the
         worker replaced it)."""
         assert reply.region is not None
-        known = self._overflows.get(worker)
-        if known is None or known.size != reply.region_size or not known.is_still_at(reply.region):
-            if known is not None:
-                known.close()
-            known = self._overflows[worker] = Region.open(reply.region, reply.region_size)
-        return known
+        region = Region.reopen(self._overflows.get(worker), reply.region, reply.region_size)
+        self._overflows[worker] = region
+        return region
 
     def _gather(self, workers: list[int], replies: dict[int, Reply], copy: bool) -> None:
         """Each worker's reply as it comes; a broken pipe is a death."""

@@ -50,11 +50,7 @@ class WorkerState:
 
     def region(self, path: str, size: int) -> Region:
         """The region at ``path``, opened once (again when the path now names another)."""
-        known = self.regions.get(path)
-        if known is None or known.size != size or not known.is_still_at(path):
-            if known is not None:
-                known.close()
-            self.regions[path] = Region.open(path, size)
+        self.regions[path] = Region.reopen(self.regions.get(path), path, size)
         return self.regions[path]
 
     def forget_regions(self, keep: set[str]) -> None:

@@ -155,7 +155,8 @@ class Torch(Model):
         torch = _torch()
         flat = self.__dict__.get("_flat_tensors")
         parameters = list(self.module.parameters())
-        if flat is None or any(parameter.grad is None for parameter in parameters[:1]):
+        # A copy of the module (pickled to a worker, deep-copied) has no .grad views yet.
+        if flat is None or (parameters and parameters[0].grad is None):
             values = torch.nn.utils.parameters_to_vector(parameters).detach().clone()
             grads = torch.zeros_like(values)
             offset = 0
