@@ -304,11 +304,19 @@ def labelled_csv(path, labels, rows: int = 120):
 @pytest.mark.parametrize(
     ("labels", "chosen", "typed"),
     [
-        (["no", "yes"], "model: logistic (2 classes: no, yes)", str),
-        (["-1", "1"], "model: logistic (2 classes: -1, 1)", int),
-        (["1", "2"], "model: logistic (2 classes: 1, 2)", int),
-        (["false", "true"], "model: logistic (2 classes: False, True)", bool),
-        (["low", "mid", "high"], "model: softmax (3 classes: high, low, mid)", str),
+        (["no", "yes"], "model: logistic (target y: 2 distinct labels, treated as classes: no, yes)", str),
+        (["-1", "1"], "model: logistic (target y: 2 whole numbers, each in at least 5 of", int),
+        (["1", "2"], "model: logistic (target y: 2 whole numbers, each in at least 5 of", int),
+        (
+            ["false", "true"],
+            "model: logistic (target y: 2 distinct labels, treated as classes: False, True)",
+            bool,
+        ),
+        (
+            ["low", "mid", "high"],
+            "model: softmax (target y: 3 distinct labels, treated as classes: high, low, mid)",
+            str,
+        ),
     ],
     ids=["yes-no", "minus-one-one", "one-two", "true-false", "three-texts"],
 )
@@ -321,7 +329,7 @@ def test_zero_flag_training_predicts_and_evaluates_in_the_labels_own_type(tmp_pa
     evaluated = run_cli("evaluate", model, data, "--json")
 
     assert trained.returncode == 0, trained.stderr
-    assert trained.stdout.splitlines()[0] == chosen
+    assert trained.stdout.splitlines()[0].startswith(chosen)
     assert predicted.returncode == 0, predicted.stderr
     values = pacsv.read_csv(out).column("prediction").to_pylist()
     written = [str(label).lower() for label in values]
@@ -344,7 +352,9 @@ def test_zero_flag_training_of_a_regression_file(tmp_path):
     evaluated = run_cli("evaluate", model, data, "--json")
 
     assert trained.returncode == 0, trained.stderr
-    assert trained.stdout.splitlines()[0] == "model: linear (target y, 200 distinct values)"
+    assert trained.stdout.splitlines()[0] == (
+        "model: linear (target y: 200 distinct values in 200 rows, treated as a quantity)"
+    )
     assert predicted.returncode == 0, predicted.stderr
     assert len(pacsv.read_csv(out).column("prediction")) == 200
     assert json.loads(evaluated.stdout)["r2"] > 0.99

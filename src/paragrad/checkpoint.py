@@ -97,6 +97,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             target_name=meta["target_name"],
         )
         encoding = Encoding.from_json(meta["encoding"]) if "encoding" in meta else None
+        read_options = _read_options(meta.get("read_options"))
         if standardizer is not None and (
             standardizer.mean.shape != (num_features,) or standardizer.scale.shape != (num_features,)
         ):
@@ -110,7 +111,22 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
     model.params_ = params
     model.standardizer_ = standardizer
     model.encoding_ = encoding
+    model.read_options_ = read_options
     return model
+
+
+READ_OPTIONS = {"decimal": str, "encoding": str, "comment": str, "na_values": list}
+
+
+def _read_options(stored: Any) -> dict[str, Any] | None:
+    """The reading options a model file keeps (decimal mark, encoding, ...), checked."""
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or not all(
+        isinstance(stored[key], READ_OPTIONS.get(key, type(None))) for key in stored
+    ):
+        raise ValueError(f"read options {stored!r}")
+    return dict(stored)
 
 
 # -- training checkpoints -------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.checkpoint import TorchModelFileError, load_model, save_model
@@ -22,6 +24,7 @@ from paragrad.cli_parser import (
     DEFAULT_BATCH,
     DEFAULT_LR,
     EXPORT_SUFFIXES,
+    MODEL_SUFFIXES,
     NOT_CONVERGED,
     PREDICTION_SUFFIXES,
     SERVE_OPTIONS,
@@ -72,14 +75,27 @@ def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
         drop=args.drop or (),
         one_hot=args.one_hot or (),
         dropna=args.dropna,
-        delimiter=args.delimiter,
         target_file=args.target_file,
         dtype=args.dtype,
         lazy=lazy,
+        **_reading(args),
     )
+    _print_notes(dataset)
     if dataset.rows_dropped:
         print(f"dropped {dataset.rows_dropped} rows with missing values")
     return dataset
+
+
+def _reading(args: argparse.Namespace) -> dict[str, Any]:
+    """How the data file writes its cells, as the command line gives it."""
+    keys = ("delimiter", "decimal", "na_values", "encoding", "comment", "sheet")
+    return {key: getattr(args, key) for key in keys}
+
+
+def _print_notes(dataset: Dataset) -> None:
+    """What reading the data chose that the user should know, a line each."""
+    for note in dataset.notes:
+        print(f"note: {note}")
 
 
 def _start_workers_early(args: argparse.Namespace) -> None:
@@ -91,7 +107,7 @@ def _start_workers_early(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
-        _check_out(args.out)
+        _check_out(args.out, MODEL_SUFFIXES)
     # Workers that read their own rows of a Parquet file (Ray's) spare reading it here;
     # choosing the model reads the target, so it needs the file read.
     lazy = reads_own_rows(args.engine) and args.data.suffix.lower() in PARQUET_SUFFIXES and bool(args.model)
@@ -160,7 +176,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     print(run.summary())
     if args.strict and not run.converged:
-        print(f"paragrad: error: {run.outcome}; raise --epochs or --tol (no model saved)", file=sys.stderr)
+        fix = (
+            "add a penalty with --l2 (0.01, say)"
+            if run.stopped == "no finite optimum"
+            else "raise --epochs or --tol"
+        )
+        print(f"paragrad: error: {run.outcome}; {fix} (no model saved)", file=sys.stderr)
         return NOT_CONVERGED
     _save(run, args.out)
     if not run.converged:
@@ -209,14 +230,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         proba=args.proba,
         address=args.address,
         threads_per_worker=args.threads_per_worker,
-        delimiter=args.delimiter,
+        **_reading(args),
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    options = dict(delimiter=args.delimiter, dropna=args.dropna, target_file=args.target_file)
+    options = dict(dropna=args.dropna, target_file=args.target_file, **_reading(args))
     metrics = evaluate(args.model, args.data, args.target, **options)
     if args.json:
         print(json.dumps(metrics))
@@ -302,14 +323,48 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+class ReaderGone:
+    """Standard output that survives its reader going away (``paragrad train ... | head``):
+    once the pipe is closed, output goes nowhere and the command carries on, so the model
+    is still written, as ``cat`` and ``grep`` would carry on or stop quietly."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            self._to_nowhere()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_nowhere()
+
+    def _to_nowhere(self) -> None:
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, self._stream.fileno())  # the buffered rest, flushed at exit, too
+        os.close(nowhere)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
     signal.signal(signal.SIGTERM, _terminate)
+    if not isinstance(sys.stdout, ReaderGone) and hasattr(sys.stdout, "fileno"):
+        sys.stdout = ReaderGone(sys.stdout)  # type: ignore[assignment]
     try:
         with flag_names():
-            return HANDLERS[args.command](args)
+            status = HANDLERS[args.command](args)
+            sys.stdout.flush()
+            return status
     except ParagradError as exc:
         print(f"paragrad: error: {exc}", file=sys.stderr)
     except OSError as exc:

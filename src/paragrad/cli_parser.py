@@ -15,7 +15,7 @@ from paragrad.errors import ConfigError, flag_names
 from paragrad.models import MODELS
 from paragrad.optim import OPTIMIZERS
 from paragrad.serving.config import ServeConfig
-from paragrad.settings import MAX_GUESSED_CLASSES
+from paragrad.settings import MAX_GUESSED_CLASSES, MIN_CLASS_ROWS
 from paragrad.strategies import STRATEGIES
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
@@ -26,6 +26,7 @@ PREDICTION_SUFFIXES = (".csv", ".parquet", ".npy")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".npz")  # what make-data writes
 EXPORT_FORMATS = ("onnx",)
 EXPORT_SUFFIXES = (".onnx",)
+MODEL_SUFFIXES = (".npz",)  # what train --out writes
 TARGET_HELP = (
     "label column of a CSV or Parquet file: its name, or its index (from 0) when no column "
     "has that name; '#3' is always index 3"
@@ -75,12 +76,35 @@ def _columns(text: str) -> list[str]:
 
 
 def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
-    """How to read a data file: the delimiter, and for training the columns and rows used."""
+    """How to read a data file: its cells (delimiter, decimal mark, encoding, comment and
+    missing markers, sheet), and for training the columns and rows used."""
     parser.add_argument(
         "--delimiter",
         metavar="C",
         help="delimiter of a text table: one character, or tab or space (default: read from the header)",
     )
+    parser.add_argument(
+        "--decimal",
+        choices=(".", ","),
+        help="decimal mark of a text table's numbers, the other being the thousands separator (default: "
+        "',' when a file not separated by commas writes numbers like 3,5, else '.')",
+    )
+    parser.add_argument(
+        "--na-values",
+        type=_columns,
+        default=(),
+        metavar="TEXT[,TEXT]",
+        help="more cell texts to read as missing values (besides empty, NA, N/A, null, NaN, ? and -)",
+    )
+    parser.add_argument(
+        "--encoding", help="text encoding of a text table, e.g. latin-1 (default: UTF-8, else Windows-1252)"
+    )
+    parser.add_argument(
+        "--comment",
+        metavar="C",
+        help="skip lines starting with C (lines starting with # before the header always)",
+    )
+    parser.add_argument("--sheet", help="sheet of a workbook: its name or number from 0 (default: the first)")
     if not training:
         return
     parser.add_argument("--drop", type=_columns, metavar="COL[,COL]", help="columns not to use (an id, say)")
@@ -173,8 +197,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         choices=MODELS,
-        help="default: chosen from the target: logistic for 2 distinct values, softmax for 3 to "
-        f"{MAX_GUESSED_CLASSES} whole numbers or labels, else linear",
+        help="default: chosen from the target: logistic for 2 distinct values; softmax for text labels, "
+        f"or for 3 to {MAX_GUESSED_CLASSES} whole numbers each seen in at least {MIN_CLASS_ROWS} rows; "
+        "else linear",
     )
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights (default 0)")
     p.add_argument(
@@ -193,7 +218,10 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
     p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
     p.add_argument(
-        "data", type=Path, help="CSV/TSV/.txt, Parquet, .npz, LIBSVM, or .npy features with --target-file"
+        "data",
+        type=Path,
+        help="CSV/TSV/.txt (also .gz, .bz2, .zst, .xz), Parquet, .xlsx, Feather, .npz, LIBSVM, "
+        "or .npy features with --target-file",
     )
     p.add_argument("--target", help=TARGET_HELP)
     _add_model_options(p)
@@ -201,7 +229,8 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=_positive_int,
-        help="rows per worker per step (default: 256 for sgd, 64 for local-sgd)",
+        help="rows per step: for sgd the global batch, shared by all workers; for local-sgd each "
+        "worker's own batch (default: 256 for sgd, 64 for local-sgd)",
     )
     p.add_argument(
         "--local-steps",

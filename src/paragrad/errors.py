@@ -61,6 +61,10 @@ def caller_stacklevel() -> int:
     return level
 
 
+class DataWarning(UserWarning):
+    """Data read with a change the user should know of (repeated column names renamed)."""
+
+
 class ConvergenceWarning(UserWarning):
     """Training stopped at its epoch or round limit before meeting ``tol``."""
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
+from paragrad.data.frames import is_frame
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
@@ -53,34 +54,43 @@ def read_features(
     delimiter: str | None = None,
     dropna: bool | None = None,
     target_file: str | os.PathLike | None = None,
+    **reading: Any,
 ) -> Dataset:
     """The features (and, with ``target``, labels) of ``data`` in the model's column order.
 
-    ``data`` is an array, a Dataset or a path. For tables the model's feature names pick
-    the columns, so a target column present in the file is ignored unless asked for.
-    ``lazy`` opens a Parquet file without reading it (see :func:`paragrad.load`). A model
-    trained on one-hot encoded columns (``model.encoding_``) encodes a table's the same way.
+    ``data`` is an array, a data frame, a Dataset or a path. Whenever both the model and
+    the data know their column names, columns are matched by name: reordered columns
+    work, a missing one is an error naming it, and others are left out (said in
+    ``dataset.notes``); so a table's target column is ignored unless asked for. ``lazy``
+    opens a Parquet file without reading it (see :func:`paragrad.load`). A model trained
+    on one-hot encoded columns (``model.encoding_``) encodes a table's the same way, and
+    one trained on a file with a decimal comma or another encoding reads files so
+    (``model.read_options_``; ``reading`` overrides: ``decimal=``, ``encoding=``, ...).
     """
-    if isinstance(data, Dataset):
-        dataset = data
-    elif isinstance(data, (str, os.PathLike)):
+    if isinstance(data, (str, os.PathLike)) or is_frame(data):
+        suffix = Path(data).suffix.lower() if isinstance(data, (str, os.PathLike)) else ""
         options = dict(
             features=model.feature_names_,
             num_features=model.num_features_,
             one_hot=model.encoding_ or (),
             delimiter=delimiter,
-            dropna=dropna if Path(data).suffix.lower() != ".npy" else False,
+            dropna=dropna if suffix != ".npy" else False,
             target_file=target_file,
             dtype=None,
             check_finite=check_finite,
-            lazy=lazy and Path(data).suffix.lower() in PARQUET_SUFFIXES,
+            lazy=lazy and suffix in PARQUET_SUFFIXES,
         )
-        dataset = load(Path(data), target, **options)
+        if suffix in TABLE_FILE_SUFFIXES:
+            options.update({**(model.read_options_ or {}), **_given(reading)})
+        dataset = load(data if is_frame(data) else Path(data), target, **options)
         extra = _extra_target(model, dataset)
         if extra is not None:  # the model knows no names: drop the column named like its target
-            dataset = load(Path(data), target, drop=[extra], **options)
+            dataset = load(Path(data), target, **{**options, "drop": [extra]})
+    elif isinstance(data, Dataset):
+        dataset = _by_name(model, data)
     else:
         dataset = Dataset(data, dtype=None, check_finite=check_finite)
+        dataset = _by_name(model, dataset)
     if dataset.num_features != model.num_features_:
         names = dataset.feature_names or ()
         hint = f": is {names[-1]!r} the target? drop it ({option('drop', [names[-1]])})" if names else ""
@@ -89,6 +99,43 @@ def read_features(
             f"with {model.num_features_}{hint if dataset.num_features == model.num_features_ + 1 else ''}"
         )
     return dataset
+
+
+# Suffixes of table files whose reading options a model remembers (text, compressed text).
+TABLE_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".gz", ".bz2", ".xz", ".zst", ".zstd")
+
+
+def _given(reading: dict[str, Any]) -> dict[str, Any]:
+    """The reading options the caller set (None and empty ones are not set)."""
+    return {key: value for key, value in reading.items() if value not in (None, (), [])}
+
+
+def _by_name(model: Model, dataset: Dataset) -> Dataset:
+    """A named data set's columns in the order of the model's names; unnamed data as it is."""
+    wanted, names = model.feature_names_, dataset.feature_names
+    if wanted is None or names is None or tuple(names) == tuple(wanted):
+        return dataset
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        shown = ", ".join(map(repr, missing[:10]))
+        raise DataError(
+            f"{dataset.source}: missing feature column(s) {shown} that the model was trained with"
+        )
+    order = [names.index(name) for name in wanted]
+    picked = Dataset._trusted(
+        np.ascontiguousarray(dataset.X[:, order]),
+        dataset.y,
+        tuple(wanted),
+        dataset.target_name,
+        dataset.source,
+        dataset.classes,
+    )
+    unused = [name for name in names if name not in wanted]
+    picked.notes = (
+        *dataset.notes,
+        *([f"columns the model does not use, left out: {', '.join(unused)}"] if unused else []),
+    )
+    return picked
 
 
 def _extra_target(model: Model, dataset: Dataset) -> str | None:
@@ -184,20 +231,24 @@ def evaluate(
     delimiter: str | None = None,
     dropna: bool = False,
     target_file: str | os.PathLike | None = None,
+    **reading: Any,
 ) -> dict[str, Any]:
     """Metrics of a trained model on labelled data.
 
     Classifiers: mean log-loss and accuracy, against labels of the kind the model was
     trained on (text, booleans or numbers). Regression: mean loss ``1/2 (pred - y)^2``,
     RMSE and R^2. ``target`` names the label column of a table (default: the column the
-    model was trained on); ``delimiter`` overrides the one read from a text table.
+    model was trained on); ``delimiter`` overrides the one read from a text table, and
+    ``reading`` (``decimal=``, ``encoding=``, ``na_values=``, ``comment=``, ``sheet=``) what
+    the model remembers of its training file, as for :func:`paragrad.load`.
     """
     model = as_model(model)
     if isinstance(data, (str, os.PathLike)) and target is None:
         if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with target=")
         target = ColumnName(model.target_name_)  # the model's column, by name only
-    dataset = read_features(model, data, target, delimiter=delimiter, dropna=dropna, target_file=target_file)
+    options = dict(delimiter=delimiter, dropna=dropna, target_file=target_file)
+    dataset = read_features(model, data, target, **options, **reading)
     if dataset.y is None:
         raise DataError(f"{dataset.source}: no target values to evaluate against")
     dataset.check()
@@ -271,6 +322,7 @@ def predict_to_file(
     address: str | None = None,
     threads_per_worker: int = 1,
     delimiter: str | None = None,
+    **reading: Any,
 ) -> int:
     """Predict a data file chunk by chunk on the workers, writing each chunk as it comes.
 
@@ -289,7 +341,7 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
-    chunk_of, num_rows, source = _chunks_of(model, data, reads_own_rows(engine), delimiter)
+    chunk_of, num_rows, source = _chunks_of(model, data, reads_own_rows(engine), delimiter, reading)
     out = Path(out)
     # A chunk read here holds its rows; a mapped .npy's stay in the file, so only the
     # chunk's predictions (a value, or a probability a class, per row) count.
@@ -324,7 +376,7 @@ def predict_to_file(
 
 
 def _chunks_of(
-    model: Model, data, lazy: bool, delimiter: str | None
+    model: Model, data, lazy: bool, delimiter: str | None, reading: dict[str, Any]
 ) -> tuple[Callable[[int, int], Dataset], int, str]:
     """Rows to predict, taken chunk by chunk: a ``.npy`` stays memory-mapped in its own
     type (each chunk is converted on its own); with ``lazy``, the workers read their rows of
@@ -340,7 +392,7 @@ def _chunks_of(
             rows.shape[0],
             str(data),
         )
-    dataset = read_features(model, data, check_finite=False, lazy=lazy, delimiter=delimiter)
+    dataset = read_features(model, data, check_finite=False, lazy=lazy, delimiter=delimiter, **reading)
     return (
         lambda start, stop: dataset.take(slice(start, stop)).features_only(),
         dataset.num_rows,

@@ -51,6 +51,7 @@ class Run:
     optimizer: str = ""  # the optimizer's name (a default chosen for the model, say)
     changes: list[MembershipChange] = dataclasses.field(default_factory=list)  # of the workers
     scaling: str = ""  # what workers="auto" chose, and why
+    model_choice: str = ""  # with model=None or "auto": the model chosen, and why
 
     @property
     def worker_seconds(self) -> float:
@@ -105,7 +106,8 @@ class Run:
         wall = max(total["wall_s"], 1e-12)
         whole = max(self.total_s, self.setup_s + total["wall_s"])
         lines = [
-            f"model         {self.model!r}",
+            f"model         {self.model!r}"
+            + (f"\nchosen        {self.model_choice}" if self.model_choice else ""),
             f"strategy      {self.strategy!r}{f' with {self.optimizer}' if self.optimizer else ''} on "
             f"{self.engine} engine, {self.num_workers} worker{'s' if self.num_workers != 1 else ''}"
             + (" at the end" if self.changes else ""),

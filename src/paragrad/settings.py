@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.errors import ConfigError, DataError, check_positive_int, setting
+from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
@@ -17,35 +17,61 @@ from paragrad.strategies import SGD, GradientDescent, LocalSGD, Strategy
 if TYPE_CHECKING:
     from paragrad.engines import Engine
 
-# The most distinct whole-number (or text) targets that choose_model reads as classes; more
-# are a regression target. Twenty covers ratings, digits and the usual category columns.
+# The rule that reads a numeric target as classes (README, "The model a target calls
+# for"): whole numbers, at most MAX_GUESSED_CLASSES distinct values, each seen in at least
+# MIN_CLASS_ROWS rows. Counts, kilograms and bills passed have many values seen once or
+# twice; ratings, digits and category codes have few, each seen often.
 MAX_GUESSED_CLASSES = 20
+MIN_CLASS_ROWS = 5
+# A classifier needs rows to learn each class from: fewer than this many rows per class
+# on average (a target of mostly distinct values) is refused, whoever chose the model.
+MIN_ROWS_PER_CLASS = 2
 
 
 def choose_model(data: Dataset) -> tuple[str, str]:
-    """The model the target calls for, and why in words: logistic for two distinct values,
-    softmax for 3 to ``MAX_GUESSED_CLASSES`` whole numbers or texts, else linear for numbers.
-    """
+    """The model the target calls for, and why in words: a classifier (logistic for two
+    classes, else softmax) for text or boolean labels, for 0/1, and for whole numbers that
+    look like classes (at most ``MAX_GUESSED_CLASSES`` values, each in at least
+    ``MIN_CLASS_ROWS`` rows); else linear regression."""
     y = data.labels
     if y is None:
         raise DataError(f"{data.source}: no target values to train on (name the label column)")
-    distinct = np.unique(y)
+    distinct, counts = np.unique(y, return_counts=True)
     target = data.target_name or "y"
     numeric = data.classes is None
     if len(distinct) < 2:
         raise DataError(f"{data.source}: every value of target {target} is {distinct[0]}: nothing to learn")
+    shown = [f"{value:g}" if numeric else str(value) for value in distinct[:10].tolist()]
+    listed = ", ".join(shown) + (", ..." if len(distinct) > 10 else "")
     whole = numeric and np.array_equal(distinct, np.round(distinct))
-    if len(distinct) == 2 or ((whole or not numeric) and len(distinct) <= MAX_GUESSED_CLASSES):
-        shown = [f"{value:g}" if numeric else str(value) for value in distinct[:10].tolist()]
-        listed = ", ".join(shown) + (", ..." if len(distinct) > 10 else "")
+    rows = len(y)
+    if not numeric or (len(distinct) == 2 and set(distinct.tolist()) <= {0.0, 1.0}):
+        check_class_rows(data.source, target, len(distinct), rows)
         name = "logistic" if len(distinct) == 2 else "softmax"
-        return name, f"{len(distinct)} classes: {listed}"
-    if not numeric:
-        raise DataError(
-            f"{data.source}: target {target} has {len(distinct)} distinct labels, more than "
-            f"{MAX_GUESSED_CLASSES}: choose --model softmax if they are classes"
+        kind = "labels" if not numeric else "values"
+        return name, f"target {target}: {len(distinct)} distinct {kind}, treated as classes: {listed}"
+    if whole and len(distinct) <= MAX_GUESSED_CLASSES and counts.min() >= MIN_CLASS_ROWS:
+        name = "logistic" if len(distinct) == 2 else "softmax"
+        return name, (
+            f"target {target}: {len(distinct)} whole numbers, each in at least {MIN_CLASS_ROWS} of "
+            f"{rows} rows, treated as classes: {listed}; "
+            f"{option('model', 'linear')} to treat them as a quantity"
         )
-    return "linear", f"target {target}, {len(distinct)} distinct values"
+    values = "whole numbers" if whole else "values"
+    reason = f"target {target}: {len(distinct)} distinct {values} in {rows} rows, treated as a quantity"
+    if whole:
+        reason += f"; {option('model', 'softmax')} to treat them as classes"
+    return "linear", reason
+
+
+def check_class_rows(source: str, target: str, num_classes: int, num_rows: int) -> None:
+    """Refuse a classifier with fewer than ``MIN_ROWS_PER_CLASS`` rows per class on average."""
+    if num_classes * MIN_ROWS_PER_CLASS > num_rows:
+        raise DataError(
+            f"{source}: target {target} has {num_classes} classes in {num_rows} rows, fewer than "
+            f"{MIN_ROWS_PER_CLASS} rows per class: a classifier cannot learn them; if the target is a "
+            f"quantity, use {option('model', 'linear')}"
+        )
 
 
 def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:

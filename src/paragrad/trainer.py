@@ -29,14 +29,23 @@ from paragrad.engines import Engine, make_engine
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
+    DataError,
     PerformanceWarning,
     caller_stacklevel,
 )
+from paragrad.models import get_model
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.rounds import RoundLoop
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.settings import check_inputs, check_settings, default_optimizer, resource_warnings
+from paragrad.settings import (
+    check_class_rows,
+    check_inputs,
+    check_settings,
+    choose_model,
+    default_optimizer,
+    resource_warnings,
+)
 from paragrad.shards import plan_shards
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
@@ -47,7 +56,7 @@ from paragrad.tasks import (
 
 
 def train(
-    model: Model,
+    model: Model | str | None,
     data: Dataset,
     *,
     strategy: Strategy | None = None,
@@ -75,8 +84,11 @@ def train(
 
     Parameters
     ----------
-    model : Model
+    model : Model, str or None
         An untrained model from :mod:`paragrad.models`; it is set up and trained in place.
+        ``None`` or ``"auto"`` chooses the model the target calls for (as ``paragrad
+        train`` does without ``--model``: see the README's rule) and says why in
+        ``run.model_choice``; a family's name (``"linear"``, ``"softmax"``) builds it.
     data : Dataset
         Features and labels (see :func:`paragrad.load` and :class:`paragrad.Dataset`).
     strategy : Strategy, default GradientDescent()
@@ -149,13 +161,14 @@ def train(
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
     call_started = time.perf_counter()
+    model, model_choice = _model_for(model, data)
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
     check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
     dtype = data.dtype if dtype is None else dtype
-    encoding, data = data.encoding, data.astype(dtype)
+    encoding, read_options, data = data.encoding, data.read_options, data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -181,6 +194,7 @@ def train(
         standardizer = None if resumed is None else resumed.standardizer
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         model.encoding_ = encoding  # one-hot categories, kept in the model file
+        model.read_options_ = read_options or None  # decimal mark, encoding: for predicting
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
@@ -198,9 +212,34 @@ def train(
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
-    run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
+    run = dataclasses.replace(
+        run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s, model_choice=model_choice
+    )
     hooks.train_end(run)
     return run
+
+
+def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
+    """The model to train, and why it was chosen: ``None`` or ``"auto"`` chooses from the
+    target (:func:`~paragrad.settings.choose_model`); a family's name builds one."""
+    if isinstance(model, Model):
+        return model, ""
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(
+            f"model must be a paragrad model, a family's name or 'auto', got {type(model).__name__}"
+        )
+    if not isinstance(data, Dataset):
+        raise ConfigError(
+            "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
+        )
+    if model in (None, "auto"):
+        if not data.has_labels:
+            raise DataError(
+                f"{data.source}: no target values to train on (name the label column with target=)"
+            )
+        name, reason = choose_model(data)
+        return get_model(name)(), f"{name} ({reason})"
+    return get_model(model)(), ""
 
 
 def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[Any]:
@@ -298,6 +337,8 @@ def _set_up_model(
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
+    if model.is_classifier:
+        check_class_rows(data.source, data.target_name or "y", model.num_classes, data.num_rows)
     coding = None if data.classes is not None else EncodeLabels.needed_for(model.classes_)
     if coding is not None:  # numeric labels other than 0..k-1 (-1/1, 1/2, ...)
         runner.run(coding)

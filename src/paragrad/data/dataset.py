@@ -12,10 +12,11 @@ import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paragrad.data.frames import column_values, frame_matrix, is_column, is_frame
 from paragrad.errors import ConfigError, DataError
 from paragrad.shm import is_region
 
@@ -43,8 +44,11 @@ class Dataset:
 
     Parameters
     ----------
-    X : array-like, shape (num_rows, num_features)
-        Numeric and finite.
+    X : array-like or data frame, shape (num_rows, num_features)
+        Numeric and finite. A data frame (pandas, polars, or any with ``__dataframe__``
+        or Arrow's C stream) gives its column names as ``feature_names``; its nullable
+        columns' missing values are NaN (an error here, skipped by ``pg.load(frame,
+        dropna=True)``), and a text or category column is an error naming it.
     y : array-like, shape (num_rows,), optional
         Numeric and finite targets, or class labels of any kind (numbers, text such as
         ``"yes"``/``"no"``, booleans); ``None`` for data to predict on. Text or boolean
@@ -80,6 +84,10 @@ class Dataset:
     encoding: Encoding | None = None
     rows_dropped: int = 0
     classes: np.ndarray | None = None
+    # What reading the file chose that a user should know (a decimal comma, an encoding,
+    # renamed columns), and the reading options a model keeps for files of the same kind.
+    notes: tuple[str, ...] = ()
+    read_options: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -92,6 +100,11 @@ class Dataset:
         source: str = "X",
         check_finite: bool = True,
     ) -> None:
+        if is_column(y):
+            y = column_values(y)
+        if is_frame(X):  # its columns by name, its missing values as NaN
+            X, names = frame_matrix(X, source)
+            feature_names = names if feature_names is None else feature_names
         dtype = _float_dtype(dtype, like=X, target=y)
         self.source = source
         self.storage = _file_backing(X, dtype)

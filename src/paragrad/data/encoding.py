@@ -18,6 +18,9 @@ import numpy as np
 from paragrad.errors import DataError, option
 
 MAX_CATEGORIES = 100
+# A column with more distinct values than this and than half its rows is an id or free
+# text, not categories.
+FEW_CATEGORIES = 10
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ def learn(path, table, columns) -> Encoding:
             raise DataError(
                 f"{path}: no column {name!r} to one-hot encode ({option('one_hot', list(columns))})"
             )
-        values = sorted({value for value in _as_text(path, table.column(name), name) if value is not None})
+        cells = _as_text(path, table.column(name), name)
+        values = sorted({value for value in cells if value is not None})
+        _check_categories(path, name, cells, values)
         if len(values) > MAX_CATEGORIES:
             raise DataError(
                 f"{path}: column {name!r} has {len(values)} distinct values, too many to one-hot "
@@ -78,6 +83,26 @@ def learn(path, table, columns) -> Encoding:
             )
         categories[name] = tuple(values)
     return Encoding(categories)
+
+
+def _check_categories(path, name: str, cells: list[str | None], values: list[str]) -> None:
+    """Refuse to one-hot encode numbers with fractions (a quantity) or mostly distinct values
+    (an id, free text): each value would become a column of its own."""
+    from paragrad.data.numbers import NumberFormat, parse_text
+
+    present = [cell for cell in cells if cell is not None]
+    parsed = parse_text(present, NumberFormat())
+    if parsed is not None and not np.array_equal(parsed[0], np.round(parsed[0])):
+        raise DataError(
+            f"{path}: column {name!r} holds numbers, not categories: leave it out of "
+            f"{option('one_hot', [name])} and it is read as numbers"
+        )
+    if len(values) > max(FEW_CATEGORIES, len(present) // 2):
+        raise DataError(
+            f"{path}: column {name!r} has {len(values)} distinct values in {len(present)} rows, mostly "
+            f"distinct (an id or free text?), not categories to one-hot encode: leave it out with "
+            f"{option('drop', [name])}"
+        )
 
 
 def apply(path, table, encoding: Encoding, where) -> tuple[list[str], dict[str, np.ndarray]]:

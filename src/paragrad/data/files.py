@@ -11,25 +11,41 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from paragrad.atomic import atomic_write
 from paragrad.data.dataset import Dataset, _float_dtype
-from paragrad.data.delimited import TEXT_SUFFIXES
+from paragrad.data.delimited import COMPRESSED_SUFFIXES, TEXT_SUFFIXES, table_suffix
 from paragrad.data.encoding import Encoding
-from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, ReadOptions, TableFile, _load_table
+from paragrad.data.frames import frame_table, is_frame
+from paragrad.data.sheets import ARROW_SUFFIXES, SHEET_SUFFIXES
+from paragrad.data.tables import (
+    PARQUET_SUFFIXES,
+    TABLE_SUFFIXES,
+    ReadOptions,
+    ReadTable,
+    TableFile,
+    _load_table,
+    table_dataset,
+)
 from paragrad.errors import ConfigError, DataError, ParagradError, option
 
 SVMLIGHT_SUFFIXES = (".svm", ".libsvm", ".svmlight")
-SUPPORTED = ".csv, .tsv, .txt, .parquet, .npz, .npy, .svm/.libsvm"
+SUPPORTED = (
+    ".csv, .tsv, .txt (also .gz, .bz2, .zst, .xz), .parquet, .xlsx/.xls/.ods, .feather/.arrow, "
+    ".npz, .npy, .svm/.libsvm"
+)
+# Table files besides text: options for text cells (decimal, encoding) apply to them too.
+NON_TEXT_TABLES = (*PARQUET_SUFFIXES, *SHEET_SUFFIXES, *ARROW_SUFFIXES)
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load(
-    path: str | os.PathLike,
+    path: Any,
     target: str | int | None = None,
     *,
     features: Sequence[str] | None = None,
@@ -37,6 +53,11 @@ def load(
     one_hot: Sequence[str] | Encoding = (),
     dropna: bool | None = False,
     delimiter: str | None = None,
+    decimal: str | None = None,
+    na_values: Sequence[str] = (),
+    encoding: str | None = None,
+    comment: str | None = None,
+    sheet: str | int | None = None,
     target_file: str | os.PathLike | None = None,
     num_features: int | None = None,
     dtype=None,
@@ -44,12 +65,21 @@ def load(
     check_finite: bool = True,
     lazy: bool = False,
 ) -> Dataset:
-    """Read a data set from CSV/TSV/``.txt`` (with a header), Parquet, ``.npz``, ``.npy`` or LIBSVM.
+    """Read a data set from CSV/TSV/``.txt`` (with a header; compressed too), Parquet, an
+    Excel or OpenDocument workbook, Feather/Arrow, ``.npz``, ``.npy``, LIBSVM, or a data frame.
+
+    Numbers in text cells are read as spreadsheets write them: ``1,234.5`` (thousands
+    separators), ``12%`` (read as 0.12, the value behind the cell), decimal commas
+    (``3,5``: read so when a file not separated by commas writes its numbers that way, or
+    with ``decimal=","``); ``?``, ``-``, ``NA``, ``N/A``, ``null`` and empty cells are
+    missing values. ``dataset.notes`` says what was read besides plain numbers.
 
     Parameters
     ----------
-    path : str or Path
-        The file; its suffix picks the reader.
+    path : str, Path or data frame
+        The file; its suffix picks the reader (a compression suffix aside: ``a.csv.gz``).
+        A pandas or polars frame is read like a table with the same options, its text
+        columns left as text (to one-hot encode, or an error naming them).
     target : str or int, optional
         The label column of a CSV or Parquet file: an int is an index; a str is a name,
         or, when no column has that name, a text of digits is an index; ``"#3"`` is
@@ -72,6 +102,19 @@ def load(
     delimiter : str, optional
         For text tables: the delimiter (one character, or ``tab``/``space``). By default it
         is read from the header: comma, semicolon, tab, pipe or space.
+    decimal : {".", ","}, optional
+        For text tables: the decimal mark (the other is the thousands separator). By
+        default a comma when a file not separated by commas writes numbers like ``3,5``.
+    na_values : sequence of str
+        Cell texts read as missing values besides the usual ones.
+    encoding : str, optional
+        For text tables: the text encoding (``"latin-1"``, say). By default UTF-8, or
+        Windows-1252 when the file is not UTF-8 (with a note).
+    comment : str, optional
+        For text tables: lines starting with this character are skipped anywhere
+        (lines starting with ``#`` before the header are skipped anyway).
+    sheet : str or int, optional
+        For workbooks: the sheet's name or number (from 0); by default the first.
     target_file : str or Path, optional
         For ``.npy`` features: a ``.npy`` of the targets, one per row.
     num_features : int, optional
@@ -89,22 +132,37 @@ def load(
         Ray engine's workers then each read their own rows (and check them), so the
         data never passes through this process. ``.npy`` files are memory-mapped anyway.
     """
+    if is_frame(path):
+        options = ReadOptions(
+            features,
+            _names(drop, "drop"),
+            one_hot if isinstance(one_hot, Encoding) else _names(one_hot, "one_hot"),
+            dropna,
+            na_values=tuple(na_values),
+        )
+        read = ReadTable(frame_table(path), lambda row: f"row {row + 1}")
+        source = f"{type(path).__name__}"
+        return table_dataset(read, source, target, _float_dtype(dtype), check_finite, options, numbers=False)
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
-    suffix = path.suffix.lower()
+    suffix = table_suffix(path)
+    if path.suffix.lower() in COMPRESSED_SUFFIXES and suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{path}: compressed files are read for {', '.join(TEXT_SUFFIXES)} tables")
     if lazy and suffix not in (*PARQUET_SUFFIXES, ".npy"):
         raise ConfigError(f"{path}: lazy=True reads .parquet files (and .npy, memory-mapped anyway)")
     drop, one_hot = (
         _names(drop, "drop"),
         one_hot if isinstance(one_hot, Encoding) else _names(one_hot, "one_hot"),
     )
-    is_table = suffix in TEXT_SUFFIXES or suffix in PARQUET_SUFFIXES
+    is_table = suffix in TEXT_SUFFIXES or suffix in NON_TEXT_TABLES
     asked = one_hot and not isinstance(one_hot, Encoding)  # a model's encoding fits any file
     if not is_table and (drop or asked or dropna or delimiter is not None):
-        raise ConfigError(f"{path}: drop=, one_hot=, dropna= and delimiter= apply to CSV and Parquet tables")
+        raise ConfigError(
+            f"{path}: drop=, one_hot=, dropna= and delimiter= apply to tables (CSV, Parquet, ...)"
+        )
     if target_file is not None and suffix != ".npy":
         raise ConfigError(f"{path}: {option('target_file', str(target_file))} goes with .npy features")
     if is_table or suffix not in (".npy", ".npz"):
@@ -113,7 +171,8 @@ def load(
     if lazy and suffix in PARQUET_SUFFIXES and not (one_hot or dropna):
         return Dataset._lazy(TableFile.open(path, target, features, dtype, drop))
     if is_table:
-        options = ReadOptions(features, drop, one_hot or (), dropna, delimiter)
+        text = (delimiter, decimal, encoding, comment, tuple(na_values))
+        options = ReadOptions(features, drop, one_hot or (), dropna, *text, sheet=sheet)
         return _load_table(path, target, dtype, check_finite, options)
     if suffix == ".npz":
         return _load_npz(path, dtype, check_finite)

@@ -9,16 +9,27 @@ import dataclasses
 import itertools
 import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from paragrad.data.dataset import Dataset, _check_finite, _float_dtype
-from paragrad.data.delimited import data_lines, read_text_table
-from paragrad.data.encoding import Encoding, apply, learn
-from paragrad.errors import DataError, option
+from paragrad.data.delimited import (
+    TEXT_SUFFIXES,
+    Dialect,
+    TextFormat,
+    data_lines,
+    read_text_table,
+    table_suffix,
+)
+from paragrad.data.encoding import FEW_CATEGORIES, Encoding, apply, learn
+from paragrad.data.numbers import NumberFormat, looks_numeric, parse_text, unreadable_numbers
+from paragrad.data.sheets import ARROW_SUFFIXES, SHEET_SUFFIXES, read_arrow_file, read_sheet
+from paragrad.errors import DataError, DataWarning, caller_stacklevel, option
 from paragrad.shm import shared_empty
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # what save_dataset writes
@@ -29,26 +40,66 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 class ReadOptions:
     """How to read a table besides its target (see :func:`paragrad.load`): the feature
     columns, columns to drop, columns to one-hot encode (names, or a model's encoding),
-    whether to skip rows with missing values, and a delimiter that overrides the sniffed one."""
+    whether to skip rows with missing values, how text files write their cells (delimiter,
+    decimal mark, encoding, comment mark, extra missing markers: each None is read from
+    the file) and, for workbooks, the sheet."""
 
     features: Sequence[str] | None = None
     drop: tuple[str, ...] = ()
     one_hot: tuple[str, ...] | Encoding = ()
     dropna: bool | None = False  # None: not offered (predicting keeps every row)
     delimiter: str | None = None
+    decimal: str | None = None
+    encoding: str | None = None
+    comment: str | None = None
+    na_values: tuple[str, ...] = ()
+    sheet: str | int | None = None
+
+    def text_format(self) -> TextFormat:
+        return TextFormat(self.delimiter, self.decimal, self.encoding, self.comment, self.na_values)
 
 
-def _read_table(path: Path, delimiter: str | None = None):
+@dataclass
+class ReadTable:
+    """A table as read: its columns, how messages name its rows, the decimal mark of its
+    text cells, what was read that a user should know (notes), and the reading options a
+    model should remember to read files of the same kind (decimal mark, encoding)."""
+
+    table: Any
+    where: Callable[[int], str]
+    decimal: str = "."
+    notes: list[str] = dataclasses.field(default_factory=list)
+    remembered: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _read_table(path: Path, options: ReadOptions) -> ReadTable:
+    """Any table file, by suffix: text (compressed or not), Parquet, Arrow/Feather, a workbook."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if path.suffix.lower() not in PARQUET_SUFFIXES:
-        return read_text_table(path, delimiter)
+    suffix = table_suffix(path)
+    if suffix in TEXT_SUFFIXES:
+        table, dialect = read_text_table(path, options.text_format())
+        remembered = {"decimal": dialect.decimal} if dialect.decimal != "." else {}
+        if dialect.encoding != "utf-8":
+            remembered["encoding"] = dialect.encoding
+        if options.na_values:
+            remembered["na_values"] = list(options.na_values)
+        if dialect.comment is not None:
+            remembered["comment"] = dialect.comment
+        return ReadTable(table, _line_names(path, dialect), dialect.decimal, list(dialect.notes), remembered)
+    if suffix in SHEET_SUFFIXES:
+        return ReadTable(read_sheet(path, options.sheet), _row_number)
     try:
-        return pq.read_table(path)
+        table = read_arrow_file(path) if suffix in ARROW_SUFFIXES else pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: cannot read: {reason}") from None
+    return ReadTable(table, _row_number)
+
+
+def _row_number(row: int) -> str:
+    return f"row {row + 1}"
 
 
 def _shown(names: Sequence[str]) -> str:
@@ -94,54 +145,146 @@ def _pick_columns(
     return list(features), target_name
 
 
-def _row_names(path: Path):
-    """How messages name row ``i`` (from 0) of a table: its line in a text file (the header
-    is line 1, so the first data row is line 2), else its row number counted from 1."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return lambda row: f"row {row + 1}"
+def _line_names(path: Path, dialect: Dialect) -> Callable[[int], str]:
+    """How messages name row ``i`` (from 0) of a text table: its line in the file (the
+    file's first line is line 1: the first data row is line 2 below a header alone)."""
     lines: list[int] = []
 
     def where(row: int) -> str:
         if not lines:
-            lines.extend(data_lines(path))
+            lines.extend(data_lines(path, dialect))
         return f"line {lines[row] if row < len(lines) else row + 2}"
 
     return where
 
 
 def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOptions) -> Dataset:
-    table = _read_table(path, options.delimiter)
-    names, where = list(table.column_names), _row_names(path)
-    target_name = _resolve_target(path, names, target) if names else None
+    read = _read_table(path, options)
+    return table_dataset(read, str(path), target, dtype, check_finite, options)
+
+
+def table_dataset(
+    read: ReadTable,
+    source: str,
+    target,
+    dtype,
+    check_finite: bool,
+    options: ReadOptions,
+    numbers: bool = True,
+) -> Dataset:
+    """A data set from a table read from a file (or a data frame): spreadsheet numbers
+    read (``numbers``: a frame's text stays text), one-hot columns encoded, features and
+    target picked, missing values handled."""
     encoding = options.one_hot
+    keep_text = set(encoding.categories if isinstance(encoding, Encoding) else encoding)
+    table, notes = tidy_columns(source, read.table)
+    names = list(table.column_names)
+    target_name = _resolve_target(source, names, target) if names else None
+    fmt = NumberFormat(read.decimal, tuple(options.na_values))
+    number_notes: list[tuple[str, str]] = []
+    if numbers:
+        table, number_notes = read_text_numbers(source, table, fmt, read.where, keep_text)
+    where = read.where
     if not isinstance(encoding, Encoding):
         if target_name in encoding:
-            raise DataError(f"{path}: the target {target_name!r} cannot be one-hot encoded")
-        encoding = learn(path, table, [name for name in encoding if name not in options.drop])
-    expanded, indicators = apply(path, table, encoding, where)
+            raise DataError(f"{source}: the target {target_name!r} cannot be one-hot encoded")
+        encoding = learn(source, table, [name for name in encoding if name not in options.drop])
+    expanded, indicators = apply(source, table, encoding, where)
     # A one-hot column named as a feature, or to drop, stands for its indicator columns.
     features = None if options.features is None else encoding.expand(options.features)
     drop = encoding.expand(options.drop)
     target = None if target_name is None else ColumnName(target_name)
-    features, target_name = _pick_columns(path, expanded, table.num_rows, target, features, drop)
+    features, target_name = _pick_columns(source, expanded, table.num_rows, target, features, drop)
+    used = {*features, *([] if target_name is None else [target_name])}
+    notes += [note for column, note in number_notes if column in used]
     y = None
     if target_name is not None:
-        y = _target_column(path, table.column(target_name), target_name, where)
+        y = _target_column(source, table.column(target_name), target_name, where)
     for name in features:
         if name not in indicators:
-            _check_numeric(path, table.column(name), name, where)
+            _check_numeric(source, table.column(name), name, where)
     batches, num_rows = table.to_batches(), table.num_rows
     del table, expanded  # the batches hold the table's memory, let go of batch by batch
-    X = _fill_rows(path, batches, num_rows, features, indicators, dtype)
-    X, y, dropped = _missing_rows(path, X, y, features, target_name, options.dropna, where)
-    dataset = Dataset(X, y, features, target_name, dtype=dtype, source=str(path), check_finite=check_finite)
+    X = _fill_rows(source, batches, num_rows, features, indicators, dtype)
+    X, y, dropped = _missing_rows(source, X, y, features, target_name, options.dropna, where)
+    dataset = Dataset(X, y, features, target_name, dtype=dtype, source=source, check_finite=check_finite)
     dataset.encoding = encoding if encoding.categories else None
     dataset.rows_dropped = dropped
+    dataset.notes = tuple([*read.notes, *notes])
+    dataset.read_options = dict(read.remembered)
     return dataset
 
 
+def tidy_columns(source: str, table: Any) -> tuple[Any, list[str]]:
+    """A table's header as tools write it made usable: an empty, unnamed last column (a
+    delimiter at the end of every line) dropped, and repeated names numbered as pandas
+    numbers them (``a``, ``a.1``, ``a.2``), with a warning naming them."""
+    import pyarrow as pa
+
+    notes = []
+    names = list(table.column_names)
+    if (
+        len(names) > 1
+        and names[-1].strip() == ""
+        and table.column(len(names) - 1).null_count == table.num_rows
+    ):
+        table = table.remove_column(len(names) - 1)
+        names.pop()
+        notes.append("dropped the empty, unnamed last column (a delimiter at the end of each line)")
+    if len(set(names)) != len(names):
+        taken, renamed, new_names = set(names), [], []
+        counts: dict[str, int] = {}
+        for name in names:
+            if name in counts:
+                number = counts[name]
+                while f"{name}.{number}" in taken:
+                    number += 1
+                counts[name] = number + 1
+                new = f"{name}.{number}"
+                taken.add(new)
+                renamed.append(f"{name!r} to {new!r}")
+                new_names.append(new)
+            else:
+                counts[name] = 1
+                new_names.append(name)
+        table = table.rename_columns(new_names)
+        message = f"{source}: repeated column names renamed: {', '.join(renamed)}"
+        warnings.warn(message, DataWarning, stacklevel=caller_stacklevel())
+    del pa
+    return table, notes
+
+
+def read_text_numbers(
+    source: str, table: Any, fmt: NumberFormat, where: Callable[[int], str], keep_text: set[str]
+) -> tuple[Any, list[tuple[str, str]]]:
+    """The text columns of ``table`` that hold numbers as spreadsheets write them, as
+    float64 columns; the notes on what was read, per column. Columns in ``keep_text``
+    (to one-hot encode) stay as they are; a column of numbers in a format not read is
+    an error naming the format and the option that reads it."""
+    import pyarrow as pa
+
+    notes, missing = [], set(fmt.null_values())
+    for index, name in enumerate(table.column_names):
+        column = table.column(index)
+        if name in keep_text or not (
+            pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        ):
+            continue
+        values = [None if value in missing else value for value in column.to_pylist()]
+        parsed = parse_text(values, fmt)
+        if parsed is None:
+            if looks_numeric(values, fmt):
+                raise unreadable_numbers(source, name, values, fmt, where)
+            continue
+        numbers, kinds = parsed
+        table = table.set_column(index, name, pa.array(numbers, pa.float64(), from_pandas=True))
+        if kinds:
+            notes.append((name, f"column {name!r}: read {' and '.join(kinds)}"))
+    return table, notes
+
+
 def _fill_rows(
-    path: Path, batches: list, num_rows: int, features: list[str], indicators: dict, dtype
+    path: Path | str, batches: list, num_rows: int, features: list[str], indicators: dict, dtype
 ) -> np.ndarray:
     """The features in shared memory, filled a batch of rows at a time (row by row in
     memory, not column by column); each batch is let go once copied, so the table and the
@@ -176,7 +319,7 @@ def _fill_rows(
 RELEASE_EVERY = 16
 
 
-def _missing_rows(path: Path, X, y, features, target_name, dropna: bool | None, where):
+def _missing_rows(path: Path | str, X, y, features, target_name, dropna: bool | None, where):
     """Skip the rows with a missing (empty, NA or NaN) value when ``dropna``, else name the
     first (``None``: skipping is no choice, as when predicting, whose rows must all stay);
     returns the features, the target and how many rows were skipped."""
@@ -369,11 +512,24 @@ def _target_at(path: Path, names: list[str], index: int) -> str:
     return names[index]
 
 
-def _fix_text(name: str, feature: bool = True) -> str:
-    """How to fix a text column, for messages: drop it, or one-hot encode it."""
+def _fix_text(name: str, feature: bool = True, values: list | None = None) -> str:
+    """How to fix a text column, for messages: one-hot encode it when its values look like
+    categories (repeated, not numbers), else leave it out."""
     if not feature:
         return ""
+    if values is not None and not looks_like_categories(values):
+        return (
+            f": it is not numbers, nor categories (mostly distinct values): leave it out with "
+            f"{option('drop', [name])}"
+        )
     return f": drop it with {option('drop', [name])} or encode it with {option('one_hot', [name])}"
+
+
+def looks_like_categories(values: list) -> bool:
+    """Whether text values repeat enough to be categories: at most half of them distinct
+    (or a few)."""
+    present = [value for value in values if value is not None]
+    return len(set(present)) <= max(FEW_CATEGORIES, len(present) // 2)
 
 
 def _target_column(path: Path, column, name: str, where) -> np.ndarray:
@@ -410,7 +566,8 @@ def _check_numeric(path: Path, column, name: str, where=None, feature: bool = Tr
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
     where = where or (lambda row: f"row {row + 1}")
-    for row, value in enumerate(column.to_pylist()):
+    values = column.to_pylist()
+    for row, value in enumerate(values):
         if value is None:
             continue
         try:
@@ -418,6 +575,6 @@ def _check_numeric(path: Path, column, name: str, where=None, feature: bool = Tr
         except (TypeError, ValueError):
             raise DataError(
                 f"{path}: column {name!r} is not numeric ({where(row)} holds {str(value)[:40]!r})"
-                f"{_fix_text(name, feature)}"
+                f"{_fix_text(name, feature, values)}"
             ) from None
     raise DataError(f"{path}: column {name!r} is not numeric (type {kind}){_fix_text(name, feature)}")

@@ -44,6 +44,9 @@ class Model(ABC):
         self.feature_names_: tuple[str, ...] | None = None
         self.target_name_: str | None = None
         self.encoding_: Encoding | None = None  # the one-hot columns of the table it learnt from
+        # How its training file wrote its cells (decimal mark, encoding), to read files of
+        # the same kind the same way when predicting.
+        self.read_options_: dict[str, Any] | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -225,6 +228,8 @@ class Model(ABC):
         }
         if self.encoding_ is not None:  # predicting encodes new tables the same way
             meta["encoding"] = self.encoding_.to_json()
+        if self.read_options_:
+            meta["read_options"] = dict(self.read_options_)
         write_model_file(path, meta, self.params_, self.standardizer_)
 
     def __repr__(self) -> str:
