@@ -56,17 +56,23 @@ class ConvergenceCheck:
         return previous is not None and abs(previous - epoch_loss) <= self.tol * max(1.0, abs(previous))
 
 
-def no_finite_optimum(losses: list[float], norms: list[float], newton: bool, largest: float) -> str | None:
+def no_finite_optimum(
+    losses: list[float], norms: list[float], newton: bool, largest: float, saturated: bool = False
+) -> str | None:
     """Why an unpenalised classifier has no finite optimum, or None if nothing says so.
 
     Its loss reaching zero (every row on its side, with a margin: separable classes); or,
     under Newton, which converges in a handful of rounds where an optimum exists, weights
-    that keep growing while the loss falls. ``norms`` holds the parameters' largest entry
-    after each round.
+    that keep growing while the loss falls; or (``saturated``) a Hessian regular at the
+    start that became singular: with independent features only rows whose probabilities
+    reached 0 or 1 within round-off make it so, which happens on the way to infinite
+    weights along a direction that separates some classes (quasi-complete separation, as
+    in iris), however small the loss of the other rows. ``norms`` holds the parameters'
+    largest entry after each round.
     """
     if not losses:
         return None
-    separable = losses[-1] <= SEPARATED_LOSS
+    separable = losses[-1] <= SEPARATED_LOSS or saturated
     if newton and len(norms) >= 20:
         tail = slice(len(norms) - 10, None)
         growing = all(b >= a for a, b in itertools.pairwise(norms[tail])) and norms[-1] > 1.5 * norms[-10]

@@ -63,6 +63,10 @@ class LoopState:
     converged: bool = False
     first_loss: float | None = None
     norms: list[float] = field(default_factory=list)  # the parameters' largest entry, each round
+    # Newton: whether the Hessian was singular at this run's first round (None: not seen,
+    # as in a resumed run), and whether it became singular later.
+    singular_first: bool | None = None
+    singular_later: bool = False
 
 
 @dataclass
@@ -221,7 +225,8 @@ class RoundLoop:
             return None
         losses = [record["loss"] for record in state.history]
         largest = float(np.abs(state.params).max())
-        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest)
+        saturated = state.singular_first is False and state.singular_later
+        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest, saturated)
 
     def initial_state(self, resumed: TrainingState | None) -> LoopState:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
@@ -298,6 +303,10 @@ class RoundLoop:
         state.history.append({**record, "workers": self.runner.num_workers})
         state.params, state.opt_state = outcome.params, outcome.opt_state
         state.norms.append(float(np.abs(outcome.params).max()))
+        if state.singular_first is None and round_index == 0:
+            state.singular_first = outcome.singular
+        elif outcome.singular:
+            state.singular_later = True
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
         return outcome

@@ -59,8 +59,9 @@ class StepOutcome(NamedTuple):
     data at the incoming parameters for GradientDescent, over the round's batches
     otherwise. ``grad_norm`` is the largest absolute gradient entry, when known;
     ``stalled`` says a line search found no better point (the parameters stayed put);
-    ``criterion`` is the optimizer's own convergence measure, when it has one, and
-    ``solved`` says an exact solver reached the optimum.
+    ``criterion`` is the optimizer's own convergence measure, when it has one,
+    ``solved`` says an exact solver reached the optimum, and ``singular`` that a Newton
+    step met a singular Hessian.
     """
 
     params: np.ndarray
@@ -70,6 +71,7 @@ class StepOutcome(NamedTuple):
     stalled: bool = False
     criterion: float | None = None
     solved: bool = False
+    singular: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,14 @@ class Strategy(ABC):
         step = optimizer.minimize(evaluate, params, opt_state)
         grad_norm = float(np.abs(step.grad).max())
         return StepOutcome(
-            step.params, step.state, step.loss, grad_norm, step.stalled, step.criterion, step.solved
+            step.params,
+            step.state,
+            step.loss,
+            grad_norm,
+            step.stalled,
+            step.criterion,
+            step.solved,
+            step.singular,
         )
 
     def config(self) -> dict[str, Any]:

@@ -224,8 +224,12 @@ def read_text_table(path: Path, text_format: TextFormat | None = None) -> tuple[
         if "Empty CSV file" in reason:
             reason = "the file is empty"
         elif "Expected" in reason and "columns" in reason:
-            shown = {"\t": "tab", " ": "space"}.get(dialect.delimiter, dialect.delimiter)
-            reason += f" (read with delimiter {shown!r}; set another with {option('delimiter', ';')})"
+            line = reason.split(": ", 2)[-1].lstrip() if reason.count(": ") >= 2 else ""
+            if line[:1] in ("#", "%", ";", "!", "/") and line[:1] != dialect.delimiter:
+                reason += f" (a comment line? skip such lines with {option('comment', line[0])})"
+            else:
+                shown = {"\t": "tab", " ": "space"}.get(dialect.delimiter, dialect.delimiter)
+                reason += f" (read with delimiter {shown!r}; set another with {option('delimiter', ';')})"
         raise DataError(f"{path}: cannot read: {reason}") from None
 
 

@@ -124,7 +124,8 @@ class OptimizerStep(NamedTuple):
     """One step's outcome: the new parameters and state, the loss and gradient the step
     measured (at the old parameters, or at the new ones for a solver that ``solved``
     exactly), whether a line search stalled (the parameters stayed put), and the
-    optimizer's own scale-free convergence measure when it has one (``criterion``)."""
+    optimizer's own scale-free convergence measure when it has one (``criterion``), and
+    whether a Newton step met a singular Hessian (``singular``)."""
 
     params: np.ndarray
     state: Any
@@ -133,6 +134,7 @@ class OptimizerStep(NamedTuple):
     stalled: bool = False
     criterion: float | None = None
     solved: bool = False
+    singular: bool = False
 
 
 def describe(value: Any) -> Any:

@@ -25,26 +25,20 @@ class NewtonState(NamedTuple):
     hessian: np.ndarray
 
 
-def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """``-H^-1 g`` by Cholesky; where H is singular (linearly dependent features, separable
-    classes), the least-squares direction of smallest norm instead, with a warning; where
-    it is not finite (values too large for the data's float type), the gradient's."""
+def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``-H^-1 g`` by Cholesky, and whether H is singular: then the least-squares direction
+    of smallest norm instead; where H is not finite (values too large for the data's float
+    type), the gradient's."""
     if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
-        return -grad
+        return -grad, False
     try:
         lower = np.linalg.cholesky(hessian)
         direction = -np.linalg.solve(lower.T, np.linalg.solve(lower, grad))
         if np.isfinite(direction).all():
-            return direction
+            return direction, False
     except np.linalg.LinAlgError:
         pass
-    warnings.warn(
-        "the Hessian is singular: the features are linearly dependent (a column repeats others or is "
-        "constant), and the solution of smallest norm is taken; or the classes are separable",
-        RankDeficient,
-        stacklevel=caller_stacklevel(),
-    )
-    return -np.linalg.lstsq(hessian, grad, rcond=None)[0]
+    return -np.linalg.lstsq(hessian, grad, rcond=None)[0], True
 
 
 class Newton(Optimizer):
@@ -91,7 +85,17 @@ class Newton(Optimizer):
             else Evaluation(float(state.loss), state.grad, state.hessian)
         )
         assert here.hessian is not None
-        direction = newton_direction(here.hessian, here.grad)
+        direction, singular = newton_direction(here.hessian, here.grad)
+        if singular and int(state.step) == 0:
+            # At the start every row weighs the same: only the features can make H singular.
+            # Later, rows whose probabilities reached 0 or 1 can (separable classes), which
+            # the round loop tells apart by this first step.
+            warnings.warn(
+                "the Hessian is singular: the features are linearly dependent (a column repeats others "
+                "or is constant), and the solution of smallest norm is taken",
+                RankDeficient,
+                stacklevel=caller_stacklevel(),
+            )
         slope = float(here.grad @ direction)
         if not slope < 0:  # no descent along it (H numerically indefinite): the gradient's way
             direction, slope = -here.grad, -float(here.grad @ here.grad)
@@ -104,7 +108,9 @@ class Newton(Optimizer):
             if sufficient_decrease(here.loss, slope, step, there.loss, new_slope, self.c1, self.loss_noise):
                 assert there.hessian is not None
                 reached = NewtonState(state.step + 1, np.array(there.loss), there.grad, there.hessian)
-                return OptimizerStep(candidate, reached, here.loss, here.grad, criterion=criterion)
+                return OptimizerStep(
+                    candidate, reached, here.loss, here.grad, criterion=criterion, singular=singular
+                )
             step *= 0.5
         warnings.warn(
             f"Newton's line search found no lower loss in {self.max_line_search} halvings; stopping here",
@@ -112,4 +118,6 @@ class Newton(Optimizer):
             stacklevel=caller_stacklevel(),
         )
         kept = NewtonState(state.step, np.array(here.loss), here.grad, here.hessian)
-        return OptimizerStep(params, kept, here.loss, here.grad, stalled=True, criterion=criterion)
+        return OptimizerStep(
+            params, kept, here.loss, here.grad, stalled=True, criterion=criterion, singular=singular
+        )
