@@ -29,6 +29,7 @@ from paragrad.errors import (
     ParagradError,
     caller_stacklevel,
     check_positive_int,
+    in_terms,
 )
 from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
@@ -285,7 +286,11 @@ class Checkpointing:
         check_positive_int("keep_checkpoints", keep)
         if directory is None:
             if every is not None:
-                raise ConfigError("checkpoint_every needs checkpoint_dir (--checkpoint DIR)")
+                raise ConfigError(
+                    in_terms(
+                        "checkpoint_every needs checkpoint_dir=", "--checkpoint-every needs --checkpoint DIR"
+                    )
+                )
             return cls(None, None, None, keep)
         text = "60s" if every is None else str(every).strip()
         try:

@@ -103,6 +103,21 @@ def setting(keyword: str) -> str:
     return "--" + keyword.replace("_", "-") if _FLAG_NAMES.get() else f"{keyword}="
 
 
+def in_terms(python: str, command_line: str) -> str:
+    """The same words for Python callers and for the command line (inside
+    :func:`flag_names`), where the fix is said differently: a class against a flag."""
+    return command_line if _FLAG_NAMES.get() else python
+
+
+def model_term(model: object) -> str:
+    """A model as the caller names it: ``LogisticRegression`` in Python, ``the logistic
+    model`` on the command line (``--model logistic``)."""
+    name = getattr(model, "name", None) or type(model).__name__
+    return in_terms(
+        type(model).__name__ if not isinstance(model, type) else model.__name__, f"the {name} model"
+    )
+
+
 def option(keyword: str, value: object = True) -> str:
     """A setting as the user writes it, for messages that say how to fix a problem:
     ``--one-hot color`` on the command line, ``one_hot=['color']`` in Python."""

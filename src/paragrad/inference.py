@@ -20,7 +20,7 @@ from paragrad.data.frames import is_frame
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
-from paragrad.errors import ConfigError, DataError, check_positive_int, option
+from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
 from paragrad.models.torch_module import Torch
 from paragrad.shards import Shard, default_workers, plan_shards
@@ -245,7 +245,7 @@ def evaluate(
     model = as_model(model)
     if isinstance(data, (str, os.PathLike)) and target is None:
         if model.target_name_ is None:
-            raise ConfigError(f"{data}: name the label column with target=")
+            raise ConfigError(f"{data}: name the label column with {setting('target')}")
         target = ColumnName(model.target_name_)  # the model's column, by name only
     options = dict(delimiter=delimiter, dropna=dropna, target_file=target_file)
     dataset = read_features(model, data, target, **options, **reading)

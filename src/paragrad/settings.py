@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
+from paragrad.errors import ConfigError, DataError, check_positive_int, in_terms, model_term, option, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
@@ -83,14 +83,17 @@ def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:
             "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
         )
     if not data.has_labels:
-        raise DataError(f"{data.source}: no target values to train on (name the label column with target=)")
+        raise DataError(
+            f"{data.source}: no target values to train on (name the label column with {setting('target')})"
+        )
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"strategy must be a paragrad strategy, got {type(strategy).__name__}")
     if data.classes is not None and not model.is_classifier:
         shown = ", ".join(map(str, data.classes[:5].tolist()))
         raise DataError(
-            f"{data.source}: {type(model).__name__} needs a numeric target, but it holds labels "
-            f"({shown}): use LogisticRegression or SoftmaxRegression (--model logistic or softmax)"
+            f"{data.source}: {model_term(model)} needs a numeric target, but it holds labels "
+            f"({shown}): "
+            + in_terms("use LogisticRegression or SoftmaxRegression", "use --model logistic or softmax")
         )
 
 
@@ -106,13 +109,19 @@ def check_settings(
     if not isinstance(optimizer, Optimizer):
         raise ConfigError(f"optimizer must be a paragrad optimizer, got {type(optimizer).__name__}")
     if optimizer.line_search and not isinstance(strategy, GradientDescent):
-        raise ConfigError(f"{optimizer.name} needs full-batch training: use the GradientDescent strategy")
+        raise ConfigError(
+            f"{optimizer.name} needs full-batch training: "
+            + in_terms("use strategy=pg.GradientDescent()", "use --strategy gd")
+        )
     if optimizer.line_search and strategy.compress is not None:
         raise ConfigError(f"{optimizer.name}'s line search needs exact gradients: compress with sgd or adam")
     if optimizer.needs == "hessian" and not isinstance(model, LinearLayout):
-        raise ConfigError(f"newton needs the Hessian of a linear model, not of {type(model).__name__}")
+        raise ConfigError(f"newton needs the Hessian of a linear model, not of {model_term(model)}")
     if optimizer.needs == "factor" and not isinstance(model, LinearRegression):
-        raise ConfigError(f"qr solves least squares: LinearRegression only, not {type(model).__name__}")
+        raise ConfigError(
+            f"qr solves least squares: {in_terms('LinearRegression', 'the linear model')} only, "
+            f"not {model_term(model)}"
+        )
     check_positive_int("epochs", epochs)
     check_positive_int("max_rounds", max_rounds, allow_none=True)
     if not isinstance(tol, (int, float)) or not tol >= 0:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from paragrad.compression import Compressor, get_compressor
-from paragrad.errors import ConfigError, check_positive_int
+from paragrad.errors import ConfigError, check_positive_int, model_term
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Evaluation, Optimizer
 from paragrad.optim.base import Needs
@@ -267,7 +267,7 @@ class GradientDescent(Strategy):
             loss, grad = model.loss_grad(params, shard.X, shard.labels)
             return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
         if not isinstance(model, LinearLayout):
-            raise ConfigError(f"{optimizer.name} solves the linear models only, not {type(model).__name__}")
+            raise ConfigError(f"{optimizer.name} solves the linear models only, not {model_term(model)}")
         if optimizer.needs == "factor":
             factor = shard_factor(shard.X, shard.labels, model.fit_intercept)
             return WorkerResult(shard.num_rows, 0.0, np.zeros(0), matrix=factor)

@@ -32,6 +32,8 @@ from paragrad.errors import (
     DataError,
     PerformanceWarning,
     caller_stacklevel,
+    in_terms,
+    setting,
 )
 from paragrad.models import get_model
 from paragrad.models.base import LinearLayout, Model
@@ -235,7 +237,8 @@ def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
     if model in (None, "auto"):
         if not data.has_labels:
             raise DataError(
-                f"{data.source}: no target values to train on (name the label column with target=)"
+                f"{data.source}: no target values to train on "
+                f"(name the label column with {setting('target')})"
             )
         name, reason = choose_model(data)
         return get_model(name)(), f"{name} ({reason})"
@@ -289,7 +292,7 @@ def _load_resume_state(
 ) -> TrainingState | None:
     """The newest checkpoint of this same run, or None (with a warning) when there is none."""
     if checkpoint_dir is None:
-        raise ConfigError("resume=True needs checkpoint_dir (--checkpoint DIR)")
+        raise ConfigError(in_terms("resume=True needs checkpoint_dir=", "--resume needs --checkpoint DIR"))
     model.setup(config.num_features, None if not model.is_classifier else np.arange(2.0))
     opt_state_type = type(optimizer.init(model.init_params()))
     state = load_latest_checkpoint(checkpoint_dir, HISTORY_KEYS, opt_state_type)
@@ -336,9 +339,9 @@ def _set_up_model(
         labels = np.unique(np.concatenate([shard_labels for _, shard_labels, *_ in described]))
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
+    if labels is not None:  # before the model's own checks, whose advice assumes classes
+        check_class_rows(data.source, data.target_name or "y", len(labels), data.num_rows)
     model.setup(data.num_features, labels, feature_names=data.feature_names, target_name=data.target_name)
-    if model.is_classifier:
-        check_class_rows(data.source, data.target_name or "y", model.num_classes, data.num_rows)
     coding = None if data.classes is not None else EncodeLabels.needed_for(model.classes_)
     if coding is not None:  # numeric labels other than 0..k-1 (-1/1, 1/2, ...)
         runner.run(coding)

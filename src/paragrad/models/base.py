@@ -15,7 +15,7 @@ import numpy as np
 
 from paragrad.data import Standardizer, is_sparse
 from paragrad.data.encoding import Encoding
-from paragrad.errors import ConfigError, DataError
+from paragrad.errors import ConfigError, DataError, in_terms, model_term
 from paragrad.model_file import write_model_file
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
@@ -77,16 +77,16 @@ class Model(ABC):
         """The classes: the distinct labels, sorted, in their own type (numbers, text or
         booleans); at least two of them. Training sees each label as its position here."""
         if labels is None:
-            raise DataError(f"{type(self).__name__} needs labels to train on")
+            raise DataError(f"{model_term(self)} needs labels to train on")
         labels = np.unique(np.asarray(labels))
         if len(labels) > MAX_CLASSES:
             raise DataError(
-                f"{type(self).__name__} takes at most {MAX_CLASSES} classes, but the target has "
+                f"{model_term(self)} takes at most {MAX_CLASSES} classes, but the target has "
                 f"more than {MAX_CLASSES} distinct values: is it a regression target?"
             )
         if len(labels) < 2:
             raise DataError(
-                f"{type(self).__name__} needs at least two classes; every label is {_shown(labels[0])}"
+                f"{model_term(self)} needs at least two classes; every label is {_shown(labels[0])}"
             )
         if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
             return labels.astype(np.int64)  # whole numbers read as floats are integer labels
@@ -250,7 +250,10 @@ def _numeric_target(y) -> np.ndarray:
     if y.dtype.kind not in "fiu":
         raise DataError(
             f"a regression model needs numeric targets, got values of type {y.dtype}: "
-            "use a classifier (LogisticRegression or SoftmaxRegression) for labels"
+            + in_terms(
+                "use a classifier (LogisticRegression or SoftmaxRegression) for labels",
+                "use --model logistic or softmax for labels",
+            )
         )
     return y.astype(np.float64)
 

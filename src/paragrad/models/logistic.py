@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.errors import DataError
+from paragrad.errors import DataError, in_terms, model_term
 from paragrad.models.base import Classifier, LinearLayout
 
 
@@ -41,8 +41,8 @@ class LogisticRegression(LinearLayout, Classifier):
         classes = super()._classes_from(labels)
         if len(classes) > 2:
             raise DataError(
-                f"LogisticRegression takes two classes, but the target has {len(classes)}: "
-                "use SoftmaxRegression (--model softmax) for more classes"
+                f"{model_term(self)} takes two classes, but the target has {len(classes)}: "
+                + in_terms("use SoftmaxRegression for more classes", "use --model softmax for more classes")
             )
         return classes
 
