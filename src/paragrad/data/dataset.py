@@ -53,7 +53,8 @@ class Dataset:
         Numeric and finite targets, or class labels of any kind (numbers, text such as
         ``"yes"``/``"no"``, booleans); ``None`` for data to predict on. Text or boolean
         labels are kept in ``classes`` (sorted) and ``y`` holds each row's position
-        among them; :attr:`labels` gives them back.
+        among them; :attr:`labels` gives them back. A frame's column (a pandas or
+        polars Series) gives its name as ``target_name``.
     feature_names : sequence of str, optional
         One name per column of ``X``.
     target_name : str, optional
@@ -100,7 +101,9 @@ class Dataset:
         source: str = "X",
         check_finite: bool = True,
     ) -> None:
-        if is_column(y):
+        if is_column(y):  # a frame's column: its name is the target's
+            name = getattr(y, "name", None)
+            target_name = str(name) if target_name is None and name is not None else target_name
             y = column_values(y)
         if is_frame(X):  # its columns by name, its missing values as NaN
             X, names = frame_matrix(X, source)
