@@ -145,7 +145,7 @@ def expect_clear_error(result, phrase: str, *unwritten) -> None:
         ("a,b,label\n1,2,0\n3,4,1\n", [], "target column 'y' not found (columns: a, b, label)"),
         ("a,b,y\n1,x,0\n3,4,1\n", [], "column 'b' is not numeric (line 2 holds 'x'): drop it with --drop b"),
         ("a,b,y\n1,2,0\n,4,1\n", [], "missing value in column 'a' at line 3; skip such rows with --dropna"),
-        ("a,b,y\n1,2,0\n3,4,2\n5,6,1\n", [], "takes two classes, but the target has 3"),
+        ("a,b,y\n1,2,0\n3,4,2\n5,6,1\n7,8,0\n9,1,2\n2,3,1\n", [], "takes two classes, but the target has 3"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "3"], "3 workers need at least 3 rows, but the data has 2"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--lr", "0"], "learning rate must be a positive number"),
     ],
@@ -375,7 +375,11 @@ def test_model_overrides_the_choice_and_a_constant_target_is_refused(tmp_path):
 def test_text_labels_for_a_regression_model_are_one_clear_line(tmp_path):
     data = labelled_csv(tmp_path / "data.csv", ["no", "yes"])
     result = run_cli("train", data, "--target", "y", "--model", "linear", "--engine", "serial")
-    expect_clear_error(result, "LinearRegression needs a numeric target, but it holds labels (no, yes)")
+    expect_clear_error(
+        result,
+        "the linear model needs a numeric target, but it holds labels (no, yes): "
+        "use --model logistic or softmax",
+    )
 
 
 def test_every_train_option_shows_its_default_in_help():

@@ -20,6 +20,8 @@ import pyarrow.csv as pacsv
 import pytest
 from conftest import run_cli
 
+import paragrad as pg
+
 ROWS = 80
 
 
@@ -295,3 +297,29 @@ def test_a_model_remembers_the_decimal_comma_of_its_training_file(tmp_path):
     )
     predictions = np.asarray(pacsv.read_csv(tmp_path / "p.csv").column("prediction"))
     np.testing.assert_allclose(predictions, expected, rtol=1e-8)
+
+
+def test_a_workbook_reads_its_first_sheet_or_the_one_named(tmp_path):
+    import openpyxl
+
+    X, y = base_data()
+    book = openpyxl.Workbook()
+    book.active.title = "about"
+    book.active.append(["exported by a lab tool"])
+    sheet = book.create_sheet("data")
+    sheet.append(["x1", "x2", "y"])
+    for x, t in zip(X.tolist(), y.tolist(), strict=True):
+        sheet.append([*x, t])
+    book.save(tmp_path / "two.xlsx")
+    first = run_cli("train", tmp_path / "two.xlsx", "--target", "y")
+    assert first.returncode == 1 and "sheet 'about' of 'about', 'data'; --sheet NAME" in first.stderr
+    for sheet_option in ("data", "1"):
+        dataset = pg.load(
+            tmp_path / "two.xlsx", target="y", sheet=sheet_option if sheet_option == "data" else 1
+        )
+        np.testing.assert_allclose(dataset.X, X, rtol=1e-15)  # to the last bit, as stored
+    named = run_cli(
+        "train", tmp_path / "two.xlsx", "--target", "y", "--sheet", "data", "--out", tmp_path / "m.npz"
+    )
+    assert named.returncode == 0, named.stderr
+    np.testing.assert_allclose(pg.load_model(tmp_path / "m.npz").predict(X), fitted(X, y), rtol=1e-8)

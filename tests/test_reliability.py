@@ -254,7 +254,7 @@ def expect_one_line(result, phrase: str) -> None:
         ("a,b,y\n1,2,0\n3,4,1\n", ["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--workers", "0"], "argument --workers: must be a positive integer"),
         ("a,b,y\n1,2,0\n3,4,1\n", ["--lr", "-1"], "learning rate must be a positive number, got -1.0"),
-        ("a,b,y\n1,2,0\n3,4,1\n", ["--resume"], "resume=True needs checkpoint_dir (--checkpoint DIR)"),
+        ("a,b,y\n1,2,0\n3,4,1\n", ["--resume"], "--resume needs --checkpoint DIR"),
         (
             "a,b,y\n1,2,0\n3,4,1\n",
             ["--checkpoint", "ck", "--checkpoint-every", "soon"],

@@ -26,8 +26,9 @@ def read_arrow_file(path: Path) -> Any:
     return feather.read_table(str(path), memory_map=True)
 
 
-def read_sheet(path: Path, sheet: str | int | None = None) -> Any:
-    """One sheet of a workbook as a table of its cells, typed column by column."""
+def read_sheet(path: Path, sheet: str | int | None = None) -> tuple[Any, str]:
+    """One sheet of a workbook as a table of its cells, typed column by column, and which
+    sheet it is when the workbook has others (for messages; empty when it has one)."""
     try:
         from python_calamine import CalamineWorkbook
     except ImportError:
@@ -46,9 +47,11 @@ def read_sheet(path: Path, sheet: str | int | None = None) -> Any:
         raise DataError(f"{path}: sheet {chosen!r} is empty")
     header = [_header_name(cell, j) for j, cell in enumerate(rows[0])]
     body = rows[1:]
-    return _typed_table(
-        header, [[row[j] if j < len(row) else "" for row in body] for j in range(len(header))]
-    )
+    columns = [[row[j] if j < len(row) else "" for row in body] for j in range(len(header))]
+    which = ""
+    if len(names) > 1:
+        which = f"sheet {chosen!r} of {', '.join(map(repr, names))}; {option('sheet', 'NAME')} picks another"
+    return _typed_table(header, columns), which
 
 
 def _sheet_name(path: Path, names: list[str], sheet: str | int | None) -> str:

@@ -70,6 +70,7 @@ class ReadTable:
     decimal: str = "."
     notes: list[str] = dataclasses.field(default_factory=list)
     remembered: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hint: str = ""  # added to a message about the columns (which sheet of a workbook)
 
 
 def _read_table(path: Path, options: ReadOptions) -> ReadTable:
@@ -89,7 +90,8 @@ def _read_table(path: Path, options: ReadOptions) -> ReadTable:
             remembered["comment"] = dialect.comment
         return ReadTable(table, _line_names(path, dialect), dialect.decimal, list(dialect.notes), remembered)
     if suffix in SHEET_SUFFIXES:
-        return ReadTable(read_sheet(path, options.sheet), _row_number)
+        table, which = read_sheet(path, options.sheet)
+        return ReadTable(table, _row_number, notes=[f"read {which}"] if which else [], hint=which)
     try:
         table = read_arrow_file(path) if suffix in ARROW_SUFFIXES else pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
@@ -179,7 +181,10 @@ def table_dataset(
     keep_text = set(encoding.categories if isinstance(encoding, Encoding) else encoding)
     table, notes = tidy_columns(source, read.table)
     names = list(table.column_names)
-    target_name = _resolve_target(source, names, target) if names else None
+    try:
+        target_name = _resolve_target(source, names, target) if names else None
+    except DataError as exc:
+        raise DataError(f"{exc}{f' ({read.hint})' if read.hint else ''}") from None
     fmt = NumberFormat(read.decimal, tuple(options.na_values))
     number_notes: list[tuple[str, str]] = []
     if numbers:
