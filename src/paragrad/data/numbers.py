@@ -23,9 +23,6 @@ from paragrad.errors import ConfigError, DataError, option
 # Cells read as missing values besides empty ones: pyarrow's own list (NA, N/A, NULL,
 # NaN, #N/A, ...) and the markers of UCI-style files and lab tools.
 MISSING_MARKERS = ("?", "-", "--", ".", "Null", "#VALUE!", "#DIV/0!")
-# Characters a number-like cell holds: digits, signs, decimal and grouping marks, a
-# percent sign, an exponent; a cell of only these, with a digit, looks like a number.
-_NUMBER_LIKE = re.compile(r"^[\s+\-]*[0-9][0-9.,'\s\u00a0\u202f%eE+\-]*$")
 # Grouping marks spreadsheets write besides the one opposite the decimal mark.
 _SPACES = " \u00a0\u202f'"
 
@@ -103,15 +100,17 @@ def parse_text(values: list[Any], fmt: NumberFormat) -> tuple[np.ndarray, list[s
 
 
 def looks_numeric(values: list[Any], fmt: NumberFormat) -> bool:
-    """Whether a column that ``fmt`` cannot read is numbers in another format: every cell it
-    cannot read looks like a number (digits and number punctuation only)."""
+    """Whether a column that ``fmt`` cannot read is numbers in the other format: every cell
+    it cannot read is a number with the other decimal mark (``3184,8`` in a file read with
+    decimal points). Dates (``12.5.2024``) and codes are not."""
     pattern = fmt.pattern()
     unread = [
         text
         for text in (str(value).strip() for value in values if value is not None)
-        if not pattern.fullmatch(text)
+        if text and not pattern.fullmatch(text)
     ]
-    return bool(unread) and all(_NUMBER_LIKE.fullmatch(text) for text in unread)
+    other = NumberFormat("," if fmt.decimal == "." else ".").pattern()
+    return bool(unread) and all(other.fullmatch(text) and any(c.isdigit() for c in text) for text in unread)
 
 
 def unreadable_numbers(source: str, name: str, values: list[Any], fmt: NumberFormat, where) -> DataError:

@@ -187,8 +187,11 @@ def table_dataset(
         raise DataError(f"{exc}{f' ({read.hint})' if read.hint else ''}") from None
     fmt = NumberFormat(read.decimal, tuple(options.na_values))
     number_notes: list[tuple[str, str]] = []
-    if numbers:
-        table, number_notes = read_text_numbers(source, table, fmt, read.where, keep_text)
+    if numbers:  # columns left out are not read: a dropped column may hold anything
+        unused = set(options.drop)
+        if options.features is not None:
+            unused |= set(names) - set(options.features) - {target_name}
+        table, number_notes = read_text_numbers(source, table, fmt, read.where, keep_text | unused)
     where = read.where
     if not isinstance(encoding, Encoding):
         if target_name in encoding:
@@ -264,7 +267,7 @@ def read_text_numbers(
 ) -> tuple[Any, list[tuple[str, str]]]:
     """The text columns of ``table`` that hold numbers as spreadsheets write them, as
     float64 columns; the notes on what was read, per column. Columns in ``keep_text``
-    (to one-hot encode) stay as they are; a column of numbers in a format not read is
+    (to one-hot encode, or not used) stay as they are; a column of numbers in a format not read is
     an error naming the format and the option that reads it."""
     import pyarrow as pa
 
