@@ -124,28 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strategy == "local-sgd":
         strategy_options.update(local_steps=args.local_steps, server_lr=args.server_lr)
     strategy = get_strategy(args.strategy, **strategy_options)
-    optimizer_name = args.optimizer or default_optimizer(model, strategy, dataset).name
-    if optimizer_name != "sgd" and (args.momentum or args.nesterov):
-        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
-    if args.lr is not None:
-        positive("learning rate", args.lr)
-    if optimizer_name not in DEFAULT_LR and args.lr is not None:
-        chosen = (
-            f"--optimizer {optimizer_name}"
-            if args.optimizer
-            else f"{optimizer_name}, the default solver here,"
-        )
-        raise ConfigError(
-            f"--lr does not apply: {chosen} takes no learning rate (--optimizer lbfgs, adam or sgd do)"
-        )
-    optimizer_options = {}
-    if optimizer_name in DEFAULT_LR:
-        optimizer_options["lr"] = args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]
-    if optimizer_name == "sgd":
-        optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
+    optimizer = _optimizer(args, model, strategy, dataset)
     options = dict(
         strategy=strategy,
-        optimizer=get_optimizer(optimizer_name, **optimizer_options),
+        optimizer=optimizer,
         engine=args.engine,
         workers=args.workers,
         epochs=args.epochs,
@@ -189,6 +171,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _optimizer(args: argparse.Namespace, model: Any, strategy: Any, dataset: Dataset) -> Any:
+    """The optimizer that --optimizer, --lr, --momentum and --nesterov ask for (default: the
+    one the model and strategy call for), refusing options that do not apply to it."""
+    optimizer_name = args.optimizer or default_optimizer(model, strategy, dataset).name
+    if optimizer_name != "sgd" and (args.momentum or args.nesterov):
+        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
+    if args.lr is not None:
+        positive("learning rate", args.lr)
+    if optimizer_name not in DEFAULT_LR and args.lr is not None:
+        chosen = (
+            f"--optimizer {optimizer_name}"
+            if args.optimizer
+            else f"{optimizer_name}, the default solver here,"
+        )
+        raise ConfigError(
+            f"--lr does not apply: {chosen} takes no learning rate (--optimizer lbfgs, adam or sgd do)"
+        )
+    optimizer_options = {}
+    if optimizer_name in DEFAULT_LR:
+        optimizer_options["lr"] = args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]
+    if optimizer_name == "sgd":
+        optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
+    return get_optimizer(optimizer_name, **optimizer_options)
 
 
 def _save(run, out: Path | None) -> None:

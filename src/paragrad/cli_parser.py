@@ -214,17 +214,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_command(commands: argparse._SubParsersAction) -> None:
-    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
-    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
-    p.add_argument(
-        "data",
-        type=Path,
-        help="CSV/TSV/.txt (also .gz, .bz2, .zst, .xz), Parquet, .xlsx, Feather, .npz, LIBSVM, "
-        "or .npy features with --target-file",
-    )
-    p.add_argument("--target", help=TARGET_HELP)
-    _add_model_options(p)
+def _add_strategy_options(p: argparse.ArgumentParser) -> None:
+    """``paragrad train``'s strategy and optimizer, with their settings."""
     p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
     p.add_argument(
         "--batch-size",
@@ -252,6 +243,20 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--momentum", type=float, default=0.0, help="momentum of the sgd optimizer")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad train``: the model, the strategy and optimizer, the run, the engine."""
+    p = commands.add_parser("train", help="train a model on a data file", formatter_class=DefaultsFormatter)
+    p.add_argument(
+        "data",
+        type=Path,
+        help="CSV/TSV/.txt (also .gz, .bz2, .zst, .xz), Parquet, .xlsx, Feather, .npz, LIBSVM, "
+        "or .npy features with --target-file",
+    )
+    p.add_argument("--target", help=TARGET_HELP)
+    _add_model_options(p)
+    _add_strategy_options(p)
     p.add_argument(
         "--epochs",
         type=_positive_int,

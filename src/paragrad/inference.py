@@ -16,8 +16,8 @@ import numpy as np
 
 from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
+from paragrad.data.columns import ColumnName
 from paragrad.data.frames import is_frame
-from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting

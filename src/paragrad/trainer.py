@@ -170,7 +170,7 @@ def train(
     epochs = strategy.default_epochs if epochs is None else epochs
     check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
     dtype = data.dtype if dtype is None else dtype
-    encoding, read_options, data = data.encoding, data.read_options, data.astype(dtype)
+    read_as, data = (data.encoding, data.read_options or None), data.astype(dtype)  # one-hot, decimal mark
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -195,8 +195,7 @@ def train(
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
         standardizer = None if resumed is None else resumed.standardizer
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
-        model.encoding_ = encoding  # one-hot categories, kept in the model file
-        model.read_options_ = read_options or None  # decimal mark, encoding: for predicting
+        model.encoding_, model.read_options_ = read_as  # kept in the model file, for predicting
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
@@ -214,9 +213,8 @@ def train(
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
-    run = dataclasses.replace(
-        run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s, model_choice=model_choice
-    )
+    run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
+    run.model_choice = model_choice
     hooks.train_end(run)
     return run
 
