@@ -510,3 +510,38 @@ def test_only_inference_is_timed_and_every_request_is_counted_by_endpoint(server
     assert count(after, timed) - count(before, timed) == 1
     assert count(after, metadata) - count(before, metadata) == 3
     assert 'paragrad_request_seconds_count{model="-"}' not in after
+
+
+def _metric(text: str, series: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def _until(condition, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_unreadable_model_file_is_logged_counted_and_watching_goes_on(tmp_path):
+    import shutil
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz", seed=1)
+    first = file_version(path)
+    new = _save(pg.models.LinearRegression(), tmp_path / "new.npz", seed=2)
+    failed = 'paragrad_model_reloads_total{model="m",outcome="failed"}'
+    with running(str(path), "--reload-interval", "0.05") as server:
+        path.unlink()
+        path.mkdir()  # a folder where the file was: reading it is an OS error
+        assert _until(lambda: _metric(server.call("GET", "/metrics")[2], failed) >= 1)
+        assert server.infer("m", np.ones((1, NUM_FEATURES)))["model_version"] == first
+        assert server.call("GET", "/v2/health/ready")[0] == 200
+        path.rmdir()
+        shutil.copy(new, path)
+        assert _until(lambda: server.call("GET", "/v2/models/m")[2]["versions"] == [file_version(new)])
+        X = np.random.default_rng(9).standard_normal((3, NUM_FEATURES))
+        np.testing.assert_array_equal(outputs(server.infer("m", X))["predict"], pg.load_model(new).predict(X))
+        assert _until(lambda: any("m.npz: cannot read it" in line for line in list(server.stderr)))
