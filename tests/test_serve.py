@@ -545,3 +545,67 @@ def test_an_unreadable_model_file_is_logged_counted_and_watching_goes_on(tmp_pat
         X = np.random.default_rng(9).standard_normal((3, NUM_FEATURES))
         np.testing.assert_array_equal(outputs(server.infer("m", X))["predict"], pg.load_model(new).predict(X))
         assert _until(lambda: any("m.npz: cannot read it" in line for line in list(server.stderr)))
+
+
+class SlowUploader:
+    """A connection that sends a request's headers, then its body one byte a second."""
+
+    def __init__(self, port: int, path: str) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+        )
+        self.sock.sendall(b"Content-Length: 100000\r\n\r\n{")
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+        self.thread.start()
+
+    def _drip(self) -> None:
+        while not self.stopped.wait(1.0):
+            self.sock.sendall(b" ")
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def _one_row_p50(port: int, body: bytes, count: int) -> float:
+    """The median latency of ``count`` one-row requests, one after another on one connection."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.request("POST", "/v2/models/m/infer", body, headers)
+            response = connection.getresponse()
+            response.read()
+            times.append(time.perf_counter() - started)
+            assert response.status == 200
+    finally:
+        connection.close()
+    return float(np.median(times))
+
+
+def test_a_slow_uploader_slows_no_one_else(tmp_path):
+    # Before: the batcher counted the slow request from its headers on, and every batch
+    # waited the whole --max-wait-ms for a body one byte a second (p50 up 5-10x).
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    body = json.dumps(v2_body(np.ones((1, NUM_FEATURES)))).encode()
+    ratios = []
+    with running(str(path), "--max-wait-ms", "5", "--no-access-log") as server:
+        _one_row_p50(server.port, body, 50)  # warm up
+        for _ in range(5):
+            alone = _one_row_p50(server.port, body, 100)
+            slow = SlowUploader(server.port, "/v2/models/m/infer")
+            try:
+                time.sleep(0.05)
+                ratios.append(_one_row_p50(server.port, body, 100) / alone)
+            finally:
+                slow.close()
+    assert float(np.median(ratios)) < 1.5, ratios

@@ -153,8 +153,7 @@ class Endpoints:
         return run
 
     async def infer(self, request: Request, outcome: Outcome) -> Response:
-        version = self._version(request, outcome)
-        parsed, outputs = await self._predicted(request, version, parse_infer, outcome)
+        version, parsed, outputs = await self._predicted(request, parse_infer, outcome)
         payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
         if parsed.id is not None:
             payload["id"] = parsed.id
@@ -163,8 +162,7 @@ class Endpoints:
         return json_response(200, payload, version.version)
 
     async def predict_v1(self, request: Request, outcome: Outcome) -> Response:
-        version = self._version(request, outcome)
-        _, outputs = await self._predicted(request, version, parse_instances, outcome)
+        version, _, outputs = await self._predicted(request, parse_instances, outcome)
         payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
         payload["predictions"] = output_tensor("predict", outputs["predict"])["data"]
         if "proba" in outputs:
@@ -172,19 +170,22 @@ class Endpoints:
         return json_response(200, payload, version.version)
 
     async def _predicted(
-        self, request: Request, version: ModelVersion, parse: Callable[..., InferRequest], outcome: Outcome
-    ) -> tuple[InferRequest, Outputs]:
-        """The request's rows parsed and predicted in the version's next batch."""
+        self, request: Request, parse: Callable[..., InferRequest], outcome: Outcome
+    ) -> tuple[ModelVersion, InferRequest, Outputs]:
+        """The request's rows parsed and predicted in the next batch of the version served
+        once its body has arrived."""
+        self._version(request, outcome)  # an unknown model is 404 before its body is read
+        body = await _body(request, self.config.max_body_bytes)
+        version = self._version(request, outcome)
         batcher = self.served.batcher(version)
-        batcher.expect()
+        batcher.expect()  # only now: a body still on the network holds back no batch
         try:
-            body = await _body(request, self.config.max_body_bytes)
             parsed = parse(body, version, self.config.max_rows)
         except BaseException:
             batcher.forget()
             raise
         outcome.rows = len(parsed.X)
-        return parsed, await batcher.submit(parsed.X)
+        return version, parsed, await batcher.submit(parsed.X)
 
     def _version(self, request: Request, outcome: Outcome) -> ModelVersion:
         version = self.served.version(request.path_params["name"], request.path_params.get("version"))
