@@ -609,3 +609,32 @@ def test_a_slow_uploader_slows_no_one_else(tmp_path):
             finally:
                 slow.close()
     assert float(np.median(ratios)) < 1.5, ratios
+
+
+def test_a_log_pipe_nobody_reads_stops_nothing(tmp_path):
+    # Before: the access log was written on the event loop; once the pipe was full (after
+    # some 600 requests) every request hung, health probes included.
+    import http.client
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    command = [sys.executable, "-m", "paragrad", "serve", str(path), "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = port_from(process)
+        body = json.dumps(v2_body(np.ones((1, NUM_FEATURES)))).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        statuses = []
+        for _ in range(3000):
+            connection.request("POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        connection.request("GET", "/v2/health/ready")
+        assert connection.getresponse().status == 200
+        connection.close()
+        assert statuses == [200] * 3000
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        process.stdout.close()
+        process.stderr.close()

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -26,7 +25,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from paragrad import __version__
-from paragrad.serving.access_log import AccessLog
+from paragrad.serving.access_log import AccessLog, Stream
 from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
 from paragrad.serving.metrics import NO_MODEL, Metrics
@@ -240,10 +239,13 @@ class Endpoints:
         return response
 
 
-def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> DirectInference:
-    """The ASGI application serving ``served``: batchers and the file watcher run with it."""
+def build_app(
+    served: ServedModels, config: ServeConfig, metrics: Metrics, log_stream: Stream
+) -> DirectInference:
+    """The ASGI application serving ``served``: batchers and the file watcher run with it;
+    the access log goes to ``log_stream``."""
 
-    access = AccessLog(sys.stderr.buffer) if config.access_log else None
+    access = AccessLog(log_stream) if config.access_log else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -260,7 +262,9 @@ def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> Di
                 await asyncio.gather(writer, return_exceptions=True)
 
     endpoints = Endpoints(served, config, metrics, access)
-    return DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints.inference_routes)
+    app = DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints.inference_routes)
+    app.dropped_lines = lambda: 0 if access is None else access.dropped
+    return app
 
 
 class DirectInference:
@@ -274,6 +278,7 @@ class DirectInference:
     def __init__(self, app: Starlette, routes: list[Route]) -> None:
         self.app = app
         self.routes = routes
+        self.dropped_lines: Callable[[], int] = lambda: 0  # access log lines not kept
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

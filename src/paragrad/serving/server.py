@@ -22,6 +22,7 @@ import uvicorn
 from paragrad.errors import ConfigError, setting
 from paragrad.serving.app import build_app
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.log_writer import BackgroundWriter, WriterHandler
 from paragrad.serving.metrics import Metrics
 from paragrad.serving.models import ServedModels, load_all
 
@@ -54,8 +55,8 @@ class DrainingServer(uvicorn.Server):
 def run(paths: dict[str, Path], config: ServeConfig) -> None:
     """Bind the address and load every model (either failing is one error before serving),
     then serve them until stopped."""
-    _configure_logging()
-    with contextlib.closing(_listening_socket(config.host, config.port)) as sock:
+    writer = _configure_logging()
+    with contextlib.closing(_listening_socket(config.host, config.port)) as sock, _closing(writer):
         versions = load_all(paths)
         for version in versions:
             print(
@@ -65,8 +66,11 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             )
         metrics = Metrics()
         served = ServedModels(versions, config, metrics)
+        app = build_app(served, config, metrics, writer)
+        metrics.log_dropped.set_function(lambda: writer.dropped + app.dropped_lines())
         uvicorn_config = uvicorn.Config(
-            build_app(served, config, metrics),
+            app,
+            log_config=None,  # uvicorn's loggers write through the writer too (_configure_logging)
             log_level="warning",
             access_log=False,
             # typed as whole seconds, but handed to asyncio.wait_for, which takes any number
@@ -93,11 +97,23 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging() -> None:
-    """Server messages as ``paragrad serve: ...`` lines on stderr (the access log writes its own)."""
-    handler = logging.StreamHandler(sys.stderr)
+def _configure_logging() -> BackgroundWriter:
+    """Server messages as ``paragrad serve: ...`` lines on stderr, uvicorn's among them, all
+    written by one thread that never holds up the event loop (the access log uses it too)."""
+    writer = BackgroundWriter(sys.stderr.fileno())
+    handler = WriterHandler(writer)
     handler.setFormatter(logging.Formatter("paragrad serve: %(message)s"))
-    server_log = logging.getLogger("paragrad.serving")
-    server_log.handlers[:] = [handler]
-    server_log.setLevel(logging.INFO)
-    server_log.propagate = False
+    for name in ("paragrad.serving", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("paragrad.serving").setLevel(logging.INFO)
+    return writer
+
+
+@contextlib.contextmanager
+def _closing(writer: BackgroundWriter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        writer.close()
