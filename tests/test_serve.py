@@ -638,3 +638,50 @@ def test_a_log_pipe_nobody_reads_stops_nothing(tmp_path):
         process.wait(timeout=30)
         process.stdout.close()
         process.stderr.close()
+
+
+def _raw_answer(sock, timeout: float = 10) -> tuple[int, dict]:
+    """The status and JSON body of the one answer read from ``sock`` until it closes."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_request_cut_off_at_grace_is_answered_503_in_json(tmp_path):
+    import socket
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    with running(str(path), "--grace", "0.3") as server:
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n{"
+        )
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        status, answer = _raw_answer(stalled)
+        stalled.close()
+        assert status == 503 and "stopped before this request was answered" in answer["error"]
+        assert server.wait() == 0
+    assert not any("Traceback" in line for line in server.stderr)
+
+
+def test_headers_have_a_deadline_and_connections_a_cap(tmp_path):
+    import socket
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    with running(str(path), "--header-timeout", "0.3", "--max-connections", "3") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        silent.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 12")  # and nothing more
+        status, answer = _raw_answer(silent)
+        assert status == 408 and "headers did not arrive within 0.3 s" in answer["error"]
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        time.sleep(0.1)
+        refused = socket.create_connection(("127.0.0.1", server.port))
+        status, answer = _raw_answer(refused)
+        assert status == 503 and "most connections (3)" in answer["error"]
+        for sock in [refused, silent, *held]:
+            sock.close()
+        assert _until(lambda: server.call("GET", "/v2/health/live")[0] == 200, 5)

@@ -286,6 +286,8 @@ SERVE_OPTIONS = (
     ("--reload-interval", float, "seconds between looks at the model files (0: never)"),
     ("--workers", _positive_int, "local worker processes for requests of --split-rows rows (1: none)"),
     ("--split-rows", _positive_int, "rows from which a request goes to the workers"),
+    ("--header-timeout", float, "seconds for a request's headers to arrive before 408"),
+    ("--max-connections", _positive_int, "open connections; more are answered 503 and closed"),
 )
 
 

@@ -35,6 +35,8 @@ def serve(
     workers: int = DEFAULT.workers,
     split_rows: int = DEFAULT.split_rows,
     access_log: bool = True,
+    header_timeout: float = DEFAULT.header_timeout,
+    max_connections: int = DEFAULT.max_connections,
 ) -> None:
     """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
 
@@ -63,7 +65,12 @@ def serve(
     workers, split_rows : int
         Requests of ``split_rows`` rows or more are predicted on ``workers`` local workers.
     access_log : bool
-        One JSON line per request on stderr.
+        One JSON line per request on stderr (written by a thread: a reader that stops
+        reading costs lines, counted in the metrics, never requests).
+    header_timeout : float
+        Seconds a connection has to send a request's headers before it is answered 408.
+    max_connections : int
+        Open connections; one more is answered 503 with ``Retry-After`` and closed.
     """
     if _in_event_loop():
         raise ConfigError(
@@ -86,6 +93,8 @@ def serve(
         workers=workers,
         split_rows=split_rows,
         access_log=access_log,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
     )
     try:
         from paragrad.serving.server import run

@@ -84,6 +84,7 @@ class Endpoints:
         self.config = config
         self.metrics = metrics
         self.access = access
+        self.stopping = False  # set at a stop signal: requests cancelled then are answered 503
         # Built once: the inference routes (which DirectInference also tries first), then
         # the rest; not_found looks through them all for a path taken by other methods.
         self.inference_routes = [
@@ -138,6 +139,13 @@ class Endpoints:
                 response.headers["retry-after"] = "1"
             except ClientDisconnect:  # nobody to answer; counted as nginx counts it
                 response = Response(status_code=CLIENT_CLOSED)
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                # cut off at the end of --grace: the client learns it, as from a full queue
+                message = "the server stopped before this request was answered; retry"
+                response = json_response(503, {"error": message}, outcome.version)
+                response.headers["retry-after"] = "1"
             except Exception as exc:  # a bug of ours: answer, log, keep serving
                 log.exception("%s %s failed", request.method, request.url.path)
                 error = {"error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -262,7 +270,7 @@ def build_app(
                 await asyncio.gather(writer, return_exceptions=True)
 
     endpoints = Endpoints(served, config, metrics, access)
-    app = DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints.inference_routes)
+    app = DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints)
     app.dropped_lines = lambda: 0 if access is None else access.dropped
     return app
 
@@ -275,10 +283,15 @@ class DirectInference:
     fifth of the server's time per one-row request, measured with ``bench --suite serve``).
     """
 
-    def __init__(self, app: Starlette, routes: list[Route]) -> None:
+    def __init__(self, app: Starlette, endpoints: Endpoints) -> None:
         self.app = app
-        self.routes = routes
+        self.routes = endpoints.inference_routes
+        self.endpoints = endpoints
         self.dropped_lines: Callable[[], int] = lambda: 0  # access log lines not kept
+
+    def stopping(self) -> None:
+        """The server is stopping: requests cancelled from now on are answered 503."""
+        self.endpoints.stopping = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

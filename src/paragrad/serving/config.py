@@ -38,16 +38,20 @@ class ServeConfig:
     workers: int = 1  # local engine workers for large requests; 1: all in the server
     split_rows: int = 20_000  # rows from which a request goes to the workers
     access_log: bool = True
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive before 408
+    max_connections: int = 1000  # open connections; more are answered 503 and closed
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"{_named('port')} must be a port number from 0 to 65535, got {self.port!r}")
-        for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows"):
+        for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows", "max_connections"):
             check_positive_int(_named(name), getattr(self, name))
-        for name in ("max_wait_ms", "grace", "reload_interval", "max_body_mb"):
+        for name in ("max_wait_ms", "grace", "reload_interval", "max_body_mb", "header_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{_named(name)} must be a non-negative number, got {value!r}")
+        if self.header_timeout <= 0:
+            raise ConfigError(f"{_named('header_timeout')} must be above 0, got {self.header_timeout!r}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"{_named('max_body_mb')} must be above 0, got {self.max_body_mb!r}")
         if self.token is not None and not self.token.strip():

@@ -20,8 +20,9 @@ from typing import cast
 import uvicorn
 
 from paragrad.errors import ConfigError, setting
-from paragrad.serving.app import build_app
+from paragrad.serving.app import DirectInference, build_app
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.connections import connection_class
 from paragrad.serving.log_writer import BackgroundWriter, WriterHandler
 from paragrad.serving.metrics import Metrics
 from paragrad.serving.models import ServedModels, load_all
@@ -30,7 +31,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server that says where it listens and ends normally after a stop signal."""
+    """uvicorn's server that says where it listens and ends normally after a stop signal;
+    requests still running when the grace period ends are answered 503 by the app."""
+
+    def __init__(self, config: uvicorn.Config, app: DirectInference) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.stopping()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -70,6 +80,7 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
         metrics.log_dropped.set_function(lambda: writer.dropped + app.dropped_lines())
         uvicorn_config = uvicorn.Config(
             app,
+            http=connection_class(config.header_timeout, config.max_connections),
             log_config=None,  # uvicorn's loggers write through the writer too (_configure_logging)
             log_level="warning",
             access_log=False,
@@ -78,7 +89,7 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             backlog=4096,
             lifespan="on",
         )
-        DrainingServer(uvicorn_config).run(sockets=[sock])
+        DrainingServer(uvicorn_config, app).run(sockets=[sock])
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
