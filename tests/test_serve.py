@@ -685,3 +685,48 @@ def test_headers_have_a_deadline_and_connections_a_cap(tmp_path):
         for sock in [refused, silent, *held]:
             sock.close()
         assert _until(lambda: server.call("GET", "/v2/health/live")[0] == 200, 5)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_compressed_request_bodies_are_inflated(server, model_files, encoding):
+    import zlib
+
+    X = np.random.default_rng(10).standard_normal((6, NUM_FEATURES))
+    body = json.dumps(v2_body(X)).encode()
+    wbits = {"gzip": 31, "deflate": 15, "raw-deflate": -15}[encoding]
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(body) + packer.flush()
+    headers = {"Content-Encoding": encoding.removeprefix("raw-"), "Content-Type": "application/json"}
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", packed, headers)
+    assert status == 200, answer
+    np.testing.assert_array_equal(outputs(answer)["predict"], pg.load_model(model_files["linear"]).predict(X))
+
+
+def test_bad_or_oversized_compressed_bodies_are_refused(server):
+    import gzip
+
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", b"not gzip", headers)
+    assert status == 400 and "not valid gzip data" in answer["error"]
+    bomb = gzip.compress(b" " * (3 * 1024 * 1024))  # 3 MiB of blanks, past the 1 MiB limit
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", bomb, headers)
+    assert status == 413 and "inflates past" in answer["error"]
+    headers["Content-Encoding"] = "br"
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", b"{}", headers)
+    assert status == 415 and "'br' is not supported" in answer["error"]
+
+
+def test_large_bodies_are_parsed_aside_and_answered_exactly(tmp_path):
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    X = np.random.default_rng(11).standard_normal((60_000, NUM_FEATURES))
+    body = json.dumps(v2_body(X)).encode()
+    assert len(body) > 4 * 1024 * 1024  # parsed in the parsing process
+    with running(str(path), "--no-access-log") as server:
+        status, _, answer = server.call(
+            "POST", "/v2/models/m/infer", body, {"Content-Type": "application/json"}
+        )
+        assert status == 200, answer
+        np.testing.assert_array_equal(outputs(answer)["predict"], pg.load_model(path).predict(X))
+        wrong = body.replace(b'"shape": [60000, 5]', b'"shape": [60000, 4]')
+        status, _, answer = server.call("POST", "/v2/models/m/infer", wrong)
+        assert status == 400 and "needs 240000 values, got 300000" in answer["error"]

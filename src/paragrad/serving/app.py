@@ -30,6 +30,7 @@ from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
 from paragrad.serving.metrics import NO_MODEL, Metrics
 from paragrad.serving.models import ServedModels
+from paragrad.serving.parsing import ENCODINGS, BodyParser
 from paragrad.serving.registry import ModelVersion
 from paragrad.serving.tensors import (
     InferRequest,
@@ -85,6 +86,7 @@ class Endpoints:
         self.metrics = metrics
         self.access = access
         self.stopping = False  # set at a stop signal: requests cancelled then are answered 503
+        self.parser = BodyParser(config.max_body_bytes)
         # Built once: the inference routes (which DirectInference also tries first), then
         # the rest; not_found looks through them all for a path taken by other methods.
         self.inference_routes = [
@@ -187,7 +189,8 @@ class Endpoints:
         batcher = self.served.batcher(version)
         batcher.expect()  # only now: a body still on the network holds back no batch
         try:
-            parsed = parse(body, version, self.config.max_rows)
+            encoding = _content_encoding(request)
+            parsed = await self.parser.parse(parse, body, encoding, version, self.config.max_rows)
         except BaseException:
             batcher.forget()
             raise
@@ -265,6 +268,7 @@ def build_app(
         finally:
             watcher.cancel()
             await served.close()
+            endpoints.parser.close()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
@@ -331,6 +335,16 @@ async def _body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"the request body exceeds {limit} bytes, the most this server takes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _content_encoding(request: Request) -> str | None:
+    """The body's compression (gzip or deflate), None for none; 415 for another."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in ENCODINGS:
+        raise RequestError(415, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none")
+    return encoding
 
 
 def _metadata(version: ModelVersion) -> dict[str, Any]:

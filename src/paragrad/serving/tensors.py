@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
-
-from paragrad.serving.registry import ModelVersion
 
 # The protocol's numeric types, as numpy reads their JSON numbers; FP32 is rounded to
 # float32 first, as the client meant it, then predicted in float64.
@@ -36,6 +34,22 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str]]:  # from the parsing process
+        return type(self), (self.status, str(self))
+
+
+class Signature(Protocol):
+    """What parsing needs of a model version (a :class:`ModelVersion` is one)."""
+
+    @property
+    def num_features(self) -> int: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ def read_json(body: bytes) -> Any:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
 
 
-def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
+def parse_infer(body: bytes, version: Signature, max_rows: int) -> InferRequest:
     """An ``/infer`` request body as rows in the model's feature order."""
     request = read_json(body)
     checks = Checks(max_rows, booleans=_may_hold_booleans(body))
@@ -87,7 +101,7 @@ def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferReque
     return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version))
 
 
-def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
+def parse_instances(body: bytes, version: Signature, max_rows: int) -> InferRequest:
     """The older ``{"instances": [[...], ...]}`` body as rows."""
     request = read_json(body)
     if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
@@ -105,7 +119,7 @@ def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferR
     return InferRequest(X, None, version.output_names)
 
 
-def _one_matrix(inputs: list, version: ModelVersion) -> bool:
+def _one_matrix(inputs: list, version: Signature) -> bool:
     """Whether the inputs are one [rows, features] tensor rather than one tensor per feature."""
     if len(inputs) != 1:
         return False
@@ -154,7 +168,7 @@ def _matrix(tensor: Any, num_features: int, checks: Checks) -> np.ndarray:
     return X.reshape(shape)
 
 
-def _columns(inputs: list, version: ModelVersion, checks: Checks) -> np.ndarray:
+def _columns(inputs: list, version: Signature, checks: Checks) -> np.ndarray:
     """One tensor per named feature, each of shape [rows] or [rows, 1], in the model's order."""
     names = version.feature_names
     if names is None:
@@ -245,14 +259,14 @@ def _check_rows(rows: Any, max_rows: int) -> None:
         )
 
 
-def _check_width(width: int, version: ModelVersion, name: str) -> None:
+def _check_width(width: int, version: Signature, name: str) -> None:
     if width != version.num_features:
         raise RequestError(
             400, f"{name} rows have {width} features, but the model takes {version.num_features}"
         )
 
 
-def _requested_outputs(outputs: Any, version: ModelVersion) -> tuple[str, ...]:
+def _requested_outputs(outputs: Any, version: Signature) -> tuple[str, ...]:
     if outputs is None:
         return version.output_names
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
