@@ -396,6 +396,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["{linear}", "--max-wait-ms", "-1"], "--max-wait-ms must be a non-negative number"),
         (["{linear}", "--max-body-mb", "0"], "--max-body-mb must be above 0"),
         (["{data}"], "not a paragrad model file"),
+        (["{linear}", "--cors", "evil.example"], "--cors takes an origin such as https://"),
     ],
 )
 def test_serve_refuses_bad_settings_with_one_line_before_binding(model_files, tmp_path, args, message):
@@ -453,7 +454,9 @@ def test_the_readme_curl_example_is_answered_as_shown(server, model_files):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     command = readme[readme.index("curl -s localhost:8000/v2/models/model/infer") :]
     body = json.loads(command.split("-d '", 1)[1].split("'", 1)[0])
-    status, _, answer = server.call("POST", "/v2/models/model/infer", body)
+    header = command.split("-H '", 1)[1].split("'", 1)[0]  # curl's own type would be a form's: 415
+    name, _, value = header.partition(": ")
+    status, _, answer = server.call("POST", "/v2/models/model/infer", body, {name: value})
     assert status == 200, answer
     assert answer["id"] == body["id"] and [o["name"] for o in answer["outputs"]] == ["predict", "proba"]
     X = np.array(body["inputs"][0]["data"]).reshape(body["inputs"][0]["shape"])
@@ -478,7 +481,9 @@ def test_a_stalled_upload_holds_back_no_reload(tmp_path):
     with running(str(first), str(second), "--reload-interval", "0.05") as server:
         stalled = socket.create_connection(("127.0.0.1", server.port))
         try:  # a request to a whose body never finishes arriving
-            stalled.sendall(b"POST /v2/models/a/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+            stalled.sendall(
+                b"POST /v2/models/a/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n{"
+            )
             time.sleep(0.2)
             _save(pg.models.LinearRegression(), first, seed=3)
             _save(pg.models.LinearRegression(), second, seed=4)
@@ -730,3 +735,54 @@ def test_large_bodies_are_parsed_aside_and_answered_exactly(tmp_path):
         wrong = body.replace(b'"shape": [60000, 5]', b'"shape": [60000, 4]')
         status, _, answer = server.call("POST", "/v2/models/m/infer", wrong)
         assert status == 400 and "needs 240000 values, got 300000" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_inference_takes_only_json_so_no_form_can_run_one(server, content_type):
+    # Before: without a token, a cross-site text/plain POST (no preflight) ran an inference.
+    body = json.dumps(v2_body(np.ones((1, NUM_FEATURES))))
+    status, _, answer = server.call("POST", "/v2/models/linear/infer", body, {"Content-Type": content_type})
+    assert status == 415 and "send 'Content-Type: application/json'" in answer["error"]
+    for kind in ("application/json", "application/json; charset=utf-8"):
+        assert server.call("POST", "/v2/models/linear/infer", body, {"Content-Type": kind})[0] == 200
+
+
+def test_a_foreign_host_or_origin_is_refused_without_a_token(server):
+    body = json.dumps(v2_body(np.ones((1, NUM_FEATURES))))
+    json_type = {"Content-Type": "application/json"}
+    # DNS rebinding: a name the attacker points at 127.0.0.1
+    status, _, answer = server.call(
+        "POST", "/v2/models/linear/infer", body, json_type | {"Host": "evil.example:80"}
+    )
+    assert status == 403 and "does not name this server" in answer["error"]
+    assert server.call("GET", "/v2/health/ready", headers={"Host": "evil.example"})[0] == 403
+    for host in ("localhost:8000", "127.0.0.1", f"127.0.0.1:{server.port}"):
+        assert server.call("POST", "/v2/models/linear/infer", body, json_type | {"Host": host})[0] == 200
+    # a page of another site, even with a type no form can send
+    foreign = json_type | {"Origin": "https://evil.example"}
+    status, headers, answer = server.call("POST", "/v2/models/linear/infer", body, foreign)
+    assert status == 403 and "--cors ORIGIN" in answer["error"]
+    assert "access-control-allow-origin" not in headers
+    own = json_type | {"Origin": f"http://127.0.0.1:{server.port}"}  # the page the server serves
+    assert server.call("POST", "/v2/models/linear/infer", body, own)[0] == 200
+
+
+def test_cors_and_extra_host_names_only_when_given(model_files):
+    body = json.dumps(v2_body(np.ones((1, NUM_FEATURES))))
+    origin = "https://app.example"
+    with running(str(model_files["linear"]), "--cors", origin, "--allow-host", "models.lan") as server:
+        status, headers, _ = server.call(
+            "OPTIONS",
+            "/v2/models/linear/infer",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert status == 204 and headers["access-control-allow-origin"] == origin
+        assert "POST" in headers["access-control-allow-methods"]
+        assert "content-type" in headers["access-control-allow-headers"]
+        request = {"Content-Type": "application/json", "Origin": origin, "Host": "models.lan:8000"}
+        status, headers, _ = server.call("POST", "/v2/models/linear/infer", body, request)
+        assert status == 200 and headers["access-control-allow-origin"] == origin
+        request["Origin"] = "https://other.example"
+        assert server.call("POST", "/v2/models/linear/infer", body, request)[0] == 403

@@ -265,7 +265,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
-    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS] + ["token", "insecure"]
+    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS] + [
+        "token",
+        "insecure",
+        "allow_host",
+        "cors",
+    ]
     serve(args.models, access_log=not args.no_access_log, **{key: getattr(args, key) for key in keys})
     return 0
 

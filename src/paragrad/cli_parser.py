@@ -308,6 +308,20 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "--token", help="clients must send 'Authorization: Bearer TOKEN' (default: $PARAGRAD_SERVE_TOKEN)"
     )
     p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without a token")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name taken besides the server's address when there is no token (repeatable; *: any)",
+    )
+    p.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (https://host[:port], or *) call the server (repeatable; default: none)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
 
 

@@ -37,6 +37,8 @@ def serve(
     access_log: bool = True,
     header_timeout: float = DEFAULT.header_timeout,
     max_connections: int = DEFAULT.max_connections,
+    allow_host: Iterable[str] = (),
+    cors: Iterable[str] = (),
 ) -> None:
     """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
 
@@ -71,6 +73,12 @@ def serve(
         Seconds a connection has to send a request's headers before it is answered 408.
     max_connections : int
         Open connections; one more is answered 503 with ``Retry-After`` and closed.
+    allow_host : names
+        Without a token, requests must name the server by its address (``localhost`` on
+        loopback): these names are taken too (``"*"``: any), against DNS rebinding.
+    cors : origins
+        Pages of these origins (``https://example.org``, or ``"*"``) may call the server
+        from a browser; by default no other site's page can.
     """
     if _in_event_loop():
         raise ConfigError(
@@ -95,6 +103,8 @@ def serve(
         access_log=access_log,
         header_timeout=header_timeout,
         max_connections=max_connections,
+        allow_host=tuple([allow_host] if isinstance(allow_host, str) else allow_host),
+        cors=tuple([cors] if isinstance(cors, str) else cors),
     )
     try:
         from paragrad.serving.server import run

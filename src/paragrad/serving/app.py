@@ -28,6 +28,7 @@ from paragrad import __version__
 from paragrad.serving.access_log import AccessLog, Stream
 from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.guard import EXPOSED_HEADERS, PREFLIGHT_HEADERS, Guard, check_content_type
 from paragrad.serving.metrics import NO_MODEL, Metrics
 from paragrad.serving.models import ServedModels
 from paragrad.serving.parsing import ENCODINGS, BodyParser
@@ -87,6 +88,7 @@ class Endpoints:
         self.access = access
         self.stopping = False  # set at a stop signal: requests cancelled then are answered 503
         self.parser = BodyParser(config.max_body_bytes)
+        self.guard = Guard(config)
         # Built once: the inference routes (which DirectInference also tries first), then
         # the rest; not_found looks through them all for a path taken by other methods.
         self.inference_routes = [
@@ -126,7 +128,10 @@ class Endpoints:
         async def run(request: Request) -> Response:
             started = time.perf_counter()
             outcome = Outcome()
+            headers = request.headers
+            origin = headers.get("origin")
             try:
+                self.guard.check(headers.get("host"), origin)
                 if not open_to_all:
                     _check_token(request, self.config.token)
                 response = await handler(request, outcome)
@@ -152,6 +157,11 @@ class Endpoints:
                 log.exception("%s %s failed", request.method, request.url.path)
                 error = {"error": f"internal error: {type(exc).__name__}: {exc}"}
                 response = json_response(500, error, outcome.version)
+            allowed = self.guard.cors_origin(origin)
+            if allowed is not None:
+                response.headers["access-control-allow-origin"] = allowed
+                response.headers["access-control-expose-headers"] = EXPOSED_HEADERS
+                response.headers["vary"] = "Origin"
             seconds = time.perf_counter() - started
             if outcome.model != NO_MODEL or response.status_code != 200:
                 self.metrics.answered(outcome.model, handler.__name__, response.status_code, seconds)
@@ -184,6 +194,9 @@ class Endpoints:
         """The request's rows parsed and predicted in the next batch of the version served
         once its body has arrived."""
         self._version(request, outcome)  # an unknown model is 404 before its body is read
+        headers = request.headers
+        binary = "inference-header-content-length" in headers
+        check_content_type(headers.get("content-type"), binary)
         body = await _body(request, self.config.max_body_bytes)
         version = self._version(request, outcome)
         batcher = self.served.batcher(version)
@@ -243,6 +256,15 @@ class Endpoints:
         )
         if not allowed:
             raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
+        if request.method == "OPTIONS" and self.guard.cors_origin(request.headers.get("origin")):
+            return Response(  # a CORS preflight from an origin given with --cors
+                status_code=204,
+                headers={
+                    "access-control-allow-methods": ", ".join(allowed),
+                    "access-control-allow-headers": PREFLIGHT_HEADERS,
+                    "access-control-max-age": "600",
+                },
+            )
         response = json_response(
             405, {"error": f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"}
         )

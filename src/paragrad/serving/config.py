@@ -40,6 +40,8 @@ class ServeConfig:
     access_log: bool = True
     header_timeout: float = 10.0  # seconds for a request's headers to arrive before 408
     max_connections: int = 1000  # open connections; more are answered 503 and closed
+    allow_host: tuple[str, ...] = ()  # Host names taken besides the address ("*": any)
+    cors: tuple[str, ...] = ()  # origins whose pages may call the server ("*": any)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -56,6 +58,18 @@ class ServeConfig:
             raise ConfigError(f"{_named('max_body_mb')} must be above 0, got {self.max_body_mb!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError(f"{_named('token')} must not be empty")
+        for origin in self.cors:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not sep or not rest or "/" in rest):
+                raise ConfigError(
+                    f"{_named('cors')} takes an origin such as https://example.org:8080 (or *), "
+                    f"got {origin!r}"
+                )
+        for name in self.allow_host:
+            if not name or "/" in name or " " in name:
+                raise ConfigError(
+                    f"{_named('allow_host')} takes a host name such as models.lan, got {name!r}"
+                )
         if not is_loopback(self.host) and self.token is None and not self.insecure:
             raise ConfigError(
                 f"binding {self.host} lets other machines reach the models: give {_named('token')} "
