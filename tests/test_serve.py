@@ -463,14 +463,13 @@ def test_the_readme_curl_example_is_answered_as_shown(server, model_files):
     np.testing.assert_array_equal(outputs(answer)["predict"], pg.load_model(model_files["model"]).predict(X))
 
 
-def test_a_wrong_method_is_405_naming_the_methods_and_binary_tensors_are_refused(server):
+def test_a_wrong_method_is_405_naming_the_methods(server):
     status, headers, answer = server.call("GET", "/v2/models/linear/infer")
     assert status == 405 and headers["allow"] == "POST" and "takes POST, not GET" in answer["error"]
+    status, headers, answer = server.call("GET", "/v1/models/linear:predict")
+    assert status == 405 and headers["allow"] == "POST"
     status, _, answer = server.call("OPTIONS", "/")
     assert status == 405 and "error" in answer
-    binary = {"Inference-Header-Content-Length": "10", "Content-Type": "application/octet-stream"}
-    status, _, answer = server.call("POST", "/v2/models/linear/infer", b"{}" + bytes(48), binary)
-    assert status == 400 and "binary tensor data is not supported" in answer["error"]
 
 
 def test_a_stalled_upload_holds_back_no_reload(tmp_path):
@@ -786,3 +785,93 @@ def test_cors_and_extra_host_names_only_when_given(model_files):
         assert status == 200 and headers["access-control-allow-origin"] == origin
         request["Origin"] = "https://other.example"
         assert server.call("POST", "/v2/models/linear/infer", body, request)[0] == 403
+
+
+def test_kserve_v1_readiness(server):
+    # KServe's V1 clients check GET /v1/models/NAME before predicting; it was 404
+    assert server.call("GET", "/v1/models/softmax")[:3:2] == (200, {"name": "softmax", "ready": True})
+    status, _, answer = server.call("GET", "/v1/models/nope")
+    assert status == 404 and "no model named 'nope'" in answer["error"]
+
+
+def test_answers_are_compressed_when_the_client_asks(server, model_files):
+    import gzip
+    import http.client
+    import zlib
+
+    X = np.random.default_rng(12).standard_normal((200, NUM_FEATURES))
+    body = json.dumps(v2_body(X))
+    expected = pg.load_model(model_files["linear"]).predict(X)
+    for accepted, unpack in (("gzip", gzip.decompress), ("deflate;q=1, gzip;q=0", zlib.decompress)):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        headers = {"Content-Type": "application/json", "Accept-Encoding": accepted}
+        connection.request("POST", "/v2/models/linear/infer", body, headers)
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("content-encoding") == accepted[:7].rstrip(";")
+        answer = json.loads(unpack(response.read()))
+        connection.close()
+        np.testing.assert_array_equal(outputs(answer)["predict"], expected)
+    _, headers, _ = server.call("POST", "/v2/models/linear/infer", body, {"Accept-Encoding": "br"})
+    assert "content-encoding" not in headers
+
+
+@pytest.mark.parametrize("name", ["linear", "logistic", "softmax"])
+def test_tritons_http_client_works_with_its_defaults(server, model_files, name):
+    # Before: binary_data=True (the default) was refused 400
+    httpclient = pytest.importorskip("tritonclient.http")
+    model = pg.load_model(model_files[name])
+    X = np.random.default_rng(13).standard_normal((7, NUM_FEATURES))
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
+        assert client.get_model_metadata(name)["name"] == name
+        for kind, values in (("FP64", X), ("FP32", X.astype(np.float32))):
+            tensor = httpclient.InferInput("input-0", list(X.shape), kind)
+            tensor.set_data_from_numpy(values)  # binary_data=True
+            result = client.infer(name, [tensor])  # every output as binary data
+            expected = model.predict(values.astype(np.float64))
+            got = result.as_numpy("predict")
+            if got.dtype == object:  # BYTES: text labels
+                got = got.astype(str)
+            np.testing.assert_array_equal(got, expected)
+            if model.is_classifier:
+                np.testing.assert_array_equal(
+                    result.as_numpy("proba"), model.predict_proba(values.astype(np.float64))
+                )
+        # JSON both ways, and compressed both ways, still answer the same
+        tensor = httpclient.InferInput("input-0", list(X.shape), "FP64")
+        tensor.set_data_from_numpy(X, binary_data=False)
+        asked = [httpclient.InferRequestedOutput("predict", binary_data=False)]
+        result = client.infer(name, [tensor], outputs=asked)
+        assert result.as_numpy("predict").tolist() == model.predict(X).tolist()
+        tensor.set_data_from_numpy(X)
+        result = client.infer(
+            name, [tensor], request_compression_algorithm="gzip", response_compression_algorithm="deflate"
+        )
+        assert result.as_numpy("predict").astype(model.predict(X).dtype).tolist() == model.predict(X).tolist()
+    finally:
+        client.close()
+
+
+def test_bad_binary_tensors_get_one_line_reasons(server):
+    X = np.ones((2, NUM_FEATURES))
+    header = {
+        "inputs": [{"name": "x", "shape": [2, 5], "datatype": "FP64", "parameters": {"binary_data_size": 80}}]
+    }
+    head = json.dumps(header).encode()
+    cases = [
+        (head + X.tobytes()[:40], "runs past the binary data"),
+        (head + X.tobytes() + b"extra", "5 bytes of binary data no input claims"),
+        (head + np.array([np.nan] * 10).tobytes(), "NaN or infinity"),
+    ]
+    for body, reason in cases:
+        headers = {
+            "Inference-Header-Content-Length": str(len(head)),
+            "Content-Type": "application/octet-stream",
+        }
+        status, _, answer = server.call("POST", "/v2/models/linear/infer", body, headers)
+        assert status == 400 and reason in answer["error"], answer
+    status, _, answer = server.call(
+        "POST", "/v2/models/linear/infer", head, {"Inference-Header-Content-Length": "x"}
+    )
+    assert status == 400 and "must be a byte count" in answer["error"]

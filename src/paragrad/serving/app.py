@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hmac
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -36,6 +38,7 @@ from paragrad.serving.registry import ModelVersion
 from paragrad.serving.tensors import (
     InferRequest,
     RequestError,
+    binary_output,
     datatype_of,
     output_tensor,
     parse_infer,
@@ -44,6 +47,8 @@ from paragrad.serving.tensors import (
 
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
+MIN_COMPRESSED = 1024  # answers shorter than this go uncompressed: the saving is not worth it
+LARGE_ANSWER = 1024 * 1024  # answers compressed in a thread from this size
 CLIENT_CLOSED = 499  # the client left before its answer (nginx's code for it)
 Handler = Callable[[Request], Awaitable[Response]]
 PAGE = resources.files("paragrad.serving").joinpath("page.html")
@@ -113,6 +118,7 @@ class Endpoints:
             Route("/v2/models", self._wrap(self.models_index), methods=["GET"]),
             Route("/metrics", self._wrap(self.metrics_text), methods=["GET"]),
         ]
+        routes.append(Route("/v1/models/{name}", self._wrap(self.model_ready_v1), methods=["GET"]))
         for prefix in (model, versioned):
             routes += [
                 Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
@@ -157,6 +163,9 @@ class Endpoints:
                 log.exception("%s %s failed", request.method, request.url.path)
                 error = {"error": f"internal error: {type(exc).__name__}: {exc}"}
                 response = json_response(500, error, outcome.version)
+            accepted = headers.get("accept-encoding")
+            if accepted is not None and len(response.body) >= MIN_COMPRESSED:
+                response = await _compressed(response, accepted)
             allowed = self.guard.cors_origin(origin)
             if allowed is not None:
                 response.headers["access-control-allow-origin"] = allowed
@@ -177,8 +186,21 @@ class Endpoints:
         if parsed.id is not None:
             payload["id"] = parsed.id
         payload["parameters"] = {"rows": len(parsed.X)}
-        payload["outputs"] = [output_tensor(name, outputs[name]) for name in parsed.outputs]
-        return json_response(200, payload, version.version)
+        if not parsed.binary:
+            payload["outputs"] = [output_tensor(name, outputs[name]) for name in parsed.outputs]
+            return json_response(200, payload, version.version)
+        tensors, raw = [], []
+        for name in parsed.outputs:  # Triton's binary extension: the JSON, then each output's bytes
+            if name in parsed.binary:
+                tensor, data = binary_output(name, outputs[name])
+                raw.append(data)
+            else:
+                tensor = output_tensor(name, outputs[name])
+            tensors.append(tensor)
+        payload["outputs"] = tensors
+        header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = {"x-model-version": version.version, "inference-header-content-length": str(len(header))}
+        return Response(b"".join([header, *raw]), 200, headers, "application/octet-stream")
 
     async def predict_v1(self, request: Request, outcome: Outcome) -> Response:
         version, _, outputs = await self._predicted(request, parse_instances, outcome)
@@ -195,15 +217,17 @@ class Endpoints:
         once its body has arrived."""
         self._version(request, outcome)  # an unknown model is 404 before its body is read
         headers = request.headers
-        binary = "inference-header-content-length" in headers
-        check_content_type(headers.get("content-type"), binary)
+        header_length = _header_length(headers.get("inference-header-content-length"))
+        check_content_type(headers.get("content-type"), header_length is not None)
         body = await _body(request, self.config.max_body_bytes)
         version = self._version(request, outcome)
         batcher = self.served.batcher(version)
         batcher.expect()  # only now: a body still on the network holds back no batch
         try:
             encoding = _content_encoding(request)
-            parsed = await self.parser.parse(parse, body, encoding, version, self.config.max_rows)
+            parsed = await self.parser.parse(
+                parse, body, encoding, version, self.config.max_rows, header_length
+            )
         except BaseException:
             batcher.forget()
             raise
@@ -220,6 +244,13 @@ class Endpoints:
         return json_response(200, _metadata(version), version.version)
 
     async def model_ready(self, request: Request, outcome: Outcome) -> Response:
+        version = self._version(request, outcome)
+        return json_response(200, {"name": version.name, "ready": self.served.ready}, version.version)
+
+    async def model_ready_v1(self, request: Request, outcome: Outcome) -> Response:
+        """KServe's V1 readiness: ``{"name": ..., "ready": true}``."""
+        if request.path_params["name"].endswith(":predict"):
+            return await self.not_found(request, outcome)
         version = self._version(request, outcome)
         return json_response(200, {"name": version.name, "ready": self.served.ready}, version.version)
 
@@ -341,10 +372,6 @@ def _check_token(request: Request, token: str | None) -> None:
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if "inference-header-content-length" in request.headers:
-        raise RequestError(
-            400, "binary tensor data is not supported: send tensors as JSON 'data' (binary_data=False)"
-        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(
@@ -357,6 +384,55 @@ async def _body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"the request body exceeds {limit} bytes, the most this server takes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _compressed(response: Response, accepted: str) -> Response:
+    """``response`` gzip- or deflate-compressed when the client accepts either (a large one
+    in a thread: zlib lets go of the interpreter lock)."""
+    encoding = _chosen_encoding(accepted)
+    if encoding is None or "content-encoding" in response.headers:
+        return response
+    body = bytes(response.body)
+    if len(body) < LARGE_ANSWER:
+        packed = _pack(body, encoding)
+    else:
+        packed = await asyncio.to_thread(_pack, body, encoding)
+    response.body = packed
+    response.headers["content-length"] = str(len(packed))
+    response.headers["content-encoding"] = encoding
+    response.headers["vary"] = "Accept-Encoding"
+    return response
+
+
+def _chosen_encoding(accepted: str) -> str | None:
+    """gzip or deflate, whichever ``Accept-Encoding`` takes (gzip first); None for neither."""
+    weights: dict[str, float] = {}
+    for item in accepted.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        q = params.strip().removeprefix("q=")
+        try:
+            weights[name.strip()] = float(q) if q else 1.0
+        except ValueError:
+            continue
+    for encoding in ("gzip", "deflate"):
+        if weights.get(encoding, weights.get("*", 0.0)) > 0:
+            return encoding
+    return None
+
+
+def _pack(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=1, mtime=0)
+    return zlib.compress(body, 1)  # deflate means zlib-wrapped (RFC 9110)
+
+
+def _header_length(value: str | None) -> int | None:
+    """``Inference-Header-Content-Length``: the JSON's length in a binary tensor request."""
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise RequestError(400, f"Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
+    return int(value)
 
 
 def _content_encoding(request: Request) -> str | None:

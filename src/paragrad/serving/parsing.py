@@ -27,7 +27,7 @@ from paragrad.serving.tensors import InferRequest, RequestError, Signature
 LARGE_BODY = 4 * 1024 * 1024  # bytes from which a body is parsed in the parsing process
 SMALL_COMPRESSED = 64 * 1024  # compressed bodies below this are inflated on the loop
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
-Parse = Callable[[bytes, Signature, int], InferRequest]
+Parse = Callable[[bytes, Signature, int, int | None], InferRequest]
 
 
 @dataclass(frozen=True)
@@ -87,20 +87,27 @@ class BodyParser:
         self._turn = asyncio.Lock()  # one large body parsed at a time
 
     async def parse(
-        self, parse: Parse, body: bytes, encoding: str | None, version: Signature, max_rows: int
+        self,
+        parse: Parse,
+        body: bytes,
+        encoding: str | None,
+        version: Signature,
+        max_rows: int,
+        header_length: int | None = None,
     ) -> InferRequest:
-        """``body`` (compressed as ``encoding`` says) parsed by ``parse`` for ``version``."""
+        """``body`` (compressed as ``encoding`` says) parsed by ``parse`` for ``version``
+        (``header_length``: the JSON's length when binary tensor data follows it)."""
         if encoding is not None:
             if len(body) < SMALL_COMPRESSED:
                 body = inflate(body, encoding, self._max_body)
             else:
                 body = await asyncio.to_thread(inflate, body, encoding, self._max_body)
         if len(body) < LARGE_BODY:
-            return parse(body, version, max_rows)
+            return parse(body, version, max_rows, header_length)
         async with self._turn:
             pool = self._started()
             try:
-                future = pool.submit(parse, body, Described.of(version), max_rows)
+                future = pool.submit(parse, body, Described.of(version), max_rows, header_length)
                 return await asyncio.wrap_future(future)
             except BrokenProcessPool:  # the process died (out of memory, say): a new one next time
                 self._pool = None

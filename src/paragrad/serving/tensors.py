@@ -63,11 +63,13 @@ class Checks:
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A parsed inference request: the rows, and what to send back."""
+    """A parsed inference request: the rows, and what to send back (``binary``: the outputs
+    asked for as raw bytes after the JSON, Triton's binary tensor extension)."""
 
     X: np.ndarray
     id: str | None
     outputs: tuple[str, ...]
+    binary: frozenset[str] = frozenset()
 
 
 def read_json(body: bytes) -> Any:
@@ -82,12 +84,25 @@ def read_json(body: bytes) -> Any:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
 
 
-def parse_infer(body: bytes, version: Signature, max_rows: int) -> InferRequest:
-    """An ``/infer`` request body as rows in the model's feature order."""
+def parse_infer(
+    body: bytes, version: Signature, max_rows: int, header_length: int | None = None
+) -> InferRequest:
+    """An ``/infer`` request body as rows in the model's feature order; with
+    ``header_length`` (``Inference-Header-Content-Length``), the JSON is that many bytes
+    and the tensors' raw data follows it (Triton's binary tensor extension)."""
+    binary = b""
+    if header_length is not None:
+        if header_length > len(body):
+            raise RequestError(
+                400, f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
+            )
+        body, binary = body[:header_length], body[header_length:]
     request = read_json(body)
     checks = Checks(max_rows, booleans=_may_hold_booleans(body))
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request needs 'inputs': a list of tensors")
+    if header_length is not None:
+        _attach_binary(request["inputs"], binary)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, "'id' must be a string")
@@ -98,11 +113,54 @@ def parse_infer(body: bytes, version: Signature, max_rows: int) -> InferRequest:
         X = _matrix(inputs[0], version.num_features, checks)
     else:
         X = _columns(inputs, version, checks)
-    return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version))
+    outputs = _requested_outputs(request.get("outputs"), version)
+    return InferRequest(X, request_id, outputs, _binary_outputs(request, outputs))
 
 
-def parse_instances(body: bytes, version: Signature, max_rows: int) -> InferRequest:
+def _attach_binary(inputs: list, binary: bytes) -> None:
+    """Each input's raw data, cut from ``binary`` in order by its ``binary_data_size``, as its 'data'."""
+    start = 0
+    for tensor in inputs:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        name = tensor.get("name")
+        datatype = tensor.get("datatype")
+        if type(size) is not int or size < 0 or start + size > len(binary):
+            raise RequestError(400, f"input {name!r}: binary_data_size {size!r} runs past the binary data")
+        if datatype not in NUMERIC:
+            raise RequestError(
+                400, f"input {name!r}: datatype {datatype!r} is not a number type (use FP64 or FP32)"
+            )
+        dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
+        if size % dtype.itemsize:
+            raise RequestError(400, f"input {name!r}: {size} bytes are not whole {datatype} values")
+        tensor["data"] = np.frombuffer(binary, dtype, size // dtype.itemsize, start)
+        start += size
+    if start != len(binary):
+        raise RequestError(400, f"the body has {len(binary) - start} bytes of binary data no input claims")
+
+
+def _binary_outputs(request: dict, outputs: tuple[str, ...]) -> frozenset[str]:
+    """The outputs to send as raw bytes: all with ``binary_data_output``, else those asked one by one."""
+    parameters = request.get("parameters") or {}
+    if parameters.get("binary_data_output") is True:
+        return frozenset(outputs)
+    asked = request.get("outputs") or ()
+    return frozenset(
+        o["name"]
+        for o in asked
+        if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+    )
+
+
+def parse_instances(
+    body: bytes, version: Signature, max_rows: int, header_length: int | None = None
+) -> InferRequest:
     """The older ``{"instances": [[...], ...]}`` body as rows."""
+    if header_length is not None:
+        raise RequestError(400, "binary tensor data is for /v2 .../infer; send 'instances' as JSON here")
     request = read_json(body)
     if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
         raise RequestError(400, "the request needs 'instances': a list of rows")
@@ -211,6 +269,10 @@ def _numbers(
 ) -> np.ndarray:
     """``data`` (flat in row-major order, or nested as ``shape``) as float64, after checking
     that every value is a finite number the declared type holds as it is."""
+    if isinstance(data, np.ndarray):  # raw binary data, already of its type
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise RequestError(400, f"input {name!r} holds NaN or infinity: send finite numbers")
+        return data.astype(np.float64)
     if not isinstance(data, list):
         raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
     if booleans and _holds_booleans(data):  # numpy would read true and false as 1 and 0
@@ -286,6 +348,25 @@ def _requested_outputs(outputs: Any, version: Signature) -> tuple[str, ...]:
 def datatype_of(dtype: np.dtype) -> str:
     """The protocol's name for values of ``dtype``: labels in their own type, text as BYTES."""
     return {"U": "BYTES", "S": "BYTES", "b": "BOOL", "i": "INT64", "u": "UINT64"}.get(dtype.kind, "FP64")
+
+
+def binary_output(name: str, values: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """A response tensor without its data, and the data as raw little-endian bytes (text as
+    Triton's BYTES: each value's length in 4 bytes, then its UTF-8)."""
+    datatype = datatype_of(values.dtype)
+    flat = values.ravel()
+    if datatype == "FP64" and not np.isfinite(flat).all():
+        raise RequestError(
+            400, f"the model's {name} is not finite for these rows: are their features far too large?"
+        )
+    if datatype == "BYTES":
+        encoded = [str(v).encode() for v in flat]
+        data = b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
+    else:
+        kind = {"FP64": "<f8", "INT64": "<i8", "UINT64": "<u8", "BOOL": "?"}[datatype]
+        data = np.ascontiguousarray(flat, dtype=kind).tobytes()
+    tensor = {"name": name, "datatype": datatype, "shape": list(values.shape)}
+    return tensor | {"parameters": {"binary_data_size": len(data)}}, data
 
 
 def output_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
