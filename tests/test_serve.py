@@ -875,3 +875,50 @@ def test_bad_binary_tensors_get_one_line_reasons(server):
         "POST", "/v2/models/linear/infer", head, {"Inference-Header-Content-Length": "x"}
     )
     assert status == 400 and "must be a byte count" in answer["error"]
+
+
+@pytest.fixture(scope="module")
+def grpc_server(model_files) -> Iterator[tuple[Server, int]]:
+    specs = [f"{name}={model_files[name]}" for name in ("linear", "logistic", "softmax")]
+    with running(*specs, "--grpc-port", "0") as server:
+        port = None
+        for line in server.stdout_lines(10):
+            if "gRPC on" in line:
+                port = int(line.rsplit(":", 1)[1])
+        assert port is not None
+        yield server, port
+
+
+@pytest.mark.parametrize("name", ["linear", "logistic", "softmax"])
+def test_tritons_grpc_client_works_with_its_defaults(grpc_server, model_files, name):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    server, port = grpc_server
+    model = pg.load_model(model_files[name])
+    X = np.random.default_rng(14).standard_normal((9, NUM_FEATURES))
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
+        metadata = client.get_model_metadata(name)
+        assert metadata.name == name and list(metadata.inputs[0].shape) == [-1, NUM_FEATURES]
+        for kind, values in (("FP64", X), ("FP32", X.astype(np.float32))):
+            tensor = grpcclient.InferInput("input-0", list(X.shape), kind)
+            tensor.set_data_from_numpy(values)  # raw_input_contents, the client's default
+            result = client.infer(name, [tensor])
+            got = result.as_numpy("predict")
+            expected = model.predict(values.astype(np.float64))
+            np.testing.assert_array_equal(got.astype(str) if got.dtype == object else got, expected)
+            if model.is_classifier:
+                np.testing.assert_array_equal(
+                    result.as_numpy("proba"), model.predict_proba(values.astype(np.float64))
+                )
+        result = client.infer(name, [tensor], outputs=[grpcclient.InferRequestedOutput("predict")])
+        assert result.as_numpy("proba") is None
+        with pytest.raises(Exception, match="has 4 features, but the model takes 5"):
+            narrow = grpcclient.InferInput("input-0", [2, 4], "FP64")
+            narrow.set_data_from_numpy(np.ones((2, 4)))
+            client.infer(name, [narrow])
+        with pytest.raises(Exception, match="no model named 'nope'"):
+            client.infer("nope", [tensor])
+    finally:
+        client.close()
+    server.infer(name, X)  # HTTP still answers beside it

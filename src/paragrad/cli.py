@@ -265,12 +265,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
-    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS] + [
-        "token",
-        "insecure",
-        "allow_host",
-        "cors",
-    ]
+    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS]
+    keys += ["token", "insecure", "allow_host", "cors", "grpc_port"]
     serve(args.models, access_log=not args.no_access_log, **{key: getattr(args, key) for key in keys})
     return 0
 

@@ -322,6 +322,13 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="let pages of ORIGIN (https://host[:port], or *) call the server (repeatable; default: none)",
     )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the protocol's gRPC form on PORT of the same host (0: any free port)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
 
 

@@ -39,6 +39,7 @@ def serve(
     max_connections: int = DEFAULT.max_connections,
     allow_host: Iterable[str] = (),
     cors: Iterable[str] = (),
+    grpc_port: int | None = None,
 ) -> None:
     """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
 
@@ -79,6 +80,9 @@ def serve(
     cors : origins
         Pages of these origins (``https://example.org``, or ``"*"``) may call the server
         from a browser; by default no other site's page can.
+    grpc_port : int, optional
+        Also serve the protocol's gRPC form (``inference.GRPCInferenceService``) on this
+        port of the same host (0: a free port); needs ``grpcio``.
     """
     if _in_event_loop():
         raise ConfigError(
@@ -105,6 +109,7 @@ def serve(
         max_connections=max_connections,
         allow_host=tuple([allow_host] if isinstance(allow_host, str) else allow_host),
         cors=tuple([cors] if isinstance(cors, str) else cors),
+        grpc_port=grpc_port,
     )
     try:
         from paragrad.serving.server import run

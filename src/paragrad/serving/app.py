@@ -16,7 +16,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -44,6 +44,9 @@ from paragrad.serving.tensors import (
     parse_infer,
     parse_instances,
 )
+
+if TYPE_CHECKING:
+    from paragrad.serving.grpc_service import GrpcService
 
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
@@ -241,7 +244,7 @@ class Endpoints:
 
     async def model_metadata(self, request: Request, outcome: Outcome) -> Response:
         version = self._version(request, outcome)
-        return json_response(200, _metadata(version), version.version)
+        return json_response(200, metadata_of(version), version.version)
 
     async def model_ready(self, request: Request, outcome: Outcome) -> Response:
         version = self._version(request, outcome)
@@ -256,7 +259,7 @@ class Endpoints:
 
     async def models_index(self, request: Request, outcome: Outcome) -> Response:
         slots = self.served.slots.values()
-        return json_response(200, {"models": [_metadata(slot.current) for slot in slots]})
+        return json_response(200, {"models": [metadata_of(slot.current) for slot in slots]})
 
     async def live(self, request: Request, outcome: Outcome) -> Response:
         return json_response(200, {"live": True})
@@ -304,22 +307,32 @@ class Endpoints:
 
 
 def build_app(
-    served: ServedModels, config: ServeConfig, metrics: Metrics, log_stream: Stream
+    served: ServedModels,
+    config: ServeConfig,
+    metrics: Metrics,
+    log_stream: Stream,
+    grpc_service: GrpcService | None = None,
 ) -> DirectInference:
-    """The ASGI application serving ``served``: batchers and the file watcher run with it;
-    the access log goes to ``log_stream``."""
+    """The ASGI application serving ``served``: batchers, the file watcher and the gRPC
+    server (if any) run with it; the access log goes to ``log_stream``."""
 
     access = AccessLog(log_stream) if config.access_log else None
+    if grpc_service is not None:
+        grpc_service.access = access
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
         watcher = served.start_watching()
+        if grpc_service is not None:
+            grpc_service.start(asyncio.get_running_loop())
         writer = asyncio.get_running_loop().create_task(access.run()) if access is not None else None
         try:
             yield
         finally:
             watcher.cancel()
+            if grpc_service is not None:
+                await grpc_service.stop()
             await served.close()
             endpoints.parser.close()
             if writer is not None:
@@ -445,7 +458,7 @@ def _content_encoding(request: Request) -> str | None:
     return encoding
 
 
-def _metadata(version: ModelVersion) -> dict[str, Any]:
+def metadata_of(version: ModelVersion) -> dict[str, Any]:
     """The protocol's model metadata, with the model's description under ``parameters``."""
     labels = "FP64" if version.classes is None else datatype_of(version.classes.dtype)
     outputs = [{"name": "predict", "datatype": labels, "shape": [-1]}]

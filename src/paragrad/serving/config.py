@@ -42,10 +42,17 @@ class ServeConfig:
     max_connections: int = 1000  # open connections; more are answered 503 and closed
     allow_host: tuple[str, ...] = ()  # Host names taken besides the address ("*": any)
     cors: tuple[str, ...] = ()  # origins whose pages may call the server ("*": any)
+    grpc_port: int | None = None  # the protocol's gRPC form on this port too (0: any free one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"{_named('port')} must be a port number from 0 to 65535, got {self.port!r}")
+        if self.grpc_port is not None and (
+            not isinstance(self.grpc_port, int) or not 0 <= self.grpc_port <= 65535
+        ):
+            raise ConfigError(
+                f"{_named('grpc_port')} must be a port number from 0 to 65535, got {self.grpc_port!r}"
+            )
         for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows", "max_connections"):
             check_positive_int(_named(name), getattr(self, name))
         for name in ("max_wait_ms", "grace", "reload_interval", "max_body_mb", "header_timeout"):

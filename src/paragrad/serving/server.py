@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import uvicorn
 
@@ -26,6 +26,9 @@ from paragrad.serving.connections import connection_class
 from paragrad.serving.log_writer import BackgroundWriter, WriterHandler
 from paragrad.serving.metrics import Metrics
 from paragrad.serving.models import ServedModels, load_all
+
+if TYPE_CHECKING:
+    from paragrad.serving.grpc_service import GrpcService
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -76,7 +79,8 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             )
         metrics = Metrics()
         served = ServedModels(versions, config, metrics)
-        app = build_app(served, config, metrics, writer)
+        grpc_service = _grpc_service(served, config, metrics)
+        app = build_app(served, config, metrics, writer, grpc_service)
         metrics.log_dropped.set_function(lambda: writer.dropped + app.dropped_lines())
         uvicorn_config = uvicorn.Config(
             app,
@@ -90,6 +94,28 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             lifespan="on",
         )
         DrainingServer(uvicorn_config, app).run(sockets=[sock])
+
+
+def _grpc_service(served: ServedModels, config: ServeConfig, metrics: Metrics) -> GrpcService | None:
+    """The gRPC server, bound to ``--grpc-port`` (a port in use is one error before serving)."""
+    if config.grpc_port is None:
+        return None
+    try:
+        from paragrad.serving.grpc_service import GrpcService
+    except ImportError as exc:
+        raise ConfigError(f"{setting('grpc_port')} needs {exc.name}: pip install 'paragrad[serve]'") from None
+    service = GrpcService(served, config, metrics)
+    try:
+        port = service.bind(config.host, config.grpc_port)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ConfigError(
+            f"cannot listen on {config.host}:{config.grpc_port} (gRPC): choose another {setting('grpc_port')}"
+        )
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"paragrad serve: gRPC on {shown}:{port}", flush=True)
+    return service
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -98,11 +98,16 @@ def parse_infer(
             )
         body, binary = body[:header_length], body[header_length:]
     request = read_json(body)
-    checks = Checks(max_rows, booleans=_may_hold_booleans(body))
+    if header_length is not None and isinstance(request, dict) and isinstance(request.get("inputs"), list):
+        _attach_binary(request["inputs"], binary)
+    return infer_request(request, version, Checks(max_rows, booleans=_may_hold_booleans(body)))
+
+
+def infer_request(request: Any, version: Signature, checks: Checks) -> InferRequest:
+    """A request read from JSON (or built from gRPC's message), each tensor's 'data' a list
+    of numbers or a numpy array, as rows in the model's feature order."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request needs 'inputs': a list of tensors")
-    if header_length is not None:
-        _attach_binary(request["inputs"], binary)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, "'id' must be a string")
