@@ -922,3 +922,22 @@ def test_tritons_grpc_client_works_with_its_defaults(grpc_server, model_files, n
     finally:
         client.close()
     server.infer(name, X)  # HTTP still answers beside it
+
+
+def test_a_torch_model_is_served_with_its_own_answers(tmp_path):
+    # Before: a Torch model's file could not be served (no module to predict with)
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((150, NUM_FEATURES))
+    y = np.array(["low", "mid", "high"])[np.digitize(X[:, 0] + X[:, 1], [-0.5, 0.5])]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(NUM_FEATURES, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    run = pg.train(pg.models.Torch(net), pg.Dataset(X, y), engine="serial", epochs=3, tol=0, standardize=True)
+    path = tmp_path / "net.npz"
+    run.save(path)
+    with running(str(path)) as server:
+        answer = outputs(server.infer("net", X[:20]))
+        assert server.call("GET", "/v2/models/net")[2]["parameters"]["classes"] == ["high", "low", "mid"]
+    np.testing.assert_array_equal(answer["predict"], run.model.predict(X[:20]))
+    np.testing.assert_allclose(answer["proba"], run.model.predict_proba(X[:20]), rtol=1e-5, atol=1e-6)

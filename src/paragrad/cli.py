@@ -253,8 +253,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except TorchModelFileError:
         raise ConfigError(
-            f"{args.model}: a Torch model's parameters: export covers the numpy models; "
-            "export a Torch module with torch.onnx.export"
+            f"{args.model}: a Torch model's parameters without its graph: save it again with "
+            "the onnx package installed (pip install 'paragrad[onnx]'), then export"
         ) from None
     export_onnx(model, args.out, dtype=args.dtype)
     outputs = "predict, proba" if model.is_classifier else "predict"
