@@ -12,7 +12,9 @@ same one-line message.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +54,7 @@ CONTENTS = {  # where InferTensorContents holds each type's values
     "UINT8": "uint_contents",
 }
 ANSWER_TIMEOUT_S = 600.0  # the longest a request waits for its batch
+log = logging.getLogger("paragrad.serving")
 
 
 class GrpcService:
@@ -114,6 +117,13 @@ class GrpcService:
                 context.abort(CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
             except QueueFull as exc:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"the server is busy: {exc}; retry shortly")
+            except concurrent.futures.TimeoutError:
+                context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time: the server is overloaded"
+                )
+            except Exception as exc:  # a bug of ours: answer, log, keep serving
+                log.exception("gRPC %s failed", name)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
         return answer
 
@@ -182,6 +192,9 @@ class GrpcService:
             raise
         except QueueFull:
             status = 503
+            raise
+        except Exception:
+            status = 500
             raise
         finally:
             model = NO_MODEL if version is None else version.name

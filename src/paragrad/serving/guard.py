@@ -26,6 +26,7 @@ JSON_TYPES = ("application/json",)
 BINARY_TYPES = ("application/octet-stream", "application/vnd.triton.binary")
 PREFLIGHT_HEADERS = "authorization, content-type, content-encoding, inference-header-content-length"
 EXPOSED_HEADERS = "x-model-version, inference-header-content-length"
+MAX_KEPT = 1000  # Host values whose answer is kept
 
 
 class Guard:
@@ -43,7 +44,9 @@ class Guard:
         if self.check_host and host is not None:
             allowed = self._hosts.get(host)
             if allowed is None:
-                allowed = self._hosts[host] = len(self._hosts) < 1000 and self._host_allowed(host)
+                allowed = self._host_allowed(host)
+                if len(self._hosts) < MAX_KEPT:  # a client sending many names fills no memory
+                    self._hosts[host] = allowed
             if not allowed:
                 raise RequestError(
                     403,
