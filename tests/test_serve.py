@@ -676,11 +676,17 @@ def test_headers_have_a_deadline_and_connections_a_cap(tmp_path):
     import socket
 
     path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
-    with running(str(path), "--header-timeout", "0.3", "--max-connections", "3") as server:
+    options = ["--header-timeout", "0.3", "--body-timeout", "0.5", "--max-connections", "3"]
+    with running(str(path), *options) as server:
         silent = socket.create_connection(("127.0.0.1", server.port))
         silent.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 12")  # and nothing more
         status, answer = _raw_answer(silent)
         assert status == 408 and "headers did not arrive within 0.3 s" in answer["error"]
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50\r\n\r\n{")
+        status, answer = _raw_answer(slow)
+        slow.close()
+        assert status == 408 and "body did not arrive within 0.5 s" in answer["error"]
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
         time.sleep(0.1)
         refused = socket.create_connection(("127.0.0.1", server.port))

@@ -287,6 +287,7 @@ SERVE_OPTIONS = (
     ("--workers", _positive_int, "local worker processes for requests of --split-rows rows (1: none)"),
     ("--split-rows", _positive_int, "rows from which a request goes to the workers"),
     ("--header-timeout", float, "seconds for a request's headers to arrive before 408"),
+    ("--body-timeout", float, "seconds for a request's body to arrive, once its headers have, before 408"),
     ("--max-connections", _positive_int, "open connections; more are answered 503 and closed"),
 )
 

@@ -36,6 +36,7 @@ def serve(
     split_rows: int = DEFAULT.split_rows,
     access_log: bool = True,
     header_timeout: float = DEFAULT.header_timeout,
+    body_timeout: float = DEFAULT.body_timeout,
     max_connections: int = DEFAULT.max_connections,
     allow_host: Iterable[str] = (),
     cors: Iterable[str] = (),
@@ -72,6 +73,8 @@ def serve(
         reading costs lines, counted in the metrics, never requests).
     header_timeout : float
         Seconds a connection has to send a request's headers before it is answered 408.
+    body_timeout : float
+        Seconds a request's body has to arrive, once its headers have, before 408.
     max_connections : int
         Open connections; one more is answered 503 with ``Retry-After`` and closed.
     allow_host : names
@@ -106,6 +109,7 @@ def serve(
         split_rows=split_rows,
         access_log=access_log,
         header_timeout=header_timeout,
+        body_timeout=body_timeout,
         max_connections=max_connections,
         allow_host=tuple([allow_host] if isinstance(allow_host, str) else allow_host),
         cors=tuple([cors] if isinstance(cors, str) else cors),

@@ -39,6 +39,7 @@ class ServeConfig:
     split_rows: int = 20_000  # rows from which a request goes to the workers
     access_log: bool = True
     header_timeout: float = 10.0  # seconds for a request's headers to arrive before 408
+    body_timeout: float = 60.0  # seconds for a request's body to arrive, after its headers
     max_connections: int = 1000  # open connections; more are answered 503 and closed
     allow_host: tuple[str, ...] = ()  # Host names taken besides the address ("*": any)
     cors: tuple[str, ...] = ()  # origins whose pages may call the server ("*": any)
@@ -55,12 +56,20 @@ class ServeConfig:
             )
         for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows", "max_connections"):
             check_positive_int(_named(name), getattr(self, name))
-        for name in ("max_wait_ms", "grace", "reload_interval", "max_body_mb", "header_timeout"):
+        for name in (
+            "max_wait_ms",
+            "grace",
+            "reload_interval",
+            "max_body_mb",
+            "header_timeout",
+            "body_timeout",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{_named(name)} must be a non-negative number, got {value!r}")
-        if self.header_timeout <= 0:
-            raise ConfigError(f"{_named('header_timeout')} must be above 0, got {self.header_timeout!r}")
+        for name in ("header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_named(name)} must be above 0, got {getattr(self, name)!r}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"{_named('max_body_mb')} must be above 0, got {self.max_body_mb!r}")
         if self.token is not None and not self.token.strip():

@@ -1,5 +1,5 @@
-"""uvicorn's HTTP connection with two limits it lacks: a deadline for a request's headers,
-and a cap on open connections.
+"""uvicorn's HTTP connection with the limits it lacks: deadlines for a request's headers
+and for its body, and a cap on open connections.
 
 Without them a client can hold the server's resources for nothing: a connection that
 never sends its headers (or sends them a byte at a time) stays open forever, and enough
@@ -35,11 +35,13 @@ class LimitedConnection(HttpToolsProtocol):
     """One client connection, with the header deadline and the connection cap."""
 
     header_timeout: float = 10.0
+    body_timeout: float = 60.0
     max_connections: int = 1000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,9 +61,15 @@ class LimitedConnection(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_late)
+
+    def on_message_complete(self) -> None:
+        self._stop_body_timer()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        self._stop_body_timer()
         if not self._refused:
             super().connection_lost(exc)
 
@@ -74,6 +82,19 @@ class LimitedConnection(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_late(self) -> None:
+        self._body_timer = None
+        if self.cycle is None or self.cycle.response_started:
+            return  # answered already (refused before its body, say): nothing to cut short
+        message = f"the request's body did not arrive within {self.body_timeout:g} s"
+        self.transport.write(refusal(408, message))
+        self.transport.close()
+
     def _headers_too_late(self) -> None:
         self._header_timer = None
         if self.cycle is not None and not self.cycle.response_complete:
@@ -83,10 +104,9 @@ class LimitedConnection(HttpToolsProtocol):
         self.transport.close()
 
 
-def connection_class(header_timeout: float, max_connections: int) -> type[LimitedConnection]:
+def connection_class(
+    header_timeout: float, body_timeout: float, max_connections: int
+) -> type[LimitedConnection]:
     """:class:`LimitedConnection` with these limits, for ``uvicorn.Config(http=...)``."""
-    return type(
-        "LimitedConnection",
-        (LimitedConnection,),
-        {"header_timeout": header_timeout, "max_connections": max_connections},
-    )
+    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout}
+    return type("LimitedConnection", (LimitedConnection,), {**limits, "max_connections": max_connections})

@@ -84,7 +84,7 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
         metrics.log_dropped.set_function(lambda: writer.dropped + app.dropped_lines())
         uvicorn_config = uvicorn.Config(
             app,
-            http=connection_class(config.header_timeout, config.max_connections),
+            http=connection_class(config.header_timeout, config.body_timeout, config.max_connections),
             log_config=None,  # uvicorn's loggers write through the writer too (_configure_logging)
             log_level="warning",
             access_log=False,
