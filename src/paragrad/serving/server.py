@@ -135,12 +135,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _configure_logging() -> BackgroundWriter:
-    """Server messages as ``paragrad serve: ...`` lines on stderr, uvicorn's among them, all
+    """Server messages as ``paragrad serve: ...`` lines on stderr, uvicorn's and grpc's among them, all
     written by one thread that never holds up the event loop (the access log uses it too)."""
     writer = BackgroundWriter(sys.stderr.fileno())
     handler = WriterHandler(writer)
     handler.setFormatter(logging.Formatter("paragrad serve: %(message)s"))
-    for name in ("paragrad.serving", "uvicorn"):
+    for name in ("paragrad.serving", "uvicorn", "grpc"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False
