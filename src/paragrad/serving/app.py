@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import hmac
 import logging
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -30,10 +28,11 @@ from paragrad import __version__
 from paragrad.serving.access_log import AccessLog, Stream
 from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.encodings import MIN_COMPRESSED, compressed, content_encoding
 from paragrad.serving.guard import EXPOSED_HEADERS, PREFLIGHT_HEADERS, Guard, check_content_type
 from paragrad.serving.metrics import NO_MODEL, Metrics
 from paragrad.serving.models import ServedModels
-from paragrad.serving.parsing import ENCODINGS, BodyParser
+from paragrad.serving.parsing import BodyParser
 from paragrad.serving.registry import ModelVersion
 from paragrad.serving.tensors import (
     InferRequest,
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
-MIN_COMPRESSED = 1024  # answers shorter than this go uncompressed: the saving is not worth it
-LARGE_ANSWER = 1024 * 1024  # answers compressed in a thread from this size
 CLIENT_CLOSED = 499  # the client left before its answer (nginx's code for it)
 Handler = Callable[[Request], Awaitable[Response]]
 PAGE = resources.files("paragrad.serving").joinpath("page.html")
@@ -168,7 +165,7 @@ class Endpoints:
                 response = json_response(500, error, outcome.version)
             accepted = headers.get("accept-encoding")
             if accepted is not None and len(response.body) >= MIN_COMPRESSED:
-                response = await _compressed(response, accepted)
+                response = await compressed(response, accepted)
             allowed = self.guard.cors_origin(origin)
             if allowed is not None:
                 response.headers["access-control-allow-origin"] = allowed
@@ -227,7 +224,7 @@ class Endpoints:
         batcher = self.served.batcher(version)
         batcher.expect()  # only now: a body still on the network holds back no batch
         try:
-            encoding = _content_encoding(request)
+            encoding = content_encoding(request.headers)
             parsed = await self.parser.parse(
                 parse, body, encoding, version, self.config.max_rows, header_length
             )
@@ -399,46 +396,6 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _compressed(response: Response, accepted: str) -> Response:
-    """``response`` gzip- or deflate-compressed when the client accepts either (a large one
-    in a thread: zlib lets go of the interpreter lock)."""
-    encoding = _chosen_encoding(accepted)
-    if encoding is None or "content-encoding" in response.headers:
-        return response
-    body = bytes(response.body)
-    if len(body) < LARGE_ANSWER:
-        packed = _pack(body, encoding)
-    else:
-        packed = await asyncio.to_thread(_pack, body, encoding)
-    response.body = packed
-    response.headers["content-length"] = str(len(packed))
-    response.headers["content-encoding"] = encoding
-    response.headers["vary"] = "Accept-Encoding"
-    return response
-
-
-def _chosen_encoding(accepted: str) -> str | None:
-    """gzip or deflate, whichever ``Accept-Encoding`` takes (gzip first); None for neither."""
-    weights: dict[str, float] = {}
-    for item in accepted.lower().split(","):
-        name, _, params = item.strip().partition(";")
-        q = params.strip().removeprefix("q=")
-        try:
-            weights[name.strip()] = float(q) if q else 1.0
-        except ValueError:
-            continue
-    for encoding in ("gzip", "deflate"):
-        if weights.get(encoding, weights.get("*", 0.0)) > 0:
-            return encoding
-    return None
-
-
-def _pack(body: bytes, encoding: str) -> bytes:
-    if encoding == "gzip":
-        return gzip.compress(body, compresslevel=1, mtime=0)
-    return zlib.compress(body, 1)  # deflate means zlib-wrapped (RFC 9110)
-
-
 def _header_length(value: str | None) -> int | None:
     """``Inference-Header-Content-Length``: the JSON's length in a binary tensor request."""
     if value is None:
@@ -446,16 +403,6 @@ def _header_length(value: str | None) -> int | None:
     if not value.strip().isdigit():
         raise RequestError(400, f"Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
     return int(value)
-
-
-def _content_encoding(request: Request) -> str | None:
-    """The body's compression (gzip or deflate), None for none; 415 for another."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding not in ENCODINGS:
-        raise RequestError(415, f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none")
-    return encoding
 
 
 def metadata_of(version: ModelVersion) -> dict[str, Any]:

@@ -5,8 +5,8 @@ conversion both do), so a 60 MB body parsed on the event loop, or in a thread be
 freezes every other client for seconds. Small bodies are parsed on the loop, where a hop
 would cost more than the parse; bodies of ``LARGE_BODY`` bytes or more go to a process of
 their own, one at a time, so that at most one such body is being parsed at once and the
-loop keeps answering the others meanwhile. Compressed bodies are inflated first, in a
-thread (zlib lets go of the lock), never beyond the server's body limit.
+loop keeps answering the others meanwhile. Compressed bodies are inflated first
+(:mod:`.encodings`), a large one in a thread (zlib lets go of the lock).
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import multiprocessing
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from paragrad.serving.encodings import inflate
 from paragrad.serving.tensors import InferRequest, RequestError, Signature
 
 LARGE_BODY = 4 * 1024 * 1024  # bytes from which a body is parsed in the parsing process
 SMALL_COMPRESSED = 64 * 1024  # compressed bodies below this are inflated on the loop
-ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
 Parse = Callable[[bytes, Signature, int, int | None], InferRequest]
 
 
@@ -41,26 +40,6 @@ class Described:
     @classmethod
     def of(cls, version: Signature) -> Described:
         return cls(version.num_features, version.feature_names, version.output_names)
-
-
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """``body`` decompressed (gzip, or deflate zlib-wrapped or raw), refused past ``limit`` bytes."""
-    # some clients send deflate without zlib's wrapping: then it is read raw
-    tries = (ENCODINGS[encoding], -zlib.MAX_WBITS) if encoding == "deflate" else (ENCODINGS[encoding],)
-    for wbits in tries:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            data = inflater.decompress(body, limit + 1)
-        except zlib.error:
-            continue
-        if len(data) > limit or inflater.unconsumed_tail:
-            raise RequestError(
-                413, f"the request body inflates past {limit} bytes, the most this server takes"
-            )
-        if not inflater.eof:
-            raise RequestError(400, f"the request body is cut short ({encoding} data ends early)")
-        return data
-    raise RequestError(400, f"the request body is not valid {encoding} data (Content-Encoding: {encoding})")
 
 
 def _detach(parent: int) -> None:
