@@ -67,19 +67,23 @@ class Guard:
         return origin if origin in self.cors else None
 
     def _host_allowed(self, host: str) -> bool:
-        name = _host_name(host)
-        if name in self._names:
+        """Whether ``host`` names this server: its address or name, ``localhost`` where that
+        reaches it, an IP address it listens on, or a name given with ``--allow-host``.
+        Only a name can be rebound, so an IP address is taken wherever it may reach us."""
+        name, bound = _host_name(host), self._bound.lower()
+        if name in self._names or name == bound:
             return True
+        bound_ip = _ip(bound)
         if name == "localhost":
-            return is_loopback(self._bound)
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
+            return is_loopback(bound) or (bound_ip is not None and bound_ip.is_unspecified)
+        address = _ip(name)
+        if address is None:
             return False
-        bound = ipaddress.ip_address(self._bound) if self._bound != "localhost" else None
-        if bound is None:
-            return address.is_loopback
-        return bound.is_unspecified or address == bound or (bound.is_loopback and address.is_loopback)
+        if bound_ip is None:  # listening on a name: "localhost", or one of this machine's
+            return address.is_loopback if bound == "localhost" else True
+        return (
+            bound_ip.is_unspecified or address == bound_ip or (bound_ip.is_loopback and address.is_loopback)
+        )
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
         if "*" in self.cors or origin in self.cors:
@@ -108,6 +112,13 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _shown(text: str) -> str:
