@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,7 +37,10 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def port_from(process: subprocess.Popen) -> int:
+    """The HTTP port from the start-up lines; the lines before it are kept on the process."""
+    process.early_stdout = []
     for line in process.stdout:
+        process.early_stdout.append(line)
         if "listening on" in line:
             return int(line.rsplit(":", 1)[1])
     raise AssertionError(f"the server did not start: {process.stderr.read()}")
@@ -48,13 +52,21 @@ class Server:
     def __init__(self, process: subprocess.Popen, port: int) -> None:
         self.process = process
         self.port = port
+        self.stdout: list[str] = list(getattr(process, "early_stdout", []))
         self.stderr: list[str] = []
         self._readers = [
             threading.Thread(target=lambda s=stream, out=lines: out.extend(s), daemon=True)
-            for stream, lines in ((process.stdout, []), (process.stderr, self.stderr))
+            for stream, lines in ((process.stdout, self.stdout), (process.stderr, self.stderr))
         ]
         for reader in self._readers:
             reader.start()
+
+    def stdout_lines(self, timeout: float = 10) -> list[str]:
+        """What the server has written on stdout so far (its start-up lines)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stdout:
+            time.sleep(0.02)
+        return list(self.stdout)
 
     def wait(self, timeout: float = 30) -> int:
         """The exit status, once the process has ended and everything it wrote was read."""

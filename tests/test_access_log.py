@@ -81,3 +81,21 @@ def test_pg_serve_refuses_to_start_inside_a_running_event_loop(tmp_path):
 
     with pytest.raises(pg.ConfigError, match="cannot start inside a running one"):
         asyncio.run(in_a_notebook())
+
+
+def test_a_full_pipe_drops_and_counts_lines_without_blocking_the_writer():
+    import os
+
+    from paragrad.serving.log_writer import BackgroundWriter
+
+    read_end, write_end = os.pipe()
+    writer = BackgroundWriter(write_end, max_pending=10_000)
+    try:
+        for _ in range(10_000):  # 1 MB into a 64 KiB pipe nobody reads: returns at once
+            writer.write(b"x" * 99 + b"\n")
+        assert writer.dropped > 8_000
+        os.read(read_end, 100)
+    finally:
+        os.close(read_end)  # the blocked write fails: the thread ends
+        writer.close()
+        os.close(write_end)

@@ -148,3 +148,22 @@ def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
     assert abs(rows[0]["loss_minus_baseline"]) < 1e-3  # the same answer as scikit-learn's
     assert rows[2]["cold_s"] > 0 and rows[2]["release_s"] >= 0
     assert all(row["coordinator_peak_gb"] > 0 for row in rows[-2:])
+
+
+def test_serve_load_generator_measures_binary_tensors_beside_json(tmp_path):
+    pytest.importorskip("uvicorn")
+    from paragrad.bench.serve_load import Load, LoadGenerator
+    from paragrad.bench.serve_servers import paragrad_command, running
+    from paragrad.models import LogisticRegression
+
+    model = LogisticRegression()
+    model.setup(4, np.arange(2))
+    model.params_ = np.linspace(-1, 1, model.num_params)
+    model.save(tmp_path / "m.npz")
+    with LoadGenerator() as generator, running(paragrad_command({"m": tmp_path / "m.npz"})) as port:
+        results = [
+            generator.run(Load(port, "m", 100, 4, 2, 0.1, 0.3, 100, binary=binary))
+            for binary in (False, True)
+        ]
+    for result in results:
+        assert result["errors"] == 0 and result["requests"] > 0

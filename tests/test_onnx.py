@@ -169,7 +169,7 @@ def test_cli_mistakes_get_one_clear_line(tmp_path):
     expect_one_line(run_cli("export", tmp_path / "none.npz", "--out", out), "model file not found")
     torch_file = tmp_path / "torch.npz"  # the arrays pg.models.Torch.save writes
     write_arrays(torch_file, {"params": np.zeros(3), "classes": np.array([]), "num_features": np.array(2)})
-    expect_one_line(run_cli("export", torch_file, "--out", out), "torch.onnx.export")
+    expect_one_line(run_cli("export", torch_file, "--out", out), "save it again with the onnx package")
     expect_one_line(run_cli("export", torch_file, "--out", tmp_path / "m.txt"), "use .onnx")
     usage = run_cli("export", torch_file, "--format", "pmml", "--out", out)
     assert usage.returncode == 2 and usage.stderr.startswith("paragrad export: error: argument --format")
@@ -193,3 +193,20 @@ def test_untrained_models_and_unknown_float_types_are_refused(tmp_path):
     with pytest.raises(pg.ConfigError, match="dtype must be one of float64, float32"):
         export_onnx(model, tmp_path / "m.onnx", dtype="float16")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_torch_model_file_exports_with_the_answers_predict_gives(tmp_path):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((80, 3))
+    y = X @ np.array([1.0, -2.0, 0.5])
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1))
+    run = pg.train(pg.models.Torch(net, loss="mse"), pg.Dataset(X, y), engine="serial", epochs=2, tol=0)
+    run.save(tmp_path / "net.npz")
+    out = tmp_path / "net.onnx"
+    result = run_cli("export", tmp_path / "net.npz", "--format", "onnx", "--out", out)
+    assert result.returncode == 0, result.stderr
+    got = onnx_outputs(out, X)["predict"]
+    assert got.shape == (80,)
+    np.testing.assert_allclose(got, run.model.predict(X), rtol=1e-6, atol=1e-6)  # the module's float32

@@ -275,8 +275,12 @@ def test_a_token_asked_for_after_a_401_is_kept_and_sent(browser, model_files):
         page.locator('#models button[data-model="buy"]').wait_for()
         page.wait_for_function("/req\\/s$/.test($('rate').textContent)")
         assert 200 in looks
-        page.reload()  # the token is kept in localStorage
+        page.reload()  # the token is kept for this tab (sessionStorage), never on disk
         assert _predict(page, "buy", ["0.4", "-1.25"]) != []
+        kept = page.evaluate(
+            "[sessionStorage.getItem('paragrad.token'), localStorage.getItem('paragrad.token')]"
+        )
+        assert kept == [TOKEN, None]
         context.close()
     finally:
         server.close()
@@ -404,3 +408,27 @@ def test_accessible_names_keyboard_and_address(page):
     page.evaluate("location.hash = '#model=price'")
     page.locator('#models button[data-model="price"][aria-pressed="true"]').wait_for()
     assert page.locator("#form-title .model").inner_text() == "price"
+
+
+def test_long_feature_lists_fold_and_the_result_is_scrolled_into_view(browser, tmp_path):
+    rng = np.random.default_rng(5)
+    names = [f"feature_{i}" for i in range(20)]
+    data = pg.Dataset(rng.standard_normal((100, 20)), rng.standard_normal(100), feature_names=names)
+    path = tmp_path / "many.npz"
+    pg.train(pg.models.LinearRegression(), data, engine="serial", progress=False).save(path)
+    server = _serve({"many": path})
+    address = next(server)
+    try:
+        context = browser.new_context(viewport={"width": 900, "height": 500})
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(address + "/")
+        listed = page.locator('#models button[data-model="many"] .features')
+        assert listed.inner_text() == "features: " + ", ".join(names[:6]) + " and 14 more"
+        assert listed.get_attribute("title") == ", ".join(names)
+        assert _predict(page, "many", ["0.5"] * 20) != []  # 20 fields push the result below the fold
+        inside = "e => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight; }"
+        page.wait_for_function(f"({inside})(document.getElementById('result'))")
+        context.close()
+    finally:
+        server.close()

@@ -218,7 +218,26 @@ def test_standardised_training_predicts_and_reloads_with_the_same_scaling(tmp_pa
         run.model.predict(X), np.argmax(run.model.decision_function(run.params, scaled), axis=1)
     )
     run.save(tmp_path / "net.npz")
-    with pytest.raises(pg.ModelFileError, match="load them with pg.models.Torch.load"):
-        pg.load_model(tmp_path / "net.npz")
     loaded = pg.models.Torch.load(tmp_path / "net.npz", torch.nn.Linear(64, 10))
     np.testing.assert_array_equal(loaded.predict(X), run.model.predict(X))
+    # the module's graph kept in the file predicts the same without the module's code
+    np.testing.assert_array_equal(pg.load_model(tmp_path / "net.npz").predict(X), run.model.predict(X))
+
+
+def test_a_classifier_of_text_labels_reloads_with_and_without_its_module(tmp_path):
+    # Before: Torch.load turned the stored classes into floats, which text labels are not
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((120, 4))
+    y = np.where(X[:, 0] - X[:, 2] > 0, "yes", "no")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    run = pg.train(pg.models.Torch(net), pg.Dataset(X, y), engine="serial", epochs=3, tol=0)
+    run.save(tmp_path / "net.npz")
+    loaded = pg.models.Torch.load(tmp_path / "net.npz", net)
+    assert loaded.classes_.tolist() == ["no", "yes"]
+    np.testing.assert_array_equal(loaded.predict(X), run.model.predict(X))
+    graph = pg.load_model(tmp_path / "net.npz")
+    np.testing.assert_array_equal(graph.predict(X), run.model.predict(X))
+    np.testing.assert_allclose(graph.predict_proba(X), run.model.predict_proba(X), rtol=1e-5, atol=1e-6)
+    with pytest.raises(pg.ConfigError, match="only predicts"):
+        graph.loss(X, y)

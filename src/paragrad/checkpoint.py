@@ -56,9 +56,12 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
     opened = open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError, content=content)
     with opened as archive:
         if "meta" not in archive.files and "num_features" in archive.files:
-            raise TorchModelFileError(
-                f"{path}: a Torch model's parameters: load them with pg.models.Torch.load(path, module)"
-            )
+            if "graph" not in archive.files:
+                raise TorchModelFileError(
+                    f"{path}: a Torch model's parameters without its graph (saved without the onnx "
+                    "package): load them with pg.models.Torch.load(path, module)"
+                )
+            return _torch_graph(archive)
         if "meta" not in archive.files or "params" not in archive.files:
             raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
         try:
@@ -70,6 +73,19 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
         if "standardizer_mean" in archive.files:
             standardizer = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
     return _rebuild(path, meta, params, standardizer)
+
+
+def _torch_graph(archive: Any) -> Model:
+    """A Torch model file with its module's ONNX graph, read to predict without the module."""
+    from paragrad.models.torch_graph import TorchGraph, TorchGraphClassifier
+
+    classes = archive["classes"]
+    model: TorchGraph = (TorchGraphClassifier if len(classes) else TorchGraph)(archive["graph"].tobytes())
+    model.setup(int(archive["num_features"]), classes if len(classes) else None)
+    model.params_ = archive["params"]
+    if "standardizer_mean" in archive.files:
+        model.standardizer_ = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
+    return model
 
 
 def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardizer | None) -> Model:

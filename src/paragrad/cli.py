@@ -281,8 +281,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except TorchModelFileError:
         raise ConfigError(
-            f"{args.model}: a Torch model's parameters: export covers the numpy models; "
-            "export a Torch module with torch.onnx.export"
+            f"{args.model}: a Torch model's parameters without its graph: save it again with "
+            "the onnx package installed (pip install 'paragrad[onnx]'), then export"
         ) from None
     export_onnx(model, args.out, dtype=args.dtype)
     outputs = "predict, proba" if model.is_classifier else "predict"
@@ -293,7 +293,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
-    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS] + ["token", "insecure"]
+    keys = [flag[2:].replace("-", "_") for flag, _, _ in SERVE_OPTIONS]
+    keys += ["token", "insecure", "allow_host", "cors", "grpc_port"]
     serve(args.models, access_log=not args.no_access_log, **{key: getattr(args, key) for key in keys})
     return 0
 

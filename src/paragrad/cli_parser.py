@@ -320,6 +320,9 @@ SERVE_OPTIONS = (
     ("--reload-interval", float, "seconds between looks at the model files (0: never)"),
     ("--workers", _positive_int, "local worker processes for requests of --split-rows rows (1: none)"),
     ("--split-rows", _positive_int, "rows from which a request goes to the workers"),
+    ("--header-timeout", float, "seconds for a request's headers to arrive before 408"),
+    ("--body-timeout", float, "seconds for a request's body to arrive, once its headers have, before 408"),
+    ("--max-connections", _positive_int, "open connections; more are answered 503 and closed"),
 )
 
 
@@ -340,6 +343,27 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "--token", help="clients must send 'Authorization: Bearer TOKEN' (default: $PARAGRAD_SERVE_TOKEN)"
     )
     p.add_argument("--insecure", action="store_true", help="serve a non-loopback address without a token")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name taken besides the server's address when there is no token (repeatable; *: any)",
+    )
+    p.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (https://host[:port], or *) call the server (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the protocol's gRPC form on PORT of the same host (0: any free port)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
 
 

@@ -1,4 +1,5 @@
-"""ONNX export of the numpy models: a graph that predicts as ``model.predict`` does.
+"""ONNX export of the numpy models, and of Torch models read from their files (the
+module's own graph, kept there by ``Torch.save``): a graph that predicts as ``model.predict`` does.
 
 The graph takes one input ``X`` (rows x features, the model's numeric features after any
 one-hot encoding) and applies the training standardisation as paragrad does,
@@ -21,6 +22,7 @@ from paragrad.errors import ConfigError
 from paragrad.models import MLP, Classifier, Model, Torch
 from paragrad.models.base import LinearLayout
 from paragrad.models.logistic import LogisticRegression
+from paragrad.models.torch_graph import TorchGraph
 
 OPSET = 17  # what onnxruntime 1.18 and later run
 IR_VERSION = 8  # the IR version of opset 17, so that older runtimes load the file
@@ -58,13 +60,16 @@ def to_onnx(model: Model, *, dtype: str = "float64") -> Any:
     _check_exportable(model, dtype)
     graph = _Graph(onnx, np.dtype(dtype))
     features = _standardised(graph, model)
-    scores = _network(graph, features, *_layers(model))
+    if isinstance(model, TorchGraph):
+        scores = _module(graph, features, model)
+    else:
+        scores = _network(graph, features, *_layers(model))
     if isinstance(model, LogisticRegression):
         _binary_outputs(graph, model, scores)
     elif isinstance(model, Classifier):
         _multiclass_outputs(graph, model, scores)
     else:
-        graph.node("Squeeze", [scores, graph.constant(np.array([1]))], output="predict")
+        graph.node("Reshape", [scores, graph.constant(np.array([-1]))], output="predict")
         graph.output("predict", graph.float_type, [ROWS])
     graph.inputs.append(
         onnx.helper.make_tensor_value_info("X", graph.float_type, [ROWS, model.num_features_])
@@ -103,9 +108,9 @@ def _check_exportable(model: Model, dtype: str) -> None:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if isinstance(model, Torch):
         raise ConfigError(
-            "Torch models are not exported by paragrad: export the module with torch.onnx.export"
+            "export a Torch model from its file: model.save(path), then export_onnx(load_model(path), ...)"
         )
-    if not isinstance(model, (LinearLayout, MLP)):
+    if not isinstance(model, (LinearLayout, MLP, TorchGraph)):
         raise ConfigError(f"cannot export a {type(model).__name__} to ONNX")
     model._check_trained()
 
@@ -170,6 +175,19 @@ def _standardised(graph: _Graph, model: Model) -> str:
     x = graph.node("Sub", [x, graph.constant(np.asarray(standardizer.mean, np.float64), "mean")])
     x = graph.node("Div", [x, graph.constant(np.asarray(standardizer.scale, np.float64), "scale")])
     return x if graph.float_dtype == np.float64 else graph.node("Cast", [x], to=graph.float_type)
+
+
+def _module(graph: _Graph, x: str, model: TorchGraph) -> str:
+    """The Torch module's own graph, kept in its file, inlined after the standardisation:
+    its names prefixed, its input cast to the module's float type, its scores cast back."""
+    onnx = graph.onnx
+    inner = onnx.compose.add_prefix(onnx.load_from_string(model.graph), "module/")
+    (entry,), (exit_,) = inner.graph.input, inner.graph.output
+    x = graph.node("Cast", [x], to=entry.type.tensor_type.elem_type)
+    graph.node("Identity", [x], output=entry.name)
+    graph.nodes.extend(inner.graph.node)
+    graph.constants.extend(inner.graph.initializer)
+    return graph.node("Cast", [exit_.name], to=graph.float_type)
 
 
 def _network(graph: _Graph, x: str, layers: list[Layer], activation: str | None) -> str:

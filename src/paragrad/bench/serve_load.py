@@ -41,6 +41,7 @@ class Load:
     max_requests: int
     warmup_requests: int = 1  # answers before measuring, at least
     stall_s: float = 60.0  # a server silent this long fails the measurement
+    binary: bool = False  # Triton's binary tensor extension both ways, instead of JSON
 
 
 def infer_body(rows: int, features: int, seed: int = 0) -> bytes:
@@ -50,10 +51,27 @@ def infer_body(rows: int, features: int, seed: int = 0) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def request_bytes(port: int, model: str, body: bytes) -> bytes:
+def binary_body(rows: int, features: int, seed: int = 0) -> tuple[bytes, int]:
+    """The same rows as :func:`infer_body` as Triton's clients send them by default: a JSON
+    header, then the raw float64 data; every output asked back as raw data too. Returns the
+    body and the header's length."""
+    X = np.random.default_rng(seed).standard_normal((rows, features))
+    tensor = {
+        "name": "input-0",
+        "shape": [rows, features],
+        "datatype": "FP64",
+        "parameters": {"binary_data_size": X.nbytes},
+    }
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + X.astype("<f8").tobytes(), len(header)
+
+
+def request_bytes(port: int, model: str, body: bytes, header_length: int | None = None) -> bytes:
+    kind = "application/json" if header_length is None else "application/octet-stream"
+    extra = "" if header_length is None else f"Inference-Header-Content-Length: {header_length}\r\n"
     head = (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {kind}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -180,9 +198,9 @@ def _summary(run: _Run) -> dict[str, Any]:
     }
 
 
-def measure(load: Load, body: bytes) -> dict[str, Any]:
+def measure(load: Load, body: bytes, header_length: int | None = None) -> dict[str, Any]:
     """Run ``load`` in this process (on uvloop when installed) and summarise it."""
-    request = request_bytes(load.port, load.model, body)
+    request = request_bytes(load.port, load.model, body, header_length)
     try:
         import uvloop
 
@@ -198,16 +216,17 @@ def measure(load: Load, body: bytes) -> dict[str, Any]:
 def _serve_loads(conn: Connection) -> None:
     """The load process: measure each :class:`Load` received, answer its summary (or the
     failure, as text); None ends it."""
-    bodies: dict[tuple[int, int], bytes] = {}
+    bodies: dict[tuple[int, int, bool], tuple[bytes, int | None]] = {}
     while True:
         load = conn.recv()
         if load is None:
             return
         try:
-            key = (load.rows, load.features)
+            key = (load.rows, load.features, load.binary)
             if key not in bodies:
-                bodies[key] = infer_body(load.rows, load.features)
-            conn.send(measure(load, bodies[key]))
+                made = binary_body(load.rows, load.features) if load.binary else None
+                bodies[key] = made or (infer_body(load.rows, load.features), None)
+            conn.send(measure(load, *bodies[key]))
         except Exception:  # a server gone or refusing connections: the suite says which
             conn.send({"failure": traceback.format_exc()})
 

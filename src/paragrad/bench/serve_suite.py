@@ -17,7 +17,9 @@ alike (checked). Requests hold 1 row or 100; 1, 8 or 64 clients send them, each 
 as its previous answer is in (:mod:`paragrad.bench.serve_load`, a process of its own).
 The average batch of paragrad's server comes from its ``/metrics``.
 
-Last, one large MLP request at a time, predicted in the server process (``--workers 1``)
+Then 100-row requests to paragrad's server as JSON and as Triton's binary tensors (what
+Triton's clients send by default), at 1, 8 and 64 clients; the target is binary at twice
+JSON's requests/s. Last, one large MLP request at a time, predicted in the server process (``--workers 1``)
 or split across 2 local engine workers (``--workers 2 --split-rows 1``).
 """
 
@@ -28,6 +30,7 @@ import importlib.util
 import pickle
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ MODELS = ("logistic", "mlp")
 MAX_WAIT_MS = 2.0  # paragrad serve's default, which the p50 target allows over the baseline's
 TARGET_SPEEDUP = 2.0  # over (b), 1-row requests, 64 clients
 TARGET_FRACTION_OF_FLOOR = 0.7
+TARGET_BINARY = 2.0  # binary tensors over JSON, 100-row requests
 Cells = dict[tuple[str, str, int, int], dict[str, Any]]  # (server, model, rows, clients) -> figures
 
 
@@ -102,6 +106,41 @@ def _matrix(generator: LoadGenerator, ports: dict[str, int], quick: bool) -> Cel
                     result["avg_batch_rows"] = (after[0] - before[0]) / batches if batches else None
                     cells[server, model, rows, clients] = result
     return cells
+
+
+def _binary(generator: LoadGenerator, port: int, quick: bool) -> list[Row]:
+    """100-row requests to paragrad's server, as JSON and as binary tensors, side by side."""
+    warmup_s, measure_s = (0.2, 0.6) if quick else (0.5, 2.5)
+    rows = []
+    for model in MODELS:
+        for clients in (1, 8, 64):
+            figures = {
+                binary: generator.run(
+                    Load(port, model, 100, FEATURES, clients, warmup_s, measure_s, 100_000, binary=binary)
+                )
+                for binary in (False, True)
+            }
+            speedup = _ratio(figures[True]["requests_per_s"], figures[False]["requests_per_s"])
+            rows.append(
+                {
+                    "benchmark": "serve_binary",
+                    "model": model,
+                    "request_rows": 100,
+                    "concurrency": clients,
+                    "requests": figures[False]["requests"] + figures[True]["requests"],
+                    "json_requests_per_s": figures[False]["requests_per_s"],
+                    "json_p50_ms": figures[False]["p50_ms"],
+                    "json_p99_ms": figures[False]["p99_ms"],
+                    "binary_requests_per_s": figures[True]["requests_per_s"],
+                    "binary_p50_ms": figures[True]["p50_ms"],
+                    "binary_p99_ms": figures[True]["p99_ms"],
+                    "speedup_binary": speedup,
+                    "binary_target": TARGET_BINARY,
+                    "binary_verdict": _verdict(None if speedup is None else speedup >= TARGET_BINARY),
+                    "errors": figures[False]["errors"] + figures[True]["errors"],
+                }
+            )
+    return rows
 
 
 def _split(generator: LoadGenerator, mlp: Path, quick: bool) -> list[Row]:
@@ -234,7 +273,7 @@ def _shown(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def table(cells: Cells, split: list[Row], targets: list[Row]) -> str:
+def table(cells: Cells, split: list[Row], targets: list[Row], binary: Sequence[Row] = ()) -> str:
     """The figures as a compact text table: every cell, the large requests, the verdicts."""
     lines = [f"{'server':<14}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
              f"{'batch':>7}{'errors':>7}"]  # fmt: skip
@@ -243,6 +282,13 @@ def table(cells: Cells, split: list[Row], targets: list[Row]) -> str:
             f"{server:<14}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
             f"{_shown(cell['p50_ms']):>9}{_shown(cell['p99_ms']):>9}"
             f"{_shown(cell.get('avg_batch_rows')):>7}{cell['errors']:>7}"
+        )
+    for row in binary:
+        lines.append(
+            f"{row['model']}, 100-row requests, {row['concurrency']} clients: binary tensors "
+            f"{_shown(row['binary_requests_per_s'])} req/s (p50 {_shown(row['binary_p50_ms'])} ms), "
+            f"JSON {_shown(row['json_requests_per_s'])} req/s (p50 {_shown(row['json_p50_ms'])} ms): "
+            f"{_shown(row['speedup_binary'])}x [>= {row['binary_target']:g}: {row['binary_verdict']}]"
         )
     for row in split:
         lines.append(
@@ -286,8 +332,9 @@ def bench_serve(quick: bool) -> list[Row]:
                 for model in MODELS
             }
             cells = _matrix(generator, ports, quick)
+            binary = _binary(generator, ports["paragrad"], quick)
         split = _split(generator, ours["mlp"], quick)
     rows = _cell_rows(cells)
     targets = _target_rows(rows, same_labels)
-    print(table(cells, split, targets), flush=True)
-    return [*rows, *targets, *split]
+    print(table(cells, split, targets, binary), flush=True)
+    return [*rows, *targets, *binary, *split]

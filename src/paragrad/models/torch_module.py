@@ -215,10 +215,12 @@ class Torch(Model):
     # -- saving: plain arrays, never a pickled module --------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the trained parameters (and classes) as a ``.npz``; the module's code stays yours.
+        """Write the trained parameters (and classes) as a ``.npz``, with the trained module
+        as an ONNX graph when the ``onnx`` package is installed.
 
-        Not a full model file: a module's code cannot travel without pickle, so
-        :meth:`load` takes the module again.
+        The module's code cannot travel without pickle: :meth:`load` takes the module again
+        to train on. The graph is data, not code: :func:`paragrad.load_model` reads it to
+        predict (and ``paragrad serve`` and ``paragrad export`` with it) without the module.
         """
         self._check_trained()
         arrays = {
@@ -227,7 +229,29 @@ class Torch(Model):
             "num_features": np.array(self.num_features_),
             **standardizer_arrays(self.standardizer_),
         }
+        graph = self._graph()
+        if graph is not None:
+            arrays["graph"] = np.frombuffer(graph, dtype=np.uint8)
         write_arrays(path, arrays)
+
+    def _graph(self) -> bytes | None:
+        """The trained module as ONNX bytes; None (and a warning) where it cannot be exported."""
+        from paragrad.models.torch_graph import module_graph
+
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        except ImportError:
+            return None
+        self._load(self.params_)
+        try:
+            return module_graph(self.module, self.num_features_, self._dtype)
+        except Exception as exc:  # a module torch cannot export: the parameters are still saved
+            warnings.warn(
+                f"the module could not be exported to ONNX ({type(exc).__name__}: {exc}); the file "
+                "holds its parameters only, for Torch.load(path, module)",
+                stacklevel=3,
+            )
+            return None
 
     @classmethod
     def load(
@@ -252,7 +276,7 @@ class Torch(Model):
                 model.standardizer_ = Standardizer(
                     archive["standardizer_mean"], archive["standardizer_scale"]
                 )
-        model.setup(num_features, classes.astype(np.float64) if len(classes) else None)
+        model.setup(num_features, classes if len(classes) else None)  # labels in their own type
         if params.shape != (model.num_params,):
             raise ModelFileError(
                 f"{path}: {params.size} parameters stored, but the module has {model.num_params}"

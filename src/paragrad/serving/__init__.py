@@ -35,6 +35,12 @@ def serve(
     workers: int = DEFAULT.workers,
     split_rows: int = DEFAULT.split_rows,
     access_log: bool = True,
+    header_timeout: float = DEFAULT.header_timeout,
+    body_timeout: float = DEFAULT.body_timeout,
+    max_connections: int = DEFAULT.max_connections,
+    allow_host: Iterable[str] = (),
+    cors: Iterable[str] = (),
+    grpc_port: int | None = None,
 ) -> None:
     """Serve model files written by ``train --out`` (or ``model.save``) until SIGTERM or Ctrl-C.
 
@@ -63,7 +69,23 @@ def serve(
     workers, split_rows : int
         Requests of ``split_rows`` rows or more are predicted on ``workers`` local workers.
     access_log : bool
-        One JSON line per request on stderr.
+        One JSON line per request on stderr (written by a thread: a reader that stops
+        reading costs lines, counted in the metrics, never requests).
+    header_timeout : float
+        Seconds a connection has to send a request's headers before it is answered 408.
+    body_timeout : float
+        Seconds a request's body has to arrive, once its headers have, before 408.
+    max_connections : int
+        Open connections; one more is answered 503 with ``Retry-After`` and closed.
+    allow_host : names
+        Without a token, requests must name the server by its address (``localhost`` on
+        loopback): these names are taken too (``"*"``: any), against DNS rebinding.
+    cors : origins
+        Pages of these origins (``https://example.org``, or ``"*"``) may call the server
+        from a browser; by default no other site's page can.
+    grpc_port : int, optional
+        Also serve the protocol's gRPC form (``inference.GRPCInferenceService``) on this
+        port of the same host (0: a free port); needs ``grpcio``.
     """
     if _in_event_loop():
         raise ConfigError(
@@ -86,6 +108,12 @@ def serve(
         workers=workers,
         split_rows=split_rows,
         access_log=access_log,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
+        allow_host=tuple([allow_host] if isinstance(allow_host, str) else allow_host),
+        cors=tuple([cors] if isinstance(cors, str) else cors),
+        grpc_port=grpc_port,
     )
     try:
         from paragrad.serving.server import run

@@ -1,4 +1,5 @@
-"""The access log: one JSON line per request, written in batches.
+"""The access log: one JSON line per request, written in batches (by the server's log
+writer thread, so that a reader that stops reading stops nothing).
 
 A write (and flush) per request through :mod:`logging` took a fifth of the server's time
 on one-row requests, as much as predicting them; lines are gathered here and written
@@ -11,11 +12,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any, Protocol
 
 import orjson
 
 log = logging.getLogger("paragrad.serving")
+
+
+class Stream(Protocol):
+    """Where lines go: a binary file, or the server's :class:`~.log_writer.BackgroundWriter`."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 MAX_WAITING_LINES = 100_000  # beyond this between two flushes, lines are not kept
 
 
@@ -23,7 +34,7 @@ class AccessLog:
     """Requests as JSON lines on ``stream`` (time, client, method, path, status, ms, model,
     version, rows)."""
 
-    def __init__(self, stream: IO[bytes], interval: float = 0.2) -> None:
+    def __init__(self, stream: Stream, interval: float = 0.2) -> None:
         self._stream = stream
         self._interval = interval
         self._lines: list[bytes] = []
@@ -47,6 +58,8 @@ class AccessLog:
         }
         if len(self._lines) < MAX_WAITING_LINES:
             self._lines.append(orjson.dumps(line))
+        else:
+            self.dropped += 1
 
     def flush(self) -> None:
         """Write the gathered lines; lines that cannot be written (a closed pipe, a full

@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -26,20 +25,27 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from paragrad import __version__
-from paragrad.serving.access_log import AccessLog
+from paragrad.serving.access_log import AccessLog, Stream
 from paragrad.serving.batching import Outputs, QueueFull
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.encodings import MIN_COMPRESSED, compressed, content_encoding
+from paragrad.serving.guard import EXPOSED_HEADERS, PREFLIGHT_HEADERS, Guard, check_content_type
 from paragrad.serving.metrics import NO_MODEL, Metrics
 from paragrad.serving.models import ServedModels
+from paragrad.serving.parsing import BodyParser
 from paragrad.serving.registry import ModelVersion
 from paragrad.serving.tensors import (
     InferRequest,
     RequestError,
+    binary_output,
     datatype_of,
     output_tensor,
     parse_infer,
     parse_instances,
 )
+
+if TYPE_CHECKING:
+    from paragrad.serving.grpc_service import GrpcService
 
 log = logging.getLogger("paragrad.serving")
 JSON = "application/json"
@@ -85,6 +91,9 @@ class Endpoints:
         self.config = config
         self.metrics = metrics
         self.access = access
+        self.stopping = False  # set at a stop signal: requests cancelled then are answered 503
+        self.parser = BodyParser(config.max_body_bytes)
+        self.guard = Guard(config)
         # Built once: the inference routes (which DirectInference also tries first), then
         # the rest; not_found looks through them all for a path taken by other methods.
         self.inference_routes = [
@@ -109,6 +118,7 @@ class Endpoints:
             Route("/v2/models", self._wrap(self.models_index), methods=["GET"]),
             Route("/metrics", self._wrap(self.metrics_text), methods=["GET"]),
         ]
+        routes.append(Route("/v1/models/{name}", self._wrap(self.model_ready_v1), methods=["GET"]))
         for prefix in (model, versioned):
             routes += [
                 Route(prefix, self._wrap(self.model_metadata), methods=["GET"]),
@@ -124,7 +134,10 @@ class Endpoints:
         async def run(request: Request) -> Response:
             started = time.perf_counter()
             outcome = Outcome()
+            headers = request.headers
+            origin = headers.get("origin")
             try:
+                self.guard.check(headers.get("host"), origin)
                 if not open_to_all:
                     _check_token(request, self.config.token)
                 response = await handler(request, outcome)
@@ -139,10 +152,25 @@ class Endpoints:
                 response.headers["retry-after"] = "1"
             except ClientDisconnect:  # nobody to answer; counted as nginx counts it
                 response = Response(status_code=CLIENT_CLOSED)
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                # cut off at the end of --grace: the client learns it, as from a full queue
+                message = "the server stopped before this request was answered; retry"
+                response = json_response(503, {"error": message}, outcome.version)
+                response.headers["retry-after"] = "1"
             except Exception as exc:  # a bug of ours: answer, log, keep serving
                 log.exception("%s %s failed", request.method, request.url.path)
                 error = {"error": f"internal error: {type(exc).__name__}: {exc}"}
                 response = json_response(500, error, outcome.version)
+            accepted = headers.get("accept-encoding")
+            if accepted is not None and len(response.body) >= MIN_COMPRESSED:
+                response = await compressed(response, accepted)
+            allowed = self.guard.cors_origin(origin)
+            if allowed is not None:
+                response.headers["access-control-allow-origin"] = allowed
+                response.headers["access-control-expose-headers"] = EXPOSED_HEADERS
+                response.headers["vary"] = "Origin"
             seconds = time.perf_counter() - started
             if outcome.model != NO_MODEL or response.status_code != 200:
                 self.metrics.answered(outcome.model, handler.__name__, response.status_code, seconds)
@@ -153,18 +181,29 @@ class Endpoints:
         return run
 
     async def infer(self, request: Request, outcome: Outcome) -> Response:
-        version = self._version(request, outcome)
-        parsed, outputs = await self._predicted(request, version, parse_infer, outcome)
+        version, parsed, outputs = await self._predicted(request, parse_infer, outcome)
         payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
         if parsed.id is not None:
             payload["id"] = parsed.id
         payload["parameters"] = {"rows": len(parsed.X)}
-        payload["outputs"] = [output_tensor(name, outputs[name]) for name in parsed.outputs]
-        return json_response(200, payload, version.version)
+        if not parsed.binary:
+            payload["outputs"] = [output_tensor(name, outputs[name]) for name in parsed.outputs]
+            return json_response(200, payload, version.version)
+        tensors, raw = [], []
+        for name in parsed.outputs:  # Triton's binary extension: the JSON, then each output's bytes
+            if name in parsed.binary:
+                tensor, data = binary_output(name, outputs[name])
+                raw.append(data)
+            else:
+                tensor = output_tensor(name, outputs[name])
+            tensors.append(tensor)
+        payload["outputs"] = tensors
+        header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = {"x-model-version": version.version, "inference-header-content-length": str(len(header))}
+        return Response(b"".join([header, *raw]), 200, headers, "application/octet-stream")
 
     async def predict_v1(self, request: Request, outcome: Outcome) -> Response:
-        version = self._version(request, outcome)
-        _, outputs = await self._predicted(request, version, parse_instances, outcome)
+        version, _, outputs = await self._predicted(request, parse_instances, outcome)
         payload: dict[str, Any] = {"model_name": version.name, "model_version": version.version}
         payload["predictions"] = output_tensor("predict", outputs["predict"])["data"]
         if "proba" in outputs:
@@ -172,19 +211,28 @@ class Endpoints:
         return json_response(200, payload, version.version)
 
     async def _predicted(
-        self, request: Request, version: ModelVersion, parse: Callable[..., InferRequest], outcome: Outcome
-    ) -> tuple[InferRequest, Outputs]:
-        """The request's rows parsed and predicted in the version's next batch."""
+        self, request: Request, parse: Callable[..., InferRequest], outcome: Outcome
+    ) -> tuple[ModelVersion, InferRequest, Outputs]:
+        """The request's rows parsed and predicted in the next batch of the version served
+        once its body has arrived."""
+        self._version(request, outcome)  # an unknown model is 404 before its body is read
+        headers = request.headers
+        header_length = _header_length(headers.get("inference-header-content-length"))
+        check_content_type(headers.get("content-type"), header_length is not None)
+        body = await _body(request, self.config.max_body_bytes)
+        version = self._version(request, outcome)
         batcher = self.served.batcher(version)
-        batcher.expect()
+        batcher.expect()  # only now: a body still on the network holds back no batch
         try:
-            body = await _body(request, self.config.max_body_bytes)
-            parsed = parse(body, version, self.config.max_rows)
+            encoding = content_encoding(request.headers)
+            parsed = await self.parser.parse(
+                parse, body, encoding, version, self.config.max_rows, header_length
+            )
         except BaseException:
             batcher.forget()
             raise
         outcome.rows = len(parsed.X)
-        return parsed, await batcher.submit(parsed.X)
+        return version, parsed, await batcher.submit(parsed.X)
 
     def _version(self, request: Request, outcome: Outcome) -> ModelVersion:
         version = self.served.version(request.path_params["name"], request.path_params.get("version"))
@@ -193,15 +241,22 @@ class Endpoints:
 
     async def model_metadata(self, request: Request, outcome: Outcome) -> Response:
         version = self._version(request, outcome)
-        return json_response(200, _metadata(version), version.version)
+        return json_response(200, metadata_of(version), version.version)
 
     async def model_ready(self, request: Request, outcome: Outcome) -> Response:
         version = self._version(request, outcome)
         return json_response(200, {"name": version.name, "ready": self.served.ready}, version.version)
 
+    async def model_ready_v1(self, request: Request, outcome: Outcome) -> Response:
+        """KServe's V1 readiness: ``{"name": ..., "ready": true}``."""
+        if request.path_params["name"].endswith(":predict"):
+            return await self.not_found(request, outcome)
+        version = self._version(request, outcome)
+        return json_response(200, {"name": version.name, "ready": self.served.ready}, version.version)
+
     async def models_index(self, request: Request, outcome: Outcome) -> Response:
         slots = self.served.slots.values()
-        return json_response(200, {"models": [_metadata(slot.current) for slot in slots]})
+        return json_response(200, {"models": [metadata_of(slot.current) for slot in slots]})
 
     async def live(self, request: Request, outcome: Outcome) -> Response:
         return json_response(200, {"live": True})
@@ -232,6 +287,15 @@ class Endpoints:
         )
         if not allowed:
             raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
+        if request.method == "OPTIONS" and self.guard.cors_origin(request.headers.get("origin")):
+            return Response(  # a CORS preflight from an origin given with --cors
+                status_code=204,
+                headers={
+                    "access-control-allow-methods": ", ".join(allowed),
+                    "access-control-allow-headers": PREFLIGHT_HEADERS,
+                    "access-control-max-age": "600",
+                },
+            )
         response = json_response(
             405, {"error": f"{request.url.path} takes {', '.join(allowed)}, not {request.method}"}
         )
@@ -239,27 +303,43 @@ class Endpoints:
         return response
 
 
-def build_app(served: ServedModels, config: ServeConfig, metrics: Metrics) -> DirectInference:
-    """The ASGI application serving ``served``: batchers and the file watcher run with it."""
+def build_app(
+    served: ServedModels,
+    config: ServeConfig,
+    metrics: Metrics,
+    log_stream: Stream,
+    grpc_service: GrpcService | None = None,
+) -> DirectInference:
+    """The ASGI application serving ``served``: batchers, the file watcher and the gRPC
+    server (if any) run with it; the access log goes to ``log_stream``."""
 
-    access = AccessLog(sys.stderr.buffer) if config.access_log else None
+    access = AccessLog(log_stream) if config.access_log else None
+    if grpc_service is not None:
+        grpc_service.access = access
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
         watcher = served.start_watching()
+        if grpc_service is not None:
+            grpc_service.start(asyncio.get_running_loop())
         writer = asyncio.get_running_loop().create_task(access.run()) if access is not None else None
         try:
             yield
         finally:
             watcher.cancel()
+            if grpc_service is not None:
+                await grpc_service.stop()
             await served.close()
+            endpoints.parser.close()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
 
     endpoints = Endpoints(served, config, metrics, access)
-    return DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints.inference_routes)
+    app = DirectInference(Starlette(routes=endpoints.routes, lifespan=lifespan), endpoints)
+    app.dropped_lines = lambda: 0 if access is None else access.dropped
+    return app
 
 
 class DirectInference:
@@ -270,9 +350,15 @@ class DirectInference:
     fifth of the server's time per one-row request, measured with ``bench --suite serve``).
     """
 
-    def __init__(self, app: Starlette, routes: list[Route]) -> None:
+    def __init__(self, app: Starlette, endpoints: Endpoints) -> None:
         self.app = app
-        self.routes = routes
+        self.routes = endpoints.inference_routes
+        self.endpoints = endpoints
+        self.dropped_lines: Callable[[], int] = lambda: 0  # access log lines not kept
+
+    def stopping(self) -> None:
+        """The server is stopping: requests cancelled from now on are answered 503."""
+        self.endpoints.stopping = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -296,10 +382,6 @@ def _check_token(request: Request, token: str | None) -> None:
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if "inference-header-content-length" in request.headers:
-        raise RequestError(
-            400, "binary tensor data is not supported: send tensors as JSON 'data' (binary_data=False)"
-        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(
@@ -314,7 +396,16 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _metadata(version: ModelVersion) -> dict[str, Any]:
+def _header_length(value: str | None) -> int | None:
+    """``Inference-Header-Content-Length``: the JSON's length in a binary tensor request."""
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise RequestError(400, f"Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
+    return int(value)
+
+
+def metadata_of(version: ModelVersion) -> dict[str, Any]:
     """The protocol's model metadata, with the model's description under ``parameters``."""
     labels = "FP64" if version.classes is None else datatype_of(version.classes.dtype)
     outputs = [{"name": "predict", "datatype": labels, "shape": [-1]}]

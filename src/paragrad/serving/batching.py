@@ -1,15 +1,19 @@
 """Dynamic batching: the rows of concurrent requests to one model version, predicted at once.
 
 A batch starts with the oldest waiting request and takes the next ones while they fit in
-``max_batch`` rows. It waits for more only while requests to this version are still being
-read off the network (``expect``/``submit``), and never longer than ``max_wait`` after its
-first request arrived: a lone request goes at once, a burst goes together. While a batch
-is predicted the next one gathers. Each request gets its own rows back, in its order.
+``max_batch`` rows. It waits for more only while requests to this version whose bodies
+have arrived are still being parsed (``expect``/``submit``), and never longer than
+``max_wait`` after its first request arrived: a lone request goes at once, a burst goes
+together. A body still on the network is not waited for, so a client that sends one byte
+a second delays nobody but itself. The wait sleeps until a request arrives or the time is
+up (no polling). While a batch is predicted the next one gathers. Each request gets its
+own rows back, in its order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,7 +85,8 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def expect(self) -> None:
-        """A request for this version is being read; call :meth:`submit` or :meth:`forget` next."""
+        """A request for this version has arrived and is being parsed; call :meth:`submit`
+        or :meth:`forget` next."""
         self._coming += 1
 
     def forget(self) -> None:
@@ -127,9 +132,12 @@ class Batcher:
                 batch.append(waiting)
                 rows += len(waiting.X)
             full = rows >= self.max_batch or bool(self._queue)
-            if full or self._coming <= 0 or self._closing or time.perf_counter() >= deadline:
+            left = deadline - time.perf_counter()
+            if full or self._coming <= 0 or self._closing or left <= 0:
                 return batch
-            await asyncio.sleep(0)  # let the requests being read reach the queue
+            self._wake.clear()  # set again by the next submit or forget
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
     async def _answer(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()

@@ -38,20 +38,54 @@ class ServeConfig:
     workers: int = 1  # local engine workers for large requests; 1: all in the server
     split_rows: int = 20_000  # rows from which a request goes to the workers
     access_log: bool = True
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive before 408
+    body_timeout: float = 60.0  # seconds for a request's body to arrive, after its headers
+    max_connections: int = 1000  # open connections; more are answered 503 and closed
+    allow_host: tuple[str, ...] = ()  # Host names taken besides the address ("*": any)
+    cors: tuple[str, ...] = ()  # origins whose pages may call the server ("*": any)
+    grpc_port: int | None = None  # the protocol's gRPC form on this port too (0: any free one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"{_named('port')} must be a port number from 0 to 65535, got {self.port!r}")
-        for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows"):
+        if self.grpc_port is not None and (
+            not isinstance(self.grpc_port, int) or not 0 <= self.grpc_port <= 65535
+        ):
+            raise ConfigError(
+                f"{_named('grpc_port')} must be a port number from 0 to 65535, got {self.grpc_port!r}"
+            )
+        for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows", "max_connections"):
             check_positive_int(_named(name), getattr(self, name))
-        for name in ("max_wait_ms", "grace", "reload_interval", "max_body_mb"):
+        for name in (
+            "max_wait_ms",
+            "grace",
+            "reload_interval",
+            "max_body_mb",
+            "header_timeout",
+            "body_timeout",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{_named(name)} must be a non-negative number, got {value!r}")
+        for name in ("header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_named(name)} must be above 0, got {getattr(self, name)!r}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"{_named('max_body_mb')} must be above 0, got {self.max_body_mb!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError(f"{_named('token')} must not be empty")
+        for origin in self.cors:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not sep or not rest or "/" in rest):
+                raise ConfigError(
+                    f"{_named('cors')} takes an origin such as https://example.org:8080 (or *), "
+                    f"got {origin!r}"
+                )
+        for name in self.allow_host:
+            if not name or "/" in name or " " in name:
+                raise ConfigError(
+                    f"{_named('allow_host')} takes a host name such as models.lan, got {name!r}"
+                )
         if not is_loopback(self.host) and self.token is None and not self.insecure:
             raise ConfigError(
                 f"binding {self.host} lets other machines reach the models: give {_named('token')} "

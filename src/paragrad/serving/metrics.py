@@ -61,6 +61,11 @@ class Metrics:
             ["model", "outcome"],
             registry=self.registry,
         )
+        self.log_dropped = Gauge(
+            "paragrad_log_lines_dropped",
+            "Log lines dropped because stderr took no more (a pipe nobody reads)",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "paragrad_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry
         )

@@ -134,23 +134,28 @@ class ServedModels:
         while True:
             await asyncio.sleep(self.config.reload_interval)
             for slot in self.slots.values():
-                changed, stamp = slot.look()
-                if changed and stamp is None:
-                    log.warning(
-                        "model %s: %s is gone; still serving version %s",
-                        slot.name,
-                        slot.path,
-                        slot.current.version,
-                    )
-                elif changed:
-                    await self._reload(slot)
+                try:
+                    await self._look(slot)
+                except Exception:  # a bug of ours must not end the watching: say it, go on
+                    self.metrics.reloads.labels(slot.name, "failed").inc()
+                    log.exception("model %s: looking at %s failed; still watching it", slot.name, slot.path)
+
+    async def _look(self, slot: ModelSlot) -> None:
+        changed, stamp = slot.look()
+        if changed and stamp is None:
+            log.warning(
+                "model %s: %s is gone; still serving version %s", slot.name, slot.path, slot.current.version
+            )
+        elif changed:
+            await self._reload(slot)
 
     async def _reload(self, slot: ModelSlot) -> None:
         try:
             version = await asyncio.to_thread(load_version, slot.name, slot.path)
-        except ModelFileError as exc:
+        except Exception as exc:  # unreadable (a folder, another user's file), damaged, foreign
             self.metrics.reloads.labels(slot.name, "failed").inc()
-            log.warning("model %s: %s; still serving version %s", slot.name, exc, slot.current.version)
+            reason = str(exc) if isinstance(exc, ModelFileError) else f"{slot.path}: {_reason(exc)}"
+            log.warning("model %s: %s; still serving version %s", slot.name, reason, slot.current.version)
             return
         if version.version == slot.current.version:  # touched or rewritten, the same model
             return
@@ -170,6 +175,13 @@ class ServedModels:
         self.ready = False
         await asyncio.gather(*self._closing, *(batcher.close() for batcher in self._batchers.values()))
         await asyncio.to_thread(self.workers.close)
+
+
+def _reason(exc: Exception) -> str:
+    """An error reading a model file in one line: the system's words for an OS error."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read it ({exc.strerror})"
+    return f"cannot load it ({type(exc).__name__}: {exc})"
 
 
 def load_all(paths: dict[str, Path]) -> list[ModelVersion]:

@@ -21,7 +21,7 @@ from paragrad.checkpoint import load_model
 from paragrad.errors import ModelFileError
 from paragrad.models.base import Model
 
-Stamp = tuple[int, int, int]  # inode, modification time (ns), size
+Stamp = tuple[int, int, int, int]  # inode, modification and change times (ns), size
 
 
 def stamp_of(path: Path) -> Stamp | None:
@@ -30,7 +30,7 @@ def stamp_of(path: Path) -> Stamp | None:
         info = os.stat(path)
     except OSError:
         return None
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)  # ctime: a chmod
 
 
 @dataclass(frozen=True)

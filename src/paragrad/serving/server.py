@@ -15,21 +15,35 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import uvicorn
 
 from paragrad.errors import ConfigError, setting
-from paragrad.serving.app import build_app
+from paragrad.serving.app import DirectInference, build_app
 from paragrad.serving.config import ServeConfig
+from paragrad.serving.connections import connection_class
+from paragrad.serving.log_writer import BackgroundWriter, WriterHandler
 from paragrad.serving.metrics import Metrics
 from paragrad.serving.models import ServedModels, load_all
+
+if TYPE_CHECKING:
+    from paragrad.serving.grpc_service import GrpcService
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server that says where it listens and ends normally after a stop signal."""
+    """uvicorn's server that says where it listens and ends normally after a stop signal;
+    requests still running when the grace period ends are answered 503 by the app."""
+
+    def __init__(self, config: uvicorn.Config, app: DirectInference) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.stopping()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -54,8 +68,8 @@ class DrainingServer(uvicorn.Server):
 def run(paths: dict[str, Path], config: ServeConfig) -> None:
     """Bind the address and load every model (either failing is one error before serving),
     then serve them until stopped."""
-    _configure_logging()
-    with contextlib.closing(_listening_socket(config.host, config.port)) as sock:
+    writer = _configure_logging()
+    with contextlib.closing(_listening_socket(config.host, config.port)) as sock, _closing(writer):
         versions = load_all(paths)
         for version in versions:
             print(
@@ -65,8 +79,13 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             )
         metrics = Metrics()
         served = ServedModels(versions, config, metrics)
+        grpc_service = _grpc_service(served, config, metrics)
+        app = build_app(served, config, metrics, writer, grpc_service)
+        metrics.log_dropped.set_function(lambda: writer.dropped + app.dropped_lines())
         uvicorn_config = uvicorn.Config(
-            build_app(served, config, metrics),
+            app,
+            http=connection_class(config.header_timeout, config.body_timeout, config.max_connections),
+            log_config=None,  # uvicorn's loggers write through the writer too (_configure_logging)
             log_level="warning",
             access_log=False,
             # typed as whole seconds, but handed to asyncio.wait_for, which takes any number
@@ -74,7 +93,29 @@ def run(paths: dict[str, Path], config: ServeConfig) -> None:
             backlog=4096,
             lifespan="on",
         )
-        DrainingServer(uvicorn_config).run(sockets=[sock])
+        DrainingServer(uvicorn_config, app).run(sockets=[sock])
+
+
+def _grpc_service(served: ServedModels, config: ServeConfig, metrics: Metrics) -> GrpcService | None:
+    """The gRPC server, bound to ``--grpc-port`` (a port in use is one error before serving)."""
+    if config.grpc_port is None:
+        return None
+    try:
+        from paragrad.serving.grpc_service import GrpcService
+    except ImportError as exc:
+        raise ConfigError(f"{setting('grpc_port')} needs {exc.name}: pip install 'paragrad[serve]'") from None
+    service = GrpcService(served, config, metrics)
+    try:
+        port = service.bind(config.host, config.grpc_port)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ConfigError(
+            f"cannot listen on {config.host}:{config.grpc_port} (gRPC): choose another {setting('grpc_port')}"
+        )
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"paragrad serve: gRPC on {shown}:{port}", flush=True)
+    return service
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -93,11 +134,23 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging() -> None:
-    """Server messages as ``paragrad serve: ...`` lines on stderr (the access log writes its own)."""
-    handler = logging.StreamHandler(sys.stderr)
+def _configure_logging() -> BackgroundWriter:
+    """Server messages as ``paragrad serve: ...`` lines on stderr, uvicorn's and grpc's among them, all
+    written by one thread that never holds up the event loop (the access log uses it too)."""
+    writer = BackgroundWriter(sys.stderr.fileno())
+    handler = WriterHandler(writer)
     handler.setFormatter(logging.Formatter("paragrad serve: %(message)s"))
-    server_log = logging.getLogger("paragrad.serving")
-    server_log.handlers[:] = [handler]
-    server_log.setLevel(logging.INFO)
-    server_log.propagate = False
+    for name in ("paragrad.serving", "uvicorn", "grpc"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("paragrad.serving").setLevel(logging.INFO)
+    return writer
+
+
+@contextlib.contextmanager
+def _closing(writer: BackgroundWriter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        writer.close()

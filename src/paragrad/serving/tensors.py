@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
-
-from paragrad.serving.registry import ModelVersion
 
 # The protocol's numeric types, as numpy reads their JSON numbers; FP32 is rounded to
 # float32 first, as the client meant it, then predicted in float64.
@@ -37,6 +35,22 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str]]:  # from the parsing process
+        return type(self), (self.status, str(self))
+
+
+class Signature(Protocol):
+    """What parsing needs of a model version (a :class:`ModelVersion` is one)."""
+
+    @property
+    def num_features(self) -> int: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True)
 class Checks:
@@ -49,11 +63,13 @@ class Checks:
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A parsed inference request: the rows, and what to send back."""
+    """A parsed inference request: the rows, and what to send back (``binary``: the outputs
+    asked for as raw bytes after the JSON, Triton's binary tensor extension)."""
 
     X: np.ndarray
     id: str | None
     outputs: tuple[str, ...]
+    binary: frozenset[str] = frozenset()
 
 
 def read_json(body: bytes) -> Any:
@@ -68,10 +84,28 @@ def read_json(body: bytes) -> Any:
         raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
 
 
-def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
-    """An ``/infer`` request body as rows in the model's feature order."""
+def parse_infer(
+    body: bytes, version: Signature, max_rows: int, header_length: int | None = None
+) -> InferRequest:
+    """An ``/infer`` request body as rows in the model's feature order; with
+    ``header_length`` (``Inference-Header-Content-Length``), the JSON is that many bytes
+    and the tensors' raw data follows it (Triton's binary tensor extension)."""
+    binary = b""
+    if header_length is not None:
+        if header_length > len(body):
+            raise RequestError(
+                400, f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
+            )
+        body, binary = body[:header_length], body[header_length:]
     request = read_json(body)
-    checks = Checks(max_rows, booleans=_may_hold_booleans(body))
+    if header_length is not None and isinstance(request, dict) and isinstance(request.get("inputs"), list):
+        _attach_binary(request["inputs"], binary)
+    return infer_request(request, version, Checks(max_rows, booleans=_may_hold_booleans(body)))
+
+
+def infer_request(request: Any, version: Signature, checks: Checks) -> InferRequest:
+    """A request read from JSON (or built from gRPC's message), each tensor's 'data' a list
+    of numbers or a numpy array, as rows in the model's feature order."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise RequestError(400, "the request needs 'inputs': a list of tensors")
     request_id = request.get("id")
@@ -84,11 +118,54 @@ def parse_infer(body: bytes, version: ModelVersion, max_rows: int) -> InferReque
         X = _matrix(inputs[0], version.num_features, checks)
     else:
         X = _columns(inputs, version, checks)
-    return InferRequest(X, request_id, _requested_outputs(request.get("outputs"), version))
+    outputs = _requested_outputs(request.get("outputs"), version)
+    return InferRequest(X, request_id, outputs, _binary_outputs(request, outputs))
 
 
-def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferRequest:
+def _attach_binary(inputs: list, binary: bytes) -> None:
+    """Each input's raw data, cut from ``binary`` in order by its ``binary_data_size``, as its 'data'."""
+    start = 0
+    for tensor in inputs:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        name = tensor.get("name")
+        datatype = tensor.get("datatype")
+        if type(size) is not int or size < 0 or start + size > len(binary):
+            raise RequestError(400, f"input {name!r}: binary_data_size {size!r} runs past the binary data")
+        if datatype not in NUMERIC:
+            raise RequestError(
+                400, f"input {name!r}: datatype {datatype!r} is not a number type (use FP64 or FP32)"
+            )
+        dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
+        if size % dtype.itemsize:
+            raise RequestError(400, f"input {name!r}: {size} bytes are not whole {datatype} values")
+        tensor["data"] = np.frombuffer(binary, dtype, size // dtype.itemsize, start)
+        start += size
+    if start != len(binary):
+        raise RequestError(400, f"the body has {len(binary) - start} bytes of binary data no input claims")
+
+
+def _binary_outputs(request: dict, outputs: tuple[str, ...]) -> frozenset[str]:
+    """The outputs to send as raw bytes: all with ``binary_data_output``, else those asked one by one."""
+    parameters = request.get("parameters") or {}
+    if parameters.get("binary_data_output") is True:
+        return frozenset(outputs)
+    asked = request.get("outputs") or ()
+    return frozenset(
+        o["name"]
+        for o in asked
+        if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+    )
+
+
+def parse_instances(
+    body: bytes, version: Signature, max_rows: int, header_length: int | None = None
+) -> InferRequest:
     """The older ``{"instances": [[...], ...]}`` body as rows."""
+    if header_length is not None:
+        raise RequestError(400, "binary tensor data is for /v2 .../infer; send 'instances' as JSON here")
     request = read_json(body)
     if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
         raise RequestError(400, "the request needs 'instances': a list of rows")
@@ -105,7 +182,7 @@ def parse_instances(body: bytes, version: ModelVersion, max_rows: int) -> InferR
     return InferRequest(X, None, version.output_names)
 
 
-def _one_matrix(inputs: list, version: ModelVersion) -> bool:
+def _one_matrix(inputs: list, version: Signature) -> bool:
     """Whether the inputs are one [rows, features] tensor rather than one tensor per feature."""
     if len(inputs) != 1:
         return False
@@ -154,7 +231,7 @@ def _matrix(tensor: Any, num_features: int, checks: Checks) -> np.ndarray:
     return X.reshape(shape)
 
 
-def _columns(inputs: list, version: ModelVersion, checks: Checks) -> np.ndarray:
+def _columns(inputs: list, version: Signature, checks: Checks) -> np.ndarray:
     """One tensor per named feature, each of shape [rows] or [rows, 1], in the model's order."""
     names = version.feature_names
     if names is None:
@@ -197,6 +274,10 @@ def _numbers(
 ) -> np.ndarray:
     """``data`` (flat in row-major order, or nested as ``shape``) as float64, after checking
     that every value is a finite number the declared type holds as it is."""
+    if isinstance(data, np.ndarray):  # raw binary data, already of its type
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise RequestError(400, f"input {name!r} holds NaN or infinity: send finite numbers")
+        return data.astype(np.float64)
     if not isinstance(data, list):
         raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
     if booleans and _holds_booleans(data):  # numpy would read true and false as 1 and 0
@@ -245,14 +326,14 @@ def _check_rows(rows: Any, max_rows: int) -> None:
         )
 
 
-def _check_width(width: int, version: ModelVersion, name: str) -> None:
+def _check_width(width: int, version: Signature, name: str) -> None:
     if width != version.num_features:
         raise RequestError(
             400, f"{name} rows have {width} features, but the model takes {version.num_features}"
         )
 
 
-def _requested_outputs(outputs: Any, version: ModelVersion) -> tuple[str, ...]:
+def _requested_outputs(outputs: Any, version: Signature) -> tuple[str, ...]:
     if outputs is None:
         return version.output_names
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
@@ -272,6 +353,25 @@ def _requested_outputs(outputs: Any, version: ModelVersion) -> tuple[str, ...]:
 def datatype_of(dtype: np.dtype) -> str:
     """The protocol's name for values of ``dtype``: labels in their own type, text as BYTES."""
     return {"U": "BYTES", "S": "BYTES", "b": "BOOL", "i": "INT64", "u": "UINT64"}.get(dtype.kind, "FP64")
+
+
+def binary_output(name: str, values: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """A response tensor without its data, and the data as raw little-endian bytes (text as
+    Triton's BYTES: each value's length in 4 bytes, then its UTF-8)."""
+    datatype = datatype_of(values.dtype)
+    flat = values.ravel()
+    if datatype == "FP64" and not np.isfinite(flat).all():
+        raise RequestError(
+            400, f"the model's {name} is not finite for these rows: are their features far too large?"
+        )
+    if datatype == "BYTES":
+        encoded = [str(v).encode() for v in flat]
+        data = b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
+    else:
+        kind = {"FP64": "<f8", "INT64": "<i8", "UINT64": "<u8", "BOOL": "?"}[datatype]
+        data = np.ascontiguousarray(flat, dtype=kind).tobytes()
+    tensor = {"name": name, "datatype": datatype, "shape": list(values.shape)}
+    return tensor | {"parameters": {"binary_data_size": len(data)}}, data
 
 
 def output_tensor(name: str, values: np.ndarray) -> dict[str, Any]:

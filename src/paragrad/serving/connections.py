@@ -1,0 +1,112 @@
+"""uvicorn's HTTP connection with the limits it lacks: deadlines for a request's headers
+and for its body, and a cap on open connections.
+
+Without them a client can hold the server's resources for nothing: a connection that
+never sends its headers (or sends them a byte at a time) stays open forever, and enough
+of them exhaust the process's file descriptors. A connection that has not sent a whole
+request head ``header_timeout`` seconds after it opened (or after the next request's first
+byte) is
+answered 408 and closed; one opened while ``max_connections`` are open is answered 503
+with ``Retry-After`` and closed. Both answers are the server's usual ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+
+
+def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP answer ``{"error": message}`` that closes the connection."""
+    body = orjson.dumps({"error": message})
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n" % (status, REASONS[status], len(body), extra)
+    )
+    return head + body
+
+
+class LimitedConnection(HttpToolsProtocol):
+    """One client connection, with the header deadline and the connection cap."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 1000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            message = f"the server holds its most connections ({self.max_connections}); retry shortly"
+            self._refused = True
+            transport.write(refusal(503, message, b"retry-after: 1\r\n"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:  # the first byte of a request (an idle one is keep-alive's)
+        super().on_message_begin()
+        self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_late)
+
+    def on_message_complete(self) -> None:
+        self._stop_body_timer()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        self._stop_body_timer()
+        if not self._refused:
+            super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        self._stop_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_late(self) -> None:
+        self._body_timer = None
+        if self.cycle is None or self.cycle.response_started:
+            return  # answered already (refused before its body, say): nothing to cut short
+        message = f"the request's body did not arrive within {self.body_timeout:g} s"
+        self.transport.write(refusal(408, message))
+        self.transport.close()
+
+    def _headers_too_late(self) -> None:
+        self._header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; its head arrived
+        message = f"the request's headers did not arrive within {self.header_timeout:g} s"
+        self.transport.write(refusal(408, message))
+        self.transport.close()
+
+
+def connection_class(
+    header_timeout: float, body_timeout: float, max_connections: int
+) -> type[LimitedConnection]:
+    """:class:`LimitedConnection` with these limits, for ``uvicorn.Config(http=...)``."""
+    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout}
+    return type("LimitedConnection", (LimitedConnection,), {**limits, "max_connections": max_connections})
