@@ -169,3 +169,17 @@ def test_no_function_is_over_the_limit():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = _function_lines(node)
                 assert lines <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name} has {lines} lines"
+
+
+def test_the_grpc_protocol_module_imports_beside_tritons_client():
+    """Triton's client registers the protocol's 'inference' messages in protobuf's default
+    pool; ours must not collide with them, whichever is imported first."""
+    code = (
+        "import paragrad.serving.protocol.open_inference_pb2, tritonclient.grpc; "
+        "import tritonclient.grpc as t; import importlib, sys; "
+        "sys.modules.pop('paragrad.serving.protocol.open_inference_pb2'); "
+        "importlib.import_module('paragrad.serving.protocol.open_inference_pb2')"
+    )
+    pytest.importorskip("tritonclient.grpc")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
