@@ -8,12 +8,14 @@ leaves none behind.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import signal
 import sys
 import warnings
 from pathlib import Path
 
+from paragrad.atomic import remove_stale_temporaries
 from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.checkpoint import TorchModelFileError, load_model, save_model
 from paragrad.cli_parser import (
@@ -57,6 +59,7 @@ def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
         raise ConfigError(f"{path}: is a directory; give a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{path}: unsupported output type; use {', '.join(suffixes)}")
+    remove_stale_temporaries(directory, glob.escape(path.name))  # of a write killed midway
 
 
 def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:

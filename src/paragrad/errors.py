@@ -35,6 +35,10 @@ class ModelFileError(ParagradError, ValueError):
     """A model file is missing, truncated, of another format or refused for safety."""
 
 
+class OutputError(ParagradError, OSError):
+    """An output file could not be written (a full disk, say); the old file is kept."""
+
+
 class TrainingDiverged(ParagradError, ArithmeticError):
     """The loss or the parameters became NaN or infinite.
 
