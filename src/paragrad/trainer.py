@@ -42,7 +42,9 @@ from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
     EncodeLabels,
+    FingerprintShard,
     StandardizeShard,
+    data_fingerprint,
 )
 
 
@@ -127,6 +129,10 @@ def train(
         else a local Ray instance started for the run).
     checkpoint_dir : path, optional
         Write checkpoints here (atomically, with a checksum), and a last one at the end.
+        A checkpoint belongs to its run: it carries the run's identity and the data's
+        fingerprint, and pruning removes only the run's own older files. A fresh run
+        (``resume=False``) refuses a directory that holds another run's checkpoints.
+        Temporaries of writes killed midway are removed at the next start.
     checkpoint_every : int or str, optional
         Every so many rounds (``10``) or seconds (``"30s"``); default every 60 seconds.
     resume : bool
@@ -134,8 +140,9 @@ def train(
         one is skipped with a warning). The run ends with the parameters it would have
         had without the interruption. The worker count may differ (the virtual shards are
         handed out again: GradientDescent and SGD follow the same path, LocalSGD's workers
-        walk other rows); the model, the data's shape, the strategy, the optimizer and
-        the seed may not.
+        walk other rows); the model, the data (its shape and a fingerprint of sampled
+        rows), the strategy, the optimizer and the seed may not: a checkpoint of another
+        run is refused, naming the file.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
     callbacks : list, optional
@@ -159,6 +166,7 @@ def train(
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
+    checkpoints.prepare(resume)
     hooks = CallbackList.of(callbacks)
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
@@ -174,6 +182,10 @@ def train(
         checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
         started_s = time.perf_counter() - call_started
+        # The data as placed (before any set-up changes it), for the checkpoints to carry.
+        fingerprint = ""
+        if checkpoints.directory is not None:
+            fingerprint = data_fingerprint(runner.run(FingerprintShard()))
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
@@ -186,9 +198,10 @@ def train(
         config = config.with_classes(model.classes_)
         if resumed is not None and resumed.config.get("classes") != config.classes:
             raise ConfigError(
-                f"{checkpoint_dir}: the checkpoint was made for classes {resumed.config.get('classes')}, "
+                f"{resumed.path}: the checkpoint was made for classes {resumed.config.get('classes')}, "
                 f"but this data has {config.classes}"
             )
+        checkpoints.adopt(resumed, fingerprint)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
@@ -267,7 +280,7 @@ def _load_resume_state(
         if any(difference.startswith("dtype") for difference in differences):  # the default follows the data
             hint = f" (dtype={state.config.get('dtype')!r} trains as the checkpointed run did)"
         raise ConfigError(
-            f"{checkpoint_dir}: the checkpoint belongs to another run; it differs in "
+            f"{state.path}: the checkpoint belongs to another run; it differs in "
             + "; ".join(differences)
             + hint
         )
