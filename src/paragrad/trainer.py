@@ -121,7 +121,8 @@ def train(
         accumulate in float64; ``"float64"`` makes the workers hold a float64 copy.
     max_restarts : int
         How many dead workers to restart, replaying their round, before stopping with
-        :class:`~paragrad.errors.WorkerLost` (local and ray engines).
+        :class:`~paragrad.errors.WorkerLost` (local and ray engines); a budget for this
+        call alone, on an engine kept between calls too.
     threads_per_worker : int
         BLAS threads in each local worker process; on Ray, the CPUs each actor reserves.
     address : str, optional

@@ -90,7 +90,9 @@ class _Replacement(Exception):
 class WorkerSession(Engine):
     """An engine whose workers are other processes, which may die and be replaced.
 
-    ``restarts`` counts the workers replaced during rounds, at most ``max_restarts``.
+    ``restarts`` counts the workers replaced during rounds since the last ``start``, at
+    most ``max_restarts``: each ``train`` or ``predict`` call has the whole budget, on an
+    engine kept between calls too.
     """
 
     def __init__(self, workers: int | None = None, *, max_restarts: int = 0) -> None:
@@ -196,6 +198,7 @@ class WorkerSession(Engine):
                 self.num_workers = plan.num_shards
                 self._spawn(workers)
             self.num_workers = plan.num_shards
+            self.restarts = 0  # a budget per call, not shared with the calls before
             self._tasks, self._setup_log = {}, []
             self._dataset, self._plan, self._extra = dataset, plan, 0
             self._begin(plan)
