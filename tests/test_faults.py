@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
-from conftest import relative_error
+from conftest import is_running, relative_error
 
 import paragrad as pg
 from paragrad import checkpoint
+from paragrad.engines.local import LocalEngine
+from paragrad.errors import WorkerLost
+
+GD = dict(strategy=pg.GradientDescent(), optimizer=pg.optim.SGD(lr=0.1), epochs=8, tol=0, seed=0)
 
 
 def fit(data, **options):
@@ -106,3 +113,105 @@ def test_the_command_line_removes_the_temporaries_of_a_killed_out(tmp_path, bina
     result = run_cli("train", str(tmp_path / "d.npz"), "--engine", "serial", "--out", str(tmp_path / "m.npz"))
     assert result.returncode == 0, result.stderr
     assert not stale.exists() and (tmp_path / "m.npz").exists()
+
+
+# -- nothing waits forever ---------------------------------------------------------------------
+
+
+def stop_a_worker_at(engine, round_index, stopped):
+    """A callback that stops worker 1 with SIGSTOP after ``round_index`` (its pid kept)."""
+
+    def callback(record):
+        if record["round"] == round_index and not stopped:
+            stopped.append(engine.pids[1])
+            os.kill(stopped[0], signal.SIGSTOP)
+
+    return callback
+
+
+@pytest.mark.parametrize(
+    ("workers", "max_restarts", "expected_workers"),
+    [(2, 1, 2), ((1, 2), 0, 1)],
+    ids=["replaced", "shrunk"],
+)
+def test_a_stopped_worker_is_lost_after_the_round_timeout(
+    regression_data, workers, max_restarts, expected_workers
+):
+    reference = pg.train(pg.models.LinearRegression(), regression_data, engine="serial", workers=2, **GD)
+    stopped: list[int] = []
+    with LocalEngine(2, max_restarts=max_restarts) as engine:
+        options = dict(engine=engine, workers=workers, round_timeout_s=1.5, **GD)
+        started = time.monotonic()
+        run = pg.train(
+            pg.models.LinearRegression(),
+            regression_data,
+            callbacks=[stop_a_worker_at(engine, 2, stopped)],
+            **options,
+        )
+        took = time.monotonic() - started
+        assert run.num_workers == expected_workers
+    assert relative_error(run.params, reference.params) <= 1e-12
+    assert took < 30  # the deadline and a round, with room for a loaded machine
+    assert not is_running(stopped[0])
+
+
+def test_a_stopped_worker_with_no_restart_left_is_named_with_its_round(regression_data):
+    stopped: list[int] = []
+    with LocalEngine(2) as engine:
+        callbacks = [stop_a_worker_at(engine, 1, stopped)]
+        with pytest.raises(WorkerLost, match=r"round 2: worker 1 died \(silent for 1.5 s: stopped or hung"):
+            pg.train(
+                pg.models.LinearRegression(),
+                regression_data,
+                engine=engine,
+                round_timeout_s=1.5,
+                callbacks=callbacks,
+                **GD,
+            )
+    assert not is_running(stopped[0])
+
+
+def test_the_round_timeout_is_checked(regression_data):
+    with pytest.raises(pg.ConfigError, match="round_timeout_s must be a number of seconds, at least 1"):
+        pg.train(pg.models.LinearRegression(), regression_data, engine="serial", round_timeout_s=0)
+
+
+def test_an_engine_used_by_two_threads_at_once_refuses_the_second(binary_data):
+    started, release = threading.Event(), threading.Event()
+    trained = pg.train(pg.models.LogisticRegression(), binary_data, engine="serial", max_rounds=3, tol=0)
+
+    def hold(record):
+        started.set()
+        release.wait(30)
+
+    with LocalEngine(2) as engine:
+        options = dict(engine=engine, workers=2, max_rounds=3, tol=0)
+        first = threading.Thread(
+            target=pg.train,
+            args=(pg.models.LogisticRegression(), binary_data),
+            kwargs={**options, "callbacks": [hold]},
+        )
+        first.start()
+        try:
+            assert started.wait(60)
+            with pytest.raises(pg.ConfigError, match="in use by a call in another thread"):
+                pg.train(pg.models.LogisticRegression(), binary_data, **options)
+            with pytest.raises(pg.ConfigError, match="in use by a call in another thread"):
+                pg.predict(trained.model, binary_data.X, engine=engine)
+        finally:
+            release.set()
+            first.join(60)
+        assert not first.is_alive()
+        run = pg.train(pg.models.LogisticRegression(), binary_data, **options)  # free again
+        assert len(run.history) == 3
+
+
+def test_the_command_line_takes_a_round_timeout(tmp_path, binary_data):
+    from conftest import run_cli
+
+    pg.save_dataset(binary_data, tmp_path / "d.npz")
+    result = run_cli("train", tmp_path / "d.npz", "--engine", "serial", "--round-timeout", "0.5")
+    assert (
+        result.returncode != 0 and "round_timeout_s must be a number of seconds, at least 1" in result.stderr
+    )
+    assert run_cli("train", tmp_path / "d.npz", "--workers", "2", "--round-timeout", "5").returncode == 0

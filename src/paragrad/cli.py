@@ -144,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=args.progress,
         dtype=args.dtype,
         max_restarts=args.max_restarts,
+        round_timeout_s=args.round_timeout,
         threads_per_worker=args.threads_per_worker,
         address=args.address,
         checkpoint_dir=args.checkpoint,

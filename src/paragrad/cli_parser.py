@@ -265,6 +265,12 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
     )
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        metavar="S",
+        help="a worker silent this many seconds in a round (stopped, hung) is lost; default 60",
+    )
     _add_file_options(p, training=True)
     _add_engine_options(p, elastic=True)
 

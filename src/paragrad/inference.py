@@ -6,7 +6,6 @@ the slices come back in input order.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -134,7 +133,8 @@ def predict(
         raise ConfigError("proba=True needs a classifier")
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
-        return _predict_on(engine, model, dataset, proba)
+        with engine.claimed():
+            return _predict_on(engine, model, dataset, proba)
     # Worker processes on this machine would need a copy of rows in this process's memory.
     if engine_class(engine).shares_cores and _in_own_memory(dataset) and not isinstance(model, Torch):
         check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
@@ -306,7 +306,7 @@ def predict_to_file(
             engine, workers, address=address, max_restarts=0, threads_per_worker=threads_per_worker
         )
         if own_engine
-        else contextlib.nullcontext(engine) as runner,
+        else engine.claimed() as runner,
         atomic_write(out) as handle,
         tqdm(total=num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):

@@ -26,6 +26,7 @@ from paragrad.checkpoint import (
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.engines import Engine, make_engine
+from paragrad.engines.base import ROUND_TIMEOUT_S, check_round_timeout
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
@@ -65,6 +66,7 @@ def train(
     progress: bool | None = None,
     dtype: str | np.dtype | None = None,
     max_restarts: int = 0,
+    round_timeout_s: float | None = None,
     threads_per_worker: int = 1,
     address: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -123,6 +125,12 @@ def train(
         How many dead workers to restart, replaying their round, before stopping with
         :class:`~paragrad.errors.WorkerLost` (local and ray engines); a budget for this
         call alone, on an engine kept between calls too.
+    round_timeout_s : float, optional
+        How long a worker may stay silent during a round (no result and no heartbeat;
+        busy workers send several a second) before it counts as lost, like a dead one:
+        replaced within ``max_restarts``, else the run shrinks within ``workers=(min,
+        max)``, else :class:`~paragrad.errors.WorkerLost` names the worker and the round.
+        Default 60 seconds (an Engine object given keeps its own setting); at least 1.
     threads_per_worker : int
         BLAS threads in each local worker process; on Ray, the CPUs each actor reserves.
     address : str, optional
@@ -173,10 +181,13 @@ def train(
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
+    timeout_s = None if round_timeout_s is None else check_round_timeout(round_timeout_s)
     with (
         _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
         _coordinator_threads(runner),
     ):
+        if timeout_s is not None or not isinstance(engine, Engine):
+            runner.round_timeout_s = ROUND_TIMEOUT_S if timeout_s is None else timeout_s
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
@@ -248,7 +259,7 @@ def _runner(
     share (:mod:`paragrad.engines.kept`); else a new one of that name, sized to capacity
     when elastic."""
     if isinstance(engine, Engine):
-        return contextlib.nullcontext(engine)
+        return engine.claimed()
     options: dict[str, Any] = {
         "address": address,
         "max_restarts": max_restarts,

@@ -188,6 +188,10 @@ class WorkerSession(Engine):
         Kept workers that died since the last ``start`` are replaced (not counted as
         restarts: no round was lost).
         """
+        with self.claimed():
+            self._start(dataset, plan)
+
+    def _start(self, dataset: Dataset, plan: ShardPlan) -> None:
         try:
             workers = range(plan.num_shards)
             if self._keeps_workers(plan.num_shards):
@@ -238,6 +242,10 @@ class WorkerSession(Engine):
         A task that raises leaves the engine usable; a worker lost for good, or an
         interruption (Ctrl-C), stops all workers, so the next ``start`` begins afresh.
         """
+        with self.claimed():
+            return self._run(task, args)
+
+    def _run(self, task: Task | Callable[..., Any], args: tuple[Any, ...]) -> list[Any]:
         if not self._placed:
             raise ConfigError(f"the {self.name} engine has no workers: call start() first")
         try:
