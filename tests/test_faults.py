@@ -3,6 +3,7 @@ lost and stopped workers, engines shared between threads, full disks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -215,3 +216,64 @@ def test_the_command_line_takes_a_round_timeout(tmp_path, binary_data):
         result.returncode != 0 and "round_timeout_s must be a number of seconds, at least 1" in result.stderr
     )
     assert run_cli("train", tmp_path / "d.npz", "--workers", "2", "--round-timeout", "5").returncode == 0
+
+
+# -- messages that name the file ----------------------------------------------------------------
+
+
+def test_a_model_file_version_is_compared_by_value(tmp_path, binary_data):
+    path = tmp_path / "m.npz"
+    fit(binary_data, max_rounds=2).save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    meta = json.loads(str(arrays["meta"]))
+    np.savez(path, **{**arrays, "meta": np.array(json.dumps({**meta, "version": "1"}))})
+    assert pg.load_model(path).num_features_ == 5
+    np.savez(path, **{**arrays, "meta": np.array(json.dumps({**meta, "version": 2}))})
+    with pytest.raises(pg.ModelFileError, match="version 2 is not supported .written by a newer paragrad."):
+        pg.load_model(path)
+
+
+def test_evaluate_takes_the_labels_of_a_model_trained_from_arrays_from_a_target_file(tmp_path, binary_data):
+    from conftest import run_cli
+
+    fit(pg.Dataset(binary_data.X, binary_data.y), max_rounds=2).save(tmp_path / "m.npz")
+    np.save(tmp_path / "X.npy", binary_data.X)
+    np.save(tmp_path / "y.npy", binary_data.y)
+    result = run_cli("evaluate", tmp_path / "m.npz", tmp_path / "X.npy", "--target-file", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    assert "rows      301" in result.stdout and "accuracy" in result.stdout
+    result = run_cli("evaluate", tmp_path / "m.npz", tmp_path / "X.npy")
+    assert "give the labels with --target-file y.npy" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system of its own (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(small_disk, binary_data):
+    from conftest import run_cli
+
+    out = small_disk / "data.csv"
+    out.write_text("a,y\n1,0\n")
+    result = run_cli("make-data", "regression", "--rows", "100000", "--features", "5", "--out", out)
+    assert result.returncode != 0
+    written = "could not be written (No space left on device); the file there before is kept"
+    assert result.stderr.strip() == f"paragrad: error: {out}: {written}", result.stderr
+    assert out.read_text() == "a,y\n1,0\n"
+    assert [p.name for p in small_disk.iterdir()] == ["data.csv"]  # no temporary left
+    with pytest.raises(pg.OutputError, match=r"model.npz: could not be written \(No space left on device\)"):
+        with open(small_disk / "filler", "wb") as handle:  # the disk full to the last byte
+            with contextlib.suppress(OSError):
+                handle.write(b"\0" * (2 << 20))
+        fit(binary_data, max_rounds=2).save(small_disk / "model.npz")

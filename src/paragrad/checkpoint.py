@@ -77,9 +77,12 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
 def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardizer | None) -> Model:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a paragrad model file (unknown format)")
-    if meta.get("version") != VERSION:
+    version = format_version(meta.get("version"))  # by value: 1, 1.0 and "1" alike
+    if version != VERSION:
+        newer = " (written by a newer paragrad)" if version is not None and version > VERSION else ""
         raise ModelFileError(
-            f"{path}: model file version {meta.get('version')} is not supported (expected {VERSION})"
+            f"{path}: model file version {meta.get('version')!r} is not supported{newer}; this "
+            f"paragrad reads version {VERSION}"
         )
     try:
         model = get_model(meta["family"])(**meta["config"])

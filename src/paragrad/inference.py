@@ -18,7 +18,7 @@ from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
-from paragrad.errors import ConfigError, DataError, check_positive_int, option
+from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
 from paragrad.models.torch_module import Torch
 from paragrad.shards import Shard, default_workers, plan_shards
@@ -193,13 +193,18 @@ def evaluate(
     model was trained on); ``delimiter`` overrides the one read from a text table.
     """
     model = as_model(model)
-    if isinstance(data, (str, os.PathLike)) and target is None:
+    # A table names its label column; a .npz holds y, and target_file gives the labels.
+    table = isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() not in (".npz", ".npy")
+    if table and target is None and target_file is None:
         if model.target_name_ is None:
-            raise ConfigError(f"{data}: name the label column with target=")
+            raise ConfigError(f"{data}: name the label column with {setting('target')}")
         target = ColumnName(model.target_name_)  # the model's column, by name only
     dataset = read_features(model, data, target, delimiter=delimiter, dropna=dropna, target_file=target_file)
     if dataset.y is None:
-        raise DataError(f"{dataset.source}: no target values to evaluate against")
+        hint = ""
+        if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
+            hint = f" (a .npy holds features only: give the labels with {option('target_file', 'y.npy')})"
+        raise DataError(f"{dataset.source}: no target values to evaluate against{hint}")
     dataset.check()
     y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
