@@ -277,3 +277,12 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(small_disk, binary_dat
             with contextlib.suppress(OSError):
                 handle.write(b"\0" * (2 << 20))
         fit(binary_data, max_rounds=2).save(small_disk / "model.npz")
+
+
+def test_rows_in_messages_say_they_count_from_1(tmp_path):
+    X = np.ones((4, 2))
+    X[1, 1] = np.inf  # the second row
+    with pytest.raises(pg.DataError, match=r"first at row 2, column 1 \(infinite\); rows count from 1"):
+        pg.Dataset(X, np.array([0.0, 1.0, 0.0, 1.0]))
+    with pytest.raises(pg.DataError, match=r"first at row 2 \(counting from 1\)"):
+        pg.Dataset(np.ones((3, 2)), np.array(["a", None, "b"], dtype=object))

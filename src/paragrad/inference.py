@@ -18,7 +18,7 @@ from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.tables import ColumnName
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
-from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
+from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
 from paragrad.models.torch_module import Torch
 from paragrad.shards import Shard, default_workers, plan_shards
@@ -30,7 +30,8 @@ def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarra
     for (start, _), (_, bad) in zip(plan.bounds, results, strict=True):
         if bad >= 0:
             raise DataError(
-                f"{source}: row {first_row + start + bad + 1} has NaN or infinite features or prediction"
+                f"{source}: row {first_row + start + bad + 1} has NaN or infinite features or prediction; "
+                + ROWS_FROM_ONE
             )
     return np.concatenate([values for values, _ in results])
 

@@ -18,7 +18,7 @@ import numpy as np
 from paragrad.data.dataset import Dataset, _check_finite, _float_dtype
 from paragrad.data.delimited import data_lines, read_text_table
 from paragrad.data.encoding import Encoding, apply, learn
-from paragrad.errors import DataError, option
+from paragrad.errors import FROM_ONE, DataError, option
 from paragrad.shm import shared_empty
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # what save_dataset writes
@@ -98,7 +98,7 @@ def _row_names(path: Path):
     """How messages name row ``i`` (from 0) of a table: its line in a text file (the header
     is line 1, so the first data row is line 2), else its row number counted from 1."""
     if path.suffix.lower() in PARQUET_SUFFIXES:
-        return lambda row: f"row {row + 1}"
+        return lambda row: f"row {row + 1} ({FROM_ONE})"
     lines: list[int] = []
 
     def where(row: int) -> str:
@@ -409,7 +409,7 @@ def _check_numeric(path: Path, column, name: str, where=None, feature: bool = Tr
         return
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
-    where = where or (lambda row: f"row {row + 1}")
+    where = where or (lambda row: f"row {row + 1} ({FROM_ONE})")
     for row, value in enumerate(column.to_pylist()):
         if value is None:
             continue
