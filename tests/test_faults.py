@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -286,3 +287,87 @@ def test_rows_in_messages_say_they_count_from_1(tmp_path):
         pg.Dataset(X, np.array([0.0, 1.0, 0.0, 1.0]))
     with pytest.raises(pg.DataError, match=r"first at row 2 \(counting from 1\)"):
         pg.Dataset(np.ones((3, 2)), np.array(["a", None, "b"], dtype=object))
+
+
+# -- elastic to the edges ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("max_restarts", "final"), [(1, 3), (0, 2)], ids=["replaced", "given-up"])
+def test_a_worker_dying_while_started_for_growth_is_replaced_or_given_up(
+    regression_data, max_restarts, final
+):
+    reference = pg.train(pg.models.LinearRegression(), regression_data, engine="serial", workers=2, **GD)
+    killed: ClassVar[list[int]] = []
+    with LocalEngine(2, max_restarts=max_restarts) as engine:
+
+        def grow_then_kill(record):
+            if record["round"] == 1:
+                engine.resize(3, wait=False)  # started at the next boundary, used once ready
+            elif record["round"] == 2 and not killed:
+                killed.append(engine.pids[2])
+                os.kill(killed[0], signal.SIGKILL)
+                time.sleep(0.3)
+            elif record["round"] == 3 and max_restarts:  # its replacement, started at round 3
+                deadline = time.monotonic() + 60
+                while not engine._ready(2) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+        run = pg.train(
+            pg.models.LinearRegression(), regression_data, engine=engine, callbacks=[grow_then_kill], **GD
+        )
+        assert run.num_workers == final and killed[0] not in engine.pids
+    assert relative_error(run.params, reference.params) <= 1e-12
+    (change,) = run.changes
+    if final == 2:
+        assert (change.before, change.after) == (2, 2) and "given up" in change.cause
+        assert "died before they could be used" in change.cause
+    else:
+        assert (change.before, change.after) == (2, 3)
+
+
+class LosesAWorkerWhilePlacing(LocalEngine):
+    """A local engine whose worker 1 is killed once, while the data is being placed."""
+
+    killed: ClassVar[list[int]] = []
+
+    def _place(self, dataset, plan):
+        super()._place(dataset, plan)
+        if not self.killed:
+            self.killed.append(self.pids[1])
+            os.kill(self.pids[1], signal.SIGKILL)
+            self._workers[1].process.wait()
+
+
+def test_an_elastic_run_losing_a_worker_while_starting_shrinks(regression_data):
+    reference = pg.train(pg.models.LinearRegression(), regression_data, engine="serial", workers=2, **GD)
+    with LosesAWorkerWhilePlacing(2) as engine:
+        run = pg.train(pg.models.LinearRegression(), regression_data, engine=engine, workers=(1, 2), **GD)
+        assert run.num_workers == 1 and len(engine.pids) == 1
+    assert relative_error(run.params, reference.params) <= 1e-12
+    (change,) = run.changes
+    assert (change.before, change.after) == (2, 1) and "worker 1 died" in change.cause
+    with LosesAWorkerWhilePlacing(2) as engine:
+        engine.killed = []
+        with pytest.raises(WorkerLost, match="worker 1 died"):  # a fixed count cannot shrink
+            pg.train(pg.models.LinearRegression(), regression_data, engine=engine, workers=2, **GD)
+
+
+def test_local_sgd_resumed_on_a_count_that_changes_its_rounds_is_refused_with_the_reason(
+    tmp_path, binary_data
+):
+    options = dict(strategy=pg.LocalSGD(local_steps=2, batch_size=16), engine="serial", epochs=2, tol=0)
+    whole = pg.train(pg.models.LogisticRegression(), binary_data, workers=1, **options)
+    pg.train(
+        pg.models.LogisticRegression(),
+        binary_data,
+        workers=1,
+        max_rounds=4,
+        checkpoint_dir=tmp_path,
+        **options,
+    )
+    resume = dict(checkpoint_dir=tmp_path, resume=True, **options)
+    refused = r"the run has 19 rounds on 1 worker.*5 on 4.*resume with workers=1"
+    with pytest.raises(pg.ConfigError, match=refused):
+        pg.train(pg.models.LogisticRegression(), binary_data, workers=4, **resume)
+    resumed = pg.train(pg.models.LogisticRegression(), binary_data, workers=1, **resume)
+    assert relative_error(resumed.params, whole.params) <= 1e-12

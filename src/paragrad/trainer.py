@@ -32,13 +32,14 @@ from paragrad.errors import (
     ConfigError,
     PerformanceWarning,
     caller_stacklevel,
+    option,
 )
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.rounds import RoundLoop
 from paragrad.run import HISTORY_KEYS, Run, RunConfig
 from paragrad.settings import check_inputs, check_settings, default_optimizer, resource_warnings
-from paragrad.shards import plan_shards
+from paragrad.shards import ShardPlan, plan_shards
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
@@ -149,9 +150,10 @@ def train(
         one is skipped with a warning). The run ends with the parameters it would have
         had without the interruption. The worker count may differ (the virtual shards are
         handed out again: GradientDescent and SGD follow the same path, LocalSGD's workers
-        walk other rows); the model, the data (its shape and a fingerprint of sampled
-        rows), the strategy, the optimizer and the seed may not: a checkpoint of another
-        run is refused, naming the file.
+        walk other rows, on a count that keeps its number of rounds: else refused); the
+        model, the data (its shape and a fingerprint of sampled rows), the strategy, the
+        optimizer and the seed may not: a checkpoint of another run is refused, naming
+        the file.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
     callbacks : list, optional
@@ -191,6 +193,8 @@ def train(
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
+        if resumed is not None:
+            _check_budget_carries(resumed, strategy, plan, epochs, shuffle, seed)
         checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
         started_s = time.perf_counter() - call_started
@@ -297,6 +301,24 @@ def _load_resume_state(
             + hint
         )
     return state
+
+
+def _check_budget_carries(
+    resumed: TrainingState, strategy: Strategy, plan: ShardPlan, epochs: int, shuffle: bool, seed: int
+) -> None:
+    """Refuse to resume on a worker count that changes the run's number of rounds (LocalSGD
+    counts them by the largest shard): the rounds done would not be the same share of it."""
+    if not resumed.history:
+        return
+    before = int(resumed.history[0]["workers"])
+    saved = plan_shards(plan.num_rows, before, shuffle=shuffle, seed=seed)
+    was, now = strategy.total_rounds(saved.sizes, epochs), strategy.total_rounds(plan.sizes, epochs)
+    if was != now:
+        raise ConfigError(
+            f"{resumed.path}: {strategy!r} counts its rounds by the shard sizes: the run has {was} "
+            f"rounds on {before} worker(s), {now} on {plan.num_shards}, so the rounds done would not "
+            f"carry over; resume with {option('workers', before)}"
+        )
 
 
 def _set_up_model(

@@ -249,6 +249,9 @@ class LocalEngine(WorkerSession):
             return False
         return handle.ready
 
+    def _died_starting(self, worker: int) -> bool:
+        return not self._alive(worker)
+
     def _await_ready(self, workers: Sequence[int]) -> None:
         deadline = time.monotonic() + self.round_timeout_s
         for worker in workers:

@@ -33,7 +33,7 @@ from typing import Any
 from paragrad.data import Dataset
 from paragrad.engines.base import Engine, GiveState, TakeState, task_failure
 from paragrad.errors import ConfigError, ParagradError, WorkerLost
-from paragrad.shards import ShardPlan, Task, as_task, move_state
+from paragrad.shards import MembershipChange, ShardPlan, Task, as_task, move_state
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,11 @@ class WorkerSession(Engine):
         """Whether the worker in a prestarted slot is ready, without waiting."""
         return True
 
+    def _died_starting(self, worker: int) -> bool:
+        """Whether a prestarted worker is known dead, without waiting; by default never (a
+        death then shows when the run grows onto it, and is replaced or dropped there)."""
+        return False
+
     def _await_ready(self, workers: Sequence[int]) -> None:
         """Wait until started workers can compute (their start overlaps the placement);
         by default they can at once."""
@@ -209,8 +214,8 @@ class WorkerSession(Engine):
             placing = time.perf_counter()
             self._place(dataset, plan)
             self.placing_s = time.perf_counter() - placing
-            self._replace_dead(workers, self._load(workers))
-            self._await_ready(workers)
+            self._replace_dead(workers, self._load(workers))  # may shrink an elastic run
+            self._await_ready(range(self.num_workers))
             self._placed = True
         except BaseException:
             self.close()
@@ -230,9 +235,40 @@ class WorkerSession(Engine):
             new = range(self.num_workers, count)
             self._prestart(new[self._extra :])
             self._extra = len(new)
-            if not wait and not all(self._ready(worker) for worker in new):
+            if not self._growth_survives(round_index, list(new)):
+                return
+            if not wait and not all(self._ready(worker) for worker in self._growth()):
                 return
         super().between_rounds(round_index)
+
+    def _growth(self) -> range:
+        """The slots of the workers started for a growth asked for."""
+        return range(self.num_workers, self.num_workers + self._extra)
+
+    def _growth_survives(self, round_index: int, new: list[int]) -> bool:
+        """Replace the workers started for a growth that died before they were used, while
+        restarts last; else go on without them (the growth shrinks, or is given up and
+        recorded in ``changes``). Whether a growth is still asked for."""
+        dead = [worker for worker in new if self._died_starting(worker)]
+        if not dead:
+            return True
+        assert self._requested is not None
+        count, cause, wait = self._requested
+        if self.restarts + len(dead) <= self.max_restarts:
+            self.restarts += len(dead)
+            self._spawn(dead)
+            return True
+        self._drop(dead)
+        self._extra -= len(dead)
+        count -= len(dead)
+        died = f"{len(dead)} worker(s) started for it died before they could be used"
+        if count > self.num_workers:
+            self._requested = (count, f"{cause}; {died}", wait)
+            return True
+        self._requested = None
+        given_up = f"{cause} given up: {died}"
+        self.changes.append(MembershipChange(round_index, self.num_workers, self.num_workers, given_up, 0.0))
+        return False
 
     # -- rounds --------------------------------------------------------------------------------
 
@@ -375,9 +411,17 @@ class WorkerSession(Engine):
         return [died or reply for died, reply in zip(deaths, replies, strict=True)]
 
     def _replace_dead(self, workers: Sequence[int], deaths: Deaths) -> None:
+        """Replace the workers that died taking a message; with no restart left, an
+        elastic run goes on without them (every worker left is then up to date)."""
         for worker, died in zip(workers, deaths, strict=True):
             if died is not None:
-                self._restart(worker, died.reason)
+                try:
+                    self._restart(worker, died.reason)
+                except WorkerLost as lost:
+                    if self.num_workers <= self.min_workers:
+                        raise
+                    self._shrink(worker, str(lost))
+                    return
 
     def _restart(self, worker: int, reason: str) -> None:
         """Start a new worker in a dead one's place and bring it up to date, or raise
