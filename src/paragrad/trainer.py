@@ -98,7 +98,8 @@ def train(
         when capacity appears (Ray) or on ``engine.resize(k)``, up to ``max``. ``"auto"``
         measures the rounds' speed on 1, 2, 4, ... workers (up to one per core, or the
         Ray cluster's CPUs) during the first rounds and keeps the fastest. GradientDescent
-        and SGD give the same parameters whatever the workers do.
+        and SGD give the same parameters whatever the workers do (without ``compress``:
+        each worker compresses its own sum, so a change of the workers changes the path).
     epochs : int, optional
         Passes over the data (for ``LocalSGD(local_steps=None)``: local passes); for
         GradientDescent, rounds. Default: 500 for GradientDescent (it stops when
