@@ -173,9 +173,10 @@ def test_a_stopped_worker_with_no_restart_left_is_named_with_its_round(regressio
     assert not is_running(stopped[0])
 
 
-def test_the_round_timeout_is_checked(regression_data):
-    with pytest.raises(pg.ConfigError, match="round_timeout_s must be a number of seconds, at least 1"):
-        pg.train(pg.models.LinearRegression(), regression_data, engine="serial", round_timeout_s=0)
+@pytest.mark.parametrize("name", ["round_timeout_s", "start_timeout_s"])
+def test_the_timeouts_are_checked(regression_data, name):
+    with pytest.raises(pg.ConfigError, match=f"{name} must be a number of seconds, at least 1"):
+        pg.train(pg.models.LinearRegression(), regression_data, engine="serial", **{name: 0})
 
 
 def test_an_engine_used_by_two_threads_at_once_refuses_the_second(binary_data):
@@ -216,7 +217,8 @@ def test_the_command_line_takes_a_round_timeout(tmp_path, binary_data):
     assert (
         result.returncode != 0 and "round_timeout_s must be a number of seconds, at least 1" in result.stderr
     )
-    assert run_cli("train", tmp_path / "d.npz", "--workers", "2", "--round-timeout", "5").returncode == 0
+    timeouts = ["--round-timeout", "5", "--start-timeout", "30"]
+    assert run_cli("train", tmp_path / "d.npz", "--workers", "2", *timeouts).returncode == 0
 
 
 # -- messages that name the file ----------------------------------------------------------------

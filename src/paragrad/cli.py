@@ -145,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_restarts=args.max_restarts,
         round_timeout_s=args.round_timeout,
+        start_timeout_s=args.start_timeout,
         threads_per_worker=args.threads_per_worker,
         address=args.address,
         checkpoint_dir=args.checkpoint,

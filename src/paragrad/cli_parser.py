@@ -271,6 +271,12 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         metavar="S",
         help="a worker silent this many seconds in a round (stopped, hung) is lost; default 60",
     )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        metavar="S",
+        help="a new worker (a Ray actor) not started within this many seconds is lost; default 120",
+    )
     _add_file_options(p, training=True)
     _add_engine_options(p, elastic=True)
 

@@ -26,7 +26,7 @@ from paragrad.checkpoint import (
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.engines import Engine, make_engine
-from paragrad.engines.base import ROUND_TIMEOUT_S, check_round_timeout
+from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeout
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
@@ -68,6 +68,7 @@ def train(
     dtype: str | np.dtype | None = None,
     max_restarts: int = 0,
     round_timeout_s: float | None = None,
+    start_timeout_s: float | None = None,
     threads_per_worker: int = 1,
     address: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -133,6 +134,12 @@ def train(
         replaced within ``max_restarts``, else the run shrinks within ``workers=(min,
         max)``, else :class:`~paragrad.errors.WorkerLost` names the worker and the round.
         Default 60 seconds (an Engine object given keeps its own setting); at least 1.
+    start_timeout_s : float, optional
+        How long a new worker may take to start (a Ray actor: to be placed on a node with
+        a free CPU, and to start there) before it counts as lost. Default 120 seconds (an
+        Engine object keeps its own). A replacement for a lost Ray worker is started only
+        where the cluster shows a free CPU within a few seconds, so ``max_restarts`` never
+        makes a lost node slower to get over than no restarts.
     threads_per_worker : int
         BLAS threads in each local worker process; on Ray, the CPUs each actor reserves.
     address : str, optional
@@ -184,13 +191,20 @@ def train(
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
-    timeout_s = None if round_timeout_s is None else check_round_timeout(round_timeout_s)
+    timeouts = {
+        "round_timeout_s": (round_timeout_s, ROUND_TIMEOUT_S),
+        "start_timeout_s": (start_timeout_s, START_TIMEOUT_S),
+    }
+    for name, (value, _) in timeouts.items():
+        if value is not None:
+            check_timeout(name, value)
     with (
         _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
         _coordinator_threads(runner),
     ):
-        if timeout_s is not None or not isinstance(engine, Engine):
-            runner.round_timeout_s = ROUND_TIMEOUT_S if timeout_s is None else timeout_s
+        for name, (value, default) in timeouts.items():  # an engine object keeps its own
+            if value is not None or not isinstance(engine, Engine):
+                setattr(runner, name, default if value is None else float(value))
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)

@@ -30,13 +30,16 @@ from paragrad.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Tas
 # a lost node) stays silent; a minute leaves room for a machine under heavy load.
 ROUND_TIMEOUT_S = 60.0
 ROUND_TIMEOUT_MIN_S = 1.0
+# How long a new worker may take to start (a process's imports; a Ray actor waiting for a
+# CPU, and then its node's start): one that is not up by then is lost.
+START_TIMEOUT_S = 120.0
 
 
-def check_round_timeout(value: object) -> float:
-    """``round_timeout_s`` as a float, refused unless a number of at least ``ROUND_TIMEOUT_MIN_S``."""
+def check_timeout(name: str, value: object) -> float:
+    """A timeout setting as a float, refused unless a number of at least ``ROUND_TIMEOUT_MIN_S``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= ROUND_TIMEOUT_MIN_S:
         raise ConfigError(
-            f"round_timeout_s must be a number of seconds, at least {ROUND_TIMEOUT_MIN_S:g}, got {value!r}"
+            f"{name} must be a number of seconds, at least {ROUND_TIMEOUT_MIN_S:g}, got {value!r}"
         )
     return float(value)
 
@@ -100,6 +103,7 @@ class Engine(ABC):
     # (load(..., lazy=True)) need not be read by the coordinator first.
     reads_own_rows: ClassVar[bool] = False
     round_timeout_s: float = ROUND_TIMEOUT_S  # see ROUND_TIMEOUT_S; set per call by train
+    start_timeout_s: float = START_TIMEOUT_S  # see START_TIMEOUT_S; set per call by train
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = default_workers() if workers is None else int(workers)

@@ -253,7 +253,7 @@ class LocalEngine(WorkerSession):
         return not self._alive(worker)
 
     def _await_ready(self, workers: Sequence[int]) -> None:
-        deadline = time.monotonic() + self.round_timeout_s
+        deadline = time.monotonic() + self.start_timeout_s
         for worker in workers:
             handle = self._workers[worker]
             while handle is not None and not handle.ready:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from paragrad.data import Dataset
-from paragrad.engines.base import payload_nbytes, task_failure
+from paragrad.engines.base import START_TIMEOUT_S, payload_nbytes, task_failure
 from paragrad.engines.ray_cluster import Connection, first_line, import_ray
 from paragrad.engines.ray_sources import Block, shard_sources, stored_rows
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
@@ -37,7 +37,10 @@ from paragrad.shards import Shard, ShardPlan, Task, VirtualShards, default_worke
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
 PUT_BYTES = 64 * 1024
-READY_TIMEOUT_S = 120.0
+# After a worker is lost: how long to wait for the cluster to show a free CPU for its
+# replacement (its own CPU, once Ray has seen it go) before giving the restart up, as a
+# run without restarts would at once (a lost node takes its CPUs with it).
+ROOM_WAIT_S = 3.0
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class RayEngine(WorkerSession):
         cpus_per_worker: int = 1,
         max_restarts: int = 0,
         runtime_env: dict[str, Any] | None = None,
-        start_timeout_s: float = READY_TIMEOUT_S,
+        start_timeout_s: float = START_TIMEOUT_S,
         grow_every_s: float = 10.0,
     ) -> None:
         super().__init__(workers, max_restarts=max_restarts)
@@ -253,6 +256,17 @@ class RayEngine(WorkerSession):
         self._actors[worker] = self._actor_class.options(**options).remote(
             self.cpus_per_worker, list(sys.path)
         )
+
+    def _catch_up(self, worker: int) -> None:
+        """A replacement only where the cluster has room for it: waiting the start timeout
+        for an actor that cannot be placed (its node lost, no spare CPU) would make a
+        restart slower than none."""
+        deadline = time.monotonic() + min(ROOM_WAIT_S, self.start_timeout_s)
+        while int(self.ray.available_resources().get("CPU", 0)) < self.cpus_per_worker:
+            if time.monotonic() >= deadline:
+                raise WorkerLost(f"worker {worker}: no free CPU in the Ray cluster for its replacement")
+            time.sleep(0.1)
+        super()._catch_up(worker)
 
     def _prestart(self, workers: Sequence[int]) -> None:
         for worker in workers:
