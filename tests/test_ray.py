@@ -243,6 +243,31 @@ def test_restarts_run_out():
             sgd_training(engine)
 
 
+def test_a_stopped_actor_is_lost_after_the_round_timeout_and_replaced():
+    stopped: list[int] = []
+    with RayEngine(2, max_restarts=1) as engine:
+        pids: list[int] = []
+
+        def stop_worker_1(record: dict) -> None:
+            if record["round"] == 0:
+                pids[:] = engine.pids  # asked while the actors still answer
+            elif record["round"] == 3:
+                stopped.append(pids[1])
+                os.kill(pids[1], signal.SIGSTOP)
+
+        options = dict(engine=engine, workers=2, round_timeout_s=2, callbacks=[stop_worker_1])
+        run = pg.train(pg.models.LogisticRegression(), DATA_400, **SGD_OPTIONS, **options)
+        assert engine.restarts == 1
+    reference = pg.train(pg.models.LogisticRegression(), DATA_400, engine="serial", workers=2, **SGD_OPTIONS)
+    assert relative_error(run.params, reference.params) <= 1e-12
+    time.sleep(0.5)
+    assert not psutil.pid_exists(stopped[0]) or psutil.Process(stopped[0]).status() == psutil.STATUS_ZOMBIE
+
+
+DATA_400 = pg.make_classification(400, 4, seed=1)
+SGD_OPTIONS = dict(strategy=pg.SGD(batch_size=32), optimizer=pg.optim.Adam(lr=0.05), epochs=2, tol=0, seed=0)
+
+
 class Sleep(Task):
     def __call__(self, shard, seconds):
         time.sleep(seconds)

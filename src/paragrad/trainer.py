@@ -130,7 +130,8 @@ def train(
         call alone, on an engine kept between calls too.
     round_timeout_s : float, optional
         How long a worker may stay silent during a round (no result and no heartbeat;
-        busy workers send several a second) before it counts as lost, like a dead one:
+        busy local workers send several a second, Ray actors answer a beat twice a
+        second beside their call) before it counts as lost, like a dead one:
         replaced within ``max_restarts``, else the run shrinks within ``workers=(min,
         max)``, else :class:`~paragrad.errors.WorkerLost` names the worker and the round.
         Default 60 seconds (an Engine object given keeps its own setting); at least 1.
