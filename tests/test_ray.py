@@ -417,6 +417,40 @@ ray.shutdown()
 """
 
 
+KILLED_COORDINATOR_SCRIPT = """
+import time
+import paragrad as pg
+from paragrad.engines.ray import RayEngine
+from paragrad.shards import plan_shards
+
+engine = RayEngine(1)
+engine.start(pg.make_regression(40, 2, seed=0), plan_shards(40, 1))
+print("started", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_killed_coordinator_leaves_none_of_its_ray_instance_running():
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", KILLED_COORDINATOR_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert coordinator.stdout.readline().strip() == "started"
+        ray_processes = psutil.Process(coordinator.pid).children(recursive=True)
+        names = " ".join(process.name() for process in ray_processes)
+        assert "raylet" in names and "DashboardAgent" in names  # what used to linger
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [p for p in ray_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, [process.name() for process in left]
+
+
 def test_a_connection_the_program_made_itself_is_used_and_left_open():
     result = subprocess.run(
         [sys.executable, "-c", OWN_CONNECTION_SCRIPT], capture_output=True, text=True, timeout=120
