@@ -347,7 +347,7 @@ def test_an_elastic_run_losing_a_worker_while_starting_shrinks(regression_data):
         assert run.num_workers == 1 and len(engine.pids) == 1
     assert relative_error(run.params, reference.params) <= 1e-12
     (change,) = run.changes
-    assert (change.before, change.after) == (2, 1) and "worker 1 died" in change.cause
+    assert (change.round, change.before, change.after) == (0, 2, 1) and "worker 1 died" in change.cause
     with LosesAWorkerWhilePlacing(2) as engine:
         engine.killed = []
         with pytest.raises(WorkerLost, match="worker 1 died"):  # a fixed count cannot shrink

@@ -136,6 +136,7 @@ class Engine(ABC):
         """A new plan: no change asked for or made yet."""
         self._requested, self.changes, self._held = None, [], False
         self._most = min(plan.num_rows, NUM_VIRTUAL)
+        self._round_index = 0  # changes made while starting are before round 0
 
     def set_bounds(self, min_workers: int, max_workers: int) -> None:
         """How far the engine may shrink (a worker lost) or grow (capacity found) on its own."""
