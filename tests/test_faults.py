@@ -82,6 +82,9 @@ def test_a_newer_checkpoint_is_refused_by_name_and_never_pruned(tmp_path, binary
     rewrite_meta(path, version=version)
     with pytest.raises(pg.ConfigError, match=r"checkpoint-000000005.npz: a checkpoint of a newer paragrad"):
         fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    other_version = r"another paragrad version \(checkpoint-000000005.npz, format 5\)"
+    with pytest.raises(pg.ConfigError, match=other_version):
+        fit(binary_data, checkpoint_dir=tmp_path)
     assert path.exists()
 
 

@@ -373,6 +373,13 @@ class Checkpointing:
         self.run_id = uuid.uuid4().hex
         found = sorted(self.directory.glob(CHECKPOINT_PATTERN)) if self.directory.is_dir() else []
         if found and not resume:
+            meta = _meta_of(found[-1])
+            version = None if meta is None else format_version(meta.get("version"))
+            if version is not None and version != CHECKPOINT_VERSION:  # resume would refuse it
+                raise ConfigError(
+                    f"{self.directory} holds checkpoints of another paragrad version ({found[-1].name}, "
+                    f"format {version}): give this run a directory of its own"
+                )
             raise ConfigError(
                 f"{self.directory} holds the checkpoints of another run ({found[-1].name}): go on with "
                 f"that run with {option('resume')}, or give this run a directory of its own"
