@@ -363,12 +363,12 @@ class Checkpointing:
             ) from None
         return cls(Path(directory), rounds, None, keep, time.monotonic())
 
-    def prepare(self, resume: bool) -> None:
+    def prepare(self, resume: bool) -> Checkpointing:
         """Before a run: remove the temporaries of writes killed midway, and refuse a fresh
         run in a directory that holds another run's checkpoints (resuming one would take
         it up; pruning would mix the two runs' files)."""
         if self.directory is None:
-            return
+            return self
         remove_stale_temporaries(self.directory, CHECKPOINT_PATTERN)
         self.run_id = uuid.uuid4().hex
         found = sorted(self.directory.glob(CHECKPOINT_PATTERN)) if self.directory.is_dir() else []
@@ -384,11 +384,17 @@ class Checkpointing:
                 f"{self.directory} holds the checkpoints of another run ({found[-1].name}): go on with "
                 f"that run with {option('resume')}, or give this run a directory of its own"
             )
+        return self
 
-    def adopt(self, resumed: TrainingState | None, fingerprint: str) -> None:
+    def adopt(self, resumed: TrainingState | None, fingerprint: str, classes: list[Any] | None) -> None:
         """Write as the run ``resumed`` belongs to (a fresh identity otherwise), on data
-        with ``fingerprint``; refuse a checkpoint made on other data."""
+        with ``fingerprint`` and ``classes``; refuse a checkpoint made on other data."""
         if resumed is not None:
+            if resumed.config.get("classes") != classes:
+                raise ConfigError(
+                    f"{resumed.path}: the checkpoint was made for classes {resumed.config.get('classes')}, "
+                    f"but this data has {classes}"
+                )
             if resumed.fingerprint != fingerprint:
                 raise ConfigError(
                     f"{resumed.path}: the checkpoint belongs to a run on other data (the same shape, "

@@ -143,9 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         progress=args.progress,
         dtype=args.dtype,
-        max_restarts=args.max_restarts,
-        round_timeout_s=args.round_timeout,
-        start_timeout_s=args.start_timeout,
+        **_fault_options(args),
         threads_per_worker=args.threads_per_worker,
         address=args.address,
         checkpoint_dir=args.checkpoint,
@@ -173,6 +171,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{run.outcome} after {len(run.history)} rounds (tol {args.tol:g}): the model is not the optimum"
         )
     return 0
+
+
+def _fault_options(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """What train does about lost and silent workers, from the command line."""
+    return {
+        "max_restarts": args.max_restarts,
+        "round_timeout_s": args.round_timeout,
+        "start_timeout_s": args.start_timeout,
+    }
 
 
 def _save(run, out: Path | None) -> None:

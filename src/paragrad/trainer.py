@@ -185,39 +185,26 @@ def train(
     encoding, data = data.encoding, data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
-    checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
-    checkpoints.prepare(resume)
+    checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints).prepare(resume)
     hooks = CallbackList.of(callbacks)
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
-    timeouts = {
-        "round_timeout_s": (round_timeout_s, ROUND_TIMEOUT_S),
-        "start_timeout_s": (start_timeout_s, START_TIMEOUT_S),
-    }
-    for name, (value, _) in timeouts.items():
-        if value is not None:
-            check_timeout(name, value)
+    timeouts = _timeouts(round_timeout_s, start_timeout_s)
     with (
         _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
         _coordinator_threads(runner),
     ):
-        for name, (value, default) in timeouts.items():  # an engine object keeps its own
-            if value is not None or not isinstance(engine, Engine):
-                setattr(runner, name, default if value is None else float(value))
+        _apply_timeouts(runner, timeouts, keep_own=isinstance(engine, Engine))
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
-        if resumed is not None:
-            _check_budget_carries(resumed, strategy, plan, epochs, shuffle, seed)
+        _check_budget_carries(resumed, strategy, plan, epochs, shuffle, seed)
         checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
         started_s = time.perf_counter() - call_started
-        # The data as placed (before any set-up changes it), for the checkpoints to carry.
-        fingerprint = ""
-        if checkpoints.directory is not None:
-            fingerprint = data_fingerprint(runner.run(FingerprintShard()))
+        fingerprint = _fingerprint(runner) if checkpoints.directory is not None else ""
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
@@ -228,12 +215,7 @@ def train(
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
-        if resumed is not None and resumed.config.get("classes") != config.classes:
-            raise ConfigError(
-                f"{resumed.path}: the checkpoint was made for classes {resumed.config.get('classes')}, "
-                f"but this data has {config.classes}"
-            )
-        checkpoints.adopt(resumed, fingerprint)
+        checkpoints.adopt(resumed, fingerprint, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
@@ -319,12 +301,32 @@ def _load_resume_state(
     return state
 
 
+def _timeouts(round_timeout_s: float | None, start_timeout_s: float | None) -> dict[str, float | None]:
+    """The timeouts asked for (None: the default), checked."""
+    timeouts = {"round_timeout_s": round_timeout_s, "start_timeout_s": start_timeout_s}
+    return {name: None if value is None else check_timeout(name, value) for name, value in timeouts.items()}
+
+
+def _apply_timeouts(runner: Engine, timeouts: dict[str, float | None], keep_own: bool) -> None:
+    """Set the call's timeouts on its engine; an engine object given keeps its own where
+    none is asked for, others take the defaults."""
+    defaults = {"round_timeout_s": ROUND_TIMEOUT_S, "start_timeout_s": START_TIMEOUT_S}
+    for name, value in timeouts.items():
+        if value is not None or not keep_own:
+            setattr(runner, name, defaults[name] if value is None else value)
+
+
+def _fingerprint(runner: Engine) -> str:
+    """The data as placed (before any set-up changes it), for the checkpoints to carry."""
+    return data_fingerprint(runner.run(FingerprintShard()))
+
+
 def _check_budget_carries(
-    resumed: TrainingState, strategy: Strategy, plan: ShardPlan, epochs: int, shuffle: bool, seed: int
+    resumed: TrainingState | None, strategy: Strategy, plan: ShardPlan, epochs: int, shuffle: bool, seed: int
 ) -> None:
     """Refuse to resume on a worker count that changes the run's number of rounds (LocalSGD
     counts them by the largest shard): the rounds done would not be the same share of it."""
-    if not resumed.history:
+    if resumed is None or not resumed.history:
         return
     before = int(resumed.history[0]["workers"])
     saved = plan_shards(plan.num_rows, before, shuffle=shuffle, seed=seed)
