@@ -6,7 +6,9 @@ catch up: every task it was sent (by key) and the runs of tasks that changed the
 place (within ``max_restarts``), gives it its shard, every task and a replay of the
 set-up log, and runs its part of the round again, so the round's result is the one an
 undisturbed run would have had. A task that raises comes back as a value, and the lowest
-worker's failure is raised, whatever the timing.
+worker's failure is raised, whatever the timing. A worker silent for ``round_timeout_s``
+(stopped, hung) is killed by the engine and comes back as dead like any other, so nothing
+waits forever; ``restarts`` is a budget for each ``start`` (each call), not for the engine.
 
 Between rounds the workers may change: :meth:`WorkerSession._regroup` hands the run's
 virtual shards to another number of workers (a ``resize``, capacity found, or a worker
@@ -139,7 +141,8 @@ class WorkerSession(Engine):
 
     @abstractmethod
     def _call(self, key: int, args: tuple[Any, ...], workers: Sequence[int], copy: bool) -> list[Reply]:
-        """Run task ``key`` on ``workers``; one reply each, in the same order.
+        """Run task ``key`` on ``workers``; one reply each, in the same order. A worker
+        silent for ``round_timeout_s`` meanwhile is killed, and its reply is ``Died``.
 
         Adds what it moves to ``last_bytes_sent`` and ``last_bytes_received``. Without
         ``copy``, results may be views that stay valid until the next call.
