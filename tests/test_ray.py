@@ -26,6 +26,7 @@ from paragrad.shards import default_workers, plan_shards
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
+from paragrad.engines.base import ROUND_TIMEOUT_S  # noqa: E402
 from paragrad.engines.ray import PUT_BYTES, RayEngine  # noqa: E402
 
 
@@ -243,21 +244,24 @@ def test_restarts_run_out():
             sgd_training(engine)
 
 
-def test_a_stopped_actor_is_lost_after_the_round_timeout_and_replaced():
+def test_a_stopped_actor_is_lost_after_the_round_timeout_and_replaced(ray_engine):
     stopped: list[int] = []
-    with RayEngine(2, max_restarts=1) as engine:
-        pids: list[int] = []
+    pids: list[int] = []
 
-        def stop_worker_1(record: dict) -> None:
-            if record["round"] == 0:
-                pids[:] = engine.pids  # asked while the actors still answer
-            elif record["round"] == 3:
-                stopped.append(pids[1])
-                os.kill(pids[1], signal.SIGSTOP)
+    def stop_worker_1(record: dict) -> None:
+        if record["round"] == 0:
+            pids[:] = ray_engine.pids  # asked while the actors still answer
+        elif record["round"] == 3:
+            stopped.append(pids[1])
+            os.kill(pids[1], signal.SIGSTOP)
 
-        options = dict(engine=engine, workers=2, round_timeout_s=2, callbacks=[stop_worker_1])
+    options = dict(engine=ray_engine, workers=2, round_timeout_s=2, callbacks=[stop_worker_1])
+    ray_engine.max_restarts = 1
+    try:
         run = pg.train(pg.models.LogisticRegression(), DATA_400, **SGD_OPTIONS, **options)
-        assert engine.restarts == 1
+        assert ray_engine.restarts == 1
+    finally:
+        ray_engine.max_restarts, ray_engine.round_timeout_s = 0, ROUND_TIMEOUT_S
     reference = pg.train(pg.models.LogisticRegression(), DATA_400, engine="serial", workers=2, **SGD_OPTIONS)
     assert relative_error(run.params, reference.params) <= 1e-12
     time.sleep(0.5)
