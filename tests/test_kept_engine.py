@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,3 +169,18 @@ def test_a_bad_idle_time_is_one_clear_error_for_the_local_engine_alone(monkeypat
     with pytest.raises(pg.ConfigError, match="PARAGRAD_IDLE_S must be a number of seconds from 0"):
         pg.train(pg.models.LogisticRegression(), data)
     pg.train(pg.models.LogisticRegression(), data, engine="serial")  # which never keeps one
+
+
+def test_each_call_on_the_kept_engine_has_its_own_restart_budget(kept_for):
+    kept_for(30)
+    data = pg.make_classification(600, 4, seed=5)
+    expected = pg.train(pg.models.LogisticRegression(), data, engine="serial", workers=2, max_rounds=4)
+
+    def kill_one(record):
+        if record["round"] == 0:
+            os.kill(kept_pids()[1], signal.SIGKILL)
+
+    for _ in range(3):  # each call loses a worker; with max_restarts=1 every one succeeds
+        options = dict(workers=2, max_restarts=1, max_rounds=4, callbacks=[kill_one])
+        run = pg.train(pg.models.LogisticRegression(), data, **options)
+        assert relative_error(run.params, expected.params) <= 1e-12

@@ -26,6 +26,7 @@ from paragrad.shards import default_workers, plan_shards
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
+from paragrad.engines.base import ROUND_TIMEOUT_S  # noqa: E402
 from paragrad.engines.ray import PUT_BYTES, RayEngine  # noqa: E402
 
 
@@ -243,6 +244,34 @@ def test_restarts_run_out():
             sgd_training(engine)
 
 
+def test_a_stopped_actor_is_lost_after_the_round_timeout_and_replaced(ray_engine):
+    stopped: list[int] = []
+    pids: list[int] = []
+
+    def stop_worker_1(record: dict) -> None:
+        if record["round"] == 0:
+            pids[:] = ray_engine.pids  # asked while the actors still answer
+        elif record["round"] == 3:
+            stopped.append(pids[1])
+            os.kill(pids[1], signal.SIGSTOP)
+
+    options = dict(engine=ray_engine, workers=2, round_timeout_s=2, callbacks=[stop_worker_1])
+    ray_engine.max_restarts = 1
+    try:
+        run = pg.train(pg.models.LogisticRegression(), DATA_400, **SGD_OPTIONS, **options)
+        assert ray_engine.restarts == 1
+    finally:
+        ray_engine.max_restarts, ray_engine.round_timeout_s = 0, ROUND_TIMEOUT_S
+    reference = pg.train(pg.models.LogisticRegression(), DATA_400, engine="serial", workers=2, **SGD_OPTIONS)
+    assert relative_error(run.params, reference.params) <= 1e-12
+    time.sleep(0.5)
+    assert not psutil.pid_exists(stopped[0]) or psutil.Process(stopped[0]).status() == psutil.STATUS_ZOMBIE
+
+
+DATA_400 = pg.make_classification(400, 4, seed=1)
+SGD_OPTIONS = dict(strategy=pg.SGD(batch_size=32), optimizer=pg.optim.Adam(lr=0.05), epochs=2, tol=0, seed=0)
+
+
 class Sleep(Task):
     def __call__(self, shard, seconds):
         time.sleep(seconds)
@@ -390,6 +419,40 @@ except pg.ConfigError as exc:
     print(exc)
 ray.shutdown()
 """
+
+
+KILLED_COORDINATOR_SCRIPT = """
+import time
+import paragrad as pg
+from paragrad.engines.ray import RayEngine
+from paragrad.shards import plan_shards
+
+engine = RayEngine(1)
+engine.start(pg.make_regression(40, 2, seed=0), plan_shards(40, 1))
+print("started", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_killed_coordinator_leaves_none_of_its_ray_instance_running():
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", KILLED_COORDINATOR_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert coordinator.stdout.readline().strip() == "started"
+        ray_processes = psutil.Process(coordinator.pid).children(recursive=True)
+        names = " ".join(process.name() for process in ray_processes)
+        assert "raylet" in names and "DashboardAgent" in names  # what used to linger
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [p for p in ray_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, [process.name() for process in left]
 
 
 def test_a_connection_the_program_made_itself_is_used_and_left_open():

@@ -88,8 +88,9 @@ def test_a_node_added_grows_the_run_a_node_removed_shrinks_it_and_the_parameters
     assert counts[grown.round : shrunk.round] == [2] * (shrunk.round - grown.round)
 
 
-def test_an_actor_that_cannot_be_placed_in_time_is_given_up_and_the_run_goes_on(cluster):
-    """max_restarts=1, but no room for a replacement: the run shrinks after start_timeout_s."""
+def test_a_lost_node_with_no_room_for_a_replacement_shrinks_at_once_despite_restarts(cluster):
+    """max_restarts=1, but no free CPU for a replacement: the run shrinks within seconds,
+    as one without restarts would, instead of waiting start_timeout_s for the actor."""
     fixed = _fit(pg.SGD(batch_size=32), "serial")
     node = cluster.add_node(**NODE)
 
@@ -97,13 +98,14 @@ def test_an_actor_that_cannot_be_placed_in_time_is_given_up_and_the_run_goes_on(
         if record["round"] == 5:
             cluster.remove_node(node, allow_graceful=True)
 
-    with RayEngine(2, max_restarts=1, start_timeout_s=2.0, grow_every_s=3600) as engine:
+    with RayEngine(2, max_restarts=1, start_timeout_s=300.0, grow_every_s=3600) as engine:
+        started = time.monotonic()
         run = _fit(pg.SGD(batch_size=32), engine, workers=(1, 2), callbacks=[remove_at_round_5])
-        assert engine.restarts == 1 and len(engine.actors) == 1
+        assert time.monotonic() - started < 120 and len(engine.actors) == 1
     assert relative_error(run.params, fixed.params) <= 1e-12
     (change,) = run.changes
     assert (change.before, change.after, change.round) == (2, 1, 6)
-    assert "did not answer within 2 s" in change.cause
+    assert "no free CPU in the Ray cluster for its replacement" in change.cause
 
 
 def test_after_an_explicit_resize_the_run_grows_no_more_on_its_own(cluster):

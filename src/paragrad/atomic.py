@@ -1,13 +1,24 @@
-"""Atomic file output: write to a temporary file beside the target, flush, fsync, rename."""
+"""Atomic file output: write to a temporary file beside the target, flush, fsync, rename.
+
+A temporary's name carries the writer's process id (``.NAME.PID.XXXX.tmp``), so the
+temporaries of writers killed mid-write can be told from those still being written and
+removed at the next start (:func:`remove_stale_temporaries`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from paragrad.errors import OutputError
+
+# Errors of the disk, not of the path: the message says the old file is kept.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 @contextlib.contextmanager
@@ -15,11 +26,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yield a file object whose contents replace ``path`` only if the block succeeds.
 
     A crash or an exception at any moment leaves either the old file or none at the
-    destination, never a partial one.
+    destination, never a partial one. A write the disk refuses (full, over quota) raises
+    :class:`~paragrad.errors.OutputError` naming the file.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
@@ -29,7 +41,40 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            kept = "the file there before is kept" if target.exists() else "nothing was written"
+            raise OutputError(f"{target}: could not be written ({exc.strerror}); {kept}") from None
         raise
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the temporary ``name`` (``.NAME.PID.XXXX.tmp``) was left by a writer that is
+    gone; one without a process id comes from a version that wrote none, long gone."""
+    parts = name[: -len(".tmp")].split(".")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return True
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, name: str) -> list[Path]:
+    """Remove the temporaries of atomic writes of files matching the pattern ``name`` in
+    ``directory`` whose writers are gone (killed mid-write); the paths removed."""
+    removed = []
+    folder = Path(directory)
+    if not folder.is_dir():
+        return removed
+    for temporary in folder.glob(f".{name}.*.tmp"):
+        if _writer_gone(temporary.name):
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+                removed.append(temporary)
+    return removed

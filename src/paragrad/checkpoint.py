@@ -13,14 +13,16 @@ import hashlib
 import json
 import os
 import time
+import uuid
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from paragrad.atomic import atomic_write
+from paragrad.atomic import atomic_write, remove_stale_temporaries
 from paragrad.data import Standardizer, open_numpy
 from paragrad.data.encoding import Encoding
 from paragrad.errors import (
@@ -30,6 +32,7 @@ from paragrad.errors import (
     caller_stacklevel,
     check_positive_int,
     in_terms,
+    option,
 )
 from paragrad.model_file import FORMAT, VERSION
 from paragrad.models import Model, get_model
@@ -91,9 +94,12 @@ def _torch_graph(archive: Any) -> Model:
 def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardizer | None) -> Model:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a paragrad model file (unknown format)")
-    if meta.get("version") != VERSION:
+    version = format_version(meta.get("version"))  # by value: 1, 1.0 and "1" alike
+    if version != VERSION:
+        newer = " (written by a newer paragrad)" if version is not None and version > VERSION else ""
         raise ModelFileError(
-            f"{path}: model file version {meta.get('version')} is not supported (expected {VERSION})"
+            f"{path}: model file version {meta.get('version')!r} is not supported{newer}; this "
+            f"paragrad reads version {VERSION}"
         )
     try:
         model = get_model(meta["family"])(**meta["config"])
@@ -150,9 +156,9 @@ def _read_options(stored: Any) -> dict[str, Any] | None:
 
 CHECKPOINT_FORMAT = "paragrad-checkpoint"
 # 2: typed run configuration, worker state by declared field; 3: SGD's sample stream over
-# virtual shards, the worker count of every round in the history
-CHECKPOINT_VERSION = 3
-OLDER_VERSIONS = (1, 2)  # refused by name, never skipped as damaged (and then pruned)
+# virtual shards, the worker count of every round in the history; 4: the run's identity
+# and the data's fingerprint
+CHECKPOINT_VERSION = 4
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
 WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 
@@ -168,7 +174,8 @@ class TrainingState:
     ``round`` is the next round to run; the sampling position follows from it, since every
     random draw comes from (seed, worker, epoch). ``config`` describes the run for the
     check that a resumed run is the same run. ``worker_state`` holds each declared
-    per-worker array, one row per worker.
+    per-worker array, one row per worker. ``run_id`` names the run the checkpoint belongs
+    to (a resumed run keeps it), ``fingerprint`` the data it was trained on.
     """
 
     round: int
@@ -179,6 +186,9 @@ class TrainingState:
     standardizer: Standardizer | None
     config: dict[str, Any]
     worker_state: dict[str, np.ndarray] = field(default_factory=dict)
+    run_id: str = ""
+    fingerprint: str = ""
+    path: Path | None = None  # the file it was read from
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -190,15 +200,31 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def format_version(value: Any) -> int | None:
+    """A stored format version by value: ``4``, ``4.0`` and ``"4"`` alike; None for
+    anything that is not a whole number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
 def save_checkpoint(
     directory: str | os.PathLike, state: TrainingState, history_keys: tuple[str, ...], keep: int = 3
 ) -> Path:
-    """Write ``state`` atomically as ``checkpoint-<round>.npz`` and keep the newest ``keep``."""
+    """Write ``state`` atomically as ``checkpoint-<round>.npz`` and keep the newest ``keep``
+    of its run's checkpoints (another run's files, and files this version cannot read,
+    are never removed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "run": state.run_id,
+        "data": state.fingerprint,
         "round": state.round,
         "config": state.config,
         "convergence": state.convergence,
@@ -220,9 +246,39 @@ def save_checkpoint(
     path = directory / f"checkpoint-{state.round:09d}.npz"
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
-    for old in sorted(directory.glob(CHECKPOINT_PATTERN))[:-keep]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(directory, state.run_id, keep)
     return path
+
+
+def _meta_of(path: Path) -> dict[str, Any] | None:
+    """The metadata of a checkpoint file, or None when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _owned_by(meta: dict[str, Any] | None, run_id: str) -> bool:
+    return (
+        meta is not None
+        and meta.get("format") == CHECKPOINT_FORMAT
+        and format_version(meta.get("version")) == CHECKPOINT_VERSION
+        and meta.get("run") == run_id
+    )
+
+
+def prune_checkpoints(directory: Path, run_id: str, keep: int) -> None:
+    """Remove the run's checkpoints but its ``keep`` newest (by round), oldest first."""
+    owned = []
+    for path in directory.glob(CHECKPOINT_PATTERN):
+        meta = _meta_of(path)
+        if _owned_by(meta, run_id):
+            assert meta is not None
+            owned.append((int(meta["round"]), path.name, path))
+    for *_, old in sorted(owned)[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def load_latest_checkpoint(
@@ -231,7 +287,8 @@ def load_latest_checkpoint(
     """The newest checkpoint in ``directory`` that reads back intact, or None.
 
     A damaged newest checkpoint (truncated, corrupt, checksum mismatch) is skipped with a
-    :class:`CheckpointWarning` and the one before it is used.
+    :class:`CheckpointWarning` and the one before it is used. One of another format
+    version is refused by name (:class:`ConfigError`), never skipped.
     """
     for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
         try:
@@ -244,19 +301,33 @@ def load_latest_checkpoint(
     return None
 
 
+def _refuse_other_version(path: Path, meta: Any) -> None:
+    """Refuse, by name, a checkpoint of another format version than this one's."""
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        return
+    version = format_version(meta.get("version"))
+    if version is None or version == CHECKPOINT_VERSION:
+        return
+    which = "an earlier" if version < CHECKPOINT_VERSION else "a newer"
+    raise ConfigError(
+        f"{path}: a checkpoint of {which} paragrad (format {version}; this one reads "
+        f"{CHECKPOINT_VERSION}), which this one cannot resume: finish the run with that version, "
+        "or start afresh in another directory"
+    )
+
+
 def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type) -> TrainingState:
     with open_numpy(path, "npz", what="a paragrad checkpoint", error=ModelFileError) as archive:
         arrays = {name: archive[name] for name in archive.files}
+    try:  # the version first: a newer format may check its contents otherwise
+        _refuse_other_version(path, json.loads(str(arrays["meta"])))
+    except (KeyError, json.JSONDecodeError):
+        pass  # damaged: the checksum says so below
     stored = str(arrays.pop("checksum"))
     if _checksum(arrays) != stored:
         raise ValueError("checksum mismatch")
     meta = json.loads(str(arrays["meta"]))
-    if meta.get("format") == CHECKPOINT_FORMAT and meta.get("version") in OLDER_VERSIONS:
-        raise ConfigError(
-            f"{path}: a checkpoint of an earlier paragrad (format {meta['version']}), which this one "
-            "cannot resume: finish the run with that version, or start afresh in another directory"
-        )
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
+    if meta.get("format") != CHECKPOINT_FORMAT or format_version(meta.get("version")) != CHECKPOINT_VERSION:
         raise ValueError("not a paragrad checkpoint of this version")
     fields = meta["opt_fields"]
     if list(opt_state_type._fields) != fields:
@@ -283,6 +354,9 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
         standardizer,
         meta["config"],
         worker_state,
+        str(meta["run"]),
+        str(meta["data"]),
+        path,
     )
 
 
@@ -295,6 +369,8 @@ class Checkpointing:
     every_s: float | None
     keep: int
     last_written: float = 0.0
+    run_id: str = ""  # the run's identity, kept by a resumed run
+    fingerprint: str = ""  # the data's (see paragrad.tasks.FingerprintShard)
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
@@ -324,6 +400,47 @@ class Checkpointing:
             ) from None
         return cls(Path(directory), rounds, None, keep, time.monotonic())
 
+    def prepare(self, resume: bool) -> Checkpointing:
+        """Before a run: remove the temporaries of writes killed midway, and refuse a fresh
+        run in a directory that holds another run's checkpoints (resuming one would take
+        it up; pruning would mix the two runs' files)."""
+        if self.directory is None:
+            return self
+        remove_stale_temporaries(self.directory, CHECKPOINT_PATTERN)
+        self.run_id = uuid.uuid4().hex
+        found = sorted(self.directory.glob(CHECKPOINT_PATTERN)) if self.directory.is_dir() else []
+        if found and not resume:
+            meta = _meta_of(found[-1])
+            version = None if meta is None else format_version(meta.get("version"))
+            if version is not None and version != CHECKPOINT_VERSION:  # resume would refuse it
+                raise ConfigError(
+                    f"{self.directory} holds checkpoints of another paragrad version ({found[-1].name}, "
+                    f"format {version}): give this run a directory of its own"
+                )
+            raise ConfigError(
+                f"{self.directory} holds the checkpoints of another run ({found[-1].name}): go on with "
+                f"that run with {option('resume')}, or give this run a directory of its own"
+            )
+        return self
+
+    def adopt(self, resumed: TrainingState | None, fingerprint: str, classes: list[Any] | None) -> None:
+        """Write as the run ``resumed`` belongs to (a fresh identity otherwise), on data
+        with ``fingerprint`` and ``classes``; refuse a checkpoint made on other data."""
+        if resumed is not None:
+            if resumed.config.get("classes") != classes:
+                raise ConfigError(
+                    f"{resumed.path}: the checkpoint was made for classes {resumed.config.get('classes')}, "
+                    f"but this data has {classes}"
+                )
+            if resumed.fingerprint != fingerprint:
+                raise ConfigError(
+                    f"{resumed.path}: the checkpoint belongs to a run on other data (the same shape, "
+                    "other values): resume with the data it was made on, or start afresh in another "
+                    "directory"
+                )
+            self.run_id = resumed.run_id
+        self.fingerprint = fingerprint
+
     def due(self, rounds_done: int) -> bool:
         if self.directory is None:
             return False
@@ -334,5 +451,6 @@ class Checkpointing:
 
     def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
         assert self.directory is not None
+        state.run_id, state.fingerprint = self.run_id, self.fingerprint
         save_checkpoint(self.directory, state, history_keys, self.keep)
         self.last_written = time.monotonic()

@@ -8,6 +8,7 @@ leaves none behind.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from paragrad.atomic import remove_stale_temporaries
 from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.checkpoint import TorchModelFileError, load_model, save_model
 from paragrad.cli_parser import (
@@ -60,6 +62,7 @@ def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
         raise ConfigError(f"{path}: is a directory; give a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{path}: unsupported output type; use {', '.join(suffixes)}")
+    remove_stale_temporaries(directory, glob.escape(path.name))  # of a write killed midway
 
 
 def _load_training_data(args: argparse.Namespace, lazy: bool) -> Dataset:
@@ -138,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         progress=args.progress,
         dtype=args.dtype,
-        max_restarts=args.max_restarts,
+        **_fault_options(args),
         threads_per_worker=args.threads_per_worker,
         address=args.address,
         checkpoint_dir=args.checkpoint,
@@ -196,6 +199,15 @@ def _optimizer(args: argparse.Namespace, model: Any, strategy: Any, dataset: Dat
     if optimizer_name == "sgd":
         optimizer_options.update(momentum=args.momentum, nesterov=args.nesterov)
     return get_optimizer(optimizer_name, **optimizer_options)
+
+
+def _fault_options(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """What train does about lost and silent workers, from the command line."""
+    return {
+        "max_restarts": args.max_restarts,
+        "round_timeout_s": args.round_timeout,
+        "start_timeout_s": args.start_timeout,
+    }
 
 
 def _save(run, out: Path | None) -> None:

@@ -214,6 +214,23 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fault_options(p: argparse.ArgumentParser) -> None:
+    """What train does about lost and silent workers."""
+    p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        metavar="S",
+        help="a worker silent this many seconds in a round (stopped, hung) is lost; default 60",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        metavar="S",
+        help="a new worker (a Ray actor) not started within this many seconds is lost; default 120",
+    )
+
+
 def _add_strategy_options(p: argparse.ArgumentParser) -> None:
     """``paragrad train``'s strategy and optimizer, with their settings."""
     p.add_argument("--strategy", choices=STRATEGIES, default="gd", help="training algorithm")
@@ -298,7 +315,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
     )
-    p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    _add_fault_options(p)
     _add_file_options(p, training=True)
     _add_engine_options(p, elastic=True)
 

@@ -19,6 +19,12 @@ import numpy as np
 _FLAG_NAMES = contextvars.ContextVar("flag_names", default=False)
 
 
+# Messages name rows as people count them, from 1, and say so: a row index in numpy counts
+# from 0, and a spreadsheet's line numbers count the header.
+FROM_ONE = "counting from 1"  # after a row number: "row 3 (counting from 1)"
+ROWS_FROM_ONE = "rows count from 1"  # at a message's end, when the row is not
+
+
 class ParagradError(Exception):
     """Base class of the errors that come from bad input or settings, not from bugs."""
 
@@ -33,6 +39,10 @@ class ConfigError(ParagradError, ValueError):
 
 class ModelFileError(ParagradError, ValueError):
     """A model file is missing, truncated, of another format or refused for safety."""
+
+
+class OutputError(ParagradError, OSError):
+    """An output file could not be written (a full disk, say); the old file is kept."""
 
 
 class TrainingDiverged(ParagradError, ArithmeticError):

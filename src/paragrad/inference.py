@@ -6,7 +6,6 @@ the slices come back in input order.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from paragrad.data.columns import ColumnName
 from paragrad.data.frames import is_frame
 from paragrad.engines import Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
-from paragrad.errors import ConfigError, DataError, check_positive_int, option, setting
+from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
 from paragrad.models.torch_module import Torch
 from paragrad.shards import Shard, default_workers, plan_shards
@@ -32,7 +31,8 @@ def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarra
     for (start, _), (_, bad) in zip(plan.bounds, results, strict=True):
         if bad >= 0:
             raise DataError(
-                f"{source}: row {first_row + start + bad + 1} has NaN or infinite features or prediction"
+                f"{source}: row {first_row + start + bad + 1} has NaN or infinite features or prediction; "
+                + ROWS_FROM_ONE
             )
     return np.concatenate([values for values, _ in results])
 
@@ -181,7 +181,8 @@ def predict(
         raise ConfigError("proba=True needs a classifier")
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
-        return _predict_on(engine, model, dataset, proba)
+        with engine.claimed():
+            return _predict_on(engine, model, dataset, proba)
     # Worker processes on this machine would need a copy of rows in this process's memory.
     if engine_class(engine).shares_cores and _in_own_memory(dataset) and not isinstance(model, Torch):
         check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
@@ -243,14 +244,19 @@ def evaluate(
     the model remembers of its training file, as for :func:`paragrad.load`.
     """
     model = as_model(model)
-    if isinstance(data, (str, os.PathLike)) and target is None:
+    # A table names its label column; a .npz holds y, and target_file gives the labels.
+    table = isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() not in (".npz", ".npy")
+    if table and target is None and target_file is None:
         if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with {setting('target')}")
         target = ColumnName(model.target_name_)  # the model's column, by name only
     options = dict(delimiter=delimiter, dropna=dropna, target_file=target_file)
     dataset = read_features(model, data, target, **options, **reading)
     if dataset.y is None:
-        raise DataError(f"{dataset.source}: no target values to evaluate against")
+        hint = ""
+        if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
+            hint = f" (a .npy holds features only: give the labels with {option('target_file', 'y.npy')})"
+        raise DataError(f"{dataset.source}: no target values to evaluate against{hint}")
     dataset.check()
     y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
@@ -358,7 +364,7 @@ def predict_to_file(
             engine, workers, address=address, max_restarts=0, threads_per_worker=threads_per_worker
         )
         if own_engine
-        else contextlib.nullcontext(engine) as runner,
+        else engine.claimed() as runner,
         atomic_write(out) as handle,
         tqdm(total=num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):

@@ -6,6 +6,7 @@ sent to the workers once; engines run it on every shard and know nothing of what
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -48,6 +49,41 @@ def distinct_labels(y: np.ndarray) -> np.ndarray:
         if np.array_equal(codes, y):
             return np.flatnonzero(np.bincount(codes)).astype(y.dtype)[: MAX_CLASSES + 1]
     return np.unique(y)[: MAX_CLASSES + 1]
+
+
+# Rows of each virtual shard that go into the data's fingerprint: its first, its last and
+# evenly spaced ones between (a pass over 8 rows of 1024 virtual shards: milliseconds).
+FINGERPRINT_ROWS = 8
+
+
+@dataclass(frozen=True)
+class FingerprintShard(Task):
+    """A cheap fingerprint of the shard's data: for each virtual shard it holds (in
+    order), a hash of its row count, its width and a few sampled rows of features and
+    labels. Virtual shards do not depend on the worker count, so neither does the
+    fingerprint the coordinator combines from them (see :func:`data_fingerprint`)."""
+
+    def __call__(self, shard: Shard) -> list[str]:
+        starts = shard.held.starts()
+        starts = starts - starts[0]
+        digests = []
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+            rows = np.unique(np.linspace(lo, max(hi - 1, lo), FINGERPRINT_ROWS).astype(np.intp))
+            rows = rows[rows < hi]
+            X = shard.X[rows]
+            X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+            digest = hashlib.sha256(f"{hi - lo}|{shard.X.shape[1]}|".encode())
+            digest.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
+            if shard.y is not None:
+                digest.update(np.ascontiguousarray(shard.y[rows], dtype=np.float64).tobytes())
+            digests.append(digest.hexdigest()[:16])
+        return digests
+
+
+def data_fingerprint(parts: list[list[str]]) -> str:
+    """The workers' virtual-shard hashes (from :class:`FingerprintShard`, in worker order,
+    so in virtual-shard order) combined into one."""
+    return hashlib.sha256("".join(digest for part in parts for digest in part).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from paragrad.checkpoint import (
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.engines import Engine, make_engine
+from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeout
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
@@ -33,6 +34,7 @@ from paragrad.errors import (
     PerformanceWarning,
     caller_stacklevel,
     in_terms,
+    option,
     setting,
 )
 from paragrad.models import get_model
@@ -48,12 +50,14 @@ from paragrad.settings import (
     default_optimizer,
     resource_warnings,
 )
-from paragrad.shards import plan_shards
+from paragrad.shards import ShardPlan, plan_shards
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
     EncodeLabels,
+    FingerprintShard,
     StandardizeShard,
+    data_fingerprint,
 )
 
 
@@ -74,6 +78,8 @@ def train(
     progress: bool | None = None,
     dtype: str | np.dtype | None = None,
     max_restarts: int = 0,
+    round_timeout_s: float | None = None,
+    start_timeout_s: float | None = None,
     threads_per_worker: int = 1,
     address: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -107,7 +113,8 @@ def train(
         when capacity appears (Ray) or on ``engine.resize(k)``, up to ``max``. ``"auto"``
         measures the rounds' speed on 1, 2, 4, ... workers (up to one per core, or the
         Ray cluster's CPUs) during the first rounds and keeps the fastest. GradientDescent
-        and SGD give the same parameters whatever the workers do.
+        and SGD give the same parameters whatever the workers do (without ``compress``:
+        each worker compresses its own sum, so a change of the workers changes the path).
     epochs : int, optional
         Passes over the data (for ``LocalSGD(local_steps=None)``: local passes); for
         GradientDescent, rounds. Default: 500 for GradientDescent (it stops when
@@ -133,7 +140,21 @@ def train(
         accumulate in float64; ``"float64"`` makes the workers hold a float64 copy.
     max_restarts : int
         How many dead workers to restart, replaying their round, before stopping with
-        :class:`~paragrad.errors.WorkerLost` (local and ray engines).
+        :class:`~paragrad.errors.WorkerLost` (local and ray engines); a budget for this
+        call alone, on an engine kept between calls too.
+    round_timeout_s : float, optional
+        How long a worker may stay silent during a round (no result and no heartbeat;
+        busy local workers send several a second, Ray actors answer a beat twice a
+        second beside their call) before it counts as lost, like a dead one:
+        replaced within ``max_restarts``, else the run shrinks within ``workers=(min,
+        max)``, else :class:`~paragrad.errors.WorkerLost` names the worker and the round.
+        Default 60 seconds (an Engine object given keeps its own setting); at least 1.
+    start_timeout_s : float, optional
+        How long a new worker may take to start (a Ray actor: to be placed on a node with
+        a free CPU, and to start there) before it counts as lost. Default 120 seconds (an
+        Engine object keeps its own). A replacement for a lost Ray worker is started only
+        where the cluster shows a free CPU within a few seconds, so ``max_restarts`` never
+        makes a lost node slower to get over than no restarts.
     threads_per_worker : int
         BLAS threads in each local worker process; on Ray, the CPUs each actor reserves.
     address : str, optional
@@ -141,6 +162,10 @@ def train(
         else a local Ray instance started for the run).
     checkpoint_dir : path, optional
         Write checkpoints here (atomically, with a checksum), and a last one at the end.
+        A checkpoint belongs to its run: it carries the run's identity and the data's
+        fingerprint, and pruning removes only the run's own older files. A fresh run
+        (``resume=False``) refuses a directory that holds another run's checkpoints.
+        Temporaries of writes killed midway are removed at the next start.
     checkpoint_every : int or str, optional
         Every so many rounds (``10``) or seconds (``"30s"``); default every 60 seconds.
     resume : bool
@@ -148,8 +173,10 @@ def train(
         one is skipped with a warning). The run ends with the parameters it would have
         had without the interruption. The worker count may differ (the virtual shards are
         handed out again: GradientDescent and SGD follow the same path, LocalSGD's workers
-        walk other rows); the model, the data's shape, the strategy, the optimizer and
-        the seed may not.
+        walk other rows, on a count that keeps its number of rounds: else refused); the
+        model, the data (its shape and a fingerprint of sampled rows), the strategy, the
+        optimizer and the seed may not: a checkpoint of another run is refused, naming
+        the file.
     keep_checkpoints : int
         How many of the newest checkpoints to keep.
     callbacks : list, optional
@@ -173,22 +200,26 @@ def train(
     read_as, data = (data.encoding, data.read_options or None), data.astype(dtype)  # one-hot, decimal mark
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
-    checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints)
+    checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints).prepare(resume)
     hooks = CallbackList.of(callbacks)
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
     bounds = WorkerBounds.parse(workers)
+    timeouts = _timeouts(round_timeout_s, start_timeout_s)
     with (
         _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
         _coordinator_threads(runner),
     ):
+        _apply_timeouts(runner, timeouts, keep_own=isinstance(engine, Engine))
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
+        _check_budget_carries(resumed, strategy, plan, epochs, shuffle, seed)
         checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
         started_s = time.perf_counter() - call_started
+        fingerprint = _fingerprint(runner) if checkpoints.directory is not None else ""
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
@@ -199,11 +230,7 @@ def train(
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
-        if resumed is not None and resumed.config.get("classes") != config.classes:
-            raise ConfigError(
-                f"{checkpoint_dir}: the checkpoint was made for classes {resumed.config.get('classes')}, "
-                f"but this data has {config.classes}"
-            )
+        checkpoints.adopt(resumed, fingerprint, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
@@ -274,7 +301,7 @@ def _runner(
     share (:mod:`paragrad.engines.kept`); else a new one of that name, sized to capacity
     when elastic."""
     if isinstance(engine, Engine):
-        return contextlib.nullcontext(engine)
+        return engine.claimed()
     options: dict[str, Any] = {
         "address": address,
         "max_restarts": max_restarts,
@@ -307,11 +334,49 @@ def _load_resume_state(
         if any(difference.startswith("dtype") for difference in differences):  # the default follows the data
             hint = f" (dtype={state.config.get('dtype')!r} trains as the checkpointed run did)"
         raise ConfigError(
-            f"{checkpoint_dir}: the checkpoint belongs to another run; it differs in "
+            f"{state.path}: the checkpoint belongs to another run; it differs in "
             + "; ".join(differences)
             + hint
         )
     return state
+
+
+def _timeouts(round_timeout_s: float | None, start_timeout_s: float | None) -> dict[str, float | None]:
+    """The timeouts asked for (None: the default), checked."""
+    timeouts = {"round_timeout_s": round_timeout_s, "start_timeout_s": start_timeout_s}
+    return {name: None if value is None else check_timeout(name, value) for name, value in timeouts.items()}
+
+
+def _apply_timeouts(runner: Engine, timeouts: dict[str, float | None], keep_own: bool) -> None:
+    """Set the call's timeouts on its engine; an engine object given keeps its own where
+    none is asked for, others take the defaults."""
+    defaults = {"round_timeout_s": ROUND_TIMEOUT_S, "start_timeout_s": START_TIMEOUT_S}
+    for name, value in timeouts.items():
+        if value is not None or not keep_own:
+            setattr(runner, name, defaults[name] if value is None else value)
+
+
+def _fingerprint(runner: Engine) -> str:
+    """The data as placed (before any set-up changes it), for the checkpoints to carry."""
+    return data_fingerprint(runner.run(FingerprintShard()))
+
+
+def _check_budget_carries(
+    resumed: TrainingState | None, strategy: Strategy, plan: ShardPlan, epochs: int, shuffle: bool, seed: int
+) -> None:
+    """Refuse to resume on a worker count that changes the run's number of rounds (LocalSGD
+    counts them by the largest shard): the rounds done would not be the same share of it."""
+    if resumed is None or not resumed.history:
+        return
+    before = int(resumed.history[0]["workers"])
+    saved = plan_shards(plan.num_rows, before, shuffle=shuffle, seed=seed)
+    was, now = strategy.total_rounds(saved.sizes, epochs), strategy.total_rounds(plan.sizes, epochs)
+    if was != now:
+        raise ConfigError(
+            f"{resumed.path}: {strategy!r} counts its rounds by the shard sizes: the run has {was} "
+            f"rounds on {before} worker(s), {now} on {plan.num_shards}, so the rounds done would not "
+            f"carry over; resume with {option('workers', before)}"
+        )
 
 
 def _set_up_model(

@@ -15,7 +15,7 @@ import numpy as np
 
 from paragrad.data.encoding import FEW_CATEGORIES
 from paragrad.data.numbers import NumberFormat, looks_numeric, parse_text, unreadable_numbers
-from paragrad.errors import DataError, DataWarning, caller_stacklevel, option
+from paragrad.errors import FROM_ONE, DataError, DataWarning, caller_stacklevel, option
 
 
 def _shown(names: Sequence[str]) -> str:
@@ -219,7 +219,7 @@ def _check_numeric(path: Path, column, name: str, where=None, feature: bool = Tr
         return
     if pa.types.is_null(kind):
         raise DataError(f"{path}: column {name!r} is empty (no values)")
-    where = where or (lambda row: f"row {row + 1}")
+    where = where or (lambda row: f"row {row + 1} ({FROM_ONE})")
     values = column.to_pylist()
     for row, value in enumerate(values):
         if value is None:

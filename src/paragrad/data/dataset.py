@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paragrad.data.frames import column_values, frame_matrix, is_column, is_frame
-from paragrad.errors import ConfigError, DataError
+from paragrad.errors import FROM_ONE, ROWS_FROM_ONE, ConfigError, DataError
 from paragrad.shm import is_region
 
 if TYPE_CHECKING:
@@ -359,7 +359,9 @@ def _plain_labels(y: np.ndarray, source: str) -> np.ndarray:
     missing = [row for row, value in enumerate(y.tolist()) if value is None or value != value]
     if missing:
         first = missing[0] + 1
-        raise DataError(f"{source}: {len(missing)} missing label(s) in the target; first at row {first}")
+        raise DataError(
+            f"{source}: {len(missing)} missing label(s) in the target; first at row {first} ({FROM_ONE})"
+        )
     if all(isinstance(value, (bool, np.bool_)) for value in y.tolist()):
         return y.astype(bool)
     return y.astype(str)
@@ -392,7 +394,9 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
         column = values.indices[position]
         name = repr(names[column]) if names is not None else f"column {column}"
         if not finite.all():
-            raise DataError(f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}")
+            raise DataError(
+                f"{source}: NaN or infinite value in {what}; first at row {row + 1}, {name}; {ROWS_FROM_ONE}"
+            )
         count = int((~_small(data)).sum())
         raise _too_large(source, what, row + 1, name, data[position], count, data.dtype)
     block = _block_rows(values)
@@ -404,7 +408,7 @@ def _check_finite(values, source, names, what="features", rows: Sequence[int] | 
         file_row = row if rows is None else int(rows[row])
         raise DataError(
             f"{source}: {count} NaN, missing or infinite value(s) in {what}{scope}; "
-            f"first at row {file_row + 1}, {column!s} ({kind})"
+            f"first at row {file_row + 1}, {column!s} ({kind}); {ROWS_FROM_ONE}"
         )
     count, row, col = _first_bad(values, block, rows, lambda part: ~_small(part))
     column = repr(names[col]) if names is not None else f"column {col}"
@@ -468,7 +472,7 @@ def _too_large(source, what, row: int, column: str, value, count: int, dtype: np
     return DataError(
         f"{source}: {count} value(s) in {what} too large to square in {np.dtype(dtype).name} (magnitude "
         f"{magnitude_bound(dtype):.0e} or more); first at row {row}, {column} ({float(value):.3g}): "
-        "rescale the column"
+        f"rescale the column; {ROWS_FROM_ONE}"
     )
 
 

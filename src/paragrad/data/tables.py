@@ -38,7 +38,7 @@ from paragrad.data.delimited import (
 from paragrad.data.encoding import Encoding, apply, learn
 from paragrad.data.numbers import NumberFormat
 from paragrad.data.sheets import ARROW_SUFFIXES, SHEET_SUFFIXES, read_arrow_file, read_sheet
-from paragrad.errors import DataError, option
+from paragrad.errors import FROM_ONE, DataError, option
 from paragrad.shm import shared_empty
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # what save_dataset writes
@@ -110,7 +110,7 @@ def _read_table(path: Path, options: ReadOptions) -> ReadTable:
 
 
 def _row_number(row: int) -> str:
-    return f"row {row + 1}"
+    return f"row {row + 1} ({FROM_ONE})"
 
 
 def _line_names(path: Path, dialect: Dialect) -> Callable[[int], str]:

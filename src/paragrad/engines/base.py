@@ -9,10 +9,12 @@ between calls; a round sends the arguments (parameters, O(d)), never the data.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +23,25 @@ import numpy as np
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, ParagradError, WorkerError
 from paragrad.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Task, default_workers
+
+# How long a worker may stay silent (no result, no heartbeat) during a call before it is
+# lost: replaced within max_restarts, else shrunk around, else WorkerLost. Workers send a
+# heartbeat several times a second while they compute, so only a stopped or hung one (or
+# a lost node) stays silent; a minute leaves room for a machine under heavy load.
+ROUND_TIMEOUT_S = 60.0
+ROUND_TIMEOUT_MIN_S = 1.0
+# How long a new worker may take to start (a process's imports; a Ray actor waiting for a
+# CPU, and then its node's start): one that is not up by then is lost.
+START_TIMEOUT_S = 120.0
+
+
+def check_timeout(name: str, value: object) -> float:
+    """A timeout setting as a float, refused unless a number of at least ``ROUND_TIMEOUT_MIN_S``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= ROUND_TIMEOUT_MIN_S:
+        raise ConfigError(
+            f"{name} must be a number of seconds, at least {ROUND_TIMEOUT_MIN_S:g}, got {value!r}"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,8 @@ class Engine(ABC):
     # Whether each worker reads its own rows of a data file, so a lazily opened table
     # (load(..., lazy=True)) need not be read by the coordinator first.
     reads_own_rows: ClassVar[bool] = False
+    round_timeout_s: float = ROUND_TIMEOUT_S  # see ROUND_TIMEOUT_S; set per call by train
+    start_timeout_s: float = START_TIMEOUT_S  # see START_TIMEOUT_S; set per call by train
 
     def __init__(self, workers: int | None = None) -> None:
         self.num_workers = default_workers() if workers is None else int(workers)
@@ -93,11 +116,27 @@ class Engine(ABC):
         self._round_index = 0  # the round about to run, for the membership records
         self._most: int | None = None  # the most workers the running plan can have
         self._held = False  # a resize was asked for: the engine grows no more on its own
+        self._claim = threading.RLock()  # held by the call using the engine (see claimed)
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[Engine]:
+        """The engine for one caller. A call from another thread meanwhile is refused at
+        once: two callers would mix their messages to the workers, and each wait forever."""
+        if not self._claim.acquire(blocking=False):
+            raise ConfigError(
+                f"this {self.name} engine is in use by a call in another thread: give each thread an "
+                "engine of its own, or pass engine by name (each call then starts what it needs)"
+            )
+        try:
+            yield self
+        finally:
+            self._claim.release()
 
     def _begin(self, plan: ShardPlan) -> None:
         """A new plan: no change asked for or made yet."""
         self._requested, self.changes, self._held = None, [], False
         self._most = min(plan.num_rows, NUM_VIRTUAL)
+        self._round_index = 0  # changes made while starting are before round 0
 
     def set_bounds(self, min_workers: int, max_workers: int) -> None:
         """How far the engine may shrink (a worker lost) or grow (capacity found) on its own."""

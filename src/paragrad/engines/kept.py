@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from paragrad.engines.base import Engine
+from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, Engine
 from paragrad.errors import ConfigError
 
 DEFAULT_IDLE_S = 30.0
@@ -135,6 +135,8 @@ def _take(workers: int | None, options: dict[str, Any]) -> Engine:
         _stop_kept()
         _kept.engine = make_engine("local", workers, **options)
         _kept.settings = settings
+    # A call's own timeouts (train sets them) do not carry over to the next call.
+    _kept.engine.round_timeout_s, _kept.engine.start_timeout_s = ROUND_TIMEOUT_S, START_TIMEOUT_S
     return _kept.engine
 
 

@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,17 @@ from paragrad.data import Dataset
 from paragrad.engines import transport
 from paragrad.engines.base import refuse_address
 from paragrad.engines.placement import ShardSpec, place
-from paragrad.engines.protocol import AddTask, Command, LoadShard, Ready, RunTask, SetPath, Stop, TaskDone
+from paragrad.engines.protocol import (
+    AddTask,
+    Command,
+    Heartbeat,
+    LoadShard,
+    Ready,
+    RunTask,
+    SetPath,
+    Stop,
+    TaskDone,
+)
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError
 from paragrad.shards import ShardPlan
@@ -237,14 +249,30 @@ class LocalEngine(WorkerSession):
             return False
         return handle.ready
 
+    def _died_starting(self, worker: int) -> bool:
+        return not self._alive(worker)
+
     def _await_ready(self, workers: Sequence[int]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
         for worker in workers:
             handle = self._workers[worker]
             while handle is not None and not handle.ready:
                 try:
+                    if not handle.replies.poll(max(deadline - time.monotonic(), 0.0)):
+                        self._silence(worker)  # stopped or hung while starting
+                        break
                     handle.ready = isinstance(pickle.loads(handle.replies.recv_bytes()), Ready)
                 except (EOFError, OSError):
                     break  # it died: the first task finds that out
+
+    def _silence(self, worker: int) -> None:
+        """End a worker that stayed silent past the deadline (stopped, hung): SIGKILL ends a
+        stopped process too, and SIGCONT lets it run to its end."""
+        handle = self._workers[worker]
+        if handle is not None and handle.process.poll() is None:
+            with contextlib.suppress(OSError):
+                handle.process.kill()
+                os.kill(handle.process.pid, signal.SIGCONT)
 
     def _workers_ready(self, worker: int) -> None:
         handle = self._workers[worker]
@@ -363,14 +391,28 @@ class LocalEngine(WorkerSession):
         return region
 
     def _gather(self, workers: list[int], replies: dict[int, Reply], copy: bool) -> None:
-        """Each worker's reply as it comes; a broken pipe is a death."""
+        """Each worker's reply as it comes; a broken pipe is a death, and so is silence (no
+        reply, no heartbeat) for ``round_timeout_s``: the worker is killed."""
         pending: dict[Any, int] = {}
+        heard: dict[Any, float] = {}
         for worker in workers:
             handle = self._workers[worker]
             assert handle is not None
             pending[handle.replies] = worker
+            heard[handle.replies] = time.monotonic()
         while pending:
-            for ready in wait(list(pending)):
+            quiet = min(heard[conn] for conn in pending) + self.round_timeout_s - time.monotonic()
+            arrived = wait(list(pending), timeout=max(quiet, 0.0))
+            if not arrived:
+                for conn, worker in list(pending.items()):
+                    if time.monotonic() - heard[conn] >= self.round_timeout_s:
+                        del pending[conn]
+                        self._silence(worker)
+                        died = self._died(worker)
+                        silent = f"silent for {self.round_timeout_s:g} s: stopped or hung"
+                        replies[worker] = Died(f"{silent}; killed, {died.reason}")
+                continue
+            for ready in arrived:
                 worker = pending.pop(ready)
                 try:
                     data = ready.recv_bytes()  # type: ignore[union-attr]
@@ -378,8 +420,10 @@ class LocalEngine(WorkerSession):
                     replies[worker] = self._died(worker)
                     continue
                 reply = pickle.loads(data)
-                if isinstance(reply, Ready):
-                    self._workers_ready(worker)
+                if isinstance(reply, (Ready, Heartbeat)):
+                    if isinstance(reply, Ready):
+                        self._workers_ready(worker)
+                    heard[ready] = time.monotonic()
                     pending[ready] = worker  # its reply is still to come
                     continue
                 self.last_bytes_received += len(data)

@@ -3,7 +3,9 @@
 Each message is one small pickled dataclass on a pipe; large arrays travel beside it in
 shared regions (see :mod:`paragrad.engines.transport`). Commands go to a worker, and
 every :class:`RunTask` gets exactly one reply, :class:`TaskDone` or :class:`TaskFailed`;
-a worker says :class:`Ready` once, when it has started.
+a worker says :class:`Ready` once, when it has started, and :class:`Heartbeat` every
+``HEARTBEAT_S`` while it works on a command, so that a silent worker (stopped, hung) can
+be told from a busy one.
 """
 
 from __future__ import annotations
@@ -90,5 +92,12 @@ class TaskFailed:
 class Ready:
     """The worker has started and waits for commands (sent once, before any reply)."""
 
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The worker is alive and still working on a command (never sent after its reply)."""
+
+
+HEARTBEAT_S = 0.25  # well below any deadline a caller can set (ROUND_TIMEOUT_MIN_S)
 
 Reply = TaskDone | TaskFailed

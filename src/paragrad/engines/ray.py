@@ -13,13 +13,17 @@ parameters) and nothing else. Where the data comes from decides how it is placed
 Where each actor finds its rows is :mod:`paragrad.engines.ray_sources`'s, how the engine
 connects to Ray :mod:`paragrad.engines.ray_cluster`'s. In an elastic run the engine also
 looks for free CPUs between rounds and grows onto them. An actor that
-dies is noticed when its result is collected; restarts and replay are the shared
+dies is noticed when its result is collected, and one that answers no beat for
+``round_timeout_s`` while it computes (stopped, hung, its node gone) is killed and counts
+as dead; restarts and replay are the shared
 :class:`~paragrad.engines.session.WorkerSession`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 import weakref
@@ -27,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from paragrad.data import Dataset
-from paragrad.engines.base import payload_nbytes, task_failure
+from paragrad.engines.base import START_TIMEOUT_S, payload_nbytes, task_failure
 from paragrad.engines.ray_cluster import Connection, first_line, import_ray
 from paragrad.engines.ray_sources import Block, shard_sources, stored_rows
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
@@ -37,7 +41,14 @@ from paragrad.shards import Shard, ShardPlan, Task, VirtualShards, default_worke
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
 PUT_BYTES = 64 * 1024
-READY_TIMEOUT_S = 120.0
+# After a worker is lost: how long to wait for the cluster to show a free CPU for its
+# replacement (its own CPU, once Ray has seen it go) before giving the restart up, as a
+# run without restarts would at once (a lost node takes its CPUs with it).
+ROOM_WAIT_S = 3.0
+# While a call runs, each of its actors is asked this often whether it lives: the question
+# is answered in a concurrency group of its own, beside the call. An actor that answers
+# none for round_timeout_s (stopped, hung, its node gone) is lost.
+BEAT_S = 0.5
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -60,6 +71,16 @@ class ShardActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def beat(self) -> int:
+        """That the actor lives (answered beside a running call: see ``_beat``)."""
+        return os.getpid()
+
+    def where(self) -> tuple[str, int]:
+        """The node the actor runs on, and its process id there."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def load(self, source: Any, worker: int, num_workers: int, virtual: VirtualShards) -> None:
         self.worker, self.shard = worker, None
@@ -89,6 +110,12 @@ class ShardActor:
         if self.shard is None:
             raise RuntimeError("no shard is loaded")
         return self.tasks[key](self.shard, *args)
+
+
+def _beat(actor: Any) -> Any:
+    """Ask an actor whether it lives, in its "beat" concurrency group: a thread of its own
+    beside the one that runs the calls (in order, one at a time, as without groups)."""
+    return actor.beat.options(concurrency_group="beat").remote()
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -167,7 +194,7 @@ class RayEngine(WorkerSession):
         cpus_per_worker: int = 1,
         max_restarts: int = 0,
         runtime_env: dict[str, Any] | None = None,
-        start_timeout_s: float = READY_TIMEOUT_S,
+        start_timeout_s: float = START_TIMEOUT_S,
         grow_every_s: float = 10.0,
     ) -> None:
         super().__init__(workers, max_restarts=max_restarts)
@@ -186,6 +213,7 @@ class RayEngine(WorkerSession):
         self._sources: list[Any] = []
         self._blocks: list[Block] = []
         self._actor_class: Any = None
+        self._where: dict[int, tuple[str, int]] = {}  # id of an actor handle: its node and pid
         if workers is None:  # as many as the cluster has room for
             self._prepare(0)
             self.num_workers = max(1, self._cluster_cpus() // self.cpus_per_worker)
@@ -243,7 +271,7 @@ class RayEngine(WorkerSession):
         while len(self._actors) <= worker:
             self._actors.append(None)
         if self._actor_class is None:
-            self._actor_class = self.ray.remote(ShardActor)
+            self._actor_class = self.ray.remote(concurrency_groups={"beat": 1})(ShardActor)
         options: dict[str, Any] = {"num_cpus": self.cpus_per_worker, "max_restarts": 0}
         options["scheduling_strategy"] = "SPREAD"
         if self.runtime_env is not None:
@@ -253,6 +281,17 @@ class RayEngine(WorkerSession):
         self._actors[worker] = self._actor_class.options(**options).remote(
             self.cpus_per_worker, list(sys.path)
         )
+
+    def _catch_up(self, worker: int) -> None:
+        """A replacement only where the cluster has room for it: waiting the start timeout
+        for an actor that cannot be placed (its node lost, no spare CPU) would make a
+        restart slower than none."""
+        deadline = time.monotonic() + min(ROOM_WAIT_S, self.start_timeout_s)
+        while int(self.ray.available_resources().get("CPU", 0)) < self.cpus_per_worker:
+            if time.monotonic() >= deadline:
+                raise WorkerLost(f"worker {worker}: no free CPU in the Ray cluster for its replacement")
+            time.sleep(0.1)
+        super()._catch_up(worker)
 
     def _prestart(self, workers: Sequence[int]) -> None:
         for worker in workers:
@@ -294,8 +333,9 @@ class RayEngine(WorkerSession):
         """Whether the worker's actor answers: False for a dead one. A new actor that
         cannot start, or any that does not answer in time, is an error naming it (and a
         new one is given up, so that it cannot take CPUs later)."""
+        actor = self._actors[worker]
         try:
-            self.ray.get(self._actors[worker].pid.remote(), timeout=self.start_timeout_s)
+            self._where[id(actor)] = self.ray.get(actor.where.remote(), timeout=self.start_timeout_s)
             return True
         except self.ray.exceptions.GetTimeoutError:
             if new:
@@ -356,7 +396,7 @@ class RayEngine(WorkerSession):
 
     def _deaths(self, workers: Sequence[int], calls: list[Any]) -> Deaths:
         """Wait for set-up calls: the deaths among them; a call that raised is raised."""
-        replies = self._replies(calls)
+        replies = self._replies(calls, workers)
         for worker, reply in zip(workers, replies, strict=True):
             if isinstance(reply, Raised):
                 raise task_failure(worker, reply.error, reply.traceback)
@@ -365,19 +405,24 @@ class RayEngine(WorkerSession):
     def _call(self, key: int, args: tuple[Any, ...], workers: Sequence[int], copy: bool) -> list[Reply]:
         size = payload_nbytes(args)
         sent = self.ray.put(args) if size >= PUT_BYTES else args
-        replies = self._replies([self._actors[worker].run.remote(key, sent) for worker in workers])
+        replies = self._replies([self._actors[worker].run.remote(key, sent) for worker in workers], workers)
         self.last_bytes_sent += size * len(workers)
         self.last_bytes_received += sum(payload_nbytes(r.value) for r in replies if isinstance(r, Done))
         return replies
 
-    def _replies(self, calls: list[Any]) -> list[Reply]:
+    def _replies(self, calls: list[Any], workers: Sequence[int]) -> list[Reply]:
         """Each call's result, or how it failed, in call order."""
-        try:
-            return [Done(value) for value in self.ray.get(calls)]  # the common case, in one wait
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
-            pass  # find out which calls failed, and how
+        silent = self._wait(calls, workers)
+        if not silent:
+            try:
+                return [Done(value) for value in self.ray.get(calls)]  # the common case, in one wait
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError):
+                pass  # find out which calls failed, and how
         replies: list[Reply] = []
-        for call in calls:
+        for call, worker in zip(calls, workers, strict=True):
+            if worker in silent:
+                replies.append(Died(silent[worker]))
+                continue
             try:
                 replies.append(Done(self.ray.get(call)))
             except self.ray.exceptions.RayActorError as exc:
@@ -385,6 +430,40 @@ class RayEngine(WorkerSession):
             except self.ray.exceptions.RayTaskError as exc:
                 replies.append(Raised(exc.cause, str(exc)))
         return replies
+
+    def _silence(self, worker: int) -> None:
+        """Kill a silent actor: through Ray, and on this node by its process id too (a
+        stopped process answers no one: SIGKILL ends it, SIGCONT lets it go)."""
+        actor = self._actors[worker]
+        _kill(self.ray, [actor])
+        node, pid = self._where.pop(id(actor), ("", 0))
+        if pid and node == self.ray.get_runtime_context().get_node_id():
+            for signum in (signal.SIGKILL, signal.SIGCONT):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signum)
+
+    def _wait(self, calls: list[Any], workers: Sequence[int]) -> dict[int, str]:
+        """Wait until every call is done; an actor that answers no beat for
+        ``round_timeout_s`` meanwhile is killed. The silent workers, and why."""
+        pending = dict(zip(calls, workers, strict=True))
+        heard = dict.fromkeys(workers, time.monotonic())
+        beats: dict[int, Any] = {}
+        silent: dict[int, str] = {}
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=BEAT_S)
+            for call in done:
+                del pending[call]
+            now = time.monotonic()
+            for call, worker in list(pending.items()):
+                beat = beats.get(worker)
+                if beat is not None and self.ray.wait([beat], timeout=0)[0]:
+                    heard[worker], beat = now, None
+                beats[worker] = beat if beat is not None else _beat(self._actors[worker])
+                if now - heard[worker] >= self.round_timeout_s:
+                    del pending[call]
+                    self._silence(worker)
+                    silent[worker] = f"silent for {self.round_timeout_s:g} s: stopped, hung or its node lost"
+        return silent
 
 
 __all__ = ["PUT_BYTES", "RayEngine", "import_ray"]

@@ -13,9 +13,11 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import threading
 from types import ModuleType
 
+from paragrad.engines import ray_reaper
 from paragrad.errors import ConfigError
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -40,6 +42,7 @@ class Connection:
 
     users = 0
     opened_here = False
+    reaper: subprocess.Popen[bytes] | None = None  # for a local instance started here
 
     @classmethod
     def open(cls, address: str | None, num_cpus: int) -> None:
@@ -51,6 +54,7 @@ class Connection:
             on_sigterm = signal.getsignal(signal.SIGTERM)
             if address is None:
                 _start_local_instance(ray, num_cpus)
+                cls.reaper = ray_reaper.start()  # stops Ray's agents if this process is killed
             else:
                 _join(ray, address)
             if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
@@ -64,6 +68,9 @@ class Connection:
         if cls.users == 0 and cls.opened_here:
             import_ray().shutdown()
             cls.opened_here = False
+            if cls.reaper is not None:
+                ray_reaper.done(cls.reaper)
+                cls.reaper = None
 
 
 QUIET = {"logging_level": logging.ERROR, "log_to_driver": False}

@@ -6,7 +6,9 @@ catch up: every task it was sent (by key) and the runs of tasks that changed the
 place (within ``max_restarts``), gives it its shard, every task and a replay of the
 set-up log, and runs its part of the round again, so the round's result is the one an
 undisturbed run would have had. A task that raises comes back as a value, and the lowest
-worker's failure is raised, whatever the timing.
+worker's failure is raised, whatever the timing. A worker silent for ``round_timeout_s``
+(stopped, hung) is killed by the engine and comes back as dead like any other, so nothing
+waits forever; ``restarts`` is a budget for each ``start`` (each call), not for the engine.
 
 Between rounds the workers may change: :meth:`WorkerSession._regroup` hands the run's
 virtual shards to another number of workers (a ``resize``, capacity found, or a worker
@@ -33,7 +35,7 @@ from typing import Any
 from paragrad.data import Dataset
 from paragrad.engines.base import Engine, GiveState, TakeState, task_failure
 from paragrad.errors import ConfigError, ParagradError, WorkerLost
-from paragrad.shards import ShardPlan, Task, as_task, move_state
+from paragrad.shards import MembershipChange, ShardPlan, Task, as_task, move_state
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class _Replacement(Exception):
 class WorkerSession(Engine):
     """An engine whose workers are other processes, which may die and be replaced.
 
-    ``restarts`` counts the workers replaced during rounds, at most ``max_restarts``.
+    ``restarts`` counts the workers replaced during rounds since the last ``start``, at
+    most ``max_restarts``: each ``train`` or ``predict`` call has the whole budget, on an
+    engine kept between calls too.
     """
 
     def __init__(self, workers: int | None = None, *, max_restarts: int = 0) -> None:
@@ -137,7 +141,8 @@ class WorkerSession(Engine):
 
     @abstractmethod
     def _call(self, key: int, args: tuple[Any, ...], workers: Sequence[int], copy: bool) -> list[Reply]:
-        """Run task ``key`` on ``workers``; one reply each, in the same order.
+        """Run task ``key`` on ``workers``; one reply each, in the same order. A worker
+        silent for ``round_timeout_s`` meanwhile is killed, and its reply is ``Died``.
 
         Adds what it moves to ``last_bytes_sent`` and ``last_bytes_received``. Without
         ``copy``, results may be views that stay valid until the next call.
@@ -154,6 +159,11 @@ class WorkerSession(Engine):
     def _ready(self, worker: int) -> bool:
         """Whether the worker in a prestarted slot is ready, without waiting."""
         return True
+
+    def _died_starting(self, worker: int) -> bool:
+        """Whether a prestarted worker is known dead, without waiting; by default never (a
+        death then shows when the run grows onto it, and is replaced or dropped there)."""
+        return False
 
     def _await_ready(self, workers: Sequence[int]) -> None:
         """Wait until started workers can compute (their start overlaps the placement);
@@ -186,6 +196,10 @@ class WorkerSession(Engine):
         Kept workers that died since the last ``start`` are replaced (not counted as
         restarts: no round was lost).
         """
+        with self.claimed():
+            self._start(dataset, plan)
+
+    def _start(self, dataset: Dataset, plan: ShardPlan) -> None:
         try:
             workers = range(plan.num_shards)
             if self._keeps_workers(plan.num_shards):
@@ -196,14 +210,15 @@ class WorkerSession(Engine):
                 self.num_workers = plan.num_shards
                 self._spawn(workers)
             self.num_workers = plan.num_shards
+            self.restarts = 0  # a budget per call, not shared with the calls before
             self._tasks, self._setup_log = {}, []
             self._dataset, self._plan, self._extra = dataset, plan, 0
             self._begin(plan)
             placing = time.perf_counter()
             self._place(dataset, plan)
             self.placing_s = time.perf_counter() - placing
-            self._replace_dead(workers, self._load(workers))
-            self._await_ready(workers)
+            self._replace_dead(workers, self._load(workers))  # may shrink an elastic run
+            self._await_ready(range(self.num_workers))
             self._placed = True
         except BaseException:
             self.close()
@@ -223,9 +238,40 @@ class WorkerSession(Engine):
             new = range(self.num_workers, count)
             self._prestart(new[self._extra :])
             self._extra = len(new)
-            if not wait and not all(self._ready(worker) for worker in new):
+            if not self._growth_survives(round_index, list(new)):
+                return
+            if not wait and not all(self._ready(worker) for worker in self._growth()):
                 return
         super().between_rounds(round_index)
+
+    def _growth(self) -> range:
+        """The slots of the workers started for a growth asked for."""
+        return range(self.num_workers, self.num_workers + self._extra)
+
+    def _growth_survives(self, round_index: int, new: list[int]) -> bool:
+        """Replace the workers started for a growth that died before they were used, while
+        restarts last; else go on without them (the growth shrinks, or is given up and
+        recorded in ``changes``). Whether a growth is still asked for."""
+        dead = [worker for worker in new if self._died_starting(worker)]
+        if not dead:
+            return True
+        assert self._requested is not None
+        count, cause, wait = self._requested
+        if self.restarts + len(dead) <= self.max_restarts:
+            self.restarts += len(dead)
+            self._spawn(dead)
+            return True
+        self._drop(dead)
+        self._extra -= len(dead)
+        count -= len(dead)
+        died = f"{len(dead)} worker(s) started for it died before they could be used"
+        if count > self.num_workers:
+            self._requested = (count, f"{cause}; {died}", wait)
+            return True
+        self._requested = None
+        given_up = f"{cause} given up: {died}"
+        self.changes.append(MembershipChange(round_index, self.num_workers, self.num_workers, given_up, 0.0))
+        return False
 
     # -- rounds --------------------------------------------------------------------------------
 
@@ -235,6 +281,10 @@ class WorkerSession(Engine):
         A task that raises leaves the engine usable; a worker lost for good, or an
         interruption (Ctrl-C), stops all workers, so the next ``start`` begins afresh.
         """
+        with self.claimed():
+            return self._run(task, args)
+
+    def _run(self, task: Task | Callable[..., Any], args: tuple[Any, ...]) -> list[Any]:
         if not self._placed:
             raise ConfigError(f"the {self.name} engine has no workers: call start() first")
         try:
@@ -364,9 +414,17 @@ class WorkerSession(Engine):
         return [died or reply for died, reply in zip(deaths, replies, strict=True)]
 
     def _replace_dead(self, workers: Sequence[int], deaths: Deaths) -> None:
+        """Replace the workers that died taking a message; with no restart left, an
+        elastic run goes on without them (every worker left is then up to date)."""
         for worker, died in zip(workers, deaths, strict=True):
             if died is not None:
-                self._restart(worker, died.reason)
+                try:
+                    self._restart(worker, died.reason)
+                except WorkerLost as lost:
+                    if self.num_workers <= self.min_workers:
+                        raise
+                    self._shrink(worker, str(lost))
+                    return
 
     def _restart(self, worker: int, reason: str) -> None:
         """Start a new worker in a dead one's place and bring it up to date, or raise

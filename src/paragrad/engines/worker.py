@@ -21,8 +21,10 @@ from typing import Any
 from paragrad.engines import transport
 from paragrad.engines.placement import ShardSpec, map_shard
 from paragrad.engines.protocol import (
+    HEARTBEAT_S,
     AddTask,
     Command,
+    Heartbeat,
     LoadShard,
     Ready,
     Reply,
@@ -129,13 +131,44 @@ def _inodes(spec: ShardSpec) -> tuple[int, ...]:
     return tuple(found)
 
 
+class Pulse:
+    """Sends :class:`Heartbeat` every ``HEARTBEAT_S`` while the worker works on a command;
+    replies go through :meth:`send` under the same lock, so no beat follows a reply."""
+
+    def __init__(self, replies: Connection) -> None:
+        self.replies = replies
+        self.lock = threading.Lock()
+        self.busy = threading.Event()
+        self.beat = pickle.dumps(Heartbeat())
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            self.busy.wait()
+            time.sleep(HEARTBEAT_S)
+            with self.lock:
+                if self.busy.is_set():
+                    try:
+                        self.replies.send_bytes(self.beat)
+                    except OSError:  # the coordinator is gone
+                        return
+
+    def send(self, data: bytes) -> None:
+        """Send a reply; the command is done, so the beats stop first."""
+        with self.lock:
+            self.busy.clear()
+            self.replies.send_bytes(data)
+
+
 def serve(commands: Connection, replies: Connection, state: WorkerState) -> None:
     """Answer commands until told to stop or the coordinator goes away."""
+    pulse = Pulse(replies)
     while True:
         try:
             message: Command = pickle.loads(commands.recv_bytes())
         except (EOFError, OSError):  # the coordinator is gone
             return
+        pulse.busy.set()
         match message:
             case Stop():
                 return
@@ -147,9 +180,11 @@ def serve(commands: Connection, replies: Connection, state: WorkerState) -> None
                 state.tasks[key] = payload
             case RunTask():
                 try:
-                    replies.send_bytes(pickle.dumps(state.run(message), protocol=pickle.HIGHEST_PROTOCOL))
+                    pulse.send(pickle.dumps(state.run(message), protocol=pickle.HIGHEST_PROTOCOL))
                 except OSError:  # the coordinator is gone
                     return
+        with pulse.lock:
+            pulse.busy.clear()
 
 
 def _portable(exc: BaseException) -> BaseException | None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from paragrad.data import Standardizer, is_sparse
 from paragrad.data.encoding import Encoding
-from paragrad.errors import ConfigError, DataError, in_terms, model_term
+from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
 from paragrad.model_file import write_model_file
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
@@ -111,7 +111,8 @@ class Model(ABC):
             row = int(np.argmin(known))
             shown = ", ".join(_shown(value) for value in self.classes_[:10])
             raise DataError(
-                f"label {_shown(y[row])} at row {row + 1} is not one of the model's classes ({shown})"
+                f"label {_shown(y[row])} at row {row + 1} is not one of the model's classes ({shown}); "
+                + ROWS_FROM_ONE
             )
         return codes.astype(np.float64)
 
