@@ -30,6 +30,7 @@ _SOURCES = {
     "Run": "paragrad.trainer",
     "TrainingDiverged": "paragrad.errors",
     "callbacks": "paragrad.callbacks",
+    "compress": "paragrad.model_compression",
     "evaluate": "paragrad.inference",
     "load": "paragrad.data",
     "load_model": "paragrad.checkpoint",
@@ -58,6 +59,7 @@ __all__ = [
     "Run",
     "TrainingDiverged",
     "callbacks",
+    "compress",
     "evaluate",
     "load",
     "load_model",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
         TrainingDiverged,
     )
     from paragrad.inference import evaluate, predict
+    from paragrad.model_compression import compress
     from paragrad.serving import serve
     from paragrad.strategies import SGD, GradientDescent, LocalSGD
     from paragrad.trainer import Run, train

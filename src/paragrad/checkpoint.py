@@ -31,7 +31,7 @@ from paragrad.errors import (
     check_positive_int,
     in_terms,
 )
-from paragrad.model_file import FORMAT, VERSION
+from paragrad.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSION, VERSIONS, decode_params
 from paragrad.models import Model, get_model
 
 
@@ -59,25 +59,32 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
             raise TorchModelFileError(
                 f"{path}: a Torch model's parameters: load them with pg.models.Torch.load(path, module)"
             )
-        if "meta" not in archive.files or "params" not in archive.files:
+        if "meta" not in archive.files:
             raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
         try:
             meta = json.loads(str(archive["meta"]))
         except json.JSONDecodeError:
             raise ModelFileError(f"{path}: damaged model metadata (not JSON)") from None
-        params = archive["params"]
+        stored = isinstance(meta, dict) and meta.get("storage") is not None
+        if not stored and "params" not in archive.files:
+            raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
+        # Small stored parameters are read as they are and decoded once the model is known.
+        params = {name: archive[name] for name in archive.files} if stored else archive["params"]
         standardizer = None
         if "standardizer_mean" in archive.files:
             standardizer = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
     return _rebuild(path, meta, params, standardizer)
 
 
-def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardizer | None) -> Model:
+def _rebuild(
+    path: Path, meta: Any, params: np.ndarray | dict[str, np.ndarray], standardizer: Standardizer | None
+) -> Model:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a paragrad model file (unknown format)")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in VERSIONS:
         raise ModelFileError(
-            f"{path}: model file version {meta.get('version')} is not supported (expected {VERSION})"
+            f"{path}: model file version {meta.get('version')} is not supported "
+            f"(expected {VERSION} or {VERSIONS[-1]})"
         )
     try:
         model = get_model(meta["family"])(**meta["config"])
@@ -103,6 +110,13 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             standardizer.mean.shape != (num_features,) or standardizer.scale.shape != (num_features,)
         ):
             raise ValueError("standardisation arrays do not match the feature count")
+        storage, stored = meta.get("storage"), None
+        if isinstance(params, dict):
+            if storage not in STORAGE:
+                raise ValueError(f"storage {storage!r}")
+            stored = {name: params[name] for name in params if name.startswith(STORED_PREFIXES[storage])}
+            matrices = model.weight_matrices() if storage == "int8" else []
+            params = decode_params(stored, storage, model.num_params, matrices)
     except (KeyError, TypeError, ValueError, ParagradError) as exc:
         raise ModelFileError(f"{path}: damaged model metadata ({exc})") from None
     if params.shape != (model.num_params,) or not np.issubdtype(params.dtype, np.floating):
@@ -110,6 +124,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             f"{path}: {params.size} parameters stored, but the model needs {model.num_params}"
         )
     model.params_ = params
+    model.storage_, model.stored_ = storage, stored
     model.standardizer_ = standardizer
     model.encoding_ = encoding
     model.read_options_ = read_options

@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks=_trackers(args),
     )
     try:
-        run = train(model, dataset, **options)
+        run = train(model, dataset, init=args.init, **options)
     except TrainingDiverged as exc:
         if args.out is not None:
             model.params_ = exc.params
@@ -283,6 +283,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labelled(path: Path, target: str | None, model) -> Dataset:
+    """Labelled rows for a model: the target named, else the column it was trained on."""
+    if path.suffix.lower() != ".npz" and target is None:
+        if model.target_name_ is None:
+            raise ConfigError(f"{path}: name the label column with --target")
+        target = model.target_name_
+    return load(path, target)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from paragrad.model_compression import compress, measure, side_by_side
+
+    _check_out(args.out, MODEL_SUFFIXES)
+    model = load_model(args.model)
+    if args.data is None and (args.method == "prune" or args.max_drop is not None):
+        raise ConfigError(
+            f"--method {args.method}{' --max-drop' * (args.max_drop is not None)} needs --data FILE"
+        )
+    data = None if args.data is None else _labelled(args.data, args.target, model)
+    compressed = compress(model, args.method, sparsity=args.sparsity, data=data, max_drop=args.max_drop)
+    save_model(compressed, args.out)
+    if data is None:
+        before, after = args.model.stat().st_size, args.out.stat().st_size
+        print(f"file size     {before / 1024:.1f} KiB -> {after / 1024:.1f} KiB ({after / before:.2f}x)")
+    else:
+        print(side_by_side(*measure([model, compressed], data), args.method))
+    print(f"saved         {args.out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
@@ -308,6 +338,7 @@ HANDLERS = {
     "export": cmd_export,
     "serve": cmd_serve,
     "bench": cmd_bench,
+    "compress": cmd_compress,
 }
 
 

@@ -294,8 +294,42 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
     )
     p.add_argument("--max-restarts", type=int, default=0, help="restart dead workers up to this many times")
+    p.add_argument(
+        "--init", type=Path, metavar="MODEL", help="start from this trained model's parameters (same shapes)"
+    )
     _add_file_options(p, training=True)
     _add_engine_options(p, elastic=True)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def _add_compress_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad compress``: a smaller model file, measured against the original."""
+    p = commands.add_parser(
+        "compress",
+        help="make a model file smaller: float16, int8 weights, or pruning",
+        description="Write a compressed copy of a model and print file size, metric, loss and "
+        "prediction time on --data, before and after, measured in the same run.",
+    )
+    p.add_argument("model", type=Path, help="model file written by train --out")
+    p.add_argument("--method", choices=("float16", "int8", "prune"), required=True)
+    p.add_argument("--sparsity", type=_fraction, help="prune: fraction of the weights set to zero")
+    p.add_argument(
+        "--data", type=Path, help="labelled rows to measure on (and to fine-tune on after pruning)"
+    )
+    p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
+    p.add_argument(
+        "--max-drop", type=_fraction, metavar="D", help="refuse, writing nothing, if the metric falls by more"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the compressed model file, .npz")
 
 
 # The serve options with a value: flag, type and help; their defaults are ServeConfig's.
@@ -397,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_serve_command(commands)
+    _add_compress_command(commands)
 
     p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")

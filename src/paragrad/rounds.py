@@ -142,6 +142,7 @@ class RoundLoop:
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
         self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
         self.autoscaler: AutoScaler | None = None  # set for workers="auto"
+        self.initial_params: np.ndarray | None = None  # set to start from a trained model
 
     def run(
         self,
@@ -232,7 +233,7 @@ class RoundLoop:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
         check = ConvergenceCheck(self.tol, self.strategy.stochastic)
         if resumed is None:
-            params = self.model.init_params(self.seed)
+            params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
             return LoopState(params, self.optimizer.init(params), [], check)
         check.restore(resumed.convergence)
         history = resumed.history

@@ -81,6 +81,7 @@ def train(
     resume: bool = False,
     keep_checkpoints: int = 3,
     callbacks: list[Callback | RoundFunction] | None = None,
+    init: Model | str | os.PathLike | None = None,
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -156,6 +157,10 @@ def train(
         :class:`paragrad.callbacks.Callback` objects (``TensorBoard(dir)``, ``MLflow()``) or
         functions ``f(record)`` of each round's history record; True from either stops the
         run after that round (``run.stopped == "stopped by a callback"``).
+    init : Model or path, optional
+        Start from this trained model's parameters (a model file's path, or a model) rather
+        than a fresh initialisation. It must fit: the same family and shapes, the same
+        features and classes; its standardisation, if any, is the run's.
 
     Returns
     -------
@@ -178,6 +183,9 @@ def train(
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
+    start_from = None if init is None else _start_model(init, model, data)
+    if start_from is not None and start_from.standardizer_ is not None:
+        standardize = True  # its parameters expect the features scaled as it scaled them
     bounds = WorkerBounds.parse(workers)
     with (
         _runner(engine, bounds, address, max_restarts, threads_per_worker) as runner,
@@ -194,6 +202,8 @@ def train(
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
         standardizer = None if resumed is None else resumed.standardizer
+        if standardizer is None and start_from is not None:
+            standardizer = start_from.standardizer_
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         model.encoding_ = encoding  # one-hot categories, kept in the model file
         model.read_options_ = read_options or None  # decimal mark, encoding: for predicting
@@ -206,6 +216,8 @@ def train(
                 f"but this data has {config.classes}"
             )
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
+        if start_from is not None:
+            loop.initial_params = _initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
         setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
@@ -243,6 +255,49 @@ def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
         name, reason = choose_model(data)
         return get_model(name)(), f"{name} ({reason})"
     return get_model(model)(), ""
+
+
+def _start_model(init: Model | str | os.PathLike, model: Model, data: Dataset) -> Model:
+    """The trained model ``init=`` names, refused with the reason when it cannot start this
+    run: another family, or features that differ from the data's."""
+    from paragrad.checkpoint import load_model
+
+    start = init if isinstance(init, Model) else load_model(init)
+    start._check_trained()
+    if start.name != model.name:
+        raise ConfigError(f"init: a {start.name} model cannot start a {model.name} model's training")
+    if start.num_features_ != data.num_features:
+        raise DataError(
+            f"init: the model was trained on {start.num_features_} features, the data has {data.num_features}"
+        )
+    if (
+        start.feature_names_ is not None
+        and data.feature_names is not None
+        and tuple(start.feature_names_) != tuple(data.feature_names)
+    ):
+        raise DataError(
+            f"init: the model's features ({', '.join(start.feature_names_[:5])}, ...) are not the data's "
+            f"({', '.join(data.feature_names[:5])}, ...)"
+        )
+    return start
+
+
+def _initial_params(start: Model, model: Model) -> np.ndarray:
+    """``start``'s parameters, once ``model`` is set up from the data: refused when the
+    classes or the shapes differ."""
+    if model.is_classifier and not np.array_equal(
+        np.asarray(start.classes_).astype(str), np.asarray(model.classes_).astype(str)
+    ):
+        raise DataError(
+            f"init: the model's classes {np.asarray(start.classes_).tolist()} are not the data's "
+            f"{np.asarray(model.classes_).tolist()}"
+        )
+    if start.num_params != model.num_params:
+        raise ConfigError(
+            f"init: {start!r} has {start.num_params} parameters, {model!r} needs {model.num_params}: "
+            "start from a model of the same shape"
+        )
+    return np.array(start.params, dtype=np.float64)
 
 
 def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[Any]:

@@ -1,0 +1,185 @@
+"""Smaller and faster models: compression (float16, int8, pruning) and knowledge transfer.
+
+The acceptance figures are measured on scikit-learn's digits, a quarter held out: a
+teacher MLP(256) and a student MLP(16).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from serving import outputs, running
+
+import paragrad as pg
+from paragrad.model_compression import CompressionRefused, measure, prune_mask
+from paragrad.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[pg.Dataset, pg.Dataset]:
+    """Digits scaled to [0, 1]: three quarters to train on, a quarter held out (stratified)."""
+    X, y = sklearn_datasets.load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = X[order] / 16.0, y[order]
+    held = len(y) // 4
+    return pg.Dataset(X[held:], y[held:]), pg.Dataset(X[:held], y[:held])
+
+
+@pytest.fixture(scope="module")
+def teacher(digits) -> pg.models.Model:
+    """An MLP(256) trained for a few epochs: about 97% on the held-out quarter."""
+    train, _ = digits
+    strategy = pg.SGD(batch_size=64)
+    options = dict(optimizer=pg.optim.Adam(lr=1e-2), epochs=10, tol=0.0, seed=0)
+    return pg.train(MLP(hidden=(256,)), train, strategy=strategy, engine="serial", workers=2, **options).model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, digits, teacher):
+    folder = tmp_path_factory.mktemp("digits")
+    train, test = digits
+    pg.save_dataset(train, folder / "train.npz")
+    pg.save_dataset(test, folder / "test.npz")
+    teacher.save(folder / "teacher.npz")
+    return folder
+
+
+def accuracy(model, data: pg.Dataset) -> float:
+    return float(np.mean(model.predict(data.X) == data.y))
+
+
+# -- compression ------------------------------------------------------------------------------
+
+
+def test_int8_teacher_is_small_and_as_accurate(digits, teacher, files):
+    _, test = digits
+    small = pg.compress(teacher, "int8", data=test, max_drop=0.01)
+    before, after = measure([teacher, small], test, repeats=1)
+    assert after.size_bytes <= 0.35 * before.size_bytes
+    assert before.metric - after.metric <= 0.01
+    assert small.params.dtype == np.float64 and small.params.flags.c_contiguous  # dequantized once
+    small.save(files / "int8.npz")
+    loaded = pg.load_model(files / "int8.npz")
+    assert loaded.storage_ == "int8"
+    assert np.array_equal(loaded.params, small.params)
+    assert np.array_equal(loaded.predict_proba(test.X), small.predict_proba(test.X))
+
+
+def test_int8_scale_is_per_output_unit(teacher):
+    small = pg.compress(teacher, "int8")
+    codes, scales = small.stored_["int8_weights"], small.stored_["int8_scales"]
+    assert codes.dtype == np.int8 and scales.dtype == np.float32
+    assert len(scales) == sum(cols for *_, cols in teacher.weight_matrices())  # 256 + 10
+    W = teacher.layers(teacher.params)[0][0]
+    assert np.allclose(scales[:256], np.abs(W).max(axis=0) / 127)
+    W_small = small.layers(small.params)[0][0]
+    assert np.all(np.abs(W_small - W) <= scales[:256] / 2 * (1 + 1e-6))  # round to nearest
+
+
+def test_int8_model_serves_the_same_answers(digits, files):
+    _, test = digits
+    model = pg.load_model(files / "int8.npz")
+    X = test.X[:50]
+    with running(str(files / "int8.npz")) as server:
+        answer = outputs(server.infer("int8", X))
+    assert np.array_equal(answer["predict"], model.predict(X))
+    assert np.array_equal(answer["proba"], model.predict_proba(X))  # bit for bit
+
+
+def test_int8_model_exports_to_onnx_with_int8_weights(digits, files, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    _, test = digits
+    model = pg.load_model(files / "int8.npz")
+    done = run_cli("export", files / "int8.npz", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert done.returncode == 0, done.stderr
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    assert sum(node.op_type == "DequantizeLinear" for node in graph.node) == 2
+    assert {init.data_type for init in graph.initializer} >= {onnx.TensorProto.INT8}
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    labels, proba = session.run(["predict", "proba"], {"X": test.X})
+    assert np.array_equal(labels, model.predict(test.X))
+    assert np.allclose(proba, model.predict_proba(test.X), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["float16", "int8", "prune"])
+@pytest.mark.parametrize("family", ["linear", "logistic", "softmax", "mlp"])
+def test_every_family_compresses_and_reloads(family, method, tmp_path):
+    data = (
+        pg.make_regression(300, 6, seed=1)
+        if family == "linear"
+        else pg.make_classification(300, 6, num_classes=2 if family == "logistic" else 3, seed=1)
+    )
+    model = {
+        "linear": LinearRegression(),
+        "logistic": LogisticRegression(l2=0.01),
+        "softmax": SoftmaxRegression(l2=0.01),
+        "mlp": MLP(hidden=(8,)),
+    }[family]
+    model = pg.train(model, data, engine="serial", workers=2, epochs=20 if family == "mlp" else None).model
+    sparsity = 0.5 if method == "prune" else None
+    small = pg.compress(model, method, sparsity=sparsity, data=data if method == "prune" else None)
+    assert type(small) is type(model) and small is not model
+    small.save(tmp_path / "m.npz")
+    loaded = pg.load_model(tmp_path / "m.npz")
+    assert np.array_equal(loaded.predict(data.X), small.predict(data.X))
+    assert sum(array.nbytes for array in small.stored_.values()) < model.params.nbytes
+    if method == "prune":
+        kept = prune_mask(model, 0.5)
+        assert np.all(loaded.params[~kept] == 0.0)
+
+
+def test_pruning_keeps_the_zeros_through_the_fine_tune(digits, teacher):
+    train, test = digits
+    pruned = pg.compress(teacher, "prune", sparsity=0.9, data=train)
+    kept = prune_mask(teacher, 0.9)
+    weights = np.zeros(teacher.num_params, dtype=bool)
+    for offset, rows, cols in teacher.weight_matrices():
+        weights[offset : offset + rows * cols] = True
+    assert np.count_nonzero(pruned.params[weights]) <= 0.1 * weights.sum() + 1
+    assert np.all(pruned.params[~kept] == 0.0)
+    assert not np.array_equal(pruned.params[kept], teacher.params[kept])  # the rest was tuned
+    assert accuracy(pruned, test) >= accuracy(teacher, test) - 0.05
+
+
+def test_pruning_too_far_is_refused_without_a_file(files):
+    out = files / "pruned.npz"
+    done = run_cli(
+        "compress", files / "teacher.npz", "--method", "prune", "--sparsity", "0.995",
+        "--data", files / "test.npz", "--max-drop", "0.01", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "more than --max-drop 0.01" in done.stderr
+    assert not out.exists()
+
+
+def test_refusal_in_python_names_the_drop(digits, teacher):
+    train, _ = digits
+    with pytest.raises(CompressionRefused, match="lost"):
+        pg.compress(teacher, "prune", sparsity=0.995, data=train, max_drop=0.01, epochs=1)
+
+
+def test_compress_command_prints_before_and_after(files):
+    done = run_cli(
+        "compress", files / "teacher.npz", "--method", "int8", "--data", files / "test.npz",
+        "--out", files / "cli-int8.npz",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for row in ("file size", "accuracy", "loss", "predict time"):
+        assert row in done.stdout
+    assert pg.load_model(files / "cli-int8.npz").storage_ == "int8"
+    done = run_cli("evaluate", files / "cli-int8.npz", files / "test.npz", "--target", "y")
+    assert done.returncode == 0 and "accuracy" in done.stdout
+
+
+def test_compress_refuses_settings_that_do_not_fit(teacher, digits):
+    train, _ = digits
+    with pytest.raises(pg.ConfigError, match="sparsity"):
+        pg.compress(teacher, "prune", data=train)
+    with pytest.raises(pg.ConfigError, match="give the data"):
+        pg.compress(teacher, "int8", max_drop=0.01)
+    with pytest.raises(pg.ConfigError, match="choose one of"):
+        pg.compress(teacher, "int4")
