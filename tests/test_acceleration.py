@@ -6,6 +6,8 @@ teacher MLP(256) and a student MLP(16).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -183,3 +185,140 @@ def test_compress_refuses_settings_that_do_not_fit(teacher, digits):
         pg.compress(teacher, "int8", max_drop=0.01)
     with pytest.raises(pg.ConfigError, match="choose one of"):
         pg.compress(teacher, "int4")
+
+
+# -- knowledge transfer -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def distilled(digits, teacher):
+    """A student MLP(16) distilled from the teacher, with the same student trained on the
+    labels alone in the same call (the baseline)."""
+    train, test = digits
+    return pg.distill(teacher, MLP(hidden=(16,)), train, test=test, engine="serial", workers=2, seed=0)
+
+
+def test_distilled_student_keeps_accuracy_and_follows_the_teacher(distilled):
+    teacher, student, baseline = distilled.standings
+    assert (teacher.name, student.name, baseline.name) == ("teacher", "student", "student on labels")
+    assert student.metric >= baseline.metric - 0.01
+    assert student.fidelity >= baseline.fidelity
+    assert student.size_bytes < teacher.size_bytes / 5
+    summary = distilled.summary()
+    assert "student on labels" in summary and "agreement" in summary
+
+
+def test_distilled_student_predicts_three_times_faster(digits, teacher, distilled):
+    _, test = digits
+    X = np.tile(test.X, (100_000 // test.num_rows + 1, 1))[:100_000]
+    best = {"teacher": np.inf, "student": np.inf}
+    for _ in range(5):  # best of several, taking turns, so a busy machine slows both alike
+        for name, model in (("teacher", teacher), ("student", distilled.model)):
+            start = time.perf_counter()
+            model.predict(X)
+            best[name] = min(best[name], time.perf_counter() - start)
+    assert best["teacher"] >= 3 * best["student"]
+
+
+def test_the_student_is_a_plain_model_of_its_family(distilled, tmp_path, digits):
+    _, test = digits
+    student = distilled.model
+    assert type(student) is type(MLP(hidden=(16,)))
+    student.save(tmp_path / "s.npz")
+    assert np.array_equal(pg.load_model(tmp_path / "s.npz").predict(test.X), student.predict(test.X))
+
+
+def test_soft_targets_stay_with_the_shard():
+    from paragrad.distillation import SoftTargets
+    from paragrad.shards import Shard
+
+    data = pg.make_classification(200, 4, num_classes=3, seed=2)
+    teacher = pg.train(SoftmaxRegression(l2=0.1), data, engine="serial", workers=1).model
+    shard = Shard(data.X, data.y.astype(np.float64), 0, 1)
+    SoftTargets(teacher, 2.0, 0.5, (0, 1, 2))(shard)
+    assert shard.y.shape == (200, 4)
+    assert np.array_equal(shard.y[:, 0], data.y)
+    expected = pg.models.base.softmax(teacher.decision_function(teacher.params, data.X) / 2.0)
+    assert np.allclose(shard.y[:, 1:], expected)
+
+
+def test_distillation_loss_matches_finite_differences():
+    from paragrad.distillation import DistilledSoftmaxRegression
+
+    data = pg.make_classification(50, 3, num_classes=3, seed=4)
+    model = DistilledSoftmaxRegression()
+    model.setup(3, data.y)
+    model.temperature, model.alpha = 3.0, 0.3
+    soft = np.random.default_rng(0).dirichlet(np.ones(3), size=50)
+    y = np.column_stack([data.y.astype(np.float64), soft])
+    params = np.random.default_rng(1).standard_normal(model.num_params)
+    _, grad = model.loss_grad(params, data.X, y)
+    step = 1e-6
+    for index in range(model.num_params):
+        shift = np.zeros(model.num_params)
+        shift[index] = step
+        numeric = (
+            model.loss_grad(params + shift, data.X, y)[0] - model.loss_grad(params - shift, data.X, y)[0]
+        ) / (2 * step)
+        assert numeric == pytest.approx(grad[index], rel=1e-5, abs=1e-6)
+
+
+def test_distillation_is_the_same_on_worker_processes():
+    data = pg.make_classification(400, 5, num_classes=2, seed=3)
+    teacher = pg.train(MLP(hidden=(32,)), data, engine="serial", workers=2, epochs=5, tol=0.0).model
+    options = dict(workers=2, epochs=2, seed=1, baseline=False)
+    serial = pg.distill(teacher, LogisticRegression(), data, engine="serial", **options)
+    local = pg.distill(teacher, LogisticRegression(), data, engine="local", **options)
+    assert np.allclose(serial.params, local.params, rtol=1e-12, atol=1e-14)
+
+
+def test_regression_student_learns_the_mix(tmp_path):
+    data = pg.make_regression(300, 4, seed=5)
+    teacher = pg.train(LinearRegression(), data, engine="serial", workers=1).model
+    full_batch = dict(strategy=pg.GradientDescent(), optimizer=pg.optim.LBFGS(), epochs=100)
+    run = pg.distill(teacher, LinearRegression(), data, alpha=1.0, engine="serial", workers=1, **full_batch)
+    teacher_r2 = next(s for s in run.standings if s.name == "student").fidelity
+    assert teacher_r2 > 0.99  # alpha 1: the student learns the teacher's predictions
+
+
+def test_distill_refuses_a_student_that_does_not_fit(teacher, digits):
+    train, _ = digits
+    with pytest.raises(pg.ConfigError, match="regression"):
+        pg.distill(teacher, LinearRegression(), train)
+    with pytest.raises(pg.ConfigError, match="gradients"):
+        pg.distill(teacher, SoftmaxRegression(), train, optimizer=pg.optim.Newton())
+
+
+def test_distill_command(files):
+    done = run_cli(
+        "distill", files / "teacher.npz", files / "train.npz", "--student", "mlp:16", "--test",
+        files / "test.npz", "--epochs", "3", "--engine", "serial", "--workers", "2", "--out", files / "s.npz",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "student on labels" in done.stdout and "agreement" in done.stdout
+    assert pg.load_model(files / "s.npz").hidden == (16,)
+
+
+# -- starting from a trained model ------------------------------------------------------------
+
+
+def test_init_starts_from_the_model(digits, teacher):
+    train, _ = digits
+    options = dict(strategy=pg.SGD(batch_size=64), engine="serial", workers=2, epochs=1, tol=0.0)
+    fresh = pg.train(MLP(hidden=(256,)), train, **options)
+    warm = pg.train(MLP(hidden=(256,)), train, init=teacher, **options)
+    assert warm.history[0]["loss"] < fresh.history[0]["loss"] / 5
+
+
+def test_init_refuses_a_model_that_does_not_fit(digits, teacher, files):
+    train, _ = digits
+    with pytest.raises(pg.ConfigError, match="parameters"):
+        pg.train(MLP(hidden=(16,)), train, init=teacher, engine="serial", workers=1, epochs=1)
+    two = pg.Dataset(train.X, train.y % 2)
+    with pytest.raises(pg.DataError, match="classes"):
+        pg.train(MLP(hidden=(256,)), two, init=teacher, engine="serial", workers=1, epochs=1)
+    done = run_cli(
+        "train", files / "train.npz", "--model", "softmax", "--init", files / "teacher.npz", "--out",
+        files / "x.npz",
+    )  # fmt: skip
+    assert done.returncode == 1 and "init: a mlp model cannot start a softmax" in done.stderr

@@ -31,6 +31,7 @@ _SOURCES = {
     "TrainingDiverged": "paragrad.errors",
     "callbacks": "paragrad.callbacks",
     "compress": "paragrad.model_compression",
+    "distill": "paragrad.distillation",
     "evaluate": "paragrad.inference",
     "load": "paragrad.data",
     "load_model": "paragrad.checkpoint",
@@ -60,6 +61,7 @@ __all__ = [
     "TrainingDiverged",
     "callbacks",
     "compress",
+    "distill",
     "evaluate",
     "load",
     "load_model",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
     from paragrad import callbacks, models, optim
     from paragrad.checkpoint import load_model, save_model
     from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
+    from paragrad.distillation import distill
     from paragrad.errors import (
         ConfigError,
         ConvergenceWarning,

@@ -313,6 +313,37 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from paragrad.distillation import distill, student_model
+
+    _check_out(args.out, MODEL_SUFFIXES)
+    teacher = load_model(args.teacher)
+    data = _labelled(args.data, args.target, teacher)
+    test = None if args.test is None else _labelled(args.test, args.target, teacher)
+    name, hidden = args.student
+    strategy_options: dict[str, Any] = {}
+    if args.strategy in DEFAULT_BATCH:
+        strategy_options["batch_size"] = args.batch_size
+    run = distill(
+        teacher,
+        student_model(name, hidden, teacher),
+        data,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        test=test,
+        strategy=get_strategy(args.strategy, **strategy_options),
+        optimizer=get_optimizer("adam", lr=args.lr),
+        epochs=args.epochs,
+        seed=args.seed,
+        engine=args.engine,
+        workers=args.workers,
+        tol=0.0,
+    )
+    print(run.summary())
+    _save(run, args.out)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
@@ -339,6 +370,7 @@ HANDLERS = {
     "serve": cmd_serve,
     "bench": cmd_bench,
     "compress": cmd_compress,
+    "distill": cmd_distill,
 }
 
 

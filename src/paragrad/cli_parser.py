@@ -332,6 +332,42 @@ def _add_compress_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the compressed model file, .npz")
 
 
+def _student(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, sizes = text.partition(":")
+    if name in ("logistic", "softmax", "linear") and not sizes:
+        return name, ()
+    if name == "mlp":
+        return name, _hidden(sizes) if sizes else (16,)
+    raise argparse.ArgumentTypeError(f"expected logistic, softmax, linear or mlp:H[,H], got {text!r}")
+
+
+def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad distill``: a small student trained on a teacher's outputs."""
+    p = commands.add_parser(
+        "distill",
+        help="train a small model on a trained model's outputs",
+        description="Train a student on a mix of the teacher's softened outputs and the labels; "
+        "print its metric, agreement with the teacher, size and prediction time against the "
+        "teacher's and against the same student trained on the labels alone.",
+    )
+    p.add_argument("teacher", type=Path, help="model file written by train --out")
+    p.add_argument("data", type=Path, help="labelled training rows")
+    p.add_argument("--target", help=TARGET_HELP)
+    p.add_argument("--student", type=_student, required=True, metavar="{logistic,softmax,linear,mlp:H[,H]}")
+    p.add_argument("--temperature", type=float, default=2.0, help="softens the outputs (classifiers)")
+    p.add_argument("--alpha", type=_fraction, default=0.5, help="weight of the teacher's part of the loss")
+    p.add_argument(
+        "--test", type=Path, help="held-out labelled rows to report on (default: the training rows)"
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, default="sgd", help="training algorithm")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per step")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="the student's model file, .npz")
+    _add_engine_options(p)
+
+
 # The serve options with a value: flag, type and help; their defaults are ServeConfig's.
 SERVE_OPTIONS = (
     ("--host", str, "address to listen on; any but loopback needs --token"),
@@ -432,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve_command(commands)
     _add_compress_command(commands)
+    _add_distill_command(commands)
 
     p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")

@@ -48,7 +48,7 @@ from paragrad.settings import (
     default_optimizer,
     resource_warnings,
 )
-from paragrad.shards import plan_shards
+from paragrad.shards import Task, plan_shards
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
@@ -82,6 +82,7 @@ def train(
     keep_checkpoints: int = 3,
     callbacks: list[Callback | RoundFunction] | None = None,
     init: Model | str | os.PathLike | None = None,
+    shard_tasks: tuple[Task, ...] = (),
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -161,6 +162,10 @@ def train(
         Start from this trained model's parameters (a model file's path, or a model) rather
         than a fresh initialisation. It must fit: the same family and shapes, the same
         features and classes; its standardisation, if any, is the run's.
+    shard_tasks : tuple of Task
+        Tasks that change every shard once the labels are encoded and the features
+        standardised, before the first round (a teacher's outputs kept with the rows, see
+        :func:`paragrad.distill`); an engine replays them on a worker it restarts.
 
     Returns
     -------
@@ -206,6 +211,8 @@ def train(
             standardizer = start_from.standardizer_
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         model.encoding_ = encoding  # one-hot categories, kept in the model file
+        for task in shard_tasks:
+            runner.run(task)
         model.read_options_ = read_options or None  # decimal mark, encoding: for predicting
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
