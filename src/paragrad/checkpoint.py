@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -263,7 +264,13 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
             f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
         )
     opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
-    history = [dict(zip(history_keys, row.tolist(), strict=True)) for row in arrays["history"]]
+    if arrays["history"].shape[1] > len(history_keys):
+        raise ValueError("history has more columns than this version records")
+    # A checkpoint written before a key was added has NaN for it (the energy of old rounds).
+    history = [
+        {key: math.nan for key in history_keys} | dict(zip(history_keys, row.tolist(), strict=False))
+        for row in arrays["history"]
+    ]
     for record in history:
         for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
             record[key] = int(record[key])

@@ -45,6 +45,7 @@ class WorkerResult(NamedTuple):
     compute_s: float = 0.0
     matrix: np.ndarray | None = None  # a Hessian sum or a least-squares factor, when needed
     processed: int | None = None  # rows computed on, when not ``count``
+    cpu_s: float = 0.0  # the worker process's CPU seconds, when it is not the coordinator's
 
     @property
     def rows_processed(self) -> int:

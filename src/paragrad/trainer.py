@@ -25,6 +25,7 @@ from paragrad.checkpoint import (
 )
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
+from paragrad.energy import EnergyMeter
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
@@ -173,6 +174,7 @@ def train(
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
     call_started = time.perf_counter()
+    energy = EnergyMeter()
     model, model_choice = _model_for(model, data)
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
@@ -233,8 +235,16 @@ def train(
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
+    used = energy.total(loop.energy.worker_cpu_s)  # the coordinator's own CPU time is the meter's
     run = dataclasses.replace(
-        run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s, model_choice=model_choice
+        run,
+        setup_s=setup_s,
+        setup_parts=setup_parts,
+        total_s=total_s,
+        model_choice=model_choice,
+        energy_j=used.energy_j,
+        cpu_s=used.cpu_s,
+        energy_source=energy.describe(),
     )
     hooks.train_end(run)
     return run
