@@ -128,3 +128,14 @@ def test_codecarbon_tracks_a_run():
     )
     assert tracker.energy_kwh is not None and tracker.energy_kwh >= 0
     assert tracker.emissions_kg is not None
+
+
+def test_the_energy_bench_reports_joules_per_million_rows():
+    from paragrad.bench.energy_suite import bench_energy
+
+    rows = bench_energy(quick=True)
+    assert [row["strategy"] for row in rows] == ["GradientDescent", "SGD", "LocalSGD"]
+    for row in rows:
+        assert row["j_per_million_rows"] == pytest.approx(row["energy_j"] / row["rows_trained"] * 1e6)
+        assert row["energy_j"] > 0 and row["source"]
+    assert rows[0]["ratio_to_gd"] == 1.0

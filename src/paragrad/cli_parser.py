@@ -47,6 +47,8 @@ BENCH_SUITES = (
     "serve",
     "elastic",
     "e2e",
+    "energy",
+    "acceleration",
 )
 
 
