@@ -322,3 +322,37 @@ def test_init_refuses_a_model_that_does_not_fit(digits, teacher, files):
         files / "x.npz",
     )  # fmt: skip
     assert done.returncode == 1 and "init: a mlp model cannot start a softmax" in done.stderr
+
+
+def test_a_torch_model_teaches(digits):
+    pytest.importorskip("torch")
+    from test_torch import small_net
+
+    train, test = digits
+    teacher_options = dict(
+        strategy=pg.SGD(batch_size=64), optimizer=pg.optim.Adam(lr=1e-2), epochs=3, tol=0.0
+    )
+    teacher = pg.train(
+        pg.models.Torch(small_net(64, 10)), train, engine="serial", workers=1, **teacher_options
+    ).model
+    run = pg.distill(
+        teacher, SoftmaxRegression(), train, test=test, engine="serial", workers=2, epochs=5, seed=0
+    )
+    student = next(standing for standing in run.standings if standing.name == "student")
+    assert student.fidelity > 0.85
+
+
+def test_an_onnx_file_teaches(digits, files, tmp_path):
+    pytest.importorskip("onnxruntime")
+    train, test = digits
+    assert run_cli("export", files / "teacher.npz", "--out", tmp_path / "t.onnx").returncode == 0
+    from paragrad.models.onnx_model import load_onnx
+
+    onnx_teacher = load_onnx(tmp_path / "t.onnx")
+    teacher = pg.load_model(files / "teacher.npz")
+    assert np.array_equal(onnx_teacher.predict(test.X), teacher.predict(test.X))
+    assert np.allclose(onnx_teacher.predict_proba(test.X), teacher.predict_proba(test.X))
+    options = dict(test=test, engine="local", workers=2, epochs=2, seed=0, baseline=False)
+    from_onnx = pg.distill(tmp_path / "t.onnx", SoftmaxRegression(), train, **options)
+    from_model = pg.distill(teacher, SoftmaxRegression(), train, **options)
+    assert np.allclose(from_onnx.params, from_model.params, rtol=1e-6, atol=1e-9)

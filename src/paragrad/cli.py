@@ -314,10 +314,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from paragrad.distillation import distill, student_model
+    from paragrad.distillation import distill, student_model, teacher_model
 
     _check_out(args.out, MODEL_SUFFIXES)
-    teacher = load_model(args.teacher)
+    teacher = teacher_model(args.teacher)
     data = _labelled(args.data, args.target, teacher)
     test = None if args.test is None else _labelled(args.test, args.target, teacher)
     name, hidden = args.student

@@ -352,7 +352,7 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
         "print its metric, agreement with the teacher, size and prediction time against the "
         "teacher's and against the same student trained on the labels alone.",
     )
-    p.add_argument("teacher", type=Path, help="model file written by train --out")
+    p.add_argument("teacher", type=Path, help="model file written by train --out, or an .onnx file")
     p.add_argument("data", type=Path, help="labelled training rows")
     p.add_argument("--target", help=TARGET_HELP)
     p.add_argument("--student", type=_student, required=True, metavar="{logistic,softmax,linear,mlp:H[,H]}")

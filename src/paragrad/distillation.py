@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -154,8 +155,22 @@ class DistillationRun(Run):
         return "\n".join(lines)
 
 
+def teacher_model(teacher: Model | str | os.PathLike) -> Model:
+    """A teacher as given: a model, a paragrad model file, or an ``.onnx`` file (run by
+    onnxruntime, see :mod:`paragrad.models.onnx_model`)."""
+    if isinstance(teacher, Model):
+        return teacher
+    if str(teacher).lower().endswith(".onnx"):
+        from paragrad.models.onnx_model import load_onnx
+
+        return load_onnx(teacher)
+    from paragrad.checkpoint import load_model
+
+    return load_model(teacher)
+
+
 def distill(
-    teacher: Model,
+    teacher: Model | str | os.PathLike,
     student: Model,
     data: Dataset,
     *,
@@ -169,8 +184,10 @@ def distill(
 
     Parameters
     ----------
-    teacher : Model
-        A trained paragrad model (numpy or Torch) for the same features and classes.
+    teacher : Model or path
+        A trained paragrad model (numpy or Torch), its file, or an ONNX file with a
+        ``proba`` output (classifiers; as ``paragrad export`` writes), for the same
+        features and classes.
     student : Model
         An untrained model: ``LogisticRegression``, ``SoftmaxRegression``, ``MLP`` for
         classes; ``LinearRegression`` or ``MLP(task="regression")`` for a quantity.
@@ -199,6 +216,7 @@ def distill(
     from paragrad.strategies import SGD
     from paragrad.trainer import train
 
+    teacher = teacher_model(teacher)
     order = _check(teacher, student, data, temperature, alpha, train_options)
     settings: dict[str, Any] = {
         "strategy": SGD(batch_size=64),
