@@ -121,7 +121,8 @@ def test_every_family_compresses_and_reloads(family, method, tmp_path):
         "softmax": SoftmaxRegression(l2=0.01),
         "mlp": MLP(hidden=(8,)),
     }[family]
-    model = pg.train(model, data, engine="serial", workers=2, epochs=20 if family == "mlp" else None).model
+    epochs = 20 if family == "mlp" else None
+    model = pg.train(model, data, engine="serial", workers=2, epochs=epochs, tol=0.0, standardize=True).model
     sparsity = 0.5 if method == "prune" else None
     small = pg.compress(model, method, sparsity=sparsity, data=data if method == "prune" else None)
     assert type(small) is type(model) and small is not model
@@ -132,6 +133,15 @@ def test_every_family_compresses_and_reloads(family, method, tmp_path):
     if method == "prune":
         kept = prune_mask(model, 0.5)
         assert np.all(loaded.params[~kept] == 0.0)
+    if method == "int8" and family != "linear":  # standardised, through DequantizeLinear
+        ort = pytest.importorskip("onnxruntime")
+        from paragrad.onnx_export import export_onnx
+
+        export_onnx(loaded, tmp_path / "m.onnx")
+        session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+        labels, proba = session.run(["predict", "proba"], {"X": data.X})
+        assert np.array_equal(labels, loaded.predict(data.X))
+        assert np.allclose(proba, loaded.predict_proba(data.X), rtol=1e-9, atol=1e-12)
 
 
 def test_pruning_keeps_the_zeros_through_the_fine_tune(digits, teacher):

@@ -79,6 +79,7 @@ def test_the_estimate_is_cpu_seconds_times_the_watts(engine, tmp_path, monkeypat
         engine=engine,
         workers=2,
         epochs=2,
+        tol=0.0,
     )
     own_cpu_s = time.process_time() - own_start
     for record in run.history:
@@ -139,3 +140,17 @@ def test_the_energy_bench_reports_joules_per_million_rows():
         assert row["j_per_million_rows"] == pytest.approx(row["energy_j"] / row["rows_trained"] * 1e6)
         assert row["energy_j"] > 0 and row["source"]
     assert rows[0]["ratio_to_gd"] == 1.0
+
+
+def test_a_checkpoint_from_before_the_energy_keys_resumes(tmp_path):
+    from paragrad.checkpoint import TrainingState, load_latest_checkpoint, save_checkpoint
+    from paragrad.optim.first_order import AdamState
+    from paragrad.run import HISTORY_KEYS
+
+    old_keys = HISTORY_KEYS[:-2]  # as written before cpu_s and energy_j were recorded
+    record = dict.fromkeys(old_keys, 1)
+    state = AdamState(np.array(0), np.zeros(2), np.zeros(2))
+    save_checkpoint(tmp_path, TrainingState(1, np.zeros(2), state, [record], {}, None, {}), old_keys)
+    read = load_latest_checkpoint(tmp_path, HISTORY_KEYS, AdamState)
+    assert read is not None and tuple(read.history[0]) == HISTORY_KEYS
+    assert np.isnan(read.history[0]["energy_j"]) and read.history[0]["loss"] == 1.0
