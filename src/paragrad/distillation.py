@@ -190,7 +190,8 @@ def distill(
         features and classes.
     student : Model
         An untrained model: ``LogisticRegression``, ``SoftmaxRegression``, ``MLP`` for
-        classes; ``LinearRegression`` or ``MLP(task="regression")`` for a quantity.
+        classes; ``LinearRegression`` or ``MLP(task="regression")`` for a quantity. It
+        is left as it is: the trained student is ``run.model``.
     data : Dataset
         Labelled training rows.
     temperature : float

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from paragrad.errors import ConfigError
 
-# Cloud Carbon Footprint's coefficient for a busy vCPU: the average of the most a vCPU
-# draws across AWS's processors, from SPECpower results (its methodology page, "Average
-# Max Watts" 3.5 W per vCPU; idle 0.74 W).
+# Cloud Carbon Footprint's coefficient for a busy vCPU on AWS, derived from SPECpower
+# results: its methodology page, Appendix I, "Average Maximum Watts (100% CPU
+# Utilization): 3.5" per vCPU (and 0.74 W at 0%).
 DEFAULT_WATTS_PER_CORE = 3.5
 WATTS_SOURCE = "Cloud Carbon Footprint's busy-vCPU average for AWS, from SPECpower"
 POWERCAP_ROOT = Path("/sys/class/powercap")
