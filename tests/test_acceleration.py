@@ -366,3 +366,24 @@ def test_an_onnx_file_teaches(digits, files, tmp_path):
     from_onnx = pg.distill(tmp_path / "t.onnx", SoftmaxRegression(), train, **options)
     from_model = pg.distill(teacher, SoftmaxRegression(), train, **options)
     assert np.allclose(from_onnx.params, from_model.params, rtol=1e-6, atol=1e-9)
+
+
+def test_the_pruning_fine_tune_is_the_same_on_worker_processes():
+    data = pg.make_classification(600, 6, num_classes=3, seed=6)
+    model = pg.train(SoftmaxRegression(l2=0.01), data, engine="serial", workers=1).model
+    options = dict(sparsity=0.5, data=data, workers=2, epochs=2)
+    serial = pg.compress(model, "prune", engine="serial", **options)
+    local = pg.compress(model, "prune", engine="local", **options)
+    assert np.count_nonzero(serial.params[:18] == 0.0) == 9  # half of the 6 x 3 weights
+    assert np.allclose(serial.params, local.params, rtol=1e-6, atol=1e-7)  # float32 storage
+
+
+def test_train_init_from_the_command_line(files):
+    done = run_cli(
+        "train", files / "train.npz", "--model", "mlp", "--hidden", "256", "--strategy", "sgd",
+        "--epochs", "1", "--init", files / "teacher.npz", "--engine", "serial", "--workers", "1",
+        "--out", files / "warm.npz",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "energy" in done.stdout
+    assert pg.load_model(files / "warm.npz").num_params == pg.load_model(files / "teacher.npz").num_params
