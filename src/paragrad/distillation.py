@@ -309,7 +309,7 @@ def _plain(model: Model, family: type[Model]) -> Model:
     return plain
 
 
-def compare(models: dict[str, Model], data: Dataset, repeats: int = 5) -> list[Standing]:
+def compare(models: dict[str, Model], data: Dataset, repeats: int = 7) -> list[Standing]:
     """Metric, agreement with the first model (the teacher), file size and best prediction
     time of ``repeats`` on ``data``'s rows, for each model; the models take turns."""
     from paragrad.model_compression import measure

@@ -200,18 +200,28 @@ def file_size(model: Model) -> int:
         return os.path.getsize(path)
 
 
-def measure(models: list[Model], data: Dataset, *, repeats: int = 5) -> list[Footprint]:
-    """Each model's file size, metric and mean loss on ``data``, and its best time of
-    ``repeats`` predictions of the data's rows; the models take turns, so that a busy
-    machine slows each of them alike."""
+MEASURE_S = 0.2  # at least this long of predictions per model, however many repeats it takes
+
+
+def measure(models: list[Model], data: Dataset, *, repeats: int = 7) -> list[Footprint]:
+    """Each model's file size, metric and mean loss on ``data``, and its best time of at
+    least ``repeats`` predictions of the data's rows (more, up to 100, until each model has
+    predicted for ``MEASURE_S``: small data takes a millisecond, which a busy machine
+    disturbs); the models take turns, so that the machine's load slows each alike."""
     from paragrad.inference import evaluate
 
     best = [math.inf] * len(models)
-    for _ in range(repeats):
+    spent = [0.0] * len(models)
+    for model in models if repeats else ():  # warm: first calls pay for caches and threads
+        model.predict(data.X)
+    for turn in range(100 if repeats else 0):
+        if turn >= repeats and min(spent) >= MEASURE_S:
+            break
         for index, model in enumerate(models):
             start = time.perf_counter()
             model.predict(data.X)
-            best[index] = min(best[index], time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            best[index], spent[index] = min(best[index], elapsed), spent[index] + elapsed
     footprints = []
     for model, seconds in zip(models, best, strict=True):
         metrics = evaluate(model, data)
