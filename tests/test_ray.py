@@ -628,3 +628,17 @@ def test_an_address_for_another_engine_is_refused(tmp_path):
     assert failed_training(tmp_path, "--address", "10.0.0.1:6379") == (
         "paragrad: error: address= joins a Ray cluster: use engine='ray', not 'local'"
     )
+
+
+def test_actors_report_their_cpu_time_for_the_energy_estimate(ray_engine, tmp_path, monkeypatch):
+    from paragrad.energy import watts_per_core
+
+    monkeypatch.setenv("PARAGRAD_POWERCAP_ROOT", str(tmp_path))  # no counters: the estimate
+    data = pg.make_classification(20_000, 20, seed=0)
+    own_start = time.process_time()
+    run = pg.train(
+        pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=512), engine=ray_engine, tol=0
+    )
+    own_cpu_s = time.process_time() - own_start
+    assert run.cpu_s - own_cpu_s > 0  # the actors' own CPU seconds came back with their steps
+    assert run.energy_j == pytest.approx(run.cpu_s * watts_per_core())

@@ -31,6 +31,8 @@ _SOURCES = {
     "Run": "paragrad.trainer",
     "TrainingDiverged": "paragrad.errors",
     "callbacks": "paragrad.callbacks",
+    "compress": "paragrad.model_compression",
+    "distill": "paragrad.distillation",
     "evaluate": "paragrad.inference",
     "load": "paragrad.data",
     "load_model": "paragrad.checkpoint",
@@ -60,6 +62,8 @@ __all__ = [
     "Run",
     "TrainingDiverged",
     "callbacks",
+    "compress",
+    "distill",
     "evaluate",
     "load",
     "load_model",
@@ -93,6 +97,7 @@ if TYPE_CHECKING:
     from paragrad import callbacks, models, optim
     from paragrad.checkpoint import load_model, save_model
     from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
+    from paragrad.distillation import distill
     from paragrad.errors import (
         ConfigError,
         ConvergenceWarning,
@@ -103,6 +108,7 @@ if TYPE_CHECKING:
         TrainingDiverged,
     )
     from paragrad.inference import evaluate, predict
+    from paragrad.model_compression import compress
     from paragrad.serving import serve
     from paragrad.strategies import SGD, GradientDescent, LocalSGD
     from paragrad.trainer import Run, train

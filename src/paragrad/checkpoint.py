@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -34,7 +35,7 @@ from paragrad.errors import (
     in_terms,
     option,
 )
-from paragrad.model_file import FORMAT, VERSION
+from paragrad.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
 from paragrad.models import Model, get_model
 
 
@@ -65,13 +66,17 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
                     "package): load them with pg.models.Torch.load(path, module)"
                 )
             return _torch_graph(archive)
-        if "meta" not in archive.files or "params" not in archive.files:
+        if "meta" not in archive.files:
             raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
         try:
             meta = json.loads(str(archive["meta"]))
         except json.JSONDecodeError:
             raise ModelFileError(f"{path}: damaged model metadata (not JSON)") from None
-        params = archive["params"]
+        stored = isinstance(meta, dict) and meta.get("storage") is not None
+        if not stored and "params" not in archive.files:
+            raise ModelFileError(f"{path}: not a paragrad model file (no model metadata)")
+        # Small stored parameters are read as they are and decoded once the model is known.
+        params = {name: archive[name] for name in archive.files} if stored else archive["params"]
         standardizer = None
         if "standardizer_mean" in archive.files:
             standardizer = Standardizer(archive["standardizer_mean"], archive["standardizer_scale"])
@@ -91,15 +96,17 @@ def _torch_graph(archive: Any) -> Model:
     return model
 
 
-def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardizer | None) -> Model:
+def _rebuild(
+    path: Path, meta: Any, params: np.ndarray | dict[str, np.ndarray], standardizer: Standardizer | None
+) -> Model:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a paragrad model file (unknown format)")
     version = format_version(meta.get("version"))  # by value: 1, 1.0 and "1" alike
-    if version != VERSION:
-        newer = " (written by a newer paragrad)" if version is not None and version > VERSION else ""
+    if version not in VERSIONS:
+        newer = " (written by a newer paragrad)" if version is not None and version > VERSIONS[-1] else ""
         raise ModelFileError(
             f"{path}: model file version {meta.get('version')!r} is not supported{newer}; this "
-            f"paragrad reads version {VERSION}"
+            f"paragrad reads versions {', '.join(map(str, VERSIONS))}"
         )
     try:
         model = get_model(meta["family"])(**meta["config"])
@@ -125,6 +132,13 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             standardizer.mean.shape != (num_features,) or standardizer.scale.shape != (num_features,)
         ):
             raise ValueError("standardisation arrays do not match the feature count")
+        storage, stored = meta.get("storage"), None
+        if isinstance(params, dict):
+            if storage not in STORAGE:
+                raise ValueError(f"storage {storage!r}")
+            stored = {name: params[name] for name in params if name.startswith(STORED_PREFIXES[storage])}
+            matrices = model.weight_matrices() if storage == "int8" else []
+            params = decode_params(stored, storage, model.num_params, matrices)
     except (KeyError, TypeError, ValueError, ParagradError) as exc:
         raise ModelFileError(f"{path}: damaged model metadata ({exc})") from None
     if params.shape != (model.num_params,) or not np.issubdtype(params.dtype, np.floating):
@@ -132,6 +146,7 @@ def _rebuild(path: Path, meta: Any, params: np.ndarray, standardizer: Standardiz
             f"{path}: {params.size} parameters stored, but the model needs {model.num_params}"
         )
     model.params_ = params
+    model.storage_, model.stored_ = storage, stored
     model.standardizer_ = standardizer
     model.encoding_ = encoding
     model.read_options_ = read_options
@@ -335,7 +350,13 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
             f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
         )
     opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
-    history = [dict(zip(history_keys, row.tolist(), strict=True)) for row in arrays["history"]]
+    if arrays["history"].shape[1] > len(history_keys):
+        raise ValueError("history has more columns than this version records")
+    # A checkpoint written before a key was added has NaN for it (the energy of old rounds).
+    history = [
+        {key: math.nan for key in history_keys} | dict(zip(history_keys, row.tolist(), strict=False))
+        for row in arrays["history"]
+    ]
     for record in history:
         for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
             record[key] = int(record[key])

@@ -150,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks=_trackers(args),
     )
     try:
-        run = train(model, dataset, **options)
+        run = train(model, dataset, init=args.init, **options)
     except TrainingDiverged as exc:
         if args.out is not None:
             model.params_ = exc.params
@@ -302,6 +302,67 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labelled(path: Path, target: str | None, model) -> Dataset:
+    """Labelled rows for a model: the target named, else the column it was trained on."""
+    if path.suffix.lower() != ".npz" and target is None:
+        if model.target_name_ is None:
+            raise ConfigError(f"{path}: name the label column with --target")
+        target = model.target_name_
+    return load(path, target)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from paragrad.model_compression import compress, measure, side_by_side
+
+    _check_out(args.out, MODEL_SUFFIXES)
+    model = load_model(args.model)
+    if args.data is None and (args.method == "prune" or args.max_drop is not None):
+        raise ConfigError(
+            f"--method {args.method}{' --max-drop' * (args.max_drop is not None)} needs --data FILE"
+        )
+    data = None if args.data is None else _labelled(args.data, args.target, model)
+    compressed = compress(model, args.method, sparsity=args.sparsity, data=data, max_drop=args.max_drop)
+    save_model(compressed, args.out)
+    if data is None:
+        before, after = args.model.stat().st_size, args.out.stat().st_size
+        print(f"file size     {before / 1024:.1f} KiB -> {after / 1024:.1f} KiB ({after / before:.2f}x)")
+    else:
+        print(side_by_side(*measure([model, compressed], data), args.method))
+    print(f"saved         {args.out}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from paragrad.distillation import distill, student_model, teacher_model
+
+    _check_out(args.out, MODEL_SUFFIXES)
+    teacher = teacher_model(args.teacher)
+    data = _labelled(args.data, args.target, teacher)
+    test = None if args.test is None else _labelled(args.test, args.target, teacher)
+    name, hidden = args.student
+    strategy_options: dict[str, Any] = {}
+    if args.strategy in DEFAULT_BATCH:
+        strategy_options["batch_size"] = args.batch_size
+    run = distill(
+        teacher,
+        student_model(name, hidden, teacher),
+        data,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        test=test,
+        strategy=get_strategy(args.strategy, **strategy_options),
+        optimizer=get_optimizer("adam", lr=args.lr),
+        epochs=args.epochs,
+        seed=args.seed,
+        engine=args.engine,
+        workers=args.workers,
+        tol=0.0,
+    )
+    print(run.summary())
+    _save(run, args.out)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from paragrad.serving import serve
 
@@ -328,6 +389,8 @@ HANDLERS = {
     "export": cmd_export,
     "serve": cmd_serve,
     "bench": cmd_bench,
+    "compress": cmd_compress,
+    "distill": cmd_distill,
 }
 
 

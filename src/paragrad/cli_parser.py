@@ -9,9 +9,18 @@ import argparse
 from pathlib import Path
 
 from paragrad import __version__
-from paragrad.elastic import WorkerBounds
-from paragrad.engines import ENGINES
-from paragrad.errors import ConfigError, flag_names
+from paragrad.cli_options import (
+    DefaultsFormatter,
+    OneLineParser,
+    _add_engine_options,
+    _add_file_options,
+    _add_row_options,
+    _fraction,
+    _hidden,
+    _local_steps,
+    _positive_int,
+    _student,
+)
 from paragrad.models import MODELS
 from paragrad.optim import OPTIMIZERS
 from paragrad.serving.config import ServeConfig
@@ -47,148 +56,9 @@ BENCH_SUITES = (
     "serve",
     "elastic",
     "e2e",
+    "energy",
+    "acceleration",
 )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _local_steps(text: str) -> int | None:
-    return None if text.lower() in ("none", "0") else _positive_int(text)
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_positive_int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64 or 128,64, got {text!r}") from None
-
-
-def _columns(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected column names like id or id,notes, got {text!r}")
-    return names
-
-
-def _add_file_options(parser: argparse.ArgumentParser, training: bool) -> None:
-    """How to read a data file: its cells (delimiter, decimal mark, encoding, comment and
-    missing markers, sheet), and for training the columns and rows used."""
-    parser.add_argument(
-        "--delimiter",
-        metavar="C",
-        help="delimiter of a text table: one character, or tab or space (default: read from the header)",
-    )
-    parser.add_argument(
-        "--decimal",
-        choices=(".", ","),
-        help="decimal mark of a text table's numbers, the other being the thousands separator (default: "
-        "',' when a file not separated by commas writes numbers like 3,5, else '.')",
-    )
-    parser.add_argument(
-        "--na-values",
-        type=_columns,
-        default=(),
-        metavar="TEXT[,TEXT]",
-        help="more cell texts to read as missing values (besides empty, NA, N/A, null, NaN, ? and -)",
-    )
-    parser.add_argument(
-        "--encoding", help="text encoding of a text table, e.g. latin-1 (default: UTF-8, else Windows-1252)"
-    )
-    parser.add_argument(
-        "--comment",
-        metavar="C",
-        help="skip lines starting with C (lines starting with # before the header always)",
-    )
-    parser.add_argument("--sheet", help="sheet of a workbook: its name or number from 0 (default: the first)")
-    if not training:
-        return
-    parser.add_argument("--drop", type=_columns, metavar="COL[,COL]", help="columns not to use (an id, say)")
-    parser.add_argument(
-        "--features", type=_columns, metavar="COL[,COL]", help="the feature columns (default: all others)"
-    )
-    parser.add_argument(
-        "--one-hot",
-        type=_columns,
-        metavar="COL[,COL]",
-        help="text columns to expand into COL=value indicator columns (at most 100 values each)",
-    )
-    _add_row_options(parser)
-
-
-def _add_row_options(parser: argparse.ArgumentParser) -> None:
-    """Which rows count, and where the targets of ``.npy`` features are (train, evaluate)."""
-    parser.add_argument("--dropna", action="store_true", help="skip rows with missing values")
-    parser.add_argument(
-        "--target-file", type=Path, metavar="Y.npy", help="the targets of .npy features, one per row"
-    )
-
-
-def _worker_bounds(text: str) -> int | str:
-    """A count, MIN:MAX or auto."""
-    try:
-        with flag_names():
-            WorkerBounds.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
-    return int(text) if text.strip().isdigit() else text
-
-
-def _add_engine_options(parser: argparse.ArgumentParser, elastic: bool = False) -> None:
-    parser.add_argument(
-        "--workers",
-        type=_worker_bounds if elastic else _positive_int,
-        default=None,
-        metavar="N|MIN:MAX|auto" if elastic else "N",
-        help=(
-            "workers: a count (default: one per core), MIN:MAX to let the run shrink when a "
-            "worker is lost and grow when capacity appears, or auto to measure and keep the fastest"
-            if elastic
-            else "number of workers (default: one per core)"
-        ),
-    )
-    parser.add_argument(
-        "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
-    )
-    parser.add_argument(
-        "--address",
-        metavar="HOST:PORT",
-        help="ray engine: join this Ray cluster (default: RAY_ADDRESS, else a local instance)",
-    )
-    parser.add_argument(
-        "--threads-per-worker",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="BLAS threads per worker; on Ray, the CPUs each worker reserves (default: 1)",
-    )
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Every optional option's help says its default, unless its text already does."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            not action.option_strings
-            or action.required
-            or "default" in text
-            or action.default is argparse.SUPPRESS
-        ):
-            return text
-        default = "none" if action.default is None else "off" if action.default is False else "%(default)s"
-        return f"{text} (default: {default})"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes end as one line on stderr, like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -316,8 +186,59 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         help="log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db; MLFLOW_EXPERIMENT_NAME)",
     )
     _add_fault_options(p)
+    p.add_argument(
+        "--init", type=Path, metavar="MODEL", help="start from this trained model's parameters (same shapes)"
+    )
     _add_file_options(p, training=True)
     _add_engine_options(p, elastic=True)
+
+
+def _add_compress_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad compress``: a smaller model file, measured against the original."""
+    p = commands.add_parser(
+        "compress",
+        help="make a model file smaller: float16, int8 weights, or pruning",
+        description="Write a compressed copy of a model and print file size, metric, loss and "
+        "prediction time on --data, before and after, measured in the same run.",
+    )
+    p.add_argument("model", type=Path, help="model file written by train --out")
+    p.add_argument("--method", choices=("float16", "int8", "prune"), required=True)
+    p.add_argument("--sparsity", type=_fraction, help="prune: fraction of the weights set to zero")
+    p.add_argument(
+        "--data", type=Path, help="labelled rows to measure on (and to fine-tune on after pruning)"
+    )
+    p.add_argument("--target", help=f"{TARGET_HELP} (default: the one the model was trained on)")
+    p.add_argument(
+        "--max-drop", type=_fraction, metavar="D", help="refuse, writing nothing, if the metric falls by more"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the compressed model file, .npz")
+
+
+def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    """``paragrad distill``: a small student trained on a teacher's outputs."""
+    p = commands.add_parser(
+        "distill",
+        help="train a small model on a trained model's outputs",
+        description="Train a student on a mix of the teacher's softened outputs and the labels; "
+        "print its metric, agreement with the teacher, size and prediction time against the "
+        "teacher's and against the same student trained on the labels alone.",
+    )
+    p.add_argument("teacher", type=Path, help="model file written by train --out, or an .onnx file")
+    p.add_argument("data", type=Path, help="labelled training rows")
+    p.add_argument("--target", help=TARGET_HELP)
+    p.add_argument("--student", type=_student, required=True, metavar="{logistic,softmax,linear,mlp:H[,H]}")
+    p.add_argument("--temperature", type=float, default=2.0, help="softens the outputs (classifiers)")
+    p.add_argument("--alpha", type=_fraction, default=0.5, help="weight of the teacher's part of the loss")
+    p.add_argument(
+        "--test", type=Path, help="held-out labelled rows to report on (default: the training rows)"
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, default="sgd", help="training algorithm")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per step")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="the student's model file, .npz")
+    _add_engine_options(p)
 
 
 # The serve options with a value: flag, type and help; their defaults are ServeConfig's.
@@ -443,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_serve_command(commands)
+    _add_compress_command(commands)
+    _add_distill_command(commands)
 
     p = commands.add_parser("bench", help="benchmarks, each against a baseline measured in the same run")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a minute or two")

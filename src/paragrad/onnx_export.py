@@ -30,6 +30,8 @@ DTYPES = ("float64", "float32")
 ROWS = "N"  # the symbolic row count of the input and the outputs
 
 Layer = tuple[np.ndarray, np.ndarray | None]
+# A layer's int8 weights and their scale per output unit, from the model file's arrays.
+Quantized = tuple[np.ndarray, np.ndarray]
 
 
 def export_onnx(model: Model, path: str | os.PathLike, *, dtype: str = "float64") -> None:
@@ -63,7 +65,7 @@ def to_onnx(model: Model, *, dtype: str = "float64") -> Any:
     if isinstance(model, TorchGraph):
         scores = _module(graph, features, model)
     else:
-        scores = _network(graph, features, *_layers(model))
+        scores = _network(graph, features, *_layers(model), _quantized(model))
     if isinstance(model, LogisticRegression):
         _binary_outputs(graph, model, scores)
     elif isinstance(model, Classifier):
@@ -190,10 +192,56 @@ def _module(graph: _Graph, x: str, model: TorchGraph) -> str:
     return graph.node("Cast", [exit_.name], to=graph.float_type)
 
 
-def _network(graph: _Graph, x: str, layers: list[Layer], activation: str | None) -> str:
-    """``x @ W + b`` for each layer, the activation between layers; returns the scores."""
+def _quantized(model: Model) -> list[Quantized] | None:
+    """An int8 model's weights as its file stores them (int8 codes, float32 scales), else None."""
+    if model.storage_ != "int8" or model.stored_ is None:
+        return None
+    codes, scales = model.stored_["int8_weights"], model.stored_["int8_scales"]
+    layers, used_codes, used_scales = [], 0, 0
+    for _, rows, cols in model.weight_matrices():
+        layers.append(
+            (
+                codes[used_codes : used_codes + rows * cols].reshape(rows, cols),
+                scales[used_scales : used_scales + cols],
+            )
+        )
+        used_codes, used_scales = used_codes + rows * cols, used_scales + cols
+    return layers
+
+
+def _dequantized(graph: _Graph, codes: np.ndarray, scales: np.ndarray, index: int) -> str:
+    """``DequantizeLinear`` of int8 weights with a float32 scale per column (output unit),
+    cast to the graph's float type: the weights ``model.params`` holds, bit for bit."""
+    zero = np.zeros(len(scales), dtype=np.int8)
+    weights = graph.node(
+        "DequantizeLinear",
+        [
+            graph.constant(codes, f"W{index}_int8"),
+            graph.constant(scales, f"W{index}_scale"),
+            graph.constant(zero),
+        ],
+        axis=1,
+    )
+    if graph.float_dtype == np.float32:
+        return weights
+    return graph.node("Cast", [weights], to=graph.float_type)
+
+
+def _network(
+    graph: _Graph,
+    x: str,
+    layers: list[Layer],
+    activation: str | None,
+    quantized: list[Quantized] | None = None,
+) -> str:
+    """``x @ W + b`` for each layer, the activation between layers; returns the scores.
+    With ``quantized``, the weights are stored as int8 and dequantized in the graph."""
     for index, (W, b) in enumerate(layers):
-        x = graph.node("MatMul", [x, graph.weights(W, f"W{index}")])
+        if quantized is None:
+            weights = graph.weights(W, f"W{index}")
+        else:
+            weights = _dequantized(graph, *quantized[index], index)
+        x = graph.node("MatMul", [x, weights])
         if b is not None:
             x = graph.node("Add", [x, graph.weights(b, f"b{index}")])
         if activation is not None and index < len(layers) - 1:

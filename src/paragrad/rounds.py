@@ -23,6 +23,7 @@ from paragrad.checkpoint import (
 )
 from paragrad.convergence import ConvergenceCheck, no_finite_optimum
 from paragrad.elastic import AutoScaler
+from paragrad.energy import EnergyMeter
 from paragrad.engines import Engine
 from paragrad.engines.base import GiveState
 from paragrad.errors import (
@@ -81,6 +82,7 @@ class PassMeter:
     sent: int = 0
     received: int = 0
     samples: int = 0
+    worker_cpu_s: float = 0.0  # of worker processes other than the coordinator's
     results: list[WorkerResult] = field(default_factory=list)
 
     def run(self, task: TrainStep, point: np.ndarray, round_index: int) -> list[WorkerResult]:
@@ -97,6 +99,7 @@ class PassMeter:
         self.compute_s += slowest
         self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
         self.samples += sum(result.rows_processed for result in results)
+        self.worker_cpu_s += sum(result.cpu_s for result in results)
         self.sent += self.runner.last_bytes_sent
         self.received += self.runner.last_bytes_received
         return results
@@ -142,6 +145,8 @@ class RoundLoop:
         self.task = TrainStep(strategy, model, optimizer, RoundPlan(seed, rounds_per_epoch, epochs))
         self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
         self.autoscaler: AutoScaler | None = None  # set for workers="auto"
+        self.initial_params: np.ndarray | None = None  # set to start from a trained model
+        self.energy = EnergyMeter()
 
     def run(
         self,
@@ -232,7 +237,7 @@ class RoundLoop:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
         check = ConvergenceCheck(self.tol, self.strategy.stochastic)
         if resumed is None:
-            params = self.model.init_params(self.seed)
+            params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
             return LoopState(params, self.optimizer.init(params), [], check)
         check.restore(resumed.convergence)
         history = resumed.history
@@ -300,7 +305,10 @@ class RoundLoop:
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
-        state.history.append({**record, "workers": self.runner.num_workers})
+        energy = self.energy.lap(meter.worker_cpu_s)
+        state.history.append(
+            {**record, "workers": self.runner.num_workers, "cpu_s": energy.cpu_s, "energy_j": energy.energy_j}
+        )
         state.params, state.opt_state = outcome.params, outcome.opt_state
         state.norms.append(float(np.abs(outcome.params).max()))
         if state.singular_first is None and round_index == 0:

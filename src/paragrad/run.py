@@ -29,7 +29,10 @@ HISTORY_KEYS = (
     "samples",
     "wait_s",
     "workers",
+    "cpu_s",  # CPU seconds of the coordinator and the worker processes
+    "energy_j",  # joules: counted by the CPU, or estimated from cpu_s (see run.energy_source)
 )
+SUMMED = tuple(key for key in HISTORY_KEYS[3:] if key != "workers")
 
 
 @dataclass
@@ -52,6 +55,9 @@ class Run:
     changes: list[MembershipChange] = dataclasses.field(default_factory=list)  # of the workers
     scaling: str = ""  # what workers="auto" chose, and why
     model_choice: str = ""  # with model=None or "auto": the model chosen, and why
+    energy_j: float = math.nan  # the whole call's joules (see paragrad.energy)
+    cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
+    energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
 
     @property
     def worker_seconds(self) -> float:
@@ -99,7 +105,7 @@ class Run:
         time, round by round (see :attr:`worker_seconds`): what a pay-per-use cloud bills.
         Changes of the workers are listed with their round, cause and cost.
         """
-        total = {key: sum(record[key] for record in self.history) for key in HISTORY_KEYS[3:-1]}
+        total = {key: sum(record.get(key, 0.0) for record in self.history) for key in SUMMED}
         wait, slowest = total["wait_s"], total["compute_s"]
         compute = slowest - wait
         coordinator = max(total["wall_s"] - slowest - total["comm_s"], 0.0)
@@ -126,6 +132,7 @@ class Run:
             f"traffic       {total['bytes_sent'] / 1e6:.3f} MB sent, "
             f"{total['bytes_received'] / 1e6:.3f} MB received",
             f"cost          {self.worker_seconds:.3f} worker-seconds",
+            f"energy        {self.energy_j:.3g} J, {self.cpu_s:.3f} CPU-seconds ({self.energy_source})",
             f"stragglers    {slowest / compute if compute > 0 else 1.0:.2f} "
             "(slowest worker's compute / mean)",
         ]

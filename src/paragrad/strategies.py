@@ -45,6 +45,7 @@ class WorkerResult(NamedTuple):
     compute_s: float = 0.0
     matrix: np.ndarray | None = None  # a Hessian sum or a least-squares factor, when needed
     processed: int | None = None  # rows computed on, when not ``count``
+    cpu_s: float = 0.0  # the worker process's CPU seconds, when it is not the coordinator's
 
     @property
     def rows_processed(self) -> int:
@@ -265,6 +266,7 @@ class GradientDescent(Strategy):
     ) -> WorkerResult:
         if optimizer.needs == "gradient":
             loss, grad = model.loss_grad(params, shard.X, shard.labels)
+            grad = model.restrict(grad)
             return WorkerResult(shard.num_rows, loss, self.send(shard, grad, plan, round_index))
         if not isinstance(model, LinearLayout):
             raise ConfigError(f"{optimizer.name} solves the linear models only, not {model_term(model)}")
@@ -315,6 +317,7 @@ class SGD(Strategy):
             loss, grad = 0.0, np.zeros(len(params))
         else:
             loss, grad = model.loss_grad(params, X, y)
+            grad = model.restrict(grad)
         return WorkerResult(X.shape[0], loss, self.send(shard, grad, plan, round_index))
 
 
@@ -390,6 +393,7 @@ class LocalSGD(Strategy):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
             X, y = shard.X[rows], shard.labels[rows]
             loss, grad = model.loss_grad(theta, X, y)
+            grad = model.restrict(grad)
             penalty, penalty_grad = model.penalty(theta)
             loss_total += loss / X.shape[0] + penalty
             processed += X.shape[0]

@@ -7,8 +7,10 @@ sent to the workers once; engines run it on every shard and know nothing of what
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -143,15 +145,20 @@ class TrainStep(Task):
     model: Model
     optimizer: Optimizer
     plan: RoundPlan
+    # Where the coordinator runs: a worker in its process reports no CPU time of its own
+    # (the coordinator's process time holds it).
+    coordinator: tuple[str, int] = field(default_factory=lambda: (socket.gethostname(), os.getpid()))
     zero_copy_results: ClassVar[bool] = True  # the round loop combines them before the next round
 
     def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with np.errstate(over="ignore", invalid="ignore"):
             result = self.strategy.worker_step(
                 shard, self.model, self.optimizer, params, round_index, self.plan
             )
-        return result._replace(compute_s=time.perf_counter() - start)
+        here = (socket.gethostname(), os.getpid()) == self.coordinator
+        cpu_s = 0.0 if here else time.process_time() - cpu_start
+        return result._replace(compute_s=time.perf_counter() - start, cpu_s=cpu_s)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from paragrad.checkpoint import (
 )
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
 from paragrad.elastic import AutoScaler, WorkerBounds, Workers
+from paragrad.energy import EnergyMeter
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeout
 from paragrad.engines.kept import engine_for_call
@@ -50,7 +51,7 @@ from paragrad.settings import (
     default_optimizer,
     resource_warnings,
 )
-from paragrad.shards import ShardPlan, plan_shards
+from paragrad.shards import ShardPlan, Task, plan_shards
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
@@ -87,6 +88,8 @@ def train(
     resume: bool = False,
     keep_checkpoints: int = 3,
     callbacks: list[Callback | RoundFunction] | None = None,
+    init: Model | str | os.PathLike | None = None,
+    shard_tasks: tuple[Task, ...] = (),
 ) -> Run:
     """Train ``model`` on ``data`` with a distributed strategy.
 
@@ -183,6 +186,14 @@ def train(
         :class:`paragrad.callbacks.Callback` objects (``TensorBoard(dir)``, ``MLflow()``) or
         functions ``f(record)`` of each round's history record; True from either stops the
         run after that round (``run.stopped == "stopped by a callback"``).
+    init : Model or path, optional
+        Start from this trained model's parameters (a model file's path, or a model) rather
+        than a fresh initialisation. It must fit: the same family and shapes, the same
+        features and classes; its standardisation, if any, is the run's.
+    shard_tasks : tuple of Task
+        Tasks that change every shard once the labels are encoded and the features
+        standardised, before the first round (a teacher's outputs kept with the rows, see
+        :func:`paragrad.distill`); an engine replays them on a worker it restarts.
 
     Returns
     -------
@@ -190,21 +201,18 @@ def train(
         ``run.model``, ``run.params``, ``run.history``, ``run.summary()``, ``run.save()``.
     """
     call_started = time.perf_counter()
-    model, model_choice = _model_for(model, data)
-    strategy = GradientDescent() if strategy is None else strategy
-    check_inputs(model, data, strategy)
-    optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
-    epochs = strategy.default_epochs if epochs is None else epochs
-    check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
-    dtype = data.dtype if dtype is None else dtype
-    read_as, data = (data.encoding, data.read_options or None), data.astype(dtype)  # one-hot, decimal mark
-    if standardize and data.sparse:
-        raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
+    energy = EnergyMeter()
+    model, model_choice, strategy, optimizer, epochs, dtype, read_as, data = _prepare(
+        model, data, strategy, optimizer, epochs, max_rounds, tol, dtype, standardize
+    )
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints).prepare(resume)
     hooks = CallbackList.of(callbacks)
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
+    start_from = None if init is None else _start_model(init, model, data)
+    if start_from is not None and start_from.standardizer_ is not None:
+        standardize = True  # its parameters expect the features scaled as it scaled them
     bounds = WorkerBounds.parse(workers)
     timeouts = _timeouts(round_timeout_s, start_timeout_s)
     with (
@@ -224,14 +232,17 @@ def train(
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
-        standardizer = None if resumed is None else resumed.standardizer
+        standardizer = _standardizer_kept(resumed, start_from)
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         model.encoding_, model.read_options_ = read_as  # kept in the model file, for predicting
+        for task in shard_tasks:
+            runner.run(task)
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
         checkpoints.adopt(resumed, fingerprint, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
+        loop.initial_params = None if start_from is None else _initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
         setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
@@ -240,10 +251,46 @@ def train(
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
+    used = energy.total(loop.energy.worker_cpu_s)  # the coordinator's own CPU time is the meter's
     run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
-    run.model_choice = model_choice
+    run.model_choice, run.energy_j, run.cpu_s = model_choice, used.energy_j, used.cpu_s
+    run.energy_source = energy.describe()
     hooks.train_end(run)
     return run
+
+
+def _standardizer_kept(resumed: TrainingState | None, start_from: Model | None) -> Standardizer | None:
+    """The standardisation a run must keep: a resumed run's, else its starting model's."""
+    if resumed is not None and resumed.standardizer is not None:
+        return resumed.standardizer
+    return None if start_from is None else start_from.standardizer_
+
+
+def _prepare(
+    model: Model | str | None,
+    data: Dataset,
+    strategy: Strategy | None,
+    optimizer: Optimizer | None,
+    epochs: int | None,
+    max_rounds: int | None,
+    tol: float,
+    dtype: str | np.dtype | None,
+    standardize: bool,
+) -> tuple[Model, str, Strategy, Optimizer, int, Any, tuple[Any, Any], Dataset]:
+    """A run's model (chosen when not given, and why), strategy, optimizer, epochs, data type
+    and data, checked together, with what the model keeps of how the data was read."""
+    model, model_choice = _model_for(model, data)
+    strategy = GradientDescent() if strategy is None else strategy
+    check_inputs(model, data, strategy)
+    optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
+    epochs = strategy.default_epochs if epochs is None else epochs
+    check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
+    dtype = data.dtype if dtype is None else dtype
+    read_as = (data.encoding, data.read_options or None)  # one-hot categories, decimal mark
+    data = data.astype(dtype)
+    if standardize and data.sparse:
+        raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
+    return model, model_choice, strategy, optimizer, epochs, dtype, read_as, data
 
 
 def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
@@ -268,6 +315,49 @@ def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
         name, reason = choose_model(data)
         return get_model(name)(), f"{name} ({reason})"
     return get_model(model)(), ""
+
+
+def _start_model(init: Model | str | os.PathLike, model: Model, data: Dataset) -> Model:
+    """The trained model ``init=`` names, refused with the reason when it cannot start this
+    run: another family, or features that differ from the data's."""
+    from paragrad.checkpoint import load_model
+
+    start = init if isinstance(init, Model) else load_model(init)
+    start._check_trained()
+    if start.name != model.name:
+        raise ConfigError(f"init: a {start.name} model cannot start a {model.name} model's training")
+    if start.num_features_ != data.num_features:
+        raise DataError(
+            f"init: the model was trained on {start.num_features_} features, the data has {data.num_features}"
+        )
+    if (
+        start.feature_names_ is not None
+        and data.feature_names is not None
+        and tuple(start.feature_names_) != tuple(data.feature_names)
+    ):
+        raise DataError(
+            f"init: the model's features ({', '.join(start.feature_names_[:5])}, ...) are not the data's "
+            f"({', '.join(data.feature_names[:5])}, ...)"
+        )
+    return start
+
+
+def _initial_params(start: Model, model: Model) -> np.ndarray:
+    """``start``'s parameters, once ``model`` is set up from the data: refused when the
+    classes or the shapes differ."""
+    if model.is_classifier and not np.array_equal(
+        np.asarray(start.classes_).astype(str), np.asarray(model.classes_).astype(str)
+    ):
+        raise DataError(
+            f"init: the model's classes {np.asarray(start.classes_).tolist()} are not the data's "
+            f"{np.asarray(model.classes_).tolist()}"
+        )
+    if start.num_params != model.num_params:
+        raise ConfigError(
+            f"init: {start!r} has {start.num_params} parameters, {model!r} needs {model.num_params}: "
+            "start from a model of the same shape"
+        )
+    return np.array(start.params, dtype=np.float64)
 
 
 def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[Any]:

@@ -27,6 +27,11 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
 - ``e2e``: whole calls as users time them (``pg.train`` cold and warm, the CLI on a CSV,
   MLPs, memory-mapped data as it grows, predict, cross-validation) against the
   single-process tools they replace (see :mod:`paragrad.bench.e2e_suite`).
+- ``energy``: joules per million rows trained by GradientDescent, SGD and LocalSGD on the
+  same data, against GradientDescent's (see :mod:`paragrad.bench.energy_suite`).
+- ``acceleration``: on digits, a teacher MLP(256) against its int8, float16 and pruned
+  copies and a distilled MLP(16), with the MLP(16) trained on labels alone: file size,
+  accuracy, agreement with the teacher, time to predict 100,000 rows.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from paragrad.bench.common import Row, machine
 from paragrad.bench.communication import bench_communication
 from paragrad.bench.e2e_suite import bench_e2e
 from paragrad.bench.elastic_suite import bench_elastic
+from paragrad.bench.energy_suite import bench_acceleration, bench_energy
 from paragrad.bench.exact import bench_exact
 from paragrad.bench.gd_step import bench_float32, bench_gd_step
 from paragrad.bench.latency import bench_latency
@@ -65,6 +71,8 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "serve": bench_serve,
     "elastic": bench_elastic,
     "e2e": bench_e2e,
+    "energy": bench_energy,
+    "acceleration": bench_acceleration,
 }
 
 

@@ -47,6 +47,12 @@ class Model(ABC):
         # How its training file wrote its cells (decimal mark, encoding), to read files of
         # the same kind the same way when predicting.
         self.read_options_: dict[str, Any] | None = None
+        # How the model file stores the parameters (None: float64; "float16", "int8",
+        # "sparse": see paragrad.model_file.encode_params); params_ hold what it stores.
+        self.storage_: str | None = None
+        self.stored_: dict[str, np.ndarray] | None = None  # the file's arrays of that form
+        # The parameters training may change (None: all): a pruned model keeps its zeros.
+        self.trainable_: np.ndarray | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -138,6 +144,16 @@ class Model(ABC):
     @abstractmethod
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss sum and gradient sum over the rows of ``X`` (float64 gradient)."""
+
+    def restrict(self, grad: np.ndarray) -> np.ndarray:
+        """``grad`` with the entries of fixed parameters set to zero (see ``trainable_``), so
+        that every first-order step leaves them where they are."""
+        return grad if self.trainable_ is None else np.where(self.trainable_, grad, 0.0)
+
+    def weight_matrices(self) -> list[tuple[int, int, int]]:
+        """The weight matrices in the flat parameter vector, as (offset, rows, columns) with
+        one column per output unit; the other parameters are intercepts."""
+        raise ConfigError(f"{type(self).__name__} does not describe its weight matrices")
 
     def penalty(self, params: np.ndarray) -> tuple[float, np.ndarray]:
         """The L2 term ``l2/2 * ||weights||^2`` and its gradient; intercepts are free."""
@@ -231,7 +247,7 @@ class Model(ABC):
             meta["encoding"] = self.encoding_.to_json()
         if self.read_options_:
             meta["read_options"] = dict(self.read_options_)
-        write_model_file(path, meta, self.params_, self.standardizer_)
+        write_model_file(path, meta, self.params_, self.standardizer_, self.storage_, self.stored_)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -316,6 +332,9 @@ class LinearLayout:
         k = self.num_outputs
         intercepts = np.ones(k if self.fit_intercept else 0)
         return np.concatenate([np.repeat(np.asarray(feature_scales, dtype=np.float64), k), intercepts])
+
+    def weight_matrices(self) -> list[tuple[int, int, int]]:
+        return [(0, self.num_features_, self.num_outputs)]
 
     def split(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
         """Views of the weights (d, k) and the intercepts (k,) in ``params``."""

@@ -98,6 +98,13 @@ class MLP(Model):
             offset += fan_out
         return views
 
+    def weight_matrices(self) -> list[tuple[int, int, int]]:
+        matrices, offset = [], 0
+        for fan_in, fan_out in itertools.pairwise(self.layer_sizes):
+            matrices.append((offset, fan_in, fan_out))
+            offset += (fan_in + 1) * fan_out
+        return matrices
+
     def _make_weight_mask(self) -> np.ndarray:
         mask = np.zeros(self.num_params, dtype=bool)
         for W, _ in self.layers(mask):

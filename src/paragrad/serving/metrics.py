@@ -3,10 +3,13 @@ do not share counts)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
+from paragrad.energy import EnergyMeter
 from paragrad.serving.batching import BatchRecord
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -69,6 +72,7 @@ class Metrics:
         self.queue_depth = Gauge(
             "paragrad_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry
         )
+        self.registry.register(EnergyCollector(EnergyMeter()))
 
     def answered(self, model: str, endpoint: str, code: int, seconds: float) -> None:
         """Count a request; time it when it is an inference answered 200."""
@@ -102,3 +106,20 @@ class Metrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class EnergyCollector:
+    """``paragrad_energy_joules``: the joules the server has used since it started, read
+    when scraped: the CPU's counters where readable, else the server process's CPU time
+    times the watts per core (label ``source``; see :mod:`paragrad.energy`)."""
+
+    def __init__(self, meter: EnergyMeter) -> None:
+        self.meter = meter
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        source = "rapl" if self.meter.measured else "estimate"
+        family = CounterMetricFamily(
+            "paragrad_energy_joules", f"Energy used since the server started ({source})", labels=["source"]
+        )
+        family.add_metric([source], self.meter.total().energy_j)
+        yield family
