@@ -40,6 +40,7 @@ ENGINE_USERS = {
     "paragrad.inference",
     "paragrad.cli",
     "paragrad.cli_parser",
+    "paragrad.cli_options",
 }
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80

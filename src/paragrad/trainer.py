@@ -31,14 +31,11 @@ from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeou
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import (
     ConfigError,
-    DataError,
     PerformanceWarning,
     caller_stacklevel,
     in_terms,
     option,
-    setting,
 )
-from paragrad.models import get_model
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.rounds import RoundLoop
@@ -47,11 +44,11 @@ from paragrad.settings import (
     check_class_rows,
     check_inputs,
     check_settings,
-    choose_model,
     default_optimizer,
     resource_warnings,
 )
 from paragrad.shards import ShardPlan, Task, plan_shards
+from paragrad.starting import initial_params, model_for, standardizer_kept, start_model
 from paragrad.strategies import GradientDescent, Strategy
 from paragrad.tasks import (
     DescribeShard,
@@ -210,7 +207,7 @@ def train(
     config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
     resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
 
-    start_from = None if init is None else _start_model(init, model, data)
+    start_from = None if init is None else start_model(init, model, data)
     if start_from is not None and start_from.standardizer_ is not None:
         standardize = True  # its parameters expect the features scaled as it scaled them
     bounds = WorkerBounds.parse(workers)
@@ -232,7 +229,7 @@ def train(
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
         want = optimizer.takes_scales and isinstance(model, LinearLayout)
-        standardizer = _standardizer_kept(resumed, start_from)
+        standardizer = standardizer_kept(resumed, start_from)
         stats = _set_up_model(model, data, runner, standardize, standardizer, want)
         model.encoding_, model.read_options_ = read_as  # kept in the model file, for predicting
         for task in shard_tasks:
@@ -242,7 +239,7 @@ def train(
         config = config.with_classes(model.classes_)
         checkpoints.adopt(resumed, fingerprint, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
-        loop.initial_params = None if start_from is None else _initial_params(start_from, model)
+        loop.initial_params = None if start_from is None else initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
         setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
@@ -259,13 +256,6 @@ def train(
     return run
 
 
-def _standardizer_kept(resumed: TrainingState | None, start_from: Model | None) -> Standardizer | None:
-    """The standardisation a run must keep: a resumed run's, else its starting model's."""
-    if resumed is not None and resumed.standardizer is not None:
-        return resumed.standardizer
-    return None if start_from is None else start_from.standardizer_
-
-
 def _prepare(
     model: Model | str | None,
     data: Dataset,
@@ -279,7 +269,7 @@ def _prepare(
 ) -> tuple[Model, str, Strategy, Optimizer, int, Any, tuple[Any, Any], Dataset]:
     """A run's model (chosen when not given, and why), strategy, optimizer, epochs, data type
     and data, checked together, with what the model keeps of how the data was read."""
-    model, model_choice = _model_for(model, data)
+    model, model_choice = model_for(model, data)
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
@@ -291,73 +281,6 @@ def _prepare(
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     return model, model_choice, strategy, optimizer, epochs, dtype, read_as, data
-
-
-def _model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
-    """The model to train, and why it was chosen: ``None`` or ``"auto"`` chooses from the
-    target (:func:`~paragrad.settings.choose_model`); a family's name builds one."""
-    if isinstance(model, Model):
-        return model, ""
-    if model is not None and not isinstance(model, str):
-        raise ConfigError(
-            f"model must be a paragrad model, a family's name or 'auto', got {type(model).__name__}"
-        )
-    if not isinstance(data, Dataset):
-        raise ConfigError(
-            "data must be a paragrad.Dataset: build one with pg.Dataset(X, y) or pg.load(path, target=...)"
-        )
-    if model in (None, "auto"):
-        if not data.has_labels:
-            raise DataError(
-                f"{data.source}: no target values to train on "
-                f"(name the label column with {setting('target')})"
-            )
-        name, reason = choose_model(data)
-        return get_model(name)(), f"{name} ({reason})"
-    return get_model(model)(), ""
-
-
-def _start_model(init: Model | str | os.PathLike, model: Model, data: Dataset) -> Model:
-    """The trained model ``init=`` names, refused with the reason when it cannot start this
-    run: another family, or features that differ from the data's."""
-    from paragrad.checkpoint import load_model
-
-    start = init if isinstance(init, Model) else load_model(init)
-    start._check_trained()
-    if start.name != model.name:
-        raise ConfigError(f"init: a {start.name} model cannot start a {model.name} model's training")
-    if start.num_features_ != data.num_features:
-        raise DataError(
-            f"init: the model was trained on {start.num_features_} features, the data has {data.num_features}"
-        )
-    if (
-        start.feature_names_ is not None
-        and data.feature_names is not None
-        and tuple(start.feature_names_) != tuple(data.feature_names)
-    ):
-        raise DataError(
-            f"init: the model's features ({', '.join(start.feature_names_[:5])}, ...) are not the data's "
-            f"({', '.join(data.feature_names[:5])}, ...)"
-        )
-    return start
-
-
-def _initial_params(start: Model, model: Model) -> np.ndarray:
-    """``start``'s parameters, once ``model`` is set up from the data: refused when the
-    classes or the shapes differ."""
-    if model.is_classifier and not np.array_equal(
-        np.asarray(start.classes_).astype(str), np.asarray(model.classes_).astype(str)
-    ):
-        raise DataError(
-            f"init: the model's classes {np.asarray(start.classes_).tolist()} are not the data's "
-            f"{np.asarray(model.classes_).tolist()}"
-        )
-    if start.num_params != model.num_params:
-        raise ConfigError(
-            f"init: {start!r} has {start.num_params} parameters, {model!r} needs {model.num_params}: "
-            "start from a model of the same shape"
-        )
-    return np.array(start.params, dtype=np.float64)
 
 
 def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[Any]:
