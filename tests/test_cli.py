@@ -51,6 +51,8 @@ def trained(tmp_path_factory):
         "--standardize",
         "--workers",
         2,
+        "--engine",
+        "local",
         "--out",
         folder / "model.npz",
     )

@@ -265,7 +265,13 @@ class FailingSGD(pg.SGD):
 def test_an_exception_in_training_names_worker_and_round_and_releases_everything():
     before, children_before = _our_shared_files(), set(_children())
     with pytest.raises(pg.errors.WorkerError, match="round 3: worker 1 raised ValueError: injected failure"):
-        pg.train(pg.models.LinearRegression(), pg.make_regression(100, 2), strategy=FailingSGD(10), workers=2)
+        pg.train(
+            pg.models.LinearRegression(),
+            pg.make_regression(100, 2),
+            strategy=FailingSGD(10),
+            workers=2,
+            engine="local",
+        )
     assert _our_shared_files() <= before
     assert not [child for child in set(_children()) - children_before if is_running(child)]
 
@@ -273,7 +279,9 @@ def test_an_exception_in_training_names_worker_and_round_and_releases_everything
 INTERRUPTED_SCRIPT = """
 import paragrad as pg
 data = pg.make_classification(4000, 10, seed=0)
-pg.train(pg.models.LogisticRegression(), data, strategy=pg.SGD(batch_size=4), workers=2, epochs=10_000, tol=0)
+pg.train(
+    pg.models.LogisticRegression(), data, strategy=pg.SGD(4), workers=2, engine="local", epochs=10_000, tol=0
+)
 """
 
 
@@ -513,7 +521,7 @@ import paragrad as pg
 class MySGD(pg.SGD):
     pass
 
-pg.train(pg.models.LinearRegression(), pg.make_regression(50, 2), strategy=MySGD(8), workers=2)
+pg.train(pg.models.LinearRegression(), pg.make_regression(50, 2), strategy=MySGD(8), engine="local")
 """
 
 

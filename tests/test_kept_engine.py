@@ -43,11 +43,11 @@ def test_calls_share_the_workers_and_release_them(kept_for):
     kept_for(30)
     before = shared_memory_of()  # what other tests' engines hold
     data = pg.make_classification(3000, 5, seed=0)
-    first = pg.train(pg.models.LogisticRegression(), data, workers=2)
+    first = pg.train(pg.models.LogisticRegression(), data, workers=2, engine="local")
     pids = kept_pids()
     assert len(pids) == 2 and all(is_running(pid) for pid in pids)
-    second = pg.train(pg.models.LogisticRegression(), data, workers=2)
-    labels = pg.predict(second.model, data.X, workers=2)
+    second = pg.train(pg.models.LogisticRegression(), data, workers=2, engine="local")
+    labels = pg.predict(second.model, data.X, workers=2, engine="local")
     assert kept_pids() == pids  # the same processes served all three calls
     expected = serial_params(data)
     assert relative_error(first.params, expected) <= 1e-12
@@ -62,21 +62,23 @@ def test_data_changed_in_place_between_calls_is_what_the_next_call_trains_on(kep
     kept_for(30)
     data = pg.make_classification(4000, 6, seed=1)
     X, y = data.X.copy(), data.y.copy()
-    pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2)
+    pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2, engine="local")
     X[:, 2] *= -3.0  # the same arrays, the same shapes: the placed copy is now stale
     y[:100] = 1 - y[:100]
-    again = pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2)
+    again = pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y), workers=2, engine="local")
     assert relative_error(again.params, serial_params(pg.Dataset(X, y))) <= 1e-12
     X[:5] = 0.0
     np.testing.assert_array_equal(
-        pg.predict(again.model, X, workers=2, proba=True), again.model.predict_proba(X)
+        pg.predict(again.model, X, workers=2, engine="local", proba=True), again.model.predict_proba(X)
     )
 
 
 def test_the_kept_engine_stops_once_idle(kept_for):
     kept_for(0.3)
     before = shared_memory_of()
-    pg.train(pg.models.LogisticRegression(), pg.make_classification(500, 3, seed=0), workers=2)
+    pg.train(
+        pg.models.LogisticRegression(), pg.make_classification(500, 3, seed=0), workers=2, engine="local"
+    )
     pids = kept_pids()
     assert pids
     deadline = time.monotonic() + 10
@@ -89,9 +91,9 @@ def test_the_kept_engine_stops_once_idle(kept_for):
 def test_other_settings_start_another_engine(kept_for):
     kept_for(30)
     data = pg.make_classification(600, 3, seed=0)
-    pg.train(pg.models.LogisticRegression(), data, workers=2)
+    pg.train(pg.models.LogisticRegression(), data, workers=2, engine="local")
     two = kept_pids()
-    pg.train(pg.models.LogisticRegression(), data, workers=1)
+    pg.train(pg.models.LogisticRegression(), data, workers=1, engine="local")
     assert len(kept_pids()) == 1 and not any(is_running(pid) for pid in two)
 
 
@@ -102,9 +104,9 @@ def test_a_call_while_the_kept_engine_is_busy_gets_an_engine_of_its_own(kept_for
 
     def train_again(record):
         if not inner:  # a call from within a call: the kept engine is in use
-            inner.append(pg.train(pg.models.LogisticRegression(), data, workers=2))
+            inner.append(pg.train(pg.models.LogisticRegression(), data, workers=2, engine="local"))
 
-    outer = pg.train(pg.models.LogisticRegression(), data, workers=2, callbacks=[train_again])
+    outer = pg.train(pg.models.LogisticRegression(), data, workers=2, engine="local", callbacks=[train_again])
     assert relative_error(inner[0].params, outer.params) <= 1e-12
     assert len(kept_pids()) == 2
 
@@ -113,7 +115,8 @@ def test_workers_of_the_kept_engine_end_with_the_program():
     script = (
         "import paragrad as pg\n"
         "from paragrad.engines import kept\n"
-        "pg.train(pg.models.LogisticRegression(), pg.make_classification(500, 3, seed=0), workers=2)\n"
+        "data = pg.make_classification(500, 3, seed=0)\n"
+        "pg.train(pg.models.LogisticRegression(), data, workers=2, engine='local')\n"
         "print(*kept._kept.engine.pids)\n"
     )
     done = subprocess.run(
@@ -167,7 +170,7 @@ def test_a_bad_idle_time_is_one_clear_error_for_the_local_engine_alone(monkeypat
     monkeypatch.setenv("PARAGRAD_IDLE_S", value)
     data = pg.make_classification(100, 2, seed=0)
     with pytest.raises(pg.ConfigError, match="PARAGRAD_IDLE_S must be a number of seconds from 0"):
-        pg.train(pg.models.LogisticRegression(), data)
+        pg.train(pg.models.LogisticRegression(), data, engine="local")
     pg.train(pg.models.LogisticRegression(), data, engine="serial")  # which never keeps one
 
 
@@ -181,6 +184,6 @@ def test_each_call_on_the_kept_engine_has_its_own_restart_budget(kept_for):
             os.kill(kept_pids()[1], signal.SIGKILL)
 
     for _ in range(3):  # each call loses a worker; with max_restarts=1 every one succeeds
-        options = dict(workers=2, max_restarts=1, max_rounds=4, callbacks=[kill_one])
+        options = dict(workers=2, max_restarts=1, max_rounds=4, callbacks=[kill_one], engine="local")
         run = pg.train(pg.models.LogisticRegression(), data, **options)
         assert relative_error(run.params, expected.params) <= 1e-12

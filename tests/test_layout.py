@@ -41,6 +41,7 @@ ENGINE_USERS = {
     "paragrad.cli",
     "paragrad.cli_parser",
     "paragrad.cli_options",
+    "paragrad.settings",  # chooses the engine for engine="auto"
 }
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80

@@ -97,6 +97,7 @@ def test_more_worker_threads_than_cores_are_warned_about(binary_data):
             pg.models.LogisticRegression(),
             binary_data,
             workers=1,
+            engine="local",
             threads_per_worker=threads,
             max_rounds=1,
             tol=0,

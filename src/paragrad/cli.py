@@ -40,7 +40,7 @@ from paragrad.data import (
     make_regression,
     save_dataset,
 )
-from paragrad.engines import reads_own_rows
+from paragrad.engines import AUTO, reads_own_rows
 from paragrad.engines.kept import start_early
 from paragrad.errors import ConfigError, ParagradError, TrainingDiverged, flag_names
 from paragrad.inference import evaluate, predict_to_file
@@ -101,11 +101,19 @@ def _print_notes(dataset: Dataset) -> None:
         print(f"note: {note}")
 
 
+# With --engine auto, a file this large is work for the local workers (see the README,
+# "Where a run goes"): they start while it is read.
+EARLY_START_BYTES = 64 << 20
+
+
 def _start_workers_early(args: argparse.Namespace) -> None:
     """Start the workers of a fixed count now: their start overlaps reading the file."""
-    if args.workers is None or isinstance(args.workers, int):
+    engine = args.engine
+    if engine == AUTO:
+        engine = "local" if args.data.is_file() and args.data.stat().st_size >= EARLY_START_BYTES else None
+    if engine is not None and (args.workers is None or isinstance(args.workers, int)):
         options = {"max_restarts": args.max_restarts, "threads_per_worker": args.threads_per_worker}
-        start_early(args.engine, args.workers, address=args.address, **options)
+        start_early(engine, args.workers, address=args.address, **options)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

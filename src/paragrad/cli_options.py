@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from paragrad.elastic import WorkerBounds
-from paragrad.engines import ENGINES
+from paragrad.engines import AUTO, ENGINES
 from paragrad.errors import ConfigError, flag_names
 
 
@@ -114,7 +114,10 @@ def _add_engine_options(parser: argparse.ArgumentParser, elastic: bool = False) 
         ),
     )
     parser.add_argument(
-        "--engine", choices=ENGINES, default="local", help="where workers run (default: local)"
+        "--engine",
+        choices=(AUTO, *ENGINES),
+        default=AUTO,
+        help="where workers run; auto: in this process for small work, else local (default: auto)",
     )
     parser.add_argument(
         "--address",

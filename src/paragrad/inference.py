@@ -17,7 +17,7 @@ from paragrad.checkpoint import load_model
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.columns import ColumnName
 from paragrad.data.frames import is_frame
-from paragrad.engines import Engine, engine_class, reads_own_rows
+from paragrad.engines import AUTO, Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
@@ -151,7 +151,7 @@ def predict(
     model: Model | str | os.PathLike,
     data,
     *,
-    engine: str | Engine = "local",
+    engine: str | Engine = "auto",
     workers: int | None = None,
     proba: bool = False,
     address: str | None = None,
@@ -179,6 +179,7 @@ def predict(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
+    engine = _predicting_engine(engine)
     dataset = read_features(model, data, check_finite=False, lazy=reads_own_rows(engine))
     if isinstance(engine, Engine):
         with engine.claimed():
@@ -190,6 +191,13 @@ def predict(
     options = {"address": address, "max_restarts": 0, "threads_per_worker": threads_per_worker}
     with engine_for_call(engine, workers, **options) as runner:
         return _predict_on(runner, model, dataset, proba)
+
+
+def _predicting_engine(engine: str | Engine) -> str | Engine:
+    """The engine that ``engine="auto"`` predicts on: the local one, which predicts rows in
+    this process's memory here, with a thread per worker, and files on the workers that
+    map them."""
+    return "local" if isinstance(engine, str) and engine == AUTO else engine
 
 
 def _in_own_memory(dataset: Dataset) -> bool:
@@ -320,7 +328,7 @@ def predict_to_file(
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    engine: str | Engine = "local",
+    engine: str | Engine = "auto",
     workers: int | None = None,
     proba: bool = False,
     chunk_rows: int | None = None,
@@ -347,6 +355,7 @@ def predict_to_file(
     model = as_model(model)
     if proba and not model.is_classifier:
         raise ConfigError("proba=True needs a classifier")
+    engine = _predicting_engine(engine)
     chunk_of, num_rows, source = _chunks_of(model, data, reads_own_rows(engine), delimiter, reading)
     out = Path(out)
     # A chunk read here holds its rows; a mapped .npy's stay in the file, so only the

@@ -55,6 +55,7 @@ class Run:
     changes: list[MembershipChange] = dataclasses.field(default_factory=list)  # of the workers
     scaling: str = ""  # what workers="auto" chose, and why
     model_choice: str = ""  # with model=None or "auto": the model chosen, and why
+    engine_choice: str = ""  # with engine="auto": where the run went, and why
     energy_j: float = math.nan  # the whole call's joules (see paragrad.energy)
     cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
     energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
@@ -116,7 +117,8 @@ class Run:
             + (f"\nchosen        {self.model_choice}" if self.model_choice else ""),
             f"strategy      {self.strategy!r}{f' with {self.optimizer}' if self.optimizer else ''} on "
             f"{self.engine} engine, {self.num_workers} worker{'s' if self.num_workers != 1 else ''}"
-            + (" at the end" if self.changes else ""),
+            + (" at the end" if self.changes else "")
+            + (f"\nengine        {self.engine_choice}" if self.engine_choice else ""),
             f"rounds        {len(self.history)} ({self.outcome})",
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",

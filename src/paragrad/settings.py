@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from paragrad.data import Dataset
+from paragrad.elastic import WorkerBounds, Workers
+from paragrad.engines import AUTO
 from paragrad.errors import ConfigError, DataError, check_positive_int, in_terms, model_term, option, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
 from paragrad.shards import default_workers
+from paragrad.shm import is_region
 from paragrad.strategies import SGD, GradientDescent, LocalSGD, Strategy
 
 if TYPE_CHECKING:
@@ -72,6 +77,61 @@ def check_class_rows(source: str, target: str, num_classes: int, num_rows: int) 
             f"{MIN_ROWS_PER_CLASS} rows per class: a classifier cannot learn them; if the target is a "
             f"quantity, use {option('model', 'linear')}"
         )
+
+
+# Where a run goes by default (engine="auto"): this process while the work, rows x
+# parameters, costs less than worker processes would; measured by `paragrad bench --suite
+# engine` (README, "Where a run goes"). A kept local engine already running costs its
+# round trips (about 10 ms a call, break-even near 1e6 here); one to start costs its
+# processes' start and the data's placement (about 0.3 s, break-even near 1e7).
+IN_PROCESS_WORK_WARM = 1e6
+IN_PROCESS_WORK_COLD = 1e7
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a run goes to, its worker count, and why (empty when the caller chose)."""
+
+    name: str | Engine
+    workers: Workers
+    reason: str = ""
+
+
+def default_engine(
+    engine: str | Engine, workers: Workers, model: Model, data: Dataset, strategy: Strategy, warm: bool
+) -> EngineChoice:
+    """The engine for ``engine="auto"``: this process (the serial engine) for small work,
+    the local workers otherwise, or for data they map from its file, or an elastic run.
+    ``warm`` says a kept local engine is running. Any other engine is obeyed as given."""
+    if not (isinstance(engine, str) and engine == AUTO):
+        return EngineChoice(engine, workers)
+    if WorkerBounds.parse(workers).elastic:
+        return EngineChoice("local", workers, "local workers (an elastic worker count)")
+    if data.table is not None or (data.storage is not None and not is_region(data.storage.path)):
+        return EngineChoice("local", workers, "local workers (they read the file where it lies)")
+    params = estimated_params(model, data)
+    work, limit = data.num_rows * params, IN_PROCESS_WORK_WARM if warm else IN_PROCESS_WORK_COLD
+    size = f"{data.num_rows} rows x {params} parameters = {work:.2g}"
+    if work > limit:
+        return EngineChoice("local", workers, f"local workers ({size}, above {limit:.0e})")
+    if workers is None:  # LocalSGD's answer depends on the worker count: keep the local one
+        workers = default_workers() if isinstance(strategy, LocalSGD) else 1
+    cost = "using the running workers" if warm else "starting workers"
+    return EngineChoice("serial", workers, f"in process ({size}: below the cost of {cost}, {limit:.0e})")
+
+
+def estimated_params(model: Model, data: Dataset) -> int:
+    """A model's parameter count before it is set up (the classes not yet known)."""
+    if isinstance(model, LinearLayout):
+        return (data.num_features + int(model.fit_intercept)) * num_outputs_before_setup(model, data)
+    hidden = getattr(model, "hidden", None)
+    if hidden is not None:  # an MLP: its layers, with one output per class at least two
+        sizes = [data.num_features, *hidden, 2]
+        return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+    try:
+        return int(model.num_params)  # a Torch module knows its own
+    except (TypeError, AttributeError):
+        return data.num_features + 1
 
 
 def check_inputs(model: Model, data: Dataset, strategy: Strategy) -> None:

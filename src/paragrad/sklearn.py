@@ -37,7 +37,7 @@ class _ParagradEstimator(BaseEstimator):
         model: str | Model = "linear",
         strategy: str | Strategy = "gd",
         optimizer: str | Optimizer | None = None,
-        engine: str = "local",
+        engine: str = "auto",
         workers: Workers = None,
         epochs: int = 100,
         seed: int = 0,
@@ -73,7 +73,7 @@ class _ParagradEstimator(BaseEstimator):
         if isinstance(optimizer, str):
             optimizer = get_optimizer(optimizer)
         workers = self.workers  # (min, max) and "auto" never go past the rows themselves
-        if workers is None or isinstance(workers, int):
+        if isinstance(workers, int) or (workers is None and self.engine != "auto"):
             workers = min(workers or default_workers(), X.shape[0])
         names = getattr(self, "feature_names_in_", None)
         data = Dataset(X, y, None if names is None else [str(n) for n in names])

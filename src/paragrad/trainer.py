@@ -29,6 +29,7 @@ from paragrad.energy import EnergyMeter
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeout
 from paragrad.engines.kept import engine_for_call
+from paragrad.engines.kept import is_running as kept_engine_running
 from paragrad.errors import (
     ConfigError,
     PerformanceWarning,
@@ -44,6 +45,7 @@ from paragrad.settings import (
     check_class_rows,
     check_inputs,
     check_settings,
+    default_engine,
     default_optimizer,
     resource_warnings,
 )
@@ -65,7 +67,7 @@ def train(
     *,
     strategy: Strategy | None = None,
     optimizer: Optimizer | None = None,
-    engine: str | Engine = "local",
+    engine: str | Engine = "auto",
     workers: Workers = None,
     epochs: int | None = None,
     max_rounds: int | None = None,
@@ -104,8 +106,11 @@ def train(
     optimizer : Optimizer, optional
         ``optim.SGD``, ``optim.Adam`` or ``optim.LBFGS`` (full batch only). Default:
         LBFGS for GradientDescent on the linear models, else ``Adam(lr=0.01)``.
-    engine : {"serial", "local", "ray"} or Engine
-        Where the workers run; an Engine object is used as is and left open.
+    engine : {"auto", "serial", "local", "ray"} or Engine
+        Where the workers run; an Engine object is used as is and left open. ``"auto"``
+        (the default) runs small work in this process (the serial engine) and the rest
+        on the local workers, by the rule in the README ("Where a run goes"), and says
+        which and why in ``run.engine_choice``.
     workers : int, (min, max) or "auto", optional
         Number of workers; default one per core. ``(min, max)`` makes the run elastic:
         it starts with what is available (at least ``min``), goes on with fewer workers
@@ -210,6 +215,8 @@ def train(
     start_from = None if init is None else start_model(init, model, data)
     if start_from is not None and start_from.standardizer_ is not None:
         standardize = True  # its parameters expect the features scaled as it scaled them
+    choice = default_engine(engine, workers, model, data, strategy, kept_engine_running())
+    engine, workers = choice.name, choice.workers
     bounds = WorkerBounds.parse(workers)
     timeouts = _timeouts(round_timeout_s, start_timeout_s)
     with (
@@ -250,8 +257,8 @@ def train(
     total_s = time.perf_counter() - call_started
     used = energy.total(loop.energy.worker_cpu_s)  # the coordinator's own CPU time is the meter's
     run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
-    run.model_choice, run.energy_j, run.cpu_s = model_choice, used.energy_j, used.cpu_s
-    run.energy_source = energy.describe()
+    run.model_choice, run.engine_choice = model_choice, choice.reason
+    run.energy_j, run.cpu_s, run.energy_source = used.energy_j, used.cpu_s, energy.describe()
     hooks.train_end(run)
     return run
 

@@ -7,6 +7,7 @@ from paragrad.errors import ConfigError, check_positive_int
 from paragrad.shards import FunctionTask, Shard, Task, default_workers
 
 ENGINES = ("serial", "local", "ray")
+AUTO = "auto"  # the default: the engine the work calls for (paragrad.settings.default_engine)
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -28,7 +29,9 @@ def engine_class(name: str) -> type[Engine]:
 
 def reads_own_rows(engine: str | Engine) -> bool:
     """Whether an engine's workers read their own rows of a file (see ``Engine``)."""
-    return engine.reads_own_rows if isinstance(engine, Engine) else engine_class(engine).reads_own_rows
+    if isinstance(engine, Engine):
+        return engine.reads_own_rows
+    return engine != AUTO and engine_class(engine).reads_own_rows
 
 
 def make_engine(
@@ -50,6 +53,7 @@ def make_engine(
 
 
 __all__ = [
+    "AUTO",
     "ENGINES",
     "Engine",
     "FunctionTask",

@@ -100,6 +100,11 @@ def engine_for_call(
         _release_later(idle_s)
 
 
+def is_running() -> bool:
+    """Whether a kept local engine is running now (a call would find its workers started)."""
+    return _kept.engine is not None
+
+
 def _release_later(idle_s: float) -> None:
     """Let go of the kept engine, and start the timer that stops it once idle."""
     _kept.timer = threading.Timer(idle_s, _stop_when_idle)

@@ -1,0 +1,68 @@
+"""Where a run goes by default: this process for small work, the local workers for large
+work, files they map and elastic runs; an explicit engine is always obeyed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import relative_error
+
+import paragrad as pg
+from paragrad.settings import IN_PROCESS_WORK_COLD, IN_PROCESS_WORK_WARM, default_engine
+
+
+def choice(data, warm=False, workers=None, strategy=None, model=None, engine="auto"):
+    model = model or pg.models.LogisticRegression()
+    return default_engine(engine, workers, model, data, strategy or pg.GradientDescent(), warm)
+
+
+def test_small_work_runs_in_this_process_and_says_why():
+    data = pg.make_classification(500, 5, seed=0)
+    chosen = choice(data)
+    assert (chosen.name, chosen.workers) == ("serial", 1)
+    assert chosen.reason == (
+        f"in process (500 rows x 6 parameters = 3e+03: below the cost of starting workers, "
+        f"{IN_PROCESS_WORK_COLD:.0e})"
+    )
+    run = pg.train(pg.models.LogisticRegression(), data)
+    assert run.engine == "serial" and run.engine_choice == chosen.reason
+    assert f"engine        {chosen.reason}" in run.summary()
+
+
+def test_the_rule_counts_rows_times_parameters_and_a_running_engine():
+    rows = int(IN_PROCESS_WORK_WARM // 11) + 1  # 10 features and an intercept: just above warm
+    data = pg.Dataset(np.zeros((rows, 10)), np.arange(rows) % 2)
+    assert choice(data, warm=False).name == "serial"
+    assert choice(data, warm=True).name == "local"
+    softmax = pg.Dataset(np.zeros((rows // 3, 10)), np.arange(rows // 3) % 4)
+    assert choice(softmax, warm=True, model=pg.models.SoftmaxRegression()).name == "local"  # 4 outputs
+
+
+def test_files_elastic_runs_and_explicit_engines_go_where_they_are_sent(tmp_path):
+    data = pg.make_classification(300, 4, seed=1)
+    np.save(tmp_path / "X.npy", data.X)
+    np.save(tmp_path / "y.npy", data.y)
+    mapped = pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy")
+    assert choice(mapped).name == "local" and "where it lies" in choice(mapped).reason
+    assert choice(data, workers=(1, 2)).name == "local"
+    for engine in ("serial", "local", "ray"):
+        assert (choice(data, engine=engine).name, choice(data, engine=engine).reason) == (engine, "")
+
+
+def test_local_sgd_keeps_the_worker_count_its_answer_depends_on():
+    data = pg.make_classification(400, 4, seed=2)
+    strategy = pg.LocalSGD(local_steps=4, batch_size=16)
+    chosen = choice(data, strategy=strategy)
+    assert chosen.name == "serial" and chosen.workers == pg.engines.default_workers()
+    auto = pg.train(pg.models.LogisticRegression(), data, strategy=strategy, epochs=2)
+    local = pg.train(pg.models.LogisticRegression(), data, strategy=strategy, epochs=2, engine="local")
+    assert relative_error(auto.params, local.params) <= 1e-12
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_in_process_runs_give_the_local_engines_answer(workers):
+    data = pg.make_regression(600, 5, noise=0.3, seed=3)
+    auto = pg.train(pg.models.LinearRegression(), data, workers=workers)
+    local = pg.train(pg.models.LinearRegression(), data, workers=workers, engine="local")
+    assert auto.engine == "serial" and local.engine == "local"
+    assert relative_error(auto.params, local.params) <= 1e-12
