@@ -67,8 +67,14 @@ def test_top_one_percent_with_error_feedback_and_int8_end_near_the_uncompressed_
     int8, _ = final_loss(logistic_data, "int8")
     assert abs(topk / reference - 1) <= 0.01
     assert abs(int8 / reference - 1) <= 0.005
-    received = sum(record["bytes_received"] for record in topk_run.history)
-    assert received < 0.05 * sum(record["bytes_received"] for record in plain.history)
+    # The gradients received, compressed, are under 5% of the plain ones; each result's
+    # fixed fields (rows, loss, timings) are the same in both runs and are set aside.
+    assert len(topk_run.history) == len(plain.history)
+    results = sum(record["workers"] for record in plain.history)
+    gradients = 8 * (logistic_data.num_features + 1) * results
+    fixed = sum(record["bytes_received"] for record in plain.history) - gradients
+    received = sum(record["bytes_received"] for record in topk_run.history) - fixed
+    assert 0 < received < 0.05 * gradients
 
 
 @pytest.mark.parametrize("compress", ["topk:0.05", "int8", "fp16"])
