@@ -64,6 +64,8 @@ CLI_ERRORS = [
     ("train", "{root}/reg.csv", "--target", "y", "--encoding", "no-such-codec"),
     ("train", "{root}/reg.csv", "--target", "y", "--model", "softmax"),
     ("train", "{root}/reg.csv", "--target", "y", "--lr", "0.1"),
+    ("train", "{root}/reg.csv", "--target", "y", "--address", "127.0.0.1:1"),
+    ("train", "{root}/reg.csv", "--target", "y", "--engine", "local", "--address", "127.0.0.1:1"),
     ("evaluate", "{root}/m.npz", "{root}/X.npy"),
     ("evaluate", "{root}/m.npz", "{root}/cls.csv"),
     ("predict", "{root}/m.npz", "{root}/text.csv", "--out", "{root}/p.csv"),

@@ -626,7 +626,7 @@ def test_an_address_where_nothing_listens_fails_at_once(tmp_path):
 
 def test_an_address_for_another_engine_is_refused(tmp_path):
     assert failed_training(tmp_path, "--address", "10.0.0.1:6379") == (
-        "paragrad: error: address= joins a Ray cluster: use engine='ray', not 'local'"
+        "paragrad: error: --address joins a Ray cluster: add --engine ray"
     )
 
 

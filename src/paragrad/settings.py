@@ -98,13 +98,21 @@ class EngineChoice:
 
 
 def default_engine(
-    engine: str | Engine, workers: Workers, model: Model, data: Dataset, strategy: Strategy, warm: bool
+    engine: str | Engine,
+    workers: Workers,
+    model: Model,
+    data: Dataset,
+    strategy: Strategy,
+    warm: bool,
+    address: str | None = None,
 ) -> EngineChoice:
     """The engine for ``engine="auto"``: this process (the serial engine) for small work,
     the local workers otherwise, or for data they map from its file, or an elastic run.
     ``warm`` says a kept local engine is running. Any other engine is obeyed as given."""
     if not (isinstance(engine, str) and engine == AUTO):
         return EngineChoice(engine, workers)
+    if address is not None:
+        raise ConfigError(f"{setting('address')} joins a Ray cluster: add {option('engine', 'ray')}")
     if WorkerBounds.parse(workers).elastic:
         return EngineChoice("local", workers, "local workers (an elastic worker count)")
     if data.table is not None or (data.storage is not None and not is_region(data.storage.path)):

@@ -215,7 +215,7 @@ def train(
     start_from = None if init is None else start_model(init, model, data)
     if start_from is not None and start_from.standardizer_ is not None:
         standardize = True  # its parameters expect the features scaled as it scaled them
-    choice = default_engine(engine, workers, model, data, strategy, kept_engine_running())
+    choice = default_engine(engine, workers, model, data, strategy, kept_engine_running(), address)
     engine, workers = choice.name, choice.workers
     bounds = WorkerBounds.parse(workers)
     timeouts = _timeouts(round_timeout_s, start_timeout_s)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from paragrad.data import Dataset
-from paragrad.errors import ConfigError, ParagradError, WorkerError
+from paragrad.errors import ConfigError, ParagradError, WorkerError, option, setting
 from paragrad.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Task, default_workers
 
 # How long a worker may stay silent (no result, no heartbeat) during a call before it is
@@ -89,7 +89,9 @@ def task_failure(worker: int, exc: BaseException | None, text: str) -> Exception
 
 def refuse_address(name: str, address: str | None) -> None:
     if address is not None:
-        raise ConfigError(f"address= joins a Ray cluster: use engine='ray', not {name!r}")
+        raise ConfigError(
+            f"{setting('address')} joins a Ray cluster: use {option('engine', 'ray')}, not {name!r}"
+        )
 
 
 class Engine(ABC):
