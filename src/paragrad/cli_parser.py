@@ -58,6 +58,7 @@ BENCH_SUITES = (
     "e2e",
     "energy",
     "acceleration",
+    "engine",
 )
 
 

@@ -80,12 +80,13 @@ def check_class_rows(source: str, target: str, num_classes: int, num_rows: int) 
 
 
 # Where a run goes by default (engine="auto"): this process while the work, rows x
-# parameters, costs less than worker processes would; measured by `paragrad bench --suite
-# engine` (README, "Where a run goes"). A kept local engine already running costs its
-# round trips (about 10 ms a call, break-even near 1e6 here); one to start costs its
-# processes' start and the data's placement (about 0.3 s, break-even near 1e7).
-IN_PROCESS_WORK_WARM = 1e6
-IN_PROCESS_WORK_COLD = 1e7
+# parameters, costs less than worker processes would. `paragrad bench --suite engine`
+# measures it (README, "Where a run goes"): on 2 cores, logistic regression in this process
+# takes about 0.05 us per unit of work, on the local workers 0.026 us plus the call's fixed
+# cost: about 6 ms of round trips when a kept local engine runs (break-even near 3e5),
+# about 0.18 s of starting the workers and placing the data when none does (near 8e6).
+IN_PROCESS_WORK_WARM = 3e5
+IN_PROCESS_WORK_COLD = 8e6
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
 - ``e2e``: whole calls as users time them (``pg.train`` cold and warm, the CLI on a CSV,
   MLPs, memory-mapped data as it grows, predict, cross-validation) against the
   single-process tools they replace (see :mod:`paragrad.bench.e2e_suite`).
+- ``engine``: logistic regression of growing size in this process against the local
+  workers, cold and warm, and where ``engine="auto"`` sends it (see
+  :mod:`paragrad.bench.engine_suite`).
 - ``energy``: joules per million rows trained by GradientDescent, SGD and LocalSGD on the
   same data, against GradientDescent's (see :mod:`paragrad.bench.energy_suite`).
 - ``acceleration``: on digits, a teacher MLP(256) against its int8, float16 and pruned
@@ -47,6 +50,7 @@ from paragrad.bench.communication import bench_communication
 from paragrad.bench.e2e_suite import bench_e2e
 from paragrad.bench.elastic_suite import bench_elastic
 from paragrad.bench.energy_suite import bench_acceleration, bench_energy
+from paragrad.bench.engine_suite import bench_engine
 from paragrad.bench.exact import bench_exact
 from paragrad.bench.gd_step import bench_float32, bench_gd_step
 from paragrad.bench.latency import bench_latency
@@ -73,6 +77,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "e2e": bench_e2e,
     "energy": bench_energy,
     "acceleration": bench_acceleration,
+    "engine": bench_engine,
 }
 
 

@@ -1,0 +1,84 @@
+"""``paragrad bench --suite engine``: where a run should go, measured.
+
+Logistic regression (10 features, the default solver) of growing size, trained as a user
+calls it, in this process (the serial engine, one worker) and on the local workers, cold
+(workers to start) and warm (the kept engine running). Each row says which is faster and
+whether ``engine="auto"`` (:func:`paragrad.settings.default_engine`) sends that work
+there; the crossovers are where the rule's thresholds come from.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from paragrad.bench.common import Row
+from paragrad.data import Dataset, make_classification
+from paragrad.engines.kept import release_kept_engine
+from paragrad.errors import ConvergenceWarning
+from paragrad.models import LogisticRegression
+from paragrad.settings import default_engine
+from paragrad.strategies import GradientDescent
+from paragrad.trainer import train
+
+FEATURES = 10
+SIZES = (1_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
+QUICK_SIZES = (500, 2_000)
+
+
+def bench_engine(quick: bool) -> list[Row]:
+    """One row per size: in process against the local workers, cold and warm."""
+    return [_size_row(rows, 1 if quick else 3) for rows in (QUICK_SIZES if quick else SIZES)]
+
+
+def _size_row(num_rows: int, repeats: int) -> Row:
+    data = make_classification(num_rows, FEATURES, seed=0)
+    X, y = np.ascontiguousarray(data.X), np.ascontiguousarray(data.y)
+
+    def fit(engine: str, workers: int | None) -> Callable[[], Any]:
+        def step() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                train(LogisticRegression(), Dataset(X, y), engine=engine, workers=workers)
+
+        return step
+
+    here_s = _best(fit("serial", 1), repeats)
+    cold_s = _best(fit("local", None), repeats, before=release_kept_engine)
+    fit("local", None)()  # the kept engine is running now
+    warm_s = _best(fit("local", None), repeats)
+    release_kept_engine()
+    sample = Dataset(X, y)
+    chosen = {
+        warm: default_engine("auto", None, LogisticRegression(), sample, GradientDescent(), warm).name
+        for warm in (False, True)
+    }
+    faster_cold = "serial" if here_s <= cold_s else "local"
+    faster_warm = "serial" if here_s <= warm_s else "local"
+    return {
+        "benchmark": "engine",
+        "row": f"logistic {num_rows} x {FEATURES}",
+        "work": num_rows * (FEATURES + 1),
+        "in_process_s": here_s,
+        "local_cold_s": cold_s,
+        "local_warm_s": warm_s,
+        "faster_cold": faster_cold,
+        "faster_warm": faster_warm,
+        "auto_cold": chosen[False],
+        "auto_warm": chosen[True],
+        "met": chosen[False] == faster_cold and chosen[True] == faster_warm,
+    }
+
+
+def _best(step: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
+    times = []
+    for _ in range(repeats):
+        before()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
