@@ -74,7 +74,7 @@ def test_serve_baseline_answers_as_paragrad_serve_does(tmp_path):
 
 
 def test_serve_targets_are_judged_against_the_better_baseline():
-    from paragrad.bench.serve_suite import _best, _cell_rows, _target_rows
+    from paragrad.bench.serve_report import best, cell_rows, target_rows
 
     def cell(rate, p50, p99):
         return {"requests": 100, "requests_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": 0}
@@ -86,14 +86,14 @@ def test_serve_targets_are_judged_against_the_better_baseline():
             cells["paragrad", model, 1, clients] = {**cell(4000.0, 0.5, 20.0), "avg_batch_rows": 8.0}
             cells["fastapi", model, 1, clients] = cell(1000.0, 0.9, 30.0)
             cells["fastapi_async", model, 1, clients] = cell(2500.0, 0.4, 10.0)
-    rows = _cell_rows(cells)
+    rows = cell_rows(cells)
     assert rows[0]["fastapi_requests_per_s"] == 2500.0 and rows[0]["fastapi_p99_ms"] == 10.0
-    targets = _target_rows(rows, {"logistic": True, "mlp": True})
+    targets = target_rows(rows, {"logistic": True, "mlp": True})
     assert targets[0]["speedup_c64"] == 1.6 and targets[0]["speedup_verdict"] == "not met"
     assert targets[0]["floor_verdict"] == "not met"  # 0.4 of the floor
     assert targets[0]["p99_verdict"] == "not met"  # 20 ms against the async variant's 10
     assert targets[0]["p50_limit_ms_c1"] == 0.4 + 2.0 and targets[0]["p50_verdict"] == "met"
-    assert _best({}, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)
+    assert best({}, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)
 
 
 def test_the_gd_step_benchmark_runs_against_the_strategies_of_today():
