@@ -167,3 +167,35 @@ def test_serve_load_generator_measures_binary_tensors_beside_json(tmp_path):
         ]
     for result in results:
         assert result["errors"] == 0 and result["requests"] > 0
+
+
+def test_mlserver_answers_paragrads_model_file_as_paragrad_does(tmp_path):
+    from paragrad.bench.serve_mlserver import mlserver_executable, mlserver_running
+    from paragrad.bench.serve_servers import predicted
+    from paragrad.models import LogisticRegression
+
+    executable, why = mlserver_executable()
+    if executable is None:
+        pytest.skip(f"MLServer {why}")
+    model = LogisticRegression()
+    model.setup(4, np.arange(2))
+    model.params_ = np.linspace(-1, 1, model.num_params)
+    model.save(tmp_path / "m.npz")
+    with mlserver_running(executable, {"m": tmp_path / "m.npz"}, tmp_path / "repository") as port:
+        answers = predicted(port, "m", 5, 4)
+    X = np.random.default_rng(0).standard_normal((5, 4))  # the rows of the request body
+    assert answers["predict"] == model.predict(X).tolist()
+    assert answers["proba"] == model.predict_proba(X).ravel().tolist()  # bit for bit
+    with pytest.raises(ConnectionRefusedError):  # the server was stopped
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_mlserver_not_installed_is_said_not_raised(tmp_path, monkeypatch):
+    from paragrad.bench.serve_mlserver import NOT_INSTALLED, mlserver_executable
+
+    monkeypatch.setenv("PARAGRAD_MLSERVER", str(tmp_path / "missing"))
+    executable, why = mlserver_executable()
+    assert executable is None and str(tmp_path / "missing") in why
+    monkeypatch.delenv("PARAGRAD_MLSERVER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert mlserver_executable() == (None, NOT_INSTALLED)

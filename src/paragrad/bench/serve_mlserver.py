@@ -1,0 +1,156 @@
+"""MLServer, Seldon's Open Inference Protocol server, as a baseline of the ``serve`` suite.
+
+MLServer pins versions of FastAPI, Starlette and others that conflict with ours, so it is
+installed in an environment of its own and the suite runs its ``mlserver`` executable: the
+one named by ``PARAGRAD_MLSERVER``, else the one on PATH. (MLServer 1.7.1's inference
+workers do not start with uvloop 0.22 or later, which pip picks: ``python -m venv V &&
+V/bin/pip install mlserver numpy 'uvloop<0.22'``.) Without one its figures are left out and the
+rows say why; nothing fails.
+
+It serves paragrad's model files through :mod:`paragrad.bench.serve_mlserver_runtime`
+(paragrad's source is put on its path), from a model repository written to a temporary
+folder: ``settings.json`` binds 127.0.0.1 on free ports (HTTP, gRPC, metrics) and keeps
+MLServer's defaults otherwise: one inference worker process beside the HTTP server
+(``parallel_workers`` 1), the access log on (``debug``), metrics on. Each model's
+``model-settings.json`` keeps MLServer's default of no adaptive batching, or asks for the
+batching ``paragrad serve`` does by default (up to 256 rows, waiting at most 2 ms).
+
+The server is ready when every model answers ``GET /v2/models/NAME/ready`` with 200; it is
+stopped by its process id (SIGTERM, which also stops its worker), and its process group,
+which it leads, is killed if it has not exited a minute later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from paragrad.bench.serve_servers import child_environment
+
+ENVIRONMENT_VARIABLE = "PARAGRAD_MLSERVER"
+RUNTIME = "paragrad.bench.serve_mlserver_runtime.ParagradRuntime"
+BATCHING = {"max_batch_size": 256, "max_batch_time": 0.002}  # paragrad serve's defaults
+NOT_INSTALLED = f"not installed (set {ENVIRONMENT_VARIABLE} to its mlserver executable)"
+
+
+def mlserver_executable() -> tuple[str | None, str]:
+    """The ``mlserver`` executable to run and where it came from, or None and why not."""
+    named = os.environ.get(ENVIRONMENT_VARIABLE)
+    if named:
+        if os.path.isfile(named) and os.access(named, os.X_OK):
+            return named, f"{ENVIRONMENT_VARIABLE}={named}"
+        return None, f"not installed: {ENVIRONMENT_VARIABLE}={named} is not an executable file"
+    found = shutil.which("mlserver")
+    if found:
+        return found, found
+    return None, NOT_INSTALLED
+
+
+def mlserver_version(executable: str) -> str | None:
+    """What ``mlserver --version`` says (``mlserver, version 1.7.1``), or None if it fails."""
+    try:
+        said = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if said.returncode != 0:
+        return None
+    return said.stdout.strip().rpartition(" ")[2] or None
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_repository(folder: Path, models: dict[str, Path], batching: bool) -> dict[str, object]:
+    """MLServer's settings and one model folder per model under ``folder``; the settings."""
+    settings: dict[str, object] = {
+        "host": "127.0.0.1",
+        "http_port": free_port(),
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "metrics_dir": str(folder / "metrics"),
+        "environments_dir": str(folder / "environments"),
+        "load_models_at_startup": True,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2))
+    for name, path in models.items():
+        (folder / name).mkdir()
+        model = {"name": name, "implementation": RUNTIME, "parameters": {"uri": str(Path(path).resolve())}}
+        (folder / name / "model-settings.json").write_text(json.dumps(model | (BATCHING if batching else {})))
+    return settings
+
+
+@contextlib.contextmanager
+def mlserver_running(
+    executable: str, models: dict[str, Path], folder: Path, batching: bool = False, timeout_s: float = 120.0
+) -> Iterator[int]:
+    """Start MLServer on ``models`` from a repository in ``folder`` (new, empty), yield its
+    HTTP port once every model is ready, then stop it by its process id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = write_repository(folder, models, batching)
+    port = int(str(settings["http_port"]))
+    with open(folder / "mlserver.log", "wb") as log:
+        process = subprocess.Popen(
+            [executable, "start", str(folder)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env=child_environment(),
+            start_new_session=True,  # its group is its own: the worker goes with it
+        )
+        try:
+            _wait_until_ready(process, port, list(models), timeout_s, folder / "mlserver.log")
+            yield port
+        finally:
+            _stop(process)
+
+
+def _wait_until_ready(
+    process: subprocess.Popen, port: int, names: list[str], timeout_s: float, log: Path
+) -> None:
+    """Return once every model answers its readiness probe; raise if MLServer exits or
+    the deadline passes first, with the end of its log."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(names)
+    while waiting:
+        if process.poll() is not None:
+            said = log.read_bytes().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"mlserver exited with status {process.returncode} before ready:\n{said}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"mlserver was not ready in {timeout_s:.0f} s: {waiting} still loading")
+        try:
+            url = f"http://127.0.0.1:{port}/v2/models/{waiting[0]}/ready"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    waiting.pop(0)
+                    continue
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to MLServer's process, then SIGKILL to its group after a minute."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # a worker left behind, or MLServer itself
+    process.wait()
