@@ -16,6 +16,9 @@ MAX_WAIT_MS = 2.0  # paragrad serve's default, which the p50 target allows over 
 TARGET_SPEEDUP = 2.0  # over (b), 1-row requests, 64 clients
 TARGET_FRACTION_OF_FLOOR = 0.7
 TARGET_BINARY = 2.0  # binary tensors over JSON, 100-row requests
+TARGET_OVER_MLSERVER = {1: 3.0, 100: 1.5}  # paragrad over (c)'s requests/s, by request rows
+FASTAPI = ("fastapi", "fastapi_async")  # the variants of (b)
+MLSERVER = ("mlserver", "mlserver_batched")  # the variants of (c)
 Cells = dict[tuple[str, str, int, int], dict[str, Any]]  # (server, model, rows, clients) -> figures
 
 
@@ -23,10 +26,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def best(cells: Cells, model: str, rows: int, clients: int) -> dict[str, Any]:
-    """Baseline (b) in one cell: the better of the FastAPI variants measured, figure by
-    figure (all None when FastAPI is not installed)."""
-    keys = [(server, model, rows, clients) for server in ("fastapi", "fastapi_async")]
+def best(cells: Cells, servers: Sequence[str], model: str, rows: int, clients: int) -> dict[str, Any]:
+    """A baseline in one cell: the better of its variants measured (``FASTAPI`` or
+    ``MLSERVER``), figure by figure (all None when it is not installed)."""
+    keys = [(server, model, rows, clients) for server in servers]
     variants = [cells[key] for key in keys if key in cells]
     p50s = [v["p50_ms"] for v in variants if v["p50_ms"] is not None]
     p99s = [v["p99_ms"] for v in variants if v["p99_ms"] is not None]
@@ -38,16 +41,18 @@ def best(cells: Cells, model: str, rows: int, clients: int) -> dict[str, Any]:
     }
 
 
-def cell_rows(cells: Cells) -> list[Row]:
-    """One row per model, request size and concurrency: paragrad beside both baselines."""
+def cell_rows(cells: Cells, mlserver_status: str) -> list[Row]:
+    """One row per model, request size and concurrency: paragrad beside every baseline;
+    ``mlserver_status`` says which MLServer ran, or why none did."""
     rows = []
     for (server, model, request_rows, clients), ours in cells.items():
         if server != "paragrad":
             continue
-        floor, fastapi = (
-            cells["floor", "-", request_rows, clients],
-            best(cells, model, request_rows, clients),
-        )
+        floor = cells["floor", "-", request_rows, clients]
+        fastapi = best(cells, FASTAPI, model, request_rows, clients)
+        mlserver = best(cells, MLSERVER, model, request_rows, clients)
+        over_mlserver = ratio(ours["requests_per_s"], mlserver["requests_per_s"])
+        mlserver_target = TARGET_OVER_MLSERVER.get(request_rows)
         rows.append(
             {
                 "benchmark": "serve",
@@ -67,10 +72,46 @@ def cell_rows(cells: Cells) -> list[Row]:
                 "fastapi_p99_ms": fastapi["p99_ms"],
                 "speedup_over_fastapi": ratio(ours["requests_per_s"], fastapi["requests_per_s"]),
                 "fraction_of_floor": ratio(ours["requests_per_s"], floor["requests_per_s"]),
-                "errors": ours["errors"] + floor["errors"] + fastapi["errors"],
+                "mlserver_status": mlserver_status,
+                "mlserver_requests_per_s": mlserver["requests_per_s"],
+                "mlserver_p50_ms": mlserver["p50_ms"],
+                "mlserver_p99_ms": mlserver["p99_ms"],
+                "speedup_over_mlserver": over_mlserver,
+                "mlserver_target": mlserver_target,
+                "mlserver_verdict": verdict(
+                    None
+                    if over_mlserver is None or mlserver_target is None
+                    else over_mlserver >= mlserver_target
+                ),
+                "errors": ours["errors"] + floor["errors"] + fastapi["errors"] + mlserver["errors"],
             }
         )
     return rows
+
+
+def mlserver_rows(rows: list[Row], same_answers: dict[str, bool | None]) -> list[Row]:
+    """paragrad over MLServer for each model and request size, at every client count,
+    and the verdict on the target, met when it holds at all of them."""
+    summary = []
+    for model, request_rows in dict.fromkeys((row["model"], row["request_rows"]) for row in rows):
+        cells = [row for row in rows if row["model"] == model and row["request_rows"] == request_rows]
+        speedups = [row["speedup_over_mlserver"] for row in cells]
+        target = TARGET_OVER_MLSERVER.get(request_rows)
+        measured = None not in speedups
+        summary.append(
+            {
+                "benchmark": "serve_mlserver",
+                "model": model,
+                "request_rows": request_rows,
+                "mlserver_status": cells[0]["mlserver_status"],
+                "same_answers_as_mlserver": same_answers.get(model),
+                **{f"speedup_c{row['concurrency']}": row["speedup_over_mlserver"] for row in cells},
+                "speedup_min": min(speedups) if measured else None,
+                "target": target,
+                "verdict": verdict(None if not measured or target is None else min(speedups) >= target),
+            }
+        )
+    return summary
 
 
 def verdict(flag: bool | None) -> str:
@@ -116,13 +157,19 @@ def shown(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def table(cells: Cells, split: list[Row], targets: list[Row], binary: Sequence[Row] = ()) -> str:
+def table(
+    cells: Cells,
+    split: list[Row],
+    targets: list[Row],
+    binary: Sequence[Row] = (),
+    versus_mlserver: Sequence[Row] = (),
+) -> str:
     """The figures as a compact text table: every cell, the large requests, the verdicts."""
-    lines = [f"{'server':<14}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    lines = [f"{'server':<18}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
              f"{'batch':>7}{'errors':>7}"]  # fmt: skip
     for (server, model, rows, clients), cell in cells.items():
         lines.append(
-            f"{server:<14}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
+            f"{server:<18}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
             f"{shown(cell['p50_ms']):>9}{shown(cell['p99_ms']):>9}"
             f"{shown(cell.get('avg_batch_rows')):>7}{cell['errors']:>7}"
         )
@@ -150,5 +197,20 @@ def table(cells: Cells, split: list[Row], targets: list[Row], binary: Sequence[R
             f"[<= (b)'s {shown(row['p99_limit_ms_c64'])}: {row['p99_verdict']}]; "
             f"at 1 client p50 {shown(row['p50_ms_c1'])} ms "
             f"[<= (b)'s + {MAX_WAIT_MS:g} = {shown(row['p50_limit_ms_c1'])}: {row['p50_verdict']}]"
+        )
+    for row in versus_mlserver:
+        at = {
+            key.removeprefix("speedup_c"): value for key, value in row.items() if key.startswith("speedup_c")
+        }
+        if row["speedup_min"] is None and None in at.values():
+            lines.append(
+                f"{row['model']}, {row['request_rows']}-row requests: MLServer {row['mlserver_status']}"
+            )
+            continue
+        lines.append(
+            f"against {row['mlserver_status']}, {row['model']}, {row['request_rows']}-row requests: "
+            f"paragrad at {', '.join(shown(value) for value in at.values())}x its req/s "
+            f"with {', '.join(at)} clients [>= {shown(row['target'])} at each: {row['verdict']}]; "
+            f"same answers: {shown(row['same_answers_as_mlserver'])}"
         )
     return "\n".join(lines)

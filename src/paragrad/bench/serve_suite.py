@@ -9,7 +9,13 @@ figure is measured next to its baselines:
 - (b) a hand-written FastAPI service calling scikit-learn's ``predict`` and
   ``predict_proba`` per request, with a ``def`` handler (FastAPI's advice for blocking
   calls) and, in the full run, also with an ``async def`` one; each figure of (b) is the
-  better of the two (see :mod:`paragrad.bench.serve_baselines`).
+  better of the two (see :mod:`paragrad.bench.serve_baselines`);
+- (c) MLServer, when installed (see :mod:`paragrad.bench.serve_mlserver`), serving the
+  same model files through a small runtime that predicts as paragrad does (answers
+  checked equal): with its defaults (one inference worker process, no adaptive batching)
+  and, in the full run, also with adaptive batching set as paragrad's (256 rows, 2 ms);
+  each figure of (c) is the better of the two. The targets: paragrad at 3x its
+  requests/s for 1-row requests and 1.5x for 100-row ones, at every client count.
 
 Both models (logistic regression on 100 features, an MLP 100-128-10) are fitted by
 scikit-learn, and paragrad's carry the same parameters, so that both services answer
@@ -30,6 +36,7 @@ import importlib.util
 import pickle
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +44,13 @@ import numpy as np
 
 from paragrad.bench.common import Row
 from paragrad.bench.serve_load import Load, LoadGenerator
+from paragrad.bench.serve_mlserver import mlserver_executable, mlserver_running, mlserver_version
 from paragrad.bench.serve_report import (
     MODELS,
     TARGET_BINARY,
     Cells,
     cell_rows,
+    mlserver_rows,
     ratio,
     table,
     target_rows,
@@ -51,13 +60,33 @@ from paragrad.bench.serve_servers import (
     baseline_command,
     batch_totals,
     paragrad_command,
-    predicted_labels,
+    predicted,
     running,
 )
 from paragrad.data import make_classification
 from paragrad.models import MLP, LogisticRegression
 
 FEATURES = 100
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the matrix and the binary tensors measure, and for how long each cell."""
+
+    models: tuple[str, ...] = MODELS
+    features: int = FEATURES
+    request_rows: tuple[int, ...] = (1, 100)
+    clients: tuple[int, ...] = (1, 8, 64)
+    warmup_s: float = 0.5
+    measure_s: float = 2.5
+
+    def load(self, port: int, model: str, rows: int, clients: int, binary: bool = False) -> Load:
+        """One cell's load: its clients send requests of ``rows`` rows for this plan's time."""
+        timing = (self.warmup_s, self.measure_s, 100_000)
+        return Load(port, model, rows, self.features, clients, *timing, binary=binary)
+
+
+FULL, QUICK = Plan(), Plan(warmup_s=0.2, measure_s=0.6)
 
 
 def _fitted_models(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -89,16 +118,54 @@ def _fitted_models(folder: Path) -> dict[str, tuple[Path, Path]]:
     return files
 
 
-def _matrix(generator: LoadGenerator, ports: dict[str, int], quick: bool) -> Cells:
+def start_servers(
+    stack: contextlib.ExitStack, ours: dict[str, Path], theirs: dict[str, Path], folder: Path, quick: bool
+) -> tuple[dict[str, int], str]:
+    """paragrad's server and every baseline there is, each stopped when ``stack`` closes:
+    their ports by name, and which MLServer ran (or why none did)."""
+    commands = {"floor": baseline_command("floor", {}), "paragrad": paragrad_command(ours)}
+    if theirs and importlib.util.find_spec("fastapi") is not None:  # looked up: baseline (b) needs it
+        commands["fastapi"] = baseline_command("fastapi", theirs)
+        if not quick:
+            commands["fastapi_async"] = baseline_command("fastapi-async", theirs)
+    ports = {name: stack.enter_context(running(command)) for name, command in commands.items()}
+    executable, mlserver = mlserver_executable()
+    if executable is not None:
+        mlserver = f"MLServer {mlserver_version(executable)} ({mlserver})"
+        variants = {"mlserver": False} if quick else {"mlserver": False, "mlserver_batched": True}
+        for name, batching in variants.items():  # the name says whether it batches
+            ports[name] = stack.enter_context(mlserver_running(executable, ours, folder / name, batching))
+    return ports, mlserver
+
+
+def same_answers(ports: dict[str, int], plan: Plan) -> dict[str, dict[str, bool | None]]:
+    """Per model, whether FastAPI's labels and MLServer's whole answers (labels and
+    probabilities, both variants) equal paragrad's for 50 rows; None without the server."""
+    checks: dict[str, dict[str, bool | None]] = {}
+    for model in plan.models:
+        ours = predicted(ports["paragrad"], model, 50, plan.features)
+        theirs = {
+            name: predicted(port, model, 50, plan.features)
+            for name, port in ports.items()
+            if name not in ("floor", "paragrad")
+        }
+        mlservers = [answer == ours for name, answer in theirs.items() if name.startswith("mlserver")]
+        checks[model] = {
+            "fastapi": theirs["fastapi"]["predict"] == ours["predict"] if "fastapi" in theirs else None,
+            "mlserver": all(mlservers) if mlservers else None,
+        }
+    return checks
+
+
+def matrix(generator: LoadGenerator, ports: dict[str, int], plan: Plan) -> Cells:
     """Every cell's figures; the floor's model is '-'. The cells of one request size and
     concurrency run one after the other, so that each is measured beside its baselines."""
     cells: Cells = {}
-    warmup_s, measure_s = (0.2, 0.6) if quick else (0.5, 2.5)
-    for rows in (1, 100):
-        for clients in (1, 8, 64):
+    for rows in plan.request_rows:
+        for clients in plan.clients:
             for server in ports:
-                for model in ("-",) if server == "floor" else MODELS:
-                    load = Load(ports[server], model, rows, FEATURES, clients, warmup_s, measure_s, 100_000)
+                for model in ("-",) if server == "floor" else plan.models:
+                    load = plan.load(ports[server], model, rows, clients)
                     if server != "paragrad":
                         cells[server, model, rows, clients] = generator.run(load)
                         continue
@@ -111,16 +178,13 @@ def _matrix(generator: LoadGenerator, ports: dict[str, int], quick: bool) -> Cel
     return cells
 
 
-def _binary(generator: LoadGenerator, port: int, quick: bool) -> list[Row]:
+def binary_rows(generator: LoadGenerator, port: int, plan: Plan) -> list[Row]:
     """100-row requests to paragrad's server, as JSON and as binary tensors, side by side."""
-    warmup_s, measure_s = (0.2, 0.6) if quick else (0.5, 2.5)
     rows = []
-    for model in MODELS:
-        for clients in (1, 8, 64):
+    for model in plan.models:
+        for clients in plan.clients:
             figures = {
-                binary: generator.run(
-                    Load(port, model, 100, FEATURES, clients, warmup_s, measure_s, 100_000, binary=binary)
-                )
+                binary: generator.run(plan.load(port, model, 100, clients, binary=binary))
                 for binary in (False, True)
             }
             speedup = ratio(figures[True]["requests_per_s"], figures[False]["requests_per_s"])
@@ -180,29 +244,21 @@ def _split(generator: LoadGenerator, mlp: Path, quick: bool) -> list[Row]:
 
 
 def bench_serve(quick: bool) -> list[Row]:
-    """paragrad serve against the HTTP floor and FastAPI + scikit-learn, then large requests."""
+    """paragrad serve against the HTTP floor, FastAPI + scikit-learn and MLServer, then
+    large requests."""
+    plan = QUICK if quick else FULL
     with tempfile.TemporaryDirectory() as folder, LoadGenerator() as generator:
         files = _fitted_models(Path(folder))
         ours = {name: pair[0] for name, pair in files.items()}
         theirs = {name: pair[1] for name, pair in files.items()}
-        commands = {"floor": baseline_command("floor", {}), "paragrad": paragrad_command(ours)}
-        if importlib.util.find_spec("fastapi") is not None:  # looked up: baseline (b) needs it
-            commands["fastapi"] = baseline_command("fastapi", theirs)
-            if not quick:
-                commands["fastapi_async"] = baseline_command("fastapi-async", theirs)
         with contextlib.ExitStack() as servers:
-            ports = {name: servers.enter_context(running(command)) for name, command in commands.items()}
-            same_labels = {
-                model: predicted_labels(ports["paragrad"], model, 50, FEATURES)
-                == predicted_labels(ports["fastapi"], model, 50, FEATURES)
-                if "fastapi" in ports
-                else None
-                for model in MODELS
-            }
-            cells = _matrix(generator, ports, quick)
-            binary = _binary(generator, ports["paragrad"], quick)
+            ports, mlserver = start_servers(servers, ours, theirs, Path(folder), quick)
+            same = same_answers(ports, plan)
+            cells = matrix(generator, ports, plan)
+            binary = binary_rows(generator, ports["paragrad"], plan)
         split = _split(generator, ours["mlp"], quick)
-    rows = cell_rows(cells)
-    targets = target_rows(rows, same_labels)
-    print(table(cells, split, targets, binary), flush=True)
-    return [*rows, *targets, *binary, *split]
+    rows = cell_rows(cells, mlserver)
+    targets = target_rows(rows, {model: checks["fastapi"] for model, checks in same.items()})
+    versus_mlserver = mlserver_rows(rows, {model: checks["mlserver"] for model, checks in same.items()})
+    print(table(cells, split, targets, binary, versus_mlserver), flush=True)
+    return [*rows, *targets, *versus_mlserver, *binary, *split]
