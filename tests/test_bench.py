@@ -107,7 +107,7 @@ def test_serve_rows_put_paragrad_over_mlserver_at_every_client_count():
         cells["floor", "-", rows, clients] = cell(10_000.0)
         cells["paragrad", "m", rows, clients] = {**cell(3000.0), "avg_batch_rows": 1.0}
         cells["mlserver", "m", rows, clients] = cell(1000.0 if clients == 1 else 2500.0)
-        cells["mlserver_batched", "m", rows, clients] = cell(1500.0)
+        cells["mlserver_inproc_batch", "m", rows, clients] = cell(1500.0)
     summary = mlserver_rows(cell_rows(cells, "MLServer 1.7.1"), {"m": True})
     assert [(row["request_rows"], row["speedup_c1"], row["speedup_c64"]) for row in summary] == [
         (1, 2.0, 1.2),  # the better variant in each cell: batched at 1 client, plain at 64

@@ -10,10 +10,12 @@ rows say why; nothing fails.
 It serves paragrad's model files through :mod:`paragrad.bench.serve_mlserver_runtime`
 (paragrad's source is put on its path), from a model repository written to a temporary
 folder: ``settings.json`` binds 127.0.0.1 on free ports (HTTP, gRPC, metrics) and keeps
-MLServer's defaults otherwise: one inference worker process beside the HTTP server
-(``parallel_workers`` 1), the access log on (``debug``), metrics on. Each model's
-``model-settings.json`` keeps MLServer's default of no adaptive batching, or asks for the
-batching ``paragrad serve`` does by default (up to 256 rows, waiting at most 2 ms).
+MLServer's defaults otherwise, the access log (``debug``) and metrics on. A variant (see
+``VARIANTS``) keeps or changes two of them: MLServer predicts in one inference worker
+process beside the HTTP server by default (``parallel_workers`` 1) or in the server's own
+process as paragrad does (0), and batches no requests by default or up to 256 rows,
+waiting at most 2 ms, as ``paragrad serve`` does by default (``max_batch_size``,
+``max_batch_time`` in each ``model-settings.json``).
 
 The server is ready when every model answers ``GET /v2/models/NAME/ready`` with 200; it is
 stopped by its process id (SIGTERM, which also stops its worker), and its process group,
@@ -33,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from paragrad.bench.serve_servers import child_environment
@@ -41,6 +44,21 @@ ENVIRONMENT_VARIABLE = "PARAGRAD_MLSERVER"
 RUNTIME = "paragrad.bench.serve_mlserver_runtime.ParagradRuntime"
 BATCHING = {"max_batch_size": 256, "max_batch_time": 0.002}  # paragrad serve's defaults
 NOT_INSTALLED = f"not installed (set {ENVIRONMENT_VARIABLE} to its mlserver executable)"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """MLServer's settings that a variant keeps (None, False) or changes."""
+
+    parallel_workers: int | None = None  # MLServer's default: 1, one worker process
+    batching: bool = False  # MLServer's default: no adaptive batching
+
+
+VARIANTS = {
+    "mlserver": Variant(),
+    "mlserver_inproc": Variant(parallel_workers=0),
+    "mlserver_inproc_batch": Variant(parallel_workers=0, batching=True),
+}
 
 
 def mlserver_executable() -> tuple[str | None, str]:
@@ -75,7 +93,7 @@ def free_port() -> int:
         return port
 
 
-def write_repository(folder: Path, models: dict[str, Path], batching: bool) -> dict[str, object]:
+def write_repository(folder: Path, models: dict[str, Path], variant: Variant) -> dict[str, object]:
     """MLServer's settings and one model folder per model under ``folder``; the settings."""
     settings: dict[str, object] = {
         "host": "127.0.0.1",
@@ -86,22 +104,30 @@ def write_repository(folder: Path, models: dict[str, Path], batching: bool) -> d
         "environments_dir": str(folder / "environments"),
         "load_models_at_startup": True,
     }
+    if variant.parallel_workers is not None:
+        settings["parallel_workers"] = variant.parallel_workers
     (folder / "settings.json").write_text(json.dumps(settings, indent=2))
     for name, path in models.items():
         (folder / name).mkdir()
         model = {"name": name, "implementation": RUNTIME, "parameters": {"uri": str(Path(path).resolve())}}
-        (folder / name / "model-settings.json").write_text(json.dumps(model | (BATCHING if batching else {})))
+        (folder / name / "model-settings.json").write_text(
+            json.dumps(model | (BATCHING if variant.batching else {}))
+        )
     return settings
 
 
 @contextlib.contextmanager
 def mlserver_running(
-    executable: str, models: dict[str, Path], folder: Path, batching: bool = False, timeout_s: float = 120.0
+    executable: str,
+    models: dict[str, Path],
+    folder: Path,
+    variant: Variant = VARIANTS["mlserver"],
+    timeout_s: float = 120.0,
 ) -> Iterator[int]:
     """Start MLServer on ``models`` from a repository in ``folder`` (new, empty), yield its
     HTTP port once every model is ready, then stop it by its process id."""
     folder.mkdir(parents=True, exist_ok=True)
-    settings = write_repository(folder, models, batching)
+    settings = write_repository(folder, models, variant)
     port = int(str(settings["http_port"]))
     with open(folder / "mlserver.log", "wb") as log:
         process = subprocess.Popen(

@@ -18,7 +18,7 @@ TARGET_FRACTION_OF_FLOOR = 0.7
 TARGET_BINARY = 2.0  # binary tensors over JSON, 100-row requests
 TARGET_OVER_MLSERVER = {1: 3.0, 100: 1.5}  # paragrad over (c)'s requests/s, by request rows
 FASTAPI = ("fastapi", "fastapi_async")  # the variants of (b)
-MLSERVER = ("mlserver", "mlserver_batched")  # the variants of (c)
+MLSERVER = ("mlserver", "mlserver_inproc", "mlserver_inproc_batch")  # the variants of (c)
 Cells = dict[tuple[str, str, int, int], dict[str, Any]]  # (server, model, rows, clients) -> figures
 
 
@@ -165,11 +165,11 @@ def table(
     versus_mlserver: Sequence[Row] = (),
 ) -> str:
     """The figures as a compact text table: every cell, the large requests, the verdicts."""
-    lines = [f"{'server':<18}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    lines = [f"{'server':<22}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
              f"{'batch':>7}{'errors':>7}"]  # fmt: skip
     for (server, model, rows, clients), cell in cells.items():
         lines.append(
-            f"{server:<18}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
+            f"{server:<22}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
             f"{shown(cell['p50_ms']):>9}{shown(cell['p99_ms']):>9}"
             f"{shown(cell.get('avg_batch_rows')):>7}{cell['errors']:>7}"
         )
