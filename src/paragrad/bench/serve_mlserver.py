@@ -85,21 +85,25 @@ def mlserver_version(executable: str) -> str | None:
     return said.stdout.strip().rpartition(" ")[2] or None
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports on 127.0.0.1 that nothing listens on now."""
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):  # all held open at once, so that no two are the same
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def write_repository(folder: Path, models: dict[str, Path], variant: Variant) -> dict[str, object]:
     """MLServer's settings and one model folder per model under ``folder``; the settings."""
+    http, grpc, metrics = free_ports(3)
     settings: dict[str, object] = {
         "host": "127.0.0.1",
-        "http_port": free_port(),
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
+        "http_port": http,
+        "grpc_port": grpc,
+        "metrics_port": metrics,
         "metrics_dir": str(folder / "metrics"),
         "environments_dir": str(folder / "environments"),
         "load_models_at_startup": True,
