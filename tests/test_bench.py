@@ -74,7 +74,7 @@ def test_serve_baseline_answers_as_paragrad_serve_does(tmp_path):
 
 
 def test_serve_targets_are_judged_against_the_better_baseline():
-    from paragrad.bench.serve_suite import _best, _cell_rows, _target_rows
+    from paragrad.bench.serve_report import FASTAPI, best, cell_rows, target_rows
 
     def cell(rate, p50, p99):
         return {"requests": 100, "requests_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": 0}
@@ -86,14 +86,74 @@ def test_serve_targets_are_judged_against_the_better_baseline():
             cells["paragrad", model, 1, clients] = {**cell(4000.0, 0.5, 20.0), "avg_batch_rows": 8.0}
             cells["fastapi", model, 1, clients] = cell(1000.0, 0.9, 30.0)
             cells["fastapi_async", model, 1, clients] = cell(2500.0, 0.4, 10.0)
-    rows = _cell_rows(cells)
+    rows = cell_rows(cells, "not installed")
     assert rows[0]["fastapi_requests_per_s"] == 2500.0 and rows[0]["fastapi_p99_ms"] == 10.0
-    targets = _target_rows(rows, {"logistic": True, "mlp": True})
+    targets = target_rows(rows, {"logistic": True, "mlp": True})
     assert targets[0]["speedup_c64"] == 1.6 and targets[0]["speedup_verdict"] == "not met"
     assert targets[0]["floor_verdict"] == "not met"  # 0.4 of the floor
     assert targets[0]["p99_verdict"] == "not met"  # 20 ms against the async variant's 10
     assert targets[0]["p50_limit_ms_c1"] == 0.4 + 2.0 and targets[0]["p50_verdict"] == "met"
-    assert _best({}, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)
+    assert best({}, FASTAPI, "mlp", 1, 64)["requests_per_s"] is None  # FastAPI not installed: no (b)
+
+
+def test_serve_rows_put_paragrad_over_mlserver_at_every_client_count():
+    from paragrad.bench.serve_report import cell_rows, mlserver_rows
+
+    def cell(rate):
+        return {"requests": 100, "requests_per_s": rate, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0}
+
+    cells = {}
+    for rows, clients in [(1, 1), (1, 64), (100, 1), (100, 64)]:
+        cells["floor", "-", rows, clients] = cell(10_000.0)
+        cells["paragrad", "m", rows, clients] = {**cell(3000.0), "avg_batch_rows": 1.0}
+        cells["mlserver", "m", rows, clients] = cell(1000.0 if clients == 1 else 2500.0)
+        cells["mlserver_inproc_batch", "m", rows, clients] = cell(1500.0)
+    summary = mlserver_rows(cell_rows(cells, "MLServer 1.7.1"), {"m": True})
+    assert [(row["request_rows"], row["speedup_c1"], row["speedup_c64"]) for row in summary] == [
+        (1, 2.0, 1.2),  # the better variant in each cell: batched at 1 client, plain at 64
+        (100, 2.0, 1.2),
+    ]
+    assert [row["verdict"] for row in summary] == ["not met", "not met"]  # 3x at 1 row, 1.5x at 100
+    absent = cell_rows(
+        {key: value for key, value in cells.items() if "mlserver" not in key[0]}, "not installed"
+    )
+    assert {row["mlserver_verdict"] for row in absent} == {"n/a"}
+    assert mlserver_rows(absent, {})[0]["mlserver_status"] == "not installed"
+
+
+def test_serve_suite_measures_paragrad_beside_every_baseline_at_tiny_size(tmp_path):
+    pytest.importorskip("uvicorn")
+    import contextlib
+
+    from paragrad.bench import serve_suite as suite
+    from paragrad.bench.serve_load import LoadGenerator
+    from paragrad.bench.serve_report import cell_rows, mlserver_rows
+    from paragrad.models import LogisticRegression
+
+    model = LogisticRegression()
+    model.setup(4, np.arange(2))
+    model.params_ = np.linspace(-1, 1, model.num_params)
+    model.save(tmp_path / "m.npz")
+    plan = suite.Plan(models=("m",), features=4, clients=(1, 2), warmup_s=0.05, measure_s=0.15)
+    with contextlib.ExitStack() as servers, LoadGenerator() as generator:
+        ports, mlserver = suite.start_servers(servers, {"m": tmp_path / "m.npz"}, {}, tmp_path, quick=True)
+        same = suite.same_answers(ports, plan)
+        cells = suite.matrix(generator, ports, plan)
+        binary = suite.binary_rows(generator, ports["paragrad"], plan)
+    rows = cell_rows(cells, mlserver)
+    assert [(row["request_rows"], row["concurrency"]) for row in rows] == [(1, 1), (1, 2), (100, 1), (100, 2)]
+    for row in rows:
+        assert row["errors"] == 0 and row["requests_per_s"] > 0 and row["floor_requests_per_s"] > 0
+        if "mlserver" in ports:
+            assert row["speedup_over_mlserver"] == row["requests_per_s"] / row["mlserver_requests_per_s"]
+        else:
+            assert row["mlserver_requests_per_s"] is None and row["mlserver_status"].startswith(
+                "not installed"
+            )
+    assert same["m"] == {"fastapi": None, "mlserver": True if "mlserver" in ports else None}
+    assert len(mlserver_rows(rows, {})) == 2
+    assert [row["concurrency"] for row in binary] == [1, 2]
+    assert all(row["errors"] == 0 and row["speedup_binary"] > 0 for row in binary)
 
 
 def test_the_gd_step_benchmark_runs_against_the_strategies_of_today():
@@ -178,3 +238,35 @@ def test_the_engine_suite_measures_both_places_and_the_choice():
         assert row["in_process_s"] > 0 and row["local_cold_s"] > 0 and row["local_warm_s"] > 0
         assert row["auto_cold"] == row["auto_warm"] == "serial"  # far below both thresholds
         assert row["met"] == (row["faster_cold"] == "serial" and row["faster_warm"] == "serial")
+
+
+def test_mlserver_answers_paragrads_model_file_as_paragrad_does(tmp_path):
+    from paragrad.bench.serve_mlserver import mlserver_executable, mlserver_running
+    from paragrad.bench.serve_servers import predicted
+    from paragrad.models import LogisticRegression
+
+    executable, why = mlserver_executable()
+    if executable is None:
+        pytest.skip(f"MLServer {why}")
+    model = LogisticRegression()
+    model.setup(4, np.arange(2))
+    model.params_ = np.linspace(-1, 1, model.num_params)
+    model.save(tmp_path / "m.npz")
+    with mlserver_running(executable, {"m": tmp_path / "m.npz"}, tmp_path / "repository") as port:
+        answers = predicted(port, "m", 5, 4)
+    X = np.random.default_rng(0).standard_normal((5, 4))  # the rows of the request body
+    assert answers["predict"] == model.predict(X).tolist()
+    assert answers["proba"] == model.predict_proba(X).ravel().tolist()  # bit for bit
+    with pytest.raises(ConnectionRefusedError):  # the server was stopped
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_mlserver_not_installed_is_said_not_raised(tmp_path, monkeypatch):
+    from paragrad.bench.serve_mlserver import NOT_INSTALLED, mlserver_executable
+
+    monkeypatch.setenv("PARAGRAD_MLSERVER", str(tmp_path / "missing"))
+    executable, why = mlserver_executable()
+    assert executable is None and str(tmp_path / "missing") in why
+    monkeypatch.delenv("PARAGRAD_MLSERVER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert mlserver_executable() == (None, NOT_INSTALLED)

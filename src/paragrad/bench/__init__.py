@@ -22,7 +22,8 @@ Suites, each in a module of this package (shared helpers in :mod:`paragrad.bench
   change of the workers against a round (see :mod:`paragrad.bench.elastic_suite`).
 - ``serve``: ``paragrad serve`` under closed-loop HTTP load (1, 8 and 64 clients, requests
   of 1 and 100 rows, logistic regression and an MLP) against the same HTTP stack answering
-  a constant and a FastAPI service calling scikit-learn per request; and one large request
+  a constant, a FastAPI service calling scikit-learn per request and, when installed,
+  MLServer on the same model files; and one large request
   predicted in the server or split across 2 workers (see :mod:`paragrad.bench.serve_suite`).
 - ``e2e``: whole calls as users time them (``pg.train`` cold and warm, the CLI on a CSV,
   MLPs, memory-mapped data as it grows, predict, cross-validation) against the

@@ -39,7 +39,7 @@ def baseline_command(kind: str, models: dict[str, Path]) -> list[str]:
     return [sys.executable, "-m", "paragrad.bench.serve_baselines", kind, *named]
 
 
-def _environment() -> dict[str, str]:
+def child_environment() -> dict[str, str]:
     """This environment, with this paragrad first on the children's import path."""
     source = str(Path(paragrad.__file__).resolve().parent.parent)
     env = dict(os.environ)
@@ -52,7 +52,7 @@ def running(command: list[str], timeout_s: float = 120.0) -> Iterator[int]:
     """Start a server, yield its port once it listens, then stop it by its process id."""
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=errors, text=True, env=_environment()
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, env=child_environment()
         )
         try:
             yield _port_when_ready(process, " ".join(command[1:4]), timeout_s, errors)
@@ -103,8 +103,9 @@ def batch_totals(port: int, model: str) -> tuple[float, float]:
     return totals[0], totals[1]
 
 
-def predicted_labels(port: int, model: str, rows: int, features: int) -> list[Any]:
-    """The labels a server answers for ``rows`` rows of the load generator's request body."""
+def predicted(port: int, model: str, rows: int, features: int) -> dict[str, list[Any]]:
+    """Each output a server answers for ``rows`` rows of the load generator's request body,
+    by name, as a flat list."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v2/models/{model}/infer",
         data=infer_body(rows, features),
@@ -112,4 +113,9 @@ def predicted_labels(port: int, model: str, rows: int, features: int) -> list[An
     )
     with urllib.request.urlopen(request, timeout=60) as answer:
         outputs = json.loads(answer.read())["outputs"]
-    return next(output["data"] for output in outputs if output["name"] == "predict")
+    return {output["name"]: output["data"] for output in outputs}
+
+
+def predicted_labels(port: int, model: str, rows: int, features: int) -> list[Any]:
+    """The labels a server answers for ``rows`` rows of the load generator's request body."""
+    return predicted(port, model, rows, features)["predict"]

@@ -9,7 +9,14 @@ figure is measured next to its baselines:
 - (b) a hand-written FastAPI service calling scikit-learn's ``predict`` and
   ``predict_proba`` per request, with a ``def`` handler (FastAPI's advice for blocking
   calls) and, in the full run, also with an ``async def`` one; each figure of (b) is the
-  better of the two (see :mod:`paragrad.bench.serve_baselines`).
+  better of the two (see :mod:`paragrad.bench.serve_baselines`);
+- (c) MLServer, when installed (see :mod:`paragrad.bench.serve_mlserver`), serving the
+  same model files through a small runtime that predicts as paragrad does (answers
+  checked equal): with its defaults (one inference worker process, no adaptive batching)
+  and, in the full run, also predicting in its server process, without and with adaptive
+  batching set as paragrad's (256 rows, 2 ms); each figure of (c) is the best of them.
+  The targets: paragrad at 3x its requests/s for 1-row requests and 1.5x for 100-row
+  ones, at every client count.
 
 Both models (logistic regression on 100 features, an MLP 100-128-10) are fitted by
 scikit-learn, and paragrad's carry the same parameters, so that both services answer
@@ -30,7 +37,7 @@ import importlib.util
 import pickle
 import tempfile
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +45,49 @@ import numpy as np
 
 from paragrad.bench.common import Row
 from paragrad.bench.serve_load import Load, LoadGenerator
+from paragrad.bench.serve_mlserver import VARIANTS, mlserver_executable, mlserver_running, mlserver_version
+from paragrad.bench.serve_report import (
+    MODELS,
+    TARGET_BINARY,
+    Cells,
+    cell_rows,
+    mlserver_rows,
+    ratio,
+    table,
+    target_rows,
+    verdict,
+)
 from paragrad.bench.serve_servers import (
     baseline_command,
     batch_totals,
     paragrad_command,
-    predicted_labels,
+    predicted,
     running,
 )
 from paragrad.data import make_classification
 from paragrad.models import MLP, LogisticRegression
 
 FEATURES = 100
-MODELS = ("logistic", "mlp")
-MAX_WAIT_MS = 2.0  # paragrad serve's default, which the p50 target allows over the baseline's
-TARGET_SPEEDUP = 2.0  # over (b), 1-row requests, 64 clients
-TARGET_FRACTION_OF_FLOOR = 0.7
-TARGET_BINARY = 2.0  # binary tensors over JSON, 100-row requests
-Cells = dict[tuple[str, str, int, int], dict[str, Any]]  # (server, model, rows, clients) -> figures
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the matrix and the binary tensors measure, and for how long each cell."""
+
+    models: tuple[str, ...] = MODELS
+    features: int = FEATURES
+    request_rows: tuple[int, ...] = (1, 100)
+    clients: tuple[int, ...] = (1, 8, 64)
+    warmup_s: float = 0.5
+    measure_s: float = 2.5
+
+    def load(self, port: int, model: str, rows: int, clients: int, binary: bool = False) -> Load:
+        """One cell's load: its clients send requests of ``rows`` rows for this plan's time."""
+        timing = (self.warmup_s, self.measure_s, 100_000)
+        return Load(port, model, rows, self.features, clients, *timing, binary=binary)
+
+
+FULL, QUICK = Plan(), Plan(warmup_s=0.2, measure_s=0.6)
 
 
 def _fitted_models(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -86,16 +119,53 @@ def _fitted_models(folder: Path) -> dict[str, tuple[Path, Path]]:
     return files
 
 
-def _matrix(generator: LoadGenerator, ports: dict[str, int], quick: bool) -> Cells:
+def start_servers(
+    stack: contextlib.ExitStack, ours: dict[str, Path], theirs: dict[str, Path], folder: Path, quick: bool
+) -> tuple[dict[str, int], str]:
+    """paragrad's server and every baseline there is, each stopped when ``stack`` closes:
+    their ports by name, and which MLServer ran (or why none did)."""
+    commands = {"floor": baseline_command("floor", {}), "paragrad": paragrad_command(ours)}
+    if theirs and importlib.util.find_spec("fastapi") is not None:  # looked up: baseline (b) needs it
+        commands["fastapi"] = baseline_command("fastapi", theirs)
+        if not quick:
+            commands["fastapi_async"] = baseline_command("fastapi-async", theirs)
+    ports = {name: stack.enter_context(running(command)) for name, command in commands.items()}
+    executable, mlserver = mlserver_executable()
+    if executable is not None:
+        mlserver = f"MLServer {mlserver_version(executable)} ({mlserver})"
+        for name, variant in list(VARIANTS.items())[: 1 if quick else None]:  # quick: the defaults
+            ports[name] = stack.enter_context(mlserver_running(executable, ours, folder / name, variant))
+    return ports, mlserver
+
+
+def same_answers(ports: dict[str, int], plan: Plan) -> dict[str, dict[str, bool | None]]:
+    """Per model, whether FastAPI's labels and MLServer's whole answers (labels and
+    probabilities, both variants) equal paragrad's for 50 rows; None without the server."""
+    checks: dict[str, dict[str, bool | None]] = {}
+    for model in plan.models:
+        ours = predicted(ports["paragrad"], model, 50, plan.features)
+        theirs = {
+            name: predicted(port, model, 50, plan.features)
+            for name, port in ports.items()
+            if name not in ("floor", "paragrad")
+        }
+        mlservers = [answer == ours for name, answer in theirs.items() if name.startswith("mlserver")]
+        checks[model] = {
+            "fastapi": theirs["fastapi"]["predict"] == ours["predict"] if "fastapi" in theirs else None,
+            "mlserver": all(mlservers) if mlservers else None,
+        }
+    return checks
+
+
+def matrix(generator: LoadGenerator, ports: dict[str, int], plan: Plan) -> Cells:
     """Every cell's figures; the floor's model is '-'. The cells of one request size and
     concurrency run one after the other, so that each is measured beside its baselines."""
     cells: Cells = {}
-    warmup_s, measure_s = (0.2, 0.6) if quick else (0.5, 2.5)
-    for rows in (1, 100):
-        for clients in (1, 8, 64):
+    for rows in plan.request_rows:
+        for clients in plan.clients:
             for server in ports:
-                for model in ("-",) if server == "floor" else MODELS:
-                    load = Load(ports[server], model, rows, FEATURES, clients, warmup_s, measure_s, 100_000)
+                for model in ("-",) if server == "floor" else plan.models:
+                    load = plan.load(ports[server], model, rows, clients)
                     if server != "paragrad":
                         cells[server, model, rows, clients] = generator.run(load)
                         continue
@@ -108,19 +178,16 @@ def _matrix(generator: LoadGenerator, ports: dict[str, int], quick: bool) -> Cel
     return cells
 
 
-def _binary(generator: LoadGenerator, port: int, quick: bool) -> list[Row]:
+def binary_rows(generator: LoadGenerator, port: int, plan: Plan) -> list[Row]:
     """100-row requests to paragrad's server, as JSON and as binary tensors, side by side."""
-    warmup_s, measure_s = (0.2, 0.6) if quick else (0.5, 2.5)
     rows = []
-    for model in MODELS:
-        for clients in (1, 8, 64):
+    for model in plan.models:
+        for clients in plan.clients:
             figures = {
-                binary: generator.run(
-                    Load(port, model, 100, FEATURES, clients, warmup_s, measure_s, 100_000, binary=binary)
-                )
+                binary: generator.run(plan.load(port, model, 100, clients, binary=binary))
                 for binary in (False, True)
             }
-            speedup = _ratio(figures[True]["requests_per_s"], figures[False]["requests_per_s"])
+            speedup = ratio(figures[True]["requests_per_s"], figures[False]["requests_per_s"])
             rows.append(
                 {
                     "benchmark": "serve_binary",
@@ -136,7 +203,7 @@ def _binary(generator: LoadGenerator, port: int, quick: bool) -> list[Row]:
                     "binary_p99_ms": figures[True]["p99_ms"],
                     "speedup_binary": speedup,
                     "binary_target": TARGET_BINARY,
-                    "binary_verdict": _verdict(None if speedup is None else speedup >= TARGET_BINARY),
+                    "binary_verdict": verdict(None if speedup is None else speedup >= TARGET_BINARY),
                     "errors": figures[False]["errors"] + figures[True]["errors"],
                 }
             )
@@ -169,172 +236,29 @@ def _split(generator: LoadGenerator, mlp: Path, quick: bool) -> list[Row]:
                 "in_server_p50_ms": one["p50_ms"],
                 "workers2_requests_per_s": two["requests_per_s"],
                 "workers2_p50_ms": two["p50_ms"],
-                "speedup_workers2": _ratio(two["requests_per_s"], one["requests_per_s"]),
+                "speedup_workers2": ratio(two["requests_per_s"], one["requests_per_s"]),
                 "errors": one["errors"] + two["errors"],
             }
         )
     return split
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-def _best(cells: Cells, model: str, rows: int, clients: int) -> dict[str, Any]:
-    """Baseline (b) in one cell: the better of the FastAPI variants measured, figure by
-    figure (all None when FastAPI is not installed)."""
-    keys = [(server, model, rows, clients) for server in ("fastapi", "fastapi_async")]
-    variants = [cells[key] for key in keys if key in cells]
-    p50s = [v["p50_ms"] for v in variants if v["p50_ms"] is not None]
-    p99s = [v["p99_ms"] for v in variants if v["p99_ms"] is not None]
-    return {
-        "requests_per_s": max((v["requests_per_s"] for v in variants), default=None),
-        "p50_ms": min(p50s, default=None),
-        "p99_ms": min(p99s, default=None),
-        "errors": sum(v["errors"] for v in variants),
-    }
-
-
-def _cell_rows(cells: Cells) -> list[Row]:
-    """One row per model, request size and concurrency: paragrad beside both baselines."""
-    rows = []
-    for (server, model, request_rows, clients), ours in cells.items():
-        if server != "paragrad":
-            continue
-        floor, fastapi = (
-            cells["floor", "-", request_rows, clients],
-            _best(cells, model, request_rows, clients),
-        )
-        rows.append(
-            {
-                "benchmark": "serve",
-                "model": model,
-                "request_rows": request_rows,
-                "concurrency": clients,
-                "requests": ours["requests"],
-                "requests_per_s": ours["requests_per_s"],
-                "p50_ms": ours["p50_ms"],
-                "p99_ms": ours["p99_ms"],
-                "avg_batch_rows": ours["avg_batch_rows"],
-                "floor_requests_per_s": floor["requests_per_s"],
-                "floor_p50_ms": floor["p50_ms"],
-                "floor_p99_ms": floor["p99_ms"],
-                "fastapi_requests_per_s": fastapi["requests_per_s"],
-                "fastapi_p50_ms": fastapi["p50_ms"],
-                "fastapi_p99_ms": fastapi["p99_ms"],
-                "speedup_over_fastapi": _ratio(ours["requests_per_s"], fastapi["requests_per_s"]),
-                "fraction_of_floor": _ratio(ours["requests_per_s"], floor["requests_per_s"]),
-                "errors": ours["errors"] + floor["errors"] + fastapi["errors"],
-            }
-        )
-    return rows
-
-
-def _verdict(flag: bool | None) -> str:
-    return "n/a" if flag is None else "met" if flag else "not met"
-
-
-def _target_rows(rows: list[Row], same_labels: dict[str, bool | None]) -> list[Row]:
-    """The targets for 1-row requests, for each model, each with its verdict."""
-    targets = []
-    for model in MODELS:
-        cell = {row["concurrency"]: row for row in rows if row["model"] == model and row["request_rows"] == 1}
-        busy, alone = cell[64], cell[1]
-        speedup, floor = busy["speedup_over_fastapi"], busy["fraction_of_floor"]
-        p99, p99_limit = busy["p99_ms"], busy["fastapi_p99_ms"]
-        p50, p50_limit = alone["p50_ms"], alone["fastapi_p50_ms"]
-        p50_limit = None if p50_limit is None else p50_limit + MAX_WAIT_MS
-        targets.append(
-            {
-                "benchmark": "serve_targets",
-                "model": model,
-                "request_rows": 1,
-                "same_labels_as_sklearn": same_labels[model],
-                "speedup_c64": speedup,
-                "speedup_target": TARGET_SPEEDUP,
-                "speedup_verdict": _verdict(None if speedup is None else speedup >= TARGET_SPEEDUP),
-                "fraction_of_floor_c64": floor,
-                "floor_target": TARGET_FRACTION_OF_FLOOR,
-                "floor_verdict": _verdict(None if floor is None else floor >= TARGET_FRACTION_OF_FLOOR),
-                "p99_ms_c64": p99,
-                "p99_limit_ms_c64": p99_limit,
-                "p99_verdict": _verdict(None if p99 is None or p99_limit is None else p99 <= p99_limit),
-                "p50_ms_c1": p50,
-                "p50_limit_ms_c1": p50_limit,
-                "p50_verdict": _verdict(None if p50 is None or p50_limit is None else p50 <= p50_limit),
-            }
-        )
-    return targets
-
-
-def _shown(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def table(cells: Cells, split: list[Row], targets: list[Row], binary: Sequence[Row] = ()) -> str:
-    """The figures as a compact text table: every cell, the large requests, the verdicts."""
-    lines = [f"{'server':<14}{'model':<10}{'rows':>5}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'batch':>7}{'errors':>7}"]  # fmt: skip
-    for (server, model, rows, clients), cell in cells.items():
-        lines.append(
-            f"{server:<14}{model:<10}{rows:>5}{clients:>6}{cell['requests_per_s']:>9.0f}"
-            f"{_shown(cell['p50_ms']):>9}{_shown(cell['p99_ms']):>9}"
-            f"{_shown(cell.get('avg_batch_rows')):>7}{cell['errors']:>7}"
-        )
-    for row in binary:
-        lines.append(
-            f"{row['model']}, 100-row requests, {row['concurrency']} clients: binary tensors "
-            f"{_shown(row['binary_requests_per_s'])} req/s (p50 {_shown(row['binary_p50_ms'])} ms), "
-            f"JSON {_shown(row['json_requests_per_s'])} req/s (p50 {_shown(row['json_p50_ms'])} ms): "
-            f"{_shown(row['speedup_binary'])}x [>= {row['binary_target']:g}: {row['binary_verdict']}]"
-        )
-    for row in split:
-        lines.append(
-            f"mlp, one request of {row['request_rows']} rows at a time: "
-            f"in the server process {_shown(row['in_server_requests_per_s'])} req/s "
-            f"(p50 {_shown(row['in_server_p50_ms'], 4)} ms); on 2 workers "
-            f"{_shown(row['workers2_requests_per_s'])} req/s (p50 {_shown(row['workers2_p50_ms'], 4)} ms)"
-        )
-    for row in targets:
-        lines.append(
-            f"targets, {row['model']}, 1-row requests: at 64 clients "
-            f"{_shown(row['speedup_c64'])}x (b) [>= {row['speedup_target']:g}: {row['speedup_verdict']}], "
-            f"{_shown(row['fraction_of_floor_c64'])}x the floor "
-            f"[>= {row['floor_target']:g}: {row['floor_verdict']}], "
-            f"p99 {_shown(row['p99_ms_c64'])} ms "
-            f"[<= (b)'s {_shown(row['p99_limit_ms_c64'])}: {row['p99_verdict']}]; "
-            f"at 1 client p50 {_shown(row['p50_ms_c1'])} ms "
-            f"[<= (b)'s + {MAX_WAIT_MS:g} = {_shown(row['p50_limit_ms_c1'])}: {row['p50_verdict']}]"
-        )
-    return "\n".join(lines)
-
-
 def bench_serve(quick: bool) -> list[Row]:
-    """paragrad serve against the HTTP floor and FastAPI + scikit-learn, then large requests."""
+    """paragrad serve against the HTTP floor, FastAPI + scikit-learn and MLServer, then
+    large requests."""
+    plan = QUICK if quick else FULL
     with tempfile.TemporaryDirectory() as folder, LoadGenerator() as generator:
         files = _fitted_models(Path(folder))
         ours = {name: pair[0] for name, pair in files.items()}
         theirs = {name: pair[1] for name, pair in files.items()}
-        commands = {"floor": baseline_command("floor", {}), "paragrad": paragrad_command(ours)}
-        if importlib.util.find_spec("fastapi") is not None:  # looked up: baseline (b) needs it
-            commands["fastapi"] = baseline_command("fastapi", theirs)
-            if not quick:
-                commands["fastapi_async"] = baseline_command("fastapi-async", theirs)
         with contextlib.ExitStack() as servers:
-            ports = {name: servers.enter_context(running(command)) for name, command in commands.items()}
-            same_labels = {
-                model: predicted_labels(ports["paragrad"], model, 50, FEATURES)
-                == predicted_labels(ports["fastapi"], model, 50, FEATURES)
-                if "fastapi" in ports
-                else None
-                for model in MODELS
-            }
-            cells = _matrix(generator, ports, quick)
-            binary = _binary(generator, ports["paragrad"], quick)
+            ports, mlserver = start_servers(servers, ours, theirs, Path(folder), quick)
+            same = same_answers(ports, plan)
+            cells = matrix(generator, ports, plan)
+            binary = binary_rows(generator, ports["paragrad"], plan)
         split = _split(generator, ours["mlp"], quick)
-    rows = _cell_rows(cells)
-    targets = _target_rows(rows, same_labels)
-    print(table(cells, split, targets, binary), flush=True)
-    return [*rows, *targets, *binary, *split]
+    rows = cell_rows(cells, mlserver)
+    targets = target_rows(rows, {model: checks["fastapi"] for model, checks in same.items()})
+    versus_mlserver = mlserver_rows(rows, {model: checks["mlserver"] for model, checks in same.items()})
+    print(table(cells, split, targets, binary, versus_mlserver), flush=True)
+    return [*rows, *targets, *versus_mlserver, *binary, *split]
