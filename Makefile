@@ -21,7 +21,7 @@ demo: $(VENV)/.installed-base
 	mkdir -p demo
 	$(BIN)/paragrad make-data classification --rows 50000 --features 20 --seed 0 \
 		--out demo/train.csv --test-rows 10000 --test-out demo/test.csv
-	$(BIN)/paragrad train demo/train.csv --target y --workers 2 --out demo/model.npz
+	$(BIN)/paragrad train demo/train.csv --target y --workers 2 --engine local --out demo/model.npz
 	$(BIN)/paragrad evaluate demo/model.npz demo/test.csv
 	$(BIN)/paragrad predict demo/model.npz demo/test.csv --workers 2 --out demo/predictions.csv
 
