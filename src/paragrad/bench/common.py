@@ -214,3 +214,14 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "blas": blas,
     }
+
+
+def best_time(step: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
+    """The best wall time of ``repeats`` calls of ``step`` (``before`` runs untimed first)."""
+    times = []
+    for _ in range(repeats):
+        before()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)

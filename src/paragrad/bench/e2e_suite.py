@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.atomic import atomic_write
-from paragrad.bench.common import Row, write_features
+from paragrad.bench.common import Row, best_time, write_features
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
 from paragrad.errors import ConvergenceWarning
@@ -34,17 +34,6 @@ from paragrad.optim import Adam
 from paragrad.shards import default_workers
 from paragrad.strategies import SGD
 from paragrad.trainer import train
-
-
-def _best(step: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
-    """The best wall time of ``repeats`` calls of ``step`` (``before`` runs untimed first)."""
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:
@@ -82,8 +71,8 @@ def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
     def ours() -> None:
         fitted["ours"] = train(LogisticRegression(), Dataset(X, y))
 
-    sklearn_s = _best(sklearn, repeats)
-    cold_s = _best(ours, repeats, before=release_kept_engine)
+    sklearn_s = best_time(sklearn, repeats)
+    cold_s = best_time(ours, repeats, before=release_kept_engine)
     reference = fitted["sklearn"]
     gap = fitted["ours"].model.loss(X, y) - _logistic_loss(X, y, reference.coef_[0], reference.intercept_[0])
     label = f"logistic {num_rows:.0e} x 100"
@@ -99,7 +88,7 @@ def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
         )
     ]
     if warm:
-        warm_s = _best(ours, repeats)
+        warm_s = best_time(ours, repeats)
         rows.append(
             _row(
                 f"pg.train {label}, warm",
@@ -132,9 +121,9 @@ def _placement_row(X: np.ndarray, y: np.ndarray, cold_s: float, warm_s: float) -
     already written); and letting the kept engine go, against the cold placement."""
     target = np.empty_like(X)
     target[...] = X  # its pages faulted in: what is left is the copy itself
-    copy_s = _best(lambda: np.copyto(target, X), 3) * (X.nbytes + y.nbytes) / X.nbytes
+    copy_s = best_time(lambda: np.copyto(target, X), 3) * (X.nbytes + y.nbytes) / X.nbytes
 
-    release_s = _best(release_kept_engine, 1)
+    release_s = best_time(release_kept_engine, 1)
     return _row(
         f"placing {X.nbytes + y.nbytes:.1e} bytes, warm",
         warm_s,
@@ -162,8 +151,8 @@ def _cross_validation_row(num_rows: int, repeats: int) -> Row:
     def score(name: str, estimator: Any) -> Callable[[], None]:
         return lambda: scores.__setitem__(name, float(cross_val_score(estimator, X, y, cv=5).mean()))
 
-    sklearn_s = _best(score("sklearn", SklearnLogistic()), repeats)
-    ours_s = _best(score("ours", ParagradClassifier(workers=2)), repeats, before=release_kept_engine)
+    sklearn_s = best_time(score("sklearn", SklearnLogistic()), repeats)
+    ours_s = best_time(score("ours", ParagradClassifier(workers=2)), repeats, before=release_kept_engine)
     release_kept_engine()
     return _row(
         f"cross_val_score 5 folds, {num_rows:.0e} x 100",
@@ -218,11 +207,11 @@ def _mlp_rows(num_rows: int, repeats: int) -> list[Row]:
         net = torch.nn.Sequential(torch.nn.Linear(100, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
         return TorchClassifier(net)
 
-    torch_s = _best(plain_torch, repeats)
+    torch_s = best_time(plain_torch, repeats)
     times = {}
     for name, make in (("pg_torch", torch_model), ("pg_mlp", lambda: MLP(hidden=(128,)))):
         release_kept_engine()  # cold: the workers start (and import torch) within the call
-        times[name] = [_best(ours(make, name), 1) for _ in range(repeats + 1)]
+        times[name] = [best_time(ours(make, name), 1) for _ in range(repeats + 1)]
     release_kept_engine()
     points = {name: 100 * (accuracy[name] - accuracy["torch"]) for name in ("pg_torch", "pg_mlp")}
     label = f"MLP 100-128-2, {num_rows:.0e} x 100, 3 epochs"
@@ -326,7 +315,7 @@ def _mmap_rows(sizes: list[int], folder: Path) -> list[Row]:
         x_path, y_path = folder / f"X{num_rows}.npy", folder / f"y{num_rows}.npy"
         write_features(x_path, num_rows, 100, rng, dtype=np.float32, chunk=500_000)
         np.save(y_path, (rng.random(num_rows) < 0.5).astype(np.float32))
-        read_s = _best(lambda path=x_path: _read_once(path), 1)
+        read_s = best_time(lambda path=x_path: _read_once(path), 1)
         output = _process_seconds([sys.executable, "-c", MMAP_TRAIN, str(x_path), str(y_path)])[1]
         whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])  # peak: its own
         rows.append(
@@ -387,9 +376,9 @@ def _predict_row(num_rows: int, folder: Path, repeats: int) -> list[Row]:
 
     times: dict[str, list[float]] = {"numpy": [], "ours": [], "read": []}
     for _ in range(repeats + 1):  # interleaved: all see the same page cache; the first warms it
-        times["numpy"].append(_best(numpy_predict, 1))
-        times["ours"].append(_best(ours, 1))
-        times["read"].append(_best(lambda: _read_once(path), 1))
+        times["numpy"].append(best_time(numpy_predict, 1))
+        times["ours"].append(best_time(ours, 1))
+        times["read"].append(best_time(lambda: _read_once(path), 1))
     release_kept_engine()
     best = {name: min(values[1:]) for name, values in times.items()}
     # Labels agree but where a score is within round-off of 0 (BLAS sums in another order).

@@ -9,14 +9,13 @@ there; the crossovers are where the rule's thresholds come from.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row
+from paragrad.bench.common import Row, best_time
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
 from paragrad.errors import ConvergenceWarning
@@ -47,10 +46,10 @@ def _size_row(num_rows: int, repeats: int) -> Row:
 
         return step
 
-    here_s = _best(fit("serial", 1), repeats)
-    cold_s = _best(fit("local", None), repeats, before=release_kept_engine)
+    here_s = best_time(fit("serial", 1), repeats)
+    cold_s = best_time(fit("local", None), repeats, before=release_kept_engine)
     fit("local", None)()  # the kept engine is running now
-    warm_s = _best(fit("local", None), repeats)
+    warm_s = best_time(fit("local", None), repeats)
     release_kept_engine()
     sample = Dataset(X, y)
     chosen = {
@@ -72,13 +71,3 @@ def _size_row(num_rows: int, repeats: int) -> Row:
         "auto_warm": chosen[True],
         "met": chosen[False] == faster_cold and chosen[True] == faster_warm,
     }
-
-
-def _best(step: Callable[[], Any], repeats: int, before: Callable[[], None] = lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
