@@ -65,8 +65,6 @@ def tidy_columns(source: str, table: Any) -> tuple[Any, list[str]]:
     """A table's header as tools write it made usable: an empty, unnamed last column (a
     delimiter at the end of every line) dropped, and repeated names numbered as pandas
     numbers them (``a``, ``a.1``, ``a.2``), with a warning naming them."""
-    import pyarrow as pa
-
     notes = []
     names = list(table.column_names)
     if (
@@ -96,7 +94,6 @@ def tidy_columns(source: str, table: Any) -> tuple[Any, list[str]]:
         table = table.rename_columns(new_names)
         message = f"{source}: repeated column names renamed: {', '.join(renamed)}"
         warnings.warn(message, DataWarning, stacklevel=caller_stacklevel())
-    del pa
     return table, notes
 
 

@@ -96,7 +96,7 @@ def delimiter_from(text: str) -> str:
     return delimiter
 
 
-def _encoding_of(head: bytes, given: str | None, path: Path) -> str:
+def _encoding_of(head: bytes, given: str | None) -> str:
     """The text encoding: the one given, else UTF-8 when the first bytes decode as UTF-8
     (a character cut at the end aside), else Windows-1252 (latin-1 where it has holes)."""
     if given is not None:
@@ -123,7 +123,7 @@ def sniff(path: Path, text_format: TextFormat | None = None) -> Dialect:
     given = text_format or TextFormat()
     with open_bytes(path) as handle:
         head = handle.read(SNIFF_BYTES)
-    encoding = _encoding_of(head, given.encoding, path)
+    encoding = _encoding_of(head, given.encoding)
     text = head.decode(encoding, errors="replace").removeprefix("\ufeff")
     lines = text.splitlines()
     if len(head) == SNIFF_BYTES and len(lines) > 1:
