@@ -14,8 +14,8 @@ from conftest import run_cli
 from serving import outputs, running
 
 import paragrad as pg
-from paragrad.model_compression import CompressionRefused, measure, prune_mask
 from paragrad.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression
+from paragrad.training.model_compression import CompressionRefused, measure, prune_mask
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
@@ -239,8 +239,8 @@ def test_the_student_is_a_plain_model_of_its_family(distilled, tmp_path, digits)
 
 
 def test_soft_targets_stay_with_the_shard():
-    from paragrad.distillation import SoftTargets
-    from paragrad.shards import Shard
+    from paragrad.core.shards import Shard
+    from paragrad.training.distillation import SoftTargets
 
     data = pg.make_classification(200, 4, num_classes=3, seed=2)
     teacher = pg.train(SoftmaxRegression(l2=0.1), data, engine="serial", workers=1).model
@@ -253,7 +253,7 @@ def test_soft_targets_stay_with_the_shard():
 
 
 def test_distillation_loss_matches_finite_differences():
-    from paragrad.distillation import DistilledSoftmaxRegression
+    from paragrad.training.distillation import DistilledSoftmaxRegression
 
     data = pg.make_classification(50, 3, num_classes=3, seed=4)
     model = DistilledSoftmaxRegression()

@@ -29,10 +29,10 @@ def test_bench_writes_results_with_baselines(tmp_path):
 
 def test_cli_names_the_same_suites_as_the_registry():
     import paragrad.bench
-    import paragrad.cli_parser
+    import paragrad.cli.parser
 
-    assert set(paragrad.bench.SUITES) == set(paragrad.cli_parser.BENCH_SUITES)
-    assert len(paragrad.cli_parser.BENCH_SUITES) == len(paragrad.bench.SUITES)
+    assert set(paragrad.bench.SUITES) == set(paragrad.cli.parser.BENCH_SUITES)
+    assert len(paragrad.cli.parser.BENCH_SUITES) == len(paragrad.bench.SUITES)
 
 
 def test_cli_does_not_load_the_benchmarks():
@@ -160,9 +160,9 @@ def test_the_gd_step_benchmark_runs_against_the_strategies_of_today():
     # The suites drive engines and strategies directly: a renamed call broke
     # `paragrad bench` (the gd_step suite) with no test to tell.
     from paragrad.bench.common import linear_gd_step
+    from paragrad.core.shards import plan_shards
     from paragrad.data import Dataset
     from paragrad.engines import make_engine
-    from paragrad.shards import plan_shards
 
     X = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 0.0]])
     with make_engine("serial", 2) as engine:

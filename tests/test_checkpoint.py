@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.atomic import atomic_write
+from paragrad.core.atomic import atomic_write
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from conftest import run_cli
 from sklearn import datasets as skdata
 
 import paragrad as pg
-from paragrad.settings import choose_model
+from paragrad.training.settings import choose_model
 
 # Whole-number regression targets that ship with statsmodels: counts, employment, bills.
 WHOLE_NUMBER_QUANTITIES = ["stackloss", "committee", "longley", "cpunish", "strikes"]

@@ -385,7 +385,7 @@ def test_text_labels_for_a_regression_model_are_one_clear_line(tmp_path):
 
 
 def test_every_train_option_shows_its_default_in_help():
-    from paragrad.cli_parser import build_parser
+    from paragrad.cli.parser import build_parser
 
     commands = next(a for a in build_parser()._actions if a.dest == "command")
     flags = [a.option_strings[-1] for a in commands.choices["train"]._actions if a.option_strings]

@@ -7,8 +7,8 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.compression import FP16, Int8, TopK, get_compressor
-from paragrad.shards import plan_shards
+from paragrad.core.shards import plan_shards
+from paragrad.training.compression import FP16, Int8, TopK, get_compressor
 
 RNG = np.random.default_rng(0)
 

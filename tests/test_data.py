@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import paragrad as pg
+from paragrad.core.shards import plan_shards
 from paragrad.data import Standardizer, combine_moments, moments
-from paragrad.shards import plan_shards
 
 
 def write(path, text: str):

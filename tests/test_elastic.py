@@ -12,12 +12,12 @@ import pytest
 from conftest import relative_error, run_cli
 
 import paragrad as pg
-from paragrad.elastic import AutoScaler, WorkerBounds
+from paragrad.core.shards import Shard, Task, move_state
 from paragrad.engines.local import LocalEngine
 from paragrad.engines.serial import SerialEngine
 from paragrad.errors import WorkerLost
-from paragrad.sampling import stream_rows
-from paragrad.shards import Shard, Task, move_state
+from paragrad.training.elastic import AutoScaler, WorkerBounds
+from paragrad.training.sampling import stream_rows
 
 
 @dataclass(frozen=True)

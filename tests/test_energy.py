@@ -9,7 +9,7 @@ import pytest
 from serving import running
 
 import paragrad as pg
-from paragrad.energy import DEFAULT_WATTS_PER_CORE, EnergyMeter, counter_change, package_zones
+from paragrad.training.energy import DEFAULT_WATTS_PER_CORE, EnergyMeter, counter_change, package_zones
 
 
 def write_zone(root, name: str, energy_uj: int, max_uj: int = 262_143_328_850) -> None:
@@ -143,9 +143,9 @@ def test_the_energy_bench_reports_joules_per_million_rows():
 
 
 def test_a_checkpoint_from_before_the_energy_keys_resumes(tmp_path):
-    from paragrad.checkpoint import TrainingState, load_latest_checkpoint, save_checkpoint
     from paragrad.optim.first_order import AdamState
-    from paragrad.run import HISTORY_KEYS
+    from paragrad.training.checkpoint import TrainingState, load_latest_checkpoint, save_checkpoint
+    from paragrad.training.run import HISTORY_KEYS
 
     old_keys = HISTORY_KEYS[:-2]  # as written before cpu_s and energy_j were recorded
     record = dict.fromkeys(old_keys, 1)

@@ -8,7 +8,7 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.settings import IN_PROCESS_WORK_COLD, IN_PROCESS_WORK_WARM, default_engine
+from paragrad.training.settings import IN_PROCESS_WORK_COLD, IN_PROCESS_WORK_WARM, default_engine
 
 
 def choice(data, warm=False, workers=None, strategy=None, model=None, engine="auto"):

@@ -16,9 +16,9 @@ import pytest
 from conftest import is_running, relative_error, shared_memory_of
 
 import paragrad as pg
+from paragrad.core.shards import plan_shards
 from paragrad.engines import Task, make_engine
 from paragrad.engines.local import LocalEngine
-from paragrad.shards import plan_shards
 
 MODELS = {
     "linear": lambda: pg.models.LinearRegression(l2=0.01),
@@ -534,9 +534,9 @@ def test_a_class_from_a_scripts_main_gets_a_clear_error(tmp_path):
 
 
 def test_where_workers_cannot_open_anonymous_memory_regions_are_files(monkeypatch):
-    import paragrad.shm
+    import paragrad.core.shm
 
-    monkeypatch.setattr(paragrad.shm, "anonymous_memory_shared", lambda: False)
+    monkeypatch.setattr(paragrad.core.shm, "anonymous_memory_shared", lambda: False)
     data = pg.make_classification(300, 4, seed=1)
     with LocalEngine(2) as engine:
         engine.start(data, plan_shards(300, 2))

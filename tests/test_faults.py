@@ -18,10 +18,10 @@ import pytest
 from conftest import is_running, relative_error
 
 import paragrad as pg
-from paragrad import checkpoint
+from paragrad.core.model_file import VERSIONS
 from paragrad.engines.local import LocalEngine
 from paragrad.errors import WorkerLost
-from paragrad.model_file import VERSIONS
+from paragrad.training import checkpoint
 
 GD = dict(strategy=pg.GradientDescent(), optimizer=pg.optim.SGD(lr=0.1), epochs=8, tol=0, seed=0)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.checkpoint import load_model
+from paragrad.training.checkpoint import load_model
 from tests.conftest import run_cli
 
 X = np.array([[1.0, 2.0], [2.0, 0.5], [3.5, 1.0], [4.0, 3.0], [5.0, 2.5], [6.5, 0.0]])

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 
 import paragrad as pg
-from paragrad.model_file import write_arrays
+from paragrad.core.model_file import write_arrays
 from paragrad.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.onnx_export import export_onnx
 

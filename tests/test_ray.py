@@ -19,9 +19,9 @@ from conftest import relative_error, run_cli
 from test_engines import MODELS, STRATEGIES, Boom, data_for
 
 import paragrad as pg
+from paragrad.core.shards import default_workers, plan_shards
 from paragrad.engines import Task
 from paragrad.inference import predict_to_file
-from paragrad.shards import default_workers, plan_shards
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -370,7 +370,7 @@ LOCAL_INSTANCE_SCRIPT = """
 import json, os, time
 import psutil, ray
 import paragrad as pg
-from paragrad.shards import plan_shards
+from paragrad.core.shards import plan_shards
 from paragrad.engines.ray import RayEngine
 from test_engines import BlasThreads
 
@@ -425,7 +425,7 @@ KILLED_COORDINATOR_SCRIPT = """
 import time
 import paragrad as pg
 from paragrad.engines.ray import RayEngine
-from paragrad.shards import plan_shards
+from paragrad.core.shards import plan_shards
 
 engine = RayEngine(1)
 engine.start(pg.make_regression(40, 2, seed=0), plan_shards(40, 1))
@@ -631,7 +631,7 @@ def test_an_address_for_another_engine_is_refused(tmp_path):
 
 
 def test_actors_report_their_cpu_time_for_the_energy_estimate(ray_engine, tmp_path, monkeypatch):
-    from paragrad.energy import watts_per_core
+    from paragrad.training.energy import watts_per_core
 
     monkeypatch.setenv("PARAGRAD_POWERCAP_ROOT", str(tmp_path))  # no counters: the estimate
     data = pg.make_classification(20_000, 20, seed=0)

@@ -18,9 +18,9 @@ import pytest
 from conftest import is_running, relative_error, run_cli, shared_memory_of
 
 import paragrad as pg
-from paragrad import checkpoint
-from paragrad.checkpoint import CheckpointWarning
-from paragrad.shm import remove_orphans
+from paragrad.core.shm import remove_orphans
+from paragrad.training import checkpoint
+from paragrad.training.checkpoint import CheckpointWarning
 
 
 def fit(data, **options):

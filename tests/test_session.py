@@ -13,9 +13,9 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
+from paragrad.core.shards import Shard, ShardPlan, plan_shards
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
-from paragrad.shards import Shard, ShardPlan, plan_shards
-from paragrad.tasks import TrainStep
+from paragrad.training.tasks import TrainStep
 
 
 class ObjectWorker:

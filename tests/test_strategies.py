@@ -7,9 +7,9 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.sampling import batch_rows
-from paragrad.shards import Shard, plan_shards
-from paragrad.strategies import weighted_mean
+from paragrad.core.shards import Shard, plan_shards
+from paragrad.training.sampling import batch_rows
+from paragrad.training.strategies import weighted_mean
 
 
 def reference_gd(X, y, kind: str, l2: float, lr: float, steps: int) -> np.ndarray:

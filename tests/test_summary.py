@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import paragrad as pg
+from paragrad.core.shards import default_workers
 from paragrad.errors import PerformanceWarning
-from paragrad.shards import default_workers
 
 
 def test_local_sgd_counts_the_rows_its_local_steps_processed(binary_data):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.sampling import stream_rows
-from paragrad.shards import Shard, plan_shards
+from paragrad.core.shards import Shard, plan_shards
+from paragrad.training.sampling import stream_rows
 
 torch = pytest.importorskip("torch")
 

@@ -12,7 +12,7 @@ from conftest import run_cli
 
 import paragrad as pg
 from paragrad.callbacks import Callback, TrainInfo
-from paragrad.run import HISTORY_KEYS
+from paragrad.training.run import HISTORY_KEYS
 
 
 def _sgd(data: pg.Dataset, **options) -> pg.Run:

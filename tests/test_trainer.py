@@ -9,7 +9,7 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.trainer import HISTORY_KEYS
+from paragrad.training.trainer import HISTORY_KEYS
 
 
 def test_history_has_one_record_per_round_with_the_documented_keys(binary_data):

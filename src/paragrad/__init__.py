@@ -17,34 +17,34 @@ __version__ = "0.1.0"
 
 # Each public name and the module it comes from (a submodule: the module itself).
 _SOURCES = {
-    "SGD": "paragrad.strategies",
+    "SGD": "paragrad.training.strategies",
     "ConfigError": "paragrad.errors",
     "ConvergenceWarning": "paragrad.errors",
     "DataError": "paragrad.errors",
     "DataWarning": "paragrad.errors",
     "Dataset": "paragrad.data",
-    "GradientDescent": "paragrad.strategies",
-    "LocalSGD": "paragrad.strategies",
+    "GradientDescent": "paragrad.training.strategies",
+    "LocalSGD": "paragrad.training.strategies",
     "ModelFileError": "paragrad.errors",
     "OutputError": "paragrad.errors",
     "ParagradError": "paragrad.errors",
-    "Run": "paragrad.trainer",
+    "Run": "paragrad.training.trainer",
     "TrainingDiverged": "paragrad.errors",
     "callbacks": "paragrad.callbacks",
-    "compress": "paragrad.model_compression",
-    "distill": "paragrad.distillation",
+    "compress": "paragrad.training.model_compression",
+    "distill": "paragrad.training.distillation",
     "evaluate": "paragrad.inference",
     "load": "paragrad.data",
-    "load_model": "paragrad.checkpoint",
+    "load_model": "paragrad.training.checkpoint",
     "make_classification": "paragrad.data",
     "make_regression": "paragrad.data",
     "models": "paragrad.models",
     "optim": "paragrad.optim",
     "predict": "paragrad.inference",
     "save_dataset": "paragrad.data",
-    "save_model": "paragrad.checkpoint",
+    "save_model": "paragrad.training.checkpoint",
     "serve": "paragrad.serving",
-    "train": "paragrad.trainer",
+    "train": "paragrad.training.trainer",
 }
 
 __all__ = [
@@ -95,9 +95,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from paragrad import callbacks, models, optim
-    from paragrad.checkpoint import load_model, save_model
     from paragrad.data import Dataset, load, make_classification, make_regression, save_dataset
-    from paragrad.distillation import distill
     from paragrad.errors import (
         ConfigError,
         ConvergenceWarning,
@@ -108,7 +106,9 @@ if TYPE_CHECKING:
         TrainingDiverged,
     )
     from paragrad.inference import evaluate, predict
-    from paragrad.model_compression import compress
     from paragrad.serving import serve
-    from paragrad.strategies import SGD, GradientDescent, LocalSGD
-    from paragrad.trainer import Run, train
+    from paragrad.training.checkpoint import load_model, save_model
+    from paragrad.training.distillation import distill
+    from paragrad.training.model_compression import compress
+    from paragrad.training.strategies import SGD, GradientDescent, LocalSGD
+    from paragrad.training.trainer import Run, train

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.checkpoint import load_model
+from paragrad.core.shards import Shard, default_workers, plan_shards
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.columns import ColumnName
 from paragrad.data.frames import is_frame
@@ -22,8 +22,8 @@ from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model
 from paragrad.models.torch_module import Torch
-from paragrad.shards import Shard, default_workers, plan_shards
-from paragrad.tasks import PredictShard
+from paragrad.training.checkpoint import load_model
+from paragrad.training.tasks import PredictShard
 
 
 def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarray:
@@ -350,7 +350,7 @@ def predict_to_file(
 
     from tqdm.auto import tqdm
 
-    from paragrad.atomic import atomic_write
+    from paragrad.core.atomic import atomic_write
 
     model = as_model(model)
     if proba and not model.is_classifier:

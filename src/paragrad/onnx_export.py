@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from paragrad import __version__
-from paragrad.atomic import atomic_write
+from paragrad.core.atomic import atomic_write
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, Classifier, Model, Torch
 from paragrad.models.base import LinearLayout

@@ -18,15 +18,15 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from paragrad.core.shards import default_workers
 from paragrad.data import Dataset
-from paragrad.elastic import Workers
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, LinearRegression, LogisticRegression, Model, SoftmaxRegression
 from paragrad.models.base import LinearLayout
 from paragrad.optim import Optimizer, get_optimizer
-from paragrad.shards import default_workers
-from paragrad.strategies import Strategy, get_strategy
-from paragrad.trainer import train
+from paragrad.training.elastic import Workers
+from paragrad.training.strategies import Strategy, get_strategy
+from paragrad.training.trainer import train
 
 
 class _ParagradEstimator(BaseEstimator):

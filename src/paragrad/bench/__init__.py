@@ -45,7 +45,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, machine
 from paragrad.bench.communication import bench_communication
 from paragrad.bench.e2e_suite import bench_e2e
@@ -61,6 +60,7 @@ from paragrad.bench.ray_suite import bench_ray
 from paragrad.bench.serve_suite import bench_serve
 from paragrad.bench.solvers import bench_mlp_scaling, bench_solvers
 from paragrad.bench.torch_suite import bench_torch
+from paragrad.core.atomic import atomic_write
 
 SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "latency": bench_latency,

@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paragrad.core.shards import Shard, Task, plan_shards
+from paragrad.core.shm import shared_empty
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.base import Engine
 from paragrad.models import LinearRegression
 from paragrad.optim import SGD as SGDOptimizer
-from paragrad.shards import Shard, Task, plan_shards
-from paragrad.shm import shared_empty
-from paragrad.strategies import GradientDescent, RoundPlan
-from paragrad.tasks import TrainStep
+from paragrad.training.strategies import GradientDescent, RoundPlan
+from paragrad.training.tasks import TrainStep
 
 Row = dict[str, Any]
 

@@ -14,8 +14,8 @@ from paragrad.engines.local import LocalEngine
 from paragrad.models import LogisticRegression
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.optim import Cosine
-from paragrad.strategies import SGD, LocalSGD, Strategy
-from paragrad.trainer import train
+from paragrad.training.strategies import SGD, LocalSGD, Strategy
+from paragrad.training.trainer import train
 
 
 def _reach(

@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, best_time, write_features
+from paragrad.core.atomic import atomic_write
+from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
 from paragrad.errors import ConvergenceWarning
 from paragrad.inference import predict_to_file
 from paragrad.models import MLP, LogisticRegression
 from paragrad.optim import Adam
-from paragrad.shards import default_workers
-from paragrad.strategies import SGD
-from paragrad.trainer import train
+from paragrad.training.strategies import SGD
+from paragrad.training.trainer import train
 
 
 def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:

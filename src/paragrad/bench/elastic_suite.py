@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.bench.common import Row
+from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.base import Engine
 from paragrad.engines.local import LocalEngine
@@ -37,10 +38,9 @@ from paragrad.models import MLP, LogisticRegression
 from paragrad.models.base import Model
 from paragrad.optim import SGD as SGDOptimizer
 from paragrad.optim import Adam
-from paragrad.run import Run
-from paragrad.shards import default_workers
-from paragrad.strategies import SGD, GradientDescent
-from paragrad.trainer import train
+from paragrad.training.run import Run
+from paragrad.training.strategies import SGD, GradientDescent
+from paragrad.training.trainer import train
 
 TARGET_AUTO = 1.1
 

@@ -3,7 +3,7 @@ LocalSGD on the same data and engine, against GradientDescent's; and the ``accel
 suite: a compressed and a distilled model against the model they came from.
 
 Joules come from the CPU's counters where readable, else from the CPU-time estimate (each
-row says which; see :mod:`paragrad.energy`).
+row says which; see :mod:`paragrad.training.energy`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from paragrad.data import Dataset, make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.models import MLP, LogisticRegression, Model
 from paragrad.optim import Adam
-from paragrad.strategies import SGD, GradientDescent, LocalSGD, Strategy
-from paragrad.trainer import train
+from paragrad.training.strategies import SGD, GradientDescent, LocalSGD, Strategy
+from paragrad.training.trainer import train
 
 
 def bench_energy(quick: bool) -> list[Row]:
@@ -85,8 +85,8 @@ def bench_acceleration(quick: bool) -> list[Row]:
     """The teacher MLP(256) on digits, int8, float16 and pruned copies, and a distilled
     MLP(16) beside the same MLP(16) trained on the labels: file size, held-out accuracy,
     agreement with the teacher and the time to predict 100,000 rows."""
-    from paragrad.distillation import agreement, distill
-    from paragrad.model_compression import compress, file_size
+    from paragrad.training.distillation import agreement, distill
+    from paragrad.training.model_compression import compress, file_size
 
     train_data, test = _digits()
     options = {"strategy": SGD(batch_size=64), "optimizer": Adam(lr=0.01), "tol": 0.0, "seed": 0}

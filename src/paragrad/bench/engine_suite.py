@@ -3,7 +3,7 @@
 Logistic regression (10 features, the default solver) of growing size, trained as a user
 calls it, in this process (the serial engine, one worker) and on the local workers, cold
 (workers to start) and warm (the kept engine running). Each row says which is faster and
-whether ``engine="auto"`` (:func:`paragrad.settings.default_engine`) sends that work
+whether ``engine="auto"`` (:func:`paragrad.training.settings.default_engine`) sends that work
 there; the crossovers are where the rule's thresholds come from.
 """
 
@@ -20,9 +20,9 @@ from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
 from paragrad.errors import ConvergenceWarning
 from paragrad.models import LogisticRegression
-from paragrad.settings import default_engine
-from paragrad.strategies import GradientDescent
-from paragrad.trainer import train
+from paragrad.training.settings import default_engine
+from paragrad.training.strategies import GradientDescent
+from paragrad.training.trainer import train
 
 FEATURES = 10
 SIZES = (1_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)

@@ -14,13 +14,13 @@ import warnings
 import numpy as np
 
 from paragrad.bench.common import Row, shared_classification
+from paragrad.core.shm import shared_empty
 from paragrad.data import Dataset, make_regression
 from paragrad.errors import ConvergenceWarning
 from paragrad.models import LinearRegression, LogisticRegression
 from paragrad.optim import LBFGS, Newton, Optimizer
-from paragrad.run import Run
-from paragrad.shm import shared_empty
-from paragrad.trainer import train
+from paragrad.training.run import Run
+from paragrad.training.trainer import train
 
 
 def _timed_train(

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from paragrad.bench.common import MemorySampler, Row, linear_gd_step, timings, write_features
+from paragrad.core.shards import Shard, Task, plan_shards
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.models import LogisticRegression
 from paragrad.optim import SGD as SGDOptimizer
-from paragrad.shards import Shard, Task, plan_shards
-from paragrad.strategies import GradientDescent, RoundPlan
-from paragrad.tasks import TrainStep
-from paragrad.trainer import train
+from paragrad.training.strategies import GradientDescent, RoundPlan
+from paragrad.training.tasks import TrainStep
+from paragrad.training.trainer import train
 
 
 class DescribeLabels(Task):

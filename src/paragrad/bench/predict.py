@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from paragrad.atomic import atomic_write
 from paragrad.bench.common import Row, timings, write_features
+from paragrad.core.atomic import atomic_write
 from paragrad.engines.local import LocalEngine
 from paragrad.inference import predict_to_file
 from paragrad.models import LogisticRegression

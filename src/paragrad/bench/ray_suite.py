@@ -30,10 +30,10 @@ from paragrad.bench.common import (
     vector_round,
     write_features,
 )
+from paragrad.core.shards import Shard, Task, plan_shards
 from paragrad.data import Dataset
 from paragrad.engines.base import Engine
 from paragrad.engines.local import LocalEngine
-from paragrad.shards import Shard, Task, plan_shards
 
 # Ray's object store faults in fresh pages for its first rounds of large objects; the
 # figures are for the rounds after that, for both engines alike.

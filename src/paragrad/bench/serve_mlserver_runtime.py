@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paragrad.checkpoint import load_model
 from paragrad.models import Classifier, Model
+from paragrad.training.checkpoint import load_model
 
 try:  # MLServer's own environment; anywhere else (the package's import check) it is inert
     from mlserver import MLModel

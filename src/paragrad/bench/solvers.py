@@ -16,8 +16,8 @@ from paragrad.errors import ConvergenceWarning
 from paragrad.models import MLP, LogisticRegression
 from paragrad.optim import LBFGS, Adam
 from paragrad.optim import SGD as SGDOptimizer
-from paragrad.strategies import SGD, GradientDescent, LocalSGD
-from paragrad.trainer import train
+from paragrad.training.strategies import SGD, GradientDescent, LocalSGD
+from paragrad.training.trainer import train
 
 
 def _time_to(run_curve: dict[str, list[float]], target: float) -> float | None:

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from paragrad.bench.common import Row, two_ranks
+from paragrad.core.shards import Shard, plan_shards
 from paragrad.data import make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.optim import SGD as SGDOptimizer
-from paragrad.sampling import stream_rows
-from paragrad.shards import Shard, plan_shards
-from paragrad.strategies import SGD
-from paragrad.trainer import train
+from paragrad.training.sampling import stream_rows
+from paragrad.training.strategies import SGD
+from paragrad.training.trainer import train
 
 GLOBAL_BATCH = 2048  # 1024 rows a worker on two
 

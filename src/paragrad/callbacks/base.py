@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from paragrad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from paragrad.run import Run
+    from paragrad.training.run import Run
 
 # The per-round values the built-in trackers log, by their history keys.
 TRACKED = ("loss", "wall_s", "bytes_sent", "bytes_received", "samples")
@@ -62,7 +62,7 @@ def _flatten(prefix: str, value: Any, into: dict[str, Scalar]) -> None:
 class Callback:
     """Base class of training callbacks: override the calls you need; the others do nothing.
 
-    ``record`` is the round's history record (the keys of ``paragrad.run.HISTORY_KEYS``:
+    ``record`` is the round's history record (the keys of ``paragrad.training.run.HISTORY_KEYS``:
     round, epoch, loss, wall_s, compute_s, comm_s, bytes_sent, bytes_received, samples,
     wait_s), a copy, so changing it changes nothing. A resumed run calls ``on_round_end``
     for its new rounds only.

@@ -16,7 +16,7 @@ from paragrad.callbacks.base import Callback, TrainInfo
 from paragrad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from paragrad.run import Run
+    from paragrad.training.run import Run
 
 
 class CodeCarbon(Callback):

@@ -21,7 +21,7 @@ from paragrad.callbacks.base import TRACKED, Callback, TrainInfo
 from paragrad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from paragrad.run import Run
+    from paragrad.training.run import Run
 
 DEFAULT_EXPERIMENT = "paragrad"
 FLUSH_SECONDS = 5.0  # send metrics at most this stale: a call per round would slow fast rounds
@@ -72,7 +72,7 @@ class MLflow(Callback):
     Parameters (model and its settings, strategy, optimizer, engine, workers, seed, dtype,
     data shape) go in at the start; the metrics loss, wall_s, bytes_sent, bytes_received and
     samples every round, at step = round; at the end the tags ``paragrad.outcome`` and
-    ``paragrad.rounds`` and the saved model as the artifact ``model/model.npz`` (load it
+    ``paragrad.training.rounds`` and the saved model as the artifact ``model/model.npz`` (load it
     with :func:`paragrad.load_model`). A failed or interrupted run is marked FAILED or
     KILLED. Inside ``with mlflow.start_run():`` (and with neither ``tracking_uri`` nor
     ``experiment`` given) it logs into that run and leaves it open.

@@ -17,7 +17,7 @@ from paragrad.callbacks.base import TRACKED, Callback, TrainInfo
 from paragrad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from paragrad.run import Run
+    from paragrad.training.run import Run
 
 FLUSH_SECONDS = 5  # how stale a live dashboard may be; events are written in the background
 

@@ -6,6 +6,7 @@ tables, ``files`` loading and saving by suffix, ``synthetic`` generated data and
 Rows in messages are counted from 1, as a person reads a file: row 1 is the first data row.
 """
 
+from paragrad.core.shm import shared_empty
 from paragrad.data.dataset import Dataset, FileBacking, is_sparse
 from paragrad.data.files import (
     SUPPORTED,
@@ -19,7 +20,6 @@ from paragrad.data.files import (
 from paragrad.data.moments import Moments, Standardizer, combine_moments, moments
 from paragrad.data.synthetic import make_classification, make_regression, make_sparse_classification
 from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, TableFile
-from paragrad.shm import shared_empty
 
 __all__ = [
     "PARQUET_SUFFIXES",

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paragrad.core.shm import is_region
 from paragrad.data.frames import column_values, frame_matrix, is_column, is_frame
 from paragrad.errors import FROM_ONE, ROWS_FROM_ONE, ConfigError, DataError
-from paragrad.shm import is_region
 
 if TYPE_CHECKING:
     from paragrad.data.encoding import Encoding

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.atomic import atomic_write
+from paragrad.core.atomic import atomic_write
 from paragrad.data.dataset import Dataset, _float_dtype
 from paragrad.data.delimited import COMPRESSED_SUFFIXES, TEXT_SUFFIXES, table_suffix
 from paragrad.data.encoding import Encoding

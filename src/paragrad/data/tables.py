@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.shm import shared_empty
 from paragrad.data.columns import (
     ColumnName,
     _check_numeric,
@@ -39,7 +40,6 @@ from paragrad.data.encoding import Encoding, apply, learn
 from paragrad.data.numbers import NumberFormat
 from paragrad.data.sheets import ARROW_SUFFIXES, SHEET_SUFFIXES, read_arrow_file, read_sheet
 from paragrad.errors import FROM_ONE, DataError, option
-from paragrad.shm import shared_empty
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # what save_dataset writes
 PARQUET_SUFFIXES = (".parquet", ".pq")

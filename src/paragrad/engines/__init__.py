@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from paragrad.core.shards import FunctionTask, Shard, Task, default_workers
 from paragrad.engines.base import Engine
 from paragrad.errors import ConfigError, check_positive_int
-from paragrad.shards import FunctionTask, Shard, Task, default_workers
 
 ENGINES = ("serial", "local", "ray")
-AUTO = "auto"  # the default: the engine the work calls for (paragrad.settings.default_engine)
+AUTO = "auto"  # the default: the engine the work calls for (paragrad.training.settings.default_engine)
 
 
 def engine_class(name: str) -> type[Engine]:

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paragrad.core.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Task, default_workers
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, ParagradError, WorkerError, option, setting
-from paragrad.shards import NUM_VIRTUAL, MembershipChange, Shard, ShardPlan, Task, default_workers
 
 # How long a worker may stay silent (no result, no heartbeat) during a call before it is
 # lost: replaced within max_restarts, else shrunk around, else WorkerLost. Workers send a

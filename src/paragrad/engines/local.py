@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar
 
+from paragrad.core.shards import ShardPlan
+from paragrad.core.shm import Region
 from paragrad.data import Dataset
 from paragrad.engines import transport
 from paragrad.engines.base import refuse_address
@@ -47,8 +49,6 @@ from paragrad.engines.protocol import (
 )
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError
-from paragrad.shards import ShardPlan
-from paragrad.shm import Region
 
 STOP_TIMEOUT_S = 2.0
 # glibc gives freed blocks of a few MB straight back to the system, so a worker that

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.shards import ShardPlan, default_workers
+from paragrad.core.shm import Region, aligned
 from paragrad.data import Dataset
-from paragrad.shards import ShardPlan, default_workers
-from paragrad.shm import Region, aligned
 
 
 @dataclass(frozen=True)

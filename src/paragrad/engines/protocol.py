@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from paragrad.core.shards import VirtualShards
 from paragrad.engines.placement import ShardSpec
 from paragrad.engines.transport import Layout
-from paragrad.shards import VirtualShards
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from paragrad.core.shards import Shard, ShardPlan, Task, VirtualShards, default_workers
 from paragrad.data import Dataset
 from paragrad.engines.base import START_TIMEOUT_S, payload_nbytes, task_failure
 from paragrad.engines.ray_cluster import Connection, first_line, import_ray
 from paragrad.engines.ray_sources import Block, shard_sources, stored_rows
 from paragrad.engines.session import Deaths, Died, Done, Raised, Reply, WorkerSession
 from paragrad.errors import ConfigError, DataError, WorkerLost
-from paragrad.shards import Shard, ShardPlan, Task, VirtualShards, default_workers
 
 # Arguments at least this large are put in the object store once per round and passed
 # to every actor by reference, instead of being copied into each actor call.
@@ -63,7 +63,7 @@ class ShardActor:
         # Tasks may come from the coordinator's own modules: let them be imported here.
         sys.path.extend(path for path in sys_path if path not in sys.path)
         threadpool_limits(threads)
-        import paragrad.tasks  # noqa: F401  # what every task needs, loaded while the actor starts
+        import paragrad.training.tasks  # noqa: F401  # what every task needs, loaded while the actor starts
 
         self.worker = 0
         self.shard: Shard | None = None

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.shards import ShardPlan
+from paragrad.core.shm import is_region
 from paragrad.data import Dataset, TableFile
 from paragrad.engines.placement import map_rows
-from paragrad.shards import ShardPlan
-from paragrad.shm import is_region
 
 
 @dataclass(frozen=True)

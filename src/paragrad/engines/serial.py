@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from paragrad.core.shards import Shard, ShardPlan, Task, as_task, move_state
 from paragrad.data import Dataset
 from paragrad.engines.base import Engine, payload_nbytes
-from paragrad.shards import Shard, ShardPlan, Task, as_task, move_state
 
 
 class SerialEngine(Engine):

@@ -32,10 +32,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from paragrad.core.shards import MembershipChange, ShardPlan, Task, as_task, move_state
 from paragrad.data import Dataset
 from paragrad.engines.base import Engine, GiveState, TakeState, task_failure
 from paragrad.errors import ConfigError, ParagradError, WorkerLost
-from paragrad.shards import MembershipChange, ShardPlan, Task, as_task, move_state
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Moving task arguments and results between processes through shared regions.
 
 A message is pickled with protocol 5: large arrays leave the pickle stream as out-of-band
-buffers, which are copied once into a :class:`~paragrad.shm.Region` (shared memory
+buffers, which are copied once into a :class:`~paragrad.core.shm.Region` (shared memory
 mapped by both sides), while the small stream travels over a pipe. The
 receiver rebuilds the arrays as views of the region, without a copy.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from paragrad.shm import Region, aligned
+from paragrad.core.shm import Region, aligned
 
 IN_BAND_BYTES = 32 * 1024
 

@@ -18,6 +18,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from paragrad.core.shards import Shard, Task
+from paragrad.core.shm import Region
 from paragrad.engines import transport
 from paragrad.engines.placement import ShardSpec, map_shard
 from paragrad.engines.protocol import (
@@ -34,8 +36,6 @@ from paragrad.engines.protocol import (
     TaskDone,
     TaskFailed,
 )
-from paragrad.shards import Shard, Task
-from paragrad.shm import Region
 
 
 class WorkerState:
@@ -213,7 +213,7 @@ def main(argv: list[str]) -> None:
     threadpool_limits(threads)
     # The modules every task needs, loaded before saying Ready: a worker started while
     # rounds go on (a run that grows) is then ready to compute at once.
-    import paragrad.tasks  # noqa: F401
+    import paragrad.training.tasks  # noqa: F401
 
     commands = Connection(command_fd, writable=False)
     replies = Connection(reply_fd, readable=False)

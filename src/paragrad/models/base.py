@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paragrad.core.model_file import write_model_file
 from paragrad.data import Standardizer, is_sparse
 from paragrad.data.encoding import Encoding
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
-from paragrad.model_file import write_model_file
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
 
@@ -48,7 +48,7 @@ class Model(ABC):
         # the same kind the same way when predicting.
         self.read_options_: dict[str, Any] | None = None
         # How the model file stores the parameters (None: float64; "float16", "int8",
-        # "sparse": see paragrad.model_file.encode_params); params_ hold what it stores.
+        # "sparse": see paragrad.core.model_file.encode_params); params_ hold what it stores.
         self.storage_: str | None = None
         self.stored_: dict[str, np.ndarray] | None = None  # the file's arrays of that form
         # The parameters training may change (None: all): a pruned model keeps its zeros.

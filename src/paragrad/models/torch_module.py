@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paragrad.core.model_file import standardizer_arrays, write_arrays
 from paragrad.errors import ConfigError, ModelFileError
-from paragrad.model_file import standardizer_arrays, write_arrays
 from paragrad.models.base import Classifier, Model
 
 LOSSES = ("cross_entropy", "mse")

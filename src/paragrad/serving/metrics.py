@@ -9,8 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from paragrad.energy import EnergyMeter
 from paragrad.serving.batching import BatchRecord
+from paragrad.training.energy import EnergyMeter
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
@@ -111,7 +111,7 @@ class Metrics:
 class EnergyCollector:
     """``paragrad_energy_joules``: the joules the server has used since it started, read
     when scraped: the CPU's counters where readable, else the server process's CPU time
-    times the watts per core (label ``source``; see :mod:`paragrad.energy`)."""
+    times the watts per core (label ``source``; see :mod:`paragrad.training.energy`)."""
 
     def __init__(self, meter: EnergyMeter) -> None:
         self.meter = meter

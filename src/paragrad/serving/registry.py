@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.checkpoint import load_model
 from paragrad.errors import ModelFileError
 from paragrad.models.base import Model
+from paragrad.training.checkpoint import load_model
 
 Stamp = tuple[int, int, int, int]  # inode, modification and change times (ns), size
 

@@ -3,7 +3,7 @@
 A compressed model is an ordinary model whose parameters are exactly what its file stores
 (quantised and dequantised once, here): it predicts, saves, loads, serves and exports as
 any model does, as fast as the original, and gives the same answers in each of those.
-The file keeps the small form (see :func:`paragrad.model_file.encode_params`).
+The file keeps the small form (see :func:`paragrad.core.model_file.encode_params`).
 
 An accuracy gate (``max_drop``) measures the metric on data the caller names, before and
 after, and refuses a compression that loses more.
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.model_file import decode_params, encode_params
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError
-from paragrad.model_file import decode_params, encode_params
 from paragrad.models import MLP, Model
 from paragrad.models.base import LinearLayout
 
@@ -159,8 +159,8 @@ def prune_mask(model: Model, sparsity: float) -> np.ndarray:
 def _prune(model: Model, sparsity: float, data: Dataset | None, options: dict[str, Any]) -> Model:
     """Zero the smallest weights, then fine-tune the rest on ``data`` with them held at zero."""
     from paragrad.optim import Adam
-    from paragrad.strategies import SGD
-    from paragrad.trainer import train
+    from paragrad.training.strategies import SGD
+    from paragrad.training.trainer import train
 
     keep = prune_mask(model, sparsity)
     model.params_ = np.where(keep, model.params, 0.0)

@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 
-from paragrad.checkpoint import TrainingState
 from paragrad.data import Dataset, Standardizer
 from paragrad.errors import ConfigError, DataError, setting
 from paragrad.models import get_model
 from paragrad.models.base import Model
-from paragrad.settings import choose_model
+from paragrad.training.checkpoint import TrainingState
+from paragrad.training.settings import choose_model
 
 
 def standardizer_kept(resumed: TrainingState | None, start_from: Model | None) -> Standardizer | None:
@@ -25,7 +25,7 @@ def standardizer_kept(resumed: TrainingState | None, start_from: Model | None) -
 
 def model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
     """The model to train, and why it was chosen: ``None`` or ``"auto"`` chooses from the
-    target (:func:`~paragrad.settings.choose_model`); a family's name builds one."""
+    target (:func:`~paragrad.training.settings.choose_model`); a family's name builds one."""
     if isinstance(model, Model):
         return model, ""
     if model is not None and not isinstance(model, str):
@@ -50,7 +50,7 @@ def model_for(model: Model | str | None, data: Dataset) -> tuple[Model, str]:
 def start_model(init: Model | str | os.PathLike, model: Model, data: Dataset) -> Model:
     """The trained model ``init=`` names, refused with the reason when it cannot start this
     run: another family, or features that differ from the data's."""
-    from paragrad.checkpoint import load_model
+    from paragrad.training.checkpoint import load_model
 
     start = init if isinstance(init, Model) else load_model(init)
     start._check_trained()

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.atomic import atomic_write, remove_stale_temporaries
+from paragrad.core.atomic import atomic_write, remove_stale_temporaries
+from paragrad.core.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
 from paragrad.data import Standardizer, open_numpy
 from paragrad.data.encoding import Encoding
 from paragrad.errors import (
@@ -35,7 +36,6 @@ from paragrad.errors import (
     in_terms,
     option,
 )
-from paragrad.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
 from paragrad.models import Model, get_model
 
 
@@ -391,7 +391,7 @@ class Checkpointing:
     keep: int
     last_written: float = 0.0
     run_id: str = ""  # the run's identity, kept by a resumed run
-    fingerprint: str = ""  # the data's (see paragrad.tasks.FingerprintShard)
+    fingerprint: str = ""  # the data's (see paragrad.training.tasks.FingerprintShard)
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from paragrad.core.shards import default_workers
+from paragrad.core.shm import is_region
 from paragrad.data import Dataset
-from paragrad.elastic import WorkerBounds, Workers
 from paragrad.engines import AUTO
 from paragrad.errors import ConfigError, DataError, check_positive_int, in_terms, model_term, option, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
 from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
-from paragrad.shards import default_workers
-from paragrad.shm import is_region
-from paragrad.strategies import SGD, GradientDescent, LocalSGD, Strategy
+from paragrad.training.elastic import WorkerBounds, Workers
+from paragrad.training.strategies import SGD, GradientDescent, LocalSGD, Strategy
 
 if TYPE_CHECKING:
     from paragrad.engines import Engine

@@ -17,10 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from paragrad.atomic import remove_stale_temporaries
 from paragrad.callbacks import Callback, MLflow, TensorBoard
-from paragrad.checkpoint import TorchModelFileError, load_model, save_model
-from paragrad.cli_parser import (
+from paragrad.cli.parser import (
     BENCH_SUITES,
     DATA_SUFFIXES,
     DEFAULT_BATCH,
@@ -32,6 +30,7 @@ from paragrad.cli_parser import (
     SERVE_OPTIONS,
     build_parser,
 )
+from paragrad.core.atomic import remove_stale_temporaries
 from paragrad.data import (
     PARQUET_SUFFIXES,
     Dataset,
@@ -48,9 +47,10 @@ from paragrad.models import get_model
 from paragrad.onnx_export import export_onnx, import_onnx
 from paragrad.optim import get_optimizer
 from paragrad.optim.base import positive
-from paragrad.settings import choose_model, default_optimizer
-from paragrad.strategies import get_strategy
-from paragrad.trainer import train
+from paragrad.training.checkpoint import TorchModelFileError, load_model, save_model
+from paragrad.training.settings import choose_model, default_optimizer
+from paragrad.training.strategies import get_strategy
+from paragrad.training.trainer import train
 
 
 def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
@@ -320,7 +320,7 @@ def _labelled(path: Path, target: str | None, model) -> Dataset:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from paragrad.model_compression import compress, measure, side_by_side
+    from paragrad.training.model_compression import compress, measure, side_by_side
 
     _check_out(args.out, MODEL_SUFFIXES)
     model = load_model(args.model)
@@ -341,7 +341,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from paragrad.distillation import distill, student_model, teacher_model
+    from paragrad.training.distillation import distill, student_model, teacher_model
 
     _check_out(args.out, MODEL_SUFFIXES)
     teacher = teacher_model(args.teacher)

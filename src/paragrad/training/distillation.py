@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paragrad.core.shards import Shard, Task
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, DataError
 from paragrad.models import MLP, LogisticRegression, Model, SoftmaxRegression, get_model
 from paragrad.models.base import Classifier, softmax
 from paragrad.models.mlp import MLPClassifier
-from paragrad.run import Run
-from paragrad.shards import Shard, Task
+from paragrad.training.run import Run
 
 
 def soft_loss(Z: np.ndarray, soft: np.ndarray, temperature: float) -> tuple[float, np.ndarray]:
@@ -164,7 +164,7 @@ def teacher_model(teacher: Model | str | os.PathLike) -> Model:
         from paragrad.models.onnx_model import load_onnx
 
         return load_onnx(teacher)
-    from paragrad.checkpoint import load_model
+    from paragrad.training.checkpoint import load_model
 
     return load_model(teacher)
 
@@ -214,8 +214,8 @@ def distill(
         teacher, file size and prediction time against the teacher's and the baseline's.
     """
     from paragrad.optim import Adam
-    from paragrad.strategies import SGD
-    from paragrad.trainer import train
+    from paragrad.training.strategies import SGD
+    from paragrad.training.trainer import train
 
     teacher = teacher_model(teacher)
     order = _check(teacher, student, data, temperature, alpha, train_options)
@@ -312,7 +312,7 @@ def _plain(model: Model, family: type[Model]) -> Model:
 def compare(models: dict[str, Model], data: Dataset, repeats: int = 7) -> list[Standing]:
     """Metric, agreement with the first model (the teacher), file size and best prediction
     time of ``repeats`` on ``data``'s rows, for each model; the models take turns."""
-    from paragrad.model_compression import measure
+    from paragrad.training.model_compression import measure
 
     footprints = measure(list(models.values()), data, repeats=repeats)
     reference = next(iter(models.values())).predict(data.X)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import setting
-from paragrad.strategies import StepOutcome
+from paragrad.training.strategies import StepOutcome
 
 SEPARATED_LOSS = 1e-8  # a classifier's mean loss this small: every row on its side, with a margin
 

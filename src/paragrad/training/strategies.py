@@ -3,7 +3,7 @@
 Each strategy has a worker side (``worker_step``, run on every shard) and a coordinator
 side (``combine``). Neither knows about processes. Every random draw of a worker comes
 from the seed, the epoch (derived from the round number) and the virtual shards it
-holds (see :mod:`paragrad.sampling`), so a round gives the same result on any engine,
+holds (see :mod:`paragrad.training.sampling`), so a round gives the same result on any engine,
 after any restart and, for GradientDescent and SGD, on any number of workers.
 """
 
@@ -17,14 +17,14 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from paragrad.compression import Compressor, get_compressor
+from paragrad.core.shards import Shard, StateField
 from paragrad.errors import ConfigError, check_positive_int, model_term
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Evaluation, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
-from paragrad.sampling import batch_rows, stream_rows
-from paragrad.shards import Shard, StateField
+from paragrad.training.compression import Compressor, get_compressor
+from paragrad.training.sampling import batch_rows, stream_rows
 
 RESIDUAL = "residual"  # the StateField of error feedback
 
@@ -281,7 +281,7 @@ class SGD(Strategy):
     """Distributed minibatch SGD: every round draws a global batch of ``batch_size`` rows.
 
     Rows are drawn without replacement within an epoch (one pass over the data) from a
-    stream that depends on the seed alone (see :mod:`paragrad.sampling`); each worker
+    stream that depends on the seed alone (see :mod:`paragrad.training.sampling`); each worker
     computes on the rows of the batch it holds, and the gradient is the exact mean over
     the batch. The batch, and so the result, is the same on any number of workers.
     """

@@ -2,7 +2,7 @@
 
 :func:`train` checks its settings, starts the engine, sets the model up from statistics
 the workers gather (classes, standardisation, feature scales) and runs the rounds of
-:class:`~paragrad.rounds.RoundLoop`.
+:class:`~paragrad.training.rounds.RoundLoop`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.callbacks.base import Callback, CallbackList, RoundFunction, TrainInfo
-from paragrad.checkpoint import (
-    Checkpointing,
-    CheckpointWarning,
-    TrainingState,
-    load_latest_checkpoint,
-)
+from paragrad.core.shards import ShardPlan, Task, plan_shards
 from paragrad.data import Dataset, Moments, Standardizer, combine_moments
-from paragrad.elastic import AutoScaler, WorkerBounds, Workers
-from paragrad.energy import EnergyMeter
 from paragrad.engines import Engine, make_engine
 from paragrad.engines.base import ROUND_TIMEOUT_S, START_TIMEOUT_S, check_timeout
 from paragrad.engines.kept import engine_for_call
@@ -39,9 +32,17 @@ from paragrad.errors import (
 )
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
-from paragrad.rounds import RoundLoop
-from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.settings import (
+from paragrad.training.checkpoint import (
+    Checkpointing,
+    CheckpointWarning,
+    TrainingState,
+    load_latest_checkpoint,
+)
+from paragrad.training.elastic import AutoScaler, WorkerBounds, Workers
+from paragrad.training.energy import EnergyMeter
+from paragrad.training.rounds import RoundLoop
+from paragrad.training.run import HISTORY_KEYS, Run, RunConfig
+from paragrad.training.settings import (
     check_class_rows,
     check_inputs,
     check_settings,
@@ -49,10 +50,9 @@ from paragrad.settings import (
     default_optimizer,
     resource_warnings,
 )
-from paragrad.shards import ShardPlan, Task, plan_shards
-from paragrad.starting import initial_params, model_for, standardizer_kept, start_model
-from paragrad.strategies import GradientDescent, Strategy
-from paragrad.tasks import (
+from paragrad.training.starting import initial_params, model_for, standardizer_kept, start_model
+from paragrad.training.strategies import GradientDescent, Strategy
+from paragrad.training.tasks import (
     DescribeShard,
     EncodeLabels,
     FingerprintShard,

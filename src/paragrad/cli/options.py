@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from paragrad.elastic import WorkerBounds
 from paragrad.engines import AUTO, ENGINES
 from paragrad.errors import ConfigError, flag_names
+from paragrad.training.elastic import WorkerBounds
 
 
 def _positive_int(text: str) -> int:

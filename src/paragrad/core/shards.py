@@ -45,7 +45,7 @@ class StateField:
 class EpochOrder:
     """The order in which a shard's rows are drawn in one epoch: recomputable, never saved.
 
-    For the global stream over virtual shards (see :mod:`paragrad.sampling`), ``ranks``
+    For the global stream over virtual shards (see :mod:`paragrad.training.sampling`), ``ranks``
     is each held virtual shard's place in the epoch's order of virtual shards, and
     ``tails`` the stream position of its extra last row (-1 for a shard without one).
     """

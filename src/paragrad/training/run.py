@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.shards import MembershipChange
 from paragrad.data import Dataset
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
-from paragrad.shards import MembershipChange
-from paragrad.strategies import Strategy
+from paragrad.training.strategies import Strategy
 
 HISTORY_KEYS = (
     "round",
@@ -56,7 +56,7 @@ class Run:
     scaling: str = ""  # what workers="auto" chose, and why
     model_choice: str = ""  # with model=None or "auto": the model chosen, and why
     engine_choice: str = ""  # with engine="auto": where the run went, and why
-    energy_j: float = math.nan  # the whole call's joules (see paragrad.energy)
+    energy_j: float = math.nan  # the whole call's joules (see paragrad.training.energy)
     cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
     energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
 

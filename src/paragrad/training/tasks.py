@@ -15,13 +15,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from paragrad.core.shards import Shard, StateField, Task
 from paragrad.data import Moments, Standardizer
 from paragrad.data.dataset import within_bounds
 from paragrad.data.moments import moments_and_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
-from paragrad.shards import Shard, StateField, Task
-from paragrad.strategies import RoundPlan, Strategy, WorkerResult
+from paragrad.training.strategies import RoundPlan, Strategy, WorkerResult
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.callbacks.base import CallbackList
-from paragrad.checkpoint import (
-    Checkpointing,
-    CheckpointWarning,
-    TrainingState,
-)
-from paragrad.convergence import ConvergenceCheck, no_finite_optimum
-from paragrad.elastic import AutoScaler
-from paragrad.energy import EnergyMeter
+from paragrad.core.shards import ShardPlan, StateField, move_state
 from paragrad.engines import Engine
 from paragrad.engines.base import GiveState
 from paragrad.errors import (
@@ -36,10 +29,17 @@ from paragrad.errors import (
 )
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
-from paragrad.run import HISTORY_KEYS, Run, RunConfig
-from paragrad.shards import ShardPlan, StateField, move_state
-from paragrad.strategies import RoundPlan, StepOutcome, Strategy, WorkerResult
-from paragrad.tasks import GetWorkerState, TrainStep
+from paragrad.training.checkpoint import (
+    Checkpointing,
+    CheckpointWarning,
+    TrainingState,
+)
+from paragrad.training.convergence import ConvergenceCheck, no_finite_optimum
+from paragrad.training.elastic import AutoScaler
+from paragrad.training.energy import EnergyMeter
+from paragrad.training.run import HISTORY_KEYS, Run, RunConfig
+from paragrad.training.strategies import RoundPlan, StepOutcome, Strategy, WorkerResult
+from paragrad.training.tasks import GetWorkerState, TrainStep
 
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 

@@ -4,7 +4,7 @@
 ``min``) and grow when capacity appears (up to ``max``); ``workers="auto"`` measures
 the rounds' throughput on a growing number of workers during the first rounds and
 settles on the fastest. Membership changes at round boundaries only, and the sample
-stream does not depend on the workers (see :mod:`paragrad.sampling`), so GradientDescent
+stream does not depend on the workers (see :mod:`paragrad.training.sampling`), so GradientDescent
 and SGD end where a fixed-size run ends.
 """
 
@@ -15,8 +15,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from paragrad.core.shards import NUM_VIRTUAL
 from paragrad.errors import ConfigError, setting
-from paragrad.shards import NUM_VIRTUAL
 
 Workers = int | tuple[int, int] | list[int] | str | None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from paragrad.shards import EpochOrder, Shard, VirtualShards
+from paragrad.core.shards import EpochOrder, Shard, VirtualShards
 
 
 def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:

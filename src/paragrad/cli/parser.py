@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from paragrad import __version__
-from paragrad.cli_options import (
+from paragrad.cli.options import (
     DefaultsFormatter,
     OneLineParser,
     _add_engine_options,
@@ -24,8 +24,8 @@ from paragrad.cli_options import (
 from paragrad.models import MODELS
 from paragrad.optim import OPTIMIZERS
 from paragrad.serving.config import ServeConfig
-from paragrad.settings import MAX_GUESSED_CLASSES, MIN_CLASS_ROWS
-from paragrad.strategies import STRATEGIES
+from paragrad.training.settings import MAX_GUESSED_CLASSES, MIN_CLASS_ROWS
+from paragrad.training.strategies import STRATEGIES
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "lbfgs": 1.0}
 DEFAULT_BATCH = {"sgd": 256, "local-sgd": 64}

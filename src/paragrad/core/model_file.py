@@ -1,7 +1,7 @@
 """The model file format: a ``.npz`` of plain arrays with the model's description as JSON.
 
 This module sits below :mod:`paragrad.models` so that a model can write itself; reading a
-file and rebuilding the model is :func:`paragrad.checkpoint.load_model`.
+file and rebuilding the model is :func:`paragrad.training.checkpoint.load_model`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paragrad.atomic import atomic_write
+from paragrad.core.atomic import atomic_write
 
 if TYPE_CHECKING:
     from paragrad.data import Standardizer
