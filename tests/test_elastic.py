@@ -12,12 +12,13 @@ import pytest
 from conftest import relative_error, run_cli
 
 import paragrad as pg
-from paragrad.core.shards import Shard, Task, move_state
+from paragrad.core.shards import Shard, Task, move_state, plan_shards
 from paragrad.engines.local import LocalEngine
 from paragrad.engines.serial import SerialEngine
 from paragrad.errors import WorkerLost
 from paragrad.training.elastic import AutoScaler, WorkerBounds
 from paragrad.training.sampling import stream_rows
+from paragrad.training.strategies import Strategy
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def test_the_rows_drawn_each_round_are_the_same_on_1_2_3_and_7_workers():
     drawn = {}
     for workers in (1, 2, 3, 7):
         with LocalEngine(workers) as engine:
-            engine.start(data, pg.shards.plan_shards(1003, workers))
+            engine.start(data, plan_shards(1003, workers))
             drawn[workers] = [np.concatenate(engine.run(task, r)) for r in range(56)]
     for workers in (2, 3, 7):
         assert all(np.array_equal(a, b) for a, b in zip(drawn[1], drawn[workers], strict=True))
@@ -50,7 +51,7 @@ def test_the_rows_drawn_each_round_are_the_same_on_1_2_3_and_7_workers():
     assert not np.array_equal(drawn[1][0], drawn[1][28])  # and in another order the next
 
 
-def _fit(strategy: pg.strategies.Strategy, engine, workers=2, **options) -> pg.Run:
+def _fit(strategy: Strategy, engine, workers=2, **options) -> pg.Run:
     data = pg.make_classification(600, 5, seed=3)
     data = pg.Dataset(data.X, 2.0 * data.y - 1.0)  # labels -1 and 1: encoded on the workers, a set-up step
     common = dict(optimizer=pg.optim.Adam(lr=0.05), epochs=40 if strategy.name == "gd" else 3, tol=0)
@@ -271,7 +272,7 @@ def test_the_command_line_takes_min_max_and_auto(tmp_path):
 
 def test_a_resize_the_rows_cannot_take_is_refused_when_asked():
     with SerialEngine(1) as engine:
-        engine.start(pg.make_regression(300, 2), pg.shards.plan_shards(300, 1))
+        engine.start(pg.make_regression(300, 2), plan_shards(300, 1))
         with pytest.raises(pg.ConfigError, match=r"resize\(400\): this run can have at most 300 workers"):
             engine.resize(400)
         with pytest.raises(pg.ConfigError, match="resize needs a worker count of at least 1, got 0"):

@@ -16,6 +16,7 @@ ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 from paragrad.engines.ray import RayEngine  # noqa: E402
+from paragrad.training.strategies import Strategy  # noqa: E402
 
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
 
@@ -33,7 +34,7 @@ def cluster():
         nodes.shutdown()
 
 
-def _fit(strategy: pg.strategies.Strategy, engine, workers=2, callbacks=()) -> pg.Run:
+def _fit(strategy: Strategy, engine, workers=2, callbacks=()) -> pg.Run:
     data = pg.make_classification(800, 6, seed=2)
     rounds = {"gd": 40, "sgd": 60}[strategy.name]
     return pg.train(

@@ -308,7 +308,7 @@ import numpy as np, paragrad as pg
 from paragrad.engines.local import LocalEngine
 data = pg.make_classification(100_000, 50, seed=0)
 with LocalEngine(2) as engine:
-    engine.start(data, pg.shards.plan_shards(100_000, 2))
+    engine.start(data, plan_shards(100_000, 2))
     print(*engine.pids, flush=True)
     pg.train(pg.models.MLP(hidden=(256,)), data, engine=engine, strategy=pg.SGD(4096), epochs=10_000, tol=0)
 """

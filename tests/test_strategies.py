@@ -9,7 +9,7 @@ from conftest import relative_error
 import paragrad as pg
 from paragrad.core.shards import Shard, plan_shards
 from paragrad.training.sampling import batch_rows
-from paragrad.training.strategies import weighted_mean
+from paragrad.training.strategies import RoundPlan, weighted_mean
 
 
 def reference_gd(X, y, kind: str, l2: float, lr: float, steps: int) -> np.ndarray:
@@ -174,7 +174,7 @@ def test_sgd_draws_a_global_batch_each_round_and_each_row_once_per_epoch():
     shards = [
         Shard(data.X[plan.rows(w)], data.y[plan.rows(w)], w, 2, virtual=plan.virtual(w)) for w in range(2)
     ]
-    round_plan = pg.strategies.RoundPlan(seed=0, rounds_per_epoch=3, epochs=2)
+    round_plan = RoundPlan(seed=0, rounds_per_epoch=3, epochs=2)
     counts = [
         [pg.SGD(150).worker_step(s, run.model, None, run.params, r, round_plan).count for s in shards]
         for r in range(6)

@@ -11,6 +11,7 @@ import pytest
 import paragrad as pg
 from paragrad.core.shards import default_workers
 from paragrad.errors import PerformanceWarning
+from paragrad.training.strategies import WorkerResult
 
 
 def test_local_sgd_counts_the_rows_its_local_steps_processed(binary_data):
@@ -32,8 +33,8 @@ def test_local_sgd_counts_the_rows_its_local_steps_processed(binary_data):
 def test_local_sgd_still_averages_by_shard_size():
     strategy = pg.LocalSGD(local_steps=2, batch_size=10)
     results = [
-        pg.strategies.WorkerResult(100, 1.0, np.array([1.0]), processed=20),
-        pg.strategies.WorkerResult(300, 3.0, np.array([5.0]), processed=20),
+        WorkerResult(100, 1.0, np.array([1.0]), processed=20),
+        WorkerResult(300, 3.0, np.array([5.0]), processed=20),
     ]
 
     outcome = strategy.combine(results, np.zeros(1))
