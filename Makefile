@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint browser clean
+.PHONY: demo test lint docs browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+# The documentation site, from docs/ and the docstrings; --strict fails on a broken link or
+# a reference to a name that does not exist.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # The page test drives Debian's chromium: installed here when missing, where we may (root
 # with apt-get); anywhere else this does nothing and that test is skipped.
 browser:
@@ -39,8 +44,8 @@ browser:
 			|| echo "could not install chromium, which the page test needs" >&2; \
 	fi
 
-test: lint browser
+test: lint docs browser
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) demo site .pytest_cache .ruff_cache .mypy_cache
