@@ -70,6 +70,8 @@ class Dataset:
         memory-mapped from a file are checked later, where they are read: by the workers
         in training's set-up pass, or by :meth:`check` (``unchecked`` says which).
 
+    Notes
+    -----
     ``encoding`` holds the categories of the columns ``load(..., one_hot=...)`` encoded,
     and ``rows_dropped`` the rows ``load(..., dropna=True)`` skipped.
 

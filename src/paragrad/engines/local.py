@@ -120,6 +120,8 @@ class LocalEngine(WorkerSession):
         How many dead workers to restart (replaying the round) before giving up with
         :class:`~paragrad.errors.WorkerLost`.
 
+    Notes
+    -----
     Use it as a context manager to keep the workers across several ``train`` and
     ``predict`` calls; otherwise each call starts and stops its own. Arrays in the
     results of :meth:`run` are copied out of shared memory, unless the task declares

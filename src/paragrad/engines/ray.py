@@ -179,6 +179,8 @@ class RayEngine(WorkerSession):
         In an elastic run below its most workers, how often to look for free CPUs in the
         cluster (between rounds; one call to the cluster's resource view).
 
+    Notes
+    -----
     Use it as a context manager to keep the actors across ``train`` and ``predict``
     calls; closing it kills them (and stops a local instance it started).
     """

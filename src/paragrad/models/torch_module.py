@@ -67,6 +67,8 @@ class Torch(Model):
         and ``torch.nn.NLLLoss`` mean classification (integer labels), anything else
         regression.
 
+    Notes
+    -----
     A ``Torch`` model itself is a regressor: a classification loss (the default) makes a
     :class:`TorchClassifier`, the subclass that adds the classes and their probabilities.
     A custom loss is not saved with the parameters; :meth:`load` takes it again.
