@@ -305,6 +305,7 @@ def test_lbfgs_resumes_exactly(tmp_path, regression_data):
 
 KILLED_MID_RUN = """
 import numpy as np, paragrad as pg
+from paragrad.core.shards import plan_shards
 from paragrad.engines.local import LocalEngine
 data = pg.make_classification(100_000, 50, seed=0)
 with LocalEngine(2) as engine:
