@@ -289,6 +289,17 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(small_disk, binary_dat
         fit(binary_data, max_rounds=2).save(small_disk / "model.npz")
 
 
+def test_a_checkpoint_the_disk_refuses_in_the_background_stops_the_run_in_one_line(small_disk, binary_data):
+    """Checkpoints are written while the rounds go on; a write that fails is raised in the
+    run (at the next checkpoint or at its end), naming the file, and nothing is left half."""
+    with open(small_disk / "filler", "wb") as handle:  # the disk full to the last byte
+        with contextlib.suppress(OSError):
+            handle.write(b"\0" * (2 << 20))
+    with pytest.raises(pg.OutputError, match=r"checkpoint-\d{9}\.npz: could not be written \(No space"):
+        fit(binary_data, checkpoint_dir=small_disk / "runs", checkpoint_every=1)
+    assert sorted(p.name for p in (small_disk / "runs").iterdir()) == []
+
+
 def test_rows_in_messages_say_they_count_from_1(tmp_path):
     X = np.ones((4, 2))
     X[1, 1] = np.inf  # the second row

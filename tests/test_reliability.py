@@ -41,6 +41,26 @@ def test_checkpoints_are_written_every_k_rounds_and_the_newest_are_kept(tmp_path
     ]
 
 
+def test_checkpoints_written_in_the_background_hold_their_own_round(tmp_path, binary_data):
+    """Each file is the snapshot of its round, though later rounds ran while it was written:
+    every kept checkpoint resumes to the uninterrupted run's parameters, and its history
+    ends at its own round. The summary's time line counts the checkpoints."""
+    whole = fit(binary_data)
+    run = fit(binary_data, checkpoint_dir=tmp_path / "all", checkpoint_every=1, keep_checkpoints=30)
+    assert run.checkpoints_written == 31 and run.checkpoint_s > 0  # every round, and the final one
+    assert f"checkpoints {run.checkpoint_s:.3f} s (31 written in the background)" in run.summary()
+    files = sorted((tmp_path / "all").iterdir())
+    assert [p.name for p in files] == [f"checkpoint-{k:09d}.npz" for k in range(1, 31)]
+    for path in files[::7]:
+        with np.load(path) as archive:
+            assert archive["history"].shape[0] == int(path.stem.split("-")[1])
+        alone = tmp_path / path.stem
+        alone.mkdir()
+        (alone / path.name).write_bytes(path.read_bytes())
+        resumed = fit(binary_data, checkpoint_dir=alone, resume=True)
+        assert relative_error(resumed.params, whole.params) <= 1e-12
+
+
 def test_resume_from_a_stopped_run_ends_exactly_like_an_uninterrupted_one(tmp_path, binary_data):
     whole = fit(binary_data)
     fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=13)

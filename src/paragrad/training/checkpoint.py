@@ -37,6 +37,7 @@ from paragrad.errors import (
     option,
 )
 from paragrad.models import Model, get_model
+from paragrad.training.background import BackgroundWriter
 
 
 class TorchModelFileError(ModelFileError):
@@ -265,8 +266,27 @@ def save_checkpoint(
     return path
 
 
+# Checkpoint files are never changed once renamed into place, so their metadata is read
+# once per file (known by device, inode, size and time): pruning after every write of a run
+# that checkpoints every round would otherwise open every kept file each time.
+_METAS: dict[tuple[int, ...], dict[str, Any] | None] = {}
+
+
 def _meta_of(path: Path) -> dict[str, Any] | None:
     """The metadata of a checkpoint file, or None when it cannot be read."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _METAS:
+        if len(_METAS) > 1024:
+            _METAS.clear()
+        _METAS[key] = _read_meta(path)
+    return _METAS[key]
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
@@ -392,6 +412,7 @@ class Checkpointing:
     last_written: float = 0.0
     run_id: str = ""  # the run's identity, kept by a resumed run
     fingerprint: str = ""  # the data's (see paragrad.training.tasks.FingerprintShard)
+    writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # one write at a time
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
@@ -471,7 +492,13 @@ class Checkpointing:
         return time.monotonic() - self.last_written >= self.every_s
 
     def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
-        assert self.directory is not None
+        """Write a snapshot in the background; wait only for the write before it."""
+        directory = self.directory
+        assert directory is not None
         state.run_id, state.fingerprint = self.run_id, self.fingerprint
-        save_checkpoint(self.directory, state, history_keys, self.keep)
+        self.writer.submit(lambda: save_checkpoint(directory, state, history_keys, self.keep))
         self.last_written = time.monotonic()
+
+    def finish(self) -> None:
+        """Wait for the last write, raising its error (a full disk, say)."""
+        self.writer.wait()

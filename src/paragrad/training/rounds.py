@@ -6,6 +6,7 @@ convergence); a round's passes of the workers are metered in a :class:`PassMeter
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -147,6 +148,8 @@ class RoundLoop:
         self.autoscaler: AutoScaler | None = None  # set for workers="auto"
         self.initial_params: np.ndarray | None = None  # set to start from a trained model
         self.energy = EnergyMeter()
+        self.checkpoint_s = 0.0  # the rounds' time spent on checkpoints: snapshots, waiting for writes
+        self.checkpoints_written = 0
 
     def run(
         self,
@@ -158,32 +161,17 @@ class RoundLoop:
     ) -> Run:
         state = self.initial_state(resumed)
         started = time.perf_counter()
-        stalled = solved = halted = False
-        with _progress_bar(self.total, progress) as bar:
-            bar.update(len(state.history))
-            for round_index in range(len(state.history), self.total):
-                if state.converged:
-                    break
-                try:
-                    self.runner.between_rounds(round_index)
-                except WorkerLost as exc:
-                    raise WorkerLost(f"round {round_index}: {exc}") from exc
-                outcome = self.round(round_index, state)
-                self.autoscale(state.history[-1])
-                solved = outcome.solved
-                halted = hooks.round_end(state.history[-1])
-                bar.update(1)
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
-                if outcome.stalled:  # a stalled search is no convergence, whatever it measured
-                    stalled, state.converged = True, False
-                    break
-                if halted:  # the last checkpoint, below, is written all the same
-                    break
-                if checkpoints.due(round_index + 1):
-                    checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
-        if checkpoints.directory is not None:
-            checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
+        try:
+            stalled, solved, halted = self._rounds(state, checkpoints, config, progress, hooks)
+            if checkpoints.directory is not None:
+                self.checkpoint(state, config, checkpoints)
+            waited = time.perf_counter()
+            checkpoints.finish()
+            self.checkpoint_s += time.perf_counter() - waited
+        except BaseException:
+            with contextlib.suppress(Exception):  # the write in flight lands; the first error wins
+                checkpoints.finish()
+            raise
         unbounded = self.unbounded(state)
         if unbounded is not None:
             warnings.warn(unbounded, ConvergenceWarning, stacklevel=caller_stacklevel())
@@ -211,7 +199,51 @@ class RoundLoop:
             optimizer=self.optimizer.name,
             changes=list(self.runner.changes),
             scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
+            checkpoint_s=self.checkpoint_s,
+            checkpoints_written=self.checkpoints_written,
         )
+
+    def _rounds(
+        self,
+        state: LoopState,
+        checkpoints: Checkpointing,
+        config: RunConfig,
+        progress: bool | None,
+        hooks: CallbackList,
+    ) -> tuple[bool, bool, bool]:
+        """The rounds until converged, stalled, halted by a callback or at the limit."""
+        stalled = solved = halted = False
+        with _progress_bar(self.total, progress) as bar:
+            bar.update(len(state.history))
+            for round_index in range(len(state.history), self.total):
+                if state.converged:
+                    break
+                try:
+                    self.runner.between_rounds(round_index)
+                except WorkerLost as exc:
+                    raise WorkerLost(f"round {round_index}: {exc}") from exc
+                outcome = self.round(round_index, state)
+                self.autoscale(state.history[-1])
+                solved = outcome.solved
+                halted = hooks.round_end(state.history[-1])
+                bar.update(1)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
+                if outcome.stalled:  # a stalled search is no convergence, whatever it measured
+                    stalled, state.converged = True, False
+                    break
+                if halted:  # the last checkpoint is written all the same
+                    break
+                if checkpoints.due(round_index + 1):
+                    self.checkpoint(state, config, checkpoints)
+        return stalled, solved, halted
+
+    def checkpoint(self, state: LoopState, config: RunConfig, checkpoints: Checkpointing) -> None:
+        """A snapshot handed to the background writer; its time is the run's checkpoint time."""
+        started = time.perf_counter()
+        checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
+        self.checkpoint_s += time.perf_counter() - started
+        self.checkpoints_written += 1
 
     def autoscale(self, record: dict[str, Any]) -> None:
         """workers="auto": after a round, ask for the next worker count to measure, or the best."""
@@ -278,11 +310,13 @@ class RoundLoop:
                 for i, f in enumerate(self.state_fields)
             }
         convergence = {**state.check.state(), "converged": state.converged}
+        # Copies: the rounds go on while the snapshot is written.
+        opt_state = type(state.opt_state)(*(np.array(value) for value in state.opt_state))
         return TrainingState(
             len(state.history),
-            state.params,
-            state.opt_state,
-            state.history,
+            np.array(state.params),
+            opt_state,
+            list(state.history),
             convergence,
             self.model.standardizer_,
             config.to_json(),

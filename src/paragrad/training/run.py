@@ -59,6 +59,10 @@ class Run:
     energy_j: float = math.nan  # the whole call's joules (see paragrad.training.energy)
     cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
     energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
+    # The rounds' time spent on checkpoints: taking snapshots, and waiting for a write still
+    # in flight (each is written in the background while the rounds go on).
+    checkpoint_s: float = 0.0
+    checkpoints_written: int = 0
 
     @property
     def worker_seconds(self) -> float:
@@ -127,6 +131,12 @@ class Run:
             + (
                 f", changes of the workers {sum(c.seconds for c in self.changes):.3f} s"
                 if self.changes
+                else ""
+            )
+            + (
+                f", checkpoints {self.checkpoint_s:.3f} s ({self.checkpoints_written} written "
+                "in the background)"
+                if self.checkpoints_written
                 else ""
             ),
             f"rounds time   computing {compute:.3f} s, waiting for the slowest {wait:.3f} s, "
