@@ -82,9 +82,7 @@ class Dataset:
 
     table: TableFile | None = None
     unchecked: bool = False  # features whose values are still to be checked (see check())
-    # Set by :func:`paragrad.load` on the data set it returns: the one-hot encoded columns
-    # and their categories, and how many rows with missing values ``dropna=True`` skipped.
-    encoding: Encoding | None = None
+    encoding: Encoding | None = None  # set by paragrad.load (see Notes), as is rows_dropped
     rows_dropped: int = 0
     classes: np.ndarray | None = None
     # What reading the file chose that a user should know (a decimal comma, an encoding,
