@@ -31,10 +31,10 @@ from paragrad.errors import (
 from paragrad.models.base import Model
 from paragrad.optim import Optimizer
 from paragrad.training.checkpoint import (
-    Checkpointing,
     CheckpointWarning,
     TrainingState,
 )
+from paragrad.training.checkpointing import Checkpointing
 from paragrad.training.convergence import ConvergenceCheck, no_finite_optimum
 from paragrad.training.elastic import AutoScaler
 from paragrad.training.energy import EnergyMeter

@@ -33,11 +33,11 @@ from paragrad.errors import (
 from paragrad.models.base import LinearLayout, Model
 from paragrad.optim import Optimizer
 from paragrad.training.checkpoint import (
-    Checkpointing,
     CheckpointWarning,
     TrainingState,
     load_latest_checkpoint,
 )
+from paragrad.training.checkpointing import Checkpointing
 from paragrad.training.elastic import AutoScaler, WorkerBounds, Workers
 from paragrad.training.energy import EnergyMeter
 from paragrad.training.rounds import RoundLoop
