@@ -72,7 +72,7 @@ def test_dataset_refuses_values_too_large_to_square():
 
 
 def test_large_values_below_the_bound_are_accepted():
-    bound = pg.data.dataset.MAX_MAGNITUDE
+    bound = pg.data.checks.MAX_MAGNITUDE
     X = np.array([[1e100, -1e149], [np.nextafter(bound, 0), 2.0]])
     np.testing.assert_array_equal(pg.Dataset(X, [1e100, -1e149]).X, X)
     with pytest.raises(pg.DataError, match="too large"):
@@ -80,7 +80,7 @@ def test_large_values_below_the_bound_are_accepted():
 
 
 def test_too_large_values_are_found_in_file_order_block_by_block():
-    from paragrad.data.dataset import _first_bad
+    from paragrad.data.checks import _first_bad
 
     X = np.ones((9, 2))
     X[7, 1] = X[2, 0] = X[3, 1] = 1e300

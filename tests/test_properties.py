@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import paragrad as pg
-from paragrad.data.dataset import MAX_MAGNITUDE, magnitude_bound
+from paragrad.data.checks import MAX_MAGNITUDE, magnitude_bound
 
 NUMBER_TEXT = st.one_of(
     st.integers(-(2**63), 2**63 - 1).map(str),

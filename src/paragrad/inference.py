@@ -9,24 +9,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from paragrad.core.shards import Shard, default_workers, plan_shards
+from paragrad.core.shards import Shard, ShardPlan, default_workers, plan_shards
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
 from paragrad.data.columns import ColumnName
 from paragrad.data.frames import is_frame
 from paragrad.engines import AUTO, Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
-from paragrad.models.base import Model
+from paragrad.models.base import Model, features_of
 from paragrad.models.torch_module import Torch
 from paragrad.training.checkpoint import load_model
 from paragrad.training.tasks import PredictShard
 
 
-def _gather_predictions(results, plan, first_row: int, source: str) -> np.ndarray:
+def _gather_predictions(
+    results: list[tuple[np.ndarray, int]], plan: ShardPlan, first_row: int, source: str
+) -> np.ndarray:
     """Concatenate the shards' predictions; name the first row that could not be predicted."""
     for (start, _), (_, bad) in zip(plan.bounds, results, strict=True):
         if bad >= 0:
@@ -47,7 +49,7 @@ def as_model(model: Model | str | os.PathLike) -> Model:
 
 def read_features(
     model: Model,
-    data,
+    data: Any,
     target: str | int | None = None,
     check_finite: bool = True,
     lazy: bool = False,
@@ -69,7 +71,7 @@ def read_features(
     """
     if isinstance(data, (str, os.PathLike)) or is_frame(data):
         suffix = Path(data).suffix.lower() if isinstance(data, (str, os.PathLike)) else ""
-        options = dict(
+        options: dict[str, Any] = dict(  # with the reading options below, for load()
             features=model.feature_names_,
             num_features=model.num_features_,
             one_hot=model.encoding_ or (),
@@ -91,12 +93,13 @@ def read_features(
     else:
         dataset = Dataset(data, dtype=None, check_finite=check_finite)
         dataset = _by_name(model, dataset)
-    if dataset.num_features != model.num_features_:
+    num_features = features_of(model)
+    if dataset.num_features != num_features:
         names = dataset.feature_names or ()
         hint = f": is {names[-1]!r} the target? drop it ({option('drop', [names[-1]])})" if names else ""
         raise DataError(
             f"{dataset.source}: has {dataset.num_features} features, but the model was trained "
-            f"with {model.num_features_}{hint if dataset.num_features == model.num_features_ + 1 else ''}"
+            f"with {num_features}{hint if dataset.num_features == num_features + 1 else ''}"
         )
     return dataset
 
@@ -141,7 +144,7 @@ def _by_name(model: Model, dataset: Dataset) -> Dataset:
 def _extra_target(model: Model, dataset: Dataset) -> str | None:
     """The column of a table read for a model that knows no feature names which, named like
     its target (``y`` when it knows none), is one column too many; else None."""
-    if model.feature_names_ is not None or dataset.num_features != model.num_features_ + 1:
+    if model.feature_names_ is not None or dataset.num_features != features_of(model) + 1:
         return None
     target = model.target_name_ or "y"
     return target if target in (dataset.feature_names or ()) else None
@@ -149,7 +152,7 @@ def _extra_target(model: Model, dataset: Dataset) -> str | None:
 
 def predict(
     model: Model | str | os.PathLike,
-    data,
+    data: Any,
     *,
     engine: str | Engine = "auto",
     workers: int | None = None,
@@ -188,8 +191,9 @@ def predict(
     if engine_class(engine).shares_cores and _in_own_memory(dataset) and not isinstance(model, Torch):
         check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
         return _predict_here(model, dataset, proba, workers or default_workers())
-    options = {"address": address, "max_restarts": 0, "threads_per_worker": threads_per_worker}
-    with engine_for_call(engine, workers, **options) as runner:
+    with engine_for_call(
+        engine, workers, address=address, max_restarts=0, threads_per_worker=threads_per_worker
+    ) as runner:
         return _predict_on(runner, model, dataset, proba)
 
 
@@ -234,7 +238,7 @@ def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> 
 
 def evaluate(
     model: Model | str | os.PathLike,
-    data,
+    data: Any,
     target: str | int | None = None,
     *,
     delimiter: str | None = None,
@@ -258,15 +262,16 @@ def evaluate(
         if model.target_name_ is None:
             raise ConfigError(f"{data}: name the label column with {setting('target')}")
         target = ColumnName(model.target_name_)  # the model's column, by name only
-    options = dict(delimiter=delimiter, dropna=dropna, target_file=target_file)
-    dataset = read_features(model, data, target, **options, **reading)
-    if dataset.y is None:
+    dataset = read_features(
+        model, data, target, delimiter=delimiter, dropna=dropna, target_file=target_file, **reading
+    )
+    y = dataset.labels  # as in the file: text, booleans or numbers
+    if y is None:
         hint = ""
         if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
             hint = f" (a .npy holds features only: give the labels with {option('target_file', 'y.npy')})"
         raise DataError(f"{dataset.source}: no target values to evaluate against{hint}")
     dataset.check()
-    y = dataset.labels  # as in the file: text, booleans or numbers
     metrics: dict[str, Any] = {"rows": dataset.num_rows, "loss": model.loss(dataset.X, y)}
     predictions = model.predict(dataset.X)
     if model.is_classifier:
@@ -288,22 +293,23 @@ CHUNK_BYTES = 256 << 20
 class PredictionWriter:
     """Writes predictions chunk by chunk to ``.npy``, ``.csv`` or ``.parquet``, atomically."""
 
-    def __init__(self, handle, path: Path, num_rows: int, classes) -> None:
+    def __init__(self, handle: IO[bytes], path: Path, num_rows: int, classes: np.ndarray | None) -> None:
         self.handle, self.path, self.num_rows, self.classes = handle, path, num_rows, classes
         self.suffix = path.suffix.lower()
-        self.writer = None
+        self.started = False  # a .npy's header is written
+        self.writer: Any = None  # pyarrow's writer of a table file, once started
 
     def write(self, values: np.ndarray) -> None:
         if self.suffix == ".npy":
-            if self.writer is None:
+            if not self.started:
                 header = {
                     "descr": np.lib.format.dtype_to_descr(values.dtype),
                     "fortran_order": False,
                     "shape": (self.num_rows, *values.shape[1:]),
                 }
                 np.lib.format.write_array_header_2_0(self.handle, header)
-                self.writer = True
-            self.handle.write(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy
+                self.started = True
+            self.handle.write(np.ascontiguousarray(values).data.cast("B"))  # no copy
             return
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -319,7 +325,7 @@ class PredictionWriter:
         self.writer.write_table(table)
 
     def close(self) -> None:
-        if self.writer not in (None, True):
+        if self.writer is not None:
             self.writer.close()
 
 
@@ -363,17 +369,19 @@ def predict_to_file(
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
         row_bytes = 8 * (len(model.classes_) if proba and model.classes_ is not None else 1)
     else:
-        row_bytes = 8 * model.num_features_
+        row_bytes = 8 * features_of(model)
     step = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
     task = PredictShard(model, proba)
     show = sys.stderr.isatty() if progress is None else progress
-    own_engine = not isinstance(engine, Engine)
-    with (
-        engine_for_call(
+    runs = (
+        engine.claimed()
+        if isinstance(engine, Engine)
+        else engine_for_call(
             engine, workers, address=address, max_restarts=0, threads_per_worker=threads_per_worker
         )
-        if own_engine
-        else engine.claimed() as runner,
+    )
+    with (
+        runs as runner,
         atomic_write(out) as handle,
         tqdm(total=num_rows, unit="row", unit_scale=True, disable=not show, leave=False) as bar,
     ):
@@ -391,16 +399,16 @@ def predict_to_file(
 
 
 def _chunks_of(
-    model: Model, data, lazy: bool, delimiter: str | None, reading: dict[str, Any]
+    model: Model, data: Any, lazy: bool, delimiter: str | None, reading: dict[str, Any]
 ) -> tuple[Callable[[int, int], Dataset], int, str]:
     """Rows to predict, taken chunk by chunk: a ``.npy`` stays memory-mapped in its own
     type (each chunk is converted on its own); with ``lazy``, the workers read their rows of
     each chunk of a Parquet file; anything else is read as for ``predict``."""
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".npy":
         rows = open_npy(Path(data))
-        if rows.shape[1] != model.num_features_:
+        if rows.shape[1] != features_of(model):
             raise DataError(
-                f"{data}: has {rows.shape[1]} features, but the model was trained with {model.num_features_}"
+                f"{data}: has {rows.shape[1]} features, but the model was trained with {features_of(model)}"
             )
         return (
             lambda start, stop: Dataset(rows[start:stop], dtype=None, source=str(data), check_finite=False),

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -31,6 +32,10 @@ from paragrad.training.trainer import train
 
 class _ParagradEstimator(BaseEstimator):
     """What both estimators share: the parameters and the training call."""
+
+    # Set by fit for linear models; a regressor's intercept is a float.
+    coef_: np.ndarray
+    intercept_: np.ndarray | float
 
     def __init__(
         self,
@@ -64,7 +69,7 @@ class _ParagradEstimator(BaseEstimator):
         tags.input_tags.sparse = True  # CSR features train without being densified
         return tags
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, num_classes: int | None):
+    def _fit(self, X: Any, y: np.ndarray, num_classes: int | None) -> _ParagradEstimator:
         model = self._make_model(num_classes)
         strategy = (
             get_strategy(self.strategy) if isinstance(self.strategy, str) else copy.deepcopy(self.strategy)
@@ -94,24 +99,12 @@ class _ParagradEstimator(BaseEstimator):
         self.n_iter_ = len(self.run_.history)
         for name in ("coef_", "intercept_"):
             self.__dict__.pop(name, None)
-        if isinstance(self.model_, LinearLayout):
-            self.coef_, self.intercept_ = self._linear_coefficients()
+        coefficients = _linear_coefficients(self.model_)
+        if coefficients is not None:
+            self.coef_, self.intercept_ = coefficients
         return self
 
-    def _linear_coefficients(self) -> tuple[np.ndarray, np.ndarray | float]:
-        """Weights and intercepts on the original feature scale (undoing standardisation)."""
-        W, b = self.model_.split(self.model_.params)
-        W, b = (
-            W.copy(),
-            np.array(b, dtype=float).copy() if self.model_.fit_intercept else np.zeros(W.shape[1]),
-        )
-        if self.model_.standardizer_ is not None:
-            scale, mean = self.model_.standardizer_.scale, self.model_.standardizer_.mean
-            W = W / scale[:, None]
-            b = b - mean @ W
-        return W.T, b
-
-    def _validated(self, X) -> np.ndarray:
+    def _validated(self, X: Any) -> Any:
         check_is_fitted(self, "model_")
         return validate_data(self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32])
 
@@ -132,7 +125,7 @@ class ParagradRegressor(RegressorMixin, _ParagradEstimator):
         L2 penalty of a model named by string.
     """
 
-    def _make_model(self, num_classes):
+    def _make_model(self, num_classes: int | None) -> Model:
         if isinstance(self.model, Model):
             return copy.deepcopy(self.model)
         if self.model == "linear":
@@ -141,14 +134,14 @@ class ParagradRegressor(RegressorMixin, _ParagradEstimator):
             return MLP(task="regression", l2=self.l2)
         raise ConfigError(f"model must be 'linear', 'mlp' or a paragrad model, got {self.model!r}")
 
-    def fit(self, X, y) -> ParagradRegressor:
+    def fit(self, X: Any, y: ArrayLike) -> ParagradRegressor:
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32], y_numeric=True)
         self._fit(X, np.asarray(y, dtype=np.float64), None)  # float32 features keep their type if y fits
         if hasattr(self, "coef_"):
             self.coef_, self.intercept_ = self.coef_[0], float(np.ravel(self.intercept_)[0])
         return self
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         X = self._validated(X)
         return self.model_.predict(X)
 
@@ -161,7 +154,7 @@ class ParagradClassifier(ClassifierMixin, _ParagradEstimator):
     type; ``classes_`` holds them in sorted order.
     """
 
-    def _make_model(self, num_classes):
+    def _make_model(self, num_classes: int | None) -> Model:
         if isinstance(self.model, Model):
             return copy.deepcopy(self.model)
         if self.model == "linear":
@@ -170,7 +163,7 @@ class ParagradClassifier(ClassifierMixin, _ParagradEstimator):
             return MLP(task="classification", l2=self.l2)
         raise ConfigError(f"model must be 'linear', 'mlp' or a paragrad model, got {self.model!r}")
 
-    def fit(self, X, y) -> ParagradClassifier:
+    def fit(self, X: Any, y: ArrayLike) -> ParagradClassifier:
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
@@ -182,15 +175,15 @@ class ParagradClassifier(ClassifierMixin, _ParagradEstimator):
             self.intercept_ = np.ravel(self.intercept_)
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         X = self._validated(X)
         return self.model_.predict_proba(X)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: Any) -> np.ndarray:
         X = self._validated(X)
         scores = self.model_.decision_function(self.model_.params, self.model_.prepare(X))
         if scores.ndim == 2 and scores.shape[1] == 2:  # two classes: one score, as scikit-learn has it
@@ -201,3 +194,17 @@ class ParagradClassifier(ClassifierMixin, _ParagradEstimator):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.poor_score = False
         return tags
+
+
+def _linear_coefficients(model: Model) -> tuple[np.ndarray, np.ndarray] | None:
+    """A linear model's weights and intercepts on the original feature scale (undoing
+    standardisation); None for other models."""
+    if not isinstance(model, LinearLayout):
+        return None
+    W, b = model.split(model.params)
+    W, intercepts = W.copy(), np.array(b, dtype=float).copy() if model.fit_intercept else np.zeros(W.shape[1])
+    if model.standardizer_ is not None:
+        scale, mean = model.standardizer_.scale, model.standardizer_.mean
+        W = W / scale[:, None]
+        intercepts = intercepts - mean @ W
+    return W.T, intercepts

@@ -186,6 +186,13 @@ def shared_classification(num_rows: int, d: int, seed: int) -> Dataset:
     return Dataset(X, data.y)
 
 
+def targets(data: Dataset) -> np.ndarray:
+    """The targets of a labelled data set (the suites' generated data always has them)."""
+    if data.y is None:
+        raise ValueError(f"{data.source}: no targets")
+    return data.y
+
+
 def curve(history: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Cumulative wall time and bytes, and the loss, of each round of a training run."""
     wall = np.cumsum([record["wall_s"] for record in history])

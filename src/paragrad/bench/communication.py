@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, curve, shared_classification
+from paragrad.bench.common import Row, curve, shared_classification, targets
 from paragrad.data import Dataset
 from paragrad.engines.local import LocalEngine
 from paragrad.models import LogisticRegression
@@ -55,7 +55,7 @@ def _train_each(
             )
             curves[name] = curve(run.history)
             results[name] = {
-                "loss": run.model.loss(data.X, data.y),
+                "loss": run.model.loss(data.X, targets(data)),
                 "rounds_per_epoch": len(run.history) / epochs,
             }
     return results, curves

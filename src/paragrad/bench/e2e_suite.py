@@ -9,6 +9,7 @@ script would: "cold" rows release it first, "warm" rows call again on the same a
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, best_time, write_features
+from paragrad.bench.common import Row, best_time, targets, write_features
 from paragrad.core.atomic import atomic_write
 from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
@@ -273,7 +274,7 @@ def _csv_row(num_rows: int, repeats: int, folder: Path) -> Row:
     data = make_classification(num_rows, 100, seed=4)
     path, out = folder / "data.csv", folder / "model.npz"
     columns = {name: data.X[:, j] for j, name in enumerate(data.feature_names or [])}
-    pacsv.write_csv(pa.table({**columns, "y": data.y.astype(np.int64)}), path)
+    pacsv.write_csv(pa.table({**columns, "y": targets(data).astype(np.int64)}), path)
     del data, columns
     ours_command = [sys.executable, "-m", "paragrad", "train", str(path), "--target", "y", "--out", str(out)]
     baseline_command = [sys.executable, "-c", PANDAS_SKLEARN, str(path)]
@@ -315,7 +316,7 @@ def _mmap_rows(sizes: list[int], folder: Path) -> list[Row]:
         x_path, y_path = folder / f"X{num_rows}.npy", folder / f"y{num_rows}.npy"
         write_features(x_path, num_rows, 100, rng, dtype=np.float32, chunk=500_000)
         np.save(y_path, (rng.random(num_rows) < 0.5).astype(np.float32))
-        read_s = best_time(lambda path=x_path: _read_once(path), 1)
+        read_s = best_time(functools.partial(_read_once, x_path), 1)
         output = _process_seconds([sys.executable, "-c", MMAP_TRAIN, str(x_path), str(y_path)])[1]
         whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])  # peak: its own
         rows.append(

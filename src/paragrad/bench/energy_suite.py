@@ -9,10 +9,11 @@ row says which; see :mod:`paragrad.training.energy`).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, shared_classification
+from paragrad.bench.common import Row, shared_classification, targets
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.local import LocalEngine
 from paragrad.models import MLP, LogisticRegression, Model
@@ -43,7 +44,7 @@ def bench_energy(quick: bool) -> list[Row]:
                     "energy_j": run.energy_j,
                     "cpu_s": run.cpu_s,
                     "j_per_million_rows": run.energy_j / samples * 1e6,
-                    "loss": run.model.loss(data.X, data.y),
+                    "loss": run.model.loss(data.X, targets(data)),
                     "total_s": run.total_s,
                     "source": run.energy_source,
                 }
@@ -89,7 +90,12 @@ def bench_acceleration(quick: bool) -> list[Row]:
     from paragrad.training.model_compression import compress, file_size
 
     train_data, test = _digits()
-    options = {"strategy": SGD(batch_size=64), "optimizer": Adam(lr=0.01), "tol": 0.0, "seed": 0}
+    options: dict[str, Any] = {
+        "strategy": SGD(batch_size=64),
+        "optimizer": Adam(lr=0.01),
+        "tol": 0.0,
+        "seed": 0,
+    }
     teacher = train(MLP(hidden=(256,)), train_data, engine="serial", workers=2, epochs=10, **options).model
     run = distill(teacher, MLP(hidden=(16,)), train_data, test=test, engine="serial", workers=2, seed=0)
     labels_only = train(MLP(hidden=(16,)), train_data, engine="serial", workers=2, epochs=20, **options).model

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from paragrad.bench.common import Row, shared_classification
+from paragrad.bench.common import Row, shared_classification, targets
 from paragrad.core.shm import shared_empty
 from paragrad.data import Dataset, make_regression
 from paragrad.errors import ConvergenceWarning
@@ -50,7 +50,7 @@ def bench_least_squares(num_rows: int, d: int) -> Row:
     fitted = LinearRegression()
     fitted.setup(d)
     fitted.params_ = theirs
-    loss = {"qr": run.model.loss(data.X, data.y), "sklearn": fitted.loss(data.X, data.y)}
+    loss = {"qr": run.model.loss(data.X, targets(data)), "sklearn": fitted.loss(data.X, targets(data))}
     best = min(loss.values())
     return {
         "benchmark": "exact_least_squares",
@@ -82,8 +82,8 @@ def bench_logistic(num_rows: int, d: int) -> list[Row]:
     fitted = LogisticRegression()
     fitted.setup(d, np.array([0.0, 1.0]))
     fitted.params_ = np.append(reference.coef_[0], reference.intercept_)
-    loss = {name: run.model.loss(data.X, data.y) for name, (run, _) in runs.items()}
-    loss["sklearn"] = fitted.loss(data.X, data.y)
+    loss = {name: run.model.loss(data.X, targets(data)) for name, (run, _) in runs.items()}
+    loss["sklearn"] = fitted.loss(data.X, targets(data))
     best = min(loss.values())
     rows = []
     for name, (run, call_s) in runs.items():

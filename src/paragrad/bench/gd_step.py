@@ -3,13 +3,14 @@ floor, with peak memory) and the ``float32`` suite (float32 against float64)."""
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from paragrad.bench.common import MemorySampler, Row, linear_gd_step, timings, write_features
+from paragrad.bench.common import MemorySampler, Row, linear_gd_step, targets, timings, write_features
 from paragrad.core.shards import Shard, Task, plan_shards
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.local import LocalEngine
@@ -24,6 +25,7 @@ class DescribeLabels(Task):
     """A cheap task that touches every worker's labels."""
 
     def __call__(self, shard: Shard) -> int:
+        assert shard.y is not None, "the data set given has labels"
         return int(shard.y.size)
 
 
@@ -104,10 +106,10 @@ def bench_float32(quick: bool) -> list[Row]:
             with warnings.catch_warnings():  # float32 may stop when its precision runs out
                 warnings.simplefilter("ignore")
                 run = train(LogisticRegression(), data, engine=engine, epochs=50, tol=1e-8, dtype=dtype)
-            losses[dtype] = run.model.loss(data.X, data.y)
+            losses[dtype] = run.model.loss(data.X, targets(data))
             task = TrainStep(GradientDescent(), run.model, SGDOptimizer(0.1), RoundPlan(0, 1, 1))
             engine.start(data.astype(dtype), plan_shards(num_rows, 2))
-            steps[dtype] = timings(lambda task=task, run=run: engine.run(task, run.params, 0), 10)["median_s"]
+            steps[dtype] = timings(functools.partial(engine.run, task, run.params, 0), 10)["median_s"]
     return [
         {
             "benchmark": "float32",

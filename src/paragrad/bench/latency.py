@@ -35,7 +35,7 @@ def pipe_round(d: int, repeats: int) -> dict[str, float]:
 
     def step() -> None:
         for parent, _ in pairs:
-            parent.send_bytes(params)
+            parent.send_bytes(params.data)
         np.copyto(total, np.frombuffer(pairs[0][0].recv_bytes(), dtype=np.float64))
         for parent, _ in pairs[1:]:
             np.add(total, np.frombuffer(parent.recv_bytes(), dtype=np.float64), out=total)

@@ -14,7 +14,7 @@ and (when the model's settings ask for it) its adaptive batching.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +26,7 @@ try:  # MLServer's own environment; anywhere else (the package's import check) i
     from mlserver.codecs import NumpyCodec
     from mlserver.types import InferenceResponse
 except ImportError:
-    MLModel: Any = object
+    MLModel = object
 
 if TYPE_CHECKING:
     from mlserver.types import InferenceRequest

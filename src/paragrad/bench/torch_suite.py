@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, two_ranks
+from paragrad.bench.common import Row, targets, two_ranks
 from paragrad.core.shards import Shard, plan_shards
 from paragrad.data import make_classification
 from paragrad.engines.local import LocalEngine
@@ -34,7 +34,7 @@ def _ddp_worker(rank: int, port: int, num_rows: int, d: int, epochs: int, queue:
     data = make_classification(num_rows, d, seed=5, dtype=np.float32)
     plan = plan_shards(num_rows, 2)
     rows = plan.rows(rank)
-    shard = Shard(data.X[rows], data.y[rows], rank, 2, virtual=plan.virtual(rank))
+    shard = Shard(data.X[rows], targets(data)[rows], rank, 2, virtual=plan.virtual(rank))
     X, y = torch.from_numpy(shard.X), torch.from_numpy(shard.y).long()
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(d, 2))
@@ -73,7 +73,9 @@ def bench_torch(quick: bool) -> list[Row]:
         ours = []
         for _ in range(epochs):
             model = Torch(torch.nn.Linear(d, 2))
-            options = dict(strategy=SGD(GLOBAL_BATCH), optimizer=SGDOptimizer(lr=0.1), engine=engine)
+            options: dict[str, Any] = dict(
+                strategy=SGD(GLOBAL_BATCH), optimizer=SGDOptimizer(lr=0.1), engine=engine
+            )
             run = train(model, data, epochs=1, tol=0, dtype="float32", **options)
             ours.append(sum(record["wall_s"] for record in run.history))
     ddp_s, ours_s = min(ddp_times), min(ours)

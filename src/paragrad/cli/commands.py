@@ -15,7 +15,8 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from paragrad.callbacks import Callback, MLflow, TensorBoard
 from paragrad.cli.parser import (
@@ -51,6 +52,10 @@ from paragrad.training.checkpoint import TorchModelFileError, load_model, save_m
 from paragrad.training.settings import choose_model, default_optimizer
 from paragrad.training.strategies import get_strategy
 from paragrad.training.trainer import train
+
+if TYPE_CHECKING:
+    from paragrad.models.base import Model
+    from paragrad.training.run import Run
 
 
 def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
@@ -218,7 +223,7 @@ def _fault_options(args: argparse.Namespace) -> dict[str, float | int | None]:
     }
 
 
-def _save(run, out: Path | None) -> None:
+def _save(run: Run, out: Path | None) -> None:
     """Save the model to ``out``, or say that it was not saved."""
     if out is None:
         print("not saved: give --out FILE to keep the model")
@@ -227,7 +232,7 @@ def _save(run, out: Path | None) -> None:
     print(f"saved         {out}")
 
 
-def _chosen_model(dataset) -> str:
+def _chosen_model(dataset: Dataset) -> str:
     """The model the target calls for, said in one line (``--model`` overrides it)."""
     if not dataset.has_labels:
         raise ConfigError(f"{dataset.source}: name the label column with --target")
@@ -310,7 +315,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labelled(path: Path, target: str | None, model) -> Dataset:
+def _labelled(path: Path, target: str | None, model: Model) -> Dataset:
     """Labelled rows for a model: the target named, else the column it was trained on."""
     if path.suffix.lower() != ".npz" and target is None:
         if model.target_name_ is None:
@@ -335,7 +340,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         before, after = args.model.stat().st_size, args.out.stat().st_size
         print(f"file size     {before / 1024:.1f} KiB -> {after / 1024:.1f} KiB ({after / before:.2f}x)")
     else:
-        print(side_by_side(*measure([model, compressed], data), args.method))
+        before_footprint, after_footprint = measure([model, compressed], data)
+        print(side_by_side(before_footprint, after_footprint, args.method))
     print(f"saved         {args.out}")
     return 0
 
@@ -402,7 +408,14 @@ HANDLERS = {
 }
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     print(f"paragrad: warning: {message}", file=sys.stderr)
 
 
@@ -410,7 +423,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, unwinding like Ctrl-C so that workers stop and shared memory is released."""
 
 
-def _terminate(signum, frame) -> None:
+def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
@@ -450,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     signal.signal(signal.SIGTERM, _terminate)
     if not isinstance(sys.stdout, ReaderGone) and hasattr(sys.stdout, "fileno"):
-        sys.stdout = ReaderGone(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = ReaderGone(sys.stdout)
     try:
         with flag_names():
             status = HANDLERS[args.command](args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from paragrad.engines import AUTO, ENGINES
 from paragrad.errors import ConfigError, flag_names
@@ -152,7 +153,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes end as one line on stderr, like every other error."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -68,7 +68,7 @@ def _writer_gone(name: str) -> bool:
 def remove_stale_temporaries(directory: str | os.PathLike, name: str) -> list[Path]:
     """Remove the temporaries of atomic writes of files matching the pattern ``name`` in
     ``directory`` whose writers are gone (killed mid-write); the paths removed."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(directory)
     if not folder.is_dir():
         return removed

@@ -40,7 +40,7 @@ def standardizer_arrays(standardizer: Standardizer | None) -> dict[str, np.ndarr
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` atomically: the old file or the new one, never a part."""
     with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, allow_pickle=True, **arrays)
 
 
 def write_model_file(

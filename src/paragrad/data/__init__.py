@@ -7,7 +7,8 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 """
 
 from paragrad.core.shm import shared_empty
-from paragrad.data.dataset import Dataset, FileBacking, is_sparse
+from paragrad.data.checks import is_sparse
+from paragrad.data.dataset import Dataset, FileBacking
 from paragrad.data.files import (
     SUPPORTED,
     SVMLIGHT_SUFFIXES,

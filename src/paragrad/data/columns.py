@@ -23,7 +23,12 @@ def _shown(names: Sequence[str]) -> str:
 
 
 def _pick_columns(
-    path: Path, names: list[str], num_rows: int, target, features, drop: Sequence[str] = ()
+    path: Path | str,
+    names: list[str],
+    num_rows: int,
+    target: str | int | None,
+    features: Sequence[str] | None,
+    drop: Sequence[str] = (),
 ) -> tuple[list[str], str | None]:
     """The feature columns and the target column of a table, checked against its header."""
     if not names:
@@ -133,7 +138,7 @@ class ColumnName(str):
     """A target that is a column name only, never read as an index (a model's own)."""
 
 
-def _resolve_target(path: Path, names: list[str], target) -> str | None:
+def _resolve_target(path: Path | str, names: list[str], target: str | int | None) -> str | None:
     """The target column's name. An int is an index; a text is a name first, then, when
     no column has that name, a text of digits is an index; ``"#3"`` is always index 3."""
     if target is None:
@@ -157,13 +162,13 @@ def _resolve_target(path: Path, names: list[str], target) -> str | None:
     return str(target)
 
 
-def _target_at(path: Path, names: list[str], index: int) -> str:
+def _target_at(path: Path | str, names: list[str], index: int) -> str:
     if not -len(names) <= index < len(names):
         raise DataError(f"{path}: target column index {index} out of range ({len(names)} columns)")
     return names[index]
 
 
-def _fix_text(name: str, feature: bool = True, values: list | None = None) -> str:
+def _fix_text(name: str, feature: bool = True, values: list[Any] | None = None) -> str:
     """How to fix a text column, for messages: one-hot encode it when its values look like
     categories (repeated, not numbers), else leave it out."""
     if not feature:
@@ -176,14 +181,14 @@ def _fix_text(name: str, feature: bool = True, values: list | None = None) -> st
     return f": drop it with {option('drop', [name])} or encode it with {option('one_hot', [name])}"
 
 
-def looks_like_categories(values: list) -> bool:
+def looks_like_categories(values: list[Any]) -> bool:
     """Whether text values repeat enough to be categories: at most half of them distinct
     (or a few)."""
     present = [value for value in values if value is not None]
     return len(set(present)) <= max(FEW_CATEGORIES, len(present) // 2)
 
 
-def _target_column(path: Path, column, name: str, where) -> np.ndarray:
+def _target_column(path: Path | str, column: Any, name: str, where: Callable[[int], str]) -> np.ndarray:
     """The target column: numbers as float64 (nulls as NaN); text or booleans as they are,
     for class labels (a missing one is an error naming its row)."""
     import pyarrow as pa
@@ -198,7 +203,9 @@ def _target_column(path: Path, column, name: str, where) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=bool if pa.types.is_boolean(kind) else str)
 
 
-def _numeric_column(path: Path, column, name: str, where=None, feature: bool = True) -> np.ndarray:
+def _numeric_column(
+    path: Path | str, column: Any, name: str, where: Callable[[int], str] | None = None, feature: bool = True
+) -> np.ndarray:
     """One table column as float64, nulls as NaN; a clear error for text or dates."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -207,7 +214,9 @@ def _numeric_column(path: Path, column, name: str, where=None, feature: bool = T
     return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
-def _check_numeric(path: Path, column, name: str, where=None, feature: bool = True) -> None:
+def _check_numeric(
+    path: Path | str, column: Any, name: str, where: Callable[[int], str] | None = None, feature: bool = True
+) -> None:
     """Nothing for a column of numbers or booleans; a clear error for text or dates."""
     import pyarrow as pa
 

@@ -9,7 +9,7 @@ column and the value: an all-zero row would predict silently from the intercept 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ class Encoding:
         return cls({str(column): tuple(values) for column, values in data.items()})
 
 
-def _as_text(path, column, name: str) -> list[str | None]:
+def _as_text(path: object, column: Any, name: str) -> list[str | None]:
     """A column's values as text (nulls as None), whatever their type in the file."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -65,9 +65,9 @@ def _as_text(path, column, name: str) -> list[str | None]:
     return column.to_pylist()
 
 
-def learn(path, table, columns) -> Encoding:
+def learn(path: object, table: Any, columns: Sequence[str]) -> Encoding:
     """The categories of each of ``columns`` in ``table``; refuses too many."""
-    categories = {}
+    categories: dict[str, tuple[str, ...]] = {}
     for name in columns:
         if name not in table.column_names:
             raise DataError(
@@ -85,7 +85,7 @@ def learn(path, table, columns) -> Encoding:
     return Encoding(categories)
 
 
-def _check_categories(path, name: str, cells: list[str | None], values: list[str]) -> None:
+def _check_categories(path: object, name: str, cells: list[str | None], values: list[str]) -> None:
     """Refuse to one-hot encode numbers with fractions (a quantity) or mostly distinct values
     (an id, free text): each value would become a column of its own."""
     from paragrad.data.numbers import NumberFormat, parse_text
@@ -105,7 +105,9 @@ def _check_categories(path, name: str, cells: list[str | None], values: list[str
         )
 
 
-def apply(path, table, encoding: Encoding, where) -> tuple[list[str], dict[str, np.ndarray]]:
+def apply(
+    path: object, table: Any, encoding: Encoding, where: Callable[[int], str]
+) -> tuple[list[str], dict[str, np.ndarray]]:
     """The indicator columns of ``table`` under ``encoding``: their names in the table's
     column order, and their values (NaN where the cell is missing). ``where(row)`` names a
     row in messages (a line of a text file)."""

@@ -9,11 +9,12 @@ import contextlib
 import io
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from paragrad.core.atomic import atomic_write
 from paragrad.data.dataset import Dataset, _float_dtype
@@ -60,7 +61,7 @@ def load(
     sheet: str | int | None = None,
     target_file: str | os.PathLike | None = None,
     num_features: int | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     mmap: bool = True,
     check_finite: bool = True,
     lazy: bool = False,
@@ -192,7 +193,7 @@ def _names(value: Sequence[str] | str, keyword: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _with_targets(dataset: Dataset, path: Path, dtype) -> Dataset:
+def _with_targets(dataset: Dataset, path: Path, dtype: DTypeLike | None) -> Dataset:
     """``.npy`` features with their targets from another ``.npy`` file (``dtype`` None:
     float32 features stay float32 when the targets fit float32)."""
     if not path.is_file():
@@ -230,7 +231,7 @@ def open_numpy(
     what: str | None = None,
     error: type[Exception] = DataError,
     content: bytes | None = None,
-):
+) -> Iterator[Any]:
     """``np.load`` of a ``.npy`` or ``.npz`` file without pickle, every failure one clear error.
 
     ``what`` names the expected content in messages; the file is closed on every path.
@@ -270,14 +271,14 @@ def open_npy(path: Path) -> np.ndarray:
     return X
 
 
-def _load_npy(path: Path, dtype, mmap: bool, check_finite: bool) -> Dataset:
+def _load_npy(path: Path, dtype: DTypeLike | None, mmap: bool, check_finite: bool) -> Dataset:
     if mmap:
         return Dataset(open_npy(path), dtype=dtype, source=str(path), check_finite=check_finite)
     with open_numpy(path, "npy") as X:
         return Dataset(X, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
-def _load_npz(path: Path, dtype, check_finite: bool) -> Dataset:
+def _load_npz(path: Path, dtype: DTypeLike | None, check_finite: bool) -> Dataset:
     with open_numpy(path, "npz") as archive:
         if "X" not in archive.files:
             raise DataError(f"{path}: no array named 'X' (arrays: {', '.join(archive.files)})")
@@ -288,7 +289,9 @@ def _load_npz(path: Path, dtype, check_finite: bool) -> Dataset:
     return Dataset(X, y, names, target, dtype=dtype, source=str(path), check_finite=check_finite)
 
 
-def _load_svmlight(path: Path, num_features: int | None, dtype, check_finite: bool) -> Dataset:
+def _load_svmlight(
+    path: Path, num_features: int | None, dtype: DTypeLike | None, check_finite: bool
+) -> Dataset:
     try:
         from sklearn.datasets import load_svmlight_file
     except ImportError:

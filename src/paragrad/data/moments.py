@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.data.dataset import is_sparse, within_bounds
+from paragrad.data.checks import is_sparse, within_bounds
 from paragrad.errors import DataError
 
 

@@ -13,6 +13,7 @@ like numbers at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,9 @@ def looks_numeric(values: list[Any], fmt: NumberFormat) -> bool:
     return bool(unread) and all(other.fullmatch(text) and any(c.isdigit() for c in text) for text in unread)
 
 
-def unreadable_numbers(source: str, name: str, values: list[Any], fmt: NumberFormat, where) -> DataError:
+def unreadable_numbers(
+    source: str, name: str, values: list[Any], fmt: NumberFormat, where: Callable[[int], str]
+) -> DataError:
     """The error for a column of numbers written in a way ``fmt`` does not read: the first
     such cell, and the option that reads it when another decimal mark would."""
     pattern = fmt.pattern()

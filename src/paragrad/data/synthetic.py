@@ -5,13 +5,14 @@ sparse classification, reproducible from a seed.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from paragrad.data.dataset import Dataset
 from paragrad.errors import ConfigError
 
 
 def make_regression(
-    num_rows: int, num_features: int, *, noise: float = 0.1, seed: int = 0, dtype=np.float64
+    num_rows: int, num_features: int, *, noise: float = 0.1, seed: int = 0, dtype: DTypeLike = np.float64
 ) -> Dataset:
     """Gaussian features and ``y = X w + b + noise * e`` with random ``w`` and ``b``."""
     _check_size(num_rows, num_features)
@@ -29,7 +30,7 @@ def make_classification(
     num_classes: int = 2,
     separation: float = 2.0,
     seed: int = 0,
-    dtype=np.float64,
+    dtype: DTypeLike = np.float64,
 ) -> Dataset:
     """Gaussian features and labels ``0..num_classes-1`` drawn from a softmax of ``X W + b``.
 
@@ -52,7 +53,7 @@ def make_classification(
 
 
 def make_sparse_classification(
-    num_rows: int, num_features: int, *, density: float = 0.001, seed: int = 0, dtype=np.float64
+    num_rows: int, num_features: int, *, density: float = 0.001, seed: int = 0, dtype: DTypeLike = np.float64
 ) -> Dataset:
     """Sparse CSR features (``density`` of entries non-zero) with binary logistic labels.
 

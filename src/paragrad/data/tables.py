@@ -8,14 +8,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from paragrad.core.shm import shared_empty
+from paragrad.data.checks import _check_finite
 from paragrad.data.columns import (
     ColumnName,
     _check_numeric,
@@ -27,7 +29,7 @@ from paragrad.data.columns import (
     read_text_numbers,
     tidy_columns,
 )
-from paragrad.data.dataset import Dataset, _check_finite, _float_dtype
+from paragrad.data.dataset import Dataset, _float_dtype
 from paragrad.data.delimited import (
     TEXT_SUFFIXES,
     Dialect,
@@ -90,7 +92,7 @@ def _read_table(path: Path, options: ReadOptions) -> ReadTable:
     suffix = table_suffix(path)
     if suffix in TEXT_SUFFIXES:
         table, dialect = read_text_table(path, options.text_format())
-        remembered = {"decimal": dialect.decimal} if dialect.decimal != "." else {}
+        remembered: dict[str, Any] = {"decimal": dialect.decimal} if dialect.decimal != "." else {}
         if dialect.encoding != "utf-8":
             remembered["encoding"] = dialect.encoding
         if options.na_values:
@@ -126,7 +128,9 @@ def _line_names(path: Path, dialect: Dialect) -> Callable[[int], str]:
     return where
 
 
-def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOptions) -> Dataset:
+def _load_table(
+    path: Path, target: str | int | None, dtype: DTypeLike | None, check_finite: bool, options: ReadOptions
+) -> Dataset:
     read = _read_table(path, options)
     return table_dataset(read, str(path), target, dtype, check_finite, options)
 
@@ -134,8 +138,8 @@ def _load_table(path: Path, target, dtype, check_finite: bool, options: ReadOpti
 def table_dataset(
     read: ReadTable,
     source: str,
-    target,
-    dtype,
+    target: str | int | None,
+    dtype: DTypeLike | None,
     check_finite: bool,
     options: ReadOptions,
     numbers: bool = True,
@@ -190,14 +194,19 @@ def table_dataset(
 
 
 def _fill_rows(
-    path: Path | str, batches: list, num_rows: int, features: list[str], indicators: dict, dtype
+    path: Path | str,
+    batches: list[Any],
+    num_rows: int,
+    features: list[str],
+    indicators: dict[str, np.ndarray],
+    dtype: DTypeLike | None,
 ) -> np.ndarray:
     """The features in shared memory, filled a batch of rows at a time (row by row in
     memory, not column by column); each batch is let go once copied, so the table and the
     features are never both whole in memory."""
     import pyarrow as pa
 
-    X = shared_empty((num_rows, len(features)), dtype)
+    X = shared_empty((num_rows, len(features)), np.dtype(dtype))
     as_one = not indicators and all(
         batch.schema.field(name).type == pa.float64() for batch in batches[:1] for name in features
     )
@@ -225,7 +234,15 @@ def _fill_rows(
 RELEASE_EVERY = 16
 
 
-def _missing_rows(path: Path | str, X, y, features, target_name, dropna: bool | None, where):
+def _missing_rows(
+    path: Path | str,
+    X: np.ndarray,
+    y: np.ndarray | None,
+    features: list[str],
+    target_name: str | None,
+    dropna: bool | None,
+    where: Callable[[int], str],
+) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Skip the rows with a missing (empty, NA or NaN) value when ``dropna``, else name the
     first (``None``: skipping is no choice, as when predicting, whose rows must all stay);
     returns the features, the target and how many rows were skipped."""
@@ -276,7 +293,14 @@ class TableFile:
         return dataclasses.replace(self, first=picked.start, num_rows=len(picked))
 
     @classmethod
-    def open(cls, path: Path, target, features, dtype, drop: Sequence[str] = ()) -> TableFile:
+    def open(
+        cls,
+        path: Path,
+        target: str | int | None,
+        features: Sequence[str] | None,
+        dtype: DTypeLike | None,
+        drop: Sequence[str] = (),
+    ) -> TableFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -305,7 +329,7 @@ class TableFile:
         """The columns read: the features, then the target if any."""
         return [*self.features, *([] if self.target is None else [self.target])]
 
-    def _check_unchanged(self, source) -> None:
+    def _check_unchanged(self, source: Any) -> None:
         """Refuse a file whose rows or columns differ from those it had when opened."""
         names = set(source.schema_arrow.names)
         if source.metadata.num_rows != self.file_rows or not names.issuperset(self.columns):
@@ -319,20 +343,21 @@ class TableFile:
         within this table's rows); default all."""
         import pyarrow.parquet as pq
 
-        path, dtype = Path(self.path), np.dtype(self.dtype)
+        path, dtype, target = Path(self.path), np.dtype(self.dtype), self.target
+        file_rows: range | np.ndarray
         if rows is None or isinstance(rows, slice):
             part = self.window(slice(None) if rows is None else rows)
             file_rows = range(part.first, part.first + part.num_rows)
         else:
-            file_rows = np.asarray(rows)
-            if file_rows.ndim != 1 or not np.issubdtype(file_rows.dtype, np.integer):
-                raise TypeError(f"rows must be a slice or a 1-D array of row numbers, got {file_rows.dtype}")
-            if file_rows.size and not (0 <= file_rows.min() and file_rows.max() < self.num_rows):
+            numbers = np.asarray(rows)
+            if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
+                raise TypeError(f"rows must be a slice or a 1-D array of row numbers, got {numbers.dtype}")
+            if numbers.size and not (0 <= numbers.min() and numbers.max() < self.num_rows):
                 raise IndexError(f"row numbers must lie in [0, {self.num_rows})")
-            file_rows = file_rows.astype(np.int64) + self.first
+            file_rows = numbers.astype(np.int64) + self.first
         shape = (len(file_rows), len(self.features))
         X = shared_empty(shape, dtype) if rows is None else np.empty(shape, dtype)
-        y = None if self.target is None else np.empty(len(file_rows), dtype)
+        y = None if target is None else np.empty(len(file_rows), dtype)
         try:
             source = pq.ParquetFile(path)
         except FileNotFoundError:
@@ -354,15 +379,17 @@ class TableFile:
                 )
                 for j, name in enumerate(self.features):
                     X[places, j] = _numeric_column(path, table.column(name), name)
-                if y is not None:
-                    y[places] = _numeric_column(path, table.column(self.target), self.target)
+                if y is not None and target is not None:
+                    y[places] = _numeric_column(path, table.column(target), target)
         _check_finite(X, self.path, self.features, rows=file_rows)
-        if y is not None:
-            _check_finite(y[:, None], self.path, (self.target,), what="the target", rows=file_rows)
+        if y is not None and target is not None:
+            _check_finite(y[:, None], self.path, (target,), what="the target", rows=file_rows)
         return Dataset._trusted(X, y, self.features, self.target, self.path)
 
 
-def _rows_by_group(file_rows: range | np.ndarray, groups):
+def _rows_by_group(
+    file_rows: range | np.ndarray, groups: Iterable[tuple[int, int]]
+) -> Iterator[tuple[int, slice | np.ndarray, range | np.ndarray]]:
     """For each row group ``(first, last)`` that holds some of ``file_rows``: its index,
     where its rows go among ``file_rows`` (``places``), and which of its rows to pick (a
     range, or indices within the group). Row numbers are sorted once, not scanned per group."""

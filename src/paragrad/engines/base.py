@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -92,6 +92,9 @@ def refuse_address(name: str, address: str | None) -> None:
         raise ConfigError(
             f"{setting('address')} joins a Ray cluster: use {option('engine', 'ray')}, not {name!r}"
         )
+
+
+_Engine = TypeVar("_Engine", bound="Engine")  # an engine's own class, from its with statement
 
 
 class Engine(ABC):
@@ -214,7 +217,7 @@ class Engine(ABC):
     def close(self) -> None:
         """Stop the workers and release what they hold; safe to call twice."""
 
-    def __enter__(self) -> Engine:
+    def __enter__(self: _Engine) -> _Engine:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

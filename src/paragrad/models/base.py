@@ -12,9 +12,11 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from paragrad.core.model_file import write_model_file
 from paragrad.data import Standardizer, is_sparse
+from paragrad.data.checks import Features
 from paragrad.data.encoding import Encoding
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
 from paragrad.models.curvature import add_hessian_sums, finish_hessian
@@ -98,13 +100,11 @@ class Model(ABC):
             return labels.astype(np.int64)  # whole numbers read as floats are integer labels
         return labels
 
-    def codes_of(self, y) -> np.ndarray:
+    def codes_of(self, y: ArrayLike) -> np.ndarray:
         """Each label's position in ``classes_`` (float64), as training sees it; an error
         names the first label that is not one of the classes."""
-        classes = self.classes_
+        original = classes = self._known_classes()
         y = np.asarray(y)
-        if classes is None:
-            raise ConfigError(f"this {type(self).__name__} has no classes")
         if y.dtype.kind in "fiub" and classes.dtype.kind in "fiub":
             y, classes = y.astype(np.float64), classes.astype(np.float64)
         elif y.dtype.kind != classes.dtype.kind:  # text against numbers: compare as text
@@ -115,12 +115,18 @@ class Model(ABC):
         known = classes[codes] == y
         if not np.all(known):
             row = int(np.argmin(known))
-            shown = ", ".join(_shown(value) for value in self.classes_[:10])
+            shown = ", ".join(_shown(value) for value in original[:10])
             raise DataError(
                 f"label {_shown(y[row])} at row {row + 1} is not one of the model's classes ({shown}); "
                 + ROWS_FROM_ONE
             )
         return codes.astype(np.float64)
+
+    def _known_classes(self) -> np.ndarray:
+        """``classes_``; an error for a model without them (a regressor, or untrained)."""
+        if self.classes_ is None:
+            raise ConfigError(f"this {type(self).__name__} has no classes")
+        return self.classes_
 
     @property
     def num_classes(self) -> int:
@@ -185,14 +191,17 @@ class Model(ABC):
     @property
     def params(self) -> np.ndarray:
         """The trained flat parameter vector."""
-        self._check_trained()
-        return self.params_
+        return self._trained_params()
 
     def _check_trained(self) -> None:
+        self._trained_params()
+
+    def _trained_params(self) -> np.ndarray:
         if self.params_ is None:
             raise ConfigError(f"this {type(self).__name__} has not been trained yet")
+        return self.params_
 
-    def prepare(self, X) -> np.ndarray:
+    def prepare(self, X: Features) -> Features:
         """Validate features for prediction and apply the training standardisation."""
         self._check_trained()
         if is_sparse(X):
@@ -218,23 +227,23 @@ class Model(ABC):
             X = self.standardizer_.transform(X)
         return X
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Features) -> np.ndarray:
         """Predicted targets (regression) or class labels (classification)."""
-        return self.decision_function(self.params_, self.prepare(X))
+        return self.decision_function(self.params, self.prepare(X))
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Features) -> np.ndarray:
         """Class probabilities: only a :class:`Classifier` has them."""
         raise ConfigError(f"predict_proba needs a classifier; this {type(self).__name__} does regression")
 
-    def loss(self, X, y) -> float:
+    def loss(self, X: Features, y: ArrayLike) -> float:
         """Mean data loss of the trained model on ``(X, y)``, without the penalty."""
         X = self.prepare(X)
         y = self.codes_of(y) if self.is_classifier else _numeric_target(y)
-        return self.loss_grad(self.params_, X, y)[0] / X.shape[0]
+        return self.loss_grad(self.params, X, y)[0] / X.shape[0]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the trained model to ``path`` as a model file for :func:`paragrad.load_model`."""
-        self._check_trained()
+        params = self.params
         meta = {
             "family": self.name,
             "config": self.get_config(),
@@ -247,21 +256,21 @@ class Model(ABC):
             meta["encoding"] = self.encoding_.to_json()
         if self.read_options_:
             meta["read_options"] = dict(self.read_options_)
-        write_model_file(path, meta, self.params_, self.standardizer_, self.storage_, self.stored_)
+        write_model_file(path, meta, params, self.standardizer_, self.storage_, self.stored_)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     """A label as a person would write it: ``2`` for 2.0, ``'yes'`` for text."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return f"{float(value):g}"
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _numeric_target(y) -> np.ndarray:
+def _numeric_target(y: ArrayLike) -> np.ndarray:
     """A regression target as float64; text or booleans are refused by name."""
     y = np.asarray(y)
     if y.dtype.kind not in "fiu":
@@ -294,17 +303,17 @@ class Classifier(Model):
         of the logits), so that labels and probabilities come from one pass."""
         return softmax(scores)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Features) -> np.ndarray:
         """Probability of each class, shape (rows, classes), columns in ``classes_`` order."""
-        return self.proba(self.params_, self.prepare(X))
+        return self.proba(self.params, self.prepare(X))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Features) -> np.ndarray:
         """Class labels."""
-        return self.labels_from(self.decision_function(self.params_, self.prepare(X)))
+        return self.labels_from(self.decision_function(self.params, self.prepare(X)))
 
     def labels_from(self, scores: np.ndarray) -> np.ndarray:
         """Class labels from the raw scores of :meth:`decision_function`."""
-        return self.classes_[np.argmax(scores, axis=1)]
+        return self._known_classes()[np.argmax(scores, axis=1)]
 
 
 class LinearLayout:
@@ -319,11 +328,11 @@ class LinearLayout:
 
     @property
     def num_params(self) -> int:
-        return (self.num_features_ + int(self.fit_intercept)) * self.num_outputs
+        return (features_of(self) + int(self.fit_intercept)) * self.num_outputs
 
     def _make_weight_mask(self) -> np.ndarray:
         mask = np.zeros(self.num_params, dtype=bool)
-        mask[: self.num_features_ * self.num_outputs] = True
+        mask[: features_of(self) * self.num_outputs] = True
         return mask
 
     def param_scales(self, feature_scales: np.ndarray) -> np.ndarray:
@@ -334,11 +343,11 @@ class LinearLayout:
         return np.concatenate([np.repeat(np.asarray(feature_scales, dtype=np.float64), k), intercepts])
 
     def weight_matrices(self) -> list[tuple[int, int, int]]:
-        return [(0, self.num_features_, self.num_outputs)]
+        return [(0, features_of(self), self.num_outputs)]
 
     def split(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
         """Views of the weights (d, k) and the intercepts (k,) in ``params``."""
-        d, k = self.num_features_, self.num_outputs
+        d, k = features_of(self), self.num_outputs
         W = params[: d * k].reshape(d, k)
         b = params[d * k :] if self.fit_intercept else 0.0
         return W, b
@@ -359,7 +368,7 @@ class LinearLayout:
             return (row_product(X, W[:, 0]) + b)[:, None]
         return row_product(X, W) + b
 
-    def _outputs(self, W: np.ndarray, b, X: np.ndarray) -> np.ndarray:
+    def _outputs(self, W: np.ndarray, b: np.ndarray | float, X: Features) -> np.ndarray:
         if self.num_outputs == 1:
             return (X @ W[:, 0] + b)[:, None]
         return X @ W + b
@@ -399,7 +408,7 @@ class LinearLayout:
         self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hess: np.ndarray | None
     ) -> tuple[float, np.ndarray]:
         """The block loop of :meth:`loss_grad`; adds the Hessian sum to ``hess`` unless None."""
-        d, k = self.num_features_, self.num_outputs
+        d, k = features_of(self), self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
         grad_W = grad[: d * k].reshape(d, k)
@@ -421,6 +430,13 @@ class LinearLayout:
                 diag, outer = self.output_curvature(Z, y_block)
                 add_hessian_sums(hess, X_block, diag, outer, self.fit_intercept, block_rows(X))
         return loss, grad
+
+
+def features_of(model: Model | LinearLayout) -> int:
+    """The feature count that ``setup`` fixed; an error for a model not yet set up."""
+    if model.num_features_ is None:
+        raise ConfigError(f"this {type(model).__name__} has not been set up for data yet: train it first")
+    return model.num_features_
 
 
 BLOCK_BYTES = 1024 * 1024

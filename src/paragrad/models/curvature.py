@@ -14,11 +14,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from paragrad.data import is_sparse
+from paragrad.data.checks import Features
 
 
 def add_hessian_sums(
     hess: np.ndarray,
-    X,
+    X: Features,
     diag: np.ndarray,
     outer: np.ndarray | None,
     fit_intercept: bool,
@@ -36,9 +37,7 @@ def add_hessian_sums(
     for start, A in dense_row_blocks(X, dense_rows):
         rows = slice(start, start + A.shape[0])
         for c, c2 in class_pairs(k, outer is not None):
-            v = diag[rows, c] if c == c2 else 0.0
-            if outer is not None:
-                v = v - outer[rows, c] * outer[rows, c2]
+            v = _curvature(diag, outer, rows, c, c2)
             Av = A * v.astype(A.dtype, copy=False)[:, None]
             blocks[:d, c, :d, c2] += A.T @ Av
             if fit_intercept:
@@ -48,13 +47,20 @@ def add_hessian_sums(
                 blocks[d, c, d, c2] += float(v.sum(dtype=np.float64))
 
 
-def dense_row_blocks(X, dense_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+def dense_row_blocks(X: Features, dense_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """``(first row, dense block)`` pairs: X itself when dense, else CSR rows densified."""
     if not is_sparse(X):
         yield 0, X
         return
     for start in range(0, X.shape[0], dense_rows):
         yield start, X[start : start + dense_rows].toarray()
+
+
+def _curvature(diag: np.ndarray, outer: np.ndarray | None, rows: slice, c: int, c2: int) -> np.ndarray:
+    """Each row's Hessian entry for classes ``(c, c2)``: ``D[c]`` on the diagonal, less ``U[c] U[c2]``."""
+    if outer is None:  # diagonal: class_pairs gives only c == c2
+        return diag[rows, c]
+    return (diag[rows, c] if c == c2 else 0.0) - outer[rows, c] * outer[rows, c2]
 
 
 def class_pairs(k: int, coupled: bool) -> Iterator[tuple[int, int]]:

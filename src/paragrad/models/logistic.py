@@ -37,7 +37,7 @@ class LogisticRegression(LinearLayout, Classifier):
     def get_config(self) -> dict[str, Any]:
         return {"l2": self.l2, "fit_intercept": self.fit_intercept}
 
-    def _classes_from(self, labels):
+    def _classes_from(self, labels: np.ndarray | None) -> np.ndarray:
         classes = super()._classes_from(labels)
         if len(classes) > 2:
             raise DataError(
@@ -50,7 +50,7 @@ class LogisticRegression(LinearLayout, Classifier):
         return self.outputs(params, X)[:, 0]
 
     def labels_from(self, scores: np.ndarray) -> np.ndarray:
-        return self.classes_[(scores > 0).astype(np.intp)]
+        return self._known_classes()[(scores > 0).astype(np.intp)]
 
     def proba_from(self, scores: np.ndarray) -> np.ndarray:
         p = sigmoid(scores)

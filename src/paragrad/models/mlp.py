@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from paragrad.errors import ConfigError
-from paragrad.models.base import Classifier, Model, log_softmax_xent
+from paragrad.models.base import Classifier, Model, features_of, log_softmax_xent
 from paragrad.models.rowwise import row_product
 
 ACTIVATIONS = ("relu", "tanh")
@@ -80,7 +81,7 @@ class MLP(Model):
 
     @property
     def layer_sizes(self) -> list[int]:
-        return [self.num_features_, *self.hidden, self.num_outputs]
+        return [features_of(self), *self.hidden, self.num_outputs]
 
     @property
     def num_params(self) -> int:
@@ -132,7 +133,10 @@ class MLP(Model):
         return 1.0 - activated**2
 
     def _forward(
-        self, params: np.ndarray, X: np.ndarray, product=operator.matmul
+        self,
+        params: np.ndarray,
+        X: np.ndarray,
+        product: Callable[[np.ndarray, np.ndarray], np.ndarray] = operator.matmul,
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """Every layer's activations and the network's outputs; predictions pass
         :func:`row_product` so that a row's outputs do not depend on the rows beside it."""

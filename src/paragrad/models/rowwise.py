@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from paragrad.data import is_sparse
+from paragrad.data.checks import Features
 
 # At and above this many outputs BLAS's matrix-matrix kernel computes each row the same way
 # whatever the row count (two rows or more); below it einsum's loops are used.
 MIN_BLAS_OUTPUTS = 32
 
 
-def row_product(X, W: np.ndarray) -> np.ndarray:
+def row_product(X: Features, W: np.ndarray) -> np.ndarray:
     """``X @ W`` for W of shape (d,) or (d, k), each row's result independent of the others."""
     if is_sparse(X):  # a CSR product is computed row by row
         return np.asarray(X @ W)

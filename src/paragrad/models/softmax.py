@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import DataError
-from paragrad.models.base import Classifier, LinearLayout, log_softmax_xent, softmax
+from paragrad.models.base import Classifier, LinearLayout, features_of, log_softmax_xent, softmax
 
 
 class SoftmaxRegression(LinearLayout, Classifier):
@@ -34,7 +34,7 @@ class SoftmaxRegression(LinearLayout, Classifier):
             "num_classes": self.num_classes_hint,
         }
 
-    def _classes_from(self, labels):
+    def _classes_from(self, labels: np.ndarray | None) -> np.ndarray:
         classes = super()._classes_from(labels)
         hint = self.num_classes_hint
         if hint is None:
@@ -51,7 +51,7 @@ class SoftmaxRegression(LinearLayout, Classifier):
     def flat_directions(self) -> np.ndarray:
         """Adding the same amount to every class's intercept (and, unpenalised, to every
         class's weight for one feature) changes no probability: k outputs, k - 1 free."""
-        d, k = self.num_features_, self.num_outputs
+        d, k = features_of(self), self.num_outputs
         directions = []
         if self.l2 == 0.0:
             for j in range(d):

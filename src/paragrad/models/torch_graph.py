@@ -104,7 +104,7 @@ def module_graph(module: Any, num_features: int, dtype: Any, opset: int = 17) ->
         torch.onnx.export(
             module,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter (dynamo=False) takes a file object
             input_names=[GRAPH_INPUT],
             output_names=[GRAPH_OUTPUT],
             dynamic_axes={GRAPH_INPUT: {0: "N"}, GRAPH_OUTPUT: {0: "N"}},

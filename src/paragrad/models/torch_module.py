@@ -18,20 +18,25 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from paragrad.core.model_file import standardizer_arrays, write_arrays
+from paragrad.data.checks import Features
 from paragrad.errors import ConfigError, ModelFileError
-from paragrad.models.base import Classifier, Model
+from paragrad.models.base import Classifier, Model, features_of
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LOSSES = ("cross_entropy", "mse")
 TASKS = ("classification", "regression")
 PROBE_RTOL = 1e-4  # float32 rounding of a two-row sum, with room to spare
 
 
-def _torch():
+def _torch() -> ModuleType:
     try:
         import torch
     except ImportError:
@@ -180,7 +185,7 @@ class Torch(Model):
             warnings.simplefilter("ignore", UserWarning)  # they are only read here
             values.copy_(torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64)))
 
-    def _inputs(self, X):
+    def _inputs(self, X: Features) -> Tensor:
         torch = _torch()
         if hasattr(X, "toarray"):
             X = X.toarray()
@@ -188,11 +193,11 @@ class Torch(Model):
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(np.ascontiguousarray(X)).to(self._dtype)
 
-    def _outputs(self, X):
+    def _outputs(self, X: Features) -> Tensor:
         out = self.module(self._inputs(X))
         return out.reshape(len(out))
 
-    def _loss(self, out, y: np.ndarray):
+    def _loss(self, out: Tensor, y: np.ndarray) -> Tensor:
         """The loss sum, as a tensor, of the module's outputs ``out`` against ``y``."""
         torch = _torch()
         target = torch.from_numpy(np.asarray(y)).to(self._dtype)
@@ -200,7 +205,7 @@ class Torch(Model):
             return self._criterion(out, target)
         return 0.5 * torch.sum((out - target) ** 2)
 
-    def loss_grad(self, params: np.ndarray, X, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def loss_grad(self, params: np.ndarray, X: Features, y: np.ndarray) -> tuple[float, np.ndarray]:
         self._load(params)
         _, grads = self._flat()
         grads.zero_()
@@ -208,7 +213,7 @@ class Torch(Model):
         loss.backward()  # adds into the parameters' .grad, views of ``grads``
         return float(loss.detach()), grads.to(_torch().float64, copy=True).numpy()
 
-    def decision_function(self, params: np.ndarray, X) -> np.ndarray:
+    def decision_function(self, params: np.ndarray, X: Features) -> np.ndarray:
         torch = _torch()
         self._load(params)
         with torch.no_grad():
@@ -224,9 +229,8 @@ class Torch(Model):
         to train on. The graph is data, not code: :func:`paragrad.load_model` reads it to
         predict (and ``paragrad serve`` and ``paragrad export`` with it) without the module.
         """
-        self._check_trained()
         arrays = {
-            "params": self.params_,
+            "params": self.params,
             "classes": np.array([] if self.classes_ is None else self.classes_),
             "num_features": np.array(self.num_features_),
             **standardizer_arrays(self.standardizer_),
@@ -244,9 +248,9 @@ class Torch(Model):
             import onnx  # noqa: F401  (torch.onnx.export writes through it)
         except ImportError:
             return None
-        self._load(self.params_)
+        self._load(self.params)
         try:
-            return module_graph(self.module, self.num_features_, self._dtype)
+            return module_graph(self.module, features_of(self), self._dtype)
         except Exception as exc:  # a module torch cannot export: the parameters are still saved
             warnings.warn(
                 f"the module could not be exported to ONNX ({type(exc).__name__}: {exc}); the file "
@@ -293,10 +297,10 @@ class TorchClassifier(Torch, Classifier):
 
     task = "classification"
 
-    def _outputs(self, X):
+    def _outputs(self, X: Features) -> Tensor:
         return self.module(self._inputs(X))
 
-    def _loss(self, out, y: np.ndarray):
+    def _loss(self, out: Tensor, y: np.ndarray) -> Tensor:
         torch = _torch()
         target = torch.from_numpy(np.asarray(y)).long()
         if self._criterion is not None:

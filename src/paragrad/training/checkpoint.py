@@ -255,7 +255,7 @@ def save_checkpoint(
     arrays["checksum"] = np.array(_checksum(arrays))
     path = directory / f"checkpoint-{state.round:09d}.npz"
     with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, allow_pickle=True, **arrays)
     prune_checkpoints(directory, state.run_id, keep)
     return path
 
@@ -311,7 +311,7 @@ def prune_checkpoints(directory: Path, run_id: str, keep: int) -> None:
 
 
 def load_latest_checkpoint(
-    directory: str | os.PathLike, history_keys: tuple[str, ...], opt_state_type: type
+    directory: str | os.PathLike, history_keys: tuple[str, ...], opt_state_type: type[Any]
 ) -> TrainingState | None:
     """The newest checkpoint in ``directory`` that reads back intact, or None.
 
@@ -345,7 +345,7 @@ def _refuse_other_version(path: Path, meta: Any) -> None:
     )
 
 
-def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type) -> TrainingState:
+def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type[Any]) -> TrainingState:
     with open_numpy(path, "npz", what="a paragrad checkpoint", error=ModelFileError) as archive:
         arrays = {name: archive[name] for name in archive.files}
     try:  # the version first: a newer format may check its contents otherwise

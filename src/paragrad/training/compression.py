@@ -37,7 +37,7 @@ class TopK(Compressor):
     fraction: float
     error_feedback = True
 
-    def encode(self, vector, rng):
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         k = max(1, math.ceil(self.fraction * len(vector)))
         if 2 * k >= len(vector):  # indices would cost more than they save: send all values
             return (vector.astype(np.float32),)
@@ -45,7 +45,7 @@ class TopK(Compressor):
         index_type = np.int32 if len(vector) < 2**31 else np.int64
         return (keep.astype(index_type), vector[keep].astype(np.float32))
 
-    def decode(self, payload, size):
+    def decode(self, payload: tuple[np.ndarray, ...], size: int) -> np.ndarray:
         if len(payload) == 1:
             return payload[0].astype(np.float64)
         indices, values = payload
@@ -58,7 +58,7 @@ class TopK(Compressor):
 class Int8(Compressor):
     """Blocks of 256 entries scaled to [-127, 127] and rounded stochastically (unbiased)."""
 
-    def encode(self, vector, rng):
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         padded = np.zeros(math.ceil(len(vector) / INT8_BLOCK) * INT8_BLOCK)
         padded[: len(vector)] = vector
         blocks = padded.reshape(-1, INT8_BLOCK)
@@ -69,7 +69,7 @@ class Int8(Compressor):
         values = np.clip(rounded, -127, 127).astype(np.int8).ravel()[: len(vector)]  # no padding sent
         return (values, scales.astype(np.float32))
 
-    def decode(self, payload, size):
+    def decode(self, payload: tuple[np.ndarray, ...], size: int) -> np.ndarray:
         values, scales = payload
         padded = np.zeros(len(scales) * INT8_BLOCK)
         padded[:size] = values
@@ -81,12 +81,12 @@ class Int8(Compressor):
 class FP16(Compressor):
     """Half precision after scaling by the largest magnitude (so sums cannot overflow)."""
 
-    def encode(self, vector, rng):
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         scale = float(np.abs(vector).max()) if len(vector) else 0.0
         scale = scale if scale > 0 else 1.0
         return (np.array([scale]), (vector / scale).astype(np.float16))
 
-    def decode(self, payload, size):
+    def decode(self, payload: tuple[np.ndarray, ...], size: int) -> np.ndarray:
         scale, values = payload
         return values.astype(np.float64) * scale[0]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from paragrad.core.shards import Shard, StateField, Task
 from paragrad.data import Moments, Standardizer
-from paragrad.data.dataset import within_bounds
+from paragrad.data.checks import within_bounds
 from paragrad.data.moments import moments_and_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
