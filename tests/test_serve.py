@@ -46,7 +46,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "softmax": _save(pg.models.SoftmaxRegression(), folder / "softmax.npz", np.array([-1, 3, 7])),
         "mlp": _save(pg.models.MLP(hidden=(64,), task="regression"), folder / "mlp.npz"),
         "mlp_classifier": _save(pg.models.MLP(hidden=(40, 48)), folder / "mlp_classifier.npz", np.arange(4)),
-        # the README's example: `make demo`'s 20 features, two classes
+        # the serving guide's example: `make demo`'s 20 features, two classes
         "model": _save(pg.models.LogisticRegression(), folder / "model.npz", np.arange(2), num_features=20),
     }
 
@@ -450,8 +450,8 @@ def test_every_request_gets_a_json_line_in_the_access_log(server, model_files):
     assert missing[-1]["status"] == 404 and missing[-1]["model"] is None
 
 
-def test_the_readme_curl_example_is_answered_as_shown(server, model_files):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_serving_guides_curl_example_is_answered_as_shown(server, model_files):
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "serving.md").read_text()
     command = readme[readme.index("curl -s localhost:8000/v2/models/model/infer") :]
     body = json.loads(command.split("-d '", 1)[1].split("'", 1)[0])
     header = command.split("-H '", 1)[1].split("'", 1)[0]  # curl's own type would be a form's: 415
