@@ -1,5 +1,6 @@
-"""Where a run goes by default: this process for small work, the local workers for large
-work, files they map and elastic runs; an explicit engine is always obeyed."""
+"""Where a run goes by default: this process for small work, threads of this process for
+larger full-batch training of the linear models on data in memory, the local workers for
+other large work, files they map and elastic runs; an explicit engine is always obeyed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
-from paragrad.training.settings import IN_PROCESS_WORK_COLD, IN_PROCESS_WORK_WARM, default_engine
+from paragrad.training.settings import (
+    IN_PROCESS_WORK_COLD,
+    IN_PROCESS_WORK_WARM,
+    THREADS_WORK,
+    default_engine,
+)
 
 
 def choice(data, warm=False, workers=None, strategy=None, model=None, engine="auto"):
@@ -32,10 +38,36 @@ def test_small_work_runs_in_this_process_and_says_why():
 def test_the_rule_counts_rows_times_parameters_and_a_running_engine():
     rows = int(IN_PROCESS_WORK_WARM // 11) + 1  # 10 features and an intercept: just above warm
     data = pg.Dataset(np.zeros((rows, 10)), np.arange(rows) % 2)
-    assert choice(data, warm=False).name == "serial"
-    assert choice(data, warm=True).name == "local"
+    minibatches = pg.SGD(batch_size=64)
+    assert choice(data, warm=False, strategy=minibatches).name == "serial"
+    assert choice(data, warm=True, strategy=minibatches).name == "local"
     softmax = pg.Dataset(np.zeros((rows // 3, 10)), np.arange(rows // 3) % 4)
-    assert choice(softmax, warm=True, model=pg.models.SoftmaxRegression()).name == "local"  # 4 outputs
+    assert (
+        choice(softmax, warm=True, model=pg.models.SoftmaxRegression(), strategy=minibatches).name == "local"
+    )
+
+
+def test_full_batch_linear_models_on_data_in_memory_go_to_threads_with_the_serial_answer():
+    rows = int(THREADS_WORK // 6) + 1  # 5 features and an intercept: just above the threshold
+    data = pg.make_classification(rows, 5, seed=4)
+    below = pg.Dataset(data.X[: rows // 2], data.y[: rows // 2])
+    assert choice(below).name == "serial"
+    for warm in (False, True):
+        chosen = choice(data, warm=warm)
+        assert (chosen.name, chosen.workers) == ("threads", None)
+        assert chosen.reason.startswith(f"threads of this process ({rows} rows x 6 parameters")
+    assert choice(data, strategy=pg.GradientDescent(compress="int8")).name == "serial"  # not exact sums
+    run = pg.train(pg.models.LogisticRegression(), data)
+    serial = pg.train(pg.models.LogisticRegression(), data, engine="serial", workers=run.num_workers)
+    assert run.engine == "threads" and run.num_workers == pg.engines.default_workers()
+    np.testing.assert_array_equal(run.params, serial.params)
+
+
+def test_a_regression_counts_one_output_whatever_its_target_holds():
+    data = pg.make_regression(600, 5, seed=3)  # 600 distinct values, one output
+    assert choice(data, model=pg.models.LinearRegression()).reason.startswith(
+        "in process (600 rows x 6 parameters"
+    )
 
 
 def test_files_elastic_runs_and_explicit_engines_go_where_they_are_sent(tmp_path):
@@ -45,7 +77,7 @@ def test_files_elastic_runs_and_explicit_engines_go_where_they_are_sent(tmp_path
     mapped = pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy")
     assert choice(mapped).name == "local" and "where it lies" in choice(mapped).reason
     assert choice(data, workers=(1, 2)).name == "local"
-    for engine in ("serial", "local", "ray"):
+    for engine in ("serial", "threads", "local", "ray"):
         assert (choice(data, engine=engine).name, choice(data, engine=engine).reason) == (engine, "")
 
 

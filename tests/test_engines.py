@@ -60,6 +60,53 @@ def test_local_engine_gives_the_serial_parameters(kind, strategy, local_engine):
     assert relative_error(local.params, serial.params) <= 1e-12
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_the_threads_engine_gives_the_serial_parameters_bit_for_bit(kind, strategy):
+    """Threads read views of the caller's rows and the results are combined in worker
+    order: the same sums, so the same parameters."""
+
+    def fit(engine):
+        options = dict(strategy=STRATEGIES[strategy](), workers=2, epochs=3, standardize=True, seed=3, tol=0)
+        return pg.train(MODELS[kind](), data_for(kind), engine=engine, **options)
+
+    threads, serial = fit("threads"), fit("serial")
+    assert threads.engine == "threads" and threads.num_workers == 2
+    np.testing.assert_array_equal(threads.params, serial.params)
+
+
+def test_the_threads_engine_limits_blas_while_it_runs_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    from paragrad.engines.threads import ThreadEngine
+
+    def blas_threads():
+        return sorted(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+    before = blas_threads()
+    data = pg.make_classification(300, 4, seed=0)
+    with ThreadEngine(workers=2) as engine:
+        engine.start(data, plan_shards(300, 2))
+        inside = engine.run(lambda shard: blas_threads())
+        assert engine.run(lambda shard: shard.X.shape[0]) == [150, 150]
+    assert inside == [[1] * len(before)] * 2 and blas_threads() == before
+
+
+def test_an_exception_on_a_thread_reaches_the_caller_and_the_engine_goes_on():
+    from paragrad.engines.threads import ThreadEngine
+
+    def fail_on_worker_1(shard):
+        if shard.worker == 1:
+            raise ValueError("broken on purpose")
+        return shard.worker
+
+    with ThreadEngine(workers=2) as engine:
+        engine.start(pg.make_regression(100, 3, seed=0), plan_shards(100, 2))
+        with pytest.raises(ValueError, match="broken on purpose"):
+            engine.run(fail_on_worker_1)
+        assert engine.run(lambda shard: shard.worker) == [0, 1]
+
+
 def test_local_predict_returns_the_serial_predictions_in_input_order(local_engine):
     data = pg.make_classification(1001, 4, num_classes=3, seed=1)
     run = pg.train(pg.models.SoftmaxRegression(), data, engine="serial", workers=2, epochs=5, tol=0)
@@ -190,7 +237,9 @@ def test_a_killed_worker_is_reported_and_everything_is_released():
 
 
 def test_unknown_engine_lists_the_choices():
-    with pytest.raises(pg.ConfigError, match="unknown engine 'gpu'; choose one of serial, local, ray"):
+    with pytest.raises(
+        pg.ConfigError, match="unknown engine 'gpu'; choose one of serial, threads, local, ray"
+    ):
         make_engine("gpu")
 
 

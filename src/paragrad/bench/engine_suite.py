@@ -1,10 +1,11 @@
 """``paragrad bench --suite engine``: where a run should go, measured.
 
 Logistic regression (10 features, the default solver) of growing size, trained as a user
-calls it, in this process (the serial engine, one worker) and on the local workers, cold
-(workers to start) and warm (the kept engine running). Each row says which is faster and
-whether ``engine="auto"`` (:func:`paragrad.training.settings.default_engine`) sends that work
-there; the crossovers are where the rule's thresholds come from.
+calls it: in this process (the serial engine, one worker), on threads of this process (one
+per core), and on the local workers, cold (workers to start) and warm (the kept engine
+running). Each row says which is fastest, cold and warm, and whether ``engine="auto"``
+(:func:`paragrad.training.settings.default_engine`) sends that work there; the crossovers
+are where the rule's thresholds come from.
 """
 
 from __future__ import annotations
@@ -47,27 +48,32 @@ def _size_row(num_rows: int, repeats: int) -> Row:
         return step
 
     here_s = best_time(fit("serial", 1), repeats)
+    threads_s = best_time(fit("threads", None), repeats)
     cold_s = best_time(fit("local", None), repeats, before=release_kept_engine)
     fit("local", None)()  # the kept engine is running now
     warm_s = best_time(fit("local", None), repeats)
     release_kept_engine()
     sample = Dataset(X, y)
     chosen = {
-        warm: default_engine("auto", None, LogisticRegression(), sample, GradientDescent(), warm).name
+        warm: str(default_engine("auto", None, LogisticRegression(), sample, GradientDescent(), warm).name)
         for warm in (False, True)
     }
-    faster_cold = "serial" if here_s <= cold_s else "local"
-    faster_warm = "serial" if here_s <= warm_s else "local"
+    cold = {"serial": here_s, "threads": threads_s, "local": cold_s}
+    warm = {**cold, "local": warm_s}
+    faster_cold, faster_warm = min(cold, key=cold.__getitem__), min(warm, key=warm.__getitem__)
     return {
         "benchmark": "engine",
         "row": f"logistic {num_rows} x {FEATURES}",
         "work": num_rows * (FEATURES + 1),
         "in_process_s": here_s,
+        "threads_s": threads_s,
         "local_cold_s": cold_s,
         "local_warm_s": warm_s,
         "faster_cold": faster_cold,
         "faster_warm": faster_warm,
         "auto_cold": chosen[False],
         "auto_warm": chosen[True],
-        "met": chosen[False] == faster_cold and chosen[True] == faster_warm,
+        # The choice is right when it is the fastest, or within 10% of it (noise).
+        "met": cold[chosen[False]] <= 1.1 * min(cold.values())
+        and warm[chosen[True]] <= 1.1 * min(warm.values()),
     }

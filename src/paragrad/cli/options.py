@@ -118,7 +118,10 @@ def _add_engine_options(parser: argparse.ArgumentParser, elastic: bool = False) 
         "--engine",
         choices=(AUTO, *ENGINES),
         default=AUTO,
-        help="where workers run; auto: in this process for small work, else local (default: auto)",
+        help=(
+            "where workers run; auto: in this process for small work, threads of this process "
+            "for larger full-batch linear models, else local (default: auto)"
+        ),
     )
     parser.add_argument(
         "--address",

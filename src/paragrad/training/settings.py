@@ -87,6 +87,10 @@ def check_class_rows(source: str, target: str, num_classes: int, num_rows: int) 
 # about 0.18 s of starting the workers and placing the data when none does (near 8e6).
 IN_PROCESS_WORK_WARM = 3e5
 IN_PROCESS_WORK_COLD = 8e6
+# Full-batch training of the linear models on data in memory goes to threads of this
+# process above THREADS_WORK: nothing to start and nothing to copy, each pass a few large
+# products that release Python's lock; the fixed cost is handing each pass to the threads.
+THREADS_WORK = 3e5
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,10 @@ def default_engine(
     warm: bool,
     address: str | None = None,
 ) -> EngineChoice:
-    """The engine for ``engine="auto"``: this process (the serial engine) for small work,
-    the local workers otherwise, or for data they map from its file, or an elastic run.
-    ``warm`` says a kept local engine is running. Any other engine is obeyed as given."""
+    """The engine for ``engine="auto"``: this process (the serial engine) for small work;
+    threads of this process for larger full-batch training of the linear models on data in
+    memory; the local workers otherwise, for data they map from its file, and for elastic
+    runs. ``warm`` says a kept local engine is running. Any other engine is obeyed as given."""
     if not (isinstance(engine, str) and engine == AUTO):
         return EngineChoice(engine, workers)
     if address is not None:
@@ -121,6 +126,14 @@ def default_engine(
     params = estimated_params(model, data)
     work, limit = data.num_rows * params, IN_PROCESS_WORK_WARM if warm else IN_PROCESS_WORK_COLD
     size = f"{data.num_rows} rows x {params} parameters = {work:.2g}"
+    full_batch = isinstance(strategy, GradientDescent) and strategy.compress is None
+    if full_batch and isinstance(model, LinearLayout) and work > THREADS_WORK:
+        return EngineChoice(
+            "threads",
+            workers,
+            f"threads of this process ({size}, above {THREADS_WORK:.0e}: full-batch passes over the "
+            "arrays where they lie, nothing to start or copy)",
+        )
     if work > limit:
         return EngineChoice("local", workers, f"local workers ({size}, above {limit:.0e})")
     if workers is None:  # LocalSGD's answer depends on the worker count: keep the local one
@@ -254,9 +267,9 @@ def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimi
 
 
 def num_outputs_before_setup(model: Model, data: Dataset) -> int:
-    """A linear classifier's outputs before it is set up: one for logistic regression; for
-    softmax the class count given, else the labels' (MAX_CLASSES when they are not read)."""
-    if isinstance(model, LogisticRegression):
+    """A linear model's outputs before it is set up: one for linear and logistic regression;
+    for softmax the class count given, else the labels' (MAX_CLASSES when they are not read)."""
+    if isinstance(model, LogisticRegression) or not model.is_classifier:
         return 1
     if isinstance(model, SoftmaxRegression) and model.num_classes_hint is not None:
         return model.num_classes_hint

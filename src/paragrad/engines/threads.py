@@ -1,0 +1,85 @@
+"""The threads engine: workers are threads of the calling process, reading its arrays.
+
+No process starts and nothing is copied: each worker's shard is a view of the caller's
+rows (the serial engine's shards), and numpy's block kernels release Python's lock, so
+the workers compute at the same time. Results are combined in worker order, so the
+parameters are the serial engine's, bit for bit. Each worker's BLAS runs
+``threads_per_worker`` threads (one by default) while the engine runs, so that workers x
+threads stays within the cores.
+
+It suits full-batch training of the numpy models on data in memory, where every round is a
+few large products: the start and the copy of the local engine are the call's fixed cost.
+Rounds of many small products (minibatches) pay for Python's lock, where worker processes
+do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from paragrad.core.shards import ShardPlan, Task, as_task
+from paragrad.data import Dataset
+from paragrad.engines.base import payload_nbytes, refuse_address
+from paragrad.engines.serial import SerialEngine
+
+
+class ThreadEngine(SerialEngine):
+    """Workers as threads of this process, each on a view of its shard's rows."""
+
+    name = "threads"
+    parallel: ClassVar[bool] = True
+    shares_cores: ClassVar[bool] = True
+
+    def __init__(self, workers: int | None = None, *, threads_per_worker: int = 1) -> None:
+        super().__init__(workers)
+        self.threads_per_worker = int(threads_per_worker)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._limits: Any = None  # the BLAS limits set while the engine runs (threadpoolctl)
+
+    @classmethod
+    def from_options(
+        cls, workers: int | None, *, address: str | None, max_restarts: int, threads_per_worker: int
+    ) -> ThreadEngine:
+        refuse_address(cls.name, address)
+        return cls(workers, threads_per_worker=threads_per_worker)
+
+    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
+        super().start(dataset, plan)
+        if self._limits is None:
+            from threadpoolctl import threadpool_limits
+
+            self._limits = threadpool_limits(self.threads_per_worker)
+
+    def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
+        typed = as_task(task)
+        if len(self.shards) == 1:
+            results = [typed(self.shards[0], *args)]
+        else:
+            if self._pool is None or self._pool_size != len(self.shards):
+                self._close_pool()
+                self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="paragrad-worker")
+                self._pool_size = len(self.shards)
+            results = list(self._pool.map(lambda shard: typed(shard, *args), self.shards))
+        if typed.mutates_shard:  # replayed when the shards are handed out again
+            self._setup_log.append((typed, args))
+        self.last_bytes_sent = payload_nbytes(args) * len(self.shards)
+        self.last_bytes_received = payload_nbytes(results)
+        return results
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def close(self) -> None:
+        self._close_pool()
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+            self._limits = None
+        super().close()
+
+    def __enter__(self) -> ThreadEngine:
+        return self
