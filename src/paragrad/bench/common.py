@@ -232,3 +232,19 @@ def best_time(step: Callable[[], Any], repeats: int, before: Callable[[], None] 
         step()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def ratio_row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:
+    """An ``e2e`` row: our whole call over the baseline's, against a target ratio."""
+    ratio = ours_s / baseline_s
+    return {
+        "benchmark": "e2e",
+        "row": name,
+        "ours_s": ours_s,
+        "baseline": baseline,
+        "baseline_s": baseline_s,
+        "ratio": ratio,
+        "target_ratio": target,
+        "met": ratio <= target,
+        **extra,
+    }

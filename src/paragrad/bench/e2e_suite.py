@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, best_time, targets, write_features
+from paragrad.bench.common import Row, best_time, ratio_row, targets, write_features
 from paragrad.core.atomic import atomic_write
 from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
@@ -35,21 +35,6 @@ from paragrad.models import MLP, LogisticRegression
 from paragrad.optim import Adam
 from paragrad.training.strategies import SGD
 from paragrad.training.trainer import train
-
-
-def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:
-    ratio = ours_s / baseline_s
-    return {
-        "benchmark": "e2e",
-        "row": name,
-        "ours_s": ours_s,
-        "baseline": baseline,
-        "baseline_s": baseline_s,
-        "ratio": ratio,
-        "target_ratio": target,
-        "met": ratio <= target,
-        **extra,
-    }
 
 
 def _logistic_loss(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float) -> float:
@@ -78,7 +63,7 @@ def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
     gap = fitted["ours"].model.loss(X, y) - _logistic_loss(X, y, reference.coef_[0], reference.intercept_[0])
     label = f"logistic {num_rows:.0e} x 100"
     rows = [
-        _row(
+        ratio_row(
             f"pg.train {label}, cold",
             cold_s,
             "sklearn lbfgs",
@@ -86,12 +71,14 @@ def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
             0.6 if num_rows >= 1_000_000 else 1.0,
             loss_minus_baseline=gap,
             setup_s=fitted["ours"].setup_s,
+            engine=fitted["ours"].engine,
         )
     ]
+    rows += _peer_rows(label, X, y, cold_s, fitted["ours"].model.loss(X, y), repeats)
     if warm:
         warm_s = best_time(ours, repeats)
         rows.append(
-            _row(
+            ratio_row(
                 f"pg.train {label}, warm",
                 warm_s,
                 "sklearn lbfgs",
@@ -102,6 +89,46 @@ def _logistic_rows(num_rows: int, repeats: int, warm: bool) -> list[Row]:
         )
         rows.append(_placement_row(X, y, *_local_placing(X, y)))
     release_kept_engine()
+    return rows
+
+
+def _peers(X: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """The installed tools a user picks for speed, each fitting unpenalised logistic
+    regression: scikit-learn-intelex (Intel's oneDAL) and glum."""
+    found: dict[str, Callable[[], Any]] = {}
+    if importlib.util.find_spec("sklearnex") is not None:
+        from sklearnex.linear_model import LogisticRegression as IntelLogistic
+
+        found["sklearnex"] = lambda: IntelLogistic(penalty=None, max_iter=1000).fit(X, y)
+    if importlib.util.find_spec("glum") is not None:
+        from glum import GeneralizedLinearRegressor
+
+        found["glum"] = lambda: GeneralizedLinearRegressor(family="binomial", alpha=0).fit(X, y)
+    return found
+
+
+def _keep(fit: Callable[[], Any], fitted: dict[str, Any]) -> None:
+    fitted["model"] = fit()
+
+
+def _peer_rows(
+    label: str, X: np.ndarray, y: np.ndarray, ours_s: float, ours_loss: float, repeats: int
+) -> list[Row]:
+    """The cold call against each installed peer, and against the fastest of them (<= 0.8x)."""
+    times: dict[str, float] = {}
+    rows = []
+    for name, fit in _peers(X, y).items():
+        fitted: dict[str, Any] = {}
+        times[name] = best_time(functools.partial(_keep, fit, fitted), repeats)
+        model = fitted["model"]
+        coef, intercept = np.ravel(model.coef_), float(np.ravel(model.intercept_)[0])
+        gap = ours_loss - _logistic_loss(X, y, coef, intercept)
+        rows.append(
+            ratio_row(f"pg.train {label}, cold", ours_s, name, times[name], 1.0, loss_minus_baseline=gap)
+        )
+    if times:
+        fastest = min(times, key=times.__getitem__)
+        rows.append(ratio_row(f"pg.train {label}, cold, fastest peer", ours_s, fastest, times[fastest], 0.8))
     return rows
 
 
@@ -125,7 +152,7 @@ def _placement_row(X: np.ndarray, y: np.ndarray, cold_s: float, warm_s: float) -
     copy_s = best_time(lambda: np.copyto(target, X), 3) * (X.nbytes + y.nbytes) / X.nbytes
 
     release_s = best_time(release_kept_engine, 1)
-    return _row(
+    return ratio_row(
         f"placing {X.nbytes + y.nbytes:.1e} bytes, warm",
         warm_s,
         "memory copy",
@@ -155,7 +182,7 @@ def _cross_validation_row(num_rows: int, repeats: int) -> Row:
     sklearn_s = best_time(score("sklearn", SklearnLogistic()), repeats)
     ours_s = best_time(score("ours", ParagradClassifier(workers=2)), repeats, before=release_kept_engine)
     release_kept_engine()
-    return _row(
+    return ratio_row(
         f"cross_val_score 5 folds, {num_rows:.0e} x 100",
         ours_s,
         "LogisticRegression",
@@ -221,7 +248,7 @@ def _mlp_rows(num_rows: int, repeats: int) -> list[Row]:
         cold, *warm = times[name]
         for kind, seconds in (("cold", cold), ("warm", min(warm))):
             rows.append(
-                _row(
+                ratio_row(
                     f"{title} {label}, {kind}",
                     seconds,
                     "plain PyTorch loop",
@@ -281,7 +308,7 @@ def _csv_row(num_rows: int, repeats: int, folder: Path) -> Row:
     ours = [_process_seconds(ours_command) for _ in range(repeats)]
     baseline = [_process_seconds(baseline_command) for _ in range(repeats)]
     data_bytes = num_rows * 101 * 8  # the features and labels in memory, as float64
-    return _row(
+    return ratio_row(
         f"paragrad train data.csv, {num_rows:.0e} x 100",
         min(seconds for seconds, *_ in ours),
         "pandas + sklearn script",
@@ -320,7 +347,7 @@ def _mmap_rows(sizes: list[int], folder: Path) -> list[Row]:
         output = _process_seconds([sys.executable, "-c", MMAP_TRAIN, str(x_path), str(y_path)])[1]
         whole_s, rounds_s, peak = (float(value) for value in output.split()[-3:])  # peak: its own
         rows.append(
-            _row(
+            ratio_row(
                 f"mmap float32 .npy {num_rows:.0e} x 100, whole call",
                 whole_s,
                 "rounds + one read of the file",
@@ -387,8 +414,8 @@ def _predict_row(num_rows: int, folder: Path, repeats: int) -> list[Row]:
     path.unlink()
     label = f"predict {num_rows:.0e} x 100 float32 .npy to .npy"
     return [
-        _row(label, best["ours"], "single-process numpy", best["numpy"], 1.0, labels_differing=differ),
-        _row(label, best["ours"], "one read of the file", best["read"], 1.3),
+        ratio_row(label, best["ours"], "single-process numpy", best["numpy"], 1.0, labels_differing=differ),
+        ratio_row(label, best["ours"], "one read of the file", best["read"], 1.3),
     ]
 
 
