@@ -121,6 +121,9 @@ class CallbackList:
                 )
         return cls(tuple(checked))
 
+    def __bool__(self) -> bool:
+        return bool(self.callbacks)
+
     def train_start(self, info: TrainInfo) -> None:
         for callback in self.callbacks:
             callback.on_train_start(info)

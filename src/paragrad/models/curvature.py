@@ -9,6 +9,7 @@ for linear and logistic regression), which :meth:`output_curvature` returns as `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -71,12 +72,20 @@ def class_pairs(k: int, coupled: bool) -> Iterator[tuple[int, int]]:
 
 
 def finish_hessian(hess: np.ndarray, k: int) -> np.ndarray:
-    """Make ``hess`` exactly symmetric from its filled class pairs ``c <= c'``, in place."""
+    """Make ``hess`` exactly symmetric from its filled class pairs ``c <= c'``, in place:
+    each diagonal block's upper triangle mirrored below, each pair ``(c, c')`` to ``(c', c)``."""
     n = hess.shape[0] // k
     blocks = hess.reshape(n, k, n, k)
+    below = _below_diagonal(n)
     for c in range(k):
         block = blocks[:, c, :, c]
-        block[...] = np.triu(block) + np.triu(block, 1).T
+        block[below] = block.T[below]
         for c2 in range(c + 1, k):
             blocks[:, c2, :, c] = blocks[:, c, :, c2].T
     return hess
+
+
+@functools.lru_cache(maxsize=64)
+def _below_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of an n x n matrix's entries below its diagonal."""
+    return np.tril_indices(n, -1)

@@ -68,5 +68,7 @@ class LogisticRegression(LinearLayout, Classifier):
         return float(softplus.sum(dtype=np.float64)), (sigmoid_from(z, tail) - y)[:, None]
 
     def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, None]:
-        """``p (1 - p)`` per row, as ``sigmoid(z) sigmoid(-z)`` to stay accurate in both tails."""
-        return sigmoid(Z) * sigmoid(-Z), None
+        """``p (1 - p)`` per row, as ``sigmoid(z) sigmoid(-z) = t / (1 + t)^2`` with
+        ``t = exp(-|z|)``: accurate in both tails, with one exponential."""
+        tail = np.exp(-np.abs(Z))
+        return tail / np.square(1.0 + tail), None

@@ -56,9 +56,25 @@ class Zone:
     max_uj: int
 
 
+# The zones found under a powercap root, by the root and its modification time: every run
+# makes a meter, and a small run's rounds cost less than listing the folder.
+_FOUND: dict[tuple[Path, int], list[Zone]] = {}
+
+
 def package_zones(root: Path | None = None) -> list[Zone]:
     """The readable package counters under the powercap ``root`` (none: no counters)."""
     root = powercap_root() if root is None else root
+    try:
+        key = (root, root.stat().st_mtime_ns)
+    except OSError:
+        return []
+    if key not in _FOUND:
+        _FOUND.clear()  # an older listing of any root is stale
+        _FOUND[key] = _list_zones(root)
+    return list(_FOUND[key])
+
+
+def _list_zones(root: Path) -> list[Zone]:
     zones = []
     try:
         entries = sorted(root.iterdir())

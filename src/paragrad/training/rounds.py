@@ -45,13 +45,30 @@ from paragrad.training.tasks import GetWorkerState, TrainStep
 EXPLODED = 1e12  # a loss this many times the first one has diverged, even while finite
 
 
-def _progress_bar(total: int, show: bool | None) -> Any:
-    from tqdm.auto import tqdm
+class _NoBar:
+    """The progress bar of a run that shows none: it costs nothing per round."""
 
+    disable = True
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        pass
+
+
+def _progress_bar(total: int, show: bool | None) -> Any:
     # Unless asked for, shown on a terminal once a run has taken a second: short runs print nothing.
     shown, delay = (sys.stderr.isatty(), 1.0) if show is None else (show, 0.0)
+    if not shown:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
     style = {"unit": "round", "leave": False, "file": sys.stderr, "dynamic_ncols": True}
-    return tqdm(total=total, disable=not shown, delay=delay, **style)
+    return tqdm(total=total, delay=delay, **style)
 
 
 @dataclass

@@ -252,7 +252,8 @@ def train(
         setup_s = time.perf_counter() - call_started
         setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
         done = 0 if resumed is None else resumed.round
-        hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
+        if hooks:  # the configuration's description costs more than a small run's round
+            hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
