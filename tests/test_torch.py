@@ -241,3 +241,18 @@ def test_a_classifier_of_text_labels_reloads_with_and_without_its_module(tmp_pat
     np.testing.assert_allclose(graph.predict_proba(X), run.model.predict_proba(X), rtol=1e-5, atol=1e-6)
     with pytest.raises(pg.ConfigError, match="only predicts"):
         graph.loss(X, y)
+
+
+def test_threads_that_would_share_a_modules_parameters_are_refused():
+    """A Torch model sets its parameters into its module on every step: workers on threads
+    would overwrite each other's, so the threads engine refuses it, in training and
+    predicting, naming the engines that work."""
+    from paragrad.engines.threads import ThreadEngine
+
+    data = pg.make_classification(200, 4, seed=0)
+    expected = "keeps its parameters in its module, which workers on threads cannot share: use engine='local'"
+    with pytest.raises(pg.ConfigError, match=expected):
+        pg.train(pg.models.Torch(small_net(4, 2)), data, engine="threads", workers=2)
+    run = pg.train(pg.models.Torch(small_net(4, 2)), data, engine="serial", workers=2, epochs=1)
+    with ThreadEngine(2) as engine, pytest.raises(pg.ConfigError, match=expected):
+        pg.predict(run.model, data.X, engine=engine)

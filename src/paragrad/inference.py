@@ -23,6 +23,7 @@ from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positiv
 from paragrad.models.base import Model, features_of
 from paragrad.models.torch_module import Torch
 from paragrad.training.checkpoint import load_model
+from paragrad.training.settings import check_engine_takes
 from paragrad.training.tasks import PredictShard
 
 
@@ -231,6 +232,7 @@ def _predict_here(model: Model, dataset: Dataset, proba: bool, threads: int) -> 
 
 
 def _predict_on(runner: Engine, model: Model, dataset: Dataset, proba: bool) -> np.ndarray:
+    check_engine_takes(model, runner)
     plan = plan_shards(dataset.num_rows, min(runner.num_workers, dataset.num_rows))
     runner.start(dataset.features_only(), plan)
     return _gather_predictions(runner.run(PredictShard(model, proba)), plan, 0, dataset.source)

@@ -103,6 +103,9 @@ class Engine(ABC):
     name: str
     parallel: ClassVar[bool] = True  # whether the workers compute at the same time
     shares_cores: ClassVar[bool] = False  # whether the workers are processes on this machine
+    # Whether the workers compute at the same time on this process's own objects (threads):
+    # the model then must allow that (Model.thread_safe).
+    shares_objects: ClassVar[bool] = False
     threads_per_worker: int = 1
     # Whether each worker reads its own rows of a data file, so a lazily opened table
     # (load(..., lazy=True)) need not be read by the coordinator first.

@@ -31,6 +31,7 @@ class ThreadEngine(SerialEngine):
     name = "threads"
     parallel: ClassVar[bool] = True
     shares_cores: ClassVar[bool] = True
+    shares_objects: ClassVar[bool] = True
 
     def __init__(self, workers: int | None = None, *, threads_per_worker: int = 1) -> None:
         super().__init__(workers)

@@ -34,6 +34,9 @@ class Model(ABC):
 
     name: ClassVar[str]
     is_classifier: ClassVar[bool] = False
+    # Whether workers may compute with one model object at the same time (threads): the
+    # numpy families' sums are pure functions of (params, rows).
+    thread_safe: ClassVar[bool] = True
 
     def __init__(self, *, l2: float = 0.0) -> None:
         if not np.isfinite(l2) or l2 < 0:

@@ -81,6 +81,7 @@ class Torch(Model):
 
     name = "torch"
     task: ClassVar[str] = "regression"
+    thread_safe: ClassVar[bool] = False  # the module holds the parameters a worker sets
 
     def __new__(
         cls, module: Any = None, loss: Any = "cross_entropy", l2: float = 0.0, *, task: str | None = None

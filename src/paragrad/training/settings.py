@@ -210,6 +210,15 @@ def check_settings(
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
 
 
+def check_engine_takes(model: Model, runner: Engine) -> None:
+    """Refuse a model whose object threads cannot share on an engine whose workers do."""
+    if runner.shares_objects and not model.thread_safe:
+        raise ConfigError(
+            f"{model_term(model)} keeps its parameters in its module, which workers on threads "
+            f"cannot share: use {option('engine', 'local')} or {option('engine', 'serial')}"
+        )
+
+
 def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int, ...]) -> list[str]:
     """What works but wastes the machine or does less than asked: more worker threads
     than this process's cores, or batches larger than they can be (clipped): SGD's global

@@ -44,6 +44,7 @@ from paragrad.training.rounds import RoundLoop
 from paragrad.training.run import HISTORY_KEYS, Run, RunConfig
 from paragrad.training.settings import (
     check_class_rows,
+    check_engine_takes,
     check_inputs,
     check_settings,
     default_engine,
@@ -225,6 +226,7 @@ def train(
         _coordinator_threads(runner),
     ):
         _apply_timeouts(runner, timeouts, keep_own=isinstance(engine, Engine))
+        check_engine_takes(model, runner)
         first, low, high = bounds.resolve(runner.planned_workers, data.num_rows)
         runner.set_bounds(low, high)
         plan = plan_shards(data.num_rows, first, shuffle=shuffle, seed=seed)
