@@ -192,8 +192,15 @@ def test_the_elastic_suite_reports_each_change_with_its_cost():
 def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
     from paragrad.bench import e2e_suite as e2e
 
+    logistic = e2e._logistic_rows(3000, 1, warm=True)
+    peers = list(e2e._peers(np.zeros((2, 1)), np.zeros(2)))  # scikit-learn-intelex, glum: when installed
+    beside = logistic[1:-2]  # each peer, then the fastest of them
+    assert [row["baseline"] for row in beside[: len(peers)]] == peers
+    assert all(abs(row["loss_minus_baseline"]) < 1e-3 for row in beside[: len(peers)])
+    assert [row["target_ratio"] for row in beside[len(peers) :]] == ([0.8] if peers else [])
     rows = [
-        *e2e._logistic_rows(3000, 1, warm=True),
+        logistic[0],
+        *logistic[-2:],
         e2e._cross_validation_row(3000, 1),
         *e2e._mlp_rows(3000, 1),
         e2e._csv_row(2000, 1, tmp_path),
@@ -208,6 +215,21 @@ def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
     assert abs(rows[0]["loss_minus_baseline"]) < 1e-3  # the same answer as scikit-learn's
     assert rows[2]["cold_s"] > 0 and rows[2]["release_s"] >= 0
     assert all(row["coordinator_peak_gb"] > 0 for row in rows[-2:])
+
+
+def test_the_fixed_cost_rows_time_small_data_grid_searches_and_checkpoints():
+    from paragrad.bench import fixed_costs
+
+    small = fixed_costs.small_rows(1)
+    assert [row["baseline"] for row in small] == ["statsmodels Logit.fit"] * 2 + ["statsmodels OLS.fit"]
+    assert all(row["params_relative_gap"] < 1e-6 for row in small)  # statsmodels' answer
+    searches = fixed_costs.grid_search_rows(1)
+    assert [row["row"].split(", ")[-1] for row in searches] == ["n_jobs=None", "n_jobs=-1"]
+    checkpoints = fixed_costs.checkpoint_row(20_000, 1)
+    assert checkpoints["checkpoints"] == 6 and checkpoints["same_params"]  # 5 rounds, and the last
+    for row in [*small, *searches, checkpoints]:
+        assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0
+        assert row["met"] == (row["ratio"] <= row["target_ratio"])
 
 
 def test_serve_load_generator_measures_binary_tensors_beside_json(tmp_path):
