@@ -311,8 +311,25 @@ def _numbers(
 
 
 def _may_hold_booleans(body: bytes) -> bool:
-    """Whether the body has a ``true`` or ``false`` anywhere; only then are values checked one by one."""
-    return b"true" in body or b"false" in body
+    """Whether the body has a ``true`` or ``false`` anywhere; only then are values checked one by one.
+
+    Looked for by a letter that numbers never hold ('u' of true, 'l' of false), then the word
+    around it: a one-byte search runs at memory speed, where ``b"true" in body`` took a fifth
+    of a 100-row request's time."""
+    return _has_word(body, b"true", b"u", 2) or _has_word(body, b"false", b"l", 2)
+
+
+def _has_word(body: bytes, word: bytes, letter: bytes, offset: int) -> bool:
+    """Whether ``word`` is in ``body``, found from each ``letter``, ``offset`` bytes into it
+    (past a few letters that start no word, by a plain search: a body full of them costs no more)."""
+    at = body.find(letter, offset)
+    for _ in range(16):
+        if at < 0:
+            return False
+        if body.startswith(word, at - offset):
+            return True
+        at = body.find(letter, at + 1)
+    return at >= 0 and body.find(word, at - offset) >= 0
 
 
 def _holds_booleans(data: list) -> bool:
