@@ -7,6 +7,7 @@ of shape [rows] or [rows, 1] per named feature. Every way a request can be wrong
 
 from __future__ import annotations
 
+import array
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -282,6 +283,10 @@ def _numbers(
         raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
     if booleans and _holds_booleans(data):  # numpy would read true and false as 1 and 0
         raise RequestError(400, f"input {name!r} holds true or false, which are not numbers")
+    if kind is np.float64:
+        flat = _flat_floats(data)
+        if flat is not None:
+            return flat
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -308,6 +313,18 @@ def _numbers(
             raise RequestError(400, f"input {name!r} holds values beyond the range of {np.dtype(kind).name}")
         values = typed
     return values
+
+
+def _flat_floats(data: list) -> np.ndarray | None:
+    """``data`` as float64 when it is a flat list of numbers, the usual case, else None.
+
+    Read in one pass that refuses anything but a number (text, null, a list) with TypeError:
+    ``np.asarray`` first looks at every value for a common type, which took a third of a
+    100-row request's parsing. True and false pass as 1 and 0: they are looked for before."""
+    try:
+        return np.frombuffer(array.array("d", data), dtype=np.float64)
+    except (TypeError, OverflowError):
+        return None
 
 
 def _may_hold_booleans(body: bytes) -> bool:
