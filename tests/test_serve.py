@@ -205,6 +205,12 @@ BAD_REQUESTS = [
     ("/v2/nothing/here", {}, 404, "no such endpoint"),
     ("/v2/models/linear/infer", _tensor([1, 5], [1, 2, 3, True, 5]), 400, "holds true or false"),
     ("/v1/models/linear:predict", {"instances": [[1, 2, 3, 4, False]]}, 400, "holds true or false"),
+    (  # found past many letters of the words' own (a true after 40 'u' and 'l')
+        "/v2/models/linear/infer",
+        {"id": "ul" * 20} | _tensor([1, 5], [1, 2, 3, True, 5]),
+        400,
+        "holds true or false",
+    ),
     (
         "/v2/models/linear/infer",
         _tensor([True, 5], ROW),
