@@ -703,6 +703,23 @@ def test_headers_have_a_deadline_and_connections_a_cap(tmp_path):
         assert _until(lambda: server.call("GET", "/v2/health/live")[0] == 200, 5)
 
 
+def test_deadlines_restart_with_each_request_on_a_kept_connection(tmp_path):
+    import http.client
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    with running(str(path), "--header-timeout", "0.3", "--body-timeout", "0.3") as server:
+        kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # past both deadlines three times over
+            kept.request("GET", "/v2/health/live")
+            assert kept.getresponse().read() == b'{"live":true}'
+            time.sleep(0.05)
+        kept.sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 12")  # and nothing more
+        status, answer = _raw_answer(kept.sock)
+        kept.close()
+        assert status == 408 and "headers did not arrive within 0.3 s" in answer["error"]
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
 def test_compressed_request_bodies_are_inflated(server, model_files, encoding):
     import zlib
