@@ -16,9 +16,10 @@ import asyncio
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # what uvicorn writes to a client that waits for it
 
 
 def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
@@ -69,7 +70,7 @@ class LimitedConnection(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before and self.cycle is not None:  # a new request's answer
-            self.cycle.transport = OneWrite(self.transport, self.cycle)  # type: ignore[assignment]
+            self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]
         self._await("body", self.body_timeout)
 
     def on_response_complete(self) -> None:
@@ -127,18 +128,19 @@ class LimitedConnection(HttpToolsProtocol):
 class OneWrite:
     """What a request's answer is written to: the connection, with the answer's head held
     back until its body comes, so that both leave in one write. uvicorn writes them apart:
-    two system calls and two packets for every answer, and a client woken twice."""
+    two system calls and two packets for every answer, and a client woken twice. (It knows
+    the head as the first write but a 100 Continue: holding the request's cycle to ask would
+    make a reference cycle per request, left to the garbage collector.)"""
 
-    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._cycle = cycle
         self._head: bytes | None = None
         self._held = False
 
     def write(self, data: bytes) -> None:
         if self._head is not None:
             data, self._head = self._head + data, None
-        elif not self._held and self._cycle.response_started:  # the head (a 100 Continue comes before)
+        elif not self._held and data != CONTINUE:  # the answer's head
             self._head, self._held = data, True
             return
         self._transport.write(data)
