@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -322,6 +323,9 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
+        # What start-up made (modules, models, the app) lives as long as the server: full
+        # collections need not walk it again and again (see ServedModels._reload).
+        gc.freeze()
         watcher = served.start_watching()
         if grpc_service is not None:
             grpc_service.start(asyncio.get_running_loop())
