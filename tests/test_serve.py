@@ -205,6 +205,12 @@ BAD_REQUESTS = [
     ("/v2/nothing/here", {}, 404, "no such endpoint"),
     ("/v2/models/linear/infer", _tensor([1, 5], [1, 2, 3, True, 5]), 400, "holds true or false"),
     ("/v1/models/linear:predict", {"instances": [[1, 2, 3, 4, False]]}, 400, "holds true or false"),
+    (  # found past many letters of the words' own (a true after 40 'u' and 'l')
+        "/v2/models/linear/infer",
+        {"id": "ul" * 20} | _tensor([1, 5], [1, 2, 3, True, 5]),
+        400,
+        "holds true or false",
+    ),
     (
         "/v2/models/linear/infer",
         _tensor([True, 5], ROW),
@@ -695,6 +701,62 @@ def test_headers_have_a_deadline_and_connections_a_cap(tmp_path):
         for sock in [refused, silent, *held]:
             sock.close()
         assert _until(lambda: server.call("GET", "/v2/health/live")[0] == 200, 5)
+
+
+def test_deadlines_restart_with_each_request_on_a_kept_connection(tmp_path):
+    import http.client
+
+    path = _save(pg.models.LinearRegression(), tmp_path / "m.npz")
+    with running(str(path), "--header-timeout", "0.3", "--body-timeout", "0.3") as server:
+        kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # past both deadlines three times over
+            kept.request("GET", "/v2/health/live")
+            assert kept.getresponse().read() == b'{"live":true}'
+            time.sleep(0.05)
+        kept.sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 12")  # and nothing more
+        status, answer = _raw_answer(kept.sock)
+        kept.close()
+        assert status == 408 and "headers did not arrive within 0.3 s" in answer["error"]
+
+
+def test_answers_without_a_body_and_after_100_continue_arrive_whole(server):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a head alone
+    head = _read_until(sock, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 13" in head.lower()
+    body = json.dumps(v2_body(np.zeros((1, NUM_FEATURES)))).encode()
+    sock.sendall(
+        b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    assert _read_until(sock, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(body)
+    answer = _read_until(sock, b"\r\n\r\n")
+    length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    answer += _read_exactly(sock, length - len(answer.partition(b"\r\n\r\n")[2]))
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200") and json.loads(answer.partition(b"\r\n\r\n")[2])["outputs"]
+
+
+def _read_until(sock, end: bytes) -> bytes:
+    data = b""
+    while end not in data:
+        chunk = sock.recv(1)  # one byte at a time: nothing past ``end`` is taken
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def _read_exactly(sock, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the connection closed early"
+        data += chunk
+    return data
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])

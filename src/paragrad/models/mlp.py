@@ -141,10 +141,13 @@ class MLP(Model):
         """Every layer's activations and the network's outputs; predictions pass
         :func:`row_product` so that a row's outputs do not depend on the rows beside it."""
         *hidden, (W_out, b_out) = self.layers(params)
+        kind = X.dtype  # weights of this type already are used as they are, not copied
         outputs = [X]
         for W, b in hidden:
-            outputs.append(self._act(product(outputs[-1], W.astype(X.dtype)) + b.astype(X.dtype)))
-        return outputs, product(outputs[-1], W_out.astype(X.dtype)) + b_out.astype(X.dtype)
+            z = product(outputs[-1], W.astype(kind, copy=False)) + b.astype(kind, copy=False)
+            outputs.append(self._act(z))
+        W_out, b_out = W_out.astype(kind, copy=False), b_out.astype(kind, copy=False)
+        return outputs, product(outputs[-1], W_out) + b_out
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self._forward(params, X, row_product)[1][:, 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -55,11 +56,13 @@ PAGE = resources.files("paragrad.serving").joinpath("page.html")
 
 
 class Outcome:
-    """What the access log and the metrics record of one request, filled in as it goes."""
+    """One request as its handler sees it: its headers, read once, and what the access log
+    and the metrics record of it, filled in as it goes."""
 
-    __slots__ = ("model", "rows", "version")
+    __slots__ = ("headers", "model", "rows", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
         self.model = NO_MODEL
         self.version: str | None = None
         self.rows = 0
@@ -133,13 +136,13 @@ class Endpoints:
 
         async def run(request: Request) -> Response:
             started = time.perf_counter()
-            outcome = Outcome()
-            headers = request.headers
+            headers = read_headers(request.scope)
+            outcome = Outcome(headers)
             origin = headers.get("origin")
             try:
                 self.guard.check(headers.get("host"), origin)
                 if not open_to_all:
-                    _check_token(request, self.config.token)
+                    _check_token(headers.get("authorization"), self.config.token)
                 response = await handler(request, outcome)
             except RequestError as exc:
                 response = json_response(exc.status, {"error": str(exc)}, outcome.version)
@@ -216,15 +219,15 @@ class Endpoints:
         """The request's rows parsed and predicted in the next batch of the version served
         once its body has arrived."""
         self._version(request, outcome)  # an unknown model is 404 before its body is read
-        headers = request.headers
+        headers = outcome.headers
         header_length = _header_length(headers.get("inference-header-content-length"))
         check_content_type(headers.get("content-type"), header_length is not None)
-        body = await _body(request, self.config.max_body_bytes)
+        body = await _body(request.receive, headers.get("content-length"), self.config.max_body_bytes)
         version = self._version(request, outcome)
         batcher = self.served.batcher(version)
         batcher.expect()  # only now: a body still on the network holds back no batch
         try:
-            encoding = content_encoding(request.headers)
+            encoding = content_encoding(headers)
             parsed = await self.parser.parse(
                 parse, body, encoding, version, self.config.max_rows, header_length
             )
@@ -287,7 +290,7 @@ class Endpoints:
         )
         if not allowed:
             raise RequestError(404, f"no such endpoint: {request.method} {request.url.path}")
-        if request.method == "OPTIONS" and self.guard.cors_origin(request.headers.get("origin")):
+        if request.method == "OPTIONS" and self.guard.cors_origin(outcome.headers.get("origin")):
             return Response(  # a CORS preflight from an origin given with --cors
                 status_code=204,
                 headers={
@@ -320,6 +323,9 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
+        # What start-up made (modules, models, the app) lives as long as the server: full
+        # collections need not walk it again and again (see ServedModels._reload).
+        gc.freeze()
         watcher = served.start_watching()
         if grpc_service is not None:
             grpc_service.start(asyncio.get_running_loop())
@@ -372,28 +378,41 @@ class DirectInference:
         await self.app(scope, receive, send)
 
 
-def _check_token(request: Request, token: str | None) -> None:
+def read_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by (lower-case) name, the first of a repeated one as Starlette
+    takes it; read once, where each ``request.headers.get`` decodes them all again (seven
+    such looks cost a one-row request more than parsing its JSON)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
+
+
+def _check_token(authorization: str | None, token: str | None) -> None:
     if token is None:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise RequestError(401, "this server needs 'Authorization: Bearer TOKEN' with its token")
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+async def _body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request body from its ASGI messages (as ``request.stream()`` reads it, without an
+    async generator per request), refused with 413 as soon as it is known to exceed ``limit``
+    bytes (``declared``: its Content-Length)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(
             413, f"the request body has {int(declared)} bytes; this server takes at most {limit}"
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"the request body exceeds {limit} bytes, the most this server takes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _header_length(value: str | None) -> int | None:

@@ -19,6 +19,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # what uvicorn writes to a client that waits for it
 
 
 def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
@@ -32,7 +33,12 @@ def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
 
 
 class LimitedConnection(HttpToolsProtocol):
-    """One client connection, with the header deadline and the connection cap."""
+    """One client connection, with the header and body deadlines and the connection cap.
+
+    The deadlines share one timer per connection that is moved only when it goes off: a
+    request just sets the deadline of the part awaited (its head, then its body). Starting
+    and cancelling two timers per request cost more than the deadlines' checks themselves.
+    """
 
     header_timeout: float = 10.0
     body_timeout: float = 60.0
@@ -40,8 +46,9 @@ class LimitedConnection(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._awaited: str | None = None  # "headers" or "body": what must arrive by the deadline
+        self._deadline = 0.0  # in the loop's time
+        self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -52,43 +59,58 @@ class LimitedConnection(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
-        self._start_header_timer()
+        self._await("headers", self.header_timeout)
 
     def on_message_begin(self) -> None:  # the first byte of a request (an idle one is keep-alive's)
         super().on_message_begin()
-        self._start_header_timer()
+        self._await("headers", self.header_timeout)
 
     def on_headers_complete(self) -> None:
-        self._stop_header_timer()
+        self._awaited = None
+        before = self.cycle
         super().on_headers_complete()
-        self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_late)
+        if self.cycle is not before and self.cycle is not None:  # a new request's answer
+            self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]
+        self._await("body", self.body_timeout)
+
+    def on_response_complete(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.transport, OneWrite):
+            self.cycle.transport.flush()  # a head without a body (HEAD), held until now
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
-        self._stop_body_timer()
+        self._awaited = None
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_header_timer()
-        self._stop_body_timer()
+        self._awaited = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._refused:
             super().connection_lost(exc)
 
-    def _start_header_timer(self) -> None:
-        self._stop_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_late)
+    def _await(self, part: str, timeout: float) -> None:
+        """``part`` must arrive within ``timeout`` seconds; the timer goes off by then."""
+        self._awaited, self._deadline = part, self.loop.time() + timeout
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._went_off)
 
-    def _stop_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _stop_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _went_off(self) -> None:
+        self._timer = None
+        if self._awaited is None:
+            return  # nothing is awaited: the next request's first byte sets a deadline again
+        if self._deadline - self.loop.time() > 0.001:  # moved since it was set (timers keep milliseconds)
+            self._timer = self.loop.call_at(self._deadline, self._went_off)
+        elif self._awaited == "headers":
+            self._headers_too_late()
+        else:
+            self._body_too_late()
 
     def _body_too_late(self) -> None:
-        self._body_timer = None
         if self.cycle is None or self.cycle.response_started:
             return  # answered already (refused before its body, say): nothing to cut short
         message = f"the request's body did not arrive within {self.body_timeout:g} s"
@@ -96,12 +118,44 @@ class LimitedConnection(HttpToolsProtocol):
         self.transport.close()
 
     def _headers_too_late(self) -> None:
-        self._header_timer = None
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request is being answered; its head arrived
         message = f"the request's headers did not arrive within {self.header_timeout:g} s"
         self.transport.write(refusal(408, message))
         self.transport.close()
+
+
+class OneWrite:
+    """What a request's answer is written to: the connection, with the answer's head held
+    back until its body comes, so that both leave in one write. uvicorn writes them apart:
+    two system calls and two packets for every answer, and a client woken twice. (It knows
+    the head as the first write but a 100 Continue: holding the request's cycle to ask would
+    make a reference cycle per request, left to the garbage collector.)"""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._held = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._held and data != CONTINUE:  # the answer's head
+            self._head, self._held = data, True
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 def connection_class(

@@ -7,6 +7,7 @@ on the old version (its batcher drains, then stops), new ones go to the new vers
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from contextlib import ExitStack
@@ -160,6 +161,7 @@ class ServedModels:
         if version.version == slot.current.version:  # touched or rewritten, the same model
             return
         previous, slot.current = slot.current, version
+        gc.unfreeze()  # the versions served at start-up may become garbage now: collect as usual
         self._serve(version, previous)
         self.metrics.reloads.labels(slot.name, "loaded").inc()
         log.info("model %s: now serving version %s (was %s)", slot.name, version.version, previous.version)

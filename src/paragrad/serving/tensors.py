@@ -7,6 +7,7 @@ of shape [rows] or [rows, 1] per named feature. Every way a request can be wrong
 
 from __future__ import annotations
 
+import array
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -282,6 +283,10 @@ def _numbers(
         raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers")
     if booleans and _holds_booleans(data):  # numpy would read true and false as 1 and 0
         raise RequestError(400, f"input {name!r} holds true or false, which are not numbers")
+    if kind is np.float64:
+        flat = _flat_floats(data)
+        if flat is not None:
+            return flat
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -310,9 +315,38 @@ def _numbers(
     return values
 
 
+def _flat_floats(data: list) -> np.ndarray | None:
+    """``data`` as float64 when it is a flat list of numbers, the usual case, else None.
+
+    Read in one pass that refuses anything but a number (text, null, a list) with TypeError:
+    ``np.asarray`` first looks at every value for a common type, which took a third of a
+    100-row request's parsing. True and false pass as 1 and 0: they are looked for before."""
+    try:
+        return np.frombuffer(array.array("d", data), dtype=np.float64)
+    except (TypeError, OverflowError):
+        return None
+
+
 def _may_hold_booleans(body: bytes) -> bool:
-    """Whether the body has a ``true`` or ``false`` anywhere; only then are values checked one by one."""
-    return b"true" in body or b"false" in body
+    """Whether the body has a ``true`` or ``false`` anywhere; only then are values checked one by one.
+
+    Looked for by a letter that numbers never hold ('u' of true, 'l' of false), then the word
+    around it: a one-byte search runs at memory speed, where ``b"true" in body`` took a fifth
+    of a 100-row request's time."""
+    return _has_word(body, b"true", b"u", 2) or _has_word(body, b"false", b"l", 2)
+
+
+def _has_word(body: bytes, word: bytes, letter: bytes, offset: int) -> bool:
+    """Whether ``word`` is in ``body``, found from each ``letter``, ``offset`` bytes into it
+    (past a few letters that start no word, by a plain search: a body full of them costs no more)."""
+    at = body.find(letter, offset)
+    for _ in range(16):
+        if at < 0:
+            return False
+        if body.startswith(word, at - offset):
+            return True
+        at = body.find(letter, at + 1)
+    return at >= 0 and body.find(word, at - offset) >= 0
 
 
 def _holds_booleans(data: list) -> bool:
