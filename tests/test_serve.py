@@ -1009,3 +1009,47 @@ def test_a_torch_model_is_served_with_its_own_answers(tmp_path):
         assert server.call("GET", "/v2/models/net")[2]["parameters"]["classes"] == ["high", "low", "mid"]
     np.testing.assert_array_equal(answer["predict"], run.model.predict(X[:20]))
     np.testing.assert_allclose(answer["proba"], run.model.predict_proba(X[:20]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_server_predicts_with_the_blas_threads_it_is_given_and_gives_them_back(model_files, threads):
+    """A second BLAS thread spins while it waits, on the core the event loop and the
+    clients need: the server predicts with --blas-threads (1 by default) while it runs."""
+    import asyncio
+    import io
+
+    from threadpoolctl import threadpool_info
+
+    from paragrad.serving.app import build_app
+    from paragrad.serving.config import ServeConfig
+    from paragrad.serving.metrics import Metrics
+    from paragrad.serving.models import ServedModels, load_all
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    async def inside_lifespan(app) -> list[int]:
+        incoming: asyncio.Queue = asyncio.Queue()
+        started = asyncio.Event()
+
+        async def send(message):
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        await incoming.put({"type": "lifespan.startup"})
+        running_app = asyncio.create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, incoming.get, send)
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        seen = blas_threads()
+        await incoming.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(running_app, 30)
+        return seen
+
+    before = blas_threads()
+    config = ServeConfig(blas_threads=threads, reload_interval=0)
+    served = ServedModels(load_all({"mlp": model_files["mlp"]}), config, Metrics())
+    seen = asyncio.run(inside_lifespan(build_app(served, config, Metrics(), io.StringIO())))
+    assert seen == [threads] * len(before) and blas_threads() == before
+    with pytest.raises(pg.ConfigError, match="blas_threads must be a positive integer"):
+        ServeConfig(blas_threads=0)

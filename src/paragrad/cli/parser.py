@@ -262,6 +262,7 @@ SERVE_OPTIONS = (
     ("--header-timeout", float, "seconds for a request's headers to arrive before 408"),
     ("--body-timeout", float, "seconds for a request's body to arrive, once its headers have, before 408"),
     ("--max-connections", _positive_int, "open connections; more are answered 503 and closed"),
+    ("--blas-threads", _positive_int, "BLAS threads the server predicts with (the others serve clients)"),
 )
 
 

@@ -38,6 +38,7 @@ def serve(
     header_timeout: float = DEFAULT.header_timeout,
     body_timeout: float = DEFAULT.body_timeout,
     max_connections: int = DEFAULT.max_connections,
+    blas_threads: int = DEFAULT.blas_threads,
     allow_host: Iterable[str] = (),
     cors: Iterable[str] = (),
     grpc_port: int | None = None,
@@ -77,6 +78,9 @@ def serve(
         Seconds a request's body has to arrive, once its headers have, before 408.
     max_connections : int
         Open connections; one more is answered 503 with ``Retry-After`` and closed.
+    blas_threads : int
+        BLAS threads the server predicts with; one (the default) leaves the other cores to
+        the event loop and the clients, where a second thread would spin while it waits.
     allow_host : names
         Without a token, requests must name the server by its address (``localhost`` on
         loopback): these names are taken too (``"*"``: any), against DNS rebinding.
@@ -111,6 +115,7 @@ def serve(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         max_connections=max_connections,
+        blas_threads=blas_threads,
         allow_host=tuple([allow_host] if isinstance(allow_host, str) else allow_host),
         cors=tuple([cors] if isinstance(cors, str) else cors),
         grpc_port=grpc_port,

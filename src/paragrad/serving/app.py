@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from paragrad import __version__
 from paragrad.serving.access_log import AccessLog, Stream
@@ -323,6 +324,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         served.start()
+        blas = threadpool_limits(config.blas_threads, user_api="blas")
         # What start-up made (modules, models, the app) lives as long as the server: full
         # collections need not walk it again and again (see ServedModels._reload).
         gc.freeze()
@@ -338,6 +340,7 @@ def build_app(
                 await grpc_service.stop()
             await served.close()
             endpoints.parser.close()
+            blas.restore_original_limits()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)

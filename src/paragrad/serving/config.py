@@ -44,6 +44,9 @@ class ServeConfig:
     allow_host: tuple[str, ...] = ()  # Host names taken besides the address ("*": any)
     cors: tuple[str, ...] = ()  # origins whose pages may call the server ("*": any)
     grpc_port: int | None = None  # the protocol's gRPC form on this port too (0: any free one)
+    # BLAS threads the server predicts with: one leaves the other cores to the event loop and
+    # the clients (a second thread spins while it waits, for little gain on a batch's rows).
+    blas_threads: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -54,7 +57,16 @@ class ServeConfig:
             raise ConfigError(
                 f"{_named('grpc_port')} must be a port number from 0 to 65535, got {self.grpc_port!r}"
             )
-        for name in ("max_batch", "max_queue", "max_rows", "workers", "split_rows", "max_connections"):
+        positive = (
+            "max_batch",
+            "max_queue",
+            "max_rows",
+            "workers",
+            "split_rows",
+            "max_connections",
+            "blas_threads",
+        )
+        for name in positive:
             check_positive_int(_named(name), getattr(self, name))
         for name in (
             "max_wait_ms",
