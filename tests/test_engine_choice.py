@@ -98,3 +98,15 @@ def test_in_process_runs_give_the_local_engines_answer(workers):
     local = pg.train(pg.models.LinearRegression(), data, workers=workers, engine="local")
     assert auto.engine == "serial" and local.engine == "local"
     assert relative_error(auto.params, local.params) <= 1e-12
+
+
+def test_a_torch_module_trains_in_this_process_where_torch_uses_every_core():
+    torch = pytest.importorskip("torch")
+    data = pg.make_classification(300_000, 10, seed=5)  # far above the in-process limit
+    model = pg.models.Torch(torch.nn.Linear(10, 2))
+    chosen = choice(data, model=model, strategy=pg.SGD(batch_size=256))
+    assert (chosen.name, chosen.workers) == ("serial", 1)
+    assert chosen.reason.startswith("in process (a Torch module: torch runs each batch on every core")
+    local_sgd = choice(data, model=model, strategy=pg.LocalSGD(local_steps=4, batch_size=16))
+    assert local_sgd.workers == pg.engines.default_workers()  # its answer depends on the count
+    assert choice(data, model=model, workers=(1, 2)).name == "local"  # elastic runs need workers

@@ -124,6 +124,13 @@ def default_engine(
         return EngineChoice("local", workers, "local workers (an elastic worker count)")
     if data.table is not None or (data.storage is not None and not is_region(data.storage.path)):
         return EngineChoice("local", workers, "local workers (they read the file where it lies)")
+    if not model.thread_safe:  # a Torch module: torch spreads each batch over the cores itself
+        return EngineChoice(
+            "serial",
+            _in_process_workers(workers, strategy),
+            "in process (a Torch module: torch runs each batch on every core, with no worker to start "
+            "and no copy)",
+        )
     params = estimated_params(model, data)
     work, limit = data.num_rows * params, IN_PROCESS_WORK_WARM if warm else IN_PROCESS_WORK_COLD
     size = f"{data.num_rows} rows x {params} parameters = {work:.2g}"
@@ -137,10 +144,17 @@ def default_engine(
         )
     if work > limit:
         return EngineChoice("local", workers, f"local workers ({size}, above {limit:.0e})")
-    if workers is None:  # LocalSGD's answer depends on the worker count: keep the local one
-        workers = default_workers() if isinstance(strategy, LocalSGD) else 1
     cost = "using the running workers" if warm else "starting workers"
-    return EngineChoice("serial", workers, f"in process ({size}: below the cost of {cost}, {limit:.0e})")
+    reason = f"in process ({size}: below the cost of {cost}, {limit:.0e})"
+    return EngineChoice("serial", _in_process_workers(workers, strategy), reason)
+
+
+def _in_process_workers(workers: Workers, strategy: Strategy) -> Workers:
+    """One worker in this process unless told, but for LocalSGD, whose answer depends on the
+    worker count: the local engine's."""
+    if workers is None:
+        return default_workers() if isinstance(strategy, LocalSGD) else 1
+    return workers
 
 
 def estimated_params(model: Model, data: Dataset) -> int:
