@@ -54,12 +54,16 @@ class SerialEngine(Engine):
 
     def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
         typed = as_task(task)
-        results = [typed(shard, *args) for shard in self.shards]
+        results = self._call_each(typed, args)
         if typed.mutates_shard:
             self._setup_log.append((typed, args))
         self.last_bytes_sent = payload_nbytes(args) * len(self.shards)
         self.last_bytes_received = payload_nbytes(results)
         return results
+
+    def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
+        """The task on every shard, results in worker order: one after another here."""
+        return [task(shard, *args) for shard in self.shards]
 
     def close(self) -> None:
         self.shards, self._dataset, self._setup_log = [], None, []

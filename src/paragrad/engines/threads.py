@@ -15,13 +15,12 @@ do not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-from paragrad.core.shards import ShardPlan, Task, as_task
+from paragrad.core.shards import ShardPlan, Task
 from paragrad.data import Dataset
-from paragrad.engines.base import payload_nbytes, refuse_address
+from paragrad.engines.base import refuse_address
 from paragrad.engines.serial import SerialEngine
 
 
@@ -54,21 +53,15 @@ class ThreadEngine(SerialEngine):
 
             self._limits = threadpool_limits(self.threads_per_worker)
 
-    def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
-        typed = as_task(task)
+    def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
+        """The task on every shard at once, a thread each; results in worker order."""
         if len(self.shards) == 1:
-            results = [typed(self.shards[0], *args)]
-        else:
-            if self._pool is None or self._pool_size != len(self.shards):
-                self._close_pool()
-                self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="paragrad-worker")
-                self._pool_size = len(self.shards)
-            results = list(self._pool.map(lambda shard: typed(shard, *args), self.shards))
-        if typed.mutates_shard:  # replayed when the shards are handed out again
-            self._setup_log.append((typed, args))
-        self.last_bytes_sent = payload_nbytes(args) * len(self.shards)
-        self.last_bytes_received = payload_nbytes(results)
-        return results
+            return [task(self.shards[0], *args)]
+        if self._pool is None or self._pool_size != len(self.shards):
+            self._close_pool()
+            self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="paragrad-worker")
+            self._pool_size = len(self.shards)
+        return list(self._pool.map(lambda shard: task(shard, *args), self.shards))
 
     def _close_pool(self) -> None:
         if self._pool is not None:
