@@ -30,14 +30,12 @@ from paragrad.training.checkpoint import (
 )
 
 
-class BackgroundWriter:
-    """Runs one write at a time on a thread; ``waited_s`` is what the caller waited for them."""
+class CheckpointWriter:
+    """Runs one write at a time on a thread; a write's error is raised at the next wait."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.waited_s = 0.0  # the caller's time spent waiting for a write to finish
-        self.written = 0  # writes finished
 
     def submit(self, write: Callable[[], object]) -> None:
         """Start ``write`` once the one before has finished (raising its error, if any)."""
@@ -46,7 +44,6 @@ class BackgroundWriter:
         def run() -> None:
             try:
                 write()
-                self.written += 1
             except BaseException as exc:  # handed to the caller at the next wait
                 self._error = exc
 
@@ -56,9 +53,7 @@ class BackgroundWriter:
     def wait(self) -> None:
         """Wait for the write in flight; raise what it raised."""
         if self._thread is not None:
-            started = time.perf_counter()
             self._thread.join()
-            self.waited_s += time.perf_counter() - started
             self._thread = None
         error, self._error = self._error, None
         if error is not None:
@@ -76,7 +71,7 @@ class Checkpointing:
     last_written: float = 0.0
     run_id: str = ""  # the run's identity, kept by a resumed run
     fingerprint: str = ""  # the data's (see paragrad.training.tasks.FingerprintShard)
-    writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # one write at a time
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # one write at a time
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
