@@ -15,6 +15,24 @@ from conftest import run_cli
 from paragrad.data import make_classification
 
 
+def tiny_model_file(path):
+    """A logistic regression on 4 features with fixed parameters, saved to ``path``."""
+    from paragrad.models import LogisticRegression
+
+    model = LogisticRegression()
+    model.setup(4, np.arange(2))
+    model.params_ = np.linspace(-1, 1, model.num_params)
+    model.save(path)
+    return model
+
+
+def assert_ratios(rows):
+    """Each e2e row's ratio is ours over the baseline's, and its verdict follows its target."""
+    for row in rows:
+        assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0
+        assert row["met"] == (row["ratio"] <= row["target_ratio"])
+
+
 def test_bench_writes_results_with_baselines(tmp_path):
     result = run_cli("bench", "--quick", "--suite", "latency", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -128,12 +146,8 @@ def test_serve_suite_measures_paragrad_beside_every_baseline_at_tiny_size(tmp_pa
     from paragrad.bench import serve_suite as suite
     from paragrad.bench.serve_load import LoadGenerator
     from paragrad.bench.serve_report import cell_rows, mlserver_rows
-    from paragrad.models import LogisticRegression
 
-    model = LogisticRegression()
-    model.setup(4, np.arange(2))
-    model.params_ = np.linspace(-1, 1, model.num_params)
-    model.save(tmp_path / "m.npz")
+    tiny_model_file(tmp_path / "m.npz")
     plan = suite.Plan(models=("m",), features=4, clients=(1, 2), warmup_s=0.05, measure_s=0.15)
     with contextlib.ExitStack() as servers, LoadGenerator() as generator:
         ports, mlserver = suite.start_servers(servers, {"m": tmp_path / "m.npz"}, {}, tmp_path, quick=True)
@@ -209,9 +223,7 @@ def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
     ]
     assert len(rows) == 13
     assert not list(tmp_path.glob("X*.npy")) and not (tmp_path / "P.npy").exists()  # the big files go
-    for row in rows:
-        assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0
-        assert row["met"] == (row["ratio"] <= row["target_ratio"])
+    assert_ratios(rows)
     assert abs(rows[0]["loss_minus_baseline"]) < 1e-3  # the same answer as scikit-learn's
     assert rows[2]["cold_s"] > 0 and rows[2]["release_s"] >= 0
     assert all(row["coordinator_peak_gb"] > 0 for row in rows[-2:])
@@ -227,21 +239,15 @@ def test_the_fixed_cost_rows_time_small_data_grid_searches_and_checkpoints():
     assert [row["row"].split(", ")[-1] for row in searches] == ["n_jobs=None", "n_jobs=-1"]
     checkpoints = fixed_costs.checkpoint_row(20_000, 1)
     assert checkpoints["checkpoints"] == 6 and checkpoints["same_params"]  # 5 rounds, and the last
-    for row in [*small, *searches, checkpoints]:
-        assert row["ratio"] == row["ours_s"] / row["baseline_s"] > 0
-        assert row["met"] == (row["ratio"] <= row["target_ratio"])
+    assert_ratios([*small, *searches, checkpoints])
 
 
 def test_serve_load_generator_measures_binary_tensors_beside_json(tmp_path):
     pytest.importorskip("uvicorn")
     from paragrad.bench.serve_load import Load, LoadGenerator
     from paragrad.bench.serve_servers import paragrad_command, running
-    from paragrad.models import LogisticRegression
 
-    model = LogisticRegression()
-    model.setup(4, np.arange(2))
-    model.params_ = np.linspace(-1, 1, model.num_params)
-    model.save(tmp_path / "m.npz")
+    tiny_model_file(tmp_path / "m.npz")
     with LoadGenerator() as generator, running(paragrad_command({"m": tmp_path / "m.npz"})) as port:
         results = [
             generator.run(Load(port, "m", 100, 4, 2, 0.1, 0.3, 100, binary=binary))
@@ -265,15 +271,11 @@ def test_the_engine_suite_measures_both_places_and_the_choice():
 def test_mlserver_answers_paragrads_model_file_as_paragrad_does(tmp_path):
     from paragrad.bench.serve_mlserver import mlserver_executable, mlserver_running
     from paragrad.bench.serve_servers import predicted
-    from paragrad.models import LogisticRegression
 
     executable, why = mlserver_executable()
     if executable is None:
         pytest.skip(f"MLServer {why}")
-    model = LogisticRegression()
-    model.setup(4, np.arange(2))
-    model.params_ = np.linspace(-1, 1, model.num_params)
-    model.save(tmp_path / "m.npz")
+    model = tiny_model_file(tmp_path / "m.npz")
     with mlserver_running(executable, {"m": tmp_path / "m.npz"}, tmp_path / "repository") as port:
         answers = predicted(port, "m", 5, 4)
     X = np.random.default_rng(0).standard_normal((5, 4))  # the rows of the request body
