@@ -21,7 +21,6 @@ from paragrad.engines import AUTO, Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, check_positive_int, option, setting
 from paragrad.models.base import Model, features_of
-from paragrad.models.torch_module import Torch
 from paragrad.training.checkpoint import load_model
 from paragrad.training.settings import check_engine_takes
 from paragrad.training.tasks import PredictShard
@@ -188,8 +187,9 @@ def predict(
     if isinstance(engine, Engine):
         with engine.claimed():
             return _predict_on(engine, model, dataset, proba)
-    # Worker processes on this machine would need a copy of rows in this process's memory.
-    if engine_class(engine).shares_cores and _in_own_memory(dataset) and not isinstance(model, Torch):
+    # Worker processes on this machine would need a copy of rows in this process's memory;
+    # threads here read them where they lie (a model that threads may share).
+    if engine_class(engine).shares_cores and _in_own_memory(dataset) and model.thread_safe:
         check_positive_int("workers", workers, allow_none=True, what="a positive integer here (not a range)")
         return _predict_here(model, dataset, proba, workers or default_workers())
     with engine_for_call(
