@@ -234,6 +234,16 @@ def best_time(step: Callable[[], Any], repeats: int, before: Callable[[], None] 
     return min(times)
 
 
+def interleaved_best(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 0) -> dict[str, float]:
+    """Each step's best wall time over ``repeats`` calls, the steps taking turns so that all
+    see the same machine (and page cache); the first ``warmup`` turns are not counted."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(warmup + repeats):
+        for name, step in steps.items():
+            times[name].append(best_time(step, 1))
+    return {name: min(values[warmup:]) for name, values in times.items()}
+
+
 def ratio_row(name: str, ours_s: float, baseline: str, baseline_s: float, target: float, **extra: Any) -> Row:
     """An ``e2e`` row: our whole call over the baseline's, against a target ratio."""
     ratio = ours_s / baseline_s

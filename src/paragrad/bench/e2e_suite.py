@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, best_time, ratio_row, targets, write_features
+from paragrad.bench.common import Row, best_time, interleaved_best, ratio_row, targets, write_features
 from paragrad.core.atomic import atomic_write
 from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
@@ -402,13 +402,9 @@ def _predict_row(num_rows: int, folder: Path, repeats: int) -> list[Row]:
     def ours() -> None:
         predict_to_file(model, path, folder / "ours.npy", progress=False, workers=2)
 
-    times: dict[str, list[float]] = {"numpy": [], "ours": [], "read": []}
-    for _ in range(repeats + 1):  # interleaved: all see the same page cache; the first warms it
-        times["numpy"].append(best_time(numpy_predict, 1))
-        times["ours"].append(best_time(ours, 1))
-        times["read"].append(best_time(lambda: _read_once(path), 1))
+    steps = {"numpy": numpy_predict, "ours": ours, "read": lambda: _read_once(path)}
+    best = interleaved_best(steps, repeats, warmup=1)  # the same page cache for all; the first warms it
     release_kept_engine()
-    best = {name: min(values[1:]) for name, values in times.items()}
     # Labels agree but where a score is within round-off of 0 (BLAS sums in another order).
     differ = int(np.sum(np.load(folder / "ours.npy") != np.load(folder / "numpy.npy")))
     path.unlink()

@@ -18,22 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.bench.common import Row, best_time, ratio_row
+from paragrad.bench.common import Row, interleaved_best, ratio_row
 from paragrad.data import Dataset, make_classification
 from paragrad.engines.kept import release_kept_engine
 from paragrad.errors import ConvergenceWarning
 from paragrad.models import LinearRegression, LogisticRegression
 from paragrad.training.strategies import SGD
 from paragrad.training.trainer import train
-
-
-def _interleaved(ours: Callable[[], Any], theirs: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """The best time of each, the two taking turns so that both see the same machine."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for index, step in enumerate((ours, theirs)):
-            best[index] = min(best[index], best_time(step, 1))
-    return best[0], best[1]
 
 
 def _small_data() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
@@ -78,7 +69,8 @@ def _small_row(name: str, family: str, X: np.ndarray, y: np.ndarray, repeats: in
         else:
             fitted["theirs"] = sm.OLS(y, exog).fit()
 
-    ours_s, theirs_s = _interleaved(ours, theirs, 20 * repeats)
+    best = interleaved_best({"ours": ours, "theirs": theirs}, 20 * repeats)
+    ours_s, theirs_s = best["ours"], best["theirs"]
     reference = np.r_[fitted["theirs"].params[1:], fitted["theirs"].params[0]]  # intercept last
     gap = float(np.abs(fitted["ours"].params - reference).max() / np.abs(reference).max())
     baseline = "statsmodels Logit.fit" if family == "logit" else "statsmodels OLS.fit"
@@ -112,13 +104,13 @@ def grid_search_rows(repeats: int) -> list[Row]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ours_s, theirs_s = _interleaved(ours, theirs, repeats)
+            best = interleaved_best({"ours": ours, "theirs": theirs}, repeats)
         rows.append(
             ratio_row(
                 f"GridSearchCV 4 x 5 fits, breast_cancer, n_jobs={jobs}",
-                ours_s,
+                best["ours"],
                 "LogisticRegression",
-                theirs_s,
+                best["theirs"],
                 1.0,
             )
         )
@@ -154,16 +146,16 @@ def checkpoint_row(num_rows: int, repeats: int) -> Row:
 
     try:
         fit(None)()  # the kept engine started, for both
-        with_s, without_s = _interleaved(fit(1), fit(None), repeats)
+        best = interleaved_best({"with": fit(1), "without": fit(None)}, repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         release_kept_engine()
     checkpointed = runs["1"]
     return ratio_row(
         f"SGD {num_rows:.0e} x 100, a checkpoint every round ({len(checkpointed.history)} rounds)",
-        with_s,
+        best["with"],
         "the same run without checkpoints",
-        without_s,
+        best["without"],
         1.1,
         checkpoint_s=checkpointed.checkpoint_s,
         checkpoints=checkpointed.checkpoints_written,
