@@ -392,30 +392,38 @@ class LinearLayout:
 
         Products run in the data's float type; sums over blocks accumulate in float64.
         """
-        return self._fused_sums(params, X, y, None)
+        return self._fused_sums(params, X, y, None)[:2]
 
     def loss_grad_hess(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hessian_every: int = 1
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
 
         The loss and gradient are :meth:`loss_grad`'s, bit for bit: the same block loop adds
         each block's Hessian while the block is in cache. Hessian products run in the data's
         float type, as the gradient's do; the sums accumulate in float64.
+
+        With ``hessian_every`` above 1 (dense X) the Hessian is summed over every so many
+        blocks of rows only, and scaled to the rows of X: an estimate of the sum at a
+        fraction of the cost, from rows spread over all of X.
         """
         hess = np.zeros((self.num_params, self.num_params))
-        loss, grad = self._fused_sums(params, X, y, hess)
+        every = 1 if is_sparse(X) else max(1, int(hessian_every))
+        loss, grad, sampled = self._fused_sums(params, X, y, hess, every)
+        if 0 < sampled < X.shape[0]:
+            hess *= X.shape[0] / sampled
         return loss, grad, finish_hessian(hess, self.num_outputs)
 
     def _fused_sums(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hess: np.ndarray | None
-    ) -> tuple[float, np.ndarray]:
-        """The block loop of :meth:`loss_grad`; adds the Hessian sum to ``hess`` unless None."""
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hess: np.ndarray | None, every: int = 1
+    ) -> tuple[float, np.ndarray, int]:
+        """The block loop of :meth:`loss_grad`; adds the Hessian sum of every ``every``-th
+        block to ``hess`` unless None. Also returns the rows that went into it."""
         d, k = features_of(self), self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
         grad_W = grad[: d * k].reshape(d, k)
-        loss = 0.0
+        loss, sampled = 0.0, 0
         num_rows = X.shape[0]
         step = max(num_rows, 1) if is_sparse(X) else block_rows(X)  # CSR rows are read in one go
         for start in range(0, num_rows, step):
@@ -429,10 +437,11 @@ class LinearLayout:
                 grad_W += np.asarray(X_block.T @ dZ)
             if self.fit_intercept:
                 grad[d * k :] += dZ.sum(axis=0, dtype=np.float64)
-            if hess is not None:
+            if hess is not None and (start // step) % every == 0:
                 diag, outer = self.output_curvature(Z, y_block)
                 add_hessian_sums(hess, X_block, diag, outer, self.fit_intercept, block_rows(X))
-        return loss, grad
+                sampled += X_block.shape[0]
+        return loss, grad, sampled
 
 
 def features_of(model: Model | LinearLayout) -> int:

@@ -194,6 +194,10 @@ class Optimizer:
         """The settings that identify this optimizer (for checking a resumed run)."""
         return {"name": self.name, "lr": describe(self.schedule)}
 
+    def label(self) -> str:
+        """How a run's summary names it."""
+        return self.name
+
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
         return f"{type(self).__name__}({args})"

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,8 @@ from paragrad.errors import (
     setting,
 )
 from paragrad.models.base import Model
-from paragrad.optim import Optimizer
+from paragrad.optim import Newton, Optimizer
+from paragrad.optim.newton import SampleSingular
 from paragrad.training.checkpoint import (
     CheckpointWarning,
     TrainingState,
@@ -213,7 +214,7 @@ class RoundLoop:
             self.runner.num_workers,
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
-            optimizer=self.optimizer.name,
+            optimizer=self.optimizer.label(),
             changes=list(self.runner.changes),
             scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
             checkpoint_s=self.checkpoint_s,
@@ -346,13 +347,20 @@ class RoundLoop:
         start = time.perf_counter()
         meter = PassMeter(self.runner)
         with np.errstate(over="ignore", invalid="ignore"):
-            outcome = self.strategy.round(
-                lambda point: meter.run(self.task, point, round_index),
-                state.params,
-                state.opt_state,
-                self.model,
-                self.optimizer,
-            )
+            try:
+                outcome = self.strategy.round(
+                    lambda point: meter.run(self.task, point, round_index),
+                    state.params,
+                    state.opt_state,
+                    self.model,
+                    self.optimizer,
+                )
+            except SampleSingular:  # the round again, with the Hessian over all the rows
+                assert isinstance(self.optimizer, Newton)
+                self.optimizer = self.optimizer.exact()
+                self.task = replace(self.task, optimizer=self.optimizer)
+                state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+                return self.round(round_index, state)
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)

@@ -20,7 +20,7 @@ import numpy as np
 from paragrad.core.shards import Shard, StateField
 from paragrad.errors import ConfigError, check_positive_int, model_term
 from paragrad.models.base import LinearLayout, Model
-from paragrad.optim import Evaluation, Optimizer
+from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
 from paragrad.training.compression import Compressor, get_compressor
@@ -273,7 +273,8 @@ class GradientDescent(Strategy):
         if optimizer.needs == "factor":
             factor = shard_factor(shard.X, shard.labels, model.fit_intercept)
             return WorkerResult(shard.num_rows, 0.0, np.zeros(0), matrix=factor)
-        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels)
+        every = optimizer.hessian_every if isinstance(optimizer, Newton) else 1
+        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, every)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
 

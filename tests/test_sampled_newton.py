@@ -1,0 +1,127 @@
+"""Newton with the Hessian summed over a sample of the rows: the same optimum as Newton's.
+
+The gradient stays exact, so the fixed point is the exact one; the sample only changes the
+steps. A sample that sees no curvature in some direction (a rare feature) is caught, and
+the round is taken again with the Hessian over all the rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import paragrad as pg
+from paragrad.models import base
+from paragrad.optim.least_squares import RankDeficient
+from paragrad.training.settings import default_optimizer
+
+
+def classification(
+    rows: int, features: int, classes: int = 2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose classes overlap (a finite optimum) and whose features differ in scale."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, features)) * np.geomspace(0.1, 10.0, features)
+    scores = X @ rng.standard_normal((features, classes)) / features + rng.gumbel(size=(rows, classes))
+    return X, scores.argmax(axis=1).astype(float)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_sampled_hessian_is_every_kth_blocks_sum_scaled_to_all_rows(every, monkeypatch):
+    # Prepare: blocks of 64 rows (the smallest), so 1000 rows take 16 of them
+    X, y = classification(1000, 4)
+    model = pg.models.LogisticRegression(l2=0.1)
+    model.setup(4, np.array([0.0, 1.0]))
+    params = np.random.default_rng(1).standard_normal(model.num_params)
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    sampled = [rows for rows in np.array_split(np.arange(1000), range(64, 1000, 64))][::every]
+    expected = sum(model.loss_grad_hess(params, X[rows], y[rows])[2] for rows in sampled)
+    expected = expected * 1000 / sum(len(rows) for rows in sampled)
+    # Execute
+    loss, grad, hess = model.loss_grad_hess(params, X, y, hessian_every=every)
+    # Assert: the gradient is the exact one, the Hessian the sample's, scaled
+    assert loss == model.loss_grad(params, X, y)[0]
+    np.testing.assert_array_equal(grad, model.loss_grad(params, X, y)[1])
+    np.testing.assert_allclose(hess, expected, rtol=1e-12)
+    np.testing.assert_array_equal(hess, hess.T)
+
+
+@pytest.mark.parametrize(
+    ("model", "classes"), [(pg.models.LogisticRegression, 2), (pg.models.SoftmaxRegression, 3)]
+)
+def test_sampled_newton_reaches_newtons_optimum(model, classes, monkeypatch):
+    # Prepare: 64-row blocks, a Hessian over one block in ten
+    X, y = classification(6000, 6, classes)
+    data = pg.Dataset(X, y)
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    exact = pg.train(model(), data, optimizer=pg.optim.Newton(), engine="serial", tol=1e-10)
+    # Execute
+    sampled = pg.train(
+        model(), data, optimizer=pg.optim.Newton(hessian_sample=0.1), engine="serial", tol=1e-10
+    )
+    # Assert
+    assert sampled.converged
+    np.testing.assert_allclose(sampled.params, exact.params, rtol=1e-8, atol=1e-10)
+    assert sampled.model.loss(X, y) <= exact.model.loss(X, y) + 1e-14
+
+
+def rare_feature_data() -> tuple[np.ndarray, np.ndarray]:
+    """A feature that is non-zero in the third block of 16,384 rows of each half only."""
+    X, y = classification(4 * 2 * 16_384, 7, seed=2)
+    rare = np.zeros(len(X))
+    for half in (0, 4 * 16_384):
+        rare[half + 2 * 16_384 : half + 2 * 16_384 + 300] = 1.0
+    return np.column_stack([X, rare]), y
+
+
+def test_a_sample_blind_to_a_feature_is_taken_again_with_all_rows(local_engine):
+    # Prepare: 8 float64 features make blocks of 16,384 rows; two shards of four blocks
+    # each, the Hessian over one in four (the first): it never sees the rare feature
+    X, y = rare_feature_data()
+    data = pg.Dataset(X, y)
+    exact = pg.train(
+        pg.models.LogisticRegression(), data, optimizer=pg.optim.Newton(), engine="serial", workers=2
+    )
+    sampled = pg.optim.Newton(hessian_sample=0.25)
+    # Execute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankDeficient)  # the features are independent
+        runs = [
+            pg.train(pg.models.LogisticRegression(), data, optimizer=sampled, engine=engine, workers=2)
+            for engine in ("serial", local_engine)
+        ]
+    # Assert: Newton's rounds from the first, on any engine
+    for run in runs:
+        assert run.converged
+        np.testing.assert_array_equal(run.params, exact.params)
+        assert len(run.history) == len(exact.history)
+
+
+def dataset(rows: int, features: int, sparse: bool = False) -> pg.Dataset:
+    X = np.zeros((rows, features))
+    X[:, 0] = np.arange(rows) % 3
+    y = (np.arange(rows) % 2).astype(float)
+    return pg.Dataset(scipy.sparse.csr_matrix(X) if sparse else X, y)
+
+
+def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
+    # Prepare: 100,000 x 100 (Newton's exact Hessian: 1e9 products a pass, above the budget)
+    model, strategy = pg.models.LogisticRegression(), pg.GradientDescent()
+    # Execute
+    dense = default_optimizer(model, strategy, dataset(100_000, 100))
+    sparse = default_optimizer(model, strategy, dataset(100_000, 100, sparse=True))
+    wide = default_optimizer(model, strategy, dataset(30_000, 200))
+    small = default_optimizer(model, strategy, dataset(5_000, 100))
+    # Assert: 500 rows a parameter, on dense data, where the sample's Hessian is cheap
+    assert isinstance(dense, pg.optim.Newton) and dense.hessian_sample == pytest.approx(500 * 101 / 100_000)
+    assert isinstance(sparse, pg.optim.LBFGS)
+    assert isinstance(wide, pg.optim.LBFGS)
+    assert isinstance(small, pg.optim.Newton) and small.hessian_sample == 1.0
+
+
+def test_hessian_sample_must_be_a_share_of_the_rows():
+    with pytest.raises(pg.ConfigError, match=r"hessian_sample must be in \(0, 1\], got 0"):
+        pg.optim.Newton(hessian_sample=0)
