@@ -8,7 +8,7 @@ from conftest import relative_error
 
 import paragrad as pg
 from paragrad.core.shards import Shard, plan_shards
-from paragrad.training.sampling import batch_rows
+from paragrad.training.sampling import batch_rows, stream_rows
 from paragrad.training.strategies import RoundPlan, weighted_mean
 
 
@@ -222,6 +222,35 @@ def test_sgd_batches_cover_every_row_once_per_epoch_and_differ_between_epochs_an
     assert not np.array_equal(
         epoch0, np.concatenate([batch_rows(other_worker, 5, 0, p, 4) for p in range(3)])
     )
+
+
+def stream_by_definition(num_rows: int, num_virtual: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's global stream of rows, written out from its definition: the j-th row of
+    virtual shard v's permutation at position j V + rank(v); the rows of the shards one row
+    larger than the rest after every full lap, in lap order."""
+    starts = [v * num_rows // num_virtual for v in range(num_virtual + 1)]
+    lap = np.random.default_rng([seed, epoch]).permutation(num_virtual)
+    base, stream, tails = num_rows // num_virtual, np.full(num_rows, -1), []
+    for rank, v in enumerate(lap):
+        rows = starts[v] + np.random.default_rng([seed, v, epoch, 1]).permutation(starts[v + 1] - starts[v])
+        stream[rank : base * num_virtual : num_virtual] = rows[:base]
+        tails += list(rows[base:])
+    stream[base * num_virtual :] = tails
+    return stream
+
+
+@pytest.mark.parametrize(("num_rows", "workers"), [(5000, 2), (3001, 3), (5, 2)])
+def test_sgd_batches_are_the_stream_of_its_definition(num_rows, workers):
+    plan = plan_shards(num_rows, workers)
+    for epoch in range(2):
+        stream = stream_by_definition(num_rows, plan.num_virtual, 7, epoch)
+        for start, stop in [(0, 64), (64, 128), (2990, 3001), (4090, 4200), (3, 4)]:
+            batch = []
+            for worker in range(workers):
+                first, end = plan.bounds[worker]
+                shard = Shard(np.zeros((end - first, 1)), None, worker, workers, virtual=plan.virtual(worker))
+                batch += list(first + np.arange(end - first)[stream_rows(shard, 7, epoch, start, stop)])
+            assert sorted(batch) == sorted(stream[start:stop])
 
 
 @pytest.mark.parametrize(

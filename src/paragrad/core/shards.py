@@ -46,14 +46,17 @@ class EpochOrder:
     """The order in which a shard's rows are drawn in one epoch: recomputable, never saved.
 
     For the global stream over virtual shards (see :mod:`paragrad.training.sampling`), ``ranks``
-    is each held virtual shard's place in the epoch's order of virtual shards, and
-    ``tails`` the stream position of its extra last row (-1 for a shard without one).
+    is each held virtual shard's place in the epoch's order of virtual shards, ``tails``
+    the stream position of its extra last row (-1 for a shard without one), and
+    ``positions`` the stream position of each row of ``permutation``, which is in stream
+    order.
     """
 
     epoch: int
     permutation: np.ndarray
     ranks: np.ndarray | None = None
     tails: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,18 @@ from paragrad.core.shards import EpochOrder, Shard, VirtualShards
 
 
 def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
-    """The epoch's permutation of each held virtual shard (as rows of the shard, one
-    after another), each one's rank in the epoch's order of virtual shards, and the
-    stream position of its extra row (-1 for none)."""
-    if shard.order is not None and shard.order.epoch == epoch and shard.order.ranks is not None:
+    """The shard's rows in the order of the epoch's stream, with their stream positions:
+    each held virtual shard's rows permuted, its ``j``-th row at position ``j V + rank``
+    (its extra row, if any, at its tail position), all of them sorted by position once
+    per epoch, so that a round finds its rows by two binary searches."""
+    if shard.order is not None and shard.order.epoch == epoch and shard.order.positions is not None:
         return shard.order
     held = shard.held
     ids = range(held.first, held.first + held.count)
     local = _local_starts(held)
+    sizes = np.diff(local)
     parts = [
-        local[i] + np.random.default_rng([seed, v, epoch, 1]).permutation(local[i + 1] - local[i])
-        for i, v in enumerate(ids)
+        local[i] + np.random.default_rng([seed, v, epoch, 1]).permutation(sizes[i]) for i, v in enumerate(ids)
     ]
     lap = np.random.default_rng([seed, epoch]).permutation(held.num_virtual)
     ranks = np.empty(held.num_virtual, dtype=np.int64)
@@ -40,9 +41,20 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     every = VirtualShards(0, held.num_virtual, held.num_virtual, held.total_rows)
     larger = np.diff(every.starts()) > base  # the virtual shards with one more row than the rest
     # Their extra rows come after the full laps, in lap order.
-    tails = base * held.num_virtual + np.cumsum(larger[lap])[ranks] - 1
-    mine = slice(held.first, held.first + held.count)
-    shard.order = EpochOrder(epoch, np.concatenate(parts), ranks[mine], np.where(larger, tails, -1)[mine])
+    tails = (base * held.num_virtual + np.cumsum(larger[lap])[ranks] - 1)[
+        held.first : held.first + held.count
+    ]
+    mine = ranks[held.first : held.first + held.count]
+    # The j-th row of held virtual shard i is at position j V + rank_i; an extra row at its tail.
+    index_in_part = np.arange(int(local[-1])) - np.repeat(local[:-1], sizes)
+    positions = index_in_part * held.num_virtual + np.repeat(mine, sizes)
+    extra = sizes > base
+    positions[local[1:][extra] - 1] = tails[extra]
+    permutation = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    in_stream = np.argsort(positions, kind="stable")
+    shard.order = EpochOrder(
+        epoch, permutation[in_stream], mine, np.where(extra, tails, -1), positions[in_stream]
+    )
     return shard.order
 
 
@@ -55,25 +67,12 @@ def _local_starts(held: VirtualShards) -> np.ndarray:
 def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> slice | np.ndarray:
     """The shard's rows at positions ``[start, stop)`` of the epoch's global stream, sorted
     (for memory locality; this changes no sum but its order). All of them: a slice."""
-    held = shard.held
-    if start <= 0 and stop >= held.total_rows:
+    if start <= 0 and stop >= shard.held.total_rows:
         return slice(None)
     order = virtual_order(shard, seed, epoch)
-    assert order.ranks is not None and order.tails is not None
-    ranks, tails, V = order.ranks, order.tails, held.num_virtual
-    base = held.total_rows // V
-
-    def drawn_before(position: int) -> np.ndarray:
-        """How many of each held shard's rows come before ``position`` in the stream."""
-        laps = np.clip(-((ranks - position) // V), 0, base)  # ceil((position - rank) / V)
-        return laps + ((tails >= 0) & (tails < position))
-
-    first, last = drawn_before(start), drawn_before(stop)
-    begins = _local_starts(held)[:-1] + first
-    counts = last - first  # each held shard's rows in the batch: permutation[begin : begin + count]
-    ends = np.cumsum(counts)
-    positions = np.arange(ends[-1]) + np.repeat(begins - (ends - counts), counts)
-    return np.sort(order.permutation[positions])
+    assert order.positions is not None
+    first, last = np.searchsorted(order.positions, (start, stop))
+    return np.sort(order.permutation[first:last])
 
 
 def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
