@@ -100,7 +100,9 @@ class Newton(Optimizer):
 
     def label(self) -> str:
         sample = (
-            "" if self.hessian_sample == 1.0 else f" (the Hessian over {self.hessian_sample:.1%} of the rows)"
+            ""
+            if self.hessian_sample == 1.0
+            else f" (the Hessian over {1 / self.hessian_every:.1%} of the rows)"
         )
         return self.name + sample
 
