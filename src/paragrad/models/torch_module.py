@@ -180,19 +180,19 @@ class Torch(Model):
         return {key: value for key, value in self.__dict__.items() if key != "_flat_tensors"}
 
     def _load(self, params: np.ndarray) -> None:
-        torch = _torch()
         values, _ = self._flat()
-        with torch.no_grad(), warnings.catch_warnings():  # broadcast parameters are read-only;
-            warnings.simplefilter("ignore", UserWarning)  # they are only read here
-            values.copy_(torch.from_numpy(np.ascontiguousarray(params, dtype=np.float64)))
+        values.numpy()[:] = params  # one copy, in the module's dtype
 
     def _inputs(self, X: Features) -> Tensor:
         torch = _torch()
         if hasattr(X, "toarray"):
             X = X.toarray()
+        X = np.ascontiguousarray(X)
+        if X.flags.writeable:  # a batch's rows, gathered
+            return torch.from_numpy(X).to(self._dtype)
         with warnings.catch_warnings():  # shared shards are read-only; torch only reads them
             warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(np.ascontiguousarray(X)).to(self._dtype)
+            return torch.from_numpy(X).to(self._dtype)
 
     def _outputs(self, X: Features) -> Tensor:
         out = self.module(self._inputs(X))
