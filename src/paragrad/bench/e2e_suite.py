@@ -108,7 +108,9 @@ def _peers(X: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], Any]]:
 
 
 def _keep(fit: Callable[[], Any], fitted: dict[str, Any]) -> None:
-    fitted["model"] = fit()
+    with warnings.catch_warnings():  # scikit-learn 1.8 deprecates the penalty=None it passes on
+        warnings.simplefilter("ignore", FutureWarning)
+        fitted["model"] = fit()
 
 
 def _peer_rows(
