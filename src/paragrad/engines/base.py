@@ -62,12 +62,25 @@ class GiveState(Task):
         shard.state = dict(self.states[shard.worker])
 
 
+_SCALARS = frozenset({int, float, bool, np.float64, np.float32, np.int64, np.intp})
+
+
 def payload_nbytes(value: Any) -> int:
     """Bytes of the numbers in a task's arguments or result: arrays, scalars, tuples."""
+    kind = type(value)  # the common types by identity first: this runs twice a pass
+    if kind is np.ndarray:
+        return value.nbytes
+    if kind in _SCALARS:
+        return 8
+    if value is None:
+        return 0
     if isinstance(value, np.ndarray):
         return value.nbytes
     if isinstance(value, (tuple, list)):
-        return sum(payload_nbytes(item) for item in value)
+        total = 0
+        for item in value:
+            total += payload_nbytes(item)
+        return total
     if isinstance(value, dict):
         return sum(payload_nbytes(item) for item in value.values())
     if isinstance(value, (int, float, np.number, bool)):

@@ -34,18 +34,26 @@ def add_hessian_sums(
     Sparse X is densified ``dense_rows`` rows at a time.
     """
     d, k = X.shape[1], diag.shape[1]
+    if k == 1 and not is_sparse(X):  # one output: the Hessian is the one pair's block
+        _add_pair(hess, X, diag[:, 0], fit_intercept)
+        return
     blocks = hess.reshape(d + int(fit_intercept), k, d + int(fit_intercept), k)
     for start, A in dense_row_blocks(X, dense_rows):
         rows = slice(start, start + A.shape[0])
         for c, c2 in class_pairs(k, outer is not None):
-            v = _curvature(diag, outer, rows, c, c2)
-            Av = A * v.astype(A.dtype, copy=False)[:, None]
-            blocks[:d, c, :d, c2] += A.T @ Av
-            if fit_intercept:
-                column = Av.sum(axis=0, dtype=np.float64)  # A^T v
-                blocks[:d, c, d, c2] += column
-                blocks[d, c, :d, c2] += column
-                blocks[d, c, d, c2] += float(v.sum(dtype=np.float64))
+            _add_pair(blocks[:, c, :, c2], A, _curvature(diag, outer, rows, c, c2), fit_intercept)
+
+
+def _add_pair(block: np.ndarray, A: np.ndarray, v: np.ndarray, fit_intercept: bool) -> None:
+    """Add ``sum_i v_i a_i a_i^T`` (``a = [x, 1]``) to one class pair's ``block``, in place."""
+    d = A.shape[1]
+    Av = A * v.astype(A.dtype, copy=False)[:, None]
+    block[:d, :d] += A.T @ Av
+    if fit_intercept:
+        column = Av.sum(axis=0, dtype=np.float64)  # A^T v
+        block[:d, d] += column
+        block[d, :d] += column
+        block[d, d] += float(v.sum(dtype=np.float64))
 
 
 def dense_row_blocks(X: Features, dense_rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -155,6 +155,10 @@ class EnergyMeter:
         )
         return Reading(micro / 1e6, cpu_s)
 
+    def mark(self) -> None:
+        """Start the next lap now, leaving out what came before it (the total keeps it)."""
+        self._last = self._state()
+
     def lap(self, worker_cpu_s: float = 0.0) -> Reading:
         """The energy since the last lap; ``worker_cpu_s``: the worker processes' CPU
         seconds in that span (in-process workers are in this process's own)."""

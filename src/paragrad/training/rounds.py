@@ -112,13 +112,15 @@ class PassMeter:
         except (WorkerLost, WorkerError) as exc:
             raise type(exc)(f"round {round_index}: {exc}") from exc
         self.run_s += time.perf_counter() - start
-        slowest = max(result.compute_s for result in results)
+        computing = [result.compute_s for result in results]
+        slowest, summed = max(computing), sum(computing)
         # Serial workers compute one after another: all of it is inside run_s.
-        self.busy_s += slowest if self.runner.parallel else sum(result.compute_s for result in results)
+        self.busy_s += slowest if self.runner.parallel else summed
         self.compute_s += slowest
-        self.wait_s += slowest - sum(result.compute_s for result in results) / len(results)
-        self.samples += sum(result.rows_processed for result in results)
-        self.worker_cpu_s += sum(result.cpu_s for result in results)
+        self.wait_s += slowest - summed / len(results)
+        for result in results:
+            self.samples += result.rows_processed
+            self.worker_cpu_s += result.cpu_s
         self.sent += self.runner.last_bytes_sent
         self.received += self.runner.last_bytes_received
         return results
@@ -153,6 +155,7 @@ class RoundLoop:
         max_rounds: int | None,
         tol: float,
         seed: int,
+        energy: EnergyMeter | None = None,
     ) -> None:
         self.model, self.runner, self.plan, self.shard_sizes = model, runner, plan, plan.sizes
         shard_sizes = plan.sizes
@@ -165,7 +168,9 @@ class RoundLoop:
         self.state_fields: tuple[StateField, ...] = strategy.worker_state(model.num_params)
         self.autoscaler: AutoScaler | None = None  # set for workers="auto"
         self.initial_params: np.ndarray | None = None  # set to start from a trained model
-        self.energy = EnergyMeter()
+        # The call's meter, when given: each round a lap of it, the rounds' laps part of its total.
+        self.energy = EnergyMeter() if energy is None else energy
+        self.energy.mark()
         self.checkpoint_s = 0.0  # the rounds' time spent on checkpoints: snapshots, waiting for writes
         self.checkpoints_written = 0
 

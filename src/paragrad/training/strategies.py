@@ -123,7 +123,10 @@ def objective(
     penalty, penalty_grad = model.penalty(params)
     hessian = None
     if needs == "hessian":
-        hessian = np.add.reduce(matrices) / count + np.diag(model.penalty_hessian(params))
+        hessian = (matrices[0] if len(matrices) == 1 else np.add.reduce(matrices)) / count
+        penalty_diagonal = model.penalty_hessian(params)
+        if penalty_diagonal.any():
+            hessian += np.diag(penalty_diagonal)
         flat = model.flat_directions()  # curvature where the objective is flat: a definite system
         if len(flat):
             hessian += (np.trace(hessian) / len(params)) * (flat.T @ flat) / len(flat)

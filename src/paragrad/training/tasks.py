@@ -53,6 +53,8 @@ def distinct_labels(y: np.ndarray) -> np.ndarray:
     return np.unique(y)[: MAX_CLASSES + 1]
 
 
+_HOST = socket.gethostname()  # this machine's name, asked once: TrainStep compares it every pass
+
 # Rows of each virtual shard that go into the data's fingerprint: its first, its last and
 # evenly spaced ones between (a pass over 8 rows of 1024 virtual shards: milliseconds).
 FINGERPRINT_ROWS = 8
@@ -147,16 +149,17 @@ class TrainStep(Task):
     plan: RoundPlan
     # Where the coordinator runs: a worker in its process reports no CPU time of its own
     # (the coordinator's process time holds it).
-    coordinator: tuple[str, int] = field(default_factory=lambda: (socket.gethostname(), os.getpid()))
+    coordinator: tuple[str, int] = field(default_factory=lambda: (_HOST, os.getpid()))
     zero_copy_results: ClassVar[bool] = True  # the round loop combines them before the next round
 
     def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
+        here = os.getpid() == self.coordinator[1] and _HOST == self.coordinator[0]
+        cpu_start = 0.0 if here else time.process_time()
         with np.errstate(over="ignore", invalid="ignore"):
             result = self.strategy.worker_step(
                 shard, self.model, self.optimizer, params, round_index, self.plan
             )
-        here = (socket.gethostname(), os.getpid()) == self.coordinator
         cpu_s = 0.0 if here else time.process_time() - cpu_start
         return result._replace(compute_s=time.perf_counter() - start, cpu_s=cpu_s)
 

@@ -8,7 +8,6 @@ the workers gather (classes, standardisation, feature scales) and runs the round
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 import warnings
@@ -248,7 +247,7 @@ def train(
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         config = config.with_classes(model.classes_)
         checkpoints.adopt(resumed, fingerprint, config.classes)
-        loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed)
+        loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
         loop.initial_params = None if start_from is None else initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
@@ -259,8 +258,8 @@ def train(
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
     total_s = time.perf_counter() - call_started
-    used = energy.total(loop.energy.worker_cpu_s)  # the coordinator's own CPU time is the meter's
-    run = dataclasses.replace(run, setup_s=setup_s, setup_parts=setup_parts, total_s=total_s)
+    used = energy.total()  # the coordinator's own CPU time is the meter's; the workers' in its laps
+    run.setup_s, run.setup_parts, run.total_s = setup_s, setup_parts, total_s
     run.model_choice, run.engine_choice = model_choice, choice.reason
     run.energy_j, run.cpu_s, run.energy_source = used.energy_j, used.cpu_s, energy.describe()
     hooks.train_end(run)
@@ -423,7 +422,8 @@ def _set_up_model(
     data.unchecked = False
     labels = None
     if model.is_classifier:
-        labels = np.unique(np.concatenate([shard_labels for _, shard_labels, *_ in described]))
+        parts = [shard_labels for _, shard_labels, *_ in described]  # each distinct and sorted
+        labels = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
     if labels is not None:  # before the model's own checks, whose advice assumes classes
