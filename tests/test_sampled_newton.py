@@ -7,6 +7,7 @@ the round is taken again with the Hessian over all the rows.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ import scipy.sparse
 
 import paragrad as pg
 from paragrad.models import base
+from paragrad.models.base import RowSample
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.settings import default_optimizer
 
@@ -29,24 +31,44 @@ def classification(
     return X, scores.argmax(axis=1).astype(float)
 
 
+def logistic_at_random_point(X: np.ndarray) -> tuple[pg.models.LogisticRegression, np.ndarray]:
+    model = pg.models.LogisticRegression(l2=0.1)
+    model.setup(X.shape[1], np.array([0.0, 1.0]))
+    return model, np.random.default_rng(1).standard_normal(model.num_params)
+
+
 @pytest.mark.parametrize("every", [1, 3])
 def test_sampled_hessian_is_every_kth_blocks_sum_scaled_to_all_rows(every, monkeypatch):
     # Prepare: blocks of 64 rows (the smallest), so 1000 rows take 16 of them
     X, y = classification(1000, 4)
-    model = pg.models.LogisticRegression(l2=0.1)
-    model.setup(4, np.array([0.0, 1.0]))
-    params = np.random.default_rng(1).standard_normal(model.num_params)
+    model, params = logistic_at_random_point(X)
     monkeypatch.setattr(base, "BLOCK_BYTES", 1)
     sampled = [rows for rows in np.array_split(np.arange(1000), range(64, 1000, 64))][::every]
     expected = sum(model.loss_grad_hess(params, X[rows], y[rows])[2] for rows in sampled)
     expected = expected * 1000 / sum(len(rows) for rows in sampled)
     # Execute
-    loss, grad, hess = model.loss_grad_hess(params, X, y, hessian_every=every)
+    loss, grad, hess = model.loss_grad_hess(params, X, y, RowSample(every, 0, 1000))
     # Assert: the gradient is the exact one, the Hessian the sample's, scaled
     assert loss == model.loss_grad(params, X, y)[0]
     np.testing.assert_array_equal(grad, model.loss_grad(params, X, y)[1])
     np.testing.assert_allclose(hess, expected, rtol=1e-12)
     np.testing.assert_array_equal(hess, hess.T)
+
+
+@pytest.mark.parametrize("splits", [[0, 1000], [0, 500, 1000], [0, 100, 333, 800, 1000]])
+def test_sampled_hessian_is_the_same_whatever_the_shards(splits, monkeypatch):
+    # Prepare: the sample is every third block of 64 of all the rows, not of each shard's
+    X, y = classification(1000, 4)
+    model, params = logistic_at_random_point(X)
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    whole = model.loss_grad_hess(params, X, y, RowSample(3, 0, 1000))[2]
+    # Execute
+    shards = [
+        model.loss_grad_hess(params, X[first:end], y[first:end], RowSample(3, first, 1000))[2]
+        for first, end in itertools.pairwise(splits)
+    ]
+    # Assert
+    np.testing.assert_allclose(sum(shards), whole, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +88,25 @@ def test_sampled_newton_reaches_newtons_optimum(model, classes, monkeypatch):
     assert sampled.converged
     np.testing.assert_allclose(sampled.params, exact.params, rtol=1e-8, atol=1e-10)
     assert sampled.model.loss(X, y) <= exact.model.loss(X, y) + 1e-14
+
+
+def test_sampled_newton_takes_the_same_steps_on_any_number_of_workers(monkeypatch):
+    # Prepare: 64-row blocks; shards of 6000 / 7 rows do not start on a block's first row
+    X, y = classification(6000, 6)
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    sampled = pg.optim.Newton(hessian_sample=0.1)
+    # Execute
+    runs = [
+        pg.train(
+            pg.models.LogisticRegression(), pg.Dataset(X, y), optimizer=sampled, engine="serial", workers=n
+        )
+        for n in (1, 7)
+    ]
+    # Assert: the same rows in the Hessian, so the same steps to round-off
+    assert [r["loss"] for r in runs[0].history] == pytest.approx(
+        [r["loss"] for r in runs[1].history], rel=1e-13
+    )
+    np.testing.assert_allclose(runs[1].params, runs[0].params, rtol=1e-11)
 
 
 def rare_feature_data() -> tuple[np.ndarray, np.ndarray]:

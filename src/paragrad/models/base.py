@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -392,10 +392,10 @@ class LinearLayout:
 
         Products run in the data's float type; sums over blocks accumulate in float64.
         """
-        return self._fused_sums(params, X, y, None)[:2]
+        return self._fused_sums(params, X, y, None)
 
     def loss_grad_hess(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hessian_every: int = 1
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, sample: RowSample | None = None
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
 
@@ -403,27 +403,32 @@ class LinearLayout:
         each block's Hessian while the block is in cache. Hessian products run in the data's
         float type, as the gradient's do; the sums accumulate in float64.
 
-        With ``hessian_every`` above 1 (dense X) the Hessian is summed over every so many
-        blocks of rows only, and scaled to the rows of X: an estimate of the sum at a
-        fraction of the cost, from rows spread over all of X.
+        With a ``sample`` (dense X) the Hessian is summed over the sample's rows only and
+        scaled to all the data's: an estimate of the sum at a fraction of the cost.
         """
         hess = np.zeros((self.num_params, self.num_params))
-        every = 1 if is_sparse(X) else max(1, int(hessian_every))
-        loss, grad, sampled = self._fused_sums(params, X, y, hess, every)
-        if 0 < sampled < X.shape[0]:
-            hess *= X.shape[0] / sampled
+        if is_sparse(X) or (sample is not None and sample.every == 1):
+            sample = None
+        loss, grad = self._fused_sums(params, X, y, hess, sample)
+        if sample is not None:
+            hess *= sample.scale(block_rows(X))
         return loss, grad, finish_hessian(hess, self.num_outputs)
 
     def _fused_sums(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hess: np.ndarray | None, every: int = 1
-    ) -> tuple[float, np.ndarray, int]:
-        """The block loop of :meth:`loss_grad`; adds the Hessian sum of every ``every``-th
-        block to ``hess`` unless None. Also returns the rows that went into it."""
+        self,
+        params: np.ndarray,
+        X: np.ndarray,
+        y: np.ndarray,
+        hess: np.ndarray | None,
+        sample: RowSample | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """The block loop of :meth:`loss_grad`; adds the Hessian sum (over the ``sample``'s
+        rows, if one is given) to ``hess`` unless None."""
         d, k = features_of(self), self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
         grad_W = grad[: d * k].reshape(d, k)
-        loss, sampled = 0.0, 0
+        loss = 0.0
         num_rows = X.shape[0]
         step = max(num_rows, 1) if is_sparse(X) else block_rows(X)  # CSR rows are read in one go
         for start in range(0, num_rows, step):
@@ -437,11 +442,41 @@ class LinearLayout:
                 grad_W += np.asarray(X_block.T @ dZ)
             if self.fit_intercept:
                 grad[d * k :] += dZ.sum(axis=0, dtype=np.float64)
-            if hess is not None and (start // step) % every == 0:
-                diag, outer = self.output_curvature(Z, y_block)
-                add_hessian_sums(hess, X_block, diag, outer, self.fit_intercept, block_rows(X))
-                sampled += X_block.shape[0]
-        return loss, grad, sampled
+            if hess is None:
+                continue
+            runs = [slice(None)] if sample is None else sample.runs(start, start + X_block.shape[0], step)
+            for rows in runs:
+                diag, outer = self.output_curvature(Z[rows], y_block[rows])
+                add_hessian_sums(hess, X_block[rows], diag, outer, self.fit_intercept, block_rows(X))
+        return loss, grad
+
+
+class RowSample(NamedTuple):
+    """The rows a sampled Hessian is summed over: those of every ``every``-th block of the
+    data's rows (blocks of :func:`block_rows` rows, counted from the data's first row), so
+    that the sample is the same whatever the shards; a shard's rows start at ``first_row``
+    of ``total_rows``."""
+
+    every: int
+    first_row: int
+    total_rows: int
+
+    def runs(self, start: int, stop: int, step: int) -> list[slice]:
+        """The sampled rows among the shard's rows ``[start, stop)``, as slices of them."""
+        first, last = self.first_row + start, self.first_row + stop
+        runs = []
+        for block in range(first // step, (last - 1) // step + 1):
+            if block % self.every == 0:
+                low, high = max(first, block * step), min(last, (block + 1) * step)
+                runs.append(slice(low - first, high - first))
+        return runs
+
+    def scale(self, step: int) -> float:
+        """All the data's rows over the sample's."""
+        sampled = sum(
+            min(step, self.total_rows - start) for start in range(0, self.total_rows, step * self.every)
+        )
+        return self.total_rows / sampled
 
 
 def features_of(model: Model | LinearLayout) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from paragrad.core.shards import Shard, StateField
 from paragrad.errors import ConfigError, check_positive_int, model_term
-from paragrad.models.base import LinearLayout, Model
+from paragrad.models.base import LinearLayout, Model, RowSample
 from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
@@ -276,8 +276,11 @@ class GradientDescent(Strategy):
         if optimizer.needs == "factor":
             factor = shard_factor(shard.X, shard.labels, model.fit_intercept)
             return WorkerResult(shard.num_rows, 0.0, np.zeros(0), matrix=factor)
-        every = optimizer.hessian_every if isinstance(optimizer, Newton) else 1
-        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, every)
+        sample = None
+        if isinstance(optimizer, Newton) and optimizer.hessian_every > 1:
+            held = shard.held
+            sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
+        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
 
