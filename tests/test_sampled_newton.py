@@ -16,7 +16,7 @@ import scipy.sparse
 
 import paragrad as pg
 from paragrad.models import base
-from paragrad.models.base import RowSample
+from paragrad.models.curvature import RowSample
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.settings import default_optimizer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -19,7 +19,7 @@ from paragrad.data import Standardizer, is_sparse
 from paragrad.data.checks import Features
 from paragrad.data.encoding import Encoding
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
-from paragrad.models.curvature import add_hessian_sums, finish_hessian
+from paragrad.models.curvature import RowSample, add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
 
 MAX_CLASSES = 1000
@@ -449,34 +449,6 @@ class LinearLayout:
                 diag, outer = self.output_curvature(Z[rows], y_block[rows])
                 add_hessian_sums(hess, X_block[rows], diag, outer, self.fit_intercept, block_rows(X))
         return loss, grad
-
-
-class RowSample(NamedTuple):
-    """The rows a sampled Hessian is summed over: those of every ``every``-th block of the
-    data's rows (blocks of :func:`block_rows` rows, counted from the data's first row), so
-    that the sample is the same whatever the shards; a shard's rows start at ``first_row``
-    of ``total_rows``."""
-
-    every: int
-    first_row: int
-    total_rows: int
-
-    def runs(self, start: int, stop: int, step: int) -> list[slice]:
-        """The sampled rows among the shard's rows ``[start, stop)``, as slices of them."""
-        first, last = self.first_row + start, self.first_row + stop
-        runs = []
-        for block in range(first // step, (last - 1) // step + 1):
-            if block % self.every == 0:
-                low, high = max(first, block * step), min(last, (block + 1) * step)
-                runs.append(slice(low - first, high - first))
-        return runs
-
-    def scale(self, step: int) -> float:
-        """All the data's rows over the sample's."""
-        sampled = sum(
-            min(step, self.total_rows - start) for start in range(0, self.total_rows, step * self.every)
-        )
-        return self.total_rows / sampled
 
 
 def features_of(model: Model | LinearLayout) -> int:

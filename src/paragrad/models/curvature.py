@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -97,3 +98,31 @@ def finish_hessian(hess: np.ndarray, k: int) -> np.ndarray:
 def _below_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The indices of an n x n matrix's entries below its diagonal."""
     return np.tril_indices(n, -1)
+
+
+class RowSample(NamedTuple):
+    """The rows a sampled Hessian is summed over: those of every ``every``-th block of the
+    data's rows (blocks of :func:`block_rows` rows, counted from the data's first row), so
+    that the sample is the same whatever the shards; a shard's rows start at ``first_row``
+    of ``total_rows``."""
+
+    every: int
+    first_row: int
+    total_rows: int
+
+    def runs(self, start: int, stop: int, step: int) -> list[slice]:
+        """The sampled rows among the shard's rows ``[start, stop)``, as slices of them."""
+        first, last = self.first_row + start, self.first_row + stop
+        runs = []
+        for block in range(first // step, (last - 1) // step + 1):
+            if block % self.every == 0:
+                low, high = max(first, block * step), min(last, (block + 1) * step)
+                runs.append(slice(low - first, high - first))
+        return runs
+
+    def scale(self, step: int) -> float:
+        """All the data's rows over the sample's."""
+        sampled = sum(
+            min(step, self.total_rows - start) for start in range(0, self.total_rows, step * self.every)
+        )
+        return self.total_rows / sampled
