@@ -256,18 +256,22 @@ class CheckpointEncoder:
 
     def encode(self, state: TrainingState) -> bytes:
         """The ``.npz`` file of ``state`` (read back by :func:`load_latest_checkpoint`)."""
+        return sealed_npz(self.arrays(state))
+
+    def arrays(self, state: TrainingState) -> dict[str, np.ndarray]:
+        """The file's arrays but its checksum: copies, or rows the encoder never changes,
+        so that the rounds may go on while :func:`sealed_npz` turns them into bytes."""
         arrays = {
-            "params": np.asarray(state.params, dtype=np.float64),
+            "params": np.array(state.params, dtype=np.float64),
             "history": self.history_rows(state.history),
             "meta": np.array(self.meta_text(state)),
         }
-        arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
+        arrays.update({f"opt_{name}": np.array(value) for name, value in state.opt_state._asdict().items()})
         if state.standardizer is not None:
             arrays["standardizer_mean"] = state.standardizer.mean
             arrays["standardizer_scale"] = state.standardizer.scale
-        arrays.update({WORKER_STATE + name: rows for name, rows in state.worker_state.items()})
-        arrays["checksum"] = np.array(_checksum(arrays))
-        return npz_bytes(arrays)
+        arrays.update({WORKER_STATE + name: np.array(rows) for name, rows in state.worker_state.items()})
+        return arrays
 
     def meta_text(self, state: TrainingState) -> str:
         """The metadata as JSON, its fixed part serialised again only when it changes."""
@@ -286,8 +290,9 @@ class CheckpointEncoder:
 
     def history_rows(self, history: list[dict[str, Any]]) -> np.ndarray:
         """The history as a table, a row per record; rows already made are kept."""
-        if history is not self._history or len(history) < self._count:
+        if history is not self._history or len(history) < self._count:  # rows handed out stay
             self._history, self._count = history, 0
+            self._rows = np.empty((len(history), len(self.history_keys)))
         if len(history) > len(self._rows):
             grown = np.empty((max(len(history), 2 * len(self._rows)), len(self.history_keys)))
             grown[: self._count] = self._rows[: self._count]
@@ -297,6 +302,12 @@ class CheckpointEncoder:
             self._rows[index] = [record[key] for key in self.history_keys]
         self._count = len(history)
         return self._rows[: self._count]
+
+
+def sealed_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` bytes of a checkpoint's ``arrays``, its checksum added. Most of the work
+    (hashing, copying the bytes) lets other threads run."""
+    return npz_bytes({**arrays, "checksum": np.array(_checksum(arrays))})
 
 
 # Checkpoint files are never changed once renamed into place, so their metadata is read

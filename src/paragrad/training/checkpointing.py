@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from paragrad.core.atomic import atomic_write_bytes, remove_stale_temporaries
 from paragrad.errors import ConfigError, check_positive_int, in_terms, option
 from paragrad.training.checkpoint import (
@@ -34,6 +36,7 @@ from paragrad.training.checkpoint import (
     format_version,
     meta_of,
     owned_checkpoints,
+    sealed_npz,
 )
 
 
@@ -205,11 +208,11 @@ class Checkpointing:
             directory.mkdir(parents=True, exist_ok=True)
             self.encoder = CheckpointEncoder(history_keys)
         state.run_id, state.fingerprint = self.run_id, self.fingerprint
-        data = self.encoder.encode(state)
+        arrays = self.encoder.arrays(state)
         path = directory / checkpoint_name(state.round)
         kept = sorted({*self.kept, (state.round, path)})
         self.kept, stale = kept[-self.keep :], [old for _, old in kept[: -self.keep]]
-        self.writer.submit(lambda: _store(path, data, stale))
+        self.writer.submit(lambda: _store(path, arrays, stale))
         self.last_written = time.monotonic()
 
     def finish(self) -> None:
@@ -218,9 +221,9 @@ class Checkpointing:
         self.writer.close()
 
 
-def _store(path: Path, data: bytes, stale: list[Path]) -> None:
+def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path]) -> None:
     """Write one checkpoint file, then remove the older ones it replaces."""
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, sealed_npz(arrays))
     for old in stale:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(old)
