@@ -1,11 +1,12 @@
 """When and where a run writes checkpoints, and the writer that writes them off the
 rounds' critical path.
 
-A checkpoint is a snapshot written to disk: the run turns the snapshot into the file's
-bytes (cheaply: see :class:`~paragrad.training.checkpoint.CheckpointEncoder`) and goes on
-with its rounds while one thread of the run's own writes, flushes, syncs and renames the
-file, and removes the run's older ones. That thread makes only system calls, which let the
-rounds run meanwhile. At most one write is in flight; the next waits for it, so the files
+A checkpoint is a snapshot written to disk: the run takes the file's arrays (copies of a
+few vectors, the history's rows, the metadata: see
+:class:`~paragrad.training.checkpoint.CheckpointEncoder`) and goes on with its rounds while
+one thread of the run's own hashes and packs them, writes, syncs and renames the file, and
+removes the run's older ones; the bulk of that work (hashing, copying, system calls) lets
+the rounds run meanwhile. At most one write is in flight; the next waits for it, so the files
 still appear in order and a failure (a full disk) is raised in the run at the next write
 or at its end. The run knows the files it wrote (and, resumed, those its run wrote
 before), so pruning neither lists the directory nor reads a file.
@@ -196,11 +197,9 @@ class Checkpointing:
         return time.monotonic() - self.last_written >= self.every_s
 
     def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
-        """Encode a checkpoint of ``state`` here, and write it in the background once the
-        write before it is done; then remove the run's checkpoints but the newest ``keep``.
-
-        The file's bytes are built before this returns, so the rounds may change ``state``
-        at once; the background thread only makes system calls.
+        """Take a checkpoint's arrays of ``state`` here, and write the file in the
+        background once the write before it is done; then remove the run's checkpoints but
+        the newest ``keep``. The arrays are copies, so the rounds may change ``state`` at once.
         """
         directory = self.directory
         assert directory is not None

@@ -330,8 +330,8 @@ class RoundLoop:
         convergence = {**state.check.state(), "converged": state.converged}
         if self.config_json is None or self.config_json[0] is not config:
             self.config_json = (config, config.to_json())
-        # No copies: the checkpoint's bytes are made before the rounds go on (and the
-        # history's list is the run's own, so its rows already written are kept).
+        # No copies: the checkpoint's arrays are copied from it before the rounds go on (and
+        # the history's list is the run's own, so its rows already made are kept).
         return TrainingState(
             len(state.history),
             state.params,
