@@ -42,12 +42,41 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            kept = "the file there before is kept" if target.exists() else "nothing was written"
-            raise OutputError(f"{target}: could not be written ({exc.strerror}); {kept}") from None
+        _give_up(tmp_name, target, exc)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data`` as :func:`atomic_write` does, in plain system calls.
+
+    Each call lets other threads run, so a writer in the background holds the interpreter
+    lock only for the few steps between them, not while the disk works.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    tmp_name = os.path.join(directory, f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, target)
+    except BaseException as exc:
+        _give_up(tmp_name, target, exc)
+        raise
+
+
+def _give_up(tmp_name: str, target: Path, exc: BaseException) -> None:
+    """After a failed write: remove the temporary; a disk that refused it is an OutputError."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp_name)
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        kept = "the file there before is kept" if target.exists() else "nothing was written"
+        raise OutputError(f"{target}: could not be written ({exc.strerror}); {kept}") from None
 
 
 def _writer_gone(name: str) -> bool:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.core.atomic import atomic_write
+from paragrad.core.atomic import atomic_write_bytes
 from paragrad.core.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
+from paragrad.core.npz import npz_bytes
 from paragrad.data import Standardizer, open_numpy
 from paragrad.data.encoding import Encoding
 from paragrad.errors import (
@@ -222,6 +223,11 @@ def format_version(value: Any) -> int | None:
     return int(number) if number.is_integer() else None
 
 
+def checkpoint_name(round_index: int) -> str:
+    """The file name of the checkpoint taken before round ``round_index``."""
+    return f"checkpoint-{round_index:09d}.npz"
+
+
 def save_checkpoint(
     directory: str | os.PathLike, state: TrainingState, history_keys: tuple[str, ...], keep: int = 3
 ) -> Path:
@@ -230,34 +236,78 @@ def save_checkpoint(
     are never removed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "run": state.run_id,
-        "data": state.fingerprint,
-        "round": state.round,
-        "config": state.config,
-        "convergence": state.convergence,
-        "opt_fields": list(state.opt_state._fields),
-    }
-    arrays = {
-        "params": np.asarray(state.params, dtype=np.float64),
-        "history": np.array(
-            [[record[key] for key in history_keys] for record in state.history], dtype=np.float64
-        ).reshape(-1, len(history_keys)),
-        "meta": np.array(json.dumps(meta)),
-    }
-    arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
-    if state.standardizer is not None:
-        arrays["standardizer_mean"] = state.standardizer.mean
-        arrays["standardizer_scale"] = state.standardizer.scale
-    arrays.update({WORKER_STATE + name: rows for name, rows in state.worker_state.items()})
-    arrays["checksum"] = np.array(_checksum(arrays))
-    path = directory / f"checkpoint-{state.round:09d}.npz"
-    with atomic_write(path) as handle:
-        np.savez(handle, allow_pickle=True, **arrays)
+    path = directory / checkpoint_name(state.round)
+    atomic_write_bytes(path, CheckpointEncoder(history_keys).encode(state))
     prune_checkpoints(directory, state.run_id, keep)
     return path
+
+
+class CheckpointEncoder:
+    """The bytes of a run's checkpoint files, with little work per file: the metadata's
+    fixed part (format, run, data, configuration) is serialised once, and each history
+    record is turned into its row once, in a table that grows with the run."""
+
+    def __init__(self, history_keys: tuple[str, ...]) -> None:
+        self.history_keys = history_keys
+        self._fixed: tuple[tuple[Any, ...], str, str, str] | None = None  # what, and its JSON
+        self._history: list[dict[str, Any]] | None = None  # the list whose rows are kept
+        self._rows = np.empty((0, len(history_keys)))
+        self._count = 0  # the records turned into rows
+
+    def encode(self, state: TrainingState) -> bytes:
+        """The ``.npz`` file of ``state`` (read back by :func:`load_latest_checkpoint`)."""
+        return sealed_npz(self.arrays(state))
+
+    def arrays(self, state: TrainingState) -> dict[str, np.ndarray]:
+        """The file's arrays but its checksum: copies, or rows the encoder never changes,
+        so that the rounds may go on while :func:`sealed_npz` turns them into bytes."""
+        arrays = {
+            "params": np.array(state.params, dtype=np.float64),
+            "history": self.history_rows(state.history),
+            "meta": np.array(self.meta_text(state)),
+        }
+        arrays.update({f"opt_{name}": np.array(value) for name, value in state.opt_state._asdict().items()})
+        if state.standardizer is not None:
+            arrays["standardizer_mean"] = state.standardizer.mean
+            arrays["standardizer_scale"] = state.standardizer.scale
+        arrays.update({WORKER_STATE + name: np.array(rows) for name, rows in state.worker_state.items()})
+        return arrays
+
+    def meta_text(self, state: TrainingState) -> str:
+        """The metadata as JSON, its fixed part serialised again only when it changes."""
+        what = (state.run_id, state.fingerprint, state.opt_state._fields, state.config)
+        if self._fixed is None or self._fixed[0] != what:
+            head = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+            head |= {"run": state.run_id, "data": state.fingerprint}
+            fields = json.dumps(list(state.opt_state._fields))
+            self._fixed = (what, json.dumps(head)[:-1], json.dumps(state.config), fields)
+        _, start, config, opt_fields = self._fixed
+        convergence = json.dumps(state.convergence)
+        return (
+            f'{start}, "round": {json.dumps(state.round)}, "config": {config}, '
+            f'"convergence": {convergence}, "opt_fields": {opt_fields}}}'
+        )
+
+    def history_rows(self, history: list[dict[str, Any]]) -> np.ndarray:
+        """The history as a table, a row per record; rows already made are kept."""
+        if history is not self._history or len(history) < self._count:  # rows handed out stay
+            self._history, self._count = history, 0
+            self._rows = np.empty((len(history), len(self.history_keys)))
+        if len(history) > len(self._rows):
+            grown = np.empty((max(len(history), 2 * len(self._rows)), len(self.history_keys)))
+            grown[: self._count] = self._rows[: self._count]
+            self._rows = grown
+        for index in range(self._count, len(history)):
+            record = history[index]
+            self._rows[index] = [record[key] for key in self.history_keys]
+        self._count = len(history)
+        return self._rows[: self._count]
+
+
+def sealed_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` bytes of a checkpoint's ``arrays``, its checksum added. Most of the work
+    (hashing, copying the bytes) lets other threads run."""
+    return npz_bytes({**arrays, "checksum": np.array(_checksum(arrays))})
 
 
 # Checkpoint files are never changed once renamed into place, so their metadata is read
@@ -298,15 +348,20 @@ def _owned_by(meta: dict[str, Any] | None, run_id: str) -> bool:
     )
 
 
-def prune_checkpoints(directory: Path, run_id: str, keep: int) -> None:
-    """Remove the run's checkpoints but its ``keep`` newest (by round), oldest first."""
+def owned_checkpoints(directory: Path, run_id: str) -> list[tuple[int, Path]]:
+    """The checkpoints of run ``run_id`` in ``directory`` by round, oldest first."""
     owned = []
     for path in directory.glob(CHECKPOINT_PATTERN):
         meta = meta_of(path)
         if _owned_by(meta, run_id):
             assert meta is not None
-            owned.append((int(meta["round"]), path.name, path))
-    for *_, old in sorted(owned)[:-keep]:
+            owned.append((int(meta["round"]), path))
+    return sorted(owned)
+
+
+def prune_checkpoints(directory: Path, run_id: str, keep: int) -> None:
+    """Remove the run's checkpoints but its ``keep`` newest (by round), oldest first."""
+    for _, old in owned_checkpoints(directory, run_id)[:-keep]:
         old.unlink(missing_ok=True)
 
 

@@ -1,14 +1,20 @@
 """When and where a run writes checkpoints, and the writer that writes them off the
 rounds' critical path.
 
-A checkpoint is a snapshot written to disk: the run takes the snapshot (a copy of a few
-vectors) and goes on with its rounds while the file is written, flushed and synced. At
-most one write is in flight; the next waits for it, so the files still appear in order and
-a failure (a full disk) is raised in the run at the next write or at its end.
+A checkpoint is a snapshot written to disk: the run takes the file's arrays (copies of a
+few vectors, the history's rows, the metadata: see
+:class:`~paragrad.training.checkpoint.CheckpointEncoder`) and goes on with its rounds while
+one thread of the run's own hashes and packs them, writes, syncs and renames the file, and
+removes the run's older ones; the bulk of that work (hashing, copying, system calls) lets
+the rounds run meanwhile. At most one write is in flight; the next waits for it, so the files
+still appear in order and a failure (a full disk) is raised in the run at the next write
+or at its end. The run knows the files it wrote (and, resumed, those its run wrote
+before), so pruning neither lists the directory nor reads a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,46 +24,82 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paragrad.core.atomic import remove_stale_temporaries
+import numpy as np
+
+from paragrad.core.atomic import atomic_write_bytes, remove_stale_temporaries
 from paragrad.errors import ConfigError, check_positive_int, in_terms, option
 from paragrad.training.checkpoint import (
     CHECKPOINT_PATTERN,
     CHECKPOINT_VERSION,
+    CheckpointEncoder,
     TrainingState,
+    checkpoint_name,
     format_version,
     meta_of,
-    save_checkpoint,
+    owned_checkpoints,
+    sealed_npz,
 )
 
 
 class CheckpointWriter:
-    """Runs one write at a time on a thread; a write's error is raised at the next wait."""
+    """One thread for a run's writes, one write at a time; a write's error is raised at
+    the next wait. The thread starts with the first write and ends at :meth:`close`."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
+        self._ready = threading.Condition()
+        self._job: Callable[[], object] | None = None
+        self._busy = False  # a job handed over and not yet done
+        self._closing = False
         self._error: BaseException | None = None
 
     def submit(self, write: Callable[[], object]) -> None:
         """Start ``write`` once the one before has finished (raising its error, if any)."""
         self.wait()
-
-        def run() -> None:
-            try:
-                write()
-            except BaseException as exc:  # handed to the caller at the next wait
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="paragrad-checkpoint", daemon=True)
-        self._thread.start()
+        with self._ready:
+            self._job, self._busy = write, True
+            if self._thread is None:
+                self._closing = False
+                self._thread = threading.Thread(target=self._serve, name="paragrad-checkpoint", daemon=True)
+                self._thread.start()
+            self._ready.notify_all()
 
     def wait(self) -> None:
         """Wait for the write in flight; raise what it raised."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
+        with self._ready:
+            while self._busy:
+                self._ready.wait()
+            error, self._error = self._error, None
         if error is not None:
             raise error
+
+    def close(self) -> None:
+        """Let the write in flight finish, end the thread, and raise the write's error."""
+        thread = self._thread
+        if thread is not None:
+            with self._ready:
+                self._closing = True  # the thread ends after its job, even if this join is interrupted
+                self._ready.notify_all()
+            thread.join()
+            self._thread = None
+        self.wait()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while self._job is None and not self._closing:
+                    self._ready.wait()
+                job, self._job = self._job, None
+            if job is None:
+                return
+            error = None
+            try:
+                job()
+            except BaseException as exc:  # handed to the caller at the next wait
+                error = exc
+            with self._ready:
+                self._error, self._busy = error, False
+                self._ready.notify_all()
 
 
 @dataclass
@@ -72,6 +114,8 @@ class Checkpointing:
     run_id: str = ""  # the run's identity, kept by a resumed run
     fingerprint: str = ""  # the data's (see paragrad.training.tasks.FingerprintShard)
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # one write at a time
+    encoder: CheckpointEncoder | None = None  # the run's, made at its first write
+    kept: list[tuple[int, Path]] = field(default_factory=list)  # the run's files by round
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
@@ -140,6 +184,8 @@ class Checkpointing:
                     "directory"
                 )
             self.run_id = resumed.run_id
+            assert self.directory is not None
+            self.kept = owned_checkpoints(self.directory, self.run_id)  # for pruning
         self.fingerprint = fingerprint
 
     def due(self, rounds_done: int) -> bool:
@@ -151,13 +197,32 @@ class Checkpointing:
         return time.monotonic() - self.last_written >= self.every_s
 
     def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
-        """Write a snapshot in the background; wait only for the write before it."""
+        """Take a checkpoint's arrays of ``state`` here, and write the file in the
+        background once the write before it is done; then remove the run's checkpoints but
+        the newest ``keep``. The arrays are copies, so the rounds may change ``state`` at once.
+        """
         directory = self.directory
         assert directory is not None
+        if self.encoder is None or self.encoder.history_keys != history_keys:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.encoder = CheckpointEncoder(history_keys)
         state.run_id, state.fingerprint = self.run_id, self.fingerprint
-        self.writer.submit(lambda: save_checkpoint(directory, state, history_keys, self.keep))
+        arrays = self.encoder.arrays(state)
+        path = directory / checkpoint_name(state.round)
+        kept = sorted({*self.kept, (state.round, path)})
+        self.kept, stale = kept[-self.keep :], [old for _, old in kept[: -self.keep]]
+        self.writer.submit(lambda: _store(path, arrays, stale))
         self.last_written = time.monotonic()
 
     def finish(self) -> None:
-        """Wait for the last write, raising its error (a full disk, say)."""
-        self.writer.wait()
+        """Wait for the last write, raising its error (a full disk, say); the writer's
+        thread is gone once this returns."""
+        self.writer.close()
+
+
+def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path]) -> None:
+    """Write one checkpoint file, then remove the older ones it replaces."""
+    atomic_write_bytes(path, sealed_npz(arrays))
+    for old in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(old)

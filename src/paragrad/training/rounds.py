@@ -173,6 +173,7 @@ class RoundLoop:
         self.energy.mark()
         self.checkpoint_s = 0.0  # the rounds' time spent on checkpoints: snapshots, waiting for writes
         self.checkpoints_written = 0
+        self.config_json: tuple[RunConfig, dict[str, Any]] | None = None  # made once a run
 
     def run(
         self,
@@ -333,16 +334,18 @@ class RoundLoop:
                 for i, f in enumerate(self.state_fields)
             }
         convergence = {**state.check.state(), "converged": state.converged}
-        # Copies: the rounds go on while the snapshot is written.
-        opt_state = type(state.opt_state)(*(np.array(value) for value in state.opt_state))
+        if self.config_json is None or self.config_json[0] is not config:
+            self.config_json = (config, config.to_json())
+        # No copies: the checkpoint's arrays are copied from it before the rounds go on (and
+        # the history's list is the run's own, so its rows already made are kept).
         return TrainingState(
             len(state.history),
-            np.array(state.params),
-            opt_state,
-            list(state.history),
+            state.params,
+            state.opt_state,
+            state.history,
             convergence,
             self.model.standardizer_,
-            config.to_json(),
+            self.config_json[1],
             worker_state,
         )
 

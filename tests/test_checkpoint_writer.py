@@ -1,0 +1,189 @@
+"""How checkpoints are written: the lean ``.npz`` encoder, the run's encoder that keeps the
+history's rows, the writer's one thread, and pruning by the files the run wrote."""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from conftest import relative_error
+from numpy.lib import format as npy_format
+
+import paragrad as pg
+from paragrad.core.npz import npy_header, npz_bytes
+from paragrad.training.checkpoint import (
+    CheckpointEncoder,
+    TrainingState,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
+from paragrad.training.checkpointing import CheckpointWriter
+from paragrad.training.run import HISTORY_KEYS
+
+ARRAYS = {
+    "params": np.linspace(-1.0, 1.0, 101),
+    "history": np.arange(39.0).reshape(3, 13) / 7,
+    "meta": np.array('{"a": "\u00e9t\u00e9", "b": [1, 2]}'),  # 0-d text, past latin-1
+    "count": np.array(7, dtype=np.int64),
+    "flags": np.array([True, False, True]),
+    "empty": np.zeros((0, 13)),
+    "worker_state.residual": np.arange(14.0).reshape(7, 2).T,  # Fortran-ordered
+    "small": np.arange(5, dtype=np.float32),
+}
+
+
+def fit(data, **options):
+    common = dict(strategy=pg.SGD(batch_size=32), engine="serial", workers=2, epochs=3, tol=0, seed=1)
+    return pg.train(pg.models.LogisticRegression(l2=0.01), data, **{**common, **options})
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "paragrad-checkpoint"]
+
+
+# -- the lean .npz encoder ----------------------------------------------------------------------
+
+
+def test_npz_bytes_read_back_bit_for_bit_with_numpy():
+    content = npz_bytes(ARRAYS)
+    assert zipfile.ZipFile(io.BytesIO(content)).testzip() is None  # every entry's CRC holds
+    with np.load(io.BytesIO(content), allow_pickle=False) as archive:
+        assert archive.files == list(ARRAYS)
+        for name, array in ARRAYS.items():
+            read = archive[name]
+            assert (read.dtype, read.shape) == (array.dtype, array.shape), name
+            assert read.tobytes() == array.tobytes(), name
+
+
+def test_npy_headers_are_numpys_own_for_the_arrays_in_c_order():
+    for array in (np.array(value, order="C") for value in ARRAYS.values()):
+        expected = io.BytesIO()
+        npy_format.write_array_header_1_0(expected, npy_format.header_data_from_array_1_0(array))
+        assert npy_header(array) == expected.getvalue()
+
+
+def test_npz_bytes_refuses_python_objects():
+    with pytest.raises(ValueError, match="objects"):
+        npz_bytes({"names": np.array(["a", None], dtype=object)})
+
+
+# -- a run's encoder ----------------------------------------------------------------------------
+
+
+class Moments(NamedTuple):
+    mean: np.ndarray
+    step: np.ndarray
+
+
+def state_at(round_index: int, history: list[dict[str, float]]) -> TrainingState:
+    params = np.full(4, 0.5**round_index)
+    opt_state = Moments(params * 3, np.array(round_index))
+    convergence = {"best": 1.0 / (round_index + 1), "converged": False}
+    state = TrainingState(
+        round_index, params, opt_state, history, convergence, None, {"seed": 1, "k": [1, 2]}
+    )
+    state.run_id, state.fingerprint = "run-a", "data-b"
+    return state
+
+
+def test_a_runs_encoder_writes_what_a_fresh_one_writes_as_the_history_grows(tmp_path):
+    """Rows kept from one checkpoint to the next give the same bytes as rows made afresh,
+    and every file reads back as the state it was made of."""
+    encoder, history = CheckpointEncoder(HISTORY_KEYS), []
+    for round_index in range(1, 40):
+        history.append({key: round_index + 0.25 * k for k, key in enumerate(HISTORY_KEYS)})
+        state = state_at(round_index, history)
+        content = encoder.encode(state)
+        assert content == CheckpointEncoder(HISTORY_KEYS).encode(state)
+    (tmp_path / "checkpoint-000000039.npz").write_bytes(content)
+    read = load_latest_checkpoint(tmp_path, HISTORY_KEYS, Moments)
+    assert read is not None and read.round == 39 and (read.run_id, read.fingerprint) == ("run-a", "data-b")
+    np.testing.assert_array_equal(read.params, state.params)
+    np.testing.assert_array_equal(read.opt_state.mean, state.opt_state.mean)
+    assert read.convergence == state.convergence and read.config == state.config
+    assert [record["loss"] for record in read.history] == [record["loss"] for record in history]
+
+
+def test_save_checkpoint_writes_the_encoders_file_and_keeps_the_newest(tmp_path):
+    history: list[dict[str, float]] = []
+    for round_index in range(1, 6):
+        history.append(dict.fromkeys(HISTORY_KEYS, float(round_index)))
+        path = save_checkpoint(tmp_path, state_at(round_index, history), HISTORY_KEYS, keep=2)
+    assert path.read_bytes() == CheckpointEncoder(HISTORY_KEYS).encode(state_at(5, history))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-000000004.npz",
+        "checkpoint-000000005.npz",
+    ]
+
+
+def test_a_checkpoint_resumes_exactly_after_resuming_once_already(tmp_path, binary_data):
+    """A resumed run's files (its encoder starting from a read history) resume exactly too."""
+    whole = fit(binary_data)
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=9)
+    fit(binary_data, checkpoint_dir=tmp_path, resume=True, checkpoint_every=1, max_rounds=17)
+    resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert relative_error(resumed.params, whole.params) <= 1e-12
+    np.testing.assert_array_equal([r["loss"] for r in resumed.history], [r["loss"] for r in whole.history])
+
+
+# -- the writer's thread ------------------------------------------------------------------------
+
+
+def test_the_writer_runs_writes_in_order_on_one_thread_and_ends_with_close():
+    writer, seen = CheckpointWriter(), []
+    for index in range(5):
+        writer.submit(lambda index=index: seen.append((index, threading.current_thread())))
+    writer.close()
+    assert [index for index, _ in seen] == list(range(5))
+    assert len({thread for _, thread in seen}) == 1 and not seen[0][1].is_alive()
+    writer.close()  # twice: nothing to do
+
+
+def test_a_failed_write_is_raised_at_the_next_write_and_at_close():
+    def fail() -> None:
+        raise OSError("the disk is gone")
+
+    writer = CheckpointWriter()
+    writer.submit(fail)
+    with pytest.raises(OSError, match="the disk is gone"):
+        writer.submit(lambda: None)
+    writer.submit(fail)
+    with pytest.raises(OSError, match="the disk is gone"):
+        writer.close()
+    assert not writer_threads()
+
+
+def test_no_writer_thread_outlives_a_run_ended_or_interrupted(tmp_path, binary_data):
+    fit(binary_data, checkpoint_dir=tmp_path / "ended", checkpoint_every=1)
+    assert not writer_threads()
+
+    def interrupt(record):
+        if record["round"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(binary_data, checkpoint_dir=tmp_path / "interrupted", checkpoint_every=1, callbacks=[interrupt])
+    assert not writer_threads()
+    # The checkpoints written before the interruption are whole: the newest resumes.
+    names = sorted(p.name for p in (tmp_path / "interrupted").iterdir())
+    assert names == ["checkpoint-000000003.npz", "checkpoint-000000004.npz", "checkpoint-000000005.npz"]
+    resumed = fit(binary_data, checkpoint_dir=tmp_path / "interrupted", resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+
+
+def test_pruning_removes_only_files_the_run_knows_as_its_own(tmp_path, binary_data):
+    """A file put beside the run's while it runs, named like a checkpoint, is left alone."""
+    stranger = tmp_path / "checkpoint-000000000.npz"
+
+    def drop_a_file(record):
+        if record["round"] == 3:
+            stranger.write_bytes(b"not ours")
+
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, keep_checkpoints=2, callbacks=[drop_a_file])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-000000000.npz", "checkpoint-000000029.npz", "checkpoint-000000030.npz"]
+    assert stranger.read_bytes() == b"not ours"
