@@ -9,6 +9,7 @@ import pytest
 from conftest import relative_error
 
 import paragrad as pg
+from paragrad.training.tasks import TrainStep
 from paragrad.training.trainer import HISTORY_KEYS
 
 
@@ -150,3 +151,73 @@ def test_float32_training_stays_close_to_float64(binary_data):
     single = pg.train(pg.models.LogisticRegression(), binary_data, dtype="float32", **common)
     double = pg.train(pg.models.LogisticRegression(), binary_data, **common)
     assert relative_error(single.params, double.params) <= 1e-5
+
+
+INLINE_CASES = {
+    "logistic": (pg.models.LogisticRegression, {}, "binary", {}),
+    "logistic l2, no intercept": (
+        pg.models.LogisticRegression,
+        {"l2": 0.01, "fit_intercept": False},
+        "binary",
+        {},
+    ),
+    "logistic float32": (pg.models.LogisticRegression, {}, "binary", {"dtype": "float32"}),
+    "softmax": (pg.models.SoftmaxRegression, {"l2": 0.001}, "multiclass", {}),
+    "linear newton": (pg.models.LinearRegression, {}, "regression", {"optimizer": pg.optim.Newton()}),
+    "linear qr": (
+        pg.models.LinearRegression,
+        {"l2": 0.1},
+        "regression",
+        {"optimizer": pg.optim.LeastSquares()},
+    ),
+    "linear sgd": (
+        pg.models.LinearRegression,
+        {},
+        "regression",
+        {"strategy": pg.SGD(batch_size=64), "epochs": 2},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INLINE_CASES))
+def test_a_pass_called_in_place_matches_the_engines_pass(case, monkeypatch, request):
+    # Prepare: the serial engine's one worker is called in place unless inline_shard says None.
+    from paragrad.engines.serial import SerialEngine
+
+    family, settings, data_name, options = INLINE_CASES[case]
+    data = request.getfixturevalue(f"{data_name}_data")
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pg.errors.ConvergenceWarning)
+            return pg.train(family(**settings), data, engine="serial", workers=1, progress=False, **options)
+
+    tasks = []
+    call_each = SerialEngine._call_each
+    monkeypatch.setattr(
+        SerialEngine, "_call_each", lambda self, task, args: tasks.append(task) or call_each(self, task, args)
+    )
+
+    # Execute
+    inline = fit()
+    in_place = not any(isinstance(task, TrainStep) for task in tasks)
+    monkeypatch.setattr(SerialEngine, "inline_shard", lambda self: None)
+    general = fit()
+
+    # Assert: the passes ran in place, and gave the same parameters, losses and counts, bit for bit.
+    assert in_place and any(isinstance(task, TrainStep) for task in tasks)
+
+    assert np.array_equal(inline.params, general.params)
+    assert inline.stopped == general.stopped
+    for key in ("round", "epoch", "loss", "bytes_sent", "bytes_received", "samples", "workers"):
+        assert [r[key] for r in inline.history] == [r[key] for r in general.history], key
+
+
+def test_only_an_engine_of_one_in_process_worker_offers_its_shard(binary_data):
+    plan = pg.core.shards.plan_shards(binary_data.num_rows, 2, shuffle=False, seed=0)
+    with pg.engines.make_engine("serial", 2) as engine:
+        engine.start(binary_data, plan)
+        assert engine.inline_shard() is None
+        engine.resize(1)
+        engine.between_rounds(0)
+        assert engine.inline_shard() is engine.shards[0]

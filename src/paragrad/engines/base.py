@@ -229,6 +229,12 @@ class Engine(ABC):
     def run(self, task: Task | Callable[..., Any], *args: Any) -> list[Any]:
         """Call ``task(shard, *args)`` on every worker; results in worker order."""
 
+    def inline_shard(self) -> Shard | None:
+        """The shard of an engine whose one worker is a plain call in this process, on this
+        thread, of a task on that shard: the caller may then call a task on it itself, for
+        what :meth:`run` would give, less its bookkeeping. None for any other engine."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Stop the workers and release what they hold; safe to call twice."""

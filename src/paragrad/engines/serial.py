@@ -61,6 +61,11 @@ class SerialEngine(Engine):
         self.last_bytes_received = payload_nbytes(results)
         return results
 
+    def inline_shard(self) -> Shard | None:
+        """The one shard, when there is one: its task is a call in this thread (also for
+        the threads engine, which calls one worker's task in place)."""
+        return self.shards[0] if len(self.shards) == 1 else None
+
     def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
         """The task on every shard, results in worker order: one after another here."""
         return [task(shard, *args) for shard in self.shards]

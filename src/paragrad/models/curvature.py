@@ -48,10 +48,13 @@ def add_hessian_sums(
 def _add_pair(block: np.ndarray, A: np.ndarray, v: np.ndarray, fit_intercept: bool) -> None:
     """Add ``sum_i v_i a_i a_i^T`` (``a = [x, 1]``) to one class pair's ``block``, in place."""
     d = A.shape[1]
-    Av = A * v.astype(A.dtype, copy=False)[:, None]
+    v = v.astype(A.dtype, copy=False)
+    Av = A * v[:, None]
     block[:d, :d] += A.T @ Av
     if fit_intercept:
-        column = Av.sum(axis=0, dtype=np.float64)  # A^T v
+        # A^T v: as a product for float64 (a column sum of Av, across its short rows, costs
+        # several times more); summed in float64 for float32 data, as the gradient's is.
+        column = v @ A if A.dtype == np.float64 else Av.sum(axis=0, dtype=np.float64)
         block[:d, d] += column
         block[d, :d] += column
         block[d, d] += float(v.sum(dtype=np.float64))
@@ -88,16 +91,18 @@ def finish_hessian(hess: np.ndarray, k: int) -> np.ndarray:
     below = _below_diagonal(n)
     for c in range(k):
         block = blocks[:, c, :, c]
-        block[below] = block.T[below]
+        np.copyto(block, block.T, where=below)
         for c2 in range(c + 1, k):
             blocks[:, c2, :, c] = blocks[:, c, :, c2].T
     return hess
 
 
 @functools.lru_cache(maxsize=64)
-def _below_diagonal(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The indices of an n x n matrix's entries below its diagonal."""
-    return np.tril_indices(n, -1)
+def _below_diagonal(n: int) -> np.ndarray:
+    """A mask of an n x n matrix's entries below its diagonal (read only: it is shared)."""
+    mask = np.tri(n, k=-1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 class RowSample(NamedTuple):

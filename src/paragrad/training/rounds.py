@@ -19,7 +19,7 @@ import numpy as np
 from paragrad.callbacks.base import CallbackList
 from paragrad.core.shards import ShardPlan, StateField, move_state
 from paragrad.engines import Engine
-from paragrad.engines.base import GiveState
+from paragrad.engines.base import GiveState, payload_nbytes
 from paragrad.errors import (
     ConvergenceWarning,
     TrainingDiverged,
@@ -105,13 +105,28 @@ class PassMeter:
     results: list[WorkerResult] = field(default_factory=list)
 
     def run(self, task: TrainStep, point: np.ndarray, round_index: int) -> list[WorkerResult]:
-        """One pass of every worker at ``point``; errors name the round."""
+        """One pass of every worker at ``point``; errors name the round.
+
+        Where the engine's one worker is a call in this thread (:meth:`Engine.inline_shard`),
+        the step is called here, without the engine's and the task's bookkeeping: the same
+        call on the same shard, counted as the engine counts it.
+        """
         start = time.perf_counter()
+        shard = self.runner.inline_shard()
         try:
-            results: list[WorkerResult] = self.runner.run(task, point, round_index)
+            if shard is not None:
+                results: list[WorkerResult] = [task.inline(shard, point, round_index)]
+            else:
+                results = self.runner.run(task, point, round_index)
         except (WorkerLost, WorkerError) as exc:
             raise type(exc)(f"round {round_index}: {exc}") from exc
         self.run_s += time.perf_counter() - start
+        if shard is not None:
+            self.sent += payload_nbytes((point, round_index))
+            self.received += payload_nbytes(results)
+        else:
+            self.sent += self.runner.last_bytes_sent
+            self.received += self.runner.last_bytes_received
         computing = [result.compute_s for result in results]
         slowest, summed = max(computing), sum(computing)
         # Serial workers compute one after another: all of it is inside run_s.
@@ -121,8 +136,6 @@ class PassMeter:
         for result in results:
             self.samples += result.rows_processed
             self.worker_cpu_s += result.cpu_s
-        self.sent += self.runner.last_bytes_sent
-        self.received += self.runner.last_bytes_received
         return results
 
     def record(self, round_index: int, epoch: int, loss: float, wall_s: float) -> dict[str, Any]:

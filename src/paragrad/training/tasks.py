@@ -163,6 +163,13 @@ class TrainStep(Task):
         cpu_s = 0.0 if here else time.process_time() - cpu_start
         return result._replace(compute_s=time.perf_counter() - start, cpu_s=cpu_s)
 
+    def inline(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
+        """The step called by the coordinator itself, on a shard of its own, within the
+        round's ``np.errstate``: its CPU time is the coordinator's."""
+        start = time.perf_counter()
+        result = self.strategy.worker_step(shard, self.model, self.optimizer, params, round_index, self.plan)
+        return result._replace(compute_s=time.perf_counter() - start)
+
 
 @dataclass(frozen=True)
 class PredictShard(Task):
