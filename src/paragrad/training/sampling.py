@@ -23,8 +23,8 @@ from paragrad.core.shards import EpochOrder, Shard, VirtualShards
 def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     """The shard's rows in the order of the epoch's stream, with their stream positions:
     each held virtual shard's rows permuted, its ``j``-th row at position ``j V + rank``
-    (its extra row, if any, at its tail position), all of them sorted by position once
-    per epoch, so that a round finds its rows by two binary searches."""
+    (its extra row, if any, at its tail position), laid out once per epoch, so that a
+    round finds its rows by two binary searches."""
     if shard.order is not None and shard.order.epoch == epoch and shard.order.positions is not None:
         return shard.order
     held = shard.held
@@ -45,15 +45,20 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
         held.first : held.first + held.count
     ]
     mine = ranks[held.first : held.first + held.count]
-    # The j-th row of held virtual shard i is at position j V + rank_i; an extra row at its tail.
-    index_in_part = np.arange(int(local[-1])) - np.repeat(local[:-1], sizes)
-    positions = index_in_part * held.num_virtual + np.repeat(mine, sizes)
     extra = sizes > base
-    positions[local[1:][extra] - 1] = tails[extra]
-    permutation = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    in_stream = np.argsort(positions, kind="stable")
+    # The stream's laps: the j-th rows of the held virtual shards, in rank order, for each j;
+    # then their extra rows, in the order of their tail positions.
+    by_rank = np.argsort(mine)
+    laps = np.stack([parts[i][:base] for i in by_rank], axis=1).ravel()
+    lap_positions = (np.arange(base)[:, None] * held.num_virtual + mine[by_rank]).ravel()
+    last = np.flatnonzero(extra)[np.argsort(tails[extra])]
+    tail_rows = np.array([parts[i][base] for i in last], dtype=laps.dtype)
     shard.order = EpochOrder(
-        epoch, permutation[in_stream], mine, np.where(extra, tails, -1), positions[in_stream]
+        epoch,
+        np.concatenate([laps, tail_rows]),
+        mine,
+        np.where(extra, tails, -1),
+        np.concatenate([lap_positions, tails[last]]),
     )
     return shard.order
 
