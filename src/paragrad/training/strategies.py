@@ -25,7 +25,7 @@ from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
 from paragrad.training.compression import Compressor, get_compressor
-from paragrad.training.sampling import batch_rows, stream_rows
+from paragrad.training.sampling import batch_rows, stream_rows, take_rows
 
 RESIDUAL = "residual"  # the StateField of error feedback
 
@@ -320,7 +320,7 @@ class SGD(Strategy):
         epoch, position = divmod(round_index, plan.rounds_per_epoch)
         start = position * self.batch_size
         rows = stream_rows(shard, plan.seed, epoch, start, start + self.batch_size)
-        X, y = shard.X[rows], shard.labels[rows]
+        X, y = take_rows(shard.X, rows), take_rows(shard.labels, rows)
         if X.shape[0] == 0:
             loss, grad = 0.0, np.zeros(len(params))
         else:
@@ -399,7 +399,7 @@ class LocalSGD(Strategy):
         theta, loss_total, processed = params, 0.0, 0
         for batch in range(first, first + num_steps):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
-            X, y = shard.X[rows], shard.labels[rows]
+            X, y = take_rows(shard.X, rows), take_rows(shard.labels, rows)
             loss, grad = model.loss_grad(theta, X, y)
             grad = model.restrict(grad)
             penalty, penalty_grad = model.penalty(theta)
