@@ -171,6 +171,23 @@ def test_newton_reaches_statsmodels_optimum_within_12_rounds_unscaled(name):
     assert_matches(case, run.params)
 
 
+def test_newtons_last_step_is_taken_without_a_pass_to_check_it():
+    # Prepare
+    case = realdata.load("spector")
+    data = pg.Dataset(case.X, case.y)
+    # Execute: the default stops once a step is below tol; tol=0 checks every step
+    run = pg.train(pg.models.LogisticRegression(), data, engine="serial")
+    checked = pg.train(
+        pg.models.LogisticRegression(), data, engine="serial", tol=0, max_rounds=len(run.history)
+    )
+    # Assert: one pass a round (two in the first, none in the last), the same steps
+    assert run.converged
+    assert sum(record["samples"] for record in run.history) == len(run.history) * data.num_rows
+    assert sum(record["samples"] for record in checked.history) == (len(run.history) + 1) * data.num_rows
+    np.testing.assert_allclose(run.params, checked.params, rtol=1e-13)
+    assert_matches(case, run.params)
+
+
 @pytest.mark.parametrize("name", ["breast_cancer", "digits"])
 def test_newton_matches_a_tight_scikit_learn_fit_with_l2_within_12_rounds(name):
     from sklearn import datasets

@@ -7,6 +7,7 @@ the optimum, where convergence is quadratic: a handful of rounds reach machine p
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -110,6 +111,7 @@ class Newton(Optimizer):
         self.c1, self.max_line_search = float(c1), int(max_line_search)
         self.loss_noise = positive("loss_noise", loss_noise)
         self.hessian_sample = float(hessian_sample)
+        self.stop_below = 0.0  # a step this small is the run's last (see stopping_at)
 
     @property
     def hessian_every(self) -> int:
@@ -126,7 +128,17 @@ class Newton(Optimizer):
 
     def exact(self) -> Newton:
         """This optimizer with the Hessian summed over all the rows."""
-        return Newton(self.c1, self.max_line_search, self.loss_noise)
+        exact = copy.copy(self)
+        exact.hessian_sample = 1.0
+        return exact
+
+    def stopping_at(self, tol: float) -> Newton:
+        """This optimizer in a run that converges once a step's measure is at most ``tol``:
+        such a step is the run's last, and it is taken in full without a pass to check it
+        (the pass would only confirm a decrease of the order of ``tol^2``)."""
+        stopping = copy.copy(self)
+        stopping.stop_below = float(tol)
+        return stopping
 
     def init(self, params: np.ndarray) -> NewtonState:
         d = len(params)
@@ -161,6 +173,11 @@ class Newton(Optimizer):
         if not slope < 0:  # no descent along it (H numerically indefinite): the gradient's way
             direction, slope = -here.grad, -float(here.grad @ here.grad)
         criterion = float(np.abs(direction).max() / max(1.0, float(np.abs(params).max())))
+        if criterion <= self.stop_below:  # converged once taken: no pass to check it
+            done = NewtonState(state.step + 1, np.array(np.nan), np.zeros_like(here.grad), here.hessian)
+            return OptimizerStep(
+                params + direction, done, here.loss, here.grad, criterion=criterion, singular=singular
+            )
         step = 1.0
         for _ in range(self.max_line_search):
             candidate = params + step * direction

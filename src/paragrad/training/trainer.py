@@ -30,7 +30,7 @@ from paragrad.errors import (
     option,
 )
 from paragrad.models.base import LinearLayout, Model
-from paragrad.optim import Optimizer
+from paragrad.optim import Newton, Optimizer
 from paragrad.training.checkpoint import (
     CheckpointWarning,
     TrainingState,
@@ -245,6 +245,8 @@ def train(
             runner.run(task)
         if stats is not None and isinstance(model, LinearLayout) and optimizer.takes_scales:
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
+        if isinstance(optimizer, Newton):
+            optimizer = optimizer.stopping_at(tol)
         config = config.with_classes(model.classes_)
         checkpoints.adopt(resumed, fingerprint, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
