@@ -156,8 +156,8 @@ def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
     sparse = default_optimizer(model, strategy, dataset(100_000, 100, sparse=True))
     wide = default_optimizer(model, strategy, dataset(30_000, 200))
     small = default_optimizer(model, strategy, dataset(5_000, 100))
-    # Assert: 500 rows a parameter, on dense data, where the sample's Hessian is cheap
-    assert isinstance(dense, pg.optim.Newton) and dense.hessian_sample == pytest.approx(500 * 101 / 100_000)
+    # Assert: 400 rows a parameter, on dense data, where the sample's Hessian is cheap
+    assert isinstance(dense, pg.optim.Newton) and dense.hessian_sample == pytest.approx(400 * 101 / 100_000)
     assert isinstance(sparse, pg.optim.LBFGS)
     assert isinstance(wide, pg.optim.LBFGS)
     assert isinstance(small, pg.optim.Newton) and small.hessian_sample == 1.0
