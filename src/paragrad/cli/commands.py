@@ -192,7 +192,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _optimizer(args: argparse.Namespace, model: Any, strategy: Any, dataset: Dataset) -> Any:
     """The optimizer that --optimizer, --lr, --momentum and --nesterov ask for (default: the
     one the model and strategy call for), refusing options that do not apply to it."""
-    optimizer_name = args.optimizer or default_optimizer(model, strategy, dataset).name
+    default = None if args.optimizer else default_optimizer(model, strategy, dataset)
+    optimizer_name = args.optimizer if default is None else default.name
     if optimizer_name != "sgd" and (args.momentum or args.nesterov):
         raise ConfigError("--momentum and --nesterov apply to --optimizer sgd only")
     if args.lr is not None:
@@ -206,6 +207,8 @@ def _optimizer(args: argparse.Namespace, model: Any, strategy: Any, dataset: Dat
         raise ConfigError(
             f"--lr does not apply: {chosen} takes no learning rate (--optimizer lbfgs, adam or sgd do)"
         )
+    if default is not None and optimizer_name not in DEFAULT_LR:
+        return default  # the solver the data calls for, as chosen (a sampled Hessian, say)
     optimizer_options = {}
     if optimizer_name in DEFAULT_LR:
         optimizer_options["lr"] = args.lr if args.lr is not None else DEFAULT_LR[optimizer_name]
