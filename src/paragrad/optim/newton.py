@@ -38,26 +38,41 @@ def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray,
     return -np.linalg.lstsq(hessian, grad, rcond=None)[0], True
 
 
+# A Hessian whose Cholesky factor, with its diagonal scaled to ones, has a pivot below this
+# (squared) is taken as singular: the columns it stands for are dependent to within round-off
+# (a constant feature beside the intercept, a repeated column), though round-off may let
+# the factorisation through.
+SINGULAR_PIVOT = 1e-12
+
+
 def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
-    """``H^-1 g`` through H's Cholesky factor, or None where H is not positive definite.
+    """``H^-1 g`` through the Cholesky factor of H scaled to a unit diagonal, or None where
+    H is not positive definite to within round-off (:data:`SINGULAR_PIVOT`).
 
     With scipy (the ``sparse`` extra) the factor's two triangular solves are LAPACK's
     (``potrf``, ``potrs``), several times cheaper than numpy's general solves on the small
     systems of a Newton step; without it, numpy's.
     """
+    diagonal = np.diagonal(hessian)
+    if not (diagonal > 0).all():
+        return None
+    scale = np.sqrt(diagonal)
+    scaled, scaled_grad = hessian / np.outer(scale, scale), grad / scale
     try:
         from scipy.linalg import lapack
     except ImportError:
         try:
-            lower = np.linalg.cholesky(hessian)
+            lower = np.linalg.cholesky(scaled)
         except np.linalg.LinAlgError:
             return None
-        return np.linalg.solve(lower.T, np.linalg.solve(lower, grad))
-    factor, info = lapack.dpotrf(np.asarray(hessian, dtype=np.float64), lower=1)
-    if info != 0:
+        if np.diagonal(lower).min() ** 2 < SINGULAR_PIVOT:
+            return None
+        return np.linalg.solve(lower.T, np.linalg.solve(lower, scaled_grad)) / scale
+    factor, info = lapack.dpotrf(scaled, lower=1)
+    if info != 0 or np.diagonal(factor).min() ** 2 < SINGULAR_PIVOT:
         return None
-    solution, info = lapack.dpotrs(factor, np.asarray(grad, dtype=np.float64), lower=1)
-    return solution if info == 0 else None
+    solution, info = lapack.dpotrs(factor, scaled_grad, lower=1)
+    return solution / scale if info == 0 else None
 
 
 class SampleSingular(Exception):
@@ -120,9 +135,7 @@ class Newton(Optimizer):
 
     def label(self) -> str:
         sample = (
-            ""
-            if self.hessian_sample == 1.0
-            else f" (the Hessian over {1 / self.hessian_every:.1%} of the rows)"
+            "" if self.hessian_every == 1 else f" (the Hessian over {1 / self.hessian_every:.1%} of the rows)"
         )
         return self.name + sample
 
