@@ -15,9 +15,12 @@ import pytest
 import scipy.sparse
 
 import paragrad as pg
+from paragrad.cli.commands import _optimizer
+from paragrad.cli.parser import build_parser
 from paragrad.models import base
 from paragrad.models.curvature import RowSample
 from paragrad.optim.least_squares import RankDeficient
+from paragrad.optim.newton import newton_direction
 from paragrad.training.settings import default_optimizer
 
 
@@ -141,6 +144,43 @@ def test_a_sample_blind_to_a_feature_is_taken_again_with_all_rows(local_engine):
         assert len(run.history) == len(exact.history)
 
 
+@pytest.mark.parametrize("rows", [1000, 5000, 100_000])
+def test_a_constant_feature_beside_the_intercept_makes_the_hessian_singular(rows):
+    # Prepare: dependent columns whose Hessian round-off may let Cholesky through (1000 and
+    # 100,000 rows here did, unscaled)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, 8))
+    X[:, 3] = 3.0
+    model = pg.models.LogisticRegression()
+    model.setup(8, np.array([0.0, 1.0]))
+    _, grad, hessian = model.loss_grad_hess(0.1 * rng.standard_normal(9), X, (rng.random(rows) < 0.4) * 1.0)
+    # Execute
+    _, singular = newton_direction(hessian, grad)
+    # Assert
+    assert singular
+
+
+def test_rare_features_that_mislead_the_sampled_steps_hand_over_to_the_exact_hessian(monkeypatch):
+    # Prepare: 64-row blocks, one in ten in the Hessian; eight one-hot columns non-zero in
+    # 0.1-0.5% of the rows, which the sample holds a few of, or none
+    rng = np.random.default_rng(1)
+    X, y = classification(20_000, 4, seed=1)
+    rare = np.zeros((20_000, 8))
+    for j, count in enumerate([20, 30, 40, 60, 80, 100, 20, 40]):
+        rare[rng.choice(20_000, count, replace=False), j] = 1.0
+    X = np.column_stack([X, rare])
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(X[:, :4].sum(axis=1) + rare.sum(axis=1))))) * 1.0
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    data = pg.Dataset(X, y)
+    exact = pg.train(pg.models.LogisticRegression(), data, optimizer=pg.optim.Newton(), engine="serial")
+    # Execute
+    sampled = pg.optim.Newton(hessian_sample=0.1)
+    run = pg.train(pg.models.LogisticRegression(), data, optimizer=sampled, engine="serial")
+    # Assert: the exact Hessian's answer, and the summary says why it took over
+    assert run.converged and "then all: a step grew" in run.summary()
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-9, atol=1e-12)
+
+
 def dataset(rows: int, features: int, sparse: bool = False) -> pg.Dataset:
     X = np.zeros((rows, features))
     X[:, 0] = np.arange(rows) % 3
@@ -161,6 +201,16 @@ def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
     assert isinstance(sparse, pg.optim.LBFGS)
     assert isinstance(wide, pg.optim.LBFGS)
     assert isinstance(small, pg.optim.Newton) and small.hessian_sample == 1.0
+
+
+def test_the_command_line_takes_the_default_solver_as_chosen():
+    # Prepare: `paragrad train data --target y` on data over the exact Hessian's budget
+    args = build_parser().parse_args(["train", "data.csv", "--target", "y"])
+    data = dataset(100_000, 100)
+    # Execute
+    chosen = _optimizer(args, pg.models.LogisticRegression(), pg.GradientDescent(), data)
+    # Assert: the sampled Hessian the library would use, not a Newton over all the rows
+    assert isinstance(chosen, pg.optim.Newton) and chosen.hessian_sample == pytest.approx(400 * 101 / 100_000)
 
 
 def test_hessian_sample_must_be_a_share_of_the_rows():

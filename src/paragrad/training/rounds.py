@@ -187,6 +187,8 @@ class RoundLoop:
         self.checkpoint_s = 0.0  # the rounds' time spent on checkpoints: snapshots, waiting for writes
         self.checkpoints_written = 0
         self.config_json: tuple[RunConfig, dict[str, Any]] | None = None  # made once a run
+        self.last_step: float | None = None  # a sampled-Hessian Newton step's measure
+        self.sample_note = ""  # why a sampled Hessian gave way to the exact one, for the summary
 
     def run(
         self,
@@ -233,7 +235,7 @@ class RoundLoop:
             self.runner.num_workers,
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
-            optimizer=self.optimizer.label(),
+            optimizer=self.optimizer.label() + self.sample_note,
             changes=list(self.runner.changes),
             scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
             checkpoint_s=self.checkpoint_s,
@@ -377,10 +379,7 @@ class RoundLoop:
                     self.optimizer,
                 )
             except SampleSingular:  # the round again, with the Hessian over all the rows
-                assert isinstance(self.optimizer, Newton)
-                self.optimizer = self.optimizer.exact()
-                self.task = replace(self.task, optimizer=self.optimizer)
-                state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+                self.exact_hessian(state, round_index, "the sample's was singular")
                 return self.round(round_index, state)
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
@@ -397,7 +396,30 @@ class RoundLoop:
             state.singular_later = True
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
+        if not state.converged and self.sampled_step_grew(outcome):
+            self.exact_hessian(state, round_index + 1, "a step grew")
         return outcome
+
+    def sampled_step_grew(self, outcome: StepOutcome) -> bool:
+        """Whether a Newton step with a sampled Hessian was larger than the one before. The
+        steps shrink round after round where the sample's curvature is the data's; features
+        the sample barely holds (rare ones) mislead them."""
+        if not (isinstance(self.optimizer, Newton) and self.optimizer.hessian_every > 1):
+            return False
+        previous, self.last_step = self.last_step, outcome.criterion
+        return previous is not None and outcome.criterion is not None and outcome.criterion > previous
+
+    def exact_hessian(self, state: LoopState, round_index: int, why: str) -> None:
+        """Newton with the Hessian over all the rows from round ``round_index`` on, its point
+        evaluated again so."""
+        assert isinstance(self.optimizer, Newton)
+        share = 1 / self.optimizer.hessian_every
+        self.optimizer = self.optimizer.exact()
+        self.task = replace(self.task, optimizer=self.optimizer)
+        state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+        self.sample_note = (
+            f" (the Hessian over {share:.1%} of the rows to round {round_index}, then all: {why})"
+        )
 
     def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
         """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
