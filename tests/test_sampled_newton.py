@@ -160,6 +160,27 @@ def test_a_constant_feature_beside_the_intercept_makes_the_hessian_singular(rows
     assert singular
 
 
+def test_dependent_features_are_checked_over_all_rows_once_then_sampled_again(monkeypatch):
+    # Prepare: a constant feature beside the intercept, as statsmodels' add_constant makes;
+    # 500 sampled rows a parameter, as the default samples
+    X, y = classification(40_000, 6)
+    X = np.column_stack([X, np.full(len(X), 3.0)])
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    data = pg.Dataset(X, y)
+    with pytest.warns(RankDeficient):
+        exact = pg.train(
+            pg.models.LogisticRegression(), data, optimizer=pg.optim.Newton(), engine="serial", tol=1e-10
+        )
+    # Execute
+    sampled = pg.optim.Newton(hessian_sample=0.1)
+    with pytest.warns(RankDeficient) as caught:
+        run = pg.train(pg.models.LogisticRegression(), data, optimizer=sampled, engine="serial", tol=1e-10)
+    # Assert: said once; the sample's Hessian again after the check; exact Newton's answer
+    assert len([w for w in caught if w.category is RankDeficient]) == 1
+    assert run.converged and run.optimizer == "newton (the Hessian over 10.0% of the rows)"
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-8, atol=1e-10)
+
+
 def test_rare_features_that_mislead_the_sampled_steps_hand_over_to_the_exact_hessian(monkeypatch):
     # Prepare: 64-row blocks, one in ten in the Hessian; eight one-hot columns non-zero in
     # 0.1-0.5% of the rows, which the sample holds a few of, or none

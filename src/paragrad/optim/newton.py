@@ -79,7 +79,8 @@ class SampleSingular(Exception):
     """A sub-sampled Newton step found the sampled Hessian singular: some direction has no
     curvature in the sample (a feature that is zero on all its rows, say). The round is
     taken again with the exact Hessian (:meth:`Newton.exact`), which tells a sample too
-    small from features that are dependent in all the rows."""
+    small (the run goes on with the exact Hessian) from features that are dependent in all
+    the rows (the run goes back to the sample, :meth:`Newton.accepting_singular`)."""
 
 
 class Newton(Optimizer):
@@ -127,6 +128,7 @@ class Newton(Optimizer):
         self.loss_noise = positive("loss_noise", loss_noise)
         self.hessian_sample = float(hessian_sample)
         self.stop_below = 0.0  # a step this small is the run's last (see stopping_at)
+        self.singular_known = False  # the data's features are dependent (see accepting_singular)
 
     @property
     def hessian_every(self) -> int:
@@ -144,6 +146,13 @@ class Newton(Optimizer):
         exact = copy.copy(self)
         exact.hessian_sample = 1.0
         return exact
+
+    def accepting_singular(self) -> Newton:
+        """This optimizer on data whose features are dependent over all the rows: a singular
+        sampled Hessian is then the data's, not the sample's, and its step is taken."""
+        accepting = copy.copy(self)
+        accepting.singular_known = True
+        return accepting
 
     def stopping_at(self, tol: float) -> Newton:
         """This optimizer in a run that converges once a step's measure is at most ``tol``:
@@ -170,7 +179,7 @@ class Newton(Optimizer):
         )
         assert here.hessian is not None
         direction, singular = newton_direction(here.hessian, here.grad)
-        if singular and self.hessian_every > 1:
+        if singular and self.hessian_every > 1 and not self.singular_known:
             raise SampleSingular
         if singular and int(state.step) == 0:
             # At the start every row weighs the same: only the features can make H singular.

@@ -379,8 +379,12 @@ class RoundLoop:
                     self.optimizer,
                 )
             except SampleSingular:  # the round again, with the Hessian over all the rows
+                sampled = self.optimizer
                 self.exact_hessian(state, round_index, "the sample's was singular")
-                return self.round(round_index, state)
+                outcome = self.round(round_index, state)
+                if outcome.singular:  # over all the rows too: the features are dependent
+                    self.resume_sample(sampled)
+                return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
@@ -420,6 +424,15 @@ class RoundLoop:
         self.sample_note = (
             f" (the Hessian over {share:.1%} of the rows to round {round_index}, then all: {why})"
         )
+
+    def resume_sample(self, sampled: Optimizer) -> None:
+        """Back to the sampled Hessian once all the rows showed its singular directions to be
+        the data's (dependent features): its steps then take the least-squares direction of
+        smallest norm, as the exact Hessian's do, at a sample's cost."""
+        assert isinstance(sampled, Newton)
+        self.optimizer = sampled.accepting_singular()
+        self.task = replace(self.task, optimizer=self.optimizer)
+        self.sample_note = ""
 
     def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
         """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
