@@ -45,17 +45,13 @@ class StateField:
 class EpochOrder:
     """The order in which a shard's rows are drawn in one epoch: recomputable, never saved.
 
-    For the global stream over virtual shards (see :mod:`paragrad.training.sampling`), ``ranks``
-    is each held virtual shard's place in the epoch's order of virtual shards, ``tails``
-    the stream position of its extra last row (-1 for a shard without one), and
-    ``positions`` the stream position of each row of ``permutation``, which is in stream
-    order.
+    For the global stream over virtual shards (see :mod:`paragrad.training.sampling`),
+    ``permutation`` is in stream order and ``positions`` holds each of its rows' stream
+    position; for a worker's own rows (LocalSGD) ``positions`` is None.
     """
 
     epoch: int
     permutation: np.ndarray
-    ranks: np.ndarray | None = None
-    tails: np.ndarray | None = None
     positions: np.ndarray | None = None
 
 

@@ -56,13 +56,8 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     lap_positions = (np.arange(base)[:, None] * held.num_virtual + mine[by_rank]).ravel()
     last = np.flatnonzero(extra)[np.argsort(tails[extra])]
     tail_rows = np.array([parts[i][base] for i in last], dtype=laps.dtype)
-    shard.order = EpochOrder(
-        epoch,
-        np.concatenate([laps, tail_rows]),
-        mine,
-        np.where(extra, tails, -1),
-        np.concatenate([lap_positions, tails[last]]),
-    )
+    positions = np.concatenate([lap_positions, tails[last]])
+    shard.order = EpochOrder(epoch, np.concatenate([laps, tail_rows]), positions)
     return shard.order
 
 
@@ -85,7 +80,7 @@ def stream_rows(shard: Shard, seed: int, epoch: int, start: int, stop: int) -> s
 
 def epoch_permutation(shard: Shard, seed: int, epoch: int) -> np.ndarray:
     """The order in which the shard's own rows are drawn in ``epoch`` (kept for the epoch)."""
-    if shard.order is None or shard.order.epoch != epoch or shard.order.ranks is not None:
+    if shard.order is None or shard.order.epoch != epoch or shard.order.positions is not None:
         rng = np.random.default_rng([seed, shard.worker, epoch])
         shard.order = EpochOrder(epoch, rng.permutation(shard.num_rows))
     return shard.order.permutation
