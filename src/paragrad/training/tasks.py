@@ -153,19 +153,15 @@ class TrainStep(Task):
     zero_copy_results: ClassVar[bool] = True  # the round loop combines them before the next round
 
     def __call__(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
-        start = time.perf_counter()
         here = os.getpid() == self.coordinator[1] and _HOST == self.coordinator[0]
         cpu_start = 0.0 if here else time.process_time()
         with np.errstate(over="ignore", invalid="ignore"):
-            result = self.strategy.worker_step(
-                shard, self.model, self.optimizer, params, round_index, self.plan
-            )
-        cpu_s = 0.0 if here else time.process_time() - cpu_start
-        return result._replace(compute_s=time.perf_counter() - start, cpu_s=cpu_s)
+            result = self.inline(shard, params, round_index)
+        return result if here else result._replace(cpu_s=time.process_time() - cpu_start)
 
     def inline(self, shard: Shard, params: np.ndarray, round_index: int) -> WorkerResult:
-        """The step called by the coordinator itself, on a shard of its own, within the
-        round's ``np.errstate``: its CPU time is the coordinator's."""
+        """The step and its time, within the caller's ``np.errstate``; no CPU time of its own
+        (called by the coordinator on a shard of its own, it is the coordinator's)."""
         start = time.perf_counter()
         result = self.strategy.worker_step(shard, self.model, self.optimizer, params, round_index, self.plan)
         return result._replace(compute_s=time.perf_counter() - start)
