@@ -143,24 +143,24 @@ class Newton(Optimizer):
 
     def exact(self) -> Newton:
         """This optimizer with the Hessian summed over all the rows."""
-        exact = copy.copy(self)
-        exact.hessian_sample = 1.0
-        return exact
+        return self._with(hessian_sample=1.0)
 
     def accepting_singular(self) -> Newton:
         """This optimizer on data whose features are dependent over all the rows: a singular
         sampled Hessian is then the data's, not the sample's, and its step is taken."""
-        accepting = copy.copy(self)
-        accepting.singular_known = True
-        return accepting
+        return self._with(singular_known=True)
 
     def stopping_at(self, tol: float) -> Newton:
         """This optimizer in a run that converges once a step's measure is at most ``tol``:
         such a step is the run's last, and it is taken in full without a pass to check it
         (the pass would only confirm a decrease of the order of ``tol^2``)."""
-        stopping = copy.copy(self)
-        stopping.stop_below = float(tol)
-        return stopping
+        return self._with(stop_below=float(tol))
+
+    def _with(self, **settings: Any) -> Newton:
+        """A copy of this optimizer with ``settings`` changed."""
+        changed = copy.copy(self)
+        vars(changed).update(settings)
+        return changed
 
     def init(self, params: np.ndarray) -> NewtonState:
         d = len(params)
