@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.core.seeding import shuffle_seeded
 from paragrad.core.shards import EpochOrder, Shard, VirtualShards
 from paragrad.data import is_sparse
 
@@ -31,12 +32,11 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     if shard.order is not None and shard.order.epoch == epoch and shard.order.positions is not None:
         return shard.order
     held = shard.held
-    ids = range(held.first, held.first + held.count)
     local = _local_starts(held)
     sizes = np.diff(local)
-    parts = [
-        local[i] + np.random.default_rng([seed, v, epoch, 1]).permutation(sizes[i]) for i, v in enumerate(ids)
-    ]
+    # Each held virtual shard's rows, permuted from (seed, virtual shard, epoch), in place.
+    rows = np.arange(local[-1])
+    shuffle_seeded(rows, local, [[seed, v, epoch, 1] for v in range(held.first, held.first + held.count)])
     lap = np.random.default_rng([seed, epoch]).permutation(held.num_virtual)
     ranks = np.empty(held.num_virtual, dtype=np.int64)
     ranks[lap] = np.arange(held.num_virtual)
@@ -52,10 +52,10 @@ def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
     # The stream's laps: the j-th rows of the held virtual shards, in rank order, for each j;
     # then their extra rows, in the order of their tail positions.
     by_rank = np.argsort(mine)
-    laps = np.stack([parts[i][:base] for i in by_rank], axis=1).ravel()
+    laps = rows[local[by_rank][None, :] + np.arange(base)[:, None]].ravel()
     lap_positions = (np.arange(base)[:, None] * held.num_virtual + mine[by_rank]).ravel()
     last = np.flatnonzero(extra)[np.argsort(tails[extra])]
-    tail_rows = np.array([parts[i][base] for i in last], dtype=laps.dtype)
+    tail_rows = rows[local[last] + base]
     positions = np.concatenate([lap_positions, tails[last]])
     shard.order = EpochOrder(epoch, np.concatenate([laps, tail_rows]), positions)
     return shard.order
