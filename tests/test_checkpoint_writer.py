@@ -187,3 +187,30 @@ def test_pruning_removes_only_files_the_run_knows_as_its_own(tmp_path, binary_da
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["checkpoint-000000000.npz", "checkpoint-000000029.npz", "checkpoint-000000030.npz"]
     assert stranger.read_bytes() == b"not ours"
+
+
+def test_a_run_resumed_mid_epoch_converges_at_the_same_round(tmp_path, binary_data):
+    """The epoch's losses so far come back from the checkpoint's history (its state keeps
+    only their count): the epoch's mean, and so the round the run converges at, are the
+    uninterrupted run's."""
+    whole = fit(binary_data, epochs=30, tol=3e-3)
+    assert whole.converged and len(whole.history) % 10 == 0  # 10 rounds an epoch, at an epoch's end
+    stop = len(whole.history) - 5
+    with pytest.warns(pg.ConvergenceWarning):
+        fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=stop)
+    resumed = fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.converged and len(resumed.history) == len(whole.history)
+    np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+def test_a_convergence_state_of_either_form_restores_the_epochs_losses():
+    from paragrad.training.convergence import ConvergenceCheck
+
+    history = [{"loss": loss} for loss in (0.9, 0.8, 0.7, 0.65, 0.6)]
+    check = ConvergenceCheck(1e-3, stochastic=True)
+    check.previous_epoch_loss, check.epoch_losses = 0.85, [0.7, 0.65, 0.6]
+    for state in (check.state(), {"previous_epoch_loss": 0.85, "epoch_losses": [0.7, 0.65, 0.6]}):
+        restored = ConvergenceCheck(1e-3, stochastic=True)
+        restored.restore(state, history)
+        assert (restored.previous_epoch_loss, restored.epoch_losses) == (0.85, [0.7, 0.65, 0.6])
+    assert check.state() == {"previous_epoch_loss": 0.85, "epoch_rounds": 3}

@@ -209,7 +209,8 @@ class Checkpointing:
         state.run_id, state.fingerprint = self.run_id, self.fingerprint
         arrays = self.encoder.arrays(state)
         path = directory / checkpoint_name(state.round)
-        kept = sorted({*self.kept, (state.round, path)})
+        newest = not self.kept or self.kept[-1][0] < state.round  # as rounds go on: no sort
+        kept = [*self.kept, (state.round, path)] if newest else sorted({*self.kept, (state.round, path)})
         self.kept, stale = kept[-self.keep :], [old for _, old in kept[: -self.keep]]
         self.writer.submit(lambda: _store(path, arrays, stale))
         self.last_written = time.monotonic()

@@ -29,11 +29,18 @@ class ConvergenceCheck:
         self.epoch_losses: list[float] = []
 
     def state(self) -> dict[str, Any]:
-        return {"previous_epoch_loss": self.previous_epoch_loss, "epoch_losses": list(self.epoch_losses)}
+        """What a checkpoint keeps. The epoch's losses so far are those of the history's last
+        ``epoch_rounds`` records, which the checkpoint holds already: only their count is
+        written (a list of them made every checkpoint cost more the longer the epoch)."""
+        return {"previous_epoch_loss": self.previous_epoch_loss, "epoch_rounds": len(self.epoch_losses)}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Go on from :meth:`state` of a checkpoint whose history is ``history``."""
         self.previous_epoch_loss = state["previous_epoch_loss"]
-        self.epoch_losses = list(state["epoch_losses"])
+        if "epoch_losses" in state:  # a checkpoint written before the count replaced the list
+            self.epoch_losses = list(state["epoch_losses"])
+        else:
+            self.epoch_losses = [record["loss"] for record in history[len(history) - state["epoch_rounds"] :]]
 
     def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
         if outcome.solved:

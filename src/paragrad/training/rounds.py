@@ -310,7 +310,7 @@ class RoundLoop:
         if resumed is None:
             params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
             return LoopState(params, self.optimizer.init(params), [], check)
-        check.restore(resumed.convergence)
+        check.restore(resumed.convergence, resumed.history)
         history = resumed.history
         self.restore_worker_state(resumed.worker_state)
         return LoopState(
