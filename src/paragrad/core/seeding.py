@@ -86,6 +86,12 @@ def _hash_consts(init: int, multiplier: int, count: int) -> list[int]:
     return consts
 
 
+def _hash(value: np.ndarray, const: int, multiplier: int) -> np.ndarray:
+    """``SeedSequence``'s hash of 32-bit words with the schedule's constant ``const``."""
+    value = (value ^ np.uint32(const)) * np.uint32((const * multiplier) & MASK32)
+    return value ^ (value >> np.uint32(XSHIFT))
+
+
 def _pool(entropy: np.ndarray) -> np.ndarray:
     """``SeedSequence(entropy).pool`` for each row of ``entropy`` (uint32 words): (rows, 4)."""
     rows, length = entropy.shape
@@ -93,9 +99,7 @@ def _pool(entropy: np.ndarray) -> np.ndarray:
     consts = iter(_hash_consts(INIT_A, MULT_A, mixes))
 
     def hashmix(value: np.ndarray) -> np.ndarray:
-        const = next(consts)
-        value = (value ^ np.uint32(const)) * np.uint32((const * MULT_A) & MASK32)
-        return value ^ (value >> np.uint32(XSHIFT))
+        return _hash(value, next(consts), MULT_A)
 
     def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         result = np.uint32(MIX_MULT_L) * x - np.uint32(MIX_MULT_R) * y
@@ -118,8 +122,7 @@ def _pcg_states(pool: np.ndarray) -> list[tuple[int, int]]:
     consts = _hash_consts(INIT_B, MULT_B, 2 * POOL_WORDS)
     words = np.empty((len(pool), 2 * POOL_WORDS), dtype=np.uint32)
     for i, const in enumerate(consts):
-        value = (pool[:, i % POOL_WORDS] ^ np.uint32(const)) * np.uint32((const * MULT_B) & MASK32)
-        words[:, i] = value ^ (value >> np.uint32(XSHIFT))
+        words[:, i] = _hash(pool[:, i % POOL_WORDS], const, MULT_B)
     halves = words.astype("<u4").view("<u8").astype(np.uint64).tolist()
     states = []
     for high, low, inc_high, inc_low in halves:
