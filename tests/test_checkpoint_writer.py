@@ -4,6 +4,7 @@ history's rows, the writer's one thread, and pruning by the files the run wrote.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import zipfile
 from typing import NamedTuple
@@ -15,8 +16,10 @@ from numpy.lib import format as npy_format
 
 import paragrad as pg
 from paragrad.core.npz import npy_header, npz_bytes
+from paragrad.training import checkpoint
 from paragrad.training.checkpoint import (
     CheckpointEncoder,
+    CheckpointWarning,
     TrainingState,
     load_latest_checkpoint,
     save_checkpoint,
@@ -82,7 +85,7 @@ class Moments(NamedTuple):
 def state_at(round_index: int, history: list[dict[str, float]]) -> TrainingState:
     params = np.full(4, 0.5**round_index)
     opt_state = Moments(params * 3, np.array(round_index))
-    convergence = {"best": 1.0 / (round_index + 1), "converged": False}
+    convergence = {"previous_epoch_loss": 1.0 / (round_index + 1), "num_epoch_losses": 0, "converged": False}
     state = TrainingState(
         round_index, params, opt_state, history, convergence, None, {"seed": 1, "k": [1, 2]}
     )
@@ -189,18 +192,58 @@ def test_pruning_removes_only_files_the_run_knows_as_its_own(tmp_path, binary_da
     assert stranger.read_bytes() == b"not ours"
 
 
-def test_a_run_resumed_mid_epoch_converges_at_the_same_round(tmp_path, binary_data):
+@pytest.mark.parametrize("before_the_end", [5, 10], ids=["mid-epoch", "at-an-epoch-end"])
+def test_a_run_resumed_within_its_last_epoch_converges_at_the_same_round(
+    tmp_path, binary_data, before_the_end
+):
     """The epoch's losses so far come back from the checkpoint's history (its state keeps
-    only their count): the epoch's mean, and so the round the run converges at, are the
-    uninterrupted run's."""
+    only their count, none at an epoch's end): the epoch's mean, and so the round the run
+    converges at, are the uninterrupted run's."""
     whole = fit(binary_data, epochs=30, tol=3e-3)
     assert whole.converged and len(whole.history) % 10 == 0  # 10 rounds an epoch, at an epoch's end
-    stop = len(whole.history) - 5
+    stop = len(whole.history) - before_the_end
     with pytest.warns(pg.ConvergenceWarning):
         fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=stop)
     resumed = fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, resume=True)
     assert resumed.converged and len(resumed.history) == len(whole.history)
     np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+def test_a_checkpoint_of_format_4_with_the_losses_themselves_resumes_exactly(tmp_path, binary_data):
+    whole = fit(binary_data, epochs=30, tol=3e-3)
+    stop = len(whole.history) - 5
+    with pytest.warns(pg.ConvergenceWarning):
+        fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=stop)
+    newest = sorted(tmp_path.glob("checkpoint-*.npz"))[-1]
+    with np.load(newest) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "checksum"}
+    meta = json.loads(str(arrays["meta"]))
+    count = meta["convergence"].pop("num_epoch_losses")
+    assert count == 5
+    losses = arrays["history"][-count:, HISTORY_KEYS.index("loss")].tolist()
+    meta["convergence"]["epoch_losses"] = losses
+    arrays["meta"] = np.array(json.dumps({**meta, "version": 4}))
+    arrays["checksum"] = np.array(checkpoint._checksum(arrays))
+    np.savez(newest, **arrays)
+    resumed = fit(binary_data, epochs=30, tol=3e-3, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.converged and len(resumed.history) == len(whole.history)
+    np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+def test_a_checkpoint_counting_more_losses_than_its_history_is_skipped_as_damaged(tmp_path, binary_data):
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=4)
+    newest = sorted(tmp_path.glob("checkpoint-*.npz"))[-1]
+    with np.load(newest) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "checksum"}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(
+        json.dumps({**meta, "convergence": {**meta["convergence"], "num_epoch_losses": 7}})
+    )
+    arrays["checksum"] = np.array(checkpoint._checksum(arrays))
+    np.savez(newest, **arrays)
+    with pytest.warns(CheckpointWarning, match="counting 7 of the epoch's losses in 4 rounds"):
+        resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
 
 
 def test_a_convergence_state_of_either_form_restores_the_epochs_losses():
@@ -213,4 +256,4 @@ def test_a_convergence_state_of_either_form_restores_the_epochs_losses():
         restored = ConvergenceCheck(1e-3, stochastic=True)
         restored.restore(state, history)
         assert (restored.previous_epoch_loss, restored.epoch_losses) == (0.85, [0.7, 0.65, 0.6])
-    assert check.state() == {"previous_epoch_loss": 0.85, "epoch_rounds": 3}
+    assert check.state() == {"previous_epoch_loss": 0.85, "num_epoch_losses": 3}

@@ -76,14 +76,16 @@ def test_pruning_removes_the_runs_own_oldest_and_leaves_other_runs_files(tmp_pat
     assert names == ["checkpoint-000000002.npz", "checkpoint-000000029.npz", "checkpoint-000000030.npz"]
 
 
-@pytest.mark.parametrize("version", [5, "5"])
+@pytest.mark.parametrize(
+    "version", [checkpoint.CHECKPOINT_VERSION + 1, str(checkpoint.CHECKPOINT_VERSION + 1)]
+)
 def test_a_newer_checkpoint_is_refused_by_name_and_never_pruned(tmp_path, binary_data, version):
     fit(binary_data, checkpoint_dir=tmp_path, max_rounds=5)
     (path,) = tmp_path.glob("checkpoint-*.npz")
     rewrite_meta(path, version=version)
     with pytest.raises(pg.ConfigError, match=r"checkpoint-000000005.npz: a checkpoint of a newer paragrad"):
         fit(binary_data, checkpoint_dir=tmp_path, resume=True)
-    other_version = r"another paragrad version \(checkpoint-000000005.npz, format 5\)"
+    other_version = rf"another paragrad version \(checkpoint-000000005.npz, format {int(version)}\)"
     with pytest.raises(pg.ConfigError, match=other_version):
         fit(binary_data, checkpoint_dir=tmp_path)
     assert path.exists()

@@ -25,9 +25,13 @@ def test_each_run_is_shuffled_as_numpy_shuffles_it_for_its_seed(seed, epoch):
     np.testing.assert_array_equal(rows, one_by_one(starts, entropies))
 
 
-def test_entropies_of_other_shapes_are_shuffled_one_by_one_with_the_same_draws():
+@pytest.mark.parametrize(
+    "entropies",
+    [[[1, 2**33], [1, 5], [3, 2**64 + 1]], [[1, 2, 3], [1, 2], [4]]],
+    ids=["numbers-of-other-word-counts", "entropies-of-other-lengths"],
+)
+def test_entropies_of_other_shapes_are_shuffled_one_by_one_with_the_same_draws(entropies):
     starts = np.array([0, 5, 9, 20])
-    entropies = [[1, 2**33], [1, 5], [3, 2**64 + 1]]  # two words, one, three
     assert seeding._entropy_words(entropies) is None
     rows = np.arange(20)
     shuffle_seeded(rows, starts, entropies)

@@ -37,21 +37,23 @@ def shuffle_seeded(values: np.ndarray, starts: np.ndarray, entropies: Sequence[S
         return
     matrix = _entropy_words(entropies)
     states = [] if matrix is None else _pcg_states(_pool(matrix))
-    numpys = np.random.PCG64(list(entropies[0])).state["state"]
-    if not states or states[0] != (numpys["state"], numpys["inc"]):  # a numpy that seeds otherwise
-        return _shuffle_one_by_one(values, starts, entropies)
+    numpy_state = np.random.PCG64(list(entropies[0])).state["state"]
+    if not states or states[0] != (numpy_state["state"], numpy_state["inc"]):  # a numpy that seeds otherwise
+        _shuffle_one_by_one(values, starts, entropies)
+        return
     generator = np.random.Generator(np.random.PCG64(0))
     for i, (state, increment) in enumerate(states):
-        generator.bit_generator.state = _state_dict(state, increment)
+        generator.bit_generator.state = _pcg_state(state, increment)
         generator.shuffle(values[starts[i] : starts[i + 1]])
 
 
 def _entropy_words(entropies: Sequence[Sequence[int]]) -> np.ndarray | None:
     """The entropies as numpy's seeding reads them, a row of 32-bit words each; None where
-    they differ in shape (a number of one word in one entropy, of two in another)."""
+    they differ in shape (a number of one word in one entropy, of two in another; entropies
+    of other lengths)."""
     try:
         small = np.array(entropies, dtype=np.int64)
-    except OverflowError:
+    except (OverflowError, ValueError):  # a number past int64, or entropies of other lengths
         small = None
     if small is not None and small.ndim == 2 and 0 <= small.min() and small.max() <= MASK32:
         return small.astype(np.uint32)  # one word each: the common case
@@ -60,6 +62,7 @@ def _entropy_words(entropies: Sequence[Sequence[int]]) -> np.ndarray | None:
 
 
 def _shuffle_one_by_one(values: np.ndarray, starts: np.ndarray, entropies: Sequence[Sequence[int]]) -> None:
+    """:func:`shuffle_seeded` with a numpy generator built for each run."""
     for i, entropy in enumerate(entropies):
         np.random.default_rng(list(entropy)).shuffle(values[starts[i] : starts[i + 1]])
 
@@ -132,6 +135,7 @@ def _pcg_states(pool: np.ndarray) -> list[tuple[int, int]]:
     return states
 
 
-def _state_dict(state: int, increment: int) -> dict[str, object]:
+def _pcg_state(state: int, increment: int) -> dict[str, object]:
+    """The ``state`` that sets a PCG64 to ``(state, increment)``, as its seeding leaves it."""
     pcg = {"state": state, "inc": increment}
     return {"bit_generator": "PCG64", "state": pcg, "has_uint32": 0, "uinteger": 0}

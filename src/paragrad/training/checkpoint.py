@@ -168,8 +168,10 @@ def _read_options(stored: Any) -> dict[str, Any] | None:
 CHECKPOINT_FORMAT = "paragrad-checkpoint"
 # 2: typed run configuration, worker state by declared field; 3: SGD's sample stream over
 # virtual shards, the worker count of every round in the history; 4: the run's identity
-# and the data's fingerprint
-CHECKPOINT_VERSION = 4
+# and the data's fingerprint; 5: SGD's convergence state counts the epoch's losses, which
+# the history holds, where 4 kept the losses themselves (both resume)
+CHECKPOINT_VERSION = 5
+READABLE_VERSIONS = (4, 5)
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
 WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 
@@ -343,7 +345,7 @@ def _owned_by(meta: dict[str, Any] | None, run_id: str) -> bool:
     return (
         meta is not None
         and meta.get("format") == CHECKPOINT_FORMAT
-        and format_version(meta.get("version")) == CHECKPOINT_VERSION
+        and format_version(meta.get("version")) in READABLE_VERSIONS
         and meta.get("run") == run_id
     )
 
@@ -390,14 +392,23 @@ def _refuse_other_version(path: Path, meta: Any) -> None:
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         return
     version = format_version(meta.get("version"))
-    if version is None or version == CHECKPOINT_VERSION:
+    if version is None or version in READABLE_VERSIONS:
         return
     which = "an earlier" if version < CHECKPOINT_VERSION else "a newer"
     raise ConfigError(
         f"{path}: a checkpoint of {which} paragrad (format {version}; this one reads "
-        f"{CHECKPOINT_VERSION}), which this one cannot resume: finish the run with that version, "
-        "or start afresh in another directory"
+        f"{READABLE_VERSIONS[0]} to {CHECKPOINT_VERSION}), which this one cannot resume: finish the run "
+        "with that version, or start afresh in another directory"
     )
+
+
+def _check_convergence(convergence: Any, rounds: int) -> None:
+    """Refuse a convergence state that names more of the epoch's losses than the history has."""
+    if isinstance(convergence, dict) and "epoch_losses" in convergence:
+        return  # format 4: the losses themselves
+    count = convergence.get("num_epoch_losses") if isinstance(convergence, dict) else None
+    if not (isinstance(count, int) and 0 <= count <= rounds):
+        raise ValueError(f"a convergence state counting {count!r} of the epoch's losses in {rounds} rounds")
 
 
 def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type[Any]) -> TrainingState:
@@ -411,8 +422,11 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     if _checksum(arrays) != stored:
         raise ValueError("checksum mismatch")
     meta = json.loads(str(arrays["meta"]))
-    if meta.get("format") != CHECKPOINT_FORMAT or format_version(meta.get("version")) != CHECKPOINT_VERSION:
-        raise ValueError("not a paragrad checkpoint of this version")
+    if (
+        meta.get("format") != CHECKPOINT_FORMAT
+        or format_version(meta.get("version")) not in READABLE_VERSIONS
+    ):
+        raise ValueError("not a paragrad checkpoint of a version this one reads")
     fields = meta["opt_fields"]
     if list(opt_state_type._fields) != fields:
         raise ValueError(
@@ -429,6 +443,7 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     for record in history:
         for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
             record[key] = int(record[key])
+    _check_convergence(meta["convergence"], len(history))
     standardizer = None
     if "standardizer_mean" in arrays:
         standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])

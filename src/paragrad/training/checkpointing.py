@@ -30,7 +30,7 @@ from paragrad.core.atomic import atomic_write_bytes, remove_stale_temporaries
 from paragrad.errors import ConfigError, check_positive_int, in_terms, option
 from paragrad.training.checkpoint import (
     CHECKPOINT_PATTERN,
-    CHECKPOINT_VERSION,
+    READABLE_VERSIONS,
     CheckpointEncoder,
     TrainingState,
     checkpoint_name,
@@ -157,7 +157,7 @@ class Checkpointing:
         if found and not resume:
             meta = meta_of(found[-1])
             version = None if meta is None else format_version(meta.get("version"))
-            if version is not None and version != CHECKPOINT_VERSION:  # resume would refuse it
+            if version is not None and version not in READABLE_VERSIONS:  # resume would refuse it
                 raise ConfigError(
                     f"{self.directory} holds checkpoints of another paragrad version ({found[-1].name}, "
                     f"format {version}): give this run a directory of its own"

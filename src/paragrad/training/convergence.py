@@ -30,9 +30,9 @@ class ConvergenceCheck:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps. The epoch's losses so far are those of the history's last
-        ``epoch_rounds`` records, which the checkpoint holds already: only their count is
+        ``num_epoch_losses`` records, which the checkpoint holds already: only their count is
         written (a list of them made every checkpoint cost more the longer the epoch)."""
-        return {"previous_epoch_loss": self.previous_epoch_loss, "epoch_rounds": len(self.epoch_losses)}
+        return {"previous_epoch_loss": self.previous_epoch_loss, "num_epoch_losses": len(self.epoch_losses)}
 
     def restore(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Go on from :meth:`state` of a checkpoint whose history is ``history``."""
@@ -40,7 +40,9 @@ class ConvergenceCheck:
         if "epoch_losses" in state:  # a checkpoint written before the count replaced the list
             self.epoch_losses = list(state["epoch_losses"])
         else:
-            self.epoch_losses = [record["loss"] for record in history[len(history) - state["epoch_rounds"] :]]
+            self.epoch_losses = [
+                record["loss"] for record in history[len(history) - state["num_epoch_losses"] :]
+            ]
 
     def update(self, outcome: StepOutcome, epoch_ends: bool) -> bool:
         if outcome.solved:
