@@ -150,7 +150,8 @@ def test_a_checkpoint_from_before_the_energy_keys_resumes(tmp_path):
     old_keys = HISTORY_KEYS[:-2]  # as written before cpu_s and energy_j were recorded
     record = dict.fromkeys(old_keys, 1)
     state = AdamState(np.array(0), np.zeros(2), np.zeros(2))
-    save_checkpoint(tmp_path, TrainingState(1, np.zeros(2), state, [record], {}, None, {}), old_keys)
+    convergence = {"previous_epoch_loss": None, "num_epoch_losses": 1, "converged": False}
+    save_checkpoint(tmp_path, TrainingState(1, np.zeros(2), state, [record], convergence, None, {}), old_keys)
     read = load_latest_checkpoint(tmp_path, HISTORY_KEYS, AdamState)
     assert read is not None and tuple(read.history[0]) == HISTORY_KEYS
     assert np.isnan(read.history[0]["energy_j"]) and read.history[0]["loss"] == 1.0
