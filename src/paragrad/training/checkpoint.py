@@ -33,6 +33,7 @@ from paragrad.errors import (
     caller_stacklevel,
 )
 from paragrad.models import Model, get_model
+from paragrad.training.convergence import ConvergenceCheck
 
 
 class TorchModelFileError(ModelFileError):
@@ -402,15 +403,6 @@ def _refuse_other_version(path: Path, meta: Any) -> None:
     )
 
 
-def _check_convergence(convergence: Any, rounds: int) -> None:
-    """Refuse a convergence state that names more of the epoch's losses than the history has."""
-    if isinstance(convergence, dict) and "epoch_losses" in convergence:
-        return  # format 4: the losses themselves
-    count = convergence.get("num_epoch_losses") if isinstance(convergence, dict) else None
-    if not (isinstance(count, int) and 0 <= count <= rounds):
-        raise ValueError(f"a convergence state counting {count!r} of the epoch's losses in {rounds} rounds")
-
-
 def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type[Any]) -> TrainingState:
     with open_numpy(path, "npz", what="a paragrad checkpoint", error=ModelFileError) as archive:
         arrays = {name: archive[name] for name in archive.files}
@@ -443,7 +435,7 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     for record in history:
         for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
             record[key] = int(record[key])
-    _check_convergence(meta["convergence"], len(history))
+    ConvergenceCheck.check_state(meta["convergence"], len(history))
     standardizer = None
     if "standardizer_mean" in arrays:
         standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])

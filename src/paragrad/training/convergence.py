@@ -34,6 +34,18 @@ class ConvergenceCheck:
         written (a list of them made every checkpoint cost more the longer the epoch)."""
         return {"previous_epoch_loss": self.previous_epoch_loss, "num_epoch_losses": len(self.epoch_losses)}
 
+    @staticmethod
+    def check_state(state: Any, rounds: int) -> None:
+        """Refuse (ValueError) a checkpoint's state that :meth:`restore` cannot take up from a
+        history of ``rounds`` records: one counting more of the epoch's losses than it holds."""
+        if isinstance(state, dict) and "epoch_losses" in state:
+            return  # format 4: the losses themselves
+        count = state.get("num_epoch_losses") if isinstance(state, dict) else None
+        if not (isinstance(count, int) and 0 <= count <= rounds):
+            raise ValueError(
+                f"a convergence state counting {count!r} of the epoch's losses in {rounds} rounds"
+            )
+
     def restore(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Go on from :meth:`state` of a checkpoint whose history is ``history``."""
         self.previous_epoch_loss = state["previous_epoch_loss"]
