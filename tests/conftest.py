@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 import paragrad as pg
 from paragrad.engines.local import LocalEngine
+from paragrad.training import checkpoint
 
 # Ray, in every process the tests start: listen on 127.0.0.1 only (without this Ray moves
 # to the host's address), and authenticate with a token of this test session's own.
@@ -44,6 +46,16 @@ def binary_data() -> pg.Dataset:
 @pytest.fixture
 def multiclass_data() -> pg.Dataset:
     return pg.make_classification(301, 5, num_classes=4, seed=3)
+
+
+def rewrite_meta(path: Path, **changes: object) -> None:
+    """Change a checkpoint's metadata and seal it with a valid checksum again."""
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "checksum"}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, **changes}))
+    arrays["checksum"] = np.array(checkpoint._checksum(arrays))
+    np.savez(path, **arrays)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

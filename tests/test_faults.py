@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import is_running, relative_error
+from conftest import is_running, relative_error, rewrite_meta
 
 import paragrad as pg
 from paragrad.core.model_file import VERSIONS
@@ -29,16 +29,6 @@ GD = dict(strategy=pg.GradientDescent(), optimizer=pg.optim.SGD(lr=0.1), epochs=
 def fit(data, **options):
     common = dict(strategy=pg.SGD(batch_size=32), engine="serial", workers=2, epochs=3, tol=0, seed=1)
     return pg.train(pg.models.LogisticRegression(l2=0.01), data, **{**common, **options})
-
-
-def rewrite_meta(path, **changes):
-    """Change a checkpoint's metadata and seal it with a valid checksum again."""
-    with np.load(path) as archive:
-        arrays = {name: archive[name] for name in archive.files if name != "checksum"}
-    meta = json.loads(str(arrays["meta"]))
-    arrays["meta"] = np.array(json.dumps({**meta, **changes}))
-    arrays["checksum"] = np.array(checkpoint._checksum(arrays))
-    np.savez(path, **arrays)
 
 
 # -- a checkpoint belongs to its run ----------------------------------------------------------
