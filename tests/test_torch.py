@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -96,6 +97,50 @@ def test_sgd_on_two_local_workers_equals_one_process_on_the_same_global_batches(
     )
     expected = same_rounds_in_one_process(net, data, strategy, lr, len(run.history), loss_sum, target)
     np.testing.assert_allclose(run.params, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def torch_threads():
+    """Torch with two threads, as in the caller's process on two cores, then as before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_in_process_sgd_with_torch_on_two_threads_equals_one_process(torch_threads):
+    """In the caller's process torch gathers each batch's rows on its threads: the same
+    rows in the same order as the workers' numpy gather, so the same path."""
+    loss, num_outputs, loss_sum, target, lr = CASES["cross_entropy"]
+    data = pg.make_classification(300, 6, num_classes=num_outputs, seed=0)
+    net, strategy = small_net(6, num_outputs), pg.SGD(batch_size=20)
+    model = pg.models.Torch(net, loss=loss)
+    run = pg.train(
+        model, data, strategy=strategy, optimizer=pg.optim.SGD(lr=lr), engine="serial", workers=2, tol=0
+    )
+    expected = same_rounds_in_one_process(net, data, strategy, lr, len(run.history), loss_sum, target)
+    np.testing.assert_allclose(run.params, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_batch_gathered_by_torch_holds_numpys_rows(torch_threads, dtype):
+    """Torch's gather (several threads) and numpy's (one thread, a Fortran-ordered array)
+    give the rows bit for bit, from read-only shared rows without a warning (numpy's from
+    rows torch cannot read, big-endian ones); a slice is a view."""
+    model = pg.models.Torch(small_net(6, 2), loss="cross_entropy")
+    X = np.random.default_rng(0).standard_normal((500, 6)).astype(dtype)
+    X.flags.writeable = False
+    rows = np.sort(np.random.default_rng(1).choice(500, 64, replace=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gathered = model.take_rows(X, rows)
+    assert gathered.dtype == dtype and gathered.flags.writeable
+    np.testing.assert_array_equal(gathered, np.take(X, rows, axis=0))
+    np.testing.assert_array_equal(model.take_rows(np.asfortranarray(X), rows), X[rows])
+    np.testing.assert_array_equal(model.take_rows(X.astype(X.dtype.newbyteorder()), rows), X[rows])
+    assert np.shares_memory(model.take_rows(X, slice(5, 9)), X)
+    torch.set_num_threads(1)
+    np.testing.assert_array_equal(model.take_rows(X, rows), X[rows])
 
 
 def test_a_mean_reduction_trains_as_its_sum_and_the_loss_is_given_again_on_loading(tmp_path):

@@ -7,7 +7,7 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 """
 
 from paragrad.core.shm import shared_empty
-from paragrad.data.checks import is_sparse
+from paragrad.data.checks import is_sparse, take_rows
 from paragrad.data.dataset import Dataset, FileBacking
 from paragrad.data.files import (
     SUPPORTED,
@@ -44,4 +44,5 @@ __all__ = [
     "open_numpy",
     "save_dataset",
     "shared_empty",
+    "take_rows",
 ]

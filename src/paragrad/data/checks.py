@@ -40,6 +40,14 @@ def is_sparse(X: Features) -> bool:
     return hasattr(X, "tocsr") and hasattr(X, "nnz")
 
 
+def take_rows(array: Any, rows: slice | np.ndarray) -> Any:
+    """``array[rows]``: a view for a slice; for row numbers, dense rows gathered by
+    :func:`numpy.take` (row by row, about twice as fast as fancy indexing on wide rows)."""
+    if isinstance(rows, slice) or is_sparse(array):
+        return array[rows]
+    return np.take(array, rows, axis=0)
+
+
 def _check_finite(
     values: Features,
     source: str,

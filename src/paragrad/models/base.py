@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from paragrad.core.model_file import write_model_file
-from paragrad.data import Standardizer, is_sparse
+from paragrad.data import Standardizer, is_sparse, take_rows
 from paragrad.data.checks import Features
 from paragrad.data.encoding import Encoding
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
@@ -153,6 +153,10 @@ class Model(ABC):
     @abstractmethod
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss sum and gradient sum over the rows of ``X`` (float64 gradient)."""
+
+    def take_rows(self, X: Features, rows: slice | np.ndarray) -> Features:
+        """A batch's rows of ``X``, as :meth:`loss_grad` takes them."""
+        return take_rows(X, rows)
 
     def restrict(self, grad: np.ndarray) -> np.ndarray:
         """``grad`` with the entries of fixed parameters set to zero (see ``trainable_``), so

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from paragrad.core.model_file import standardizer_arrays, write_arrays
-from paragrad.data.checks import Features
+from paragrad.data.checks import Features, take_rows
 from paragrad.errors import ConfigError, ModelFileError
 from paragrad.models.base import Classifier, Model, features_of
 
@@ -179,9 +179,24 @@ class Torch(Model):
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "_flat_tensors"}
 
-    def _load(self, params: np.ndarray) -> None:
-        values, _ = self._flat()
+    def _load(self, params: np.ndarray) -> Tensor:
+        """Set the module's parameters to ``params``; returns the tensor of their gradients."""
+        values, grads = self._flat()
         values.numpy()[:] = params  # one copy, in the module's dtype
+        return grads
+
+    def take_rows(self, X: Features, rows: slice | np.ndarray) -> Features:
+        """A batch's rows, gathered by torch where it has several threads (the module trains
+        in the caller's process): numpy's gather takes one core, a plain torch loop's all."""
+        torch = _torch()
+        plain = isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+        plain = plain and X.dtype in (np.float32, np.float64) and X.dtype.isnative
+        if isinstance(rows, slice) or not plain or torch.get_num_threads() < 2:
+            return take_rows(X, rows)
+        with warnings.catch_warnings():  # shared shards are read-only; the gather only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            source = torch.from_numpy(X)
+        return source.index_select(0, torch.from_numpy(rows.astype(np.int64, copy=False))).numpy()
 
     def _inputs(self, X: Features) -> Tensor:
         torch = _torch()
@@ -207,8 +222,7 @@ class Torch(Model):
         return 0.5 * torch.sum((out - target) ** 2)
 
     def loss_grad(self, params: np.ndarray, X: Features, y: np.ndarray) -> tuple[float, np.ndarray]:
-        self._load(params)
-        _, grads = self._flat()
+        grads = self._load(params)
         grads.zero_()
         loss = self._loss(self._outputs(X), y)
         loss.backward()  # adds into the parameters' .grad, views of ``grads``

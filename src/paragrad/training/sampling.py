@@ -15,13 +15,10 @@ LocalSGD's workers draw batches from their own rows (``(seed, worker, epoch)``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from paragrad.core.seeding import shuffle_seeded
 from paragrad.core.shards import EpochOrder, Shard, VirtualShards
-from paragrad.data import is_sparse
 
 
 def virtual_order(shard: Shard, seed: int, epoch: int) -> EpochOrder:
@@ -99,11 +96,3 @@ def batch_rows(
         return slice(None) if position == 0 else slice(0, 0)
     perm = epoch_permutation(shard, seed, epoch)
     return np.sort(perm[position * batch_size : (position + 1) * batch_size])
-
-
-def take_rows(array: Any, rows: slice | np.ndarray) -> Any:
-    """``array[rows]``: a view for a slice; for row numbers, dense rows gathered by
-    :func:`numpy.take` (row by row, about twice as fast as fancy indexing on wide rows)."""
-    if isinstance(rows, slice) or is_sparse(array):
-        return array[rows]
-    return np.take(array, rows, axis=0)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from paragrad.core.shards import Shard, StateField
+from paragrad.data import take_rows
 from paragrad.errors import ConfigError, check_positive_int, model_term
 from paragrad.models.base import LinearLayout, Model
 from paragrad.models.curvature import RowSample
@@ -25,7 +26,7 @@ from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
 from paragrad.training.compression import Compressor, get_compressor
-from paragrad.training.sampling import batch_rows, stream_rows, take_rows
+from paragrad.training.sampling import batch_rows, stream_rows
 
 RESIDUAL = "residual"  # the StateField of error feedback
 
@@ -320,7 +321,7 @@ class SGD(Strategy):
         epoch, position = divmod(round_index, plan.rounds_per_epoch)
         start = position * self.batch_size
         rows = stream_rows(shard, plan.seed, epoch, start, start + self.batch_size)
-        X, y = take_rows(shard.X, rows), take_rows(shard.labels, rows)
+        X, y = model.take_rows(shard.X, rows), take_rows(shard.labels, rows)
         if X.shape[0] == 0:
             loss, grad = 0.0, np.zeros(len(params))
         else:
@@ -399,7 +400,7 @@ class LocalSGD(Strategy):
         theta, loss_total, processed = params, 0.0, 0
         for batch in range(first, first + num_steps):
             rows = batch_rows(shard, plan.seed, *divmod(batch, per_epoch), self.batch_size)
-            X, y = take_rows(shard.X, rows), take_rows(shard.labels, rows)
+            X, y = model.take_rows(shard.X, rows), take_rows(shard.labels, rows)
             loss, grad = model.loss_grad(theta, X, y)
             grad = model.restrict(grad)
             penalty, penalty_grad = model.penalty(theta)
