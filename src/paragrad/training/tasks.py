@@ -65,23 +65,46 @@ class FingerprintShard(Task):
     """A cheap fingerprint of the shard's data: for each virtual shard it holds (in
     order), a hash of its row count, its width and a few sampled rows of features and
     labels. Virtual shards do not depend on the worker count, so neither does the
-    fingerprint the coordinator combines from them (see :func:`data_fingerprint`)."""
+    fingerprint the coordinator combines from them (see :func:`data_fingerprint`).
+
+    The sampled rows of every virtual shard are gathered at once and hashed a shard at a
+    time: the rows ``np.unique(np.linspace(lo, max(hi - 1, lo), 8).astype(np.intp))``
+    below ``hi``, as numpy's linspace places them.
+    """
 
     def __call__(self, shard: Shard) -> list[str]:
         starts = shard.held.starts()
         starts = starts - starts[0]
-        digests = []
-        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-            rows = np.unique(np.linspace(lo, max(hi - 1, lo), FINGERPRINT_ROWS).astype(np.intp))
-            rows = rows[rows < hi]
-            X = shard.X[rows]
-            X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-            digest = hashlib.sha256(f"{hi - lo}|{shard.X.shape[1]}|".encode())
-            digest.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
-            if shard.y is not None:
-                digest.update(np.ascontiguousarray(shard.y[rows], dtype=np.float64).tobytes())
+        low, high = starts[:-1], starts[1:]
+        rows, ends = fingerprint_rows(low, high)
+        X = shard.X[rows]
+        X = np.ascontiguousarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+        y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
+        digests, first, width = [], 0, shard.X.shape[1]
+        for size, last in zip((high - low).tolist(), ends.tolist(), strict=True):
+            digest = hashlib.sha256(f"{size}|{width}|".encode())
+            digest.update(X[first:last].data)
+            if y is not None:
+                digest.update(y[first:last].data)
             digests.append(digest.hexdigest()[:16])
+            first = last
         return digests
+
+
+def fingerprint_rows(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled rows of virtual shards ``[low, high)``, shard after shard, and where each
+    shard's rows end among them."""
+    count = FINGERPRINT_ROWS
+    low = low.astype(np.float64)
+    last = np.maximum(high - 1.0, low)
+    # As np.linspace computes each shard's points: i * ((last - low) / (n - 1)) + low, the
+    # last point exactly ``last`` (a zero step gives ``low`` either way).
+    points = np.arange(count, dtype=np.float64) * ((last - low) / (count - 1))[:, None] + low[:, None]
+    points[:, -1] = last
+    picks = points.astype(np.intp)
+    kept = picks < high[:, None]
+    kept[:, 1:] &= picks[:, 1:] != picks[:, :-1]  # distinct: the points never decrease
+    return picks[kept], np.cumsum(kept.sum(axis=1))
 
 
 def data_fingerprint(parts: list[list[str]]) -> str:
