@@ -126,7 +126,8 @@ def test_in_process_sgd_with_torch_on_two_threads_equals_one_process(torch_threa
 def test_a_batch_gathered_by_torch_holds_numpys_rows(torch_threads, dtype):
     """Torch's gather (several threads) and numpy's (one thread, a Fortran-ordered array)
     give the rows bit for bit, from read-only shared rows without a warning (numpy's from
-    rows torch cannot read, big-endian ones); a slice is a view."""
+    rows torch cannot read, big-endian ones, and for row numbers other than a batch's); a
+    slice is a view."""
     model = pg.models.Torch(small_net(6, 2), loss="cross_entropy")
     X = np.random.default_rng(0).standard_normal((500, 6)).astype(dtype)
     X.flags.writeable = False
@@ -139,6 +140,12 @@ def test_a_batch_gathered_by_torch_holds_numpys_rows(torch_threads, dtype):
     np.testing.assert_array_equal(model.take_rows(np.asfortranarray(X), rows), X[rows])
     np.testing.assert_array_equal(model.take_rows(X.astype(X.dtype.newbyteorder()), rows), X[rows])
     assert np.shares_memory(model.take_rows(X, slice(5, 9)), X)
+    # Row numbers as numpy reads them: negative, reversed, 32-bit, none, a list, a 0-d array.
+    for odd in (np.array([-1, 3]), rows[::-1], rows.astype(np.int32), rows[:0], [4, 2], np.array(3)):
+        np.testing.assert_array_equal(model.take_rows(X, odd), np.take(X, odd, axis=0))
+    one_row = X[::-1][:1]  # C-contiguous by numpy's account, with a negative stride
+    twice = np.array([0, 0])
+    np.testing.assert_array_equal(model.take_rows(one_row, twice), np.take(one_row, twice, axis=0))
     torch.set_num_threads(1)
     np.testing.assert_array_equal(model.take_rows(X, rows), X[rows])
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from paragrad.core.model_file import standardizer_arrays, write_arrays
-from paragrad.data.checks import Features, take_rows
+from paragrad.data import take_rows
+from paragrad.data.checks import Features
 from paragrad.errors import ConfigError, ModelFileError
 from paragrad.models.base import Classifier, Model, features_of
 
@@ -42,6 +43,17 @@ def _torch() -> ModuleType:
     except ImportError:
         raise ConfigError("pg.models.Torch needs PyTorch: pip install 'paragrad[torch]'") from None
     return torch
+
+
+def _tensor_over(X: np.ndarray) -> Tensor:
+    """A tensor over ``X``'s memory. Shared shards are read-only, which torch warns of;
+    paragrad's tensors over them are only read."""
+    torch = _torch()
+    if X.flags.writeable:  # a batch's rows, gathered
+        return torch.from_numpy(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(X)
 
 
 class Torch(Model):
@@ -186,28 +198,23 @@ class Torch(Model):
         return grads
 
     def take_rows(self, X: Features, rows: slice | np.ndarray) -> Features:
-        """A batch's rows, gathered by torch where it has several threads (the module trains
-        in the caller's process): numpy's gather takes one core, a plain torch loop's all."""
+        """A batch's rows, gathered by torch where it has several threads (in the caller's
+        process it runs each batch on every core; numpy's gather takes one), the same rows
+        as numpy's gather bit for bit; numpy's gather for any other rows or arrays."""
         torch = _torch()
-        plain = isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
-        plain = plain and X.dtype in (np.float32, np.float64) and X.dtype.isnative
-        if isinstance(rows, slice) or not plain or torch.get_num_threads() < 2:
+        plain = isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] > 1 and X.flags.c_contiguous
+        plain = plain and min(X.strides) > 0 and X.dtype in (np.float32, np.float64) and X.dtype.isnative
+        if not (plain and isinstance(rows, np.ndarray) and torch.get_num_threads() > 1):
             return take_rows(X, rows)
-        with warnings.catch_warnings():  # shared shards are read-only; the gather only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            source = torch.from_numpy(X)
-        return source.index_select(0, torch.from_numpy(rows.astype(np.int64, copy=False))).numpy()
+        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and rows.min() < 0):
+            return take_rows(X, rows)  # numpy's rules for other row numbers
+        index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        return _tensor_over(X).index_select(0, index).numpy()
 
     def _inputs(self, X: Features) -> Tensor:
-        torch = _torch()
         if hasattr(X, "toarray"):
             X = X.toarray()
-        X = np.ascontiguousarray(X)
-        if X.flags.writeable:  # a batch's rows, gathered
-            return torch.from_numpy(X).to(self._dtype)
-        with warnings.catch_warnings():  # shared shards are read-only; torch only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(X).to(self._dtype)
+        return _tensor_over(np.ascontiguousarray(X)).to(self._dtype)
 
     def _outputs(self, X: Features) -> Tensor:
         out = self.module(self._inputs(X))
