@@ -17,7 +17,7 @@ import numpy as np
 
 from paragrad.core.shards import Shard, StateField, Task
 from paragrad.data import Moments, Standardizer
-from paragrad.data.checks import within_bounds
+from paragrad.data.checks import Features, within_bounds
 from paragrad.data.moments import moments_and_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
 from paragrad.optim import Optimizer
@@ -77,13 +77,17 @@ class FingerprintShard(Task):
         starts = starts - starts[0]
         low, high = starts[:-1], starts[1:]
         rows, ends = fingerprint_rows(low, high)
-        X = shard.X[rows]
-        X = np.ascontiguousarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+        X: Features = shard.X[rows]
+        sparse = hasattr(X, "toarray")
+        X = X if sparse else np.ascontiguousarray(X, dtype=np.float64)
         y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
         digests, first, width = [], 0, shard.X.shape[1]
         for size, last in zip((high - low).tolist(), ends.tolist(), strict=True):
             digest = hashlib.sha256(f"{size}|{width}|".encode())
-            digest.update(X[first:last].data)
+            block = X[first:last]
+            if sparse:  # dense a shard's few rows at a time: sparse rows may be 2^20 wide
+                block = np.ascontiguousarray(block.toarray(), dtype=np.float64)
+            digest.update(block.data)
             if y is not None:
                 digest.update(y[first:last].data)
             digests.append(digest.hexdigest()[:16])
