@@ -4,7 +4,6 @@ lost and stopped workers, engines shared between threads, full disks."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -12,21 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 from typing import ClassVar
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from conftest import is_running, relative_error, rewrite_meta
 
 import paragrad as pg
 from paragrad.core.model_file import VERSIONS
-from paragrad.core.shards import Shard, plan_shards
 from paragrad.engines.local import LocalEngine
 from paragrad.errors import WorkerLost
 from paragrad.training import checkpoint
-from paragrad.training.tasks import FingerprintShard, fingerprint_rows
 
 GD = dict(strategy=pg.GradientDescent(), optimizer=pg.optim.SGD(lr=0.1), epochs=8, tol=0, seed=0)
 
@@ -388,79 +383,3 @@ def test_local_sgd_resumed_on_a_count_that_changes_its_rounds_is_refused_with_th
         pg.train(pg.models.LogisticRegression(), binary_data, workers=4, **resume)
     resumed = pg.train(pg.models.LogisticRegression(), binary_data, workers=1, **resume)
     assert relative_error(resumed.params, whole.params) <= 1e-12
-
-
-def _fingerprint_by_shard(shard):
-    """The fingerprint's definition, a virtual shard at a time: the hash of its size, its
-    width and the features and labels of its rows ``linspace(first, last, 8)``."""
-    starts = shard.held.starts() - shard.held.starts()[0]
-    digests = []
-    for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-        rows = np.unique(np.linspace(lo, max(hi - 1, lo), 8).astype(np.intp))
-        rows = rows[rows < hi]
-        X = shard.X[rows]
-        X = X.toarray() if hasattr(X, "toarray") else X
-        digest = hashlib.sha256(f"{hi - lo}|{shard.X.shape[1]}|".encode())
-        digest.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
-        if shard.y is not None:
-            digest.update(np.ascontiguousarray(shard.y[rows], dtype=np.float64).tobytes())
-        digests.append(digest.hexdigest()[:16])
-    return digests
-
-
-@pytest.mark.parametrize("num_rows", [1, 7, 1023, 1030, 5000, 123_457])
-@pytest.mark.parametrize("kind", ["float64", "float32", "sparse", "no labels"])
-def test_the_fingerprint_is_its_definition_so_older_checkpoints_still_resume(num_rows, kind):
-    """The rows of every virtual shard are gathered at once; the hashes are those of the
-    shard-by-shard definition (which checkpoints written before carry), on shards of 0 to
-    121 rows, on each of three workers."""
-    rng = np.random.default_rng(num_rows)
-    X = rng.standard_normal((num_rows, 3)).astype(np.float32 if kind == "float32" else np.float64)
-    if kind == "sparse":
-        X = sp.csr_matrix(np.where(X > 0.5, X, 0.0))
-    y = None if kind == "no labels" else rng.integers(0, 3, num_rows).astype(float)
-    plan = plan_shards(num_rows, 3 if num_rows >= 3 else 1)
-    for worker in range(plan.num_shards):
-        rows = plan.rows(worker)
-        shard = Shard(
-            X[rows], None if y is None else y[rows], worker, plan.num_shards, virtual=plan.virtual(worker)
-        )
-        assert FingerprintShard()(shard) == _fingerprint_by_shard(shard)
-
-
-def test_the_fingerprints_rows_are_where_linspace_places_them():
-    """Every shard size to 3000 rows, sizes about multiples of 7 to 1e6 (a 1e6-row data
-    set's virtual shards hold 976 or 977 rows), each from row 0 (a worker's first virtual
-    shard) and one after another from rows near 0, 2^31 and 2^40."""
-    sizes = np.r_[np.arange(3000), [7 * k + d for k in (1000, 10_000, 142_857) for d in (-1, 0, 1)], 10**6]
-    for offset in (None, 0, 2**31 - 5, 2**40 + 3):
-        low = np.zeros_like(sizes) if offset is None else offset + np.r_[0, np.cumsum(sizes)[:-1]]
-        high = low + sizes
-        rows, ends = fingerprint_rows(low, high)
-        for lo, hi, picked in zip(low.tolist(), high.tolist(), np.split(rows, ends[:-1]), strict=True):
-            expected = np.unique(np.linspace(lo, max(hi - 1, lo), 8).astype(np.intp))
-            np.testing.assert_array_equal(picked, expected[expected < hi])
-
-
-def test_the_fingerprint_of_wide_sparse_rows_makes_a_shards_rows_dense_at_a_time():
-    """Two rows in each of 1024 virtual shards, 2^15 columns: all the sampled rows made
-    dense at once would take 512 MB; a shard's two rows take 0.5 MB."""
-    rng = np.random.default_rng(0)
-    num_rows, width = 2048, 1 << 15
-    X = sp.csr_matrix(
-        (
-            rng.standard_normal(5 * num_rows),
-            rng.integers(0, width, 5 * num_rows),
-            np.arange(0, 5 * num_rows + 1, 5),
-        ),
-        shape=(num_rows, width),
-    )
-    shard = Shard(X, None, 0, 1, virtual=plan_shards(num_rows, 1).virtual(0))
-    tracemalloc.start()
-    try:
-        digests = FingerprintShard()(shard)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 * 2**20
-    assert digests == _fingerprint_by_shard(shard)

@@ -168,16 +168,19 @@ class Checkpointing:
             )
         return self
 
-    def adopt(self, resumed: TrainingState | None, fingerprint: str, classes: list[Any] | None) -> None:
+    def adopt(
+        self, resumed: TrainingState | None, fingerprints: tuple[str, ...], classes: list[Any] | None
+    ) -> None:
         """Write as the run ``resumed`` belongs to (a fresh identity otherwise), on data
-        with ``fingerprint`` and ``classes``; refuse a checkpoint made on other data."""
+        with ``classes`` and the first of ``fingerprints`` (the others: earlier forms of it,
+        which older checkpoints carry); refuse a checkpoint made on other data."""
         if resumed is not None:
             if resumed.config.get("classes") != classes:
                 raise ConfigError(
                     f"{resumed.path}: the checkpoint was made for classes {resumed.config.get('classes')}, "
                     f"but this data has {classes}"
                 )
-            if resumed.fingerprint != fingerprint:
+            if resumed.fingerprint not in fingerprints:
                 raise ConfigError(
                     f"{resumed.path}: the checkpoint belongs to a run on other data (the same shape, "
                     "other values): resume with the data it was made on, or start afresh in another "
@@ -186,7 +189,7 @@ class Checkpointing:
             self.run_id = resumed.run_id
             assert self.directory is not None
             self.kept = owned_checkpoints(self.directory, self.run_id)  # for pruning
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprints[0]
 
     def due(self, rounds_done: int) -> bool:
         if self.directory is None:

@@ -69,8 +69,13 @@ class FingerprintShard(Task):
 
     The sampled rows of every virtual shard are gathered at once and hashed a shard at a
     time: the rows ``np.unique(np.linspace(lo, max(hi - 1, lo), 8).astype(np.intp))``
-    below ``hi``, as numpy's linspace places them.
+    below ``hi``, as numpy's linspace places them. Sparse rows are hashed as their stored
+    values and columns (duplicates summed, zeros left out), not made dense: eight rows of
+    2^20 columns are 64 MB dense. ``dense_rows`` hashes them dense, as checkpoints made
+    before did.
     """
+
+    dense_rows: bool = False
 
     def __call__(self, shard: Shard) -> list[str]:
         starts = shard.held.starts()
@@ -83,16 +88,31 @@ class FingerprintShard(Task):
         y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
         digests, first, width = [], 0, shard.X.shape[1]
         for size, last in zip((high - low).tolist(), ends.tolist(), strict=True):
-            digest = hashlib.sha256(f"{size}|{width}|".encode())
             block = X[first:last]
-            if sparse:  # dense a shard's few rows at a time: sparse rows may be 2^20 wide
-                block = np.ascontiguousarray(block.toarray(), dtype=np.float64)
-            digest.update(block.data)
+            if sparse and not self.dense_rows:
+                digest = hashlib.sha256(f"{size}|{width}|csr|".encode())
+                for part in _stored(block):
+                    digest.update(part.data)
+            else:
+                digest = hashlib.sha256(f"{size}|{width}|".encode())
+                if sparse:  # a shard's few rows at a time
+                    block = np.ascontiguousarray(block.toarray(), dtype=np.float64)
+                digest.update(block.data)
             if y is not None:
                 digest.update(y[first:last].data)
             digests.append(digest.hexdigest()[:16])
             first = last
         return digests
+
+
+def _stored(rows: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse rows as the count of values in each row, their columns and values, the same
+    however the rows were stored (duplicate entries summed, explicit zeros left out)."""
+    rows = rows.tocsr(copy=True)
+    rows.sum_duplicates()
+    rows.eliminate_zeros()
+    counts = np.diff(rows.indptr).astype(np.int64)
+    return counts, rows.indices.astype(np.int64), np.ascontiguousarray(rows.data, dtype=np.float64)
 
 
 def fingerprint_rows(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -233,7 +233,9 @@ def train(
         checks_s = time.perf_counter() - call_started
         runner.start(data, plan)
         started_s = time.perf_counter() - call_started
-        fingerprint = _fingerprint(runner) if checkpoints.directory is not None else ""
+        fingerprints = (
+            _fingerprints(runner, resumed, data.sparse) if checkpoints.directory is not None else ("",)
+        )
         for message in resource_warnings(runner, strategy, plan.sizes):
             warnings.warn(message, PerformanceWarning, stacklevel=2)
         # The features' moments make L-BFGS's preconditioner.
@@ -248,7 +250,7 @@ def train(
         if isinstance(optimizer, Newton):
             optimizer = optimizer.stopping_at(tol)
         config = config.with_classes(model.classes_)
-        checkpoints.adopt(resumed, fingerprint, config.classes)
+        checkpoints.adopt(resumed, fingerprints, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
         loop.initial_params = None if start_from is None else initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
@@ -381,9 +383,14 @@ def _apply_timeouts(runner: Engine, timeouts: dict[str, float | None], keep_own:
             setattr(runner, name, defaults[name] if value is None else value)
 
 
-def _fingerprint(runner: Engine) -> str:
-    """The data as placed (before any set-up changes it), for the checkpoints to carry."""
-    return data_fingerprint(runner.run(FingerprintShard()))
+def _fingerprints(runner: Engine, resumed: TrainingState | None, sparse: bool) -> tuple[str, ...]:
+    """The data's fingerprint as placed (before any set-up changes it), for the checkpoints
+    to carry; resuming a checkpoint of sparse data that carries another, also the form of
+    checkpoints made before sparse rows were hashed as stored (their rows made dense)."""
+    fingerprint = data_fingerprint(runner.run(FingerprintShard()))
+    if resumed is None or not sparse or resumed.fingerprint == fingerprint:
+        return (fingerprint,)
+    return fingerprint, data_fingerprint(runner.run(FingerprintShard(dense_rows=True)))
 
 
 def _check_budget_carries(
