@@ -64,8 +64,8 @@ def _shards(X, y, num_workers: int) -> list[Shard]:
 def test_the_fingerprint_is_its_definition_so_older_checkpoints_still_resume(num_rows, kind):
     """The rows of every virtual shard are gathered at once; the hashes are those of the
     shard-by-shard definition (dense rows: which checkpoints written before carry; sparse
-    rows: as stored, and dense as before with ``dense_rows``), on shards of 0 to 121 rows,
-    on each of three workers."""
+    rows: as stored), and of the other form asked for, on shards of 0 to 121 rows, on each
+    of three workers."""
     rng = np.random.default_rng(num_rows)
     X = rng.standard_normal((num_rows, 3)).astype(np.float32 if kind == "float32" else np.float64)
     if kind == "sparse":
@@ -73,7 +73,8 @@ def test_the_fingerprint_is_its_definition_so_older_checkpoints_still_resume(num
     y = None if kind == "no labels" else rng.integers(0, 3, num_rows).astype(float)
     for shard in _shards(X, y, 3 if num_rows >= 3 else 1):
         assert FingerprintShard()(shard) == _fingerprint_by_shard(shard, as_stored=kind == "sparse")
-        assert FingerprintShard(dense_rows=True)(shard) == _fingerprint_by_shard(shard)
+        for as_stored in (False, True):
+            assert FingerprintShard(as_stored=as_stored)(shard) == _fingerprint_by_shard(shard, as_stored)
 
 
 def test_sparse_rows_hash_alike_however_they_are_stored_and_apart_when_a_value_differs():
@@ -122,8 +123,8 @@ def test_the_fingerprints_rows_are_where_linspace_places_them():
             np.testing.assert_array_equal(picked, _sampled_rows(lo, hi))
 
 
-@pytest.mark.parametrize("dense_rows", [False, True])
-def test_wide_sparse_rows_are_never_made_dense_all_at_once(dense_rows):
+@pytest.mark.parametrize("as_stored", [True, False])
+def test_wide_sparse_rows_are_never_made_dense_all_at_once(as_stored):
     """Two rows in each of 1024 virtual shards, 2^15 columns: all the sampled rows made
     dense at once would take 512 MB; as stored they take kilobytes, and the earlier form
     makes a shard's two rows dense at a time (0.5 MB)."""
@@ -134,12 +135,12 @@ def test_wide_sparse_rows_are_never_made_dense_all_at_once(dense_rows):
     (shard,) = _shards(X, None, 1)
     tracemalloc.start()
     try:
-        digests = FingerprintShard(dense_rows=dense_rows)(shard)
+        digests = FingerprintShard(as_stored=as_stored)(shard)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < (8 if dense_rows else 1) * 2**20
-    assert digests == _fingerprint_by_shard(shard, as_stored=not dense_rows)
+    assert peak < (1 if as_stored else 8) * 2**20
+    assert digests == _fingerprint_by_shard(shard, as_stored=as_stored)
 
 
 def _sparse_data() -> pg.Dataset:
@@ -161,7 +162,7 @@ def test_a_checkpoint_of_sparse_data_made_before_resumes_and_other_data_is_refus
     _fit(data, checkpoint_dir=tmp_path, max_rounds=5)
     (path,) = tmp_path.glob("checkpoint-*.npz")
     current = data_fingerprint([FingerprintShard()(s) for s in _shards(data.X, data.y, 1)])
-    earlier = data_fingerprint([FingerprintShard(dense_rows=True)(s) for s in _shards(data.X, data.y, 1)])
+    earlier = data_fingerprint([FingerprintShard(as_stored=False)(s) for s in _shards(data.X, data.y, 1)])
     assert earlier != current
     rewrite_meta(path, data="0" * 32)
     with pytest.raises(pg.ConfigError, match=r"checkpoint-000000005.npz: .*a run on other data"):
@@ -172,3 +173,16 @@ def test_a_checkpoint_of_sparse_data_made_before_resumes_and_other_data_is_refus
     newest = max(tmp_path.glob("checkpoint-*.npz"))
     with np.load(newest) as archive:
         assert f'"data": "{current}"' in str(archive["meta"])
+
+
+@pytest.mark.parametrize("first_form", ["sparse", "dense"])
+def test_a_checkpoint_resumes_on_the_same_rows_given_the_other_form(tmp_path, first_form):
+    """Rows given sparse for the checkpoint and dense for the resume, or the other way: the
+    same data, resumed exactly."""
+    sparse_data = _sparse_data()
+    dense_data = pg.Dataset(sparse_data.X.toarray(), sparse_data.y)
+    first, then = (sparse_data, dense_data) if first_form == "sparse" else (dense_data, sparse_data)
+    whole = _fit(then)
+    _fit(first, checkpoint_dir=tmp_path, max_rounds=5)
+    resumed = _fit(then, checkpoint_dir=tmp_path, resume=True)
+    assert relative_error(resumed.params, whole.params) <= 1e-12

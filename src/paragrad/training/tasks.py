@@ -71,11 +71,12 @@ class FingerprintShard(Task):
     time: the rows ``np.unique(np.linspace(lo, max(hi - 1, lo), 8).astype(np.intp))``
     below ``hi``, as numpy's linspace places them. Sparse rows are hashed as their stored
     values and columns (duplicates summed, zeros left out), not made dense: eight rows of
-    2^20 columns are 64 MB dense. ``dense_rows`` hashes them dense, as checkpoints made
-    before did.
+    2^20 columns are 64 MB dense. ``as_stored`` hashes every shard's rows so (True) or as
+    dense values (False: sparse rows as checkpoints made before hashed them), whatever
+    the data's form, so that a checkpoint resumes on the same rows given the other way.
     """
 
-    dense_rows: bool = False
+    as_stored: bool | None = None  # by the data's own form
 
     def __call__(self, shard: Shard) -> list[str]:
         starts = shard.held.starts()
@@ -84,12 +85,18 @@ class FingerprintShard(Task):
         rows, ends = fingerprint_rows(low, high)
         X: Features = shard.X[rows]
         sparse = hasattr(X, "toarray")
-        X = X if sparse else np.ascontiguousarray(X, dtype=np.float64)
+        as_stored = sparse if self.as_stored is None else self.as_stored
+        if not sparse:
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            if as_stored:
+                from scipy import sparse as scipy_sparse
+
+                X, sparse = scipy_sparse.csr_matrix(X), True
         y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
         digests, first, width = [], 0, shard.X.shape[1]
         for size, last in zip((high - low).tolist(), ends.tolist(), strict=True):
             block = X[first:last]
-            if sparse and not self.dense_rows:
+            if as_stored:
                 digest = hashlib.sha256(f"{size}|{width}|csr|".encode())
                 for part in _stored(block):
                     digest.update(part.data)

@@ -385,12 +385,13 @@ def _apply_timeouts(runner: Engine, timeouts: dict[str, float | None], keep_own:
 
 def _fingerprints(runner: Engine, resumed: TrainingState | None, sparse: bool) -> tuple[str, ...]:
     """The data's fingerprint as placed (before any set-up changes it), for the checkpoints
-    to carry; resuming a checkpoint of sparse data that carries another, also the form of
-    checkpoints made before sparse rows were hashed as stored (their rows made dense)."""
+    to carry; resuming a checkpoint that carries another, also its other form: of sparse
+    rows made dense (checkpoints made before, or on the same rows given dense), or of
+    dense rows as stored (a checkpoint made on the same rows given sparse)."""
     fingerprint = data_fingerprint(runner.run(FingerprintShard()))
-    if resumed is None or not sparse or resumed.fingerprint == fingerprint:
+    if resumed is None or resumed.fingerprint == fingerprint:
         return (fingerprint,)
-    return fingerprint, data_fingerprint(runner.run(FingerprintShard(dense_rows=True)))
+    return fingerprint, data_fingerprint(runner.run(FingerprintShard(as_stored=not sparse)))
 
 
 def _check_budget_carries(
