@@ -5,6 +5,7 @@ of any width, and read in its earlier form from checkpoints made before."""
 from __future__ import annotations
 
 import hashlib
+import sys
 import tracemalloc
 
 import numpy as np
@@ -61,7 +62,7 @@ def _shards(X, y, num_workers: int) -> list[Shard]:
 
 @pytest.mark.parametrize("num_rows", [1, 7, 1023, 1030, 5000, 123_457])
 @pytest.mark.parametrize("kind", ["float64", "float32", "sparse", "no labels"])
-def test_the_fingerprint_is_its_definition_so_older_checkpoints_still_resume(num_rows, kind):
+def test_the_fingerprint_is_its_definition_in_either_form(num_rows, kind):
     """The rows of every virtual shard are gathered at once; the hashes are those of the
     shard-by-shard definition (dense rows: which checkpoints written before carry; sparse
     rows: as stored), and of the other form asked for, on shards of 0 to 121 rows, on each
@@ -75,6 +76,17 @@ def test_the_fingerprint_is_its_definition_so_older_checkpoints_still_resume(num
         assert FingerprintShard()(shard) == _fingerprint_by_shard(shard, as_stored=kind == "sparse")
         for as_stored in (False, True):
             assert FingerprintShard(as_stored=as_stored)(shard) == _fingerprint_by_shard(shard, as_stored)
+
+
+def test_dense_rows_hash_as_stored_without_scipy(monkeypatch):
+    """A resume whose fingerprint differs hashes dense rows as stored too (a checkpoint of
+    the same rows given sparse carries that form): with numpy alone, scipy being optional."""
+    X = np.where(np.random.default_rng(5).standard_normal((3000, 7)) > 0.8, 1.5, -0.0)
+    shards = _shards(X, np.arange(3000) % 2.0, 2)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)
+    for shard in shards:
+        assert FingerprintShard(as_stored=True)(shard) == _fingerprint_by_shard(shard, as_stored=True)
 
 
 def test_sparse_rows_hash_alike_however_they_are_stored_and_apart_when_a_value_differs():

@@ -172,8 +172,8 @@ class Checkpointing:
         self, resumed: TrainingState | None, fingerprints: tuple[str, ...], classes: list[Any] | None
     ) -> None:
         """Write as the run ``resumed`` belongs to (a fresh identity otherwise), on data
-        with ``classes`` and the first of ``fingerprints`` (the others: earlier forms of it,
-        which older checkpoints carry); refuse a checkpoint made on other data."""
+        with ``classes`` and the first of ``fingerprints`` (the others: other forms of it, as
+        a checkpoint of the same rows may carry); refuse a checkpoint made on other data."""
         if resumed is not None:
             if resumed.config.get("classes") != classes:
                 raise ConfigError(

@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -84,27 +85,15 @@ class FingerprintShard(Task):
         low, high = starts[:-1], starts[1:]
         rows, ends = fingerprint_rows(low, high)
         X: Features = shard.X[rows]
-        sparse = hasattr(X, "toarray")
-        as_stored = sparse if self.as_stored is None else self.as_stored
-        if not sparse:
-            X = np.ascontiguousarray(X, dtype=np.float64)
-            if as_stored:
-                from scipy import sparse as scipy_sparse
-
-                X, sparse = scipy_sparse.csr_matrix(X), True
+        as_stored = hasattr(X, "toarray") if self.as_stored is None else self.as_stored
         y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
         digests, first, width = [], 0, shard.X.shape[1]
-        for size, last in zip((high - low).tolist(), ends.tolist(), strict=True):
-            block = X[first:last]
-            if as_stored:
-                digest = hashlib.sha256(f"{size}|{width}|csr|".encode())
-                for part in _stored(block):
-                    digest.update(part.data)
-            else:
-                digest = hashlib.sha256(f"{size}|{width}|".encode())
-                if sparse:  # a shard's few rows at a time
-                    block = np.ascontiguousarray(block.toarray(), dtype=np.float64)
-                digest.update(block.data)
+        form = "csr|" if as_stored else ""
+        parts = _stored_rows(X, ends) if as_stored else _dense_rows(X, ends)
+        for size, last, arrays in zip((high - low).tolist(), ends.tolist(), parts, strict=True):
+            digest = hashlib.sha256(f"{size}|{width}|{form}".encode())
+            for array in arrays:
+                digest.update(array.data)
             if y is not None:
                 digest.update(y[first:last].data)
             digests.append(digest.hexdigest()[:16])
@@ -112,14 +101,41 @@ class FingerprintShard(Task):
         return digests
 
 
-def _stored(rows: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sparse rows as the count of values in each row, their columns and values, the same
-    however the rows were stored (duplicate entries summed, explicit zeros left out)."""
-    rows = rows.tocsr(copy=True)
-    rows.sum_duplicates()
-    rows.eliminate_zeros()
-    counts = np.diff(rows.indptr).astype(np.int64)
-    return counts, rows.indices.astype(np.int64), np.ascontiguousarray(rows.data, dtype=np.float64)
+def _dense_rows(X: Features, ends: np.ndarray) -> Iterator[tuple[np.ndarray]]:
+    """Each shard's rows of ``X`` (the rows up to each of ``ends``) as float64 values;
+    sparse rows made dense a shard at a time (all at once, 2^20 columns take 64 GB)."""
+    sparse = hasattr(X, "toarray")
+    values: Features = X if sparse else np.ascontiguousarray(X, dtype=np.float64)
+    first = 0
+    for last in ends.tolist():
+        block = values[first:last]
+        yield (np.ascontiguousarray(block.toarray(), dtype=np.float64) if sparse else block,)
+        first = last
+
+
+def _stored_rows(X: Features, ends: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each shard's rows of ``X`` as each row's count of non-zero values, their columns
+    and the values, the same however the rows are stored (dense, or sparse with duplicate
+    entries, explicit zeros, unsorted columns)."""
+    if hasattr(X, "toarray"):
+        X = X.tocsr(copy=True)
+        X.sum_duplicates()
+        X.eliminate_zeros()
+        starts, columns = X.indptr.astype(np.int64), X.indices.astype(np.int64)
+        values = np.ascontiguousarray(X.data, dtype=np.float64)
+    else:  # numpy alone: scipy may not be installed
+        dense = np.ascontiguousarray(X, dtype=np.float64)
+        kept = dense != 0
+        starts = np.r_[0, np.cumsum(kept.sum(axis=1, dtype=np.int64))]
+        columns, values = np.nonzero(kept)[1].astype(np.int64), dense[kept]
+    first = 0
+    for last in ends.tolist():
+        yield (
+            np.diff(starts[first : last + 1]),
+            columns[starts[first] : starts[last]],
+            values[starts[first] : starts[last]],
+        )
+        first = last
 
 
 def fingerprint_rows(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
