@@ -211,7 +211,29 @@ def _numeric_column(
     import pyarrow.compute as pc
 
     _check_numeric(path, column, name, where, feature)
-    return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+    return float_values(pc.cast(column, pa.float64(), safe=False))
+
+
+def float_values(column: Any) -> np.ndarray:
+    """A float64 Arrow column (chunked or not) as numpy, nulls as NaN: a read-only view of
+    a single chunk without nulls, else a copy. Read from the column's buffers, because
+    pyarrow's ``to_numpy`` imports pandas (0.2 s of a first call in a fresh process)."""
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    if len(chunks) == 1 and not chunks[0].null_count and len(chunks[0]):
+        chunk = chunks[0]
+        return np.frombuffer(chunk.buffers()[1], np.float64, len(chunk), chunk.offset * 8)
+    values = np.empty(len(column))
+    at = 0
+    for chunk in chunks:
+        count = len(chunk)
+        if count:
+            validity, data = chunk.buffers()[:2]
+            values[at : at + count] = np.frombuffer(data, np.float64, count, chunk.offset * 8)
+            if chunk.null_count:
+                bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
+                values[at : at + count][bits[chunk.offset : chunk.offset + count] == 0] = np.nan
+        at += count
+    return values
 
 
 def _check_numeric(
