@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.data.columns import float_values
+from paragrad.data.columns import arrow_array, float_values
 from paragrad.training.checkpoint import load_model
 from tests.conftest import run_cli
 
@@ -252,12 +252,39 @@ def test_arrow_columns_become_the_numbers_pyarrow_gives():
         assert values.dtype == np.float64
 
 
-def test_a_fresh_process_loads_a_csv_without_importing_pandas(tmp_path):
-    """pyarrow's own conversion to numpy imports pandas, 0.2 s of a first call."""
-    path = tmp_path / "data.csv"
+def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
+    """Predictions as pyarrow would turn them into a file's column: numbers of each
+    width, booleans past a byte, text (non-ASCII too), empty arrays, a column of a matrix."""
+    import pyarrow as pa
+
+    proba = np.arange(12.0).reshape(6, 2) / 11
+    cases = [
+        np.array([1.5, -0.0, 1e300, 3.0]),
+        np.arange(5, dtype=np.int64),
+        np.arange(3, dtype=np.float32),
+        np.arange(11) % 3 == 0,
+        np.array(["setosa", "\u00e9t\u00e9", "", "virginica"]),
+        np.array(["a", "bb"], dtype=object),
+        np.zeros(0),
+        np.array([], dtype=str),
+        proba[:, 1],
+    ]
+    for values in cases:
+        made = arrow_array(values)
+        assert made.equals(pa.array(values)), values
+
+
+def test_a_fresh_process_loads_a_csv_and_predicts_without_importing_pandas(tmp_path):
+    """pyarrow's own conversions to and from numpy import pandas, 0.2 s of a first call."""
+    path, model = tmp_path / "data.csv", tmp_path / "model.npz"
     path.write_text(table())
-    code = f"import sys, paragrad as pg; pg.load({str(path)!r}, target='y'); print('pandas' in sys.modules)"
-    assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        == "False\n"
+    pg.train("linear", pg.load(path, target="y"), progress=False).save(model)
+    code = (
+        f"import sys, paragrad as pg; data = pg.load({str(path)!r}, target='y'); "
+        f"from paragrad.inference import predict_to_file; "
+        f"predict_to_file({str(model)!r}, {str(path)!r}, {str(tmp_path / 'out.csv')!r}); "
+        "print('pandas' in sys.modules)"
     )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "False\n"
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "out.csv", skiprows=1), pg.predict(load_model(model), X))

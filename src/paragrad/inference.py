@@ -15,7 +15,7 @@ import numpy as np
 
 from paragrad.core.shards import Shard, ShardPlan, default_workers, plan_shards
 from paragrad.data import PARQUET_SUFFIXES, Dataset, load, open_npy
-from paragrad.data.columns import ColumnName
+from paragrad.data.columns import ColumnName, arrow_array
 from paragrad.data.frames import is_frame
 from paragrad.engines import AUTO, Engine, engine_class, reads_own_rows
 from paragrad.engines.kept import engine_for_call
@@ -318,9 +318,10 @@ class PredictionWriter:
         import pyarrow.parquet as pq
 
         if self.classes is None:
-            table = pa.table({"prediction": values})
+            table = pa.Table.from_arrays([arrow_array(values)], names=["prediction"])
         else:
-            table = pa.table({f"proba_{label}": values[:, j] for j, label in enumerate(self.classes)})
+            columns = [arrow_array(values[:, j]) for j in range(len(self.classes))]
+            table = pa.Table.from_arrays(columns, names=[f"proba_{label}" for label in self.classes])
         if self.writer is None:
             kind = pq.ParquetWriter if self.suffix == ".parquet" else pacsv.CSVWriter
             self.writer = kind(self.handle, table.schema)

@@ -214,6 +214,26 @@ def _numeric_column(
     return float_values(pc.cast(column, pa.float64(), safe=False))
 
 
+def arrow_array(values: np.ndarray) -> Any:
+    """A 1-D numpy array of numbers, booleans or text as the Arrow array pyarrow would make
+    of it, built on its buffers (pyarrow's own conversion imports pandas)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    count = len(values)
+    if values.dtype.kind == "b":
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), count, [None, pa.py_buffer(bits)])
+    if values.dtype.kind in "iuf":
+        return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), count, [None, pa.py_buffer(values)])
+    encoded = [str(value).encode() for value in values.tolist()]
+    offsets = np.zeros(count + 1, np.int64)
+    np.cumsum([len(text) for text in encoded], out=offsets[1:])
+    kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()
+    offsets = offsets.astype(np.int32) if kind == pa.string() else offsets
+    return pa.Array.from_buffers(kind, count, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
 def float_values(column: Any) -> np.ndarray:
     """A float64 Arrow column (chunked or not) as numpy, nulls as NaN: a read-only view of
     a single chunk without nulls, else a copy. Read from the column's buffers, because
