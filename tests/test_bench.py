@@ -218,15 +218,49 @@ def test_the_e2e_suite_measures_every_row_against_its_baseline(tmp_path):
         e2e._cross_validation_row(3000, 1),
         *e2e._mlp_rows(3000, 1),
         e2e._csv_row(2000, 1, tmp_path),
+        e2e._csv_row(200, 1, tmp_path, num_features=5),
         *e2e._predict_row(3000, tmp_path, 1),
         *e2e._mmap_rows([3000, 6000], tmp_path),
     ]
-    assert len(rows) == 13
+    assert len(rows) == 14
+    assert "peak_over_data" not in rows[-4]  # a small file's peak is the interpreter's
     assert not list(tmp_path.glob("X*.npy")) and not (tmp_path / "P.npy").exists()  # the big files go
     assert_ratios(rows)
     assert abs(rows[0]["loss_minus_baseline"]) < 1e-3  # the same answer as scikit-learn's
     assert rows[2]["cold_s"] > 0 and rows[2]["release_s"] >= 0
     assert all(row["coordinator_peak_gb"] > 0 for row in rows[-2:])
+
+
+def _stand_in(name: str, listed: bool):
+    """A row function that gives its own name: a list of one row, or one row."""
+
+    def row(*args, **options):
+        return [{"row": name}] if listed else {"row": name, **options}
+
+    return row
+
+
+def test_paragrad_bench_e2e_runs_every_row(monkeypatch):
+    """Each row's function is part of ``paragrad bench --suite e2e``, the small CSV row too."""
+    from paragrad.bench import e2e_suite as e2e
+
+    names = [
+        "_logistic_rows",
+        "_cross_validation_row",
+        "_mlp_rows",
+        "small_rows",
+        "grid_search_rows",
+        "checkpoint_row",
+        "_csv_row",
+        "_predict_row",
+        "_mmap_rows",
+    ]
+    for name in names:
+        listed = name not in {"_cross_validation_row", "checkpoint_row", "_csv_row"}
+        monkeypatch.setattr(e2e, name, _stand_in(name, listed))
+    rows = e2e.bench_e2e(quick=True)
+    assert {row["row"] for row in rows} == set(names)
+    assert {"num_features": 5, "row": "_csv_row"} in rows
 
 
 def test_the_fixed_cost_rows_time_small_data_grid_searches_and_checkpoints():
