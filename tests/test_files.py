@@ -254,7 +254,8 @@ def test_arrow_columns_become_the_numbers_pyarrow_gives():
 
 def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
     """Predictions as pyarrow would turn them into a file's column: numbers of each
-    width, booleans past a byte, text (non-ASCII too), empty arrays, a column of a matrix."""
+    width and byte order, booleans past a byte, text (non-ASCII too), empty arrays, a
+    column of a matrix."""
     import pyarrow as pa
 
     proba = np.arange(12.0).reshape(6, 2) / 11
@@ -262,6 +263,7 @@ def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
         np.array([1.5, -0.0, 1e300, 3.0]),
         np.arange(5, dtype=np.int64),
         np.arange(3, dtype=np.float32),
+        np.arange(4, dtype=">f8"),
         np.arange(11) % 3 == 0,
         np.array(["setosa", "\u00e9t\u00e9", "", "virginica"]),
         np.array(["a", "bb"], dtype=object),
@@ -271,7 +273,9 @@ def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
     ]
     for values in cases:
         made = arrow_array(values)
-        assert made.equals(pa.array(values)), values
+        assert made.equals(pa.array(values.astype(values.dtype.newbyteorder("=")))), (
+            values
+        )  # pyarrow: native only
 
 
 def test_a_fresh_process_loads_a_csv_and_predicts_without_importing_pandas(tmp_path):

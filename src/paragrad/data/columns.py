@@ -219,7 +219,7 @@ def arrow_array(values: np.ndarray) -> Any:
     of it, built on its buffers (pyarrow's own conversion imports pandas)."""
     import pyarrow as pa
 
-    values = np.ascontiguousarray(values)
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))  # Arrow's order
     count = len(values)
     if values.dtype.kind == "b":
         bits = np.packbits(values, bitorder="little")
