@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.data.columns import arrow_array, float_values
+from paragrad.data.columns import _variable_width, arrow_array, float_values
 from paragrad.training.checkpoint import load_model
 from tests.conftest import run_cli
 
@@ -250,6 +250,7 @@ def test_arrow_columns_become_the_numbers_pyarrow_gives():
         values = float_values(column)
         np.testing.assert_array_equal(values, column.to_numpy(zero_copy_only=False))
         assert values.dtype == np.float64
+    assert not float_values(pa.chunked_array([pa.array([1.0, 2.0])])).flags.writeable  # Arrow's memory
 
 
 def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
@@ -267,6 +268,7 @@ def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
         np.arange(11) % 3 == 0,
         np.array(["setosa", "\u00e9t\u00e9", "", "virginica"]),
         np.array(["a", "bb"], dtype=object),
+        np.array([b"yes", b"no", b""]),
         np.zeros(0),
         np.array([], dtype=str),
         proba[:, 1],
@@ -276,6 +278,20 @@ def test_numpy_arrays_become_the_arrow_arrays_pyarrow_makes():
         assert made.equals(pa.array(values.astype(values.dtype.newbyteorder("=")))), (
             values
         )  # pyarrow: native only
+
+
+def test_text_past_arrows_32_bit_offsets_comes_in_pieces_of_one_type():
+    """Text of more bytes than 32-bit offsets reach (2 GiB; 10 bytes here) is split into
+    pieces of the same type, not made ``large_string``: a file's chunks keep one schema."""
+    import pyarrow as pa
+
+    items = [f"label-{i % 7}".encode() * (i % 3) for i in range(40)]
+    whole = _variable_width(pa.string(), items)
+    pieces = _variable_width(pa.string(), items, piece_bytes=10)
+    assert whole.type == pieces.type == pa.string() and pieces.num_chunks > 1
+    assert all(sum(map(len, chunk.to_pylist())) <= 10 or len(chunk) == 1 for chunk in pieces.chunks)
+    assert pieces.to_pylist() == whole.to_pylist() == [item.decode() for item in items]
+    assert _variable_width(pa.string(), [], piece_bytes=10).to_pylist() == []
 
 
 def test_a_fresh_process_loads_a_csv_and_predicts_without_importing_pandas(tmp_path):

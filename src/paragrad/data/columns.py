@@ -215,8 +215,8 @@ def _numeric_column(
 
 
 def arrow_array(values: np.ndarray) -> Any:
-    """A 1-D numpy array of numbers, booleans or text as the Arrow array pyarrow would make
-    of it, built on its buffers (pyarrow's own conversion imports pandas)."""
+    """A 1-D numpy array of numbers, booleans, text or bytes as the Arrow array pyarrow
+    would make of it, built on its buffers (pyarrow's own conversion imports pandas)."""
     import pyarrow as pa
 
     values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))  # Arrow's order
@@ -226,22 +226,43 @@ def arrow_array(values: np.ndarray) -> Any:
         return pa.Array.from_buffers(pa.bool_(), count, [None, pa.py_buffer(bits)])
     if values.dtype.kind in "iuf":
         return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), count, [None, pa.py_buffer(values)])
-    encoded = [str(value).encode() for value in values.tolist()]
-    offsets = np.zeros(count + 1, np.int64)
-    np.cumsum([len(text) for text in encoded], out=offsets[1:])
-    kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()
-    offsets = offsets.astype(np.int32) if kind == pa.string() else offsets
-    return pa.Array.from_buffers(kind, count, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    if values.dtype.kind == "S":
+        return _variable_width(pa.binary(), values.tolist())
+    return _variable_width(pa.string(), [str(value).encode() for value in values.tolist()])
+
+
+def _variable_width(kind: Any, items: list[bytes], piece_bytes: int = 2**31 - 1) -> Any:
+    """Text or bytes as Arrow's ``kind`` (32-bit offsets): one array, or pieces of at most
+    ``piece_bytes`` each past that (a chunked array of the same type), as pyarrow splits them."""
+    import pyarrow as pa
+
+    ends = np.cumsum([len(item) for item in items], dtype=np.int64)
+    pieces: list[Any] = []
+    first = 0
+    while first < len(items) or not pieces:
+        before = int(ends[first - 1]) if first else 0
+        last = max(int(np.searchsorted(ends, before + piece_bytes, side="right")), first + 1)
+        last = min(last, len(items))
+        offsets = np.r_[0, ends[first:last] - before].astype(np.int32)
+        data = b"".join(items[first:last])
+        pieces.append(
+            pa.Array.from_buffers(kind, last - first, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        )
+        first = last
+    return pieces[0] if len(pieces) == 1 else pa.chunked_array(pieces, type=kind)
 
 
 def float_values(column: Any) -> np.ndarray:
     """A float64 Arrow column (chunked or not) as numpy, nulls as NaN: a read-only view of
-    a single chunk without nulls, else a copy. Read from the column's buffers, because
-    pyarrow's ``to_numpy`` imports pandas (0.2 s of a first call in a fresh process)."""
+    a single chunk without nulls (Arrow's memory, as ``to_numpy`` gives it), else a copy.
+    Read from the column's buffers, because pyarrow's ``to_numpy`` imports pandas (0.2 s of
+    a first call in a fresh process)."""
     chunks = column.chunks if hasattr(column, "chunks") else [column]
     if len(chunks) == 1 and not chunks[0].null_count and len(chunks[0]):
         chunk = chunks[0]
-        return np.frombuffer(chunk.buffers()[1], np.float64, len(chunk), chunk.offset * 8)
+        view = np.frombuffer(chunk.buffers()[1], np.float64, len(chunk), chunk.offset * 8)
+        view.flags.writeable = False
+        return view
     values = np.empty(len(column))
     at = 0
     for chunk in chunks:
