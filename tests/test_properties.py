@@ -8,7 +8,7 @@ import math
 import re
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -53,6 +53,7 @@ def as_finite_number(cell: str) -> float | None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(table=csv_tables())
+@example(table=(["\x0c", ":"], [["0", "0"]], "\x0c,:\r\n0,0\r\n"))  # a form feed is a name's character
 def test_any_csv_loads_to_the_right_arrays_or_fails_with_a_data_error(tmp_path, table):
     names, rows, text = table
     path = tmp_path / "data.csv"

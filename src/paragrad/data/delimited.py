@@ -126,7 +126,7 @@ def sniff(path: Path, text_format: TextFormat | None = None) -> Dialect:
         head = handle.read(SNIFF_BYTES)
     encoding = _encoding_of(head, given.encoding)
     text = head.decode(encoding, errors="replace").removeprefix("\ufeff")
-    lines = text.splitlines()
+    lines = _text_lines(text)
     if len(head) == SNIFF_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last line read may be cut short
     comment = given.comment
@@ -166,9 +166,17 @@ def sniff(path: Path, text_format: TextFormat | None = None) -> Dialect:
                 )
     if encoding != "utf-8" and given.encoding is None:
         notes.append(_not_utf8(encoding))
-    if skip and any(line.strip() for line in text.splitlines()[:skip]):
+    if skip and any(line.strip() for line in _text_lines(text)[:skip]):
         notes.append(f"skipped the comment lines before the header ({skip} line(s))")
     return Dialect(delimiter, quote, decimal, encoding, skip, comment, tuple(notes))
+
+
+def _text_lines(text: str) -> list[str]:
+    """``text``'s lines as a CSV reader sees them: broken at ``\\n``, ``\\r\\n`` and ``\\r``
+    only (``str.splitlines`` breaks at form feeds and other separators too, which in a CSV
+    are characters of a cell)."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 def _not_utf8(encoding: str) -> str:
