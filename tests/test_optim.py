@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import paragrad as pg
-from paragrad.optim import Constant, Cosine, StepDecay
+from paragrad.optim import Constant, Cosine, StepDecay, newton
 
 GRADS = [np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-1.0, 3.0])]
 
@@ -90,3 +92,55 @@ def test_other_settings_are_checked():
         pg.optim.SGD(lr=0.1, nesterov=True)
     with pytest.raises(pg.ConfigError, match="beta2 must be in"):
         pg.optim.Adam(beta2=1.5)
+
+
+def _lapack_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
+    """scipy's LAPACK Cholesky solve of the scaled system, as larger systems take it."""
+    from scipy.linalg import lapack
+
+    if not (np.diagonal(hessian) > 0).all():
+        return None
+    scale = np.sqrt(np.diagonal(hessian))
+    factor, info = lapack.dpotrf(hessian / np.outer(scale, scale), lower=1)
+    if info != 0 or np.diagonal(factor).min() ** 2 < newton.SINGULAR_PIVOT:
+        return None
+    return lapack.dpotrs(factor, grad / scale, lower=1)[0] / scale
+
+
+@pytest.mark.parametrize("numpy_path", ["gufuncs", "np.linalg"])
+def test_small_newton_systems_are_solved_as_scipys_cholesky_solves_them(monkeypatch, numpy_path):
+    """Up to SMALL_SYSTEM parameters numpy's LAPACK solves the step, through the calls
+    np.linalg makes or np.linalg itself: the same solutions as scipy's Cholesky solves to
+    round-off, and the same verdicts on matrices that are not positive definite or are
+    singular to within round-off."""
+    if numpy_path == "np.linalg":
+        monkeypatch.setattr(newton, "_GUFUNCS", None)
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 6, 31, newton.SMALL_SYSTEM):
+        A = rng.standard_normal((3 * size, size)) * np.logspace(0, 3, size)
+        hessian, grad = A.T @ A, rng.standard_normal(size)
+        solved, expected = newton._cholesky_solve(hessian, grad), _lapack_solve(hessian, grad)
+        np.testing.assert_allclose(solved, expected, rtol=1e-10)
+        np.testing.assert_allclose(hessian @ solved, grad, rtol=1e-8, atol=1e-10 * np.abs(grad).max())
+        B = rng.standard_normal((3 * size, size))
+        values, vectors = np.linalg.eigh(B.T @ B)
+        values[0] = -values[0]  # one direction of negative curvature, the diagonal still positive
+        indefinite = (vectors * values) @ vectors.T
+        assert size < 6 or (np.diagonal(indefinite) > 0).all()  # the factorisation finds it
+        assert newton._cholesky_solve(indefinite, grad) is None and _lapack_solve(indefinite, grad) is None
+        if size > 1:
+            dependent = np.column_stack([A, A[:, 0]])  # a repeated column
+            singular = dependent.T @ dependent
+            assert newton._cholesky_solve(singular, np.r_[grad, 0.0]) is None
+            assert _lapack_solve(singular, np.r_[grad, 0.0]) is None
+
+
+def test_a_fresh_process_fits_small_data_without_scipys_linear_algebra():
+    """Importing it takes 0.15-0.2 s, more than a small fit."""
+    code = (
+        "import sys, paragrad as pg; data = pg.make_classification(500, 5, seed=0); "
+        "run = pg.train(pg.models.LogisticRegression(), data, progress=False); "
+        "print(run.optimizer.split()[0], 'scipy.linalg' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["newton", "False"]

@@ -45,34 +45,80 @@ def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray,
 SINGULAR_PIVOT = 1e-12
 
 
-def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
-    """``H^-1 g`` through the Cholesky factor of H scaled to a unit diagonal, or None where
-    H is not positive definite to within round-off (:data:`SINGULAR_PIVOT`).
+# Systems up to this size are solved with numpy's LAPACK, called as numpy's own linear
+# algebra calls it: within a microsecond of scipy's on a Newton step's small system, and no
+# import of scipy's linear algebra (0.15-0.2 s, the largest part of a small fit in a fresh
+# process). Larger systems take scipy's Cholesky solves, several times cheaper there.
+SMALL_SYSTEM = 64
 
-    With scipy (the ``sparse`` extra) the factor's two triangular solves are LAPACK's
-    (``potrf``, ``potrs``), several times cheaper than numpy's general solves on the small
-    systems of a Newton step; without it, numpy's.
+
+def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
+    """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
+    to a unit diagonal; None where it is not, to within round-off (:data:`SINGULAR_PIVOT`).
     """
     diagonal = np.diagonal(hessian)
     if not (diagonal > 0).all():
         return None
     scale = np.sqrt(diagonal)
     scaled, scaled_grad = hessian / np.outer(scale, scale), grad / scale
-    try:
-        from scipy.linalg import lapack
-    except ImportError:
-        try:
-            lower = np.linalg.cholesky(scaled)
-        except np.linalg.LinAlgError:
+    lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
+    if lapack is None:
+        factor = _cholesky(scaled)
+        if factor is None or not np.diagonal(factor).min() ** 2 >= SINGULAR_PIVOT:
             return None
-        if np.diagonal(lower).min() ** 2 < SINGULAR_PIVOT:
-            return None
-        return np.linalg.solve(lower.T, np.linalg.solve(lower, scaled_grad)) / scale
+        return _solve(scaled, scaled_grad) / scale
     factor, info = lapack.dpotrf(scaled, lower=1)
     if info != 0 or np.diagonal(factor).min() ** 2 < SINGULAR_PIVOT:
         return None
     solution, info = lapack.dpotrs(factor, scaled_grad, lower=1)
     return solution / scale if info == 0 else None
+
+
+def _scipy_lapack() -> Any:
+    """scipy's LAPACK functions, or None without scipy (the ``sparse`` extra)."""
+    try:
+        from scipy.linalg import lapack
+    except ImportError:
+        return None
+    return lapack
+
+
+def _cholesky(matrix: np.ndarray) -> np.ndarray | None:
+    """The lower Cholesky factor of a float64 matrix, or None (not positive definite)."""
+    if _GUFUNCS is None:
+        try:
+            return np.linalg.cholesky(matrix)
+        except np.linalg.LinAlgError:
+            return None
+    with np.errstate(invalid="ignore"):  # a matrix that is not positive definite: NaN
+        factor = _GUFUNCS.cholesky_lo(matrix, signature="d->d")
+    return None if np.isnan(factor).any() else factor
+
+
+def _solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix^-1 vector`` for a regular float64 matrix."""
+    if _GUFUNCS is None:
+        return np.linalg.solve(matrix, vector)
+    return _GUFUNCS.solve1(matrix, vector, signature="dd->d")
+
+
+def _numpy_gufuncs() -> Any:
+    """numpy's LAPACK functions as ``np.linalg`` calls them, without its checks and error
+    state (most of its time on small systems); None where this numpy has them otherwise."""
+    try:
+        from numpy.linalg import _umath_linalg as gufuncs
+
+        matrix, vector = np.array([[4.0, 2.0], [2.0, 3.0]]), np.array([2.0, 1.0])
+        factor = gufuncs.cholesky_lo(matrix, signature="d->d")
+        solution = gufuncs.solve1(matrix, vector, signature="dd->d")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    if np.allclose(factor, np.linalg.cholesky(matrix)) and np.allclose(solution, [0.5, 0.0]):
+        return gufuncs
+    return None
+
+
+_GUFUNCS = _numpy_gufuncs()
 
 
 class SampleSingular(Exception):
