@@ -441,18 +441,34 @@ def test_a_killed_coordinator_leaves_none_of_its_ray_instance_running():
     try:
         assert coordinator.stdout.readline().strip() == "started"
         ray_processes = psutil.Process(coordinator.pid).children(recursive=True)
-        names = " ".join(process.name() for process in ray_processes)
+        names = " ".join(_name(process) for process in ray_processes)
         assert "raylet" in names and "DashboardAgent" in names  # what used to linger
     finally:
         coordinator.kill()
         coordinator.wait()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        left = [p for p in ray_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = [process for process in ray_processes if _still_running(process)]
         if not left:
             break
         time.sleep(0.2)
     assert not left, [process.name() for process in left]
+
+
+def _name(process: psutil.Process) -> str:
+    """A process's name; nothing for one that has ended since it was listed."""
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _still_running(process: psutil.Process) -> bool:
+    """Whether a process runs (not a zombie); one that ends while it is asked has ended."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_connection_the_program_made_itself_is_used_and_left_open():
