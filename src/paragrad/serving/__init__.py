@@ -6,7 +6,6 @@ server starts, so that ``import paragrad`` stays light.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Mapping
 
@@ -128,6 +127,8 @@ def serve(
 
 
 def _in_event_loop() -> bool:
+    import asyncio  # here: every command of the command line reads the serve options' defaults
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
