@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from paragrad.data.columns import float_values
 from paragrad.errors import DataError
 
 
@@ -81,7 +82,7 @@ def _float64(array: Any) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    return np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return float_values(pc.cast(array, pa.float64()))
 
 
 def _numbers(column: Any, name: str, source: str) -> np.ndarray:
