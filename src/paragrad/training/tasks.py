@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from paragrad.core.shards import Shard, StateField, Task
-from paragrad.data import Moments, Standardizer
+from paragrad.data import Moments, Standardizer, is_sparse
 from paragrad.data.checks import Features, within_bounds
 from paragrad.data.moments import moments_and_bounds
 from paragrad.models.base import MAX_CLASSES, Classifier, Model
@@ -85,7 +85,7 @@ class FingerprintShard(Task):
         low, high = starts[:-1], starts[1:]
         rows, ends = fingerprint_rows(low, high)
         X: Features = shard.X[rows]
-        as_stored = hasattr(X, "toarray") if self.as_stored is None else self.as_stored
+        as_stored = is_sparse(X) if self.as_stored is None else self.as_stored
         y = None if shard.y is None else np.ascontiguousarray(shard.y[rows], dtype=np.float64)
         digests, first, width = [], 0, shard.X.shape[1]
         form = "csr|" if as_stored else ""
@@ -104,7 +104,7 @@ class FingerprintShard(Task):
 def _dense_rows(X: Features, ends: np.ndarray) -> Iterator[tuple[np.ndarray]]:
     """Each shard's rows of ``X`` (the rows up to each of ``ends``) as float64 values;
     sparse rows made dense a shard at a time (all at once, 2^20 columns take 64 GB)."""
-    sparse = hasattr(X, "toarray")
+    sparse = is_sparse(X)
     values: Features = X if sparse else np.ascontiguousarray(X, dtype=np.float64)
     first = 0
     for last in ends.tolist():
@@ -117,7 +117,7 @@ def _stored_rows(X: Features, ends: np.ndarray) -> Iterator[tuple[np.ndarray, np
     """Each shard's rows of ``X`` as each row's count of non-zero values, their columns
     and the values, the same however the rows are stored (dense, or sparse with duplicate
     entries, explicit zeros, unsorted columns)."""
-    if hasattr(X, "toarray"):
+    if is_sparse(X):
         X = X.tocsr(copy=True)
         X.sum_duplicates()
         X.eliminate_zeros()
