@@ -65,12 +65,13 @@ def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
     lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
     if lapack is None:
         factor = _cholesky(scaled)
-        if factor is None or not np.diagonal(factor).min() ** 2 >= SINGULAR_PIVOT:
-            return None
-        return _solve(scaled, scaled_grad) / scale
-    factor, info = lapack.dpotrf(scaled, lower=1)
-    if info != 0 or np.diagonal(factor).min() ** 2 < SINGULAR_PIVOT:
+    else:
+        factor, info = lapack.dpotrf(scaled, lower=1)
+        factor = None if info != 0 else factor
+    if factor is None or not np.diagonal(factor).min() ** 2 >= SINGULAR_PIVOT:
         return None
+    if lapack is None:
+        return _solve(scaled, scaled_grad) / scale
     solution, info = lapack.dpotrs(factor, scaled_grad, lower=1)
     return solution / scale if info == 0 else None
 
