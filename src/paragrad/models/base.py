@@ -399,7 +399,12 @@ class LinearLayout:
         return self._fused_sums(params, X, y, None)
 
     def loss_grad_hess(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, sample: RowSample | None = None
+        self,
+        params: np.ndarray,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample: RowSample | None = None,
+        float32: bool = False,
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
 
@@ -408,12 +413,13 @@ class LinearLayout:
         float type, as the gradient's do; the sums accumulate in float64.
 
         With a ``sample`` (dense X) the Hessian is summed over the sample's rows only and
-        scaled to all the data's: an estimate of the sum at a fraction of the cost.
+        scaled to all the data's: an estimate of the sum at a fraction of the cost. With
+        ``float32``, its products run in float32 whatever the data's type.
         """
         hess = np.zeros((self.num_params, self.num_params))
         if is_sparse(X) or (sample is not None and sample.every == 1):
             sample = None
-        loss, grad = self._fused_sums(params, X, y, hess, sample)
+        loss, grad = self._fused_sums(params, X, y, hess, sample, float32)
         if sample is not None:
             hess *= sample.scale(block_rows(X))
         return loss, grad, finish_hessian(hess, self.num_outputs)
@@ -425,9 +431,10 @@ class LinearLayout:
         y: np.ndarray,
         hess: np.ndarray | None,
         sample: RowSample | None = None,
+        float32: bool = False,
     ) -> tuple[float, np.ndarray]:
         """The block loop of :meth:`loss_grad`; adds the Hessian sum (over the ``sample``'s
-        rows, if one is given) to ``hess`` unless None."""
+        rows, if one is given; its products in float32 if ``float32``) to ``hess`` unless None."""
         d, k = features_of(self), self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
@@ -451,7 +458,7 @@ class LinearLayout:
             runs = [slice(None)] if sample is None else sample.runs(start, start + X_block.shape[0], step)
             for rows in runs:
                 diag, outer = self.output_curvature(Z[rows], y_block[rows])
-                add_hessian_sums(hess, X_block[rows], diag, outer, self.fit_intercept, block_rows(X))
+                add_hessian_sums(hess, X_block[rows], diag, outer, self.fit_intercept, block_rows(X), float32)
         return loss, grad
 
 

@@ -26,35 +26,50 @@ def add_hessian_sums(
     outer: np.ndarray | None,
     fit_intercept: bool,
     dense_rows: int,
+    float32: bool = False,
 ) -> None:
     """Add ``sum_i kron(a_i a_i^T, diag(D_i) - u_i u_i^T)`` over the rows of ``X`` to ``hess``.
 
     Only class pairs ``c <= c'`` are filled, one ``X^T (X * v)`` product each;
     :func:`finish_hessian` mirrors them. Products run in X's float type (float32 data:
-    float32 products, as for the gradient); the sums accumulate in ``hess``, float64.
-    Sparse X is densified ``dense_rows`` rows at a time.
+    float32 products, as for the gradient), or in float32 when ``float32`` (twice as fast
+    as float64's, for Newton's steps far from the optimum); the sums accumulate in
+    ``hess``, float64. Sparse X is densified ``dense_rows`` rows at a time.
     """
     d, k = X.shape[1], diag.shape[1]
     if k == 1 and not is_sparse(X):  # one output: the Hessian is the one pair's block
-        _add_pair(hess, X, diag[:, 0], fit_intercept)
+        _add_pair(hess, X, X.astype(np.float32, copy=False) if float32 else X, diag[:, 0], fit_intercept)
         return
     blocks = hess.reshape(d + int(fit_intercept), k, d + int(fit_intercept), k)
     for start, A in dense_row_blocks(X, dense_rows):
         rows = slice(start, start + A.shape[0])
+        products = A.astype(np.float32, copy=False) if float32 else A
         for c, c2 in class_pairs(k, outer is not None):
-            _add_pair(blocks[:, c, :, c2], A, _curvature(diag, outer, rows, c, c2), fit_intercept)
+            v = _curvature(diag, outer, rows, c, c2)
+            _add_pair(blocks[:, c, :, c2], A, products, v, fit_intercept)
 
 
-def _add_pair(block: np.ndarray, A: np.ndarray, v: np.ndarray, fit_intercept: bool) -> None:
-    """Add ``sum_i v_i a_i a_i^T`` (``a = [x, 1]``) to one class pair's ``block``, in place."""
+def _add_pair(
+    block: np.ndarray, A: np.ndarray, products: np.ndarray, v: np.ndarray, fit_intercept: bool
+) -> None:
+    """Add ``sum_i v_i a_i a_i^T`` (``a = [x, 1]``) to one class pair's ``block``, in place,
+    the products over ``products``: A itself, or A in float32."""
     d = A.shape[1]
-    v = v.astype(A.dtype, copy=False)
-    Av = A * v[:, None]
-    block[:d, :d] += A.T @ Av
+    weights = v.astype(products.dtype, copy=False)
+    if weights.min(initial=0.0) >= 0.0:
+        # v >= 0 (logistic regression, softmax's diagonal pairs): sum v a a^T = B^T B with
+        # B = a sqrt(v), which numpy makes a symmetric rank-k update (half the products).
+        B = products * np.sqrt(weights)[:, None]
+        block[:d, :d] += B.T @ B
+    else:
+        block[:d, :d] += products.T @ (products * weights[:, None])
     if fit_intercept:
         # A^T v: as a product for float64 (a column sum of Av, across its short rows, costs
         # several times more); summed in float64 for float32 data, as the gradient's is.
-        column = v @ A if A.dtype == np.float64 else Av.sum(axis=0, dtype=np.float64)
+        if A.dtype == np.float64:
+            column = v @ A
+        else:
+            column = (A * v.astype(A.dtype, copy=False)[:, None]).sum(axis=0, dtype=np.float64)
         block[:d, d] += column
         block[d, :d] += column
         block[d, d] += float(v.sum(dtype=np.float64))

@@ -188,6 +188,7 @@ class RoundLoop:
         self.checkpoints_written = 0
         self.config_json: tuple[RunConfig, dict[str, Any]] | None = None  # made once a run
         self.last_step: float | None = None  # a sampled-Hessian Newton step's measure
+        self.held_estimated = False  # whether the Hessian Newton's state holds is an estimate
         self.sample_note = ""  # why a sampled Hessian gave way to the exact one, for the summary
 
     def run(
@@ -311,6 +312,9 @@ class RoundLoop:
             params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
             return LoopState(params, self.optimizer.init(params), [], check)
         check.restore(resumed.convergence, resumed.history)
+        if isinstance(self.optimizer, Newton) and resumed.convergence.get("hessian_estimated") is False:
+            self.use(self.optimizer.exact())  # the run had gone on to the exact Hessian
+        self.held_estimated = bool(resumed.convergence.get("held_hessian_estimated", False))
         history = resumed.history
         self.restore_worker_state(resumed.worker_state)
         return LoopState(
@@ -349,6 +353,9 @@ class RoundLoop:
                 for i, f in enumerate(self.state_fields)
             }
         convergence = {**state.check.state(), "converged": state.converged}
+        if isinstance(self.optimizer, Newton):  # whether its Hessians are still estimates
+            convergence["hessian_estimated"] = self.optimizer.estimated
+            convergence["held_hessian_estimated"] = self.held_estimated
         if self.config_json is None or self.config_json[0] is not config:
             self.config_json = (config, config.to_json())
         # No copies: the checkpoint's arrays are copied from it before the rounds go on (and
@@ -369,6 +376,7 @@ class RoundLoop:
         finite parameters, if the result is not finite."""
         start = time.perf_counter()
         meter = PassMeter(self.runner)
+        step_estimated = self.step_takes_estimate(state)
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 outcome = self.strategy.round(
@@ -378,9 +386,9 @@ class RoundLoop:
                     self.model,
                     self.optimizer,
                 )
-            except SampleSingular:  # the round again, with the Hessian over all the rows
+            except SampleSingular:  # the round again, with the exact Hessian
                 sampled = self.optimizer
-                self.exact_hessian(state, round_index, "the sample's was singular")
+                self.exact_hessian(state, round_index, "the estimate was singular or not finite")
                 outcome = self.round(round_index, state)
                 if outcome.singular:  # over all the rows too: the features are dependent
                     self.resume_sample(sampled)
@@ -402,7 +410,39 @@ class RoundLoop:
         state.converged = state.check.update(outcome, epoch_ends)
         if not state.converged and self.sampled_step_grew(outcome):
             self.exact_hessian(state, round_index + 1, "a step grew")
+        self.exact_near_optimum(state, outcome, round_index, step_estimated)
         return outcome
+
+    def step_takes_estimate(self, state: LoopState) -> bool:
+        """Whether this round's Newton step takes an estimated Hessian: the one its point was
+        evaluated with in the round before, or this round's optimizer's if it evaluates it."""
+        if not isinstance(self.optimizer, Newton):
+            return False
+        return self.optimizer.estimated if np.isnan(state.opt_state.loss) else self.held_estimated
+
+    def exact_near_optimum(
+        self, state: LoopState, outcome: StepOutcome, round_index: int, step_estimated: bool
+    ) -> None:
+        """Newton with an estimated Hessian until near the optimum (``exact_below``): exact
+        from the next pass once a step's measure is at most ``exact_below``. A step that
+        took an estimate is never the last: one that met ``tol`` has its point evaluated
+        again, for an exact step from there."""
+        optimizer = self.optimizer
+        if not isinstance(optimizer, Newton) or optimizer.exact_below is None:
+            return
+        self.held_estimated = optimizer.estimated  # the point reached was evaluated so
+        if state.converged and step_estimated:  # its point evaluated again, exactly
+            state.converged = False
+            if optimizer.estimated:
+                self.exact_hessian(state, round_index + 1, "a step met tol")
+            state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+        elif (
+            optimizer.estimated
+            and outcome.criterion is not None
+            and outcome.criterion <= optimizer.exact_below
+        ):
+            self.use(optimizer.exact())
+            self.sample_note = f" (the Hessian{optimizer.estimate()} to round {round_index + 1}, then exact)"
 
     def sampled_step_grew(self, outcome: StepOutcome) -> bool:
         """Whether a Newton step with a sampled Hessian was larger than the one before. The
@@ -417,21 +457,22 @@ class RoundLoop:
         """Newton with the Hessian over all the rows from round ``round_index`` on, its point
         evaluated again so."""
         assert isinstance(self.optimizer, Newton)
-        share = 1 / self.optimizer.hessian_every
-        self.optimizer = self.optimizer.exact()
-        self.task = replace(self.task, optimizer=self.optimizer)
+        estimate = self.optimizer.estimate()
+        self.use(self.optimizer.exact())
         state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
-        self.sample_note = (
-            f" (the Hessian over {share:.1%} of the rows to round {round_index}, then all: {why})"
-        )
+        self.sample_note = f" (the Hessian{estimate} to round {round_index}, then exact: {why})"
+
+    def use(self, optimizer: Optimizer) -> None:
+        """Go on with ``optimizer`` (the task the workers run with it)."""
+        self.optimizer = optimizer
+        self.task = replace(self.task, optimizer=optimizer)
 
     def resume_sample(self, sampled: Optimizer) -> None:
         """Back to the sampled Hessian once all the rows showed its singular directions to be
         the data's (dependent features): its steps then take the least-squares direction of
         smallest norm, as the exact Hessian's do, at a sample's cost."""
         assert isinstance(sampled, Newton)
-        self.optimizer = sampled.accepting_singular()
-        self.task = replace(self.task, optimizer=self.optimizer)
+        self.use(sampled.accepting_singular())
         self.sample_note = ""
 
     def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:

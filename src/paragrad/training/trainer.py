@@ -303,9 +303,9 @@ def _coordinator_threads(runner: Engine) -> contextlib.AbstractContextManager[An
     OpenBLAS's and OpenMP's do) take the cores from the workers."""
     if not runner.shares_cores:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    from paragrad.core.blas import blas_threads
 
-    return threadpool_limits(1)
+    return blas_threads(1)
 
 
 def _setup_parts(
