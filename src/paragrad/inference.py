@@ -217,7 +217,7 @@ def _predict_here(model: Model, dataset: Dataset, proba: bool, threads: int) -> 
     costs more than predicting them (a linear model reads each value once)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
+    from paragrad.core.blas import blas_threads
 
     plan = plan_shards(dataset.num_rows, max(1, min(threads, dataset.num_rows)))
     task = PredictShard(model, proba)
@@ -226,7 +226,7 @@ def _predict_here(model: Model, dataset: Dataset, proba: bool, threads: int) -> 
         start, stop = plan.bounds[worker]
         return task(Shard(dataset.X[start:stop], None, worker, plan.num_shards))
 
-    with threadpool_limits(1), ThreadPoolExecutor(plan.num_shards) as pool:
+    with blas_threads(1), ThreadPoolExecutor(plan.num_shards) as pool:
         results = list(pool.map(part, range(plan.num_shards)))
     return _gather_predictions(results, plan, 0, dataset.source)
 

@@ -49,9 +49,9 @@ class ThreadEngine(SerialEngine):
     def start(self, dataset: Dataset, plan: ShardPlan) -> None:
         super().start(dataset, plan)
         if self._limits is None:
-            from threadpoolctl import threadpool_limits
+            from paragrad.core.blas import blas_threads
 
-            self._limits = threadpool_limits(self.threads_per_worker)
+            self._limits = blas_threads(self.threads_per_worker)
 
     def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
         """The task on every shard at once, a thread each; results in worker order."""

@@ -1,0 +1,25 @@
+"""Limits on the threads of the BLAS and OpenMP libraries loaded, through threadpoolctl."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+# threadpoolctl's controller, and how many modules were loaded when it was made.
+_controller: tuple[int, Any] | None = None
+
+
+def blas_threads(limit: int) -> Any:
+    """threadpoolctl's limit of ``limit`` threads on every BLAS and OpenMP library loaded:
+    a context manager, or undone by its ``restore_original_limits()``.
+
+    The libraries are looked for again only once more modules have been imported (they
+    come with the modules that load them): looking walks every library of the process,
+    about 3 ms, which each fit that starts threads paid, twice.
+    """
+    global _controller
+    from threadpoolctl import ThreadpoolController
+
+    if _controller is None or _controller[0] != len(sys.modules):
+        _controller = (len(sys.modules), ThreadpoolController())
+    return _controller[1].limit(limits=limit)
