@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse
 
 import paragrad as pg
-from paragrad.models.curvature import add_hessian_sums, finish_hessian
+from paragrad.models.curvature import SYMMETRIC_UPDATE_COLUMNS, add_hessian_sums, finish_hessian
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.settings import ESTIMATE_ROWS_PER_PARAM, ESTIMATE_UNTIL, default_optimizer
 
@@ -55,12 +55,14 @@ def hessian_by_definition(X: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("float32", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_the_hessian_sums_by_a_symmetric_update_equal_the_definition(float32, sparse):
-    # Prepare: weights >= 0 (a symmetric rank-k update), and of both signs (a product)
-    X, _ = classification(500, 7)
+@pytest.mark.parametrize("features", [7, SYMMETRIC_UPDATE_COLUMNS])
+def test_the_hessian_sums_by_a_symmetric_update_equal_the_definition(float32, sparse, features):
+    # Prepare: weights >= 0 (a symmetric rank-k update from SYMMETRIC_UPDATE_COLUMNS), and
+    # of both signs (a product)
+    X, _ = classification(500, features)
     rng = np.random.default_rng(3)
     for v in (rng.random(500), rng.standard_normal(500)):
-        hess = np.zeros((8, 8))
+        hess = np.zeros((features + 1, features + 1))
         # Execute
         add_hessian_sums(
             hess, scipy.sparse.csr_matrix(X) if sparse else X, v[:, None], None, True, 64, float32
