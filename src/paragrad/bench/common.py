@@ -234,13 +234,19 @@ def best_time(step: Callable[[], Any], repeats: int, before: Callable[[], None] 
     return min(times)
 
 
-def interleaved_best(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 0) -> dict[str, float]:
+def interleaved_best(
+    steps: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 0,
+    before: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
     """Each step's best wall time over ``repeats`` calls, the steps taking turns so that all
-    see the same machine (and page cache); the first ``warmup`` turns are not counted."""
+    see the same machine (and page cache); the first ``warmup`` turns are not counted, and
+    ``before`` runs untimed before every call."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(warmup + repeats):
         for name, step in steps.items():
-            times[name].append(best_time(step, 1))
+            times[name].append(best_time(step, 1, before))
     return {name: min(values[warmup:]) for name, values in times.items()}
 
 
