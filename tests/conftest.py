@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import paragrad as pg
 from paragrad.engines.local import LocalEngine
@@ -24,6 +25,11 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # Calls without an engine object stop their workers at once, so that every test can check
 # that a call leaves nothing behind; tests of the engine kept between calls set it back.
 os.environ["PARAGRAD_IDLE_S"] = "0"
+# The property tests draw new examples every run, to explore; CI sets
+# PARAGRAD_HYPOTHESIS_PROFILE=ci, which draws the same ones every run (its verdict then
+# depends on the change alone, not on the draw).
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("PARAGRAD_HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
