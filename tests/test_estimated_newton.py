@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse
+from newton_data import classification, dataset
 
 import paragrad as pg
 from paragrad.models.curvature import SYMMETRIC_UPDATE_COLUMNS, add_hessian_sums, finish_hessian
@@ -19,16 +20,6 @@ from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.settings import ESTIMATE_ROWS_PER_PARAM, ESTIMATE_UNTIL, default_optimizer
 
 ESTIMATED = pg.optim.Newton(hessian_sample=0.3, hessian_float32=True, exact_below=ESTIMATE_UNTIL)
-
-
-def classification(
-    rows: int, features: int, classes: int = 2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose classes overlap (a finite optimum) and whose features differ in scale."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((rows, features)) * np.geomspace(0.1, 10.0, features)
-    scores = X @ rng.standard_normal((features, classes)) / features + rng.gumbel(size=(rows, classes))
-    return X, scores.argmax(axis=1).astype(float)
 
 
 def fit(model: pg.models.Model, X: np.ndarray, y: np.ndarray, optimizer: pg.optim.Optimizer | None, **kw):
@@ -248,13 +239,6 @@ def test_a_run_resumed_before_or_after_the_exact_hessian_takes_the_same_steps(tm
 
 
 # -- the default -------------------------------------------------------------------------------
-
-
-def dataset(rows: int, features: int, sparse: bool = False, dtype: type = np.float64) -> pg.Dataset:
-    X = np.zeros((rows, features), dtype=dtype)
-    X[:, 0] = np.arange(rows) % 3
-    y = (np.arange(rows) % 2).astype(float)
-    return pg.Dataset(scipy.sparse.csr_matrix(X) if sparse else X, y)
 
 
 def test_dense_data_of_a_costly_hessian_default_to_an_estimate_until_near_the_optimum():

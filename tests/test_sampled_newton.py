@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse
+from newton_data import classification, dataset
 
 import paragrad as pg
 from paragrad.cli.commands import _optimizer
@@ -22,16 +22,6 @@ from paragrad.models.curvature import RowSample
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.optim.newton import newton_direction
 from paragrad.training.settings import default_optimizer
-
-
-def classification(
-    rows: int, features: int, classes: int = 2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose classes overlap (a finite optimum) and whose features differ in scale."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((rows, features)) * np.geomspace(0.1, 10.0, features)
-    scores = X @ rng.standard_normal((features, classes)) / features + rng.gumbel(size=(rows, classes))
-    return X, scores.argmax(axis=1).astype(float)
 
 
 def logistic_at_random_point(X: np.ndarray) -> tuple[pg.models.LogisticRegression, np.ndarray]:
@@ -200,13 +190,6 @@ def test_rare_features_that_mislead_the_sampled_steps_hand_over_to_the_exact_hes
     # Assert: the exact Hessian's answer, and the summary says why it took over
     assert run.converged and "then exact: a step grew" in run.summary()
     np.testing.assert_allclose(run.params, exact.params, rtol=1e-9, atol=1e-12)
-
-
-def dataset(rows: int, features: int, sparse: bool = False) -> pg.Dataset:
-    X = np.zeros((rows, features))
-    X[:, 0] = np.arange(rows) % 3
-    y = (np.arange(rows) % 2).astype(float)
-    return pg.Dataset(scipy.sparse.csr_matrix(X) if sparse else X, y)
 
 
 def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
