@@ -104,6 +104,17 @@ def test_an_estimated_hessian_until_near_the_optimum_reaches_newtons_optimum(mod
     assert run.optimizer.endswith(", then exact)")
 
 
+def test_softmax_float32_steps_add_nothing_along_its_flat_directions():
+    # Prepare: softmax's parameters have a direction the loss does not see (the same amount
+    # added to every class's), along which the data's Hessian is flat only to round-off
+    X, y = classification(3000, 12, 3)
+    exact = fit(pg.models.SoftmaxRegression(), X, y, pg.optim.Newton(), tol=1e-12)
+    # Execute
+    run = fit(pg.models.SoftmaxRegression(), X, y, ESTIMATED)
+    # Assert: the parameters themselves are Newton's, not only the probabilities
+    assert np.abs(run.params - exact.params).max() <= 1e-12 * np.abs(exact.params).max()
+
+
 def test_the_estimate_takes_the_same_steps_on_any_engine_and_the_same_optimum_on_any_worker_count(
     local_engine,
 ):

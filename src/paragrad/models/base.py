@@ -19,6 +19,7 @@ from paragrad.data import Standardizer, is_sparse, take_rows
 from paragrad.data.checks import Features
 from paragrad.data.encoding import Encoding
 from paragrad.errors import ROWS_FROM_ONE, ConfigError, DataError, in_terms, model_term
+from paragrad.models.crossentropy import softmax
 from paragrad.models.curvature import RowSample, add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
 
@@ -188,6 +189,10 @@ class Model(ABC):
         is over-parameterised. Newton's method gives them curvature so that its system is
         definite; the gradient has no component along them."""
         return np.zeros((0, self.num_params))
+
+    def without_flat(self, hessian: np.ndarray) -> np.ndarray:
+        """The Hessian with any part along :meth:`flat_directions` taken off (none here)."""
+        return hessian
 
     @abstractmethod
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -475,24 +480,3 @@ BLOCK_BYTES = 1024 * 1024
 def block_rows(X: np.ndarray) -> int:
     """Rows per block so that a (dense) block of X stays in a core's L2 cache."""
     return max(64, BLOCK_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
-
-
-def log_softmax_xent(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Cross-entropy sum of logits ``Z`` (rows, k) against integer labels, and dLoss/dZ."""
-    rows = np.arange(len(Z))
-    labels = y.astype(np.intp)
-    top = Z.max(axis=1, keepdims=True)
-    shifted = Z - top
-    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - lse
-    loss = -float(log_p[rows, labels].sum(dtype=np.float64))
-    dZ = np.exp(log_p)
-    dZ[rows, labels] -= 1.0
-    return loss, dZ
-
-
-def softmax(Z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax without overflow."""
-    shifted = Z - Z.max(axis=1, keepdims=True)
-    P = np.exp(shifted)
-    return P / P.sum(axis=1, keepdims=True)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import ConfigError
-from paragrad.models.base import Classifier, Model, features_of, log_softmax_xent
+from paragrad.models.base import Classifier, Model, features_of
+from paragrad.models.crossentropy import log_softmax_xent
 from paragrad.models.rowwise import row_product
 
 ACTIVATIONS = ("relu", "tanh")

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import DataError
-from paragrad.models.base import Classifier, LinearLayout, features_of, log_softmax_xent, softmax
+from paragrad.models.base import Classifier, LinearLayout, features_of
+from paragrad.models.crossentropy import log_softmax_xent, softmax
 
 
 class SoftmaxRegression(LinearLayout, Classifier):
@@ -63,6 +64,20 @@ class SoftmaxRegression(LinearLayout, Classifier):
             vector[d * k :] = 1.0
             directions.append(vector)
         return np.array(directions).reshape(-1, self.num_params)
+
+    def without_flat(self, hessian: np.ndarray) -> np.ndarray:
+        """``P H P``, P the projection off :meth:`flat_directions`: each flat feature's (and
+        the intercept's) mean over the classes taken off its rows and columns. The data's
+        Hessian is flat along them to within its round-off, which in a Hessian summed in
+        float32 would put a part along them into every step, one no later step takes back."""
+        d, k = features_of(self), self.num_outputs
+        flat = np.zeros(d + int(self.fit_intercept), dtype=bool)
+        flat[:d] = self.l2 == 0.0
+        flat[d:] = True  # the intercept, if fitted
+        blocks = hessian.reshape(len(flat), k, len(flat), k)
+        blocks = np.where(flat[:, None, None, None], blocks - blocks.mean(axis=1, keepdims=True), blocks)
+        blocks = np.where(flat[None, None, :, None], blocks - blocks.mean(axis=3, keepdims=True), blocks)
+        return blocks.reshape(hessian.shape)
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.outputs(params, X)

@@ -27,7 +27,8 @@ from paragrad.core.shards import Shard, Task
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError, DataError
 from paragrad.models import MLP, LogisticRegression, Model, SoftmaxRegression, get_model
-from paragrad.models.base import Classifier, softmax
+from paragrad.models.base import Classifier
+from paragrad.models.crossentropy import softmax
 from paragrad.models.mlp import MLPClassifier
 from paragrad.training.run import Run
 

@@ -131,6 +131,7 @@ def objective(
             hessian += np.diag(penalty_diagonal)
         flat = model.flat_directions()  # curvature where the objective is flat: a definite system
         if len(flat):
+            hessian = model.without_flat(hessian)
             hessian += (np.trace(hessian) / len(params)) * (flat.T @ flat) / len(flat)
     return Evaluation(loss_sum / count + penalty, grad_sum / count + penalty_grad, hessian, count=count)
 
