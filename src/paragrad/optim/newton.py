@@ -26,23 +26,29 @@ class NewtonState(NamedTuple):
     hessian: np.ndarray
 
 
-def newton_direction(hessian: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``-H^-1 g`` by Cholesky, and whether H is singular: then the least-squares direction
-    of smallest norm instead; where H is not finite (values too large for the data's float
-    type), the gradient's."""
-    if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
-        return -grad, False
-    direction = _cholesky_solve(hessian, grad)
-    if direction is not None and np.isfinite(direction).all():
-        return -direction, False
-    return -np.linalg.lstsq(hessian, grad, rcond=None)[0], True
-
-
 # A Hessian whose Cholesky factor, with its diagonal scaled to ones, has a pivot below this
 # (squared) is taken as singular: the columns it stands for are dependent to within round-off
 # (a constant feature beside the intercept, a repeated column), though round-off may let
 # the factorisation through.
 SINGULAR_PIVOT = 1e-12
+# The same for a Hessian summed in float32, whose round-off leaves dependent columns a
+# pivot of about 1e-7 (squared): below this its round is taken again with the exact one.
+FLOAT32_SINGULAR_PIVOT = 1e-5
+
+
+def newton_direction(
+    hessian: np.ndarray, grad: np.ndarray, singular_pivot: float = SINGULAR_PIVOT
+) -> tuple[np.ndarray, bool]:
+    """``-H^-1 g`` by Cholesky, and whether H is singular (a pivot below ``singular_pivot``,
+    :data:`SINGULAR_PIVOT` by default): then the least-squares direction of smallest norm
+    instead; where H is not finite (values too large for the data's float type), the
+    gradient's."""
+    if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
+        return -grad, False
+    direction = _cholesky_solve(hessian, grad, singular_pivot)
+    if direction is not None and np.isfinite(direction).all():
+        return -direction, False
+    return -np.linalg.lstsq(hessian, grad, rcond=None)[0], True
 
 
 # Systems up to this size are solved with numpy's LAPACK, called as numpy's own linear
@@ -53,7 +59,9 @@ SINGULAR_PIVOT = 1e-12
 SMALL_SYSTEM = 64
 
 
-def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
+def _cholesky_solve(
+    hessian: np.ndarray, grad: np.ndarray, singular_pivot: float = SINGULAR_PIVOT
+) -> np.ndarray | None:
     """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
     to a unit diagonal; None where it is not, to within round-off (:data:`SINGULAR_PIVOT`).
     """
@@ -68,7 +76,7 @@ def _cholesky_solve(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
     else:
         factor, info = lapack.dpotrf(scaled, lower=1)
         factor = None if info != 0 else factor
-    if factor is None or not np.diagonal(factor).min() ** 2 >= SINGULAR_PIVOT:
+    if factor is None or not np.diagonal(factor).min() ** 2 >= singular_pivot:
         return None
     if lapack is None:
         return _solve(scaled, scaled_grad) / scale
@@ -224,8 +232,10 @@ class Newton(Optimizer):
 
     def accepting_singular(self) -> Newton:
         """This optimizer on data whose features are dependent over all the rows: a singular
-        sampled Hessian is then the data's, not the sample's, and its step is taken."""
-        return self._with(singular_known=True)
+        sampled Hessian is then the data's, not the sample's, and its step is taken. Not in
+        float32, whose round-off would put a part along the dependent directions into every
+        step: the least-squares step of smallest norm would be lost."""
+        return self._with(singular_known=True, hessian_float32=False)
 
     def stopping_at(self, tol: float) -> Newton:
         """This optimizer in a run that converges once a step's measure is at most ``tol``:
@@ -259,7 +269,8 @@ class Newton(Optimizer):
             else Evaluation(float(state.loss), state.grad, state.hessian)
         )
         assert here.hessian is not None
-        direction, singular = newton_direction(here.hessian, here.grad)
+        pivot = FLOAT32_SINGULAR_PIVOT if self.hessian_float32 else SINGULAR_PIVOT
+        direction, singular = newton_direction(here.hessian, here.grad, pivot)
         if self.estimated and not self.singular_known:
             if singular or (self.hessian_float32 and not np.isfinite(here.hessian).all()):
                 raise SampleSingular
