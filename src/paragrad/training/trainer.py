@@ -286,12 +286,12 @@ def _prepare(
     model, model_choice = model_for(model, data)
     strategy = GradientDescent() if strategy is None else strategy
     check_inputs(model, data, strategy)
+    dtype = data.dtype if dtype is None else dtype
+    read_as = (data.encoding, data.read_options or None)  # one-hot categories, decimal mark
+    data = data.astype(dtype)  # before the optimizer's choice, which depends on the data's type
     optimizer = default_optimizer(model, strategy, data) if optimizer is None else optimizer
     epochs = strategy.default_epochs if epochs is None else epochs
     check_settings(model, strategy, optimizer, epochs, max_rounds, tol)
-    dtype = data.dtype if dtype is None else dtype
-    read_as = (data.encoding, data.read_options or None)  # one-hot categories, decimal mark
-    data = data.astype(dtype)
     if standardize and data.sparse:
         raise ConfigError("standardize=True would make sparse features dense; scale them beforehand instead")
     return model, model_choice, strategy, optimizer, epochs, dtype, read_as, data
