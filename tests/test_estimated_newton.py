@@ -15,6 +15,7 @@ import scipy.sparse
 from newton_data import classification, dataset
 
 import paragrad as pg
+from paragrad.models import base
 from paragrad.models.curvature import SYMMETRIC_UPDATE_COLUMNS, add_hessian_sums, finish_hessian
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.settings import ESTIMATE_ROWS_PER_PARAM, ESTIMATE_UNTIL, default_optimizer
@@ -220,6 +221,37 @@ def test_dependent_features_are_found_over_all_rows_then_estimated_again():
     assert sum(issubclass(w.category, RankDeficient) for w in caught) == 2
 
 
+@pytest.mark.parametrize("dependence", ["constant", "sum", "near"])
+def test_dependence_float32_cannot_see_is_found_by_the_exact_hessian(dependence):
+    # Prepare: a constant column beside the intercept, a column the sum of two others, or
+    # one within 1e-7 of another: in float32 round-off hides each from the Cholesky pivot
+    X, y = classification(3000, 12)
+    X[:, 5] = {"constant": 3.0, "sum": X[:, 0] + X[:, 1], "near": X[:, 0] * (1 + 1e-7)}[dependence]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exact = fit(pg.models.LogisticRegression(), X, y, pg.optim.Newton())
+        # Execute
+        run = fit(pg.models.LogisticRegression(), X, y, ESTIMATED)
+    # Assert: found over all the rows, said as for exact Newton (not "no finite optimum"),
+    # and its answer the least-squares one of smallest norm, as exact Newton's
+    kinds = [w.category for w in caught]
+    assert run.converged and kinds.count(RankDeficient) == 2 and pg.ConvergenceWarning not in kinds
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-9, atol=1e-12)
+
+
+def test_a_resumed_run_keeps_the_users_float32_hessian(tmp_path):
+    # Prepare: a checkpoint of exact Newton's, which a float32 Hessian's run may resume
+    X, y = classification(3000, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pg.ConvergenceWarning)
+        fit(pg.models.LogisticRegression(), X, y, pg.optim.Newton(), checkpoint_dir=tmp_path, max_rounds=2)
+    # Execute
+    float32 = pg.optim.Newton(hessian_float32=True)
+    run = fit(pg.models.LogisticRegression(), X, y, float32, checkpoint_dir=tmp_path, resume=True)
+    # Assert
+    assert run.optimizer == "newton (the Hessian in float32)"
+
+
 def test_features_too_large_for_float32_take_the_exact_hessian():
     # Prepare: a feature near 1e20, whose squares float32 cannot hold
     X, y = classification(3000, 6)
@@ -228,7 +260,7 @@ def test_features_too_large_for_float32_take_the_exact_hessian():
     # Execute
     run = fit(pg.models.LogisticRegression(), X, y, pg.optim.Newton(hessian_float32=True, exact_below=1e-2))
     # Assert: the exact Hessian from the first round, and its optimum
-    assert run.optimizer.endswith("to round 0, then exact: the estimate was singular or not finite)")
+    assert run.optimizer.endswith("(the exact Hessian: the estimate was singular or not finite)")
     np.testing.assert_array_equal(run.params, exact.params)
 
 
@@ -244,9 +276,32 @@ def test_a_run_resumed_before_or_after_the_exact_hessian_takes_the_same_steps(tm
         fit(pg.models.LogisticRegression(), X, y, ESTIMATED, checkpoint_dir=tmp_path, max_rounds=stop)
     # Execute
     resumed = fit(pg.models.LogisticRegression(), X, y, ESTIMATED, checkpoint_dir=tmp_path, resume=True)
-    # Assert
+    # Assert: the same steps, and the same summary
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
     np.testing.assert_array_equal(resumed.params, whole.params)
+    assert resumed.optimizer == whole.optimizer
+
+
+@pytest.mark.parametrize("stop", [1, 2, 4])
+def test_a_resumed_run_knows_a_step_grew_and_the_features_are_dependent(tmp_path, stop, monkeypatch):
+    # Prepare: a repeated column (found dependent in round 0), and a rare feature that makes
+    # a sampled step grow; blocks of 64 rows, so the sample is a tenth of them
+    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    X, y = classification(6000, 8)
+    X = np.column_stack([X, X[:, 1], np.r_[np.ones(40), np.zeros(5960)]])
+    optimizer = pg.optim.Newton(hessian_sample=0.1, hessian_float32=True, exact_below=ESTIMATE_UNTIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = fit(pg.models.LogisticRegression(), X, y, optimizer)
+        fit(pg.models.LogisticRegression(), X, y, optimizer, checkpoint_dir=tmp_path, max_rounds=stop)
+        # Execute
+        resumed = fit(pg.models.LogisticRegression(), X, y, optimizer, checkpoint_dir=tmp_path, resume=True)
+    # Assert: the whole run found both, at rounds 0 and 3; the resumed one took its steps
+    assert (
+        whole.optimizer == "newton (the Hessian over 10.0% of the rows to round 3, then exact: a step grew)"
+    )
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    assert resumed.optimizer == whole.optimizer
 
 
 # -- the default -------------------------------------------------------------------------------
@@ -269,6 +324,15 @@ def test_dense_data_of_a_costly_hessian_default_to_an_estimate_until_near_the_op
         assert isinstance(exact, pg.optim.Newton) and not exact.estimated
     # The same optimum as Newton's: checkpoints of either resume with the other
     assert dense.config() == pg.optim.Newton().config()
+
+
+def test_the_default_is_chosen_for_the_type_the_data_is_trained_in():
+    # Prepare: float32 data, trained in float64 (7e7 products a pass)
+    X, y = classification(20_000, 60)
+    # Execute
+    run = pg.train(pg.models.LogisticRegression(), pg.Dataset(X.astype(np.float32), y), dtype="float64")
+    # Assert: float64's estimate, summed in float32
+    assert "in float32 to round" in run.optimizer
 
 
 def test_exact_below_must_be_positive():

@@ -39,6 +39,7 @@ from paragrad.training.checkpointing import Checkpointing
 from paragrad.training.convergence import ConvergenceCheck, no_finite_optimum
 from paragrad.training.elastic import AutoScaler
 from paragrad.training.energy import EnergyMeter
+from paragrad.training.hessian_schedule import HessianSchedule
 from paragrad.training.run import HISTORY_KEYS, Run, RunConfig
 from paragrad.training.strategies import RoundPlan, StepOutcome, Strategy, WorkerResult
 from paragrad.training.tasks import GetWorkerState, TrainStep
@@ -187,9 +188,7 @@ class RoundLoop:
         self.checkpoint_s = 0.0  # the rounds' time spent on checkpoints: snapshots, waiting for writes
         self.checkpoints_written = 0
         self.config_json: tuple[RunConfig, dict[str, Any]] | None = None  # made once a run
-        self.last_step: float | None = None  # a sampled-Hessian Newton step's measure
-        self.held_estimated = False  # whether the Hessian Newton's state holds is an estimate
-        self.sample_note = ""  # why a sampled Hessian gave way to the exact one, for the summary
+        self.hessians = HessianSchedule()  # Newton's: when an estimate, when exact
 
     def run(
         self,
@@ -236,7 +235,7 @@ class RoundLoop:
             self.runner.num_workers,
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
-            optimizer=self.optimizer.label() + self.sample_note,
+            optimizer=self.optimizer.label() + self.hessians.note,
             changes=list(self.runner.changes),
             scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
             checkpoint_s=self.checkpoint_s,
@@ -312,9 +311,7 @@ class RoundLoop:
             params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
             return LoopState(params, self.optimizer.init(params), [], check)
         check.restore(resumed.convergence, resumed.history)
-        if isinstance(self.optimizer, Newton) and resumed.convergence.get("hessian_estimated") is False:
-            self.use(self.optimizer.exact())  # the run had gone on to the exact Hessian
-        self.held_estimated = bool(resumed.convergence.get("held_hessian_estimated", False))
+        self.use(self.hessians.restore(self.optimizer, resumed.convergence.get("hessians")))
         history = resumed.history
         self.restore_worker_state(resumed.worker_state)
         return LoopState(
@@ -353,9 +350,8 @@ class RoundLoop:
                 for i, f in enumerate(self.state_fields)
             }
         convergence = {**state.check.state(), "converged": state.converged}
-        if isinstance(self.optimizer, Newton):  # whether its Hessians are still estimates
-            convergence["hessian_estimated"] = self.optimizer.estimated
-            convergence["held_hessian_estimated"] = self.held_estimated
+        if isinstance(self.optimizer, Newton):
+            convergence["hessians"] = self.hessians.state(self.optimizer)
         if self.config_json is None or self.config_json[0] is not config:
             self.config_json = (config, config.to_json())
         # No copies: the checkpoint's arrays are copied from it before the rounds go on (and
@@ -376,7 +372,8 @@ class RoundLoop:
         finite parameters, if the result is not finite."""
         start = time.perf_counter()
         meter = PassMeter(self.runner)
-        step_estimated = self.step_takes_estimate(state)
+        evaluated = isinstance(self.optimizer, Newton) and not np.isnan(state.opt_state.loss)
+        step_estimated = self.hessians.step_takes_estimate(self.optimizer, evaluated)
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 outcome = self.strategy.round(
@@ -387,11 +384,15 @@ class RoundLoop:
                     self.optimizer,
                 )
             except SampleSingular:  # the round again, with the exact Hessian
-                sampled = self.optimizer
-                self.exact_hessian(state, round_index, "the estimate was singular or not finite")
+                estimated = self.optimizer
+                assert isinstance(estimated, Newton)
+                self.use(
+                    self.hessians.exact(estimated, round_index, "the estimate was singular or not finite")
+                )
+                state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
                 outcome = self.round(round_index, state)
                 if outcome.singular:  # over all the rows too: the features are dependent
-                    self.resume_sample(sampled)
+                    self.use(self.hessians.back_to_estimate(estimated, outcome) or self.optimizer)
                 return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
@@ -408,72 +409,19 @@ class RoundLoop:
             state.singular_later = True
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
-        if not state.converged and self.sampled_step_grew(outcome):
-            self.exact_hessian(state, round_index + 1, "a step grew")
-        self.exact_near_optimum(state, outcome, round_index, step_estimated)
-        return outcome
-
-    def step_takes_estimate(self, state: LoopState) -> bool:
-        """Whether this round's Newton step takes an estimated Hessian: the one its point was
-        evaluated with in the round before, or this round's optimizer's if it evaluates it."""
-        if not isinstance(self.optimizer, Newton):
-            return False
-        return self.optimizer.estimated if np.isnan(state.opt_state.loss) else self.held_estimated
-
-    def exact_near_optimum(
-        self, state: LoopState, outcome: StepOutcome, round_index: int, step_estimated: bool
-    ) -> None:
-        """Newton with an estimated Hessian until near the optimum (``exact_below``): exact
-        from the next pass once a step's measure is at most ``exact_below``. A step that
-        took an estimate is never the last: one that met ``tol`` has its point evaluated
-        again, for an exact step from there."""
-        optimizer = self.optimizer
-        if not isinstance(optimizer, Newton) or optimizer.exact_below is None:
-            return
-        self.held_estimated = optimizer.estimated  # the point reached was evaluated so
-        if state.converged and step_estimated:  # its point evaluated again, exactly
-            state.converged = False
-            if optimizer.estimated:
-                self.exact_hessian(state, round_index + 1, "a step met tol")
+        optimizer, evaluate_again, state.converged = self.hessians.after_round(
+            self.optimizer, outcome, state.converged, step_estimated, round_index
+        )
+        self.use(optimizer)
+        if evaluate_again:
             state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
-        elif (
-            optimizer.estimated
-            and outcome.criterion is not None
-            and outcome.criterion <= optimizer.exact_below
-        ):
-            self.use(optimizer.exact())
-            self.sample_note = f" (the Hessian{optimizer.estimate()} to round {round_index + 1}, then exact)"
-
-    def sampled_step_grew(self, outcome: StepOutcome) -> bool:
-        """Whether a Newton step with a sampled Hessian was larger than the one before. The
-        steps shrink round after round where the sample's curvature is the data's; features
-        the sample barely holds (rare ones) mislead them."""
-        if not (isinstance(self.optimizer, Newton) and self.optimizer.hessian_every > 1):
-            return False
-        previous, self.last_step = self.last_step, outcome.criterion
-        return previous is not None and outcome.criterion is not None and outcome.criterion > previous
-
-    def exact_hessian(self, state: LoopState, round_index: int, why: str) -> None:
-        """Newton with the Hessian over all the rows from round ``round_index`` on, its point
-        evaluated again so."""
-        assert isinstance(self.optimizer, Newton)
-        estimate = self.optimizer.estimate()
-        self.use(self.optimizer.exact())
-        state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
-        self.sample_note = f" (the Hessian{estimate} to round {round_index}, then exact: {why})"
+        return outcome
 
     def use(self, optimizer: Optimizer) -> None:
         """Go on with ``optimizer`` (the task the workers run with it)."""
-        self.optimizer = optimizer
-        self.task = replace(self.task, optimizer=optimizer)
-
-    def resume_sample(self, sampled: Optimizer) -> None:
-        """Back to the sampled Hessian once all the rows showed its singular directions to be
-        the data's (dependent features): its steps then take the least-squares direction of
-        smallest norm, as the exact Hessian's do, at a sample's cost."""
-        assert isinstance(sampled, Newton)
-        self.use(sampled.accepting_singular())
-        self.sample_note = ""
+        if optimizer is not self.optimizer:
+            self.optimizer = optimizer
+            self.task = replace(self.task, optimizer=optimizer)
 
     def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
         """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
