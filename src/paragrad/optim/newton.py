@@ -131,7 +131,7 @@ def _numpy_gufuncs() -> Any:
 _GUFUNCS = _numpy_gufuncs()
 
 
-class SampleSingular(Exception):
+class EstimateSingular(Exception):
     """A Newton step found its estimate of the Hessian (a sample's, or summed in float32)
     singular, or not finite: some direction has no curvature in the sample (a feature that
     is zero on all its rows, say), or float32 cannot hold it. The round is taken again with
@@ -167,11 +167,11 @@ class Newton(Optimizer):
         are Newton's to within float32's round-off relative to the curvature (about 1e-6
         times the features' condition number).
     exact_below : float or None
-        The Hessian an estimate (sampled, or in float32) only while the run is far from
-        the optimum: exact from the pass after a step whose measure is at most this, and
-        no estimated step the run's last (one that meets ``tol`` has its point evaluated
-        again), so that the last steps, and the optimum, are exact Newton's. None: the
-        estimate throughout.
+        Estimate the Hessian (sampled, or in float32) only while the run is far from the
+        optimum: sum it exactly from the pass after a step whose measure is at most this,
+        and never end a run on a step that took an estimate (one that meets ``tol`` has its
+        point evaluated again), so that the last steps, and the optimum, are exact
+        Newton's. None: the estimate throughout.
     """
 
     name = "newton"
@@ -273,7 +273,7 @@ class Newton(Optimizer):
         direction, singular = newton_direction(here.hessian, here.grad, pivot)
         if self.estimated and not self.singular_known:
             if singular or (self.hessian_float32 and not np.isfinite(here.hessian).all()):
-                raise SampleSingular
+                raise EstimateSingular
         if singular and int(state.step) == 0:
             # At the start every row weighs the same: only the features can make H singular.
             # Later, rows whose probabilities reached 0 or 1 can (separable classes), which

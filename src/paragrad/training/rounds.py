@@ -30,7 +30,7 @@ from paragrad.errors import (
 )
 from paragrad.models.base import Model
 from paragrad.optim import Newton, Optimizer
-from paragrad.optim.newton import SampleSingular
+from paragrad.optim.newton import EstimateSingular
 from paragrad.training.checkpoint import (
     CheckpointWarning,
     TrainingState,
@@ -383,7 +383,7 @@ class RoundLoop:
                     self.model,
                     self.optimizer,
                 )
-            except SampleSingular:  # the round again, with the exact Hessian
+            except EstimateSingular:  # the round again, with the exact Hessian
                 estimated = self.optimizer
                 assert isinstance(estimated, Newton)
                 self.use(
