@@ -18,7 +18,9 @@ import paragrad as pg
 from paragrad.models import base
 from paragrad.models.curvature import SYMMETRIC_UPDATE_COLUMNS, add_hessian_sums, finish_hessian
 from paragrad.optim.least_squares import RankDeficient
+from paragrad.training.hessian_schedule import HessianSchedule
 from paragrad.training.settings import ESTIMATE_ROWS_PER_PARAM, ESTIMATE_UNTIL, default_optimizer
+from paragrad.training.strategies import StepOutcome
 
 ESTIMATED = pg.optim.Newton(hessian_sample=0.3, hessian_float32=True, exact_below=ESTIMATE_UNTIL)
 
@@ -340,3 +342,19 @@ def test_exact_below_must_be_positive():
         pg.optim.Newton(exact_below=0)
     with pytest.raises(pg.ConfigError, match="hessian_float32 must be True or False, got 1"):
         pg.optim.Newton(hessian_float32=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("measure", "back"), [(0.5, True), (1e-3, False)])
+def test_dependence_found_near_the_optimum_keeps_the_exact_hessian(measure, back):
+    # Prepare: an exact round that found the features dependent, far from or near the optimum
+    schedule = HessianSchedule()
+    estimated = pg.optim.Newton(hessian_sample=0.5, hessian_float32=True, exact_below=1e-2)
+    exact_step = StepOutcome(np.zeros(3), None, 0.5, 0.1, criterion=measure, singular=True)
+    # Execute
+    after = schedule.back_to_estimate(estimated, exact_step, 0)
+    # Assert: far from it, the sample again (its steps of smallest norm, so not in float32)
+    if back:
+        assert after is not None and after.singular_known and after.hessian_every == 2
+        assert not after.hessian_float32
+    else:
+        assert after is None

@@ -51,13 +51,19 @@ class HessianSchedule:
         )
         return optimizer.exact()
 
-    def back_to_estimate(self, estimated: Newton, exact_step: StepOutcome) -> Newton | None:
+    def back_to_estimate(self, estimated: Newton, exact_step: StepOutcome, round_index: int) -> Newton | None:
         """After an exact round that found the features dependent, the estimate again (its
         steps the least-squares ones of smallest norm), unless the run is near the optimum."""
         below = estimated.exact_below
         if below is not None and exact_step.criterion is not None and exact_step.criterion <= below:
             return None
-        self.switched, self.note = False, ""
+        self.switched = False
+        until = f" in float32 to round {round_index}, then" if round_index > 0 else ""
+        self.note = (
+            f" (the Hessian{until} in float64: the features are dependent)"
+            if estimated.hessian_float32
+            else ""
+        )
         return estimated.accepting_singular()
 
     def after_round(

@@ -392,7 +392,9 @@ class RoundLoop:
                 state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
                 outcome = self.round(round_index, state)
                 if outcome.singular:  # over all the rows too: the features are dependent
-                    self.use(self.hessians.back_to_estimate(estimated, outcome) or self.optimizer)
+                    self.use(
+                        self.hessians.back_to_estimate(estimated, outcome, round_index) or self.optimizer
+                    )
                 return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         self.check_finite(round_index, outcome, state)
