@@ -52,32 +52,31 @@ class SoftmaxRegression(LinearLayout, Classifier):
     def flat_directions(self) -> np.ndarray:
         """Adding the same amount to every class's intercept (and, unpenalised, to every
         class's weight for one feature) changes no probability: k outputs, k - 1 free."""
-        d, k = features_of(self), self.num_outputs
-        directions = []
-        if self.l2 == 0.0:
-            for j in range(d):
-                vector = np.zeros(self.num_params)
-                vector[j * k : (j + 1) * k] = 1.0
-                directions.append(vector)
-        if self.fit_intercept:
-            vector = np.zeros(self.num_params)
-            vector[d * k :] = 1.0
-            directions.append(vector)
-        return np.array(directions).reshape(-1, self.num_params)
+        k, rows = self.num_outputs, self._flat_rows()
+        directions = np.zeros((int(rows.sum()), self.num_params))
+        for i, j in enumerate(np.flatnonzero(rows).tolist()):
+            directions[i, j * k : (j + 1) * k] = 1.0
+        return directions
 
     def without_flat(self, hessian: np.ndarray) -> np.ndarray:
         """``P H P``, P the projection off :meth:`flat_directions`: each flat feature's (and
         the intercept's) mean over the classes taken off its rows and columns. The data's
         Hessian is flat along them to within its round-off, which in a Hessian summed in
         float32 would put a part along them into every step, one no later step takes back."""
-        d, k = features_of(self), self.num_outputs
-        flat = np.zeros(d + int(self.fit_intercept), dtype=bool)
-        flat[:d] = self.l2 == 0.0
-        flat[d:] = True  # the intercept, if fitted
+        k, flat = self.num_outputs, self._flat_rows()
         blocks = hessian.reshape(len(flat), k, len(flat), k)
         blocks = np.where(flat[:, None, None, None], blocks - blocks.mean(axis=1, keepdims=True), blocks)
         blocks = np.where(flat[None, None, :, None], blocks - blocks.mean(axis=3, keepdims=True), blocks)
         return blocks.reshape(hessian.shape)
+
+    def _flat_rows(self) -> np.ndarray:
+        """Which rows of the parameters ``[W; b]`` (features, then the intercept if fitted)
+        have a flat direction: every feature's when unpenalised, and the intercept's."""
+        d = features_of(self)
+        flat = np.zeros(d + int(self.fit_intercept), dtype=bool)
+        flat[:d] = self.l2 == 0.0
+        flat[d:] = True  # the intercept, if fitted
+        return flat
 
     def decision_function(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.outputs(params, X)

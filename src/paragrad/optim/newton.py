@@ -63,8 +63,8 @@ def _cholesky_solve(
     hessian: np.ndarray, grad: np.ndarray, singular_pivot: float = SINGULAR_PIVOT
 ) -> np.ndarray | None:
     """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
-    to a unit diagonal; None where it is not, to within round-off (:data:`SINGULAR_PIVOT`).
-    """
+    to a unit diagonal; None where it is not, to within round-off (a squared pivot below
+    ``singular_pivot``)."""
     diagonal = np.diagonal(hessian)
     if not (diagonal > 0).all():
         return None
