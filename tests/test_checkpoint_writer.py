@@ -4,7 +4,9 @@ history's rows, the writer's one thread, and pruning by the files the run wrote.
 from __future__ import annotations
 
 import io
+import os
 import threading
+import time
 import zipfile
 from typing import NamedTuple
 
@@ -15,7 +17,7 @@ from numpy.lib import format as npy_format
 
 import paragrad as pg
 from paragrad.core.npz import npy_header, npz_bytes
-from paragrad.training import checkpoint
+from paragrad.training import checkpoint, checkpointing
 from paragrad.training.checkpoint import (
     CheckpointEncoder,
     CheckpointWarning,
@@ -246,3 +248,78 @@ def test_a_convergence_state_of_either_form_restores_the_epochs_losses():
         restored.restore(state, history)
         assert (restored.previous_epoch_loss, restored.epoch_losses) == (0.85, [0.7, 0.65, 0.6])
     assert check.state() == {"previous_epoch_loss": 0.85, "num_epoch_losses": 3}
+
+
+# -- syncing to the device ----------------------------------------------------------------------
+
+
+class DeviceLog:
+    """Which checkpoints the device holds, watched through the real system calls: a file
+    whose bytes were synced, then its directory after the rename. ``check`` raises if a
+    removal leaves none of them in the directory (a power cut then would leave no intact
+    checkpoint)."""
+
+    def __init__(self, monkeypatch, directory):
+        self.directory, self.pending, self.durable, self.removed = directory, set(), set(), 0
+        self.file_syncs = 0
+        fsync, unlink = os.fsync, os.unlink
+
+        def watched_fsync(fd):
+            fsync(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.isdir(path):
+                self.durable |= {name for name in self.pending if (directory / name).exists()}
+            else:
+                self.file_syncs += 1
+                name = os.path.basename(path)
+                self.pending.add(name.split(".")[1] + ".npz" if name.endswith(".tmp") else name)
+
+        def watched_unlink(path, *args, **kwargs):
+            unlink(path, *args, **kwargs)
+            if os.path.dirname(os.fspath(path)) == os.fspath(directory) and str(path).endswith(".npz"):
+                self.removed += 1
+                assert self.durable & set(os.listdir(directory)), "no synced checkpoint left"
+
+        monkeypatch.setattr(os, "fsync", watched_fsync)
+        monkeypatch.setattr(os, "unlink", watched_unlink)
+
+    def power_cut(self, into):
+        """Copy the directory as a power cut could leave it: the files the device holds
+        whole, the others empty (their bytes never reached it)."""
+        into.mkdir()
+        for name in os.listdir(self.directory):
+            try:
+                content = (self.directory / name).read_bytes() if name in self.durable else b""
+            except FileNotFoundError:  # removed by the writer meanwhile
+                continue
+            (into / name).write_bytes(content)
+
+
+def test_checkpoints_reach_the_device_once_a_second_and_a_synced_one_is_always_kept(
+    tmp_path, binary_data, monkeypatch
+):
+    """A checkpoint every round syncs a file at most every SYNC_EVERY_S (and the last at the
+    end); a removal never leaves the directory without a synced file, so a power cut at any
+    moment leaves one that resumes exactly."""
+    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.05)
+    folder = tmp_path / "run"
+    log = DeviceLog(monkeypatch, folder)
+
+    def slow_rounds_and_a_power_cut(record):
+        if record["round"] in (10, 20):
+            time.sleep(0.06)
+        if record["round"] == 25:
+            log.power_cut(tmp_path / "after-the-cut")
+
+    run = fit(binary_data, checkpoint_dir=folder, checkpoint_every=1, callbacks=[slow_rounds_and_a_power_cut])
+    assert run.checkpoints_written == 31 and log.removed >= 25
+    assert 3 <= log.file_syncs <= 5  # the first file, one after each slow round, the last
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"checkpoint-{r:09d}.npz" for r in (28, 29, 30)] and names[-1] in log.durable
+
+    cut = tmp_path / "after-the-cut"
+    damaged = [p for p in cut.iterdir() if p.stat().st_size == 0]
+    assert damaged and len(damaged) < len(list(cut.iterdir()))
+    with pytest.warns(CheckpointWarning, match="skipped a damaged checkpoint"):
+        resumed = fit(binary_data, checkpoint_dir=cut, resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12

@@ -46,11 +46,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
     """Replace ``path`` by ``data`` as :func:`atomic_write` does, in plain system calls.
 
     Each call lets other threads run, so a writer in the background holds the interpreter
-    lock only for the few steps between them, not while the disk works.
+    lock only for the few steps between them, not while the disk works. With ``sync=False``
+    the bytes are not waited for on the device: the file is whole for any process that reads
+    it (the writer may be killed at any moment), but a power cut may lose or damage it.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
@@ -61,12 +63,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp_name, target)
     except BaseException as exc:
         _give_up(tmp_name, target, exc)
+        raise
+
+
+def sync_to_device(path: str | os.PathLike) -> None:
+    """Wait for the device to hold the file ``path`` (a directory: its entries, the renames
+    into it), as written so far by anyone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise OutputError(f"{path}: could not be synced to the device ({exc.strerror})") from None
         raise
 
 
