@@ -135,6 +135,28 @@ def test_small_newton_systems_are_solved_as_scipys_cholesky_solves_them(monkeypa
             assert _lapack_solve(singular, np.r_[grad, 0.0]) is None
 
 
+def test_a_singular_newton_system_gets_lstsqs_solution_of_smallest_norm():
+    """Dependent features (repeated, summed, constant columns; an indefinite or zero
+    matrix): the direction is numpy's lstsq's, to round-off, from H's eigenvectors."""
+    rng = np.random.default_rng(3)
+    for size in (2, 6, 31, 101):
+        A = rng.standard_normal((3 * size, size)) * np.logspace(0, 3, size)
+        A[:, -1] = A[:, 0]
+        A[:, size // 2] = A[:, 0] + 2 * A[:, 1]
+        weights = rng.uniform(0.1, 1.0, 3 * size)
+        hessian, grad = (A * weights[:, None]).T @ A, A.T @ rng.standard_normal(3 * size)
+        indefinite = hessian - 2 * np.outer(hessian[1], hessian[1]) / hessian[1, 1]
+        for matrix in (hessian, indefinite, np.zeros((size, size))):
+            direction, singular = newton.newton_direction(matrix, grad)
+            expected = -np.linalg.lstsq(matrix, grad, rcond=None)[0]
+            assert singular
+            # Both are exact to round-off times the condition of H off its null space.
+            values = np.linalg.svd(matrix, compute_uv=False)
+            kept = values[values > np.finfo(float).eps * size * values[0]]
+            bound = 100 * np.finfo(float).eps * (kept[0] / kept[-1] if len(kept) else 1.0)
+            assert np.abs(direction - expected).max() <= bound * max(np.abs(expected).max(), 1e-300)
+
+
 def test_a_fresh_process_fits_small_data_without_scipys_linear_algebra():
     """Importing it takes 0.15-0.2 s, more than a small fit."""
     code = (

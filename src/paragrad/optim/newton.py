@@ -48,7 +48,19 @@ def newton_direction(
     direction = _cholesky_solve(hessian, grad, singular_pivot)
     if direction is not None and np.isfinite(direction).all():
         return -direction, False
-    return -np.linalg.lstsq(hessian, grad, rcond=None)[0], True
+    return -_smallest_norm_solution(hessian, grad), True
+
+
+def _smallest_norm_solution(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """The least-squares solution of ``H x = g`` of smallest norm for a symmetric H, as
+    ``np.linalg.lstsq(H, g, rcond=None)`` gives it (eigenvalues below round-off of the
+    largest taken as zero), from H's eigenvectors: half the time of lstsq's SVD (0.7 ms
+    against 1.4 at 101 parameters), paid every round once the features are dependent."""
+    values, vectors = np.linalg.eigh(hessian)
+    magnitudes = np.abs(values)
+    kept = magnitudes > np.finfo(np.float64).eps * len(values) * magnitudes.max(initial=0.0)
+    inverse = np.divide(1.0, values, out=np.zeros_like(values), where=kept)
+    return vectors @ (inverse * (vectors.T @ grad))
 
 
 # Systems up to this size are solved with numpy's LAPACK, called as numpy's own linear
