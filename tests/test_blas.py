@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from threadpoolctl import threadpool_info
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
+import paragrad as pg
 from paragrad.core import blas
+from paragrad.engines.threads import ThreadEngine
 
 
 def test_blas_limits_find_the_libraries_again_only_after_an_import(monkeypatch):
@@ -23,3 +26,36 @@ def test_blas_limits_find_the_libraries_again_only_after_an_import(monkeypatch):
     # Assert: the limit held; the libraries looked up once until a module was imported
     assert inside == {1}
     assert again is first and blas._controller is not first
+
+
+def blas_thread_counts() -> set[int]:
+    return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+
+@pytest.mark.filterwarnings("ignore:2 workers x 2 thread:paragrad.errors.PerformanceWarning")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_threads_engine_fit_limits_blas_while_workers_compute_and_puts_it_back(workers):
+    """The limit is the process's: a fit on the threads engine left BLAS on one thread
+    for the rest of the program (the engine's limit, put back after the trainer's, put back
+    the trainer's one thread), slowing the caller's own products and scikit-learn's after it."""
+    data = pg.make_classification(4000, 8, seed=1)
+    seen: list[set[int]] = []
+
+    class Watched(pg.models.LogisticRegression):
+        def loss_grad_hess(self, *args, **kwargs):
+            seen.append(blas_thread_counts())
+            return super().loss_grad_hess(*args, **kwargs)
+
+    newton = pg.optim.Newton()
+    with threadpool_limits(3, user_api="blas"):
+        pg.train(Watched(), data, engine="threads", workers=workers, optimizer=newton, progress=False)
+        after, by_default, seen[:] = blas_thread_counts(), list(seen), []
+        engine = ThreadEngine(2, threads_per_worker=2)
+        with engine:
+            pg.train(Watched(), data, engine=engine, optimizer=newton, progress=False)
+            between_calls = blas_thread_counts()
+            pg.train(Watched(), data, engine=engine, optimizer=newton, progress=False)
+        at_the_end = blas_thread_counts()
+    assert after == between_calls == at_the_end == {3}
+    assert by_default and all(counts == {1} for counts in by_default)
+    assert seen and all(counts == {2} for counts in seen)

@@ -3,9 +3,10 @@
 No process starts and nothing is copied: each worker's shard is a view of the caller's
 rows (the serial engine's shards), and numpy's block kernels release Python's lock, so
 the workers compute at the same time. Results are combined in worker order, so the
-parameters are the serial engine's, bit for bit. Each worker's BLAS runs
-``threads_per_worker`` threads (one by default) while the engine runs, so that workers x
-threads stays within the cores.
+parameters are the serial engine's, bit for bit where BLAS runs as many threads in both. Each
+worker's BLAS runs ``threads_per_worker`` threads (one by default) while the workers compute,
+so that workers x threads stays within the cores; the limit is the process's, so it is set
+for each call and put back after it: nothing outlasts the call.
 
 It suits full-batch training of the numpy models on data in memory, where every round is a
 few large products: the start and the copy of the local engine are the call's fixed cost.
@@ -18,8 +19,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-from paragrad.core.shards import ShardPlan, Task
-from paragrad.data import Dataset
+from paragrad.core.blas import blas_threads
+from paragrad.core.shards import Task
 from paragrad.engines.base import refuse_address
 from paragrad.engines.serial import SerialEngine
 
@@ -37,7 +38,6 @@ class ThreadEngine(SerialEngine):
         self.threads_per_worker = int(threads_per_worker)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
-        self._limits: Any = None  # the BLAS limits set while the engine runs (threadpoolctl)
 
     @classmethod
     def from_options(
@@ -46,22 +46,16 @@ class ThreadEngine(SerialEngine):
         refuse_address(cls.name, address)
         return cls(workers, threads_per_worker=threads_per_worker)
 
-    def start(self, dataset: Dataset, plan: ShardPlan) -> None:
-        super().start(dataset, plan)
-        if self._limits is None:
-            from paragrad.core.blas import blas_threads
-
-            self._limits = blas_threads(self.threads_per_worker)
-
     def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
         """The task on every shard at once, a thread each; results in worker order."""
-        if len(self.shards) == 1:
-            return [task(self.shards[0], *args)]
-        if self._pool is None or self._pool_size != len(self.shards):
-            self._close_pool()
-            self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="paragrad-worker")
-            self._pool_size = len(self.shards)
-        return list(self._pool.map(lambda shard: task(shard, *args), self.shards))
+        with blas_threads(self.threads_per_worker):
+            if len(self.shards) == 1:
+                return [task(self.shards[0], *args)]
+            if self._pool is None or self._pool_size != len(self.shards):
+                self._close_pool()
+                self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="paragrad-worker")
+                self._pool_size = len(self.shards)
+            return list(self._pool.map(lambda shard: task(shard, *args), self.shards))
 
     def _close_pool(self) -> None:
         if self._pool is not None:
@@ -70,9 +64,6 @@ class ThreadEngine(SerialEngine):
 
     def close(self) -> None:
         self._close_pool()
-        if self._limits is not None:
-            self._limits.restore_original_limits()
-            self._limits = None
         super().close()
 
     def __enter__(self) -> ThreadEngine:
