@@ -3,6 +3,7 @@ history's rows, the writer's one thread, and pruning by the files the run wrote.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -253,6 +254,21 @@ def test_a_convergence_state_of_either_form_restores_the_epochs_losses():
 # -- syncing to the device ----------------------------------------------------------------------
 
 
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
+
+
+def failing_fsync(monkeypatch, fails, error):
+    """os.fsync raising ``error`` (an errno) where ``fails(path)`` says so, the real one else."""
+    fsync = os.fsync
+
+    def maybe_failing(fd):
+        if fails(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(error, os.strerror(error))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", maybe_failing)
+
+
 class DeviceLog:
     """Which checkpoints the device holds, watched through the real system calls: a file
     whose bytes were synced, then its directory after the rename. ``check`` raises if a
@@ -295,6 +311,7 @@ class DeviceLog:
             (into / name).write_bytes(content)
 
 
+@linux_only
 def test_checkpoints_reach_the_device_once_a_second_and_a_synced_one_is_always_kept(
     tmp_path, binary_data, monkeypatch
 ):
@@ -323,3 +340,42 @@ def test_checkpoints_reach_the_device_once_a_second_and_a_synced_one_is_always_k
     with pytest.warns(CheckpointWarning, match="skipped a damaged checkpoint"):
         resumed = fit(binary_data, checkpoint_dir=cut, resume=True)
     assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+
+
+@linux_only
+@pytest.mark.parametrize("error", [errno.EINVAL, errno.EOPNOTSUPP], ids=["EINVAL", "EOPNOTSUPP"])
+def test_a_file_system_that_cannot_sync_a_directory_still_takes_checkpoints(
+    tmp_path, binary_data, monkeypatch, error
+):
+    """Some network and FUSE file systems refuse to sync a directory: the files are synced,
+    the run goes on, and it resumes exactly."""
+    failing_fsync(monkeypatch, os.path.isdir, error)
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=9)
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == "checkpoint-000000009.npz"
+    resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+
+
+@linux_only
+def test_a_failed_sync_names_the_file_and_no_later_sync_removes_the_synced_checkpoint(
+    tmp_path, binary_data, monkeypatch
+):
+    """The last file's sync fails at the end (EIO): one error naming it, and the files are
+    left as they are: a second sync of the same file may succeed without its data on the
+    device (Linux reports a lost write once), so the checkpoint synced before stays."""
+    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.05)
+    failed = []
+
+    def last_file_once(path):
+        if path.endswith("checkpoint-000000030.npz") and not failed:
+            failed.append(path)
+            return True
+        return False
+
+    failing_fsync(monkeypatch, last_file_once, errno.EIO)
+    slow_round = [lambda record: time.sleep(0.06) if record["round"] == 20 else None]
+    with pytest.raises(pg.errors.OutputError, match=r"checkpoint-000000030.npz: could not be synced"):
+        fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, callbacks=slow_round)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    synced_before = "checkpoint-000000021.npz"  # the first file written after the slow round
+    assert names == [synced_before, *(f"checkpoint-{r:09d}.npz" for r in (28, 29, 30))]

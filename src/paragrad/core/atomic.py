@@ -19,6 +19,8 @@ from paragrad.errors import OutputError
 
 # Errors of the disk, not of the path: the message says the old file is kept.
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+# What a file system that cannot sync a directory answers.
+_NO_DIRECTORY_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF)
 
 
 @contextlib.contextmanager
@@ -75,7 +77,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) 
 
 def sync_to_device(path: str | os.PathLike) -> None:
     """Wait for the device to hold the file ``path`` (a directory: its entries, the renames
-    into it), as written so far by anyone."""
+    into it), as written so far by anyone. A file system that cannot sync a directory
+    (some network and FUSE ones refuse; Windows cannot open one) leaves that to itself; any
+    other failure is an :class:`~paragrad.errors.OutputError` naming ``path``."""
+    directory = os.path.isdir(path)
+    if directory and os.name == "nt":
+        return
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -83,9 +90,10 @@ def sync_to_device(path: str | os.PathLike) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        if exc.errno in _FULL:
-            raise OutputError(f"{path}: could not be synced to the device ({exc.strerror})") from None
-        raise
+        if directory and exc.errno in _NO_DIRECTORY_SYNC:
+            return
+        kept = " (the checkpoints synced before are kept)" if exc.errno in _FULL else ""
+        raise OutputError(f"{path}: could not be synced to the device ({exc.strerror}){kept}") from None
 
 
 def _give_up(tmp_name: str, target: Path, exc: BaseException) -> None:

@@ -130,6 +130,7 @@ class Checkpointing:
     kept: list[tuple[int, Path]] = field(default_factory=list)  # the run's files by round
     synced: Path | None = None  # the newest file synced to the device: kept until a newer one is
     synced_at: float | None = None  # when it was handed to the writer
+    failed: bool = False  # a write or sync failed: no file is removed on the strength of a later one
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
@@ -221,6 +222,7 @@ class Checkpointing:
         """
         directory = self.directory
         assert directory is not None
+        self._settled(self.writer.wait)  # the write before's error first, before this one counts
         if self.encoder is None or self.encoder.history_keys != history_keys:
             directory.mkdir(parents=True, exist_ok=True)
             self.encoder = CheckpointEncoder(history_keys)
@@ -240,16 +242,25 @@ class Checkpointing:
 
     def finish(self) -> None:
         """Wait for the last write, raising its error (a full disk, say), and sync the
-        newest file to the device; the writer's thread is gone once this returns."""
-        self.writer.close()
-        if not self.kept or self.kept[-1][1] == self.synced:
+        newest file to the device; the writer's thread is gone once this returns. After a
+        failure the files are left as they are: a sync that succeeds after one that failed
+        does not show that the data reached the device (Linux reports a lost write once)."""
+        self._settled(self.writer.close)
+        if self.failed or not self.kept or self.kept[-1][1] == self.synced:
             return
         newest = self.kept[-1][1]
-        sync_to_device(newest)
-        sync_to_device(newest.parent)
+        self._settled(lambda: _sync(newest))
         self.synced, self.synced_at = newest, time.monotonic()
         self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
         _remove(stale)
+
+    def _settled(self, step: Callable[[], object]) -> None:
+        """``step`` (a wait for the writer, a sync), remembering that it failed if it raises."""
+        try:
+            step()
+        except BaseException:
+            self.failed = True
+            raise
 
 
 def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: bool) -> None:
@@ -259,6 +270,12 @@ def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: b
     if sync:
         sync_to_device(path.parent)
     _remove(stale)
+
+
+def _sync(path: Path) -> None:
+    """Sync a written file and its directory to the device."""
+    sync_to_device(path)
+    sync_to_device(path.parent)
 
 
 def _remove(stale: list[Path]) -> None:
