@@ -34,10 +34,12 @@ def blas_thread_counts() -> set[int]:
 
 @pytest.mark.filterwarnings("ignore:2 workers x 2 thread:paragrad.errors.PerformanceWarning")
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_threads_engine_fit_limits_blas_while_workers_compute_and_puts_it_back(workers):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_threads_engine_fit_limits_blas_while_workers_compute_and_puts_it_back(workers, threads):
     """The limit is the process's: a fit on the threads engine left BLAS on one thread
     for the rest of the program (the engine's limit, put back after the trainer's, put back
-    the trainer's one thread), slowing the caller's own products and scikit-learn's after it."""
+    the trainer's one thread), slowing the caller's own products and scikit-learn's after it.
+    Each worker computes on ``threads_per_worker`` threads, one worker too."""
     data = pg.make_classification(4000, 8, seed=1)
     seen: list[set[int]] = []
 
@@ -46,16 +48,16 @@ def test_a_threads_engine_fit_limits_blas_while_workers_compute_and_puts_it_back
             seen.append(blas_thread_counts())
             return super().loss_grad_hess(*args, **kwargs)
 
-    newton = pg.optim.Newton()
+    def fit(**engine):
+        pg.train(Watched(), data, optimizer=pg.optim.Newton(), progress=False, **engine)
+
     with threadpool_limits(3, user_api="blas"):
-        pg.train(Watched(), data, engine="threads", workers=workers, optimizer=newton, progress=False)
-        after, by_default, seen[:] = blas_thread_counts(), list(seen), []
-        engine = ThreadEngine(2, threads_per_worker=2)
-        with engine:
-            pg.train(Watched(), data, engine=engine, optimizer=newton, progress=False)
+        fit(engine="threads", workers=workers, threads_per_worker=threads)
+        after, by_name, seen[:] = blas_thread_counts(), list(seen), []
+        with ThreadEngine(workers, threads_per_worker=threads) as engine:
+            fit(engine=engine)
             between_calls = blas_thread_counts()
-            pg.train(Watched(), data, engine=engine, optimizer=newton, progress=False)
+            fit(engine=engine)
         at_the_end = blas_thread_counts()
     assert after == between_calls == at_the_end == {3}
-    assert by_default and all(counts == {1} for counts in by_default)
-    assert seen and all(counts == {2} for counts in seen)
+    assert by_name and seen and all(counts == {threads} for counts in by_name + seen)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from paragrad.core.blas import blas_threads
-from paragrad.core.shards import Task
+from paragrad.core.shards import Shard, Task
 from paragrad.engines.base import refuse_address
 from paragrad.engines.serial import SerialEngine
 
@@ -45,6 +45,11 @@ class ThreadEngine(SerialEngine):
     ) -> ThreadEngine:
         refuse_address(cls.name, address)
         return cls(workers, threads_per_worker=threads_per_worker)
+
+    def inline_shard(self) -> Shard | None:
+        """The one worker's shard, computed in place by the caller, where the worker runs one
+        BLAS thread (the coordinator's own limit); with more, its calls take the limit here."""
+        return super().inline_shard() if self.threads_per_worker == 1 else None
 
     def _call_each(self, task: Task, args: tuple[Any, ...]) -> list[Any]:
         """The task on every shard at once, a thread each; results in worker order."""
