@@ -10,7 +10,7 @@ import pytest
 
 import paragrad as pg
 from paragrad.core.shards import default_workers
-from paragrad.errors import PerformanceWarning
+from paragrad.errors import PerformanceWarning, flag_names
 from paragrad.training.strategies import WorkerResult
 
 
@@ -87,6 +87,8 @@ def test_a_batch_larger_than_the_data_is_warned_about(binary_data):
         )
 
     assert caught[0].filename == __file__
+    with flag_names(), pytest.warns(PerformanceWarning, match="^--batch-size 1000 is larger than the data"):
+        pg.train(pg.models.LogisticRegression(), binary_data, strategy=pg.SGD(1000), max_rounds=1)
 
 
 def test_more_worker_threads_than_cores_are_warned_about(binary_data):

@@ -249,13 +249,13 @@ def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int
     num_rows = sum(shard_sizes)
     if isinstance(strategy, SGD) and strategy.batch_size > num_rows:
         messages.append(
-            f"{setting('batch_size')}{strategy.batch_size} is larger than the data ({num_rows} rows): "
+            f"{option('batch_size', strategy.batch_size)} is larger than the data ({num_rows} rows): "
             "every batch is the whole data"
         )
     batch = strategy.batch_size if isinstance(strategy, LocalSGD) else None
     if batch is not None and batch > min(shard_sizes):
         messages.append(
-            f"{setting('batch_size')}{batch} is larger than the smallest shard ({min(shard_sizes)} rows): "
+            f"{option('batch_size', batch)} is larger than the smallest shard ({min(shard_sizes)} rows): "
             "its batches are the whole shard"
         )
     return messages
