@@ -92,8 +92,7 @@ def sync_to_device(path: str | os.PathLike) -> None:
     except OSError as exc:
         if directory and exc.errno in _NO_DIRECTORY_SYNC:
             return
-        kept = " (the checkpoints synced before are kept)" if exc.errno in _FULL else ""
-        raise OutputError(f"{path}: could not be synced to the device ({exc.strerror}){kept}") from None
+        raise OutputError(f"{path}: could not be synced to the device ({exc.strerror})") from None
 
 
 def _give_up(tmp_name: str, target: Path, exc: BaseException) -> None:
