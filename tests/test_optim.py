@@ -146,9 +146,14 @@ def test_a_singular_newton_system_gets_lstsqs_solution_of_smallest_norm():
         weights = rng.uniform(0.1, 1.0, 3 * size)
         hessian, grad = (A * weights[:, None]).T @ A, A.T @ rng.standard_normal(3 * size)
         indefinite = hessian - 2 * np.outer(hessian[1], hessian[1]) / hessian[1, 1]
-        for matrix in (hessian, indefinite, np.zeros((size, size))):
-            direction, singular = newton.newton_direction(matrix, grad)
-            expected = -np.linalg.lstsq(matrix, grad, rcond=None)[0]
+        for matrix, rhs in (
+            (hessian, grad),
+            (indefinite, grad),
+            (np.zeros((size, size)), grad),
+            (hessian * 1e-310, grad * 1e-310),  # reciprocals of its eigenvalues overflow
+        ):
+            direction, singular = newton.newton_direction(matrix, rhs)
+            expected = -np.linalg.lstsq(matrix, rhs, rcond=None)[0]
             assert singular
             # Both are exact to round-off times the condition of H off its null space.
             values = np.linalg.svd(matrix, compute_uv=False)
