@@ -160,6 +160,9 @@ def test_a_singular_newton_system_gets_lstsqs_solution_of_smallest_norm():
             kept = values[values > np.finfo(float).eps * size * values[0]]
             bound = 100 * np.finfo(float).eps * (kept[0] / kept[-1] if len(kept) else 1.0)
             assert np.abs(direction - expected).max() <= bound * max(np.abs(expected).max(), 1e-300)
+    # Near the top of float64's range: the reciprocals times the right-hand side overflowed.
+    direction, _ = newton.newton_direction(np.diag([1e300, 1e290, 0.0]), np.array([1e300, 1e300, 0.0]))
+    np.testing.assert_allclose(direction, [-1.0, -1e10, 0.0], rtol=1e-15)
 
 
 def test_a_fresh_process_fits_small_data_without_scipys_linear_algebra():

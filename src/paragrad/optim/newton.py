@@ -61,7 +61,7 @@ def _smallest_norm_solution(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray
     scale = magnitudes.max(initial=0.0)  # the reciprocals relative to it: no overflow near 1e-308
     kept = magnitudes > np.finfo(np.float64).eps * len(values) * scale
     inverse = np.divide(scale, values, out=np.zeros_like(values), where=kept)
-    return vectors @ (inverse * (vectors.T @ grad)) / scale if scale > 0 else np.zeros_like(grad)
+    return vectors @ (inverse * ((vectors.T @ grad) / scale)) if scale > 0 else np.zeros_like(grad)
 
 
 # Systems up to this size are solved with numpy's LAPACK, called as numpy's own linear
