@@ -379,3 +379,12 @@ def test_a_failed_sync_names_the_file_and_no_later_sync_removes_the_synced_check
     names = sorted(p.name for p in tmp_path.iterdir())
     synced_before = "checkpoint-000000021.npz"  # the first file written after the slow round
     assert names == [synced_before, *(f"checkpoint-{r:09d}.npz" for r in (28, 29, 30))]
+
+
+@linux_only
+def test_a_file_system_refusing_a_files_sync_names_the_checkpoint(tmp_path, binary_data, monkeypatch):
+    failing_fsync(monkeypatch, lambda path: path.endswith(".tmp"), errno.EROFS)
+    refused = r"checkpoint-000000001.npz: could not be synced to the device \(Read-only file system\)"
+    with pytest.raises(pg.errors.OutputError, match=refused):
+        fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert not list(tmp_path.glob(".*.tmp"))

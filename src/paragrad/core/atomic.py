@@ -66,13 +66,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) 
             while view:
                 view = view[os.write(fd, view) :]
             if sync:
-                os.fsync(fd)
+                _fsync(fd, target)
         finally:
             os.close(fd)
         os.replace(tmp_name, target)
     except BaseException as exc:
         _give_up(tmp_name, target, exc)
         raise
+
+
+def _fsync(fd: int, target: Path) -> None:
+    """fsync ``fd``, written for ``target``; a refusal other than a full disk's (those say
+    the old file is kept, below) is an OutputError naming ``target``."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise
+        raise OutputError(f"{target}: could not be synced to the device ({exc.strerror})") from None
 
 
 def sync_to_device(path: str | os.PathLike) -> None:

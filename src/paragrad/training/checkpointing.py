@@ -255,10 +255,11 @@ class Checkpointing:
         _remove(stale)
 
     def _settled(self, step: Callable[[], object]) -> None:
-        """``step`` (a wait for the writer, a sync), remembering that it failed if it raises."""
+        """``step`` (a wait for the writer, a sync), remembering that it failed if it raises
+        (not if the run is interrupted meanwhile: the sync at its end is still due)."""
         try:
             step()
-        except BaseException:
+        except Exception:
             self.failed = True
             raise
 
