@@ -61,3 +61,8 @@ def test_a_threads_engine_fit_limits_blas_while_workers_compute_and_puts_it_back
         at_the_end = blas_thread_counts()
     assert after == between_calls == at_the_end == {3}
     assert by_name and seen and all(counts == {threads} for counts in by_name + seen)
+
+
+def test_a_threads_engine_refuses_workers_without_threads():
+    with pytest.raises(pg.errors.ConfigError, match="threads_per_worker must be at least 1, got 0"):
+        ThreadEngine(2, threads_per_worker=0)

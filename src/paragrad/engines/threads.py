@@ -23,6 +23,7 @@ from paragrad.core.blas import blas_threads
 from paragrad.core.shards import Shard, Task
 from paragrad.engines.base import refuse_address
 from paragrad.engines.serial import SerialEngine
+from paragrad.errors import ConfigError
 
 
 class ThreadEngine(SerialEngine):
@@ -35,6 +36,8 @@ class ThreadEngine(SerialEngine):
 
     def __init__(self, workers: int | None = None, *, threads_per_worker: int = 1) -> None:
         super().__init__(workers)
+        if threads_per_worker < 1:
+            raise ConfigError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
         self.threads_per_worker = int(threads_per_worker)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
