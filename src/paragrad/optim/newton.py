@@ -58,7 +58,7 @@ def _smallest_norm_solution(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray
     against 1.1-1.4 at 101 parameters), paid every round once the features are dependent."""
     values, vectors = np.linalg.eigh(hessian)
     magnitudes = np.abs(values)
-    scale = magnitudes.max(initial=0.0)  # the reciprocals relative to it: no overflow near 1e-308
+    scale = magnitudes.max(initial=0.0)  # all relative to it: no overflow near 1e-308 or 1e308
     kept = magnitudes > np.finfo(np.float64).eps * len(values) * scale
     inverse = np.divide(scale, values, out=np.zeros_like(values), where=kept)
     return vectors @ (inverse * ((vectors.T @ grad) / scale)) if scale > 0 else np.zeros_like(grad)
