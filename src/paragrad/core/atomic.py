@@ -41,7 +41,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            _fsync(handle.fileno(), target)
         os.replace(tmp_name, target)
     except BaseException as exc:
         _give_up(tmp_name, target, exc)
