@@ -40,12 +40,13 @@ class HessianSchedule:
             return False
         return self.held_estimated if point_evaluated else optimizer.estimated
 
-    def exact(self, optimizer: Newton, round_index: int, why: str) -> Newton:
-        """The exact Hessian from round ``round_index`` on, ``why`` in words."""
+    def exact(self, optimizer: Newton, round_index: int, why: str = "") -> Newton:
+        """The exact Hessian from round ``round_index`` on, ``why`` in words (none: the
+        run came near the optimum, as planned)."""
         estimate = optimizer.estimate()
         self.switched = True
         self.note = (
-            f" (the Hessian{estimate} to round {round_index}, then exact: {why})"
+            f" (the Hessian{estimate} to round {round_index}, then exact{': ' + why if why else ''})"
             if round_index > 0
             else f" (the exact Hessian: {why})"
         )
@@ -89,9 +90,7 @@ class HessianSchedule:
                 optimizer = self.exact(optimizer, round_index + 1, "a step met tol")
             return optimizer, True, False
         if optimizer.estimated and outcome.criterion is not None and outcome.criterion <= below:
-            self.switched = True
-            self.note = f" (the Hessian{optimizer.estimate()} to round {round_index + 1}, then exact)"
-            return optimizer.exact(), False, converged
+            return self.exact(optimizer, round_index + 1), False, converged
         return optimizer, False, converged
 
     def sampled_step_grew(self, optimizer: Newton, outcome: StepOutcome) -> bool:

@@ -89,6 +89,11 @@ class LoopState:
     singular_first: bool | None = None
     singular_later: bool = False
 
+    def evaluate_again(self) -> None:
+        """Have Newton evaluate its point again at the next step (its state's loss NaN), as
+        the Hessian it holds is no longer the one the run goes on with."""
+        self.opt_state = self.opt_state._replace(loss=np.array(np.nan))
+
 
 @dataclass
 class PassMeter:
@@ -389,7 +394,7 @@ class RoundLoop:
                 self.use(
                     self.hessians.exact(estimated, round_index, "the estimate was singular or not finite")
                 )
-                state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+                state.evaluate_again()
                 outcome = self.round(round_index, state)
                 if outcome.singular:  # over all the rows too: the features are dependent
                     self.use(
@@ -416,7 +421,7 @@ class RoundLoop:
         )
         self.use(optimizer)
         if evaluate_again:
-            state.opt_state = state.opt_state._replace(loss=np.array(np.nan))
+            state.evaluate_again()
         return outcome
 
     def use(self, optimizer: Optimizer) -> None:
