@@ -15,7 +15,8 @@ def blas_threads(limit: int) -> Any:
 
     The libraries are looked for again only once more modules have been imported (they
     come with the modules that load them): looking walks every library of the process,
-    about 3 ms, which each fit that starts threads paid, twice.
+    about 3 ms, where a limit with the libraries known costs about 10 us (the threads engine
+    sets one for every call of its workers).
     """
     global _controller
     from threadpoolctl import ThreadpoolController
