@@ -15,7 +15,7 @@ from hypothesis import settings
 
 import paragrad as pg
 from paragrad.engines.local import LocalEngine
-from paragrad.training import checkpoint
+from paragrad.training import checkpoint, checkpoint_log
 
 # Ray, in every process the tests start: listen on 127.0.0.1 only (without this Ray moves
 # to the host's address), and authenticate with a token of this test session's own.
@@ -62,6 +62,22 @@ def rewrite_meta(path: Path, **changes: object) -> None:
     arrays["meta"] = np.array(json.dumps({**meta, **changes}))
     arrays["checksum"] = np.array(checkpoint._checksum(arrays))
     np.savez(path, **arrays)
+
+
+@pytest.fixture
+def a_file_per_checkpoint(monkeypatch):
+    """Every checkpoint in a file of its own, as checkpoints a minute apart or more are
+    (quicker ones go in the newest file's log)."""
+    monkeypatch.setattr(checkpoint_log, "NEW_FILE_EVERY_S", 0.0)
+
+
+def newest_checkpointed_round(folder: Path) -> int | None:
+    """The round of the newest checkpoint in ``folder``: a file's, or its log's last whole record's."""
+    rounds = []
+    for path in folder.glob("checkpoint-*.npz"):
+        records, _ = checkpoint_log.read_log(checkpoint_log.log_of(path))
+        rounds.append(records[-1].round if records else int(path.stem.split("-")[1]))
+    return max(rounds, default=None)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

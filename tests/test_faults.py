@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import is_running, relative_error, rewrite_meta
+from conftest import is_running, newest_checkpointed_round, relative_error, rewrite_meta
 
 import paragrad as pg
 from paragrad.core.model_file import VERSIONS
@@ -55,7 +55,9 @@ def test_the_fingerprint_does_not_depend_on_the_worker_count(tmp_path, binary_da
     assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
 
 
-def test_pruning_removes_the_runs_own_oldest_and_leaves_other_runs_files(tmp_path, binary_data):
+def test_pruning_removes_the_runs_own_oldest_and_leaves_other_runs_files(
+    tmp_path, binary_data, a_file_per_checkpoint
+):
     fit(binary_data, checkpoint_dir=tmp_path, max_rounds=8, checkpoint_every=4)
     foreign = tmp_path / "checkpoint-000000002.npz"
     foreign.write_bytes((tmp_path / "checkpoint-000000004.npz").read_bytes())
@@ -290,6 +292,27 @@ def test_a_checkpoint_the_disk_refuses_in_the_background_stops_the_run_in_one_li
     with pytest.raises(pg.OutputError, match=r"checkpoint-\d{9}\.npz: could not be written \(No space"):
         fit(binary_data, checkpoint_dir=small_disk / "runs", checkpoint_every=1)
     assert sorted(p.name for p in (small_disk / "runs").iterdir()) == []
+
+
+def test_a_checkpoint_log_the_disk_refuses_stops_the_run_and_its_whole_records_resume(
+    small_disk, binary_data
+):
+    """The disk fills while checkpoints are appended to a log: one line naming the log,
+    and the records before the refused one resume exactly once there is room again."""
+    filler = small_disk / "filler"
+
+    def fill_the_disk(record):
+        if record["round"] == 12:
+            with open(filler, "wb") as handle, contextlib.suppress(OSError):
+                handle.write(b"\0" * (2 << 20))
+
+    folder = small_disk / "runs"
+    with pytest.raises(pg.OutputError, match=r"checkpoint-000000001\.log: could not be written \(No space"):
+        fit(binary_data, checkpoint_dir=folder, checkpoint_every=1, callbacks=[fill_the_disk])
+    filler.unlink()
+    assert 12 <= newest_checkpointed_round(folder) < 30  # the page the log had, filled
+    resumed = fit(binary_data, checkpoint_dir=folder, resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
 
 
 def test_rows_in_messages_say_they_count_from_1(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 import zipfile
@@ -33,6 +32,7 @@ from paragrad.errors import (
     caller_stacklevel,
 )
 from paragrad.models import Model, get_model
+from paragrad.training.checkpoint_log import WORKER_STATE, history_records, with_log
 from paragrad.training.convergence import ConvergenceCheck
 
 
@@ -174,7 +174,6 @@ CHECKPOINT_FORMAT = "paragrad-checkpoint"
 CHECKPOINT_VERSION = 5
 READABLE_VERSIONS = (4, 5)
 CHECKPOINT_PATTERN = "checkpoint-*.npz"
-WORKER_STATE = "worker_state."  # + a StateField's name: that field of every worker, a row each
 
 
 class CheckpointWarning(UserWarning):
@@ -379,12 +378,17 @@ def load_latest_checkpoint(
     """
     for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
         try:
-            return _read_checkpoint(path, history_keys, opt_state_type)
+            state = _read_checkpoint(path, history_keys, opt_state_type)
         except ConfigError:
             raise
         except (ModelFileError, KeyError, TypeError, ValueError) as exc:
             message = f"{path}: skipped a damaged checkpoint ({exc})"
             warnings.warn(message, CheckpointWarning, stacklevel=caller_stacklevel())
+            continue
+        state, problem = with_log(state, history_keys, opt_state_type)
+        if problem is not None:
+            warnings.warn(problem, CheckpointWarning, stacklevel=caller_stacklevel())
+        return state
     return None
 
 
@@ -425,16 +429,7 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
             f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
         )
     opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
-    if arrays["history"].shape[1] > len(history_keys):
-        raise ValueError("history has more columns than this version records")
-    # A checkpoint written before a key was added has NaN for it (the energy of old rounds).
-    history = [
-        {key: math.nan for key in history_keys} | dict(zip(history_keys, row.tolist(), strict=False))
-        for row in arrays["history"]
-    ]
-    for record in history:
-        for key in ("round", "epoch", "bytes_sent", "bytes_received", "samples", "workers"):
-            record[key] = int(record[key])
+    history = history_records(arrays["history"], history_keys)
     ConvergenceCheck.check_state(meta["convergence"], len(history))
     standardizer = None
     if "standardizer_mean" in arrays:

@@ -1,25 +1,28 @@
 """When and where a run writes checkpoints, and the writer that writes them off the
 rounds' critical path.
 
-A checkpoint is a snapshot written to disk: the run takes the file's arrays (copies of a
-few vectors, the history's rows, the metadata: see
-:class:`~paragrad.training.checkpoint.CheckpointEncoder`) and goes on with its rounds while
-one thread of the run's own hashes and packs them, writes and renames the file, and removes
-the run's older ones; the bulk of that work (hashing, copying, system calls) lets the rounds
-run meanwhile.
+A checkpoint is a file of the run's whole state, or a record appended to the newest file's
+log (:mod:`~paragrad.training.checkpoint_log`): a checkpoint goes in a file of its own when
+the newest file is a minute old or its log would pass 4 MiB, else in the log. A file is
+written in the background: the run takes its arrays (copies of a few vectors, the history's
+rows, the metadata: see :class:`~paragrad.training.checkpoint.CheckpointEncoder`) and goes on
+with its rounds while one thread of the run's own packs them, writes and renames the file,
+and removes the run's older files with their logs. A record (a few kilobytes for a linear
+model) is appended by the run's own thread in one write, less work than handing it over.
 
-A file is whole on disk for any process once renamed, so a run killed at any moment resumes
-from its newest checkpoint. Waiting for the device to hold it, which survives a power cut,
-costs more than a short round (0.2-3 ms), so that wait is taken at most once every
-:data:`SYNC_EVERY_S`, and at the run's end: a run that checkpoints every round syncs its
-newest file once a second. The last file synced is kept until a newer one is (one file past
-``keep_checkpoints`` for a while), so a power cut leaves at least one intact checkpoint; the
-newer ones it damaged are skipped at resume with a warning.
+A renamed file and a record appended are whole for any process, so a run killed at any
+moment resumes from its newest checkpoint. Waiting for the device to hold them, which
+survives a power cut, costs more than a short round (0.2-3 ms), so that wait is taken in
+the background at most once every :data:`SYNC_EVERY_S`, and at the run's end: a run that
+checkpoints every round syncs its newest file and log once a second. The last file synced is
+kept until a newer one is (one file past ``keep_checkpoints`` for a while), so a power cut
+leaves at least one intact checkpoint; the newer files and the end of a log it damaged are
+skipped at resume with a warning.
 
 At most one write is in flight; the next waits for it, so the files still appear in order
-and a failure (a full disk) is raised in the run at the next write or at its end. The run
-knows the files it wrote (and, resumed, those its run wrote before), so pruning neither
-lists the directory nor reads a file.
+(a log is opened once its file is renamed) and a failure (a full disk) is raised in the run
+at the next write or at its end. The run knows the files it wrote (and, resumed, those its
+run wrote before), so pruning neither lists the directory nor reads a file.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from paragrad.training.checkpoint import (
     owned_checkpoints,
     sealed_npz,
 )
+from paragrad.training.checkpoint_log import WORKER_STATE, LogWriter, log_of, record_bytes
 
 SYNC_EVERY_S = 1.0  # the longest a written checkpoint waits to be synced to the device
 
@@ -131,6 +135,7 @@ class Checkpointing:
     synced: Path | None = None  # the newest file synced to the device: kept until a newer one is
     synced_at: float | None = None  # when it was handed to the writer
     failed: bool = False  # a write or sync failed: no file is removed on the strength of a later one
+    log: LogWriter | None = None  # the newest file's, where the checkpoints after it go
 
     @classmethod
     def parse(cls, directory: str | os.PathLike | None, every: int | str | None, keep: int) -> Checkpointing:
@@ -215,44 +220,88 @@ class Checkpointing:
         return time.monotonic() - self.last_written >= self.every_s
 
     def write(self, state: TrainingState, history_keys: tuple[str, ...]) -> None:
-        """Take a checkpoint's arrays of ``state`` here, and write the file in the
-        background once the write before it is done; then remove the run's checkpoints but
-        the newest ``keep`` and the newest synced. The arrays are copies, so the rounds may
-        change ``state`` at once.
+        """Take the checkpoint of ``state``: appended to the newest file's log (see
+        :mod:`~paragrad.training.checkpoint_log`) where it goes there, else a file of its
+        own, written in the background once the write before it is done, after which the
+        run's files but the newest ``keep`` and the newest synced are removed. The rounds
+        may change ``state`` as soon as this returns.
         """
         directory = self.directory
         assert directory is not None
-        self._settled(self.writer.wait)  # the write before's error first, before this one counts
+        if self.log is not None and not self.log.opened:  # its file on disk (or its error) first
+            self._settled(self.writer.wait)
         if self.encoder is None or self.encoder.history_keys != history_keys:
             directory.mkdir(parents=True, exist_ok=True)
             self.encoder = CheckpointEncoder(history_keys)
+            self._close_log()
         state.run_id, state.fingerprint = self.run_id, self.fingerprint
+        now = self.last_written = time.monotonic()
+        if self.log is None or not self._logged(self.log, state, now):
+            self._write_file(state, now)
+
+    def _logged(self, log: LogWriter, state: TrainingState, now: float) -> bool:
+        """Append the checkpoint to ``log``, if it goes there: the same run's, the log not
+        full, the file not a minute old. Once a second the log is synced, in the background."""
+        assert self.encoder is not None and self.synced_at is not None
+        rows = self.encoder.history_rows(state.history)
+        if log.fixed != _fixed_part(state) or len(rows) < log.rows:
+            return False
+        arrays = {"params": np.asarray(state.params, dtype=np.float64), "history": rows[log.rows :]}
+        arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
+        arrays.update({WORKER_STATE + name: np.asarray(each) for name, each in state.worker_state.items()})
+        record = record_bytes(state.round, state.convergence, arrays)
+        if not log.takes(record, now):
+            return False
+        self._settled(lambda: log.append(record))
+        log.rows = len(rows)
+        if now - self.synced_at >= SYNC_EVERY_S:
+            self.synced, self.synced_at, log.unsynced = log.checkpoint, now, False
+            self._settled(lambda: self.writer.submit(lambda: _sync(log.checkpoint, log.path)))
+        return True
+
+    def _write_file(self, state: TrainingState, now: float) -> None:
+        """The checkpoint in a file of its own, handed to the writer; its log opens next."""
+        assert self.directory is not None and self.encoder is not None
+        self._settled(self.writer.wait)  # the write or sync in flight: its error first
+        self._close_log()
         arrays = self.encoder.arrays(state)
-        path = directory / checkpoint_name(state.round)
+        path = self.directory / checkpoint_name(state.round)
         newest = not self.kept or self.kept[-1][0] < state.round  # as rounds go on: no sort
         kept = [*self.kept, (state.round, path)] if newest else sorted({*self.kept, (state.round, path)})
-        now = time.monotonic()
         sync = self.synced_at is None or now - self.synced_at >= SYNC_EVERY_S or path == self.synced
         if sync:
             self.synced, self.synced_at = path, now
         stale = [old for _, old in kept[: -self.keep] if old != self.synced]
         self.kept = [entry for entry in kept if entry[1] not in stale]
         self.writer.submit(lambda: _store(path, arrays, stale, sync))
-        self.last_written = now
+        self.log = LogWriter(path, len(arrays["history"]), now, _fixed_part(state))
 
     def finish(self) -> None:
         """Wait for the last write, raising its error (a full disk, say), and sync the
-        newest file to the device; the writer's thread is gone once this returns. After a
-        failure the files are left as they are: a sync that succeeds after one that failed
-        does not show that the data reached the device (Linux reports a lost write once)."""
-        self._settled(self.writer.close)
-        if self.failed or not self.kept or self.kept[-1][1] == self.synced:
+        newest file and its log to the device; the writer's thread is gone once this
+        returns. After a failure the files are left as they are: a sync that succeeds after
+        one that failed does not show that the data reached the device (Linux reports a
+        lost write once)."""
+        log = self.log
+        try:
+            self._settled(self.writer.close)
+        finally:
+            self._close_log()
+        if self.failed or not self.kept:
             return
         newest = self.kept[-1][1]
-        self._settled(lambda: _sync(newest))
+        logged = log is not None and log.unsynced
+        if newest == self.synced and not logged:
+            return
+        self._settled(lambda: _sync(newest, log_of(newest) if logged else None))
         self.synced, self.synced_at = newest, time.monotonic()
         self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
         _remove(stale)
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def _settled(self, step: Callable[[], object]) -> None:
         """``step`` (a wait for the writer, a sync), remembering that it failed if it raises
@@ -264,22 +313,34 @@ class Checkpointing:
             raise
 
 
+def _fixed_part(state: TrainingState) -> tuple[Any, ...]:
+    """What a checkpoint file holds that its log's records do not: a record goes in the log
+    only while these are the file's (compared as objects first: the run's own, kept)."""
+    return (state.run_id, state.fingerprint, state.config, state.standardizer, state.opt_state._fields)
+
+
 def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: bool) -> None:
     """Write one checkpoint file (synced to the device, its directory too, if ``sync``),
-    then remove the older ones it replaces."""
+    then remove the older ones it replaces, with their logs. A log of the same name is of
+    an earlier file, and goes first."""
+    _remove([log_of(path)])
     atomic_write_bytes(path, sealed_npz(arrays), sync=sync)
     if sync:
         sync_to_device(path.parent)
     _remove(stale)
 
 
-def _sync(path: Path) -> None:
-    """Sync a written file and its directory to the device."""
+def _sync(path: Path, log: Path | None = None) -> None:
+    """Sync a written file, its log if given, and their directory to the device."""
+    if log is not None:
+        sync_to_device(log)
     sync_to_device(path)
     sync_to_device(path.parent)
 
 
 def _remove(stale: list[Path]) -> None:
+    """Remove checkpoint files, each after its log."""
     for old in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(old)
+        for path in (log_of(old), old):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

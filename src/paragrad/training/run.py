@@ -59,8 +59,8 @@ class Run:
     energy_j: float = math.nan  # the whole call's joules (see paragrad.training.energy)
     cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
     energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
-    # The rounds' time spent on checkpoints: taking snapshots, and waiting for a write still
-    # in flight (each is written in the background while the rounds go on).
+    # The rounds' time spent on checkpoints: taking snapshots, appending records to a log,
+    # and waiting for a file's write still in flight (files are written in the background).
     checkpoint_s: float = 0.0
     checkpoints_written: int = 0
 
@@ -134,8 +134,7 @@ class Run:
                 else ""
             )
             + (
-                f", checkpoints {self.checkpoint_s:.3f} s ({self.checkpoints_written} written "
-                "in the background)"
+                f", checkpoints {self.checkpoint_s:.3f} s ({self.checkpoints_written} written)"
                 if self.checkpoints_written
                 else ""
             ),
