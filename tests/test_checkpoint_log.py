@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -13,8 +15,9 @@ from conftest import newest_checkpointed_round, relative_error
 
 import paragrad as pg
 from paragrad.training import checkpoint_log, checkpointing
-from paragrad.training.checkpoint import CheckpointWarning
+from paragrad.training.checkpoint import CheckpointWarning, TrainingState, checkpoint_name
 from paragrad.training.checkpoint_log import log_of, read_log, record_bytes
+from paragrad.training.run import HISTORY_KEYS
 
 ARRAYS = {
     "params": np.linspace(-1.0, 1.0, 101),
@@ -26,6 +29,12 @@ ARRAYS = {
     "small": np.arange(5, dtype=np.float32),
 }
 CONVERGENCE = {"previous_epoch_loss": 0.25, "num_epoch_losses": 3}
+OF = ("run-a", 1)  # the file a log continues: its run and round
+
+
+class Moments(NamedTuple):
+    mean: np.ndarray
+    step: np.ndarray
 
 
 def fit(data, **options):
@@ -42,9 +51,11 @@ def rounds_taken_from(run, resumed) -> int:
 
 def test_records_read_back_bit_for_bit(tmp_path):
     log = tmp_path / "checkpoint-000000001.log"
-    log.write_bytes(record_bytes(2, CONVERGENCE, ARRAYS) + record_bytes(3, {}, {"params": ARRAYS["params"]}))
+    log.write_bytes(
+        record_bytes(OF, 2, CONVERGENCE, ARRAYS) + record_bytes(OF, 3, {}, {"params": ARRAYS["params"]})
+    )
     records, problem = read_log(log)
-    assert problem is None and [r.round for r in records] == [2, 3]
+    assert problem is None and [(r.of, r.round) for r in records] == [(OF, 2), (OF, 3)]
     assert records[0].convergence == CONVERGENCE and records[1].convergence == {}
     assert list(records[0].arrays) == list(ARRAYS)
     for name, array in ARRAYS.items():
@@ -58,7 +69,7 @@ def test_records_read_back_bit_for_bit(tmp_path):
 def test_a_damaged_end_is_found_wherever_it_is(tmp_path):
     """Cut at every byte of the last record, garbled, or zeros where the device lost it:
     the records before it are the log, and the reader says what is wrong."""
-    first, last = record_bytes(2, CONVERGENCE, ARRAYS), record_bytes(3, CONVERGENCE, ARRAYS)
+    first, last = record_bytes(OF, 2, CONVERGENCE, ARRAYS), record_bytes(OF, 3, CONVERGENCE, ARRAYS)
     log = tmp_path / "checkpoint-000000001.log"
     for cut in range(len(last)):
         log.write_bytes(first + last[:cut])
@@ -82,7 +93,7 @@ def test_every_record_resumes_exactly(tmp_path, binary_data):
     content = log_of(folder / "checkpoint-000000001.npz").read_bytes()
     records, _ = read_log(folder / "checkpoint-000000001.log")
     assert [r.round for r in records] == [*range(2, 31), 30]  # every round, and the final one
-    sizes = [len(record_bytes(r.round, r.convergence, r.arrays)) for r in records]
+    sizes = [len(record_bytes(r.of, r.round, r.convergence, r.arrays)) for r in records]
     ends = np.cumsum([0, *sizes])
     for kept, extra in [(0, 0), (6, 0), (6, 40), (17, 1), (len(records), 0)]:
         cut = tmp_path / f"cut-{kept}-{extra}"
@@ -133,7 +144,7 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
     """The log is synced at most every SYNC_EVERY_S, in the background, and at the end; a
     power cut keeps the records synced before it (the rest read as zeros here), and the run
     resumes exactly from the last of them."""
-    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.05)
+    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.2)  # longer than rounds 21-25 take
     folder, cut = tmp_path / "run", tmp_path / "after-the-cut"
     synced: list[int] = []  # the log's size at each of its syncs
     fsync = os.fsync
@@ -145,7 +156,7 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
 
     def slow_rounds_and_a_power_cut(record):
         if record["round"] in (10, 20):
-            time.sleep(0.06)
+            time.sleep(0.25)
         if record["round"] == 25:
             cut.mkdir()
             shutil.copy(folder / "checkpoint-000000001.npz", cut)  # synced as it was written
@@ -163,3 +174,84 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
         resumed = fit(binary_data, checkpoint_dir=cut, resume=True)
     assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
     assert rounds_taken_from(run, resumed) == on_device
+
+
+def test_a_log_beside_another_runs_file_is_not_taken_up(tmp_path, binary_data):
+    """Logs are named after their file, and every run's first file has the same name: a
+    log beside another run's file (files copied back without their logs) is refused."""
+    fit(binary_data, checkpoint_dir=tmp_path / "a", checkpoint_every=1, max_rounds=9)
+    fit(binary_data, checkpoint_dir=tmp_path / "b", checkpoint_every=1, max_rounds=1)
+    shutil.copy(tmp_path / "a" / "checkpoint-000000001.log", tmp_path / "b")
+    with pytest.warns(CheckpointWarning, match="a record of another checkpoint file.*resuming at round 1"):
+        resumed = fit(binary_data, checkpoint_dir=tmp_path / "b", resume=True)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+
+
+def test_an_unreadable_log_leaves_its_file_to_resume_from(tmp_path, binary_data):
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=9)
+    log = tmp_path / "checkpoint-000000001.log"
+    log.unlink()
+    log.mkdir()  # in the log's place: not a file
+    with pytest.warns(CheckpointWarning, match="could not be read.*resuming at round 1"):
+        resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True, checkpoint_every=100)
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+
+
+def test_a_newer_file_skipped_as_damaged_is_neither_synced_nor_kept_in_place_of_the_run(
+    tmp_path, binary_data, monkeypatch
+):
+    """Resume skips a damaged newer file whose metadata still reads: the resumed run syncs
+    the log it wrote, not that file's, and keeps its own files, the damaged one left."""
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, max_rounds=10)
+    monkeypatch.setattr(checkpoint_log, "NEW_FILE_EVERY_S", 0.0)
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=10, max_rounds=20, resume=True)
+    monkeypatch.undo()
+    damaged = tmp_path / "checkpoint-000000020.npz"
+    with np.load(damaged) as archive:
+        arrays = dict(archive)
+    arrays["params"] = np.zeros_like(arrays["params"])  # the checksum no longer holds
+    np.savez(damaged, **arrays)
+    synced = []
+    sync = checkpointing.sync_to_device
+    monkeypatch.setattr(checkpointing, "sync_to_device", lambda path: (synced.append(path.name), sync(path)))
+    with pytest.warns(CheckpointWarning, match="checkpoint-000000020.npz: skipped a damaged checkpoint"):
+        resumed = fit(
+            binary_data, checkpoint_dir=tmp_path, resume=True, checkpoint_every=1, keep_checkpoints=1
+        )
+    assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
+    assert "checkpoint-000000011.log" in synced and "checkpoint-000000020.log" not in synced
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-000000011.log", "checkpoint-000000011.npz", "checkpoint-000000020.npz"]
+    assert newest_checkpointed_round(tmp_path) == 30
+
+
+def test_a_run_keeping_one_file_ends_with_one(tmp_path, monkeypatch):
+    """A file written within a second of the last sync keeps the older, synced, one; once
+    its own log is synced the older one goes, and at the end only the newest is left."""
+    clock = [0.0]
+    monkeypatch.setattr(checkpointing, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    checkpoints = checkpointing.Checkpointing.parse(tmp_path, 1, keep=1).prepare(resume=False)
+    checkpoints.adopt(None, ("data",), None)
+    history: list[dict[str, float]] = []
+    for now in (0.0, 59.6, 60.1, 61.2):  # a file, a record (synced), a file (not), a record (synced)
+        clock[0] = now
+        history.append(dict.fromkeys(HISTORY_KEYS, float(len(history))))
+        params = np.full(3, now)
+        state = TrainingState(len(history), params, Moments(params, np.array(0)), history, {}, None, {})
+        checkpoints.write(state, HISTORY_KEYS)
+        if now == 60.1:
+            checkpoints.writer.wait()
+            assert sorted(p.name for p in tmp_path.glob("*.npz")) == [checkpoint_name(1), checkpoint_name(3)]
+    checkpoints.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000000003.log", checkpoint_name(3)]
+
+
+def test_a_record_larger_than_a_log_holds_is_never_made(tmp_path, binary_data, monkeypatch):
+    """A model whose checkpoint would pass the log's limit writes files, without making
+    (and throwing away) the record first."""
+    monkeypatch.setattr(checkpoint_log, "LOG_LIMIT_BYTES", 100)  # less than the parameters
+    made = []
+    monkeypatch.setattr(checkpointing, "record_bytes", lambda *args: made.append(args))
+    run = fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=1, keep_checkpoints=2)
+    assert run.checkpoints_written == 31 and not made and not list(tmp_path.glob("*.log"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"checkpoint-{r:09d}.npz" for r in (29, 30)]

@@ -62,9 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) 
     fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if sync:
                 _fsync(fd, target)
         finally:
@@ -73,6 +71,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) 
     except BaseException as exc:
         _give_up(tmp_name, target, exc)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, taking up after a short write (a signal, say)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync(fd: int, target: Path) -> None:

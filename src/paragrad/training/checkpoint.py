@@ -32,7 +32,15 @@ from paragrad.errors import (
     caller_stacklevel,
 )
 from paragrad.models import Model, get_model
-from paragrad.training.checkpoint_log import WORKER_STATE, history_records, with_log
+from paragrad.training.checkpoint_log import (
+    WORKER_STATE,
+    drop_log,
+    history_records,
+    opt_state_of,
+    remove_checkpoint,
+    with_log,
+    worker_state_of,
+)
 from paragrad.training.convergence import ConvergenceCheck
 
 
@@ -239,6 +247,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(state.round)
+    drop_log(path)  # an earlier file's of the same name: not this one's
     atomic_write_bytes(path, CheckpointEncoder(history_keys).encode(state))
     prune_checkpoints(directory, state.run_id, keep)
     return path
@@ -263,21 +272,31 @@ class CheckpointEncoder:
     def arrays(self, state: TrainingState) -> dict[str, np.ndarray]:
         """The file's arrays but its checksum: copies, or rows the encoder never changes,
         so that the rounds may go on while :func:`sealed_npz` turns them into bytes."""
-        arrays = {
-            "params": np.array(state.params, dtype=np.float64),
-            "history": self.history_rows(state.history),
-            "meta": np.array(self.meta_text(state)),
-        }
-        arrays.update({f"opt_{name}": np.array(value) for name, value in state.opt_state._asdict().items()})
+        arrays = {name: np.array(array) for name, array in self.changing_arrays(state).items()}
+        arrays["history"] = self.history_rows(state.history)
+        arrays["meta"] = np.array(self.meta_text(state))
         if state.standardizer is not None:
             arrays["standardizer_mean"] = state.standardizer.mean
             arrays["standardizer_scale"] = state.standardizer.scale
-        arrays.update({WORKER_STATE + name: np.array(rows) for name, rows in state.worker_state.items()})
         return arrays
+
+    @staticmethod
+    def changing_arrays(state: TrainingState) -> dict[str, np.ndarray]:
+        """The arrays that change from one checkpoint to the next (parameters, the
+        optimizer's and the workers' state), as they are: not copies."""
+        arrays = {"params": np.asarray(state.params, dtype=np.float64)}
+        arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
+        arrays.update({WORKER_STATE + name: np.asarray(rows) for name, rows in state.worker_state.items()})
+        return arrays
+
+    @staticmethod
+    def fixed_part(state: TrainingState) -> tuple[Any, ...]:
+        """What a file's metadata holds that stays as it is through a run."""
+        return (state.run_id, state.fingerprint, state.opt_state._fields, state.config)
 
     def meta_text(self, state: TrainingState) -> str:
         """The metadata as JSON, its fixed part serialised again only when it changes."""
-        what = (state.run_id, state.fingerprint, state.opt_state._fields, state.config)
+        what = self.fixed_part(state)
         if self._fixed is None or self._fixed[0] != what:
             head = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
             head |= {"run": state.run_id, "data": state.fingerprint}
@@ -364,7 +383,7 @@ def owned_checkpoints(directory: Path, run_id: str) -> list[tuple[int, Path]]:
 def prune_checkpoints(directory: Path, run_id: str, keep: int) -> None:
     """Remove the run's checkpoints but its ``keep`` newest (by round), oldest first."""
     for _, old in owned_checkpoints(directory, run_id)[:-keep]:
-        old.unlink(missing_ok=True)
+        remove_checkpoint(old)
 
 
 def load_latest_checkpoint(
@@ -428,15 +447,13 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
         raise ValueError(
             f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
         )
-    opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in fields})
+    opt_state = opt_state_of(arrays, opt_state_type)
     history = history_records(arrays["history"], history_keys)
     ConvergenceCheck.check_state(meta["convergence"], len(history))
     standardizer = None
     if "standardizer_mean" in arrays:
         standardizer = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
-    worker_state = {
-        name[len(WORKER_STATE) :]: rows for name, rows in arrays.items() if name.startswith(WORKER_STATE)
-    }
+    worker_state = worker_state_of(arrays)
     return TrainingState(
         meta["round"],
         arrays["params"],

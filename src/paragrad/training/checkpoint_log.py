@@ -18,6 +18,7 @@ within it may leave the last record cut short, which is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from paragrad.core.atomic import write_all
 from paragrad.errors import OutputError
 from paragrad.training.convergence import ConvergenceCheck
 
@@ -49,20 +51,39 @@ def log_of(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(LOG_SUFFIX)
 
 
+def drop_log(checkpoint: Path) -> None:
+    """Remove the log of ``checkpoint``, if it has one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(log_of(checkpoint))
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Remove a checkpoint file, after its log (a log left alone would be of no use)."""
+    drop_log(checkpoint)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(checkpoint)
+
+
 @dataclass
 class LogRecord:
-    """One checkpoint of a log: its round, convergence state and arrays."""
+    """One checkpoint of a log: the file the log continues (its run and round), the
+    checkpoint's round, convergence state and arrays."""
 
+    of: tuple[str, int]
     round: int
     convergence: dict[str, Any]
     arrays: dict[str, np.ndarray]
 
 
-def record_bytes(round_index: int, convergence: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
-    """A record's bytes: its frame, a JSON header naming the arrays, their bytes."""
+def record_bytes(
+    of: tuple[str, int], round_index: int, convergence: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> bytes:
+    """A record's bytes: its frame, a JSON header naming the file it follows (``of``: its
+    run and round) and the arrays, their bytes."""
     arrays = {name: np.asarray(array, order="C") for name, array in arrays.items()}  # 0-d stays 0-d
     described = [[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()]
-    header = json.dumps({"round": round_index, "convergence": convergence, "arrays": described}).encode()
+    head = {"of": list(of), "round": round_index, "convergence": convergence, "arrays": described}
+    header = json.dumps(head).encode()
     payload = b"".join(array.data for array in arrays.values())
     check = zlib.crc32(payload, zlib.crc32(header))
     return b"".join((_FRAME.pack(_MAGIC, len(header), len(payload), check), header, payload))
@@ -75,6 +96,8 @@ def read_log(path: Path) -> tuple[list[LogRecord], str | None]:
         content = path.read_bytes()
     except FileNotFoundError:
         return [], None
+    except OSError as exc:
+        return [], f"could not be read ({exc.strerror})"
     records: list[LogRecord] = []
     offset = 0
     while offset < len(content):
@@ -109,10 +132,10 @@ def _record(header: dict[str, Any], payload: bytes) -> LogRecord:
         offset += count * dtype.itemsize
     if offset != len(payload):
         raise ValueError("arrays and bytes differ in size")
-    round_index, convergence = header["round"], header["convergence"]
+    (run, file_round), round_index, convergence = header["of"], header["round"], header["convergence"]
     if not isinstance(round_index, int) or not isinstance(convergence, dict):
         raise ValueError("no round or convergence state")
-    return LogRecord(round_index, convergence, arrays)
+    return LogRecord((str(run), int(file_round)), round_index, convergence, arrays)
 
 
 def history_records(rows: np.ndarray, history_keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -130,55 +153,77 @@ def history_records(rows: np.ndarray, history_keys: tuple[str, ...]) -> list[dic
     return history
 
 
+def opt_state_of(arrays: dict[str, np.ndarray], opt_state_type: type[Any]) -> Any:
+    """The optimizer state a checkpoint's arrays hold (``opt_<field>``)."""
+    return opt_state_type(**{name: arrays[f"opt_{name}"] for name in opt_state_type._fields})
+
+
+def worker_state_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The workers' declared state a checkpoint's arrays hold, by field."""
+    return {name[len(WORKER_STATE) :]: rows for name, rows in arrays.items() if name.startswith(WORKER_STATE)}
+
+
 def with_log(
     state: TrainingState, history_keys: tuple[str, ...], opt_state_type: type[Any]
 ) -> tuple[TrainingState, str | None]:
     """``state``, read from its file, brought to its log's newest whole record; and, where
-    the log's end is damaged, a line saying so (the records before it are used)."""
+    the log's end is damaged or not this file's, a line saying so (the records before
+    it are used)."""
     assert state.path is not None
     log = log_of(state.path)
     records, problem = read_log(log)
+    history, last = list(state.history), None
     for record in records:
         try:
-            state = _replayed(state, record, history_keys, opt_state_type)
+            last = _follows(record, state, history, history_keys, opt_state_type)
         except (KeyError, TypeError, ValueError) as exc:
             problem = str(exc)
             break
+    if last is not None:
+        record, opt_state = last
+        state = replace(
+            state,
+            round=record.round,
+            params=record.arrays["params"],
+            opt_state=opt_state,
+            history=history,
+            convergence=record.convergence,
+            worker_state=worker_state_of(record.arrays),
+        )
     if problem is None:
         return state, None
     skipped = f"{log}: skipped the damaged end of a checkpoint log ({problem})"
     return state, f"{skipped}; resuming at round {state.round}"
 
 
-def _replayed(
-    state: TrainingState, record: LogRecord, history_keys: tuple[str, ...], opt_state_type: type[Any]
-) -> TrainingState:
-    """The state of the checkpoint ``record`` describes, taken after ``state``'s."""
+def _follows(
+    record: LogRecord,
+    file: TrainingState,
+    history: list[dict[str, Any]],
+    history_keys: tuple[str, ...],
+    opt_state_type: type[Any],
+) -> tuple[LogRecord, Any]:
+    """Check that ``record`` is the next checkpoint of ``file``'s log, whose records so far
+    made ``history``, and add its rows to ``history``; the record and its optimizer state."""
+    if record.of != (file.run_id, file.round):
+        raise ValueError(f"a record of another checkpoint file (round {record.of[1]} of run {record.of[0]})")
     arrays = record.arrays
-    history = state.history + history_records(arrays["history"], history_keys)
-    if record.round != len(history) or arrays["params"].shape != state.params.shape:
-        raise ValueError(f"a record of round {record.round} does not follow round {state.round}")
-    ConvergenceCheck.check_state(record.convergence, len(history))
-    opt_state = opt_state_type(**{name: arrays[f"opt_{name}"] for name in opt_state_type._fields})
-    worker_state = {
-        name[len(WORKER_STATE) :]: rows for name, rows in arrays.items() if name.startswith(WORKER_STATE)
-    }
-    return replace(
-        state,
-        round=record.round,
-        params=arrays["params"],
-        opt_state=opt_state,
-        history=history,
-        convergence=record.convergence,
-        worker_state=worker_state,
-    )
+    added = history_records(arrays["history"], history_keys)
+    if record.round != len(history) + len(added) or arrays["params"].shape != file.params.shape:
+        raise ValueError(f"a record of round {record.round} does not follow round {len(history)}")
+    ConvergenceCheck.check_state(record.convergence, record.round)
+    opt_state = opt_state_of(arrays, opt_state_type)
+    history.extend(added)
+    return record, opt_state
 
 
 class LogWriter:
     """The log of a run's newest checkpoint file, opened at its first record."""
 
-    def __init__(self, checkpoint: Path, rows: int, started: float, fixed: tuple[Any, ...]) -> None:
-        self.checkpoint, self.path = checkpoint, log_of(checkpoint)
+    def __init__(
+        self, checkpoint: Path, round_index: int, rows: int, started: float, fixed: tuple[Any, ...]
+    ) -> None:
+        self.checkpoint, self.path, self.round = checkpoint, log_of(checkpoint), round_index
         self.rows = rows  # the history rows the file and its records hold
         self.started = started  # when the file was handed to the writer
         self.fixed = fixed  # what the file holds that no record does (see Checkpointing)
@@ -186,22 +231,19 @@ class LogWriter:
         self.unsynced = False  # records appended since the last sync was handed over
         self._fd: int | None = None
 
-    def takes(self, record: bytes, now: float) -> bool:
-        """Whether ``record`` goes in this log, or the checkpoint in a file of its own."""
-        return now - self.started < NEW_FILE_EVERY_S and self.size + len(record) <= LOG_LIMIT_BYTES
+    def takes(self, arrays: dict[str, np.ndarray], now: float) -> bool:
+        """Whether a record of ``arrays`` goes in this log, or the checkpoint in a file of
+        its own (known before the record is made: a large model's would be thrown away)."""
+        size = sum(array.nbytes for array in arrays.values())
+        return now - self.started < NEW_FILE_EVERY_S and self.size + size <= LOG_LIMIT_BYTES
 
     def append(self, record: bytes) -> None:
-        """Append ``record`` by one write; a disk that refuses it is an OutputError naming
-        the log (the bytes it took are an end the reader skips)."""
+        """Append ``record``; a disk that refuses it is an OutputError naming the log (the
+        bytes it took are an end the reader skips)."""
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-            written = os.write(self._fd, record)
-            while written < len(record):  # a short write: a full disk, a signal
-                more = os.write(self._fd, memoryview(record)[written:])
-                if more == 0:
-                    raise OSError(28, os.strerror(28))
-                written += more
+            if self._fd is None:  # the file's permissions: 0o666 less the umask
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
+            write_all(self._fd, record)
         except OSError as exc:
             raise OutputError(f"{self.path}: could not be written ({exc.strerror})") from None
         self.size += len(record)

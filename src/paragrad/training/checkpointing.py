@@ -27,7 +27,6 @@ run wrote before), so pruning neither lists the directory nor reads a file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -52,7 +51,7 @@ from paragrad.training.checkpoint import (
     owned_checkpoints,
     sealed_npz,
 )
-from paragrad.training.checkpoint_log import WORKER_STATE, LogWriter, log_of, record_bytes
+from paragrad.training.checkpoint_log import LogWriter, drop_log, record_bytes, remove_checkpoint
 
 SYNC_EVERY_S = 1.0  # the longest a written checkpoint waits to be synced to the device
 
@@ -207,8 +206,11 @@ class Checkpointing:
                     "directory"
                 )
             self.run_id = resumed.run_id
-            assert self.directory is not None
-            self.kept = owned_checkpoints(self.directory, self.run_id)  # for pruning
+            assert self.directory is not None and resumed.path is not None
+            # For pruning: the run's files up to the one resumed. A newer one was skipped as
+            # damaged: it is not the newest to sync, nor counted among those kept, and stays.
+            owned = owned_checkpoints(self.directory, self.run_id)
+            self.kept = [(round_index, path) for round_index, path in owned if path.name <= resumed.path.name]
         self.fingerprint = fingerprints[0]
 
     def due(self, rounds_done: int) -> bool:
@@ -241,22 +243,22 @@ class Checkpointing:
 
     def _logged(self, log: LogWriter, state: TrainingState, now: float) -> bool:
         """Append the checkpoint to ``log``, if it goes there: the same run's, the log not
-        full, the file not a minute old. Once a second the log is synced, in the background."""
+        full, the file not a minute old. Once a second the log is synced, in the
+        background, and the files it makes stale are removed."""
         assert self.encoder is not None and self.synced_at is not None
         rows = self.encoder.history_rows(state.history)
         if log.fixed != _fixed_part(state) or len(rows) < log.rows:
             return False
-        arrays = {"params": np.asarray(state.params, dtype=np.float64), "history": rows[log.rows :]}
-        arrays.update({f"opt_{name}": np.asarray(value) for name, value in state.opt_state._asdict().items()})
-        arrays.update({WORKER_STATE + name: np.asarray(each) for name, each in state.worker_state.items()})
-        record = record_bytes(state.round, state.convergence, arrays)
-        if not log.takes(record, now):
+        arrays = {**CheckpointEncoder.changing_arrays(state), "history": rows[log.rows :]}
+        if not log.takes(arrays, now):
             return False
+        record = record_bytes((self.run_id, log.round), state.round, state.convergence, arrays)
         self._settled(lambda: log.append(record))
         log.rows = len(rows)
         if now - self.synced_at >= SYNC_EVERY_S:
             self.synced, self.synced_at, log.unsynced = log.checkpoint, now, False
-            self._settled(lambda: self.writer.submit(lambda: _sync(log.checkpoint, log.path)))
+            self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
+            self._settled(lambda: self.writer.submit(lambda: _sync(log.checkpoint, log.path, stale)))
         return True
 
     def _write_file(self, state: TrainingState, now: float) -> None:
@@ -274,14 +276,14 @@ class Checkpointing:
         stale = [old for _, old in kept[: -self.keep] if old != self.synced]
         self.kept = [entry for entry in kept if entry[1] not in stale]
         self.writer.submit(lambda: _store(path, arrays, stale, sync))
-        self.log = LogWriter(path, len(arrays["history"]), now, _fixed_part(state))
+        self.log = LogWriter(path, state.round, len(arrays["history"]), now, _fixed_part(state))
 
     def finish(self) -> None:
-        """Wait for the last write, raising its error (a full disk, say), and sync the
-        newest file and its log to the device; the writer's thread is gone once this
-        returns. After a failure the files are left as they are: a sync that succeeds after
-        one that failed does not show that the data reached the device (Linux reports a
-        lost write once)."""
+        """Wait for the last write, raising its error (a full disk, say), sync the newest
+        file and its log to the device, and remove the files but the newest ``keep``; the
+        writer's thread is gone once this returns. After a failure the files are left as
+        they are: a sync that succeeds after one that failed does not show that the data
+        reached the device (Linux reports a lost write once)."""
         log = self.log
         try:
             self._settled(self.writer.close)
@@ -290,10 +292,10 @@ class Checkpointing:
         if self.failed or not self.kept:
             return
         newest = self.kept[-1][1]
-        logged = log is not None and log.unsynced
-        if newest == self.synced and not logged:
-            return
-        self._settled(lambda: _sync(newest, log_of(newest) if logged else None))
+        if log is not None and log.unsynced:  # the log written last: its file is the newest
+            self._settled(lambda: _sync(log.checkpoint, log.path))
+        elif newest != self.synced:
+            self._settled(lambda: _sync(newest))
         self.synced, self.synced_at = newest, time.monotonic()
         self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
         _remove(stale)
@@ -316,31 +318,30 @@ class Checkpointing:
 def _fixed_part(state: TrainingState) -> tuple[Any, ...]:
     """What a checkpoint file holds that its log's records do not: a record goes in the log
     only while these are the file's (compared as objects first: the run's own, kept)."""
-    return (state.run_id, state.fingerprint, state.config, state.standardizer, state.opt_state._fields)
+    return (CheckpointEncoder.fixed_part(state), state.standardizer)
 
 
 def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: bool) -> None:
     """Write one checkpoint file (synced to the device, its directory too, if ``sync``),
     then remove the older ones it replaces, with their logs. A log of the same name is of
     an earlier file, and goes first."""
-    _remove([log_of(path)])
+    drop_log(path)
     atomic_write_bytes(path, sealed_npz(arrays), sync=sync)
     if sync:
         sync_to_device(path.parent)
     _remove(stale)
 
 
-def _sync(path: Path, log: Path | None = None) -> None:
-    """Sync a written file, its log if given, and their directory to the device."""
+def _sync(path: Path, log: Path | None = None, stale: list[Path] | None = None) -> None:
+    """Sync a written file, its log if given, and their directory to the device; then
+    remove the ``stale`` files it replaces."""
     if log is not None:
         sync_to_device(log)
     sync_to_device(path)
     sync_to_device(path.parent)
+    _remove(stale or [])
 
 
 def _remove(stale: list[Path]) -> None:
-    """Remove checkpoint files, each after its log."""
     for old in stale:
-        for path in (log_of(old), old):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        remove_checkpoint(old)

@@ -167,7 +167,8 @@ def train(
         Ray engine: ``HOST:PORT`` of a running cluster to join (default ``RAY_ADDRESS``,
         else a local Ray instance started for the run).
     checkpoint_dir : path, optional
-        Write checkpoints here (atomically, with a checksum), and a last one at the end.
+        Write checkpoints here (files written atomically, with a checksum; checkpoints
+        taken soon after a file appended to its log), and a last one at the end.
         A checkpoint belongs to its run: it carries the run's identity and the data's
         fingerprint, and pruning removes only the run's own older files. A fresh run
         (``resume=False``) refuses a directory that holds another run's checkpoints.
@@ -184,7 +185,8 @@ def train(
         optimizer and the seed may not: a checkpoint of another run is refused, naming
         the file.
     keep_checkpoints : int
-        How many of the newest checkpoints to keep.
+        How many of the newest checkpoint files to keep, each with the log of the
+        checkpoints taken within a minute after it (see the elastic guide).
     callbacks : list, optional
         :class:`paragrad.callbacks.Callback` objects (``TensorBoard(dir)``, ``MLflow()``) or
         functions ``f(record)`` of each round's history record; True from either stops the
