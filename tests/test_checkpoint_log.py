@@ -144,19 +144,20 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
     """The log is synced at most every SYNC_EVERY_S, in the background, and at the end; a
     power cut keeps the records synced before it (the rest read as zeros here), and the run
     resumes exactly from the last of them."""
-    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.2)  # longer than rounds 21-25 take
+    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.4)  # longer than rounds 21-25 take
     folder, cut = tmp_path / "run", tmp_path / "after-the-cut"
     synced: list[int] = []  # the log's size at each of its syncs
     fsync = os.fsync
 
     def watched_fsync(fd):
+        size = os.fstat(fd).st_size  # on the device once synced (records appended meanwhile may not be)
         fsync(fd)
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):
-            synced.append(os.fstat(fd).st_size)
+            synced.append(size)
 
     def slow_rounds_and_a_power_cut(record):
         if record["round"] in (10, 20):
-            time.sleep(0.25)
+            time.sleep(0.45)
         if record["round"] == 25:
             cut.mkdir()
             shutil.copy(folder / "checkpoint-000000001.npz", cut)  # synced as it was written
@@ -169,7 +170,7 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
     assert 3 <= len(synced) <= 5  # after each slow round, and at the end
     assert synced[-1] == (folder / "checkpoint-000000001.log").stat().st_size
     on_device = newest_checkpointed_round(cut)
-    assert 11 <= on_device < 25  # synced after round 10's pause, not since round 25's checkpoint
+    assert 11 <= on_device < 25  # synced after round 10's pause, not since rounds 21-25
     with pytest.warns(CheckpointWarning, match=f"not a record.*resuming at round {on_device}"):
         resumed = fit(binary_data, checkpoint_dir=cut, resume=True)
     assert relative_error(resumed.params, fit(binary_data).params) <= 1e-12
@@ -225,25 +226,76 @@ def test_a_newer_file_skipped_as_damaged_is_neither_synced_nor_kept_in_place_of_
     assert newest_checkpointed_round(tmp_path) == 30
 
 
+class Clocked:
+    """A run's checkpoints taken at the times given (its clock controlled), with the
+    files and logs synced to the device recorded by name."""
+
+    def __init__(self, folder, monkeypatch, keep):
+        self.clock, self.synced, self.history = [0.0], [], []
+        monkeypatch.setattr(checkpointing, "time", SimpleNamespace(monotonic=lambda: self.clock[0]))
+        sync = checkpointing.sync_to_device
+        monkeypatch.setattr(
+            checkpointing, "sync_to_device", lambda path: (self.synced.append(path.name), sync(path))
+        )
+        self.checkpoints = checkpointing.Checkpointing.parse(folder, 1, keep=keep).prepare(resume=False)
+        self.checkpoints.adopt(None, ("data",), None)
+
+    def take(self, now):
+        self.clock[0] = now
+        self.history.append(dict.fromkeys(HISTORY_KEYS, float(len(self.history))))
+        params = np.full(3, now)
+        state = TrainingState(
+            len(self.history), params, Moments(params, np.array(0)), self.history, {}, None, {}
+        )
+        self.checkpoints.write(state, HISTORY_KEYS)
+
+
 def test_a_run_keeping_one_file_ends_with_one(tmp_path, monkeypatch):
     """A file written within a second of the last sync keeps the older, synced, one; once
     its own log is synced the older one goes, and at the end only the newest is left."""
-    clock = [0.0]
-    monkeypatch.setattr(checkpointing, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    checkpoints = checkpointing.Checkpointing.parse(tmp_path, 1, keep=1).prepare(resume=False)
-    checkpoints.adopt(None, ("data",), None)
-    history: list[dict[str, float]] = []
+    run = Clocked(tmp_path, monkeypatch, keep=1)
     for now in (0.0, 59.6, 60.1, 61.2):  # a file, a record (synced), a file (not), a record (synced)
-        clock[0] = now
-        history.append(dict.fromkeys(HISTORY_KEYS, float(len(history))))
-        params = np.full(3, now)
-        state = TrainingState(len(history), params, Moments(params, np.array(0)), history, {}, None, {})
-        checkpoints.write(state, HISTORY_KEYS)
+        run.take(now)
         if now == 60.1:
-            checkpoints.writer.wait()
+            run.checkpoints.writer.wait()
             assert sorted(p.name for p in tmp_path.glob("*.npz")) == [checkpoint_name(1), checkpoint_name(3)]
-    checkpoints.finish()
+    run.checkpoints.finish()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000000003.log", checkpoint_name(3)]
+
+
+def test_an_interrupted_run_still_syncs_its_log_and_keeps_what_it_should(tmp_path, monkeypatch):
+    """Ctrl-C while a record's sync waits to be handed to the writer, or while the end
+    waits for the writer: finish (called again, as the round loop does) syncs the log and
+    leaves ``keep`` files."""
+    run = Clocked(tmp_path / "handing-over", monkeypatch, keep=1)
+    wait, interrupt = checkpointing.CheckpointWriter.wait, [False]
+
+    def interrupted_wait(writer):
+        if interrupt[0]:
+            interrupt[0] = False
+            raise KeyboardInterrupt
+        wait(writer)
+
+    monkeypatch.setattr(checkpointing.CheckpointWriter, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        for now in (0.0, 59.6, 60.1, 60.5, 61.2):  # the last record's sync is due, and interrupted
+            interrupt[0] = now == 61.2
+            run.take(now)
+    run.checkpoints.finish()
+    assert run.synced[-3:] == ["checkpoint-000000003.log", checkpoint_name(3), "handing-over"]
+    assert sorted(p.name for p in (tmp_path / "handing-over").iterdir()) == [
+        "checkpoint-000000003.log",
+        checkpoint_name(3),
+    ]
+
+    run = Clocked(tmp_path / "at-the-end", monkeypatch, keep=1)
+    for now in (0.0, 1.5, 1.6, 1.7):  # a file, a record (synced), two records (not yet)
+        run.take(now)
+    interrupt[0] = True  # in finish's wait for the writer
+    with pytest.raises(KeyboardInterrupt):
+        run.checkpoints.finish()
+    run.checkpoints.finish()
+    assert run.synced[-3:] == ["checkpoint-000000001.log", checkpoint_name(1), "at-the-end"]
 
 
 def test_a_record_larger_than_a_log_holds_is_never_made(tmp_path, binary_data, monkeypatch):

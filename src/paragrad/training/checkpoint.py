@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.core.atomic import atomic_write_bytes
 from paragrad.core.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
 from paragrad.core.npz import npz_bytes
 from paragrad.data import Standardizer, open_numpy
@@ -34,12 +33,12 @@ from paragrad.errors import (
 from paragrad.models import Model, get_model
 from paragrad.training.checkpoint_log import (
     WORKER_STATE,
-    drop_log,
     history_records,
     opt_state_of,
     remove_checkpoint,
     with_log,
     worker_state_of,
+    write_checkpoint_file,
 )
 from paragrad.training.convergence import ConvergenceCheck
 
@@ -247,8 +246,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / checkpoint_name(state.round)
-    drop_log(path)  # an earlier file's of the same name: not this one's
-    atomic_write_bytes(path, CheckpointEncoder(history_keys).encode(state))
+    write_checkpoint_file(path, CheckpointEncoder(history_keys).encode(state))
     prune_checkpoints(directory, state.run_id, keep)
     return path
 

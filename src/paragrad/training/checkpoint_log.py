@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from paragrad.core.atomic import write_all
+from paragrad.core.atomic import atomic_write_bytes, write_all
 from paragrad.errors import OutputError
 from paragrad.training.convergence import ConvergenceCheck
 
@@ -55,6 +55,13 @@ def drop_log(checkpoint: Path) -> None:
     """Remove the log of ``checkpoint``, if it has one."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(log_of(checkpoint))
+
+
+def write_checkpoint_file(checkpoint: Path, content: bytes, sync: bool = True) -> None:
+    """Write a checkpoint file atomically (see :func:`~paragrad.core.atomic.atomic_write_bytes`),
+    after removing any log of the same name: an earlier file's, not this one's."""
+    drop_log(checkpoint)
+    atomic_write_bytes(checkpoint, content, sync=sync)
 
 
 def remove_checkpoint(checkpoint: Path) -> None:
@@ -167,8 +174,8 @@ def with_log(
     state: TrainingState, history_keys: tuple[str, ...], opt_state_type: type[Any]
 ) -> tuple[TrainingState, str | None]:
     """``state``, read from its file, brought to its log's newest whole record; and, where
-    the log's end is damaged or not this file's, a line saying so (the records before
-    it are used)."""
+    the log's end is damaged or not this file's, a line saying so (the records before it
+    are used)."""
     assert state.path is not None
     log = log_of(state.path)
     records, problem = read_log(log)
@@ -192,7 +199,7 @@ def with_log(
         )
     if problem is None:
         return state, None
-    skipped = f"{log}: skipped the damaged end of a checkpoint log ({problem})"
+    skipped = f"{log}: skipped the rest of a checkpoint log ({problem})"
     return state, f"{skipped}; resuming at round {state.round}"
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.core.atomic import atomic_write_bytes, remove_stale_temporaries, sync_to_device
+from paragrad.core.atomic import remove_stale_temporaries, sync_to_device
 from paragrad.errors import ConfigError, check_positive_int, in_terms, option
 from paragrad.training.checkpoint import (
     CHECKPOINT_PATTERN,
@@ -51,7 +51,7 @@ from paragrad.training.checkpoint import (
     owned_checkpoints,
     sealed_npz,
 )
-from paragrad.training.checkpoint_log import LogWriter, drop_log, record_bytes, remove_checkpoint
+from paragrad.training.checkpoint_log import LogWriter, record_bytes, remove_checkpoint, write_checkpoint_file
 
 SYNC_EVERY_S = 1.0  # the longest a written checkpoint waits to be synced to the device
 
@@ -255,10 +255,10 @@ class Checkpointing:
         record = record_bytes((self.run_id, log.round), state.round, state.convergence, arrays)
         self._settled(lambda: log.append(record))
         log.rows = len(rows)
-        if now - self.synced_at >= SYNC_EVERY_S:
-            self.synced, self.synced_at, log.unsynced = log.checkpoint, now, False
-            self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
+        if now - self.synced_at >= SYNC_EVERY_S:  # the state changes once the sync is handed over
+            kept, stale = self._trimmed()
             self._settled(lambda: self.writer.submit(lambda: _sync(log.checkpoint, log.path, stale)))
+            self.kept, self.synced, self.synced_at, log.unsynced = kept, log.checkpoint, now, False
         return True
 
     def _write_file(self, state: TrainingState, now: float) -> None:
@@ -281,14 +281,16 @@ class Checkpointing:
     def finish(self) -> None:
         """Wait for the last write, raising its error (a full disk, say), sync the newest
         file and its log to the device, and remove the files but the newest ``keep``; the
-        writer's thread is gone once this returns. After a failure the files are left as
-        they are: a sync that succeeds after one that failed does not show that the data
-        reached the device (Linux reports a lost write once)."""
+        writer's thread is gone once this returns. Interrupted, it may be called again, and
+        still owes the sync. After a failure the files are left as they are: a sync that
+        succeeds after one that failed does not show that the data reached the device
+        (Linux reports a lost write once)."""
         log = self.log
         try:
             self._settled(self.writer.close)
         finally:
-            self._close_log()
+            if log is not None:
+                log.close()  # known, and its sync owed, until it is synced
         if self.failed or not self.kept:
             return
         newest = self.kept[-1][1]
@@ -296,9 +298,13 @@ class Checkpointing:
             self._settled(lambda: _sync(log.checkpoint, log.path))
         elif newest != self.synced:
             self._settled(lambda: _sync(newest))
-        self.synced, self.synced_at = newest, time.monotonic()
-        self.kept, stale = self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
+        self.log, self.synced, self.synced_at = None, newest, time.monotonic()
+        self.kept, stale = self._trimmed()
         _remove(stale)
+
+    def _trimmed(self) -> tuple[list[tuple[int, Path]], list[Path]]:
+        """The run's newest ``keep`` files, and the older ones to remove."""
+        return self.kept[-self.keep :], [old for _, old in self.kept[: -self.keep]]
 
     def _close_log(self) -> None:
         if self.log is not None:
@@ -323,10 +329,8 @@ def _fixed_part(state: TrainingState) -> tuple[Any, ...]:
 
 def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: bool) -> None:
     """Write one checkpoint file (synced to the device, its directory too, if ``sync``),
-    then remove the older ones it replaces, with their logs. A log of the same name is of
-    an earlier file, and goes first."""
-    drop_log(path)
-    atomic_write_bytes(path, sealed_npz(arrays), sync=sync)
+    then remove the older ones it replaces, with their logs."""
+    write_checkpoint_file(path, sealed_npz(arrays), sync=sync)
     if sync:
         sync_to_device(path.parent)
     _remove(stale)

@@ -167,8 +167,9 @@ def train(
         Ray engine: ``HOST:PORT`` of a running cluster to join (default ``RAY_ADDRESS``,
         else a local Ray instance started for the run).
     checkpoint_dir : path, optional
-        Write checkpoints here (files written atomically, with a checksum; checkpoints
-        taken soon after a file appended to its log), and a last one at the end.
+        Write checkpoints here, and a last one at the end: files written atomically with a
+        SHA-256 checksum, and the checkpoints taken within a minute after a file appended
+        to its log, each with a CRC-32.
         A checkpoint belongs to its run: it carries the run's identity and the data's
         fingerprint, and pruning removes only the run's own older files. A fresh run
         (``resume=False``) refuses a directory that holds another run's checkpoints.
@@ -185,8 +186,9 @@ def train(
         optimizer and the seed may not: a checkpoint of another run is refused, naming
         the file.
     keep_checkpoints : int
-        How many of the newest checkpoint files to keep, each with the log of the
-        checkpoints taken within a minute after it (see the elastic guide).
+        How many of the newest checkpoint files to keep, each with its log (the
+        checkpoints taken within a minute after it, up to about 4 MiB); the file last
+        synced to the device is kept besides until a newer one is (see the elastic guide).
     callbacks : list, optional
         :class:`paragrad.callbacks.Callback` objects (``TensorBoard(dir)``, ``MLflow()``) or
         functions ``f(record)`` of each round's history record; True from either stops the
