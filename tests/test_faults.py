@@ -49,6 +49,24 @@ def test_resume_refuses_a_checkpoint_made_on_other_data_of_the_same_shape(tmp_pa
         fit(other, checkpoint_dir=tmp_path, resume=True)
 
 
+@pytest.mark.parametrize(
+    "other",
+    [dict(optimizer=pg.optim.SGD(lr=0.1)), dict(strategy=pg.GradientDescent())],
+    ids=["sgd", "newton"],
+)
+def test_resume_refuses_a_checkpoint_of_another_optimizer_and_touches_nothing(tmp_path, binary_data, other):
+    """An optimizer whose state differs from the checkpoint's (Adam's moments, SGD's
+    velocity) is another run: refused by name, not skipped as damaged for a fresh start that
+    would overwrite the run's files."""
+    fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=5, max_rounds=12)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(
+        pg.ConfigError, match=r"checkpoint-000000005.npz: .*differs in optimizer \(made with adam"
+    ):
+        fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=5, resume=True, **other)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_the_fingerprint_does_not_depend_on_the_worker_count(tmp_path, binary_data):
     fit(binary_data, checkpoint_dir=tmp_path, max_rounds=5)
     resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True, workers=3)

@@ -391,7 +391,8 @@ def load_latest_checkpoint(
 
     A damaged newest checkpoint (truncated, corrupt, checksum mismatch) is skipped with a
     :class:`CheckpointWarning` and the one before it is used. One of another format
-    version is refused by name (:class:`ConfigError`), never skipped.
+    version, or of a run with another optimizer (whose state this one cannot take up), is
+    refused by name (:class:`ConfigError`), never skipped.
     """
     for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
         try:
@@ -441,9 +442,12 @@ def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: 
     ):
         raise ValueError("not a paragrad checkpoint of a version this one reads")
     fields = meta["opt_fields"]
-    if list(opt_state_type._fields) != fields:
-        raise ValueError(
-            f"optimizer state has fields {fields}, this optimizer needs {list(opt_state_type._fields)}"
+    if list(opt_state_type._fields) != fields:  # an intact file of a run with another optimizer
+        made_with = meta["config"]["optimizer"]["name"]
+        raise ConfigError(
+            f"{path}: the checkpoint belongs to another run; it differs in optimizer (made with "
+            f"{made_with}, whose state this run's optimizer cannot take up): resume with the optimizer "
+            "it was made with, or start afresh in another directory"
         )
     opt_state = opt_state_of(arrays, opt_state_type)
     history = history_records(arrays["history"], history_keys)
