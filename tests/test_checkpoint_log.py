@@ -89,6 +89,7 @@ def test_every_record_resumes_exactly(tmp_path, binary_data):
     folder = tmp_path / "run"
     run = fit(binary_data, checkpoint_dir=folder, checkpoint_every=1)
     assert run.checkpoints_written == 31 and f"{run.checkpoint_s:.3f} s (31 written)" in run.summary()
+    assert "resumed" not in run.summary()
     assert sorted(p.name for p in folder.iterdir()) == [f"checkpoint-{1:09d}.{end}" for end in ("log", "npz")]
     content = log_of(folder / "checkpoint-000000001.npz").read_bytes()
     records, _ = read_log(folder / "checkpoint-000000001.log")
@@ -110,6 +111,7 @@ def test_every_record_resumes_exactly(tmp_path, binary_data):
         assert relative_error(resumed.params, whole.params) <= 1e-12
         assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
         assert rounds_taken_from(run, resumed) == expected_round
+        assert f"resumed       at round {expected_round}, from the checkpoints in {cut} " in resumed.summary()
 
 
 def test_a_full_log_starts_a_file_and_pruning_takes_the_logs_with_their_files(

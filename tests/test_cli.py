@@ -408,7 +408,8 @@ def test_train_without_out_says_nothing_was_saved(tmp_path):
     assert "training loss" in result.stdout
 
 
-def test_sigterm_stops_training_with_exit_status_143(tmp_path):
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["plain", "checkpointed"])
+def test_sigterm_stops_training_with_exit_status_143(tmp_path, checkpoints):
     import os
     import signal
     import subprocess
@@ -419,6 +420,8 @@ def test_sigterm_stops_training_with_exit_status_143(tmp_path):
     pg.save_dataset(pg.make_classification(20000, 20, seed=0), data)
     command = [sys.executable, "-m", "paragrad", "train", data, "--model", "logistic", "--workers", "2"]
     args = [*command, "--strategy", "sgd", "--batch-size", "1", "--epochs", "1000", "--tol", "0"]
+    if checkpoints:
+        args += ["--checkpoint", tmp_path / "runs"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)
 
@@ -427,4 +430,5 @@ def test_sigterm_stops_training_with_exit_status_143(tmp_path):
 
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == "paragrad: terminated"
+    hint = f"; go on from the checkpoints in {tmp_path / 'runs'} with --resume" if checkpoints else ""
+    assert stderr.strip().splitlines()[-1] == f"paragrad: terminated{hint}"

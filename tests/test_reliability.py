@@ -81,8 +81,11 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(
     fit(binary_data, checkpoint_dir=tmp_path, checkpoint_every=5, max_rounds=20)
     newest = tmp_path / "checkpoint-000000020.npz"
     newest.write_bytes(newest.read_bytes()[:-300])
-    with pytest.warns(CheckpointWarning, match="checkpoint-000000020.npz: skipped a damaged checkpoint"):
+    with pytest.warns(
+        CheckpointWarning, match="checkpoint-000000020.npz: skipped a damaged checkpoint"
+    ) as seen:
         resumed = fit(binary_data, checkpoint_dir=tmp_path, resume=True)
+    assert str(seen[0].message).count("checkpoint-000000020.npz") == 1  # the file named once
     assert relative_error(resumed.params, whole.params) <= 1e-12
 
 

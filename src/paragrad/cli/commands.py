@@ -480,12 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("paragrad: error: out of memory: use smaller data, model or batches", file=sys.stderr)
     except KeyboardInterrupt as exc:  # the shell's codes: 128 + the signal's number
-        if isinstance(exc, Terminated):
-            print("paragrad: terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        print("paragrad: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"paragrad: {stopped}{_resume_hint(args)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     return 1
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """For a training run that wrote checkpoints, how to go on from them."""
+    checkpoint = getattr(args, "checkpoint", None)
+    return "" if checkpoint is None else f"; go on from the checkpoints in {checkpoint} with --resume"
 
 
 if __name__ == "__main__":

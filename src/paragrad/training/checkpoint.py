@@ -400,7 +400,7 @@ def load_latest_checkpoint(
         except ConfigError:
             raise
         except (ModelFileError, KeyError, TypeError, ValueError) as exc:
-            message = f"{path}: skipped a damaged checkpoint ({exc})"
+            message = f"{path}: skipped a damaged checkpoint ({str(exc).removeprefix(f'{path}: ')})"
             warnings.warn(message, CheckpointWarning, stacklevel=caller_stacklevel())
             continue
         state, problem = with_log(state, history_keys, opt_state_type)

@@ -56,6 +56,7 @@ class Run:
     scaling: str = ""  # what workers="auto" chose, and why
     model_choice: str = ""  # with model=None or "auto": the model chosen, and why
     engine_choice: str = ""  # with engine="auto": where the run went, and why
+    resumed: str = ""  # with resume=True: the round it went on from, and where
     energy_j: float = math.nan  # the whole call's joules (see paragrad.training.energy)
     cpu_s: float = math.nan  # the whole call's CPU seconds, coordinator and workers
     energy_source: str = ""  # how energy_j was obtained: counters, or an estimate
@@ -123,7 +124,8 @@ class Run:
             f"{self.engine} engine, {self.num_workers} worker{'s' if self.num_workers != 1 else ''}"
             + (" at the end" if self.changes else "")
             + (f"\nengine        {self.engine_choice}" if self.engine_choice else ""),
-            f"rounds        {len(self.history)} ({self.outcome})",
+            f"rounds        {len(self.history)} ({self.outcome})"
+            + (f"\nresumed       {self.resumed}" if self.resumed else ""),
             f"training loss {self.final_loss:.6g}",
             f"speed         {total['samples'] / wall:,.0f} samples/s ({total['samples']:,} rows processed)",
             f"time          {whole:.3f} s in all: set-up {self.setup_s:.3f} s ({self._setup_text()}), "

@@ -269,6 +269,11 @@ def train(
     used = energy.total()  # the coordinator's own CPU time is the meter's; the workers' in its laps
     run.setup_s, run.setup_parts, run.total_s = setup_s, setup_parts, total_s
     run.model_choice, run.engine_choice = model_choice, choice.reason
+    if resumed is not None:
+        run.resumed = (
+            f"at round {resumed.round}, from the checkpoints in {checkpoint_dir} (the rounds before "
+            "it as the run that took them timed them)"
+        )
     run.energy_j, run.cpu_s, run.energy_source = used.energy_j, used.cpu_s, energy.describe()
     hooks.train_end(run)
     return run
