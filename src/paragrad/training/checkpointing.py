@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,16 +336,16 @@ def _store(path: Path, arrays: dict[str, np.ndarray], stale: list[Path], sync: b
     _remove(stale)
 
 
-def _sync(path: Path, log: Path | None = None, stale: list[Path] | None = None) -> None:
+def _sync(path: Path, log: Path | None = None, stale: Sequence[Path] = ()) -> None:
     """Sync a written file, its log if given, and their directory to the device; then
     remove the ``stale`` files it replaces."""
     if log is not None:
         sync_to_device(log)
     sync_to_device(path)
     sync_to_device(path.parent)
-    _remove(stale or [])
+    _remove(stale)
 
 
-def _remove(stale: list[Path]) -> None:
+def _remove(stale: Sequence[Path]) -> None:
     for old in stale:
         remove_checkpoint(old)
