@@ -111,8 +111,11 @@ def finish_hessian(hess: np.ndarray, k: int) -> np.ndarray:
     """Make ``hess`` exactly symmetric from its filled class pairs ``c <= c'``, in place:
     each diagonal block's upper triangle mirrored below, each pair ``(c, c')`` to ``(c', c)``."""
     n = hess.shape[0] // k
-    blocks = hess.reshape(n, k, n, k)
     below = _below_diagonal(n)
+    if k == 1:
+        np.copyto(hess, hess.T, where=below)
+        return hess
+    blocks = hess.reshape(n, k, n, k)
     for c in range(k):
         block = blocks[:, c, :, c]
         np.copyto(block, block.T, where=below)

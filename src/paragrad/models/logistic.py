@@ -57,18 +57,35 @@ class LogisticRegression(LinearLayout, Classifier):
         return np.column_stack([1.0 - p, p])
 
     def output_loss(self, Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        z = Z[:, 0]
-        # log(1 + e^z) - y z, row by row as log(1 + e^s) with s = (1 - 2y) z for y in {0, 1}:
-        # no cancellation between two large sums, so the loss of separated rows stays >= 0.
-        # log(1 + e^s) = max(s, 0) + log(1 + e^{-|s|}) and |s| = |z|, so one exponential
-        # serves the loss and the sigmoid (transcendental functions cost more than the
-        # products here).
-        tail = np.exp(-np.abs(z))
-        softplus = np.maximum((1.0 - 2.0 * y) * z, 0.0) + np.log1p(tail)
-        return float(softplus.sum(dtype=np.float64)), (sigmoid_from(z, tail) - y)[:, None]
+        loss, dZ, _ = self._loss_terms(Z, y, curvature=False)
+        return loss, dZ
 
     def output_curvature(self, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, None]:
         """``p (1 - p)`` per row, as ``sigmoid(z) sigmoid(-z) = t / (1 + t)^2`` with
         ``t = exp(-|z|)``: accurate in both tails, with one exponential."""
         tail = np.exp(-np.abs(Z))
         return tail / np.square(1.0 + tail), None
+
+    def output_loss_curvature(
+        self, Z: np.ndarray, y: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray, None]:
+        loss, dZ, curvature = self._loss_terms(Z, y, curvature=True)
+        assert curvature is not None
+        return loss, dZ, curvature[:, None], None
+
+    def _loss_terms(
+        self, Z: np.ndarray, y: np.ndarray, curvature: bool
+    ) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """The loss sum, dLoss/dZ and, with ``curvature``, ``p (1 - p)`` per row, from one
+        exponential (transcendental functions cost more than the products here)."""
+        z = Z[:, 0]
+        # log(1 + e^z) - y z, row by row as log(1 + e^s) with s = (1 - 2y) z for y in {0, 1}:
+        # no cancellation between two large sums, so the loss of separated rows stays >= 0.
+        # log(1 + e^s) = max(s, 0) + log1p(t) with t = e^{-|s|} = e^{-|z|}; the sigmoid is
+        # 1 / (1 + t) for z >= 0, t / (1 + t) below; p (1 - p) = t / (1 + t)^2.
+        tail = np.exp(-np.abs(z))
+        softplus = np.maximum((1.0 - 2.0 * y) * z, 0.0) + np.log1p(tail)
+        one_plus_tail = 1.0 + tail
+        dz = np.where(z >= 0, 1.0, tail) / one_plus_tail - y
+        curve = tail / np.square(one_plus_tail) if curvature else None
+        return float(softplus.sum(dtype=np.float64)), dz[:, None], curve

@@ -78,18 +78,18 @@ def _cholesky_solve(
     """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
     to a unit diagonal; None where it is not, to within round-off (a squared pivot below
     ``singular_pivot``)."""
-    diagonal = np.diagonal(hessian)
+    diagonal = hessian.diagonal()
     if not (diagonal > 0).all():
         return None
     scale = np.sqrt(diagonal)
-    scaled, scaled_grad = hessian / np.outer(scale, scale), grad / scale
+    scaled, scaled_grad = hessian / (scale[:, None] * scale), grad / scale
     lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
     if lapack is None:
         factor = _cholesky(scaled)
     else:
         factor, info = lapack.dpotrf(scaled, lower=1)
         factor = None if info != 0 else factor
-    if factor is None or not np.diagonal(factor).min() ** 2 >= singular_pivot:
+    if factor is None or not factor.diagonal().min() ** 2 >= singular_pivot:
         return None
     if lapack is None:
         return _solve(scaled, scaled_grad) / scale

@@ -26,12 +26,12 @@ from paragrad.errors import ConfigError
 # Utilization): 3.5" per vCPU (and 0.74 W at 0%).
 DEFAULT_WATTS_PER_CORE = 3.5
 WATTS_SOURCE = "Cloud Carbon Footprint's busy-vCPU average for AWS, from SPECpower"
-POWERCAP_ROOT = Path("/sys/class/powercap")
+POWERCAP_ROOT = "/sys/class/powercap"
 PACKAGE_ZONE = re.compile(r"intel-rapl:\d+")  # a package; intel-rapl:0:0 and so on are parts of it
 
 
-def powercap_root() -> Path:
-    return Path(os.environ.get("PARAGRAD_POWERCAP_ROOT") or POWERCAP_ROOT)
+def powercap_root() -> str:
+    return os.environ.get("PARAGRAD_POWERCAP_ROOT") or POWERCAP_ROOT
 
 
 def watts_per_core() -> float:
@@ -56,22 +56,29 @@ class Zone:
     max_uj: int
 
 
-# The zones found under a powercap root, by the root and its modification time: every run
-# makes a meter, and a small run's rounds cost less than listing the folder.
-_FOUND: dict[tuple[Path, int], list[Zone]] = {}
+# The zones found under each powercap root: (when looked, the root's modification time,
+# the zones). Every run makes a meter, and a small run's rounds cost less than looking
+# at the folder, so a root is looked at again only after RECHECK_S.
+_FOUND: dict[str, tuple[float, int, list[Zone]]] = {}
+RECHECK_S = 1.0
 
 
-def package_zones(root: Path | None = None) -> list[Zone]:
+def package_zones(root: str | os.PathLike[str] | None = None) -> list[Zone]:
     """The readable package counters under the powercap ``root`` (none: no counters)."""
-    root = powercap_root() if root is None else root
+    where = powercap_root() if root is None else os.fspath(root)
+    now = time.monotonic()
+    found = _FOUND.get(where)
+    if found is not None and now - found[0] < RECHECK_S:
+        return list(found[2])
     try:
-        key = (root, root.stat().st_mtime_ns)
+        modified = os.stat(where).st_mtime_ns
     except OSError:
-        return []
-    if key not in _FOUND:
-        _FOUND.clear()  # an older listing of any root is stale
-        _FOUND[key] = _list_zones(root)
-    return list(_FOUND[key])
+        modified, zones = -1, []
+    else:
+        zones = found[2] if found is not None and found[1] == modified else _list_zones(Path(where))
+    _FOUND.clear()  # one root at a time: an older listing of any root is stale
+    _FOUND[where] = (now, modified, zones)
+    return list(zones)
 
 
 def _list_zones(root: Path) -> list[Zone]:

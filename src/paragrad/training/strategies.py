@@ -126,9 +126,8 @@ def objective(
     hessian = None
     if needs == "hessian":
         hessian = (matrices[0] if len(matrices) == 1 else np.add.reduce(matrices)) / count
-        penalty_diagonal = model.penalty_hessian(params)
-        if penalty_diagonal.any():
-            hessian += np.diag(penalty_diagonal)
+        if model.l2 != 0.0:  # l2 on the weights' diagonal
+            hessian += np.diag(model.penalty_hessian(params))
         flat = model.flat_directions()  # curvature where the objective is flat: a definite system
         if len(flat):
             hessian = model.without_flat(hessian)

@@ -49,7 +49,7 @@ def distinct_labels(y: np.ndarray) -> np.ndarray:
     for class codes 0, 1, 2, ... (a pass over y), sorted otherwise."""
     if len(y) and 0 <= y.min() and y.max() < 2 * MAX_CLASSES:
         codes = y.astype(np.intp)
-        if np.array_equal(codes, y):
+        if (codes == y).all():
             return np.flatnonzero(np.bincount(codes)).astype(y.dtype)[: MAX_CLASSES + 1]
     return np.unique(y)[: MAX_CLASSES + 1]
 
