@@ -193,6 +193,8 @@ HESSIAN_KINDS = [
     (family, intercept) for family in ("linear", "logistic", "softmax") for intercept in (True, False)
 ]
 
+ONE_OUTPUT_KINDS = [(family, intercept) for family, intercept in HESSIAN_KINDS if family != "softmax"]
+
 
 def make_linear_family(family: str, fit_intercept: bool, rows: int = 40):
     rng = np.random.default_rng(3)
@@ -259,6 +261,28 @@ def test_hessian_call_returns_the_loss_and_gradient_of_loss_grad_bit_for_bit(fam
     expected_loss, expected_grad = model.loss_grad(params, X, y)
     assert loss == expected_loss
     np.testing.assert_array_equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize(("family", "fit_intercept"), ONE_OUTPUT_KINDS)
+@pytest.mark.parametrize("rows", [8, 40, 1024])
+def test_small_data_is_summed_as_the_block_loop_sums_it(family, fit_intercept, rows, monkeypatch):
+    """Small dense data is summed with a column of ones, in a few products: the block
+    loop's loss, gradient and Hessian to round-off."""
+    # Prepare
+    from paragrad.models import base
+
+    model, params, X, y = make_linear_family(family, fit_intercept, rows=rows)
+    assert base._small_dense(X)
+    small = model.loss_grad_hess(params, X, y)
+    monkeypatch.setattr(base, "SMALL_BLOCK_ROWS", 0)
+    assert not base._small_dense(X)
+    # Execute
+    loss, grad, hess = model.loss_grad_hess(params, X, y)
+    # Assert
+    assert small[0] == pytest.approx(loss, rel=1e-13)
+    np.testing.assert_allclose(small[1], grad, rtol=1e-12, atol=1e-12 * np.abs(grad).max())
+    assert_same_hessian(small[2], hess, rtol=1e-12)
+    np.testing.assert_array_equal(small[2], small[2].T)
 
 
 @pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)

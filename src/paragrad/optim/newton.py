@@ -8,6 +8,7 @@ the optimum, where convergence is quadratic: a handful of rounds reach machine p
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -144,6 +145,11 @@ def _numpy_gufuncs() -> Any:
 _GUFUNCS = _numpy_gufuncs()
 
 
+def _every(hessian_sample: float) -> int:
+    """The Hessian is summed over one block of rows in this many."""
+    return max(1, round(1.0 / hessian_sample))
+
+
 class EstimateSingular(Exception):
     """A Newton step found its estimate of the Hessian (a sample's, or summed in float32)
     singular, or not finite: some direction has no curvature in the sample (a feature that
@@ -209,17 +215,13 @@ class Newton(Optimizer):
         self.c1, self.max_line_search = float(c1), int(max_line_search)
         self.loss_noise = positive("loss_noise", loss_noise)
         self.hessian_sample = float(hessian_sample)
+        self.hessian_every = _every(self.hessian_sample)
         if not isinstance(hessian_float32, bool):
             raise ConfigError(f"hessian_float32 must be True or False, got {hessian_float32!r}")
         self.hessian_float32 = hessian_float32
         self.exact_below = None if exact_below is None else positive("exact_below", exact_below)
         self.stop_below = 0.0  # a step this small is the run's last (see stopping_at)
         self.singular_known = False  # the data's features are dependent (see accepting_singular)
-
-    @property
-    def hessian_every(self) -> int:
-        """The Hessian is summed over one block of rows in this many."""
-        return max(1, round(1.0 / self.hessian_sample))
 
     @property
     def estimated(self) -> bool:
@@ -260,6 +262,7 @@ class Newton(Optimizer):
         """A copy of this optimizer with ``settings`` changed."""
         changed = copy.copy(self)
         vars(changed).update(settings)
+        changed.hessian_every = _every(changed.hessian_sample)
         return changed
 
     def init(self, params: np.ndarray) -> NewtonState:
@@ -278,7 +281,7 @@ class Newton(Optimizer):
         """One Newton step; the point it reaches is evaluated once, for the next step too."""
         here = (
             evaluate(params)
-            if np.isnan(state.loss)
+            if math.isnan(state.loss)
             else Evaluation(float(state.loss), state.grad, state.hessian)
         )
         assert here.hessian is not None

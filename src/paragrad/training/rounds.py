@@ -377,7 +377,7 @@ class RoundLoop:
         finite parameters, if the result is not finite."""
         start = time.perf_counter()
         meter = PassMeter(self.runner)
-        evaluated = isinstance(self.optimizer, Newton) and not np.isnan(state.opt_state.loss)
+        evaluated = isinstance(self.optimizer, Newton) and not math.isnan(state.opt_state.loss)
         step_estimated = self.hessians.step_takes_estimate(self.optimizer, evaluated)
         with np.errstate(over="ignore", invalid="ignore"):
             try:
@@ -405,9 +405,12 @@ class RoundLoop:
         self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
         energy = self.energy.lap(meter.worker_cpu_s)
-        state.history.append(
-            {**record, "workers": self.runner.num_workers, "cpu_s": energy.cpu_s, "energy_j": energy.energy_j}
+        record["workers"], record["cpu_s"], record["energy_j"] = (
+            self.runner.num_workers,
+            energy.cpu_s,
+            energy.energy_j,
         )
+        state.history.append(record)
         state.params, state.opt_state = outcome.params, outcome.opt_state
         state.norms.append(float(np.abs(outcome.params).max()))
         if state.singular_first is None and round_index == 0:

@@ -278,10 +278,12 @@ class GradientDescent(Strategy):
         if optimizer.needs == "factor":
             factor = shard_factor(shard.X, shard.labels, model.fit_intercept)
             return WorkerResult(shard.num_rows, 0.0, np.zeros(0), matrix=factor)
-        sample, float32 = None, isinstance(optimizer, Newton) and optimizer.hessian_float32
-        if isinstance(optimizer, Newton) and optimizer.hessian_every > 1:
-            held = shard.held
-            sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
+        sample, float32 = None, False
+        if isinstance(optimizer, Newton):
+            float32 = optimizer.hessian_float32
+            if optimizer.hessian_every > 1:
+                held = shard.held
+                sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
         loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 

@@ -191,7 +191,7 @@ class EncodeLabels(Task):
         if classes is None:
             return None
         values = classes.astype(np.float64)
-        return None if np.array_equal(values, np.arange(len(values))) else cls(values)
+        return None if bool((values == np.arange(len(values))).all()) else cls(values)
 
     def __call__(self, shard: Shard) -> None:
         y = shard.labels
