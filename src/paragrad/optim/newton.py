@@ -44,11 +44,11 @@ def newton_direction(
     :data:`SINGULAR_PIVOT` by default): then the least-squares direction of smallest norm
     instead; where H is not finite (values too large for the data's float type), the
     gradient's."""
-    if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
-        return -grad, False
-    direction = _cholesky_solve(hessian, grad, singular_pivot)
+    direction = _cholesky_solve(hessian, grad, singular_pivot)  # None for H not finite
     if direction is not None and np.isfinite(direction).all():
         return -direction, False
+    if not (np.isfinite(hessian).all() and np.isfinite(grad).all()):
+        return -grad, False
     return -_smallest_norm_solution(hessian, grad), True
 
 
@@ -78,7 +78,12 @@ def _cholesky_solve(
 ) -> np.ndarray | None:
     """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
     to a unit diagonal; None where it is not, to within round-off (a squared pivot below
-    ``singular_pivot``)."""
+    ``singular_pivot``), or not finite (NaN pivots)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _scaled_cholesky_solve(hessian, grad, singular_pivot)
+
+
+def _scaled_cholesky_solve(hessian: np.ndarray, grad: np.ndarray, singular_pivot: float) -> np.ndarray | None:
     diagonal = hessian.diagonal()
     if not (diagonal > 0).all():
         return None
@@ -109,14 +114,13 @@ def _scipy_lapack() -> Any:
 
 def _cholesky(matrix: np.ndarray) -> np.ndarray | None:
     """The lower Cholesky factor of a float64 matrix; None or NaNs where it is not
-    positive definite."""
+    positive definite (NaNs within the caller's ``np.errstate(invalid="ignore")``)."""
     if _GUFUNCS is None:
         try:
             return np.linalg.cholesky(matrix)
         except np.linalg.LinAlgError:
             return None
-    with np.errstate(invalid="ignore"):  # not positive definite: NaNs, which the pivot check refuses
-        return _GUFUNCS.cholesky_lo(matrix, signature="d->d")
+    return _GUFUNCS.cholesky_lo(matrix, signature="d->d")  # not positive definite: NaNs
 
 
 def _solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
