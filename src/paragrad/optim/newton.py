@@ -7,7 +7,6 @@ the optimum, where convergence is quadratic: a handful of rounds reach machine p
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Any, ClassVar, NamedTuple
@@ -264,8 +263,8 @@ class Newton(Optimizer):
 
     def _with(self, **settings: Any) -> Newton:
         """A copy of this optimizer with ``settings`` changed."""
-        changed = copy.copy(self)
-        vars(changed).update(settings)
+        changed = object.__new__(type(self))  # copy.copy's result, without its protocol's cost
+        vars(changed).update(vars(self), **settings)
         changed.hessian_every = _every(changed.hessian_sample)
         return changed
 

@@ -402,7 +402,7 @@ class RoundLoop:
                     )
                 return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
-        self.check_finite(round_index, outcome, state)
+        largest = self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
         energy = self.energy.lap(meter.worker_cpu_s)
         record["workers"], record["cpu_s"], record["energy_j"] = (
@@ -412,7 +412,7 @@ class RoundLoop:
         )
         state.history.append(record)
         state.params, state.opt_state = outcome.params, outcome.opt_state
-        state.norms.append(float(np.abs(outcome.params).max()))
+        state.norms.append(largest)
         if state.singular_first is None and round_index == 0:
             state.singular_first = outcome.singular
         elif outcome.singular:
@@ -433,12 +433,15 @@ class RoundLoop:
             self.optimizer = optimizer
             self.task = replace(self.task, optimizer=optimizer)
 
-    def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> None:
-        """Raise TrainingDiverged when the loss or parameters are not finite, or exploded."""
+    def check_finite(self, round_index: int, outcome: StepOutcome, state: LoopState) -> float:
+        """The parameters' largest magnitude; raise TrainingDiverged when the loss or
+        parameters are not finite (a NaN or infinite entry makes the largest one so), or
+        the loss exploded."""
         if state.first_loss is None:
             state.first_loss = outcome.loss
         exploded = abs(outcome.loss) > EXPLODED * max(1.0, abs(state.first_loss))
-        if exploded or not (math.isfinite(outcome.loss) and np.isfinite(outcome.params).all()):
+        largest = float(np.abs(outcome.params).max())
+        if exploded or not (math.isfinite(outcome.loss) and math.isfinite(largest)):
             self.model.params_ = state.params
             raise TrainingDiverged(
                 f"training diverged at round {round_index} (loss {outcome.loss:g}): "
@@ -446,3 +449,4 @@ class RoundLoop:
                 state.params,
                 round_index,
             )
+        return largest

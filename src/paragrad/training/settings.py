@@ -239,8 +239,8 @@ def resource_warnings(runner: Engine, strategy: Strategy, shard_sizes: tuple[int
     than this process's cores, or batches larger than they can be (clipped): SGD's global
     batch beyond the data, LocalSGD's local batch beyond a shard."""
     messages = []
-    threads, cores = runner.num_workers * runner.threads_per_worker, default_workers()
-    if runner.shares_cores and threads > cores:
+    threads = runner.num_workers * runner.threads_per_worker
+    if runner.shares_cores and threads > (cores := default_workers()):
         messages.append(
             f"{runner.num_workers} workers x {runner.threads_per_worker} thread(s) each = {threads} threads "
             f"on {cores} cores: they slow each other down; lower {setting('workers')} or "

@@ -122,7 +122,6 @@ def objective(
         return Evaluation(
             math.nan, np.zeros(len(params)), factor=combine_factors(matrices, penalty_rows), count=count
         )
-    penalty, penalty_grad = model.penalty(params)
     hessian = None
     if needs == "hessian":
         hessian = (matrices[0] if len(matrices) == 1 else np.add.reduce(matrices)) / count
@@ -132,7 +131,11 @@ def objective(
         if len(flat):
             hessian = model.without_flat(hessian)
             hessian += (np.trace(hessian) / len(params)) * (flat.T @ flat) / len(flat)
-    return Evaluation(loss_sum / count + penalty, grad_sum / count + penalty_grad, hessian, count=count)
+    loss, grad = loss_sum / count, grad_sum / count
+    if model.l2 != 0.0:
+        penalty, penalty_grad = model.penalty(params)
+        loss, grad = loss + penalty, grad + penalty_grad
+    return Evaluation(loss, grad, hessian, count=count)
 
 
 RunWorkers = Callable[[np.ndarray], list[WorkerResult]]
