@@ -285,6 +285,8 @@ class Checkpointing:
         still owes the sync. After a failure the files are left as they are: a sync that
         succeeds after one that failed does not show that the data reached the device
         (Linux reports a lost write once)."""
+        if self.directory is None:
+            return
         log = self.log
         try:
             self._settled(self.writer.close)

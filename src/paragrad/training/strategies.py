@@ -95,8 +95,10 @@ def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np
 
 
 def sum_results(results: Sequence[WorkerResult]) -> tuple[int, float, np.ndarray]:
-    """Total count, loss sum and vector sum of the workers' results, in worker order."""
-    total = np.array(results[0].vector, dtype=np.float64)
+    """Total count, loss sum and vector sum of the workers' results, in worker order (one
+    result's vector as it is, to be read only)."""
+    first = results[0].vector
+    total = np.array(first, dtype=np.float64) if len(results) > 1 else np.asarray(first, dtype=np.float64)
     count, loss = results[0].count, results[0].loss_sum
     for result in results[1:]:
         count += result.count
@@ -220,7 +222,8 @@ class Strategy(ABC):
             return objective(self.receive(run_workers(point), len(point)), point, model, optimizer.needs)
 
         step = optimizer.minimize(evaluate, params, opt_state)
-        grad_norm = float(np.abs(step.grad).max())
+        # The gradient's largest entry: what convergence measures without the optimizer's own measure
+        grad_norm = float(np.abs(step.grad).max()) if step.criterion is None else None
         return StepOutcome(
             step.params,
             step.state,
