@@ -83,10 +83,9 @@ def _cholesky_solve(
 
 
 def _scaled_cholesky_solve(hessian: np.ndarray, grad: np.ndarray, singular_pivot: float) -> np.ndarray | None:
-    diagonal = hessian.diagonal()
-    if not (diagonal > 0).all():
-        return None
-    scale = np.sqrt(diagonal)
+    # A diagonal entry that is not positive makes NaNs (the square root of a negative, 0 / 0),
+    # and a factor with NaN pivots is refused below.
+    scale = np.sqrt(hessian.diagonal())
     scaled, scaled_grad = hessian / (scale[:, None] * scale), grad / scale
     lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
     if lapack is None:
