@@ -431,6 +431,10 @@ class LinearLayout:
         scaled to all the data's: an estimate of the sum at a fraction of the cost. With
         ``float32``, its products run in float32 whatever the data's type.
         """
+        if sample is None and not float32 and self.num_outputs == 1 and _small_dense(X):
+            loss, grad, _, exact = self._small_sums(params, X, y, hessian=True)
+            assert exact is not None
+            return loss, grad, finish_hessian(exact, 1)
         hess = np.zeros((self.num_params, self.num_params))
         if is_sparse(X) or (sample is not None and sample.every == 1):
             sample = None
@@ -451,7 +455,13 @@ class LinearLayout:
         """The block loop of :meth:`loss_grad`; adds the Hessian sum (over the ``sample``'s
         rows, if one is given; its products in float32 if ``float32``) to ``hess`` unless None."""
         if self.num_outputs == 1 and _small_dense(X):
-            return self._small_sums(params, X, y, hess, sample, float32)
+            loss, grad, Z, _ = self._small_sums(params, X, y, hessian=False)
+            if hess is not None:  # sampled, or in float32 (loss_grad_hess sums the exact one)
+                step = block_rows(X)
+                for rows in [slice(None)] if sample is None else sample.runs(0, X.shape[0], step):
+                    diag, outer = self.output_curvature(Z[rows], y[rows])
+                    add_hessian_sums(hess, X[rows], diag, outer, self.fit_intercept, step, float32)
+            return loss, grad
         d, k = features_of(self), self.num_outputs
         W, b = self.weights_for(params, X)
         grad = np.zeros(self.num_params)
@@ -485,35 +495,25 @@ class LinearLayout:
         return loss, grad
 
     def _small_sums(
-        self,
-        params: np.ndarray,
-        X: np.ndarray,
-        y: np.ndarray,
-        hess: np.ndarray | None,
-        sample: RowSample | None,
-        float32: bool,
-    ) -> tuple[float, np.ndarray]:
-        """:meth:`_fused_sums` of one output over a small dense X, in the fewest array
-        operations (on small data each costs more than its arithmetic): X with a column of
-        ones for the intercept, so that one product makes the outputs, one the gradient and
-        one the exact Hessian. A sampled or float32 Hessian is the block loop's."""
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hessian: bool
+    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The loss and gradient sums of one output over a small dense X, the outputs, and
+        with ``hessian`` the exact Hessian sum (its upper triangle, as :func:`finish_hessian`
+        takes it), in the fewest array operations (on small data each costs more than its
+        arithmetic): X with a column of ones for the intercept, so that one product makes
+        the outputs, one the gradient and one the Hessian."""
         A = X
         if self.fit_intercept:
             A = np.empty((X.shape[0], X.shape[1] + 1))
             A[:, :-1], A[:, -1] = X, 1.0
         Z = (A @ params)[:, None]
-        exact = hess is not None and sample is None and not float32
-        if exact:
+        hess = None
+        if hessian:
             loss, dZ, diag, _ = self.output_loss_curvature(Z, y)  # one output: no outer part
-            hess += A.T @ (A * diag)
+            hess = A.T @ (A * diag)
         else:
             loss, dZ = self.output_loss(Z, y)
-        if hess is not None and not exact:
-            step = block_rows(X)
-            for rows in [slice(None)] if sample is None else sample.runs(0, X.shape[0], step):
-                diag, outer = self.output_curvature(Z[rows], y[rows])
-                add_hessian_sums(hess, X[rows], diag, outer, self.fit_intercept, step, float32)
-        return loss, dZ[:, 0] @ A
+        return loss, dZ[:, 0] @ A, Z, hess
 
 
 def _small_dense(X: Features) -> bool:

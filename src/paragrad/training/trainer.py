@@ -8,6 +8,7 @@ the workers gather (classes, standardisation, feature scales) and runs the round
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -214,8 +215,10 @@ def train(
     )
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints).prepare(resume)
     hooks = CallbackList.of(callbacks)
-    config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
-    resumed = _load_resume_state(checkpoint_dir, config, model, optimizer) if resume else None
+    config_of = functools.partial(
+        RunConfig.of, model, data, strategy, optimizer, seed, dtype, standardize, shuffle
+    )
+    resumed = _load_resume_state(checkpoint_dir, config_of(), model, optimizer) if resume else None
 
     start_from = None if init is None else start_model(init, model, data)
     if start_from is not None and start_from.standardizer_ is not None:
@@ -253,7 +256,7 @@ def train(
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         if isinstance(optimizer, Newton):
             optimizer = optimizer.stopping_at(tol)
-        config = config.with_classes(model.classes_)
+        config = config_of(classes=model.classes_)
         checkpoints.adopt(resumed, fingerprints, config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
         loop.initial_params = None if start_from is None else initial_params(start_from, model)
