@@ -8,6 +8,7 @@ Zhang's approximate Wolfe test).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ def sufficient_decrease(
     """Whether ``step`` decreases the loss enough: by the loss (Armijo), or, within the
     loss's round-off ``loss_noise * |loss|``, by the slope. On a quadratic,
     ``f(a) - f(0) <= c1 a f'(0)`` is exactly ``f'(a) <= (2 c1 - 1) f'(0)``."""
-    if not np.isfinite(new_loss):
+    if not math.isfinite(new_loss):
         return False
     if new_loss <= loss + c1 * step * slope:
         return True

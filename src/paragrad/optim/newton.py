@@ -313,7 +313,7 @@ class Newton(Optimizer):
             )
         step = 1.0
         for _ in range(self.max_line_search):
-            candidate = params + step * direction
+            candidate = params + direction if step == 1.0 else params + step * direction
             there = evaluate(candidate)
             new_slope = float(there.grad @ direction)
             if sufficient_decrease(here.loss, slope, step, there.loss, new_slope, self.c1, self.loss_noise):
