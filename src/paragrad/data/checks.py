@@ -96,6 +96,8 @@ def within_bounds(values: Features) -> bool:
     if is_sparse(values):
         return _within_bound(values.data)
     block, mapped = _block_rows(values), _memmap_of(values)
+    if values.shape[0] <= block:  # one block: no loop to set up
+        return _within_bound(values, mapped)
     return all(
         _within_bound(values[start : start + block], mapped) for start in range(0, values.shape[0], block)
     )

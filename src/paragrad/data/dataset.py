@@ -285,6 +285,11 @@ def _file_backing(X: Features, dtype: np.dtype) -> FileBacking | None:
     return FileBacking(str(mapped.filename), int(offset), os.stat(mapped.filename).st_ino)
 
 
+# dtype kinds of numbers, as np.issubdtype(kind, np.integer or np.floating) takes them
+# (timedelta64 is a signed integer there), and of real values (booleans besides)
+NUMBER_KINDS, REAL_KINDS = "iufm", "iufmb"
+
+
 def _float_dtype(dtype: DTypeLike | None, like: object = None, target: object = None) -> np.dtype:
     """The float type to use; ``None`` keeps float32 features as they are (with their
     ``target``, when float32 holds its every value exactly: class codes, float32 values)
@@ -317,7 +322,7 @@ def _as_matrix(X: Any, dtype: np.dtype, source: str) -> Features:
     if is_sparse(X):
         return _as_csr(X, dtype, source)
     X = np.asarray(X)
-    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+    if X.dtype.kind not in REAL_KINDS:
         raise DataError(f"{source}: features must be real numbers, got values of type {X.dtype}")
     if X.ndim != 2:
         raise DataError(f"{source}: features must be a 2-D array (rows x features), got shape {X.shape}")
@@ -338,7 +343,7 @@ def _as_labels(y: Any, num_rows: int, dtype: np.dtype, source: str) -> tuple[np.
         raise DataError(f"{source}: the target must be 1-D, got shape {y.shape}")
     if len(y) != num_rows:
         raise DataError(f"{source}: {num_rows} rows of features but {len(y)} target values")
-    if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating):
+    if y.dtype.kind in NUMBER_KINDS:
         return np.ascontiguousarray(y, dtype=dtype), None
     if y.dtype.kind not in "bUSO":
         raise DataError(f"{source}: the target must be numbers, text or booleans, got type {y.dtype}")
@@ -365,7 +370,7 @@ def _plain_labels(y: np.ndarray, source: str) -> np.ndarray:
 
 def _as_csr(X: Features, dtype: np.dtype, source: str) -> Features:
     """A CSR matrix with sorted indices in ``dtype``; shape and type checked like arrays."""
-    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+    if X.dtype.kind not in REAL_KINDS:
         raise DataError(f"{source}: features must be real numbers, got values of type {X.dtype}")
     if X.shape[0] == 0:
         raise DataError(f"{source}: no data rows")
