@@ -15,7 +15,7 @@ import scipy.sparse
 from newton_data import classification, dataset
 
 import paragrad as pg
-from paragrad.models import base
+from paragrad.models import linear_layout
 from paragrad.models.curvature import SYMMETRIC_UPDATE_COLUMNS, add_hessian_sums, finish_hessian
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.training.hessian_schedule import HessianSchedule
@@ -288,7 +288,7 @@ def test_a_run_resumed_before_or_after_the_exact_hessian_takes_the_same_steps(tm
 def test_a_resumed_run_knows_a_step_grew_and_the_features_are_dependent(tmp_path, stop, monkeypatch):
     # Prepare: a repeated column (found dependent in round 0), and a rare feature that makes
     # a sampled step grow; blocks of 64 rows, so the sample is a tenth of them
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     X, y = classification(6000, 8)
     X = np.column_stack([X, X[:, 1], np.r_[np.ones(40), np.zeros(5960)]])
     optimizer = pg.optim.Newton(hessian_sample=0.1, hessian_float32=True, exact_below=ESTIMATE_UNTIL)

@@ -269,13 +269,13 @@ def test_small_data_is_summed_as_the_block_loop_sums_it(family, fit_intercept, r
     """Small dense data is summed with a column of ones, in a few products: the block
     loop's loss, gradient and Hessian to round-off."""
     # Prepare
-    from paragrad.models import base
+    from paragrad.models import linear_layout
 
     model, params, X, y = make_linear_family(family, fit_intercept, rows=rows)
-    assert base._small_dense(X)
+    assert linear_layout._small_dense(X)
     small = model.loss_grad_hess(params, X, y)
-    monkeypatch.setattr(base, "SMALL_BLOCK_ROWS", 0)
-    assert not base._small_dense(X)
+    monkeypatch.setattr(linear_layout, "SMALL_BLOCK_ROWS", 0)
+    assert not linear_layout._small_dense(X)
     # Execute
     loss, grad, hess = model.loss_grad_hess(params, X, y)
     # Assert
@@ -299,11 +299,11 @@ def test_hessian_sums_add_up_over_row_splits(family, fit_intercept):
 @pytest.mark.parametrize("family", ["linear", "logistic", "softmax"])
 def test_hessian_is_the_same_over_many_blocks(family, monkeypatch):
     # Prepare: blocks of 64 rows, so 300 rows take five of them
-    from paragrad.models import base
+    from paragrad.models import linear_layout
 
     model, params, X, y = make_linear_family(family, True, rows=300)
     one_block = model.loss_grad_hess(params, X, y)
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     # Execute
     loss, grad, hess = model.loss_grad_hess(params, X, y)
     # Assert
@@ -329,11 +329,11 @@ def test_hessian_of_csr_data_equals_dense(family, fit_intercept, monkeypatch):
     # Prepare: a sparse matrix densified 64 rows at a time
     import scipy.sparse as sp
 
-    from paragrad.models import base
+    from paragrad.models import linear_layout
 
     model, params, X, y = make_linear_family(family, fit_intercept, rows=200)
     X[np.abs(X) < 0.8] = 0.0
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     # Execute
     loss, grad, hess = model.loss_grad_hess(params, sp.csr_matrix(X), y)
     # Assert

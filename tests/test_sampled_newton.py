@@ -17,7 +17,7 @@ from newton_data import classification, dataset
 import paragrad as pg
 from paragrad.cli.commands import _optimizer
 from paragrad.cli.parser import build_parser
-from paragrad.models import base
+from paragrad.models import linear_layout
 from paragrad.models.curvature import RowSample
 from paragrad.optim.least_squares import RankDeficient
 from paragrad.optim.newton import newton_direction
@@ -35,7 +35,7 @@ def test_sampled_hessian_is_every_kth_blocks_sum_scaled_to_all_rows(every, monke
     # Prepare: blocks of 64 rows (the smallest), so 1000 rows take 16 of them
     X, y = classification(1000, 4)
     model, params = logistic_at_random_point(X)
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     sampled = [rows for rows in np.array_split(np.arange(1000), range(64, 1000, 64))][::every]
     expected = sum(model.loss_grad_hess(params, X[rows], y[rows])[2] for rows in sampled)
     expected = expected * 1000 / sum(len(rows) for rows in sampled)
@@ -53,7 +53,7 @@ def test_sampled_hessian_is_the_same_whatever_the_shards(splits, monkeypatch):
     # Prepare: the sample is every third block of 64 of all the rows, not of each shard's
     X, y = classification(1000, 4)
     model, params = logistic_at_random_point(X)
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     whole = model.loss_grad_hess(params, X, y, RowSample(3, 0, 1000))[2]
     # Execute
     shards = [
@@ -71,7 +71,7 @@ def test_sampled_newton_reaches_newtons_optimum(model, classes, monkeypatch):
     # Prepare: 64-row blocks, a Hessian over one block in ten
     X, y = classification(6000, 6, classes)
     data = pg.Dataset(X, y)
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     exact = pg.train(model(), data, optimizer=pg.optim.Newton(), engine="serial", tol=1e-10)
     # Execute
     sampled = pg.train(
@@ -86,7 +86,7 @@ def test_sampled_newton_reaches_newtons_optimum(model, classes, monkeypatch):
 def test_sampled_newton_takes_the_same_steps_on_any_number_of_workers(monkeypatch):
     # Prepare: 64-row blocks; shards of 6000 / 7 rows do not start on a block's first row
     X, y = classification(6000, 6)
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     sampled = pg.optim.Newton(hessian_sample=0.1)
     # Execute
     runs = [
@@ -155,7 +155,7 @@ def test_dependent_features_are_checked_over_all_rows_once_then_sampled_again(mo
     # 500 sampled rows a parameter, as the default samples
     X, y = classification(40_000, 6)
     X = np.column_stack([X, np.full(len(X), 3.0)])
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     data = pg.Dataset(X, y)
     with pytest.warns(RankDeficient):
         exact = pg.train(
@@ -181,7 +181,7 @@ def test_rare_features_that_mislead_the_sampled_steps_hand_over_to_the_exact_hes
         rare[rng.choice(20_000, count, replace=False), j] = 1.0
     X = np.column_stack([X, rare])
     y = (rng.random(20_000) < 1 / (1 + np.exp(-(X[:, :4].sum(axis=1) + rare.sum(axis=1))))) * 1.0
-    monkeypatch.setattr(base, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)
     data = pg.Dataset(X, y)
     exact = pg.train(pg.models.LogisticRegression(), data, optimizer=pg.optim.Newton(), engine="serial")
     # Execute

@@ -20,7 +20,7 @@ from paragrad import __version__
 from paragrad.core.atomic import atomic_write
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, Classifier, Model, Torch
-from paragrad.models.base import LinearLayout
+from paragrad.models.linear_layout import LinearLayout
 from paragrad.models.logistic import LogisticRegression
 from paragrad.models.torch_graph import TorchGraph
 

@@ -23,7 +23,7 @@ from paragrad.core.shards import default_workers
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, LinearRegression, LogisticRegression, Model, SoftmaxRegression
-from paragrad.models.base import LinearLayout
+from paragrad.models.linear_layout import LinearLayout
 from paragrad.optim import Optimizer, get_optimizer
 from paragrad.training.elastic import Workers
 from paragrad.training.strategies import Strategy, get_strategy

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from paragrad.models.base import LinearLayout, Model
+from paragrad.models.base import Model
+from paragrad.models.linear_layout import LinearLayout
 
 
 class LinearRegression(LinearLayout, Model):

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import DataError, in_terms, model_term
-from paragrad.models.base import Classifier, LinearLayout
+from paragrad.models.base import Classifier
+from paragrad.models.linear_layout import LinearLayout
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

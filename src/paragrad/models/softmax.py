@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 
 from paragrad.errors import DataError
-from paragrad.models.base import Classifier, LinearLayout, features_of
+from paragrad.models.base import Classifier, features_of
 from paragrad.models.crossentropy import log_softmax_xent, softmax
+from paragrad.models.linear_layout import LinearLayout
 
 
 class SoftmaxRegression(LinearLayout, Classifier):

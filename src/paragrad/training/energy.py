@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from paragrad.errors import ConfigError
 
@@ -104,8 +105,7 @@ def counter_change(before: int, after: int, max_uj: int) -> int:
     return after - before if after >= before else after + max_uj - before
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):  # made every round: a tuple is made fastest
     """Joules over some span, and the CPU seconds (coordinator and workers) in it."""
 
     energy_j: float
@@ -141,6 +141,8 @@ class EnergyMeter:
         return f"estimate: CPU seconds x {self.watts:g} W per busy core, PARAGRAD_WATTS_PER_CORE{default}"
 
     def _state(self) -> tuple[float, list[int]]:
+        if not self.zones:  # the estimate: the CPU time alone
+            return time.process_time(), []
         counters = []
         for zone in self.zones:
             try:

@@ -26,7 +26,7 @@ from paragrad.core.model_file import decode_params, encode_params
 from paragrad.data import Dataset
 from paragrad.errors import ConfigError
 from paragrad.models import MLP, Model
-from paragrad.models.base import LinearLayout
+from paragrad.models.linear_layout import LinearLayout
 
 METHODS = ("float16", "int8", "prune")
 STORAGE_OF = {"float16": "float16", "int8": "int8", "prune": "sparse"}

@@ -14,7 +14,8 @@ from paragrad.data import Dataset
 from paragrad.engines import AUTO
 from paragrad.errors import ConfigError, DataError, check_positive_int, in_terms, model_term, option, setting
 from paragrad.models import LinearRegression, LogisticRegression, SoftmaxRegression
-from paragrad.models.base import MAX_CLASSES, LinearLayout, Model
+from paragrad.models.base import MAX_CLASSES, Model
+from paragrad.models.linear_layout import LinearLayout
 from paragrad.optim import LBFGS, Adam, LeastSquares, Newton, Optimizer
 from paragrad.training.elastic import WorkerBounds, Workers
 from paragrad.training.strategies import SGD, GradientDescent, LocalSGD, Strategy

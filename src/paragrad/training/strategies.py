@@ -20,8 +20,9 @@ import numpy as np
 from paragrad.core.shards import Shard, StateField
 from paragrad.data import take_rows
 from paragrad.errors import ConfigError, check_positive_int, model_term
-from paragrad.models.base import LinearLayout, Model
+from paragrad.models.base import Model
 from paragrad.models.curvature import RowSample
+from paragrad.models.linear_layout import LinearLayout
 from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor

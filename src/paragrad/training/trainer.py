@@ -30,7 +30,8 @@ from paragrad.errors import (
     in_terms,
     option,
 )
-from paragrad.models.base import LinearLayout, Model
+from paragrad.models.base import Model
+from paragrad.models.linear_layout import LinearLayout
 from paragrad.optim import Newton, Optimizer
 from paragrad.training.checkpoint import (
     CheckpointWarning,
