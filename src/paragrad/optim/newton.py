@@ -77,28 +77,23 @@ def _cholesky_solve(
 ) -> np.ndarray | None:
     """``H^-1 g`` for H positive definite, checked through the Cholesky factor of H scaled
     to a unit diagonal; None where it is not, to within round-off (a squared pivot below
-    ``singular_pivot``), or not finite (NaN pivots)."""
+    ``singular_pivot``), or not finite. A diagonal entry that is not positive, or not
+    finite, makes NaN pivots (the square root of a negative, 0 / 0), which are refused."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _scaled_cholesky_solve(hessian, grad, singular_pivot)
-
-
-def _scaled_cholesky_solve(hessian: np.ndarray, grad: np.ndarray, singular_pivot: float) -> np.ndarray | None:
-    # A diagonal entry that is not positive makes NaNs (the square root of a negative, 0 / 0),
-    # and a factor with NaN pivots is refused below.
-    scale = np.sqrt(hessian.diagonal())
-    scaled, scaled_grad = hessian / (scale[:, None] * scale), grad / scale
-    lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
-    if lapack is None:
-        factor = _cholesky(scaled)
-    else:
-        factor, info = lapack.dpotrf(scaled, lower=1)
-        factor = None if info != 0 else factor
-    if factor is None or not factor.diagonal().min() ** 2 >= singular_pivot:
-        return None
-    if lapack is None:
-        return _solve(scaled, scaled_grad) / scale
-    solution, info = lapack.dpotrs(factor, scaled_grad, lower=1)
-    return solution / scale if info == 0 else None
+        scale = np.sqrt(hessian.diagonal())
+        scaled, scaled_grad = hessian / (scale[:, None] * scale), grad / scale
+        lapack = _scipy_lapack() if len(scaled) > SMALL_SYSTEM else None
+        if lapack is None:
+            factor = _cholesky(scaled)
+        else:
+            factor, info = lapack.dpotrf(scaled, lower=1)
+            factor = None if info != 0 else factor
+        if factor is None or not factor.diagonal().min() ** 2 >= singular_pivot:
+            return None
+        if lapack is None:
+            return _solve(scaled, scaled_grad) / scale
+        solution, info = lapack.dpotrs(factor, scaled_grad, lower=1)
+        return solution / scale if info == 0 else None
 
 
 def _scipy_lapack() -> Any:
