@@ -83,6 +83,20 @@ def test_a_function_that_returns_true_stops_the_run_after_that_round(binary_data
     assert "stopped by a callback" in run.summary()
 
 
+def test_a_function_runs_in_the_callers_numpy_error_state_not_the_rounds(binary_data):
+    """The rounds ignore overflow and invalid values (a diverging run raises its own
+    error); the caller's functions see the error state the caller set."""
+    seen: list[dict] = []
+
+    with np.errstate(over="raise", invalid="warn"):
+        run = _sgd(binary_data, callbacks=[lambda record: seen.append(np.geterr())])
+        after = np.geterr()
+
+    assert len(seen) == len(run.history) == 8
+    assert all(state["over"] == "raise" and state["invalid"] == "warn" for state in seen)
+    assert after["over"] == "raise"
+
+
 def test_a_run_stopped_by_a_callback_resumes_to_the_uninterrupted_result(regression_data, tmp_path):
     def fit(**options) -> pg.Run:
         return pg.train(

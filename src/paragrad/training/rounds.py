@@ -257,7 +257,10 @@ class RoundLoop:
     ) -> tuple[bool, bool, bool]:
         """The rounds until converged, stalled, halted by a callback or at the limit."""
         stalled = solved = halted = False
-        with _progress_bar(self.total, progress) as bar:
+        caller_errors = np.geterr()
+        # Overflow and invalid values are the rounds' to handle (a diverging run raises
+        # TrainingDiverged): no warnings, set once for all the rounds but the callbacks'.
+        with _progress_bar(self.total, progress) as bar, np.errstate(over="ignore", invalid="ignore"):
             bar.update(len(state.history))
             for round_index in range(len(state.history), self.total):
                 if state.converged:
@@ -269,7 +272,9 @@ class RoundLoop:
                 outcome = self.round(round_index, state)
                 self.autoscale(state.history[-1])
                 solved = outcome.solved
-                halted = hooks.round_end(state.history[-1])
+                if hooks:
+                    with np.errstate(**caller_errors):  # the caller's own functions, as called
+                        halted = hooks.round_end(state.history[-1])
                 bar.update(1)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{outcome.loss:.5g}", refresh=False)
@@ -379,28 +384,23 @@ class RoundLoop:
         meter = PassMeter(self.runner)
         evaluated = isinstance(self.optimizer, Newton) and not math.isnan(state.opt_state.loss)
         step_estimated = self.hessians.step_takes_estimate(self.optimizer, evaluated)
-        with np.errstate(over="ignore", invalid="ignore"):
-            try:
-                outcome = self.strategy.round(
-                    lambda point: meter.run(self.task, point, round_index),
-                    state.params,
-                    state.opt_state,
-                    self.model,
-                    self.optimizer,
-                )
-            except EstimateSingular:  # the round again, with the exact Hessian
-                estimated = self.optimizer
-                assert isinstance(estimated, Newton)
-                self.use(
-                    self.hessians.exact(estimated, round_index, "the estimate was singular or not finite")
-                )
-                state.evaluate_again()
-                outcome = self.round(round_index, state)
-                if outcome.singular:  # over all the rows too: the features are dependent
-                    self.use(
-                        self.hessians.back_to_estimate(estimated, outcome, round_index) or self.optimizer
-                    )
-                return outcome
+        try:  # within the rounds' error state (see _rounds)
+            outcome = self.strategy.round(
+                lambda point: meter.run(self.task, point, round_index),
+                state.params,
+                state.opt_state,
+                self.model,
+                self.optimizer,
+            )
+        except EstimateSingular:  # the round again, with the exact Hessian
+            estimated = self.optimizer
+            assert isinstance(estimated, Newton)
+            self.use(self.hessians.exact(estimated, round_index, "the estimate was singular or not finite"))
+            state.evaluate_again()
+            outcome = self.round(round_index, state)
+            if outcome.singular:  # over all the rows too: the features are dependent
+                self.use(self.hessians.back_to_estimate(estimated, outcome, round_index) or self.optimizer)
+            return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         largest = self.check_finite(round_index, outcome, state)
         record = meter.record(round_index, epoch, outcome.loss, time.perf_counter() - start)
