@@ -199,10 +199,12 @@ class RoundLoop:
         self,
         resumed: TrainingState | None,
         checkpoints: Checkpointing,
-        config: RunConfig,
+        config: RunConfig | None,
         progress: bool | None,
         hooks: CallbackList,
     ) -> Run:
+        """The rounds, and the last checkpoint; ``config`` is the run's configuration, which
+        checkpoints carry (None without them)."""
         state = self.initial_state(resumed)
         started = time.perf_counter()
         try:
@@ -251,7 +253,7 @@ class RoundLoop:
         self,
         state: LoopState,
         checkpoints: Checkpointing,
-        config: RunConfig,
+        config: RunConfig | None,
         progress: bool | None,
         hooks: CallbackList,
     ) -> tuple[bool, bool, bool]:
@@ -287,9 +289,10 @@ class RoundLoop:
                     self.checkpoint(state, config, checkpoints)
         return stalled, solved, halted
 
-    def checkpoint(self, state: LoopState, config: RunConfig, checkpoints: Checkpointing) -> None:
+    def checkpoint(self, state: LoopState, config: RunConfig | None, checkpoints: Checkpointing) -> None:
         """A snapshot handed to the background writer; its time is the run's checkpoint time."""
         started = time.perf_counter()
+        assert config is not None, "a run with checkpoints has its configuration"
         checkpoints.write(self.snapshot(state, config), HISTORY_KEYS)
         self.checkpoint_s += time.perf_counter() - started
         self.checkpoints_written += 1

@@ -257,15 +257,16 @@ def train(
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         if isinstance(optimizer, Newton):
             optimizer = optimizer.stopping_at(tol)
-        config = config_of(classes=model.classes_)
-        checkpoints.adopt(resumed, fingerprints, config.classes)
+        # What checkpoints carry and callbacks hear of; a small run's round costs less
+        config = config_of(classes=model.classes_) if checkpoints.directory is not None or hooks else None
+        checkpoints.adopt(resumed, fingerprints, None if config is None else config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
         loop.initial_params = None if start_from is None else initial_params(start_from, model)
         loop.autoscaler = AutoScaler(high) if bounds.auto else None
         setup_s = time.perf_counter() - call_started
         setup_parts = _setup_parts(checks_s, started_s, setup_s, runner.placing_s)
         done = 0 if resumed is None else resumed.round
-        if hooks:  # the configuration's description costs more than a small run's round
+        if config is not None and hooks:  # its description costs more than a small run's round
             hooks.train_start(TrainInfo(config.to_json(), runner.name, runner.num_workers, loop.total, done))
         with hooks.reporting_errors():
             run = loop.run(resumed, checkpoints, config, progress, hooks)
