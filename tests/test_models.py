@@ -193,6 +193,18 @@ HESSIAN_KINDS = [
     (family, intercept) for family in ("linear", "logistic", "softmax") for intercept in (True, False)
 ]
 
+
+@pytest.fixture(params=["small data", "block loop"])
+def sums(request, monkeypatch) -> str:
+    """How the one-output families sum small dense data: with a column of ones (as they
+    do), or by the block loop that larger data takes."""
+    from paragrad.models import linear_layout
+
+    if request.param == "block loop":
+        monkeypatch.setattr(linear_layout, "SMALL_BLOCK_ROWS", 0)
+    return request.param
+
+
 ONE_OUTPUT_KINDS = [(family, intercept) for family, intercept in HESSIAN_KINDS if family != "softmax"]
 
 
@@ -231,7 +243,7 @@ def assert_same_hessian(actual, expected, rtol):
 
 
 @pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
-def test_hessian_sum_matches_finite_differences_of_the_gradient_sum(family, fit_intercept):
+def test_hessian_sum_matches_finite_differences_of_the_gradient_sum(family, fit_intercept, sums):
     # Prepare
     model, params, X, y = make_linear_family(family, fit_intercept)
     step = 1e-5
@@ -252,7 +264,7 @@ def test_hessian_sum_matches_finite_differences_of_the_gradient_sum(family, fit_
 
 
 @pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
-def test_hessian_call_returns_the_loss_and_gradient_of_loss_grad_bit_for_bit(family, fit_intercept):
+def test_hessian_call_returns_the_loss_and_gradient_of_loss_grad_bit_for_bit(family, fit_intercept, sums):
     # Prepare
     model, params, X, y = make_linear_family(family, fit_intercept)
     # Execute
@@ -285,8 +297,42 @@ def test_small_data_is_summed_as_the_block_loop_sums_it(family, fit_intercept, r
     np.testing.assert_array_equal(small[2], small[2].T)
 
 
+def test_a_subclass_with_a_loss_of_its_own_gets_it_in_newtons_sums(sums):
+    """A family's fused loss and curvature give way to a subclass's own loss (weighted,
+    or distilled): the Hessian pass measures the loss the gradient pass does."""
+
+    class Weighted(LogisticRegression):
+        def output_loss(self, Z, y):
+            loss, dZ = super().output_loss(Z, y)
+            return 3.0 * loss, 3.0 * dZ
+
+    model, params, X, y = make_linear_family("logistic", True)
+    weighted = Weighted(l2=model.l2)
+    weighted.setup(X.shape[1], np.array([0, 1]))
+
+    loss, grad, _ = weighted.loss_grad_hess(params, X, y)
+
+    assert loss == weighted.loss_grad(params, X, y)[0] == 3.0 * model.loss_grad(params, X, y)[0]
+    np.testing.assert_array_equal(grad, weighted.loss_grad(params, X, y)[1])
+
+
+def test_infinite_logits_on_their_side_of_the_boundary_lose_nothing():
+    model = LogisticRegression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, dZ = model.output_loss(np.array([[np.inf], [-np.inf]]), np.array([1.0, 0.0]))
+    assert loss == 0.0 and np.array_equal(dZ, np.zeros((2, 1)))
+
+
+def test_the_linear_layout_still_imports_from_the_base_module():
+    from paragrad.models.base import LinearLayout as before
+    from paragrad.models.linear_layout import LinearLayout
+
+    assert before is LinearLayout
+
+
 @pytest.mark.parametrize(("family", "fit_intercept"), HESSIAN_KINDS)
-def test_hessian_sums_add_up_over_row_splits(family, fit_intercept):
+def test_hessian_sums_add_up_over_row_splits(family, fit_intercept, sums):
     # Prepare
     model, params, X, y = make_linear_family(family, fit_intercept)
     # Execute
@@ -298,9 +344,10 @@ def test_hessian_sums_add_up_over_row_splits(family, fit_intercept):
 
 @pytest.mark.parametrize("family", ["linear", "logistic", "softmax"])
 def test_hessian_is_the_same_over_many_blocks(family, monkeypatch):
-    # Prepare: blocks of 64 rows, so 300 rows take five of them
+    # Prepare: blocks of 64 rows, so 300 rows take five of them (not the small data's sums)
     from paragrad.models import linear_layout
 
+    monkeypatch.setattr(linear_layout, "SMALL_BLOCK_ROWS", 0)
     model, params, X, y = make_linear_family(family, True, rows=300)
     one_block = model.loss_grad_hess(params, X, y)
     monkeypatch.setattr(linear_layout, "BLOCK_BYTES", 1)

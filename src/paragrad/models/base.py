@@ -92,8 +92,8 @@ class Model(ABC):
         if labels is None:
             raise DataError(f"{model_term(self)} needs labels to train on")
         labels = np.asarray(labels)
-        if not _distinct_sorted(labels):  # as the set-up pass gives them: nothing to do
-            labels = np.unique(labels)
+        # Distinct and sorted as the set-up pass gives them: a copy, not the caller's array
+        labels = np.array(labels) if _distinct_sorted(labels) else np.unique(labels)
         if len(labels) > MAX_CLASSES:
             raise DataError(
                 f"{model_term(self)} takes at most {MAX_CLASSES} classes, but the target has "
@@ -341,3 +341,13 @@ def features_of(model: Model | LinearLayout) -> int:
     if model.num_features_ is None:
         raise ConfigError(f"this {type(model).__name__} has not been set up for data yet: train it first")
     return model.num_features_
+
+
+def __getattr__(name: str) -> Any:
+    """``LinearLayout`` and its block sizes, which lived here before
+    :mod:`paragrad.models.linear_layout` (a family written against this module still imports)."""
+    if name in ("LinearLayout", "block_rows", "BLOCK_BYTES"):
+        from paragrad.models import linear_layout
+
+        return getattr(linear_layout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from paragrad.data import is_sparse
@@ -30,6 +32,20 @@ class LinearLayout:
 
     fit_intercept: bool
     num_features_: int | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass whose own loss or curvature comes after a family's fused
+        :meth:`output_loss_curvature` (a weighted or distilled loss over logistic
+        regression's) gets the one made of its own two, not the family's."""
+        super().__init_subclass__(**kwargs)
+        order = cls.__mro__
+
+        def owner(name: str) -> int:
+            return next(index for index, klass in enumerate(order) if name in vars(klass))
+
+        fused = owner("output_loss_curvature")
+        if owner("output_loss") < fused or owner("output_curvature") < fused:
+            cls.output_loss_curvature = LinearLayout.output_loss_curvature  # type: ignore[method-assign]
 
     @property
     def num_outputs(self) -> int:
@@ -96,7 +112,8 @@ class LinearLayout:
         self, Z: np.ndarray, y: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`output_loss` and :meth:`output_curvature` at once, where a family shares
-        work between them (a subclass with a loss of its own overrides both)."""
+        work between them (a subclass with a loss or curvature of its own gets this one
+        again, see ``__init_subclass__``)."""
         loss, dZ = self.output_loss(Z, y)
         return (loss, dZ, *self.output_curvature(Z, y))
 

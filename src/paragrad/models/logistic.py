@@ -82,11 +82,11 @@ class LogisticRegression(LinearLayout, Classifier):
         z = Z[:, 0]
         # log(1 + e^z) - y z, row by row as log(1 + e^s) with s = (1 - 2y) z for y in {0, 1}:
         # no cancellation between two large sums, so the loss of separated rows stays >= 0.
-        # log(1 + e^s) = max(s, 0) + log1p(t) with t = e^{-|s|} = e^{-|z|}, and
-        # max(s, 0) = max(z, 0) - y z exactly (for y = 1 one of the two terms is 0). The
-        # sigmoid is 1 / (1 + t) for z >= 0, t / (1 + t) below; p (1 - p) = t / (1 + t)^2.
+        # log(1 + e^s) = max(s, 0) + log1p(t) with t = e^{-|s|} = e^{-|z|} (an infinite logit
+        # on its side of the boundary loses nothing: max(-inf, 0) = 0). The sigmoid is
+        # 1 / (1 + t) for z >= 0, t / (1 + t) below; p (1 - p) = t / (1 + t)^2.
         tail = np.exp(-np.abs(z))
-        softplus = (np.maximum(z, 0.0) - y * z) + np.log1p(tail)
+        softplus = np.maximum((1.0 - 2.0 * y) * z, 0.0) + np.log1p(tail)
         one_plus_tail = 1.0 + tail
         dz = np.where(z >= 0, 1.0, tail) / one_plus_tail - y
         curve = tail / np.square(one_plus_tail) if curvature else None

@@ -42,7 +42,7 @@ def newton_direction(
     """``-H^-1 g`` by Cholesky, and whether H is singular (a pivot below ``singular_pivot``,
     :data:`SINGULAR_PIVOT` by default): then the least-squares direction of smallest norm
     instead; where H is not finite (values too large for the data's float type), the
-    gradient's."""
+    gradient's. H is symmetric, as the sums make it (the factor reads its lower triangle)."""
     direction = _cholesky_solve(hessian, grad, singular_pivot)  # None for H not finite
     if direction is not None and np.isfinite(direction).all():
         return -direction, False
@@ -142,11 +142,6 @@ def _numpy_gufuncs() -> Any:
 _GUFUNCS = _numpy_gufuncs()
 
 
-def _every(hessian_sample: float) -> int:
-    """The Hessian is summed over one block of rows in this many."""
-    return max(1, round(1.0 / hessian_sample))
-
-
 class EstimateSingular(Exception):
     """A Newton step found its estimate of the Hessian (a sample's, or summed in float32)
     singular, or not finite: some direction has no curvature in the sample (a feature that
@@ -212,13 +207,17 @@ class Newton(Optimizer):
         self.c1, self.max_line_search = float(c1), int(max_line_search)
         self.loss_noise = positive("loss_noise", loss_noise)
         self.hessian_sample = float(hessian_sample)
-        self.hessian_every = _every(self.hessian_sample)
         if not isinstance(hessian_float32, bool):
             raise ConfigError(f"hessian_float32 must be True or False, got {hessian_float32!r}")
         self.hessian_float32 = hessian_float32
         self.exact_below = None if exact_below is None else positive("exact_below", exact_below)
         self.stop_below = 0.0  # a step this small is the run's last (see stopping_at)
         self.singular_known = False  # the data's features are dependent (see accepting_singular)
+
+    @property
+    def hessian_every(self) -> int:
+        """The Hessian is summed over one block of rows in this many."""
+        return max(1, round(1.0 / self.hessian_sample))
 
     @property
     def estimated(self) -> bool:
@@ -259,7 +258,6 @@ class Newton(Optimizer):
         """A copy of this optimizer with ``settings`` changed."""
         changed = object.__new__(type(self))  # copy.copy's result, without its protocol's cost
         vars(changed).update(vars(self), **settings)
-        changed.hessian_every = _every(changed.hessian_sample)
         return changed
 
     def init(self, params: np.ndarray) -> NewtonState:

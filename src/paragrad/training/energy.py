@@ -57,29 +57,22 @@ class Zone:
     max_uj: int
 
 
-# The zones found under each powercap root: (when looked, the root's modification time,
-# the zones). Every run makes a meter, and a small run's rounds cost less than looking
-# at the folder, so a root is looked at again only after RECHECK_S.
-_FOUND: dict[str, tuple[float, int, list[Zone]]] = {}
-RECHECK_S = 1.0
+# The zones found under a powercap root, by the root and its modification time: every run
+# makes a meter, and a small run's rounds cost less than listing the folder.
+_FOUND: dict[tuple[str, int], list[Zone]] = {}
 
 
 def package_zones(root: str | os.PathLike[str] | None = None) -> list[Zone]:
     """The readable package counters under the powercap ``root`` (none: no counters)."""
     where = powercap_root() if root is None else os.fspath(root)
-    now = time.monotonic()
-    found = _FOUND.get(where)
-    if found is not None and now - found[0] < RECHECK_S:
-        return list(found[2])
     try:
-        modified = os.stat(where).st_mtime_ns
+        key = (where, os.stat(where).st_mtime_ns)
     except OSError:
-        modified, zones = -1, []
-    else:
-        zones = found[2] if found is not None and found[1] == modified else _list_zones(Path(where))
-    _FOUND.clear()  # one root at a time: an older listing of any root is stale
-    _FOUND[where] = (now, modified, zones)
-    return list(zones)
+        return []
+    if key not in _FOUND:
+        _FOUND.clear()  # an older listing of any root is stale
+        _FOUND[key] = _list_zones(Path(where))
+    return list(_FOUND[key])
 
 
 def _list_zones(root: Path) -> list[Zone]:

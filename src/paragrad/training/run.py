@@ -194,9 +194,7 @@ class RunConfig:
         dtype: Any,
         standardize: bool,
         shuffle: bool,
-        classes: np.ndarray | None = None,
     ) -> RunConfig:
-        """The configuration of a run; ``classes`` are known once the data is read."""
         return cls(
             model.name,
             model.get_config(),
@@ -208,8 +206,10 @@ class RunConfig:
             str(np.dtype(dtype)),
             standardize,
             shuffle,
-            None if classes is None else classes.tolist(),
         )
+
+    def with_classes(self, classes: np.ndarray | None) -> RunConfig:
+        return dataclasses.replace(self, classes=None if classes is None else classes.tolist())
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON values (as a checkpoint stores it)."""

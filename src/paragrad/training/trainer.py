@@ -8,7 +8,6 @@ the workers gather (classes, standardisation, feature scales) and runs the round
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 import warnings
@@ -216,10 +215,12 @@ def train(
     )
     checkpoints = Checkpointing.parse(checkpoint_dir, checkpoint_every, keep_checkpoints).prepare(resume)
     hooks = CallbackList.of(callbacks)
-    config_of = functools.partial(
-        RunConfig.of, model, data, strategy, optimizer, seed, dtype, standardize, shuffle
+    config = None  # what checkpoints carry and callbacks hear of: a small run's round costs less
+    if resume or checkpoints.directory is not None or hooks:
+        config = RunConfig.of(model, data, strategy, optimizer, seed, dtype, standardize, shuffle)
+    resumed = (
+        None if config is None or not resume else _load_resume_state(checkpoint_dir, config, model, optimizer)
     )
-    resumed = _load_resume_state(checkpoint_dir, config_of(), model, optimizer) if resume else None
 
     start_from = None if init is None else start_model(init, model, data)
     if start_from is not None and start_from.standardizer_ is not None:
@@ -257,8 +258,7 @@ def train(
             optimizer = optimizer.with_scales(model.param_scales(root_mean_square(stats)))
         if isinstance(optimizer, Newton):
             optimizer = optimizer.stopping_at(tol)
-        # What checkpoints carry and callbacks hear of; a small run's round costs less
-        config = config_of(classes=model.classes_) if checkpoints.directory is not None or hooks else None
+        config = None if config is None else config.with_classes(model.classes_)
         checkpoints.adopt(resumed, fingerprints, None if config is None else config.classes)
         loop = RoundLoop(model, runner, plan, strategy, optimizer, epochs, max_rounds, tol, seed, energy)
         loop.initial_params = None if start_from is None else initial_params(start_from, model)
