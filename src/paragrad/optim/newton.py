@@ -222,7 +222,8 @@ class Newton(Optimizer):
     @property
     def estimated(self) -> bool:
         """Whether its Hessian is an estimate: a sample's, or summed in float32."""
-        return self.hessian_every > 1 or self.hessian_float32
+        # (all the rows, the default, without a division each round)
+        return self.hessian_float32 or (self.hessian_sample < 1.0 and self.hessian_every > 1)
 
     def estimate(self) -> str:
         """The Hessian's estimate in words ("" for the exact Hessian)."""
