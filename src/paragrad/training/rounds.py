@@ -108,7 +108,6 @@ class PassMeter:
     received: int = 0
     samples: int = 0
     worker_cpu_s: float = 0.0  # of worker processes other than the coordinator's
-    results: list[WorkerResult] = field(default_factory=list)
 
     def run(self, task: TrainStep, point: np.ndarray, round_index: int) -> list[WorkerResult]:
         """One pass of every worker at ``point``; errors name the round.
