@@ -182,7 +182,7 @@ class Strategy(ABC):
 
     def receive(self, results: Sequence[WorkerResult], size: int) -> list[WorkerResult]:
         """The workers' results with their vectors decompressed."""
-        compressor = self.compressor
+        compressor = None if self.compress is None else self.compressor  # made only to decode
         if compressor is None:
             return list(results)
         return [result._replace(vector=compressor.decode(result.vector, size)) for result in results]
