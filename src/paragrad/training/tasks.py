@@ -46,11 +46,12 @@ class DescribeShard(Task):
 
 def distinct_labels(y: np.ndarray) -> np.ndarray:
     """The distinct values of ``y``, sorted (at most ``MAX_CLASSES + 1`` of them): counted
-    for class codes 0, 1, 2, ... (a pass over y), sorted otherwise."""
+    for class codes 0, 1, 2, ... (a pass over y), given as integers then, as the classes
+    of whole numbers are; sorted otherwise."""
     if len(y) and 0 <= y.min() and y.max() < 2 * MAX_CLASSES:
         codes = y.astype(np.intp)
         if (codes == y).all():
-            return np.flatnonzero(np.bincount(codes)).astype(y.dtype)[: MAX_CLASSES + 1]
+            return np.flatnonzero(np.bincount(codes))[: MAX_CLASSES + 1]
     return np.unique(y)[: MAX_CLASSES + 1]
 
 
