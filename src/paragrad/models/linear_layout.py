@@ -136,8 +136,9 @@ class LinearLayout:
         """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
 
         The loss and gradient are :meth:`loss_grad`'s, bit for bit: the same block loop adds
-        each block's Hessian while the block is in cache. Hessian products run in the data's
-        float type, as the gradient's do; the sums accumulate in float64.
+        each block's Hessian while the block is in cache (small dense data: the same few
+        products, see :meth:`_small_sums`). Hessian products run in the data's float type,
+        as the gradient's do; the sums accumulate in float64.
 
         With a ``sample`` (dense X) the Hessian is summed over the sample's rows only and
         scaled to all the data's: an estimate of the sum at a fraction of the cost. With
@@ -164,8 +165,9 @@ class LinearLayout:
         sample: RowSample | None = None,
         float32: bool = False,
     ) -> tuple[float, np.ndarray]:
-        """The block loop of :meth:`loss_grad`; adds the Hessian sum (over the ``sample``'s
-        rows, if one is given; its products in float32 if ``float32``) to ``hess`` unless None."""
+        """The block loop of :meth:`loss_grad` (small dense data: :meth:`_small_sums`); adds
+        the Hessian sum (over the ``sample``'s rows, if one is given; its products in float32
+        if ``float32``) to ``hess`` unless None."""
         if self.num_outputs == 1 and _small_dense(X):
             loss, grad, Z, _ = self._small_sums(params, X, y, hessian=False)
             if hess is not None:  # sampled, or in float32 (loss_grad_hess sums the exact one)
