@@ -65,6 +65,8 @@ _FOUND: dict[tuple[str, int], list[Zone]] = {}
 def package_zones(root: str | os.PathLike[str] | None = None) -> list[Zone]:
     """The readable package counters under the powercap ``root`` (none: no counters)."""
     where = powercap_root() if root is None else os.fspath(root)
+    if not os.access(where, os.F_OK):  # no folder, as on most machines: no error to raise and catch
+        return []
     try:
         key = (where, os.stat(where).st_mtime_ns)
     except OSError:
