@@ -78,14 +78,8 @@ def payload_nbytes(value: Any) -> int:
         return value.nbytes
     if isinstance(value, (tuple, list)):
         total = 0
-        for item in value:  # the common types here, not in a call each
-            kind = type(item)
-            if kind is np.ndarray:
-                total += item.nbytes
-            elif kind in _SCALARS:
-                total += 8
-            elif item is not None:
-                total += payload_nbytes(item)
+        for item in value:
+            total += payload_nbytes(item)
         return total
     if isinstance(value, dict):
         return sum(payload_nbytes(item) for item in value.values())

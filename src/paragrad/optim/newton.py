@@ -216,14 +216,14 @@ class Newton(Optimizer):
 
     @property
     def hessian_every(self) -> int:
-        """The Hessian is summed over one block of rows in this many."""
-        return max(1, round(1.0 / self.hessian_sample))
+        """The Hessian is summed over one block of rows in this many (all of them, the
+        default, asked every pass and round without a division)."""
+        return 1 if self.hessian_sample == 1.0 else max(1, round(1.0 / self.hessian_sample))
 
     @property
     def estimated(self) -> bool:
         """Whether its Hessian is an estimate: a sample's, or summed in float32."""
-        # (all the rows, the default, without a division each round)
-        return self.hessian_float32 or (self.hessian_sample < 1.0 and self.hessian_every > 1)
+        return self.hessian_every > 1 or self.hessian_float32
 
     def estimate(self) -> str:
         """The Hessian's estimate in words ("" for the exact Hessian)."""
@@ -307,7 +307,7 @@ class Newton(Optimizer):
             )
         step = 1.0
         for _ in range(self.max_line_search):
-            candidate = params + direction if step == 1.0 else params + step * direction
+            candidate = params + step * direction
             there = evaluate(candidate)
             new_slope = float(there.grad @ direction)
             if sufficient_decrease(here.loss, slope, step, there.loss, new_slope, self.c1, self.loss_noise):

@@ -136,8 +136,6 @@ class EnergyMeter:
         return f"estimate: CPU seconds x {self.watts:g} W per busy core, PARAGRAD_WATTS_PER_CORE{default}"
 
     def _state(self) -> tuple[float, list[int]]:
-        if not self.zones:  # the estimate: the CPU time alone
-            return time.process_time(), []
         counters = []
         for zone in self.zones:
             try:

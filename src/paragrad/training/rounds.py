@@ -127,7 +127,7 @@ class PassMeter:
             raise type(exc)(f"round {round_index}: {exc}") from exc
         self.run_s += time.perf_counter() - start
         if shard is not None:
-            self.sent += point.nbytes + 8  # as payload_nbytes counts the point and the round's index
+            self.sent += payload_nbytes((point, round_index))
             self.received += payload_nbytes(results)
         else:
             self.sent += self.runner.last_bytes_sent

@@ -288,7 +288,7 @@ class GradientDescent(Strategy):
         sample, float32 = None, False
         if isinstance(optimizer, Newton):
             float32 = optimizer.hessian_float32
-            if optimizer.hessian_sample < 1.0 and optimizer.hessian_every > 1:  # not all the rows
+            if optimizer.hessian_every > 1:
                 held = shard.held
                 sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
         loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32)
