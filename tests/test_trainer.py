@@ -221,3 +221,36 @@ def test_only_an_engine_of_one_in_process_worker_offers_its_shard(binary_data):
         engine.resize(1)
         engine.between_rounds(0)
         assert engine.inline_shard() is engine.shards[0]
+
+
+def test_a_shard_makes_the_small_design_once_while_it_holds_its_features():
+    """Newton's passes over small data take the design (X beside a column of ones) the
+    shard made at the first pass: the same arrays, bit for bit, made again only when the
+    features are replaced, and never one made for another layout."""
+    # Prepare
+    from paragrad.core.shards import Shard
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((40, 3)), (rng.random(40) < 0.5) * 1.0
+    model = pg.models.LogisticRegression()
+    model.setup(3, np.array([0.0, 1.0]))
+    params = rng.standard_normal(4)
+    shard = Shard(X, y, 0, 1)
+    # Execute
+    design = model.kept_design(shard)
+    # Assert
+    assert design is not None and model.kept_design(shard) is design
+    np.testing.assert_array_equal(design, np.column_stack([X, np.ones(40)]))
+    kept = model.loss_grad_hess(params, X, y, design=design)
+    made = model.loss_grad_hess(params, X, y)
+    assert kept[0] == made[0] and all(np.array_equal(a, b) for a, b in zip(kept[1:], made[1:], strict=True))
+    without = pg.models.LogisticRegression(fit_intercept=False)
+    without.setup(3, np.array([0.0, 1.0]))
+    assert without.kept_design(shard) is X  # its own layout: no column of ones
+    softmax = pg.models.SoftmaxRegression()
+    softmax.setup(3, np.array([0.0, 1.0, 2.0]))
+    assert softmax.kept_design(shard) is None  # several outputs: the block loop's
+    shard.X = 2.0 * X  # standardised, say
+    again = model.kept_design(shard)
+    assert again is not design
+    np.testing.assert_array_equal(again[:, :-1], 2.0 * X)

@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import os
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
@@ -86,8 +86,9 @@ class Shard:
     """One worker's rows, its position among the workers, and what it keeps between rounds.
 
     ``order`` caches what a task can always recompute (the epoch's sampling order), so a
-    restarted worker that starts without it still gives the same results. ``state`` holds
-    the arrays of the strategy's declared :class:`StateField` s, which it cannot.
+    restarted worker that starts without it still gives the same results; ``made`` does
+    the same for what is made from the features (:meth:`made_from_features`). ``state``
+    holds the arrays of the strategy's declared :class:`StateField` s, which it cannot.
     ``virtual`` says which virtual shards the rows are (by default: one, all of them).
     """
 
@@ -98,6 +99,7 @@ class Shard:
     order: EpochOrder | None = None
     state: dict[str, np.ndarray] = field(default_factory=dict)
     virtual: VirtualShards | None = None
+    made: dict[Hashable, tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -109,6 +111,15 @@ class Shard:
         if self.y is None:
             raise ValueError(f"worker {self.worker}'s shard has no labels to train on")
         return self.y
+
+    def made_from_features(self, key: Hashable, make: Callable[[Any], Any]) -> Any:
+        """``make(X)`` of this shard's features, made once while the shard holds them (its
+        features replaced, by their standardised copy say, it is made again): what a task
+        would otherwise make again every pass. ``key`` names what ``make`` makes."""
+        kept = self.made.get(key)
+        if kept is None or kept[0] is not self.X:
+            kept = self.made[key] = (self.X, make(self.X))
+        return kept[1]
 
     @property
     def held(self) -> VirtualShards:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from paragrad.data.checks import Features
 from paragrad.models.base import features_of
 from paragrad.models.curvature import RowSample, add_hessian_sums, finish_hessian
 from paragrad.models.rowwise import row_product
+
+if TYPE_CHECKING:
+    from paragrad.core.shards import Shard
 
 BLOCK_BYTES = 1024 * 1024
 # Blocks of up to this many rows and values (64 KiB of float64) are summed with a column of
@@ -132,6 +135,7 @@ class LinearLayout:
         y: np.ndarray,
         sample: RowSample | None = None,
         float32: bool = False,
+        design: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Loss, gradient and Hessian sums (float64, num_params x num_params) for Newton's method.
 
@@ -142,12 +146,15 @@ class LinearLayout:
 
         With a ``sample`` (dense X) the Hessian is summed over the sample's rows only and
         scaled to all the data's: an estimate of the sum at a fraction of the cost. With
-        ``float32``, its products run in float32 whatever the data's type.
+        ``float32``, its products run in float32 whatever the data's type. ``design`` is
+        :meth:`small_design` of X, where the caller keeps it between passes (a shard does).
         """
-        if sample is None and not float32 and self.num_outputs == 1 and _small_dense(X):
-            loss, grad, _, exact = self._small_sums(params, X, y, hessian=True)
-            assert exact is not None
-            return loss, grad, finish_hessian(exact, 1)
+        if sample is None and not float32:
+            design = self.small_design(X) if design is None else design
+            if design is not None:
+                loss, grad, _, exact = self._small_sums(params, design, y, hessian=True)
+                assert exact is not None
+                return loss, grad, finish_hessian(exact, 1)
         hess = np.zeros((self.num_params, self.num_params))
         if is_sparse(X) or (sample is not None and sample.every == 1):
             sample = None
@@ -168,8 +175,9 @@ class LinearLayout:
         """The block loop of :meth:`loss_grad` (small dense data: :meth:`_small_sums`); adds
         the Hessian sum (over the ``sample``'s rows, if one is given; its products in float32
         if ``float32``) to ``hess`` unless None."""
-        if self.num_outputs == 1 and _small_dense(X):
-            loss, grad, Z, _ = self._small_sums(params, X, y, hessian=False)
+        design = self.small_design(X)
+        if design is not None:
+            loss, grad, Z, _ = self._small_sums(params, design, y, hessian=False)
             if hess is not None:  # sampled, or in float32 (loss_grad_hess sums the exact one)
                 step = block_rows(X)
                 for rows in [slice(None)] if sample is None else sample.runs(0, X.shape[0], step):
@@ -208,18 +216,30 @@ class LinearLayout:
                 add_hessian_sums(hess, X_block[rows], diag, outer, self.fit_intercept, block_rows(X), float32)
         return loss, grad
 
+    def small_design(self, X: Features) -> np.ndarray | None:
+        """X beside a column of ones for the intercept (X itself without one), where
+        :meth:`_small_sums` sums small dense float64 data of one output; None elsewhere."""
+        if self.num_outputs != 1 or not _small_dense(X):
+            return None
+        if not self.fit_intercept:
+            return X
+        design = np.empty((X.shape[0], X.shape[1] + 1))
+        design[:, :-1], design[:, -1] = X, 1.0
+        return design
+
+    def kept_design(self, shard: Shard) -> np.ndarray | None:
+        """:meth:`small_design` of the shard's features, made once while it holds them."""
+        key = ("small design", self.num_outputs, self.fit_intercept)
+        return shard.made_from_features(key, self.small_design)
+
     def _small_sums(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray, hessian: bool
+        self, params: np.ndarray, A: np.ndarray, y: np.ndarray, hessian: bool
     ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The loss and gradient sums of one output over a small dense X, the outputs, and
-        with ``hessian`` the exact Hessian sum (its upper triangle, as :func:`finish_hessian`
-        takes it), in the fewest array operations (on small data each costs more than its
-        arithmetic): X with a column of ones for the intercept, so that one product makes
-        the outputs, one the gradient and one the Hessian."""
-        A = X
-        if self.fit_intercept:
-            A = np.empty((X.shape[0], X.shape[1] + 1))
-            A[:, :-1], A[:, -1] = X, 1.0
+        """The loss and gradient sums of one output over :meth:`small_design`'s A, the
+        outputs, and with ``hessian`` the exact Hessian sum (its upper triangle, as
+        :func:`finish_hessian` takes it), in the fewest array operations (on small data each
+        costs more than its arithmetic): with the intercept's column of ones in A, one
+        product makes the outputs, one the gradient and one the Hessian."""
         Z = (A @ params)[:, None]
         hess = None
         if hessian:

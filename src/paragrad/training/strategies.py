@@ -291,7 +291,8 @@ class GradientDescent(Strategy):
             if optimizer.hessian_every > 1:
                 held = shard.held
                 sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
-        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32)
+        design = model.kept_design(shard)
+        loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32, design)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
 
