@@ -3,27 +3,29 @@
 BLAS picks its kernel by the shape of the whole product, and splits large ones between
 threads: a row predicted alone (a matrix-vector product), among ten rows or among ten
 thousand can differ in the last bit (OpenBLAS on an AMD EPYC: 3, 5 or 17 rows against 300,
-and any rows of a product split between threads). A served model batches the rows of many
-requests, and workers predict shards of any size, so predictions use products whose
-result for a row does not depend on the rows beside it: numpy's own ``einsum`` loops for
-few outputs (as fast as BLAS there: the product is bound by reading X), and for many,
-BLAS's matrix-matrix kernel on blocks of :data:`ROW_BLOCK` rows, every call the same shape.
+any rows of a product split between threads, and in float32 a row's place among the rows
+of the kernel's tile). A served model batches the rows of many requests, and workers
+predict shards of any size, so predictions use products whose result for a row does not
+depend on the rows beside it: numpy's own ``einsum`` loops for few outputs (as fast as
+BLAS there: the product is bound by reading X), and for many, BLAS's matrix-matrix kernel
+in float64 on one thread, over rows in whole tiles (:func:`tiled_product`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from paragrad.core.blas import blas_threads
 from paragrad.data import is_sparse
 from paragrad.data.checks import Features
 
 # At and above this many outputs BLAS's matrix-matrix kernel is used; below it einsum's loops.
 MIN_BLAS_OUTPUTS = 32
-# Rows per BLAS call, every call the same shape: a multiple of the kernels' rows per tile
-# (4 to 16), few enough that a row predicted alone costs little (27 us at 100 x 128 where a
-# product of its own takes 4), and enough that large products run near one BLAS thread's
-# speed (1.15-1.4x its time at 10,000 rows; they run on one thread, as workers' products do).
-ROW_BLOCK = 16
+# Rows per kernel tile, a multiple of every kernel's (4 to 16): products over a multiple of
+# it keep every row in a whole tile, computed as every other row is.
+ROW_TILE = 16
+# Rows per BLAS call: a bounded float64 copy of float32 rows, and the padded last rows.
+CALL_ROWS = 4096
 
 
 def row_product(X: Features, W: np.ndarray) -> np.ndarray:
@@ -34,20 +36,26 @@ def row_product(X: Features, W: np.ndarray) -> np.ndarray:
         return np.einsum("ij,j->i", X, W)
     if W.shape[1] < MIN_BLAS_OUTPUTS:
         return np.einsum("ij,jk->ik", X, W)
-    return _blocks_product(X, W)
+    return tiled_product(X, W)
 
 
-def _blocks_product(X: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``X @ W`` as BLAS products of :data:`ROW_BLOCK` rows each, the last block padded
-    with zeros: every call has the same shape, whatever the rows beside it."""
+def tiled_product(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``X @ W`` with each row's result independent of the other rows and of the threads
+    BLAS may use: float64 products (float32's kernels treat a row by its place in a tile)
+    on one BLAS thread (a product split between threads is summed otherwise), in calls of
+    whole tiles of rows, the last padded with zeros; the result in the inputs' type."""
     rows, width = X.shape
-    out = np.empty((rows, W.shape[1]), dtype=np.result_type(X, W))
-    whole = rows - rows % ROW_BLOCK
-    if whole:
-        blocks = np.ascontiguousarray(X[:whole]).reshape(-1, ROW_BLOCK, width)
-        np.matmul(blocks, W, out=out[:whole].reshape(-1, ROW_BLOCK, W.shape[1]))
-    if whole < rows:
-        last = np.zeros((ROW_BLOCK, width), dtype=X.dtype)
-        last[: rows - whole] = X[whole:]
-        out[whole:] = (last @ W)[: rows - whole]
-    return out
+    weights = np.asarray(W, dtype=np.float64)
+    out = np.empty((rows, W.shape[1]))
+    with blas_threads(1):
+        for start in range(0, rows, CALL_ROWS):
+            part = np.asarray(X[start : start + CALL_ROWS], dtype=np.float64)
+            count = part.shape[0]
+            if count % ROW_TILE:
+                padded = np.zeros((count + ROW_TILE - count % ROW_TILE, width))
+                padded[:count] = part
+                out[start : start + count] = (padded @ weights)[:count]
+            else:
+                np.matmul(part, weights, out=out[start : start + count])
+    dtype = np.result_type(X, W)
+    return out if dtype == np.float64 else out.astype(dtype)
