@@ -13,6 +13,8 @@ in float64 on one thread, over rows in whole tiles (:func:`tiled_product`).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from paragrad.core.blas import blas_threads
@@ -26,17 +28,21 @@ MIN_BLAS_OUTPUTS = 32
 ROW_TILE = 16
 # Rows per BLAS call: a bounded float64 copy of float32 rows, and the padded last rows.
 CALL_ROWS = 4096
+# The BLAS limit is the process's: products of several threads of a program take it in
+# turn, so that none puts back the threads while another's product runs on one.
+_ONE_THREAD = threading.Lock()
 
 
 def row_product(X: Features, W: np.ndarray) -> np.ndarray:
     """``X @ W`` for W of shape (d,) or (d, k), each row's result independent of the others."""
     if is_sparse(X):  # a CSR product is computed row by row
         return np.asarray(X @ W)
-    if W.ndim == 1:
-        return np.einsum("ij,j->i", X, W)
-    if W.shape[1] < MIN_BLAS_OUTPUTS:
-        return np.einsum("ij,jk->ik", X, W)
-    return tiled_product(X, W)
+    if W.ndim == 2 and W.shape[1] >= MIN_BLAS_OUTPUTS:
+        return tiled_product(X, W)
+    # einsum's loops run by the operands' layout: a Fortran-ordered X (a DataFrame's values)
+    # would sum its rows in another order than the same rows in C order
+    X, W = np.ascontiguousarray(X), np.ascontiguousarray(W)
+    return np.einsum("ij,j->i" if W.ndim == 1 else "ij,jk->ik", X, W)
 
 
 def tiled_product(X: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -47,7 +53,7 @@ def tiled_product(X: np.ndarray, W: np.ndarray) -> np.ndarray:
     rows, width = X.shape
     weights = np.asarray(W, dtype=np.float64)
     out = np.empty((rows, W.shape[1]))
-    with blas_threads(1):
+    with _ONE_THREAD, blas_threads(1):
         for start in range(0, rows, CALL_ROWS):
             part = np.asarray(X[start : start + CALL_ROWS], dtype=np.float64)
             count = part.shape[0]
