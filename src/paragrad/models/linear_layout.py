@@ -149,16 +149,15 @@ class LinearLayout:
         ``float32``, its products run in float32 whatever the data's type. ``design`` is
         :meth:`small_design` of X, where the caller keeps it between passes (a shard does).
         """
-        if sample is None and not float32:
-            design = self.small_design(X) if design is None else design
-            if design is not None:
-                loss, grad, _, exact = self._small_sums(params, design, y, hessian=True)
-                assert exact is not None
-                return loss, grad, finish_hessian(exact, 1)
+        design = self.small_design(X) if design is None else design
+        if sample is None and not float32 and design is not None:
+            loss, grad, _, exact = self._small_sums(params, design, y, hessian=True)
+            assert exact is not None
+            return loss, grad, finish_hessian(exact, 1)
         hess = np.zeros((self.num_params, self.num_params))
         if is_sparse(X) or (sample is not None and sample.every == 1):
             sample = None
-        loss, grad = self._fused_sums(params, X, y, hess, sample, float32)
+        loss, grad = self._fused_sums(params, X, y, hess, sample, float32, design)
         if sample is not None:
             hess *= sample.scale(block_rows(X))
         return loss, grad, finish_hessian(hess, self.num_outputs)
@@ -171,11 +170,12 @@ class LinearLayout:
         hess: np.ndarray | None,
         sample: RowSample | None = None,
         float32: bool = False,
+        design: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray]:
-        """The block loop of :meth:`loss_grad` (small dense data: :meth:`_small_sums`); adds
-        the Hessian sum (over the ``sample``'s rows, if one is given; its products in float32
-        if ``float32``) to ``hess`` unless None."""
-        design = self.small_design(X)
+        """The block loop of :meth:`loss_grad` (small dense data: :meth:`_small_sums` over
+        ``design``, made here unless given); adds the Hessian sum (over the ``sample``'s rows,
+        if one is given; its products in float32 if ``float32``) to ``hess`` unless None."""
+        design = self.small_design(X) if design is None else design
         if design is not None:
             loss, grad, Z, _ = self._small_sums(params, design, y, hessian=False)
             if hess is not None:  # sampled, or in float32 (loss_grad_hess sums the exact one)

@@ -291,7 +291,7 @@ class GradientDescent(Strategy):
             if optimizer.hessian_every > 1:
                 held = shard.held
                 sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
-        design = model.kept_design(shard) if sample is None and not float32 else None  # exact sums only
+        design = model.kept_design(shard)
         loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32, design)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
 
