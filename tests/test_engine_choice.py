@@ -1,15 +1,20 @@
-"""Where a run goes by default: this process for small work, threads of this process for
-larger full-batch training of the linear models on data in memory, the local workers for
-other large work, files they map and elastic runs; an explicit engine is always obeyed."""
+"""Where a run goes by default: this process for small work, threads of this process (or,
+larger still, processes forked from it) for full-batch training of the linear models on
+data in memory, the local workers for other large work, files they map and elastic runs;
+an explicit engine is always obeyed."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 from conftest import relative_error
 
 import paragrad as pg
+from paragrad.training import settings
 from paragrad.training.settings import (
+    FORKED_WORK,
     IN_PROCESS_WORK_COLD,
     IN_PROCESS_WORK_WARM,
     THREADS_WORK,
@@ -63,6 +68,26 @@ def test_full_batch_linear_models_on_data_in_memory_go_to_threads_with_the_seria
     np.testing.assert_array_equal(run.params, serial.params)
 
 
+def test_larger_full_batch_work_goes_to_forked_workers_on_linux_with_the_serial_answer(monkeypatch):
+    rows = int(FORKED_WORK // 200) + 1  # 199 features and an intercept: just above the threshold
+    data = pg.Dataset(np.zeros((rows, 199)), np.arange(rows) % 2)
+    chosen = choice(data)
+    assert (chosen.name, chosen.workers) == ("forked", None)
+    assert chosen.reason.startswith(f"worker processes forked from this one ({rows} rows x 200 parameters")
+    assert choice(pg.Dataset(data.X[: rows // 2], data.y[: rows // 2])).name == "threads"
+    assert choice(data, warm=True).name == "local"
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "platform", "darwin")  # whose libraries' threads are not fork-safe
+        assert choice(data).name == "threads"
+    # A whole run down that path: the threshold lowered onto small data
+    monkeypatch.setattr(settings, "FORKED_WORK", THREADS_WORK)
+    small = pg.make_classification(int(THREADS_WORK // 6) + 1, 5, seed=4)
+    run = pg.train(pg.models.LogisticRegression(), small)
+    serial = pg.train(pg.models.LogisticRegression(), small, engine="serial", workers=run.num_workers)
+    assert run.engine == "forked" and run.num_workers == pg.engines.default_workers()
+    np.testing.assert_array_equal(run.params, serial.params)
+
+
 def test_a_regression_counts_one_output_whatever_its_target_holds():
     data = pg.make_regression(600, 5, seed=3)  # 600 distinct values, one output
     assert choice(data, model=pg.models.LinearRegression()).reason.startswith(
@@ -77,7 +102,7 @@ def test_files_elastic_runs_and_explicit_engines_go_where_they_are_sent(tmp_path
     mapped = pg.load(tmp_path / "X.npy", target_file=tmp_path / "y.npy")
     assert choice(mapped).name == "local" and "where it lies" in choice(mapped).reason
     assert choice(data, workers=(1, 2)).name == "local"
-    for engine in ("serial", "threads", "local", "ray"):
+    for engine in ("serial", "threads", "forked", "local", "ray"):
         assert (choice(data, engine=engine).name, choice(data, engine=engine).reason) == (engine, "")
 
 

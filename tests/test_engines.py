@@ -60,19 +60,20 @@ def test_local_engine_gives_the_serial_parameters(kind, strategy, local_engine):
     assert relative_error(local.params, serial.params) <= 1e-12
 
 
+@pytest.mark.parametrize("engine", ["threads", "forked"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("kind", MODELS)
-def test_the_threads_engine_gives_the_serial_parameters_bit_for_bit(kind, strategy):
-    """Threads read views of the caller's rows and the results are combined in worker
-    order: the same sums, so the same parameters."""
+def test_engines_on_the_callers_arrays_give_the_serial_parameters_bit_for_bit(kind, strategy, engine):
+    """Threads, and processes forked from this one, read views of the caller's rows and
+    the results are combined in worker order: the same sums, so the same parameters."""
 
     def fit(engine):
         options = dict(strategy=STRATEGIES[strategy](), workers=2, epochs=3, standardize=True, seed=3, tol=0)
         return pg.train(MODELS[kind](), data_for(kind), engine=engine, **options)
 
-    threads, serial = fit("threads"), fit("serial")
-    assert threads.engine == "threads" and threads.num_workers == 2
-    np.testing.assert_array_equal(threads.params, serial.params)
+    parallel, serial = fit(engine), fit("serial")
+    assert parallel.engine == engine and parallel.num_workers == 2
+    np.testing.assert_array_equal(parallel.params, serial.params)
 
 
 def test_the_threads_engine_limits_blas_while_it_runs_and_restores_it():
@@ -238,7 +239,7 @@ def test_a_killed_worker_is_reported_and_everything_is_released():
 
 def test_unknown_engine_lists_the_choices():
     with pytest.raises(
-        pg.ConfigError, match="unknown engine 'gpu'; choose one of serial, threads, local, ray"
+        pg.ConfigError, match="unknown engine 'gpu'; choose one of serial, threads, forked, local, ray"
     ):
         make_engine("gpu")
 

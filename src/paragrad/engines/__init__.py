@@ -1,4 +1,4 @@
-"""Engines: where the workers run (``serial``, ``threads``, ``local``, ``ray``)."""
+"""Engines: where the workers run (``serial``, ``threads``, ``forked``, ``local``, ``ray``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from paragrad.core.shards import FunctionTask, Shard, Task, default_workers
 from paragrad.engines.base import Engine
 from paragrad.errors import ConfigError, check_positive_int
 
-ENGINES = ("serial", "threads", "local", "ray")
+ENGINES = ("serial", "threads", "forked", "local", "ray")
 AUTO = "auto"  # the default: the engine the work calls for (paragrad.training.settings.default_engine)
 
 
@@ -20,6 +20,10 @@ def engine_class(name: str) -> type[Engine]:
         from paragrad.engines.threads import ThreadEngine
 
         return ThreadEngine
+    if name == "forked":
+        from paragrad.engines.forked import ForkedEngine
+
+        return ForkedEngine
     if name == "local":
         from paragrad.engines.local import LocalEngine
 

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from paragrad.core.shards import ShardPlan
 from paragrad.core.shm import Region
@@ -61,11 +61,23 @@ MIN_SLOT_BYTES = 1 << 20
 REUSE_SLACK = 1.5
 
 
+class Process(Protocol):
+    """A worker's process as the engine handles it (:class:`subprocess.Popen`, or a fork's)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class WorkerProcess:
     """A running worker: its process and the two ends of its pipes we hold."""
 
-    process: subprocess.Popen[bytes]
+    process: Process
     commands: Connection
     replies: Connection
     ready: bool = False  # it said Ready (started, imports done)
@@ -87,7 +99,7 @@ def _release(resources: _Resources) -> None:
                 handle.commands.send_bytes(pickle.dumps(Stop()))
     for handle in resources.workers:
         if handle is not None:
-            _stop_process(handle, STOP_TIMEOUT_S)
+            stop_process(handle, STOP_TIMEOUT_S)
     resources.workers.clear()
     for region in resources.regions:
         region.close()
@@ -95,7 +107,7 @@ def _release(resources: _Resources) -> None:
     resources.regions.clear()
 
 
-def _stop_process(handle: WorkerProcess, timeout_s: float) -> int:
+def stop_process(handle: WorkerProcess, timeout_s: float) -> int:
     """Wait for the process to exit (killing it after ``timeout_s``); its exit code."""
     try:
         code = handle.process.wait(timeout=timeout_s)
@@ -185,7 +197,7 @@ class LocalEngine(WorkerSession):
         old, self._workers[worker] = self._workers[worker], None
         if old is not None:
             old.process.kill()
-            _stop_process(old, STOP_TIMEOUT_S)
+            stop_process(old, STOP_TIMEOUT_S)
         threads = str(self.threads_per_worker)
         env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env.update(WORKER_MALLOC)
@@ -230,7 +242,7 @@ class LocalEngine(WorkerSession):
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.commands.send_bytes(pickle.dumps(Stop()))
-                _stop_process(handle, STOP_TIMEOUT_S)
+                stop_process(handle, STOP_TIMEOUT_S)
         self._workers[:] = [handle for worker, handle in enumerate(self._workers) if worker not in gone]
 
     def _prestart(self, workers: Sequence[int]) -> None:
@@ -292,7 +304,7 @@ class LocalEngine(WorkerSession):
         """How a worker whose pipe broke ended."""
         handle = self._workers[worker]
         assert handle is not None
-        code = _stop_process(handle, timeout_s=1.0)
+        code = stop_process(handle, timeout_s=1.0)
         return Died(f"killed by signal {-code}" if code < 0 else f"exit code {code}")
 
     def _send(self, worker: int, message: Command) -> Died | None:
@@ -438,4 +450,4 @@ class LocalEngine(WorkerSession):
                     replies[worker] = Raised(reply.error, reply.traceback)
 
 
-__all__ = ["LocalEngine"]
+__all__ = ["LocalEngine", "Process", "WorkerProcess", "stop_process"]

@@ -13,6 +13,7 @@ in float64 on one thread, over rows in whole tiles (:func:`tiled_product`).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -31,6 +32,16 @@ CALL_ROWS = 4096
 # The BLAS limit is the process's: products of several threads of a program take it in
 # turn, so that none puts back the threads while another's product runs on one.
 _ONE_THREAD = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A forked child starts with no product running: a lock its parent's other thread held
+    at the fork would be held there for good."""
+    global _ONE_THREAD
+    _ONE_THREAD = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def row_product(X: Features, W: np.ndarray) -> np.ndarray:
