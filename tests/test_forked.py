@@ -145,11 +145,14 @@ def test_forked_workers_end_with_a_coordinator_killed_mid_run():
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_MID_RUN], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
-    workers = [int(pid) for pid in process.stdout.readline().split()]
-    time.sleep(1.0)  # mid-run: the rounds' regions are shared
-    assert len(workers) == 2 and all(map(is_running, workers))
-    os.killpg(process.pid, signal.SIGKILL)  # the workers have sessions of their own: not this
-    process.wait()
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        time.sleep(1.0)  # mid-run: the rounds' regions are shared
+        alive = len(workers) == 2 and all(map(is_running, workers))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the workers have sessions of their own: not this
+        process.wait()
+    assert alive
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (shared_memory_of(process.pid) or any(map(is_running, workers))):
         time.sleep(0.05)

@@ -107,11 +107,11 @@ def train(
     optimizer : Optimizer, optional
         ``optim.SGD``, ``optim.Adam`` or ``optim.LBFGS`` (full batch only). Default:
         LBFGS for GradientDescent on the linear models, else ``Adam(lr=0.01)``.
-    engine : {"auto", "serial", "threads", "local", "ray"} or Engine
+    engine : {"auto", "serial", "threads", "forked", "local", "ray"} or Engine
         Where the workers run; an Engine object is used as is and left open. ``"auto"``
         (the default) runs small work in this process (the serial engine), larger
-        full-batch training of the linear models on threads of this process, and the rest
-        on the local workers, by the rule in the engines guide ("Where a run goes"), and
+        full-batch training of the linear models on threads of this process (larger still,
+        on processes forked from it), and the rest on the local workers, by the rule in the engines guide ("Where a run goes"), and
         says which and why in ``run.engine_choice``.
     workers : int, (min, max) or "auto", optional
         Number of workers; default one per core. ``(min, max)`` makes the run elastic:
