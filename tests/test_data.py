@@ -79,6 +79,20 @@ def test_large_values_below_the_bound_are_accepted():
         pg.Dataset([[bound]])
 
 
+@pytest.mark.parametrize("row", [0, 300_000, 499_999])
+def test_a_large_array_checked_on_several_threads_names_a_bad_value_in_any_part(monkeypatch, row):
+    from paragrad.data import checks
+
+    monkeypatch.setattr(checks, "default_workers", lambda: 3)  # three threads whatever the machine
+    monkeypatch.setattr(checks, "PARALLEL_CHECK_BYTES", 1 << 20)
+    X = np.zeros((500_000, 10))  # 40 MB: 4 blocks of a million values
+    assert checks.within_bounds(X)
+    X[row, 7] = np.nan
+    assert not checks.within_bounds(X)
+    with pytest.raises(pg.DataError, match=rf"1 NaN, missing or infinite.*row {row + 1}, column 7"):
+        pg.Dataset(X)
+
+
 def test_too_large_values_are_found_in_file_order_block_by_block():
     from paragrad.data.checks import _first_bad
 

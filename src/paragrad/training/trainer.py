@@ -111,8 +111,8 @@ def train(
         Where the workers run; an Engine object is used as is and left open. ``"auto"``
         (the default) runs small work in this process (the serial engine), larger
         full-batch training of the linear models on threads of this process (larger still,
-        on processes forked from it), and the rest on the local workers, by the rule in the engines guide ("Where a run goes"), and
-        says which and why in ``run.engine_choice``.
+        on processes forked from it), and the rest on the local workers, by the rule in the
+        engines guide ("Where a run goes"), and says which and why in ``run.engine_choice``.
     workers : int, (min, max) or "auto", optional
         Number of workers; default one per core. ``(min, max)`` makes the run elastic:
         it starts with what is available (at least ``min``), goes on with fewer workers
