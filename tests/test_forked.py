@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +123,32 @@ def test_a_lock_another_thread_holds_at_the_fork_is_free_in_the_worker():
     np.testing.assert_array_equal(
         np.vstack([first, second]), rowwise.row_product(data.X[[0, 1, 50, 51]], np.ones((40, 32)))
     )
+
+
+class HeapCopiedByACollection(Task):
+    """The private memory (kB) a full garbage collection makes this process copy."""
+
+    def __call__(self, shard):
+        import gc
+
+        def private_kb():
+            rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+            return sum(int(line.split()[1]) for line in rollup if line.startswith("Private_"))
+
+        before = private_kb()
+        gc.collect()
+        return private_kb() - before
+
+
+def test_a_collection_in_a_worker_leaves_the_callers_objects_shared():
+    """Forked workers share the caller's heap until they write to it: a garbage collection
+    that visited the caller's objects would write to every one of them."""
+    objects = [[index] for index in range(1_000_000)]  # about 90 MB of small lists
+    with ForkedEngine(1) as engine:
+        engine.start(pg.make_regression(100, 2, seed=0), plan_shards(100, 1))
+        [copied_kb] = engine.run(HeapCopiedByACollection())
+    assert copied_kb < 8_000, f"{copied_kb} kB copied"
+    assert len(objects) == 1_000_000
 
 
 KILLED_MID_RUN = """

@@ -18,9 +18,15 @@ def blas_threads(limit: int) -> Any:
     about 3 ms, where a limit with the libraries known costs about 10 us (the threads engine
     sets one for every call of its workers).
     """
+    return blas_libraries().limit(limits=limit)
+
+
+def blas_libraries() -> Any:
+    """threadpoolctl's controller of the libraries loaded, found again only once more modules
+    have been imported (a process about to fork finds them for its children)."""
     global _controller
     from threadpoolctl import ThreadpoolController
 
     if _controller is None or _controller[0] != len(sys.modules):
         _controller = (len(sys.modules), ThreadpoolController())
-    return _controller[1].limit(limits=limit)
+    return _controller[1]

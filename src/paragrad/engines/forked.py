@@ -18,6 +18,7 @@ where forking a process whose libraries run threads of their own is safe.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import NoReturn
 
+from paragrad.core.blas import blas_libraries, blas_threads
 from paragrad.core.shards import Shard, ShardPlan
 from paragrad.data import Dataset
 from paragrad.engines.local import STOP_TIMEOUT_S, LocalEngine, WorkerProcess, stop_process
@@ -122,6 +124,7 @@ class ForkedEngine(LocalEngine):
 
     def _load(self, workers: Sequence[int]) -> Deaths:
         """Fork each worker anew with its rows (a worker running in the slot is stopped)."""
+        blas_libraries()  # found once here, for every child (about 7 ms in each otherwise)
         for worker in workers:
             self._spawn_one(worker)
             self._fork(worker)
@@ -171,10 +174,11 @@ def _serve_forked(
         for held in inherited:  # the parent's ends of the other workers' pipes
             for end in (held.commands, held.replies) if isinstance(held, WorkerProcess) else (held,):
                 end.close()
+        # The caller's objects stay out of this process's garbage collections: a full one
+        # would write to every object's header, and so copy the caller's whole heap.
+        gc.freeze()
         threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
+        blas_threads(threads)
         part = dataset.take(plan.rows(worker))
         state = WorkerState()
         state.shard = Shard(part.X, part.y, worker, plan.num_shards, virtual=plan.virtual(worker))
