@@ -146,7 +146,8 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
     """The log is synced at most every SYNC_EVERY_S, in the background, and at the end; a
     power cut keeps the records synced before it (the rest read as zeros here), and the run
     resumes exactly from the last of them."""
-    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 0.4)  # longer than rounds 21-25 take
+    # Longer than rounds 21-25 take, with room for a loaded machine; shorter than the pauses
+    monkeypatch.setattr(checkpointing, "SYNC_EVERY_S", 1.0)
     folder, cut = tmp_path / "run", tmp_path / "after-the-cut"
     synced: list[int] = []  # the log's size at each of its syncs
     fsync = os.fsync
@@ -159,7 +160,7 @@ def test_a_power_cut_loses_only_the_logs_unsynced_end(tmp_path, binary_data, mon
 
     def slow_rounds_and_a_power_cut(record):
         if record["round"] in (10, 20):
-            time.sleep(0.45)
+            time.sleep(1.05)
         if record["round"] == 25:
             cut.mkdir()
             shutil.copy(folder / "checkpoint-000000001.npz", cut)  # synced as it was written
