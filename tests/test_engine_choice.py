@@ -6,9 +6,11 @@ an explicit engine is always obeyed."""
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pytest
+import scipy.sparse
 from conftest import relative_error
 
 import paragrad as pg
@@ -76,9 +78,22 @@ def test_larger_full_batch_work_goes_to_forked_workers_on_linux_with_the_serial_
     assert chosen.reason.startswith(f"worker processes forked from this one ({rows} rows x 200 parameters")
     assert choice(pg.Dataset(data.X[: rows // 2], data.y[: rows // 2])).name == "threads"
     assert choice(data, warm=True).name == "local"
+    assert choice(data, workers=1).name == "threads"  # whose one worker computes in this thread
+    sparse = pg.Dataset(scipy.sparse.csr_matrix(data.X), data.y)
+    assert choice(sparse).name == "threads"  # a CSR matrix's rows are copies wherever they go
     with monkeypatch.context() as patched:
         patched.setattr(sys, "platform", "darwin")  # whose libraries' threads are not fork-safe
         assert choice(data).name == "threads"
+    running, done = threading.Event(), threading.Event()
+    other = threading.Thread(target=lambda: (running.set(), done.wait()))
+    other.start()
+    running.wait()
+    try:  # a thread of the program may be running a product: a fork could wait for good
+        assert choice(data).name == "threads"
+    finally:
+        done.set()
+        other.join()
+    assert choice(data).name == "forked"
     # A whole run down that path: the threshold lowered onto small data
     monkeypatch.setattr(settings, "FORKED_WORK", THREADS_WORK)
     small = pg.make_classification(int(THREADS_WORK // 6) + 1, 5, seed=4)

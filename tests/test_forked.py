@@ -3,8 +3,11 @@ the serial answers, survive the local engine's faults, and never outlive the cal
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +91,43 @@ def test_a_lost_forked_worker_with_no_restart_left_is_one_error(regression_data)
     assert not is_running(engine.struck[0])
 
 
+class Descriptors(Task):
+    """What the worker's open descriptors name."""
+
+    def __call__(self, shard):
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the listing's own, closed by now
+                names.append(os.readlink(f"/proc/self/fd/{fd}") if int(fd) > 2 else "standard")
+        return names
+
+
+def test_a_forked_worker_holds_none_of_the_callers_files_sockets_or_other_workers_pipes(tmp_path):
+    data = pg.make_regression(100, 2, seed=0)
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        with open(tmp_path / "log.txt", "w"), ForkedEngine(2) as engine:
+            engine.start(data, plan_shards(100, 2))
+            held = engine.run(Descriptors())
+            ends = [(handle.commands, handle.replies) for handle in engine._workers]
+            pipes = [{os.fstat(end.fileno()).st_ino for end in pair} for pair in ends]
+    finally:
+        listening.close()
+    for worker, names in enumerate(held):
+        assert not any("log.txt" in name or name.startswith("socket:") for name in names), names
+        inodes = {int(name[6:-1]) for name in names if name.startswith("pipe:")}
+        assert inodes == pipes[worker]  # its own two pipes, none of the other worker's
+
+
+def test_a_fork_the_system_refuses_is_a_lost_worker_in_one_line(regression_data, monkeypatch):
+    def refused():
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))  # out of processes
+
+    monkeypatch.setattr(os, "fork", refused)  # a process limit cannot be reached as root
+    with pytest.raises(WorkerLost, match=r"^worker 0 died \(could not fork it: Resource temporarily"):
+        pg.train(pg.models.LinearRegression(), regression_data, engine="forked", **GD)
+
+
 class WideProduct(Task):
     """A product of 32 outputs, which takes the module's one-thread lock."""
 
@@ -168,7 +208,7 @@ with ForkedEngine(2) as engine:
 """
 
 
-def test_forked_workers_end_with_a_coordinator_killed_mid_run():
+def test_forked_workers_running_or_stopped_end_with_a_coordinator_killed_mid_run():
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_MID_RUN], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -176,6 +216,7 @@ def test_forked_workers_end_with_a_coordinator_killed_mid_run():
         workers = [int(pid) for pid in process.stdout.readline().split()]
         time.sleep(1.0)  # mid-run: the rounds' regions are shared
         alive = len(workers) == 2 and all(map(is_running, workers))
+        os.kill(workers[1], signal.SIGSTOP)  # a stopped worker cannot notice anything itself
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the workers have sessions of their own: not this
         process.wait()
@@ -183,5 +224,8 @@ def test_forked_workers_end_with_a_coordinator_killed_mid_run():
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (shared_memory_of(process.pid) or any(map(is_running, workers))):
         time.sleep(0.05)
-    assert not any(map(is_running, workers)), "a worker outlived its coordinator"
+    outlived = [pid for pid in workers if is_running(pid)]
+    for pid in outlived:  # not left behind by a failure
+        os.kill(pid, signal.SIGKILL)
+    assert not outlived, "a worker outlived its coordinator"
     assert not shared_memory_of(process.pid)

@@ -91,6 +91,11 @@ def _check_finite(
     raise _too_large(source, f"{what}{scope}", file_row + 1, column, values[row, col], count, values.dtype)
 
 
+# Arrays in memory from this size on are checked by a thread a core (1e6 x 100 float64:
+# 47-52 ms on 2 cores where one thread took 74-84).
+PARALLEL_CHECK_BYTES = 32 << 20
+
+
 def within_bounds(values: Features) -> bool:
     """Whether every feature value is finite and below its type's bound, in one streaming
     pass (which :func:`_check_finite` then runs again to name the first bad value)."""
@@ -107,11 +112,6 @@ def within_bounds(values: Features) -> bool:
         with ThreadPoolExecutor(parts) as pool:
             return all(pool.map(lambda start: _within_bound(values[start : start + block]), starts))
     return all(_within_bound(values[start : start + block], mapped) for start in starts)
-
-
-# Arrays in memory from this size on are checked by a thread a core (1e6 x 100 float64:
-# 47-52 ms on 2 cores where one thread took 74-84).
-PARALLEL_CHECK_BYTES = 32 << 20
 
 
 def _block_rows(values: Features) -> int:

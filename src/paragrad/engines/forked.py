@@ -12,8 +12,13 @@ memory, heartbeats, deadlines, restarts and regrouping (a replacement, or every 
 a regrouped run, is forked again with its rows). A worker sees the data of its fork, so
 each ``start`` forks the workers afresh: there are no workers kept for the next call.
 
-It needs ``os.fork`` (Linux, macOS); the engine the work calls for picks it on Linux only,
-where forking a process whose libraries run threads of their own is safe.
+A worker closes the descriptors it inherits (but its pipes and the standard streams),
+keeps the caller's objects out of its garbage collections (so the heap stays shared), and
+on Linux is killed by the kernel when the coordinator's forking thread ends.
+
+It needs ``os.fork`` (Linux, macOS). The engine the work calls for picks it on Linux only,
+and only from a program running one thread: OpenBLAS's fork handler waits for its own
+threads, so a fork while another thread of the program runs a product can wait for good.
 """
 
 from __future__ import annotations
@@ -28,15 +33,16 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import NoReturn
 
 from paragrad.core.blas import blas_libraries, blas_threads
 from paragrad.core.shards import Shard, ShardPlan
 from paragrad.data import Dataset
-from paragrad.engines.local import STOP_TIMEOUT_S, LocalEngine, WorkerProcess, stop_process
+from paragrad.engines.local import LocalEngine, WorkerProcess
 from paragrad.engines.protocol import Ready
-from paragrad.engines.session import Deaths
+from paragrad.engines.session import Deaths, Died
 from paragrad.engines.worker import WorkerState, exit_when_orphaned, serve
 from paragrad.errors import ConfigError
 
@@ -73,6 +79,7 @@ class ForkedProcess:
         return code
 
     def kill(self) -> None:
+        """SIGKILL, unless the child has been reaped (its pid may be another's by then)."""
         if self.returncode is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -101,12 +108,7 @@ class ForkedEngine(LocalEngine):
 
     def _spawn_one(self, worker: int) -> None:
         """Empty the slot: its worker is forked when it is given its rows."""
-        while len(self._workers) <= worker:
-            self._workers.append(None)
-        old, self._workers[worker] = self._workers[worker], None
-        if old is not None:
-            old.process.kill()
-            stop_process(old, STOP_TIMEOUT_S)
+        self._empty_slot(worker)
 
     def _ready(self, worker: int) -> bool:
         return self._workers[worker] is None or super()._ready(worker)  # an empty slot forks ready
@@ -125,71 +127,102 @@ class ForkedEngine(LocalEngine):
     def _load(self, workers: Sequence[int]) -> Deaths:
         """Fork each worker anew with its rows (a worker running in the slot is stopped)."""
         blas_libraries()  # found once here, for every child (about 7 ms in each otherwise)
+        deaths: Deaths = []
         for worker in workers:
-            self._spawn_one(worker)
-            self._fork(worker)
-        return [None] * len(workers)
+            self._empty_slot(worker)
+            deaths.append(self._fork(worker))
+        return deaths
 
-    def _fork(self, worker: int) -> None:
+    def _fork(self, worker: int) -> Died | None:
+        """Fork the worker of slot ``worker``; how it failed when the system refused."""
         assert self._dataset is not None and self._plan is not None
+        coordinator = os.getpid()
         command_read, command_write = os.pipe()
         reply_read, reply_write = os.pipe()
         commands = Connection(command_write, readable=False)
         replies = Connection(reply_read, writable=False)
+        # No handler (Ctrl-C's) may run in the child before it has its own, nor here before
+        # the child is recorded, to be stopped and reaped.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # out of processes or memory: the worker is lost
+                commands.close()
+                replies.close()
+                return Died(f"could not fork it: {exc.strerror}")
+            if pid == 0:
+                child = ForkedWorker(worker, coordinator, command_read, reply_write, self.threads_per_worker)
+                child.serve(self._dataset, self._plan, mask)
+            self._workers[worker] = WorkerProcess(ForkedProcess(pid), commands, replies)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(command_read)
+            os.close(reply_write)
+        return None
+
+
+@dataclass(frozen=True)
+class ForkedWorker:
+    """A forked worker: its slot, its coordinator's process id, its pipes' descriptors and
+    BLAS threads."""
+
+    worker: int
+    coordinator: int
+    command_fd: int
+    reply_fd: int
+    threads: int
+
+    def serve(self, dataset: Dataset, plan: ShardPlan, mask: set[int | signal.Signals]) -> NoReturn:
+        """Its rows as views of the inherited arrays, then the local worker's loop. It ends
+        by ``os._exit`` whatever happens, so nothing of the caller's (exit handlers,
+        finalizers, the rest of the caller's program) runs here."""
+        code = 1
+        try:
+            os.setsid()  # Ctrl-C reaches the coordinator alone, which stops the workers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.end_with_the_coordinator()
+            self.close_inherited()
+            # The caller's objects stay out of this process's garbage collections: a full
+            # one would write to every object's header, and so copy the caller's whole heap.
+            gc.freeze()
+            blas_threads(self.threads)
+            part, worker = dataset.take(plan.rows(self.worker)), self.worker
+            state = WorkerState()
+            state.shard = Shard(part.X, part.y, worker, plan.num_shards, virtual=plan.virtual(worker))
+            replies = Connection(self.reply_fd, readable=False)
+            replies.send_bytes(pickle.dumps(Ready()))
+            serve(Connection(self.command_fd, writable=False), replies, state)
+            code = 0
         except BaseException:
-            for end in (commands, replies):
-                end.close()
-            for fd in (command_read, reply_write):
-                os.close(fd)
-            raise
-        if pid == 0:
-            others = [handle for handle in self._workers if handle is not None] + [commands, replies]
-            _serve_forked(
-                worker, self._dataset, self._plan, command_read, reply_write, others, self.threads_per_worker
-            )
-        os.close(command_read)
-        os.close(reply_write)
-        self._workers[worker] = WorkerProcess(ForkedProcess(pid), commands, replies)
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            os._exit(code)
+
+    def end_with_the_coordinator(self) -> None:
+        """Be killed when the coordinator's forking thread ends (on Linux the kernel sends
+        SIGKILL, which ends a stopped worker too); elsewhere, exit once orphaned."""
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.coordinator:  # gone before the line above took effect
+            os._exit(1)
+        threading.Thread(target=exit_when_orphaned, args=(self.coordinator,), daemon=True).start()
+
+    def close_inherited(self) -> None:
+        """Close every descriptor of the caller's but the standard streams: its sockets,
+        files, and other workers' pipes (which would hide their deaths) stay its own."""
+        low = 3
+        for fd in sorted((self.command_fd, self.reply_fd)):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _serve_forked(
-    worker: int,
-    dataset: Dataset,
-    plan: ShardPlan,
-    command_fd: int,
-    reply_fd: int,
-    inherited: list[WorkerProcess | Connection],
-    threads: int,
-) -> NoReturn:
-    """The forked worker: its rows as views of the inherited arrays, then the local
-    worker's loop; it ends by ``os._exit`` whatever happens, so nothing of the parent's
-    (exit handlers, finalizers, the rest of the caller's program) runs here."""
-    code = 1
-    try:
-        os.setsid()  # Ctrl-C reaches the coordinator alone, which stops the workers
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for held in inherited:  # the parent's ends of the other workers' pipes
-            for end in (held.commands, held.replies) if isinstance(held, WorkerProcess) else (held,):
-                end.close()
-        # The caller's objects stay out of this process's garbage collections: a full one
-        # would write to every object's header, and so copy the caller's whole heap.
-        gc.freeze()
-        threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-        blas_threads(threads)
-        part = dataset.take(plan.rows(worker))
-        state = WorkerState()
-        state.shard = Shard(part.X, part.y, worker, plan.num_shards, virtual=plan.virtual(worker))
-        replies = Connection(reply_fd, readable=False)
-        replies.send_bytes(pickle.dumps(Ready()))
-        serve(Connection(command_fd, writable=False), replies, state)
-        code = 0
-    except BaseException:
-        traceback.print_exc(file=sys.stderr)
-    finally:
-        os._exit(code)
+PR_SET_PDEATHSIG = 1  # prctl's option: the signal this process gets when its parent ends
 
 
 __all__ = ["ForkedEngine", "can_fork"]

@@ -191,13 +191,17 @@ class LocalEngine(WorkerSession):
         for worker in workers:
             self._spawn_one(worker)
 
-    def _spawn_one(self, worker: int) -> None:
+    def _empty_slot(self, worker: int) -> None:
+        """The slot ``worker`` made (or emptied: its worker, if any, killed and reaped)."""
         while len(self._workers) <= worker:
             self._workers.append(None)
         old, self._workers[worker] = self._workers[worker], None
         if old is not None:
             old.process.kill()
             stop_process(old, STOP_TIMEOUT_S)
+
+    def _spawn_one(self, worker: int) -> None:
+        self._empty_slot(worker)
         threads = str(self.threads_per_worker)
         env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env.update(WORKER_MALLOC)

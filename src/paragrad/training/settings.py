@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,11 +95,11 @@ IN_PROCESS_WORK_COLD = 8e6
 # copy, each pass a few large products that release Python's lock. Running workers are
 # faster still (their rounds do not share Python's lock): 10-20% at 1e5-1e6 rows x 11.
 THREADS_WORK = 3e5
-# Above FORKED_WORK it goes to worker processes forked from this one (on Linux): nothing
-# copied either, and no lock shared, so every pass runs on every core; a fork and its first
-# rounds cost about 50 ms more than threads. Measured on 2 cores (logistic regression, a
-# whole call): at 1e7 threads 0.32 s, forked 0.35; at 2e7 0.55 against 0.48; at 3e7 0.68
-# against 0.52; at 1e8 1.7 against 1.2.
+# Above FORKED_WORK dense data goes to worker processes forked from this one (on Linux,
+# several workers, see forks): nothing copied either, and no lock shared, so every pass runs
+# on every core; a fork and its first rounds cost about 50 ms more than threads. Measured
+# on 2 cores (logistic regression, a whole call): at 1e7 threads 0.32 s, forked 0.35; at
+# 2e7 0.55 against 0.48; at 3e7 0.68 against 0.52; at 1e8 1.55 against 1.04.
 FORKED_WORK = 2e7
 
 
@@ -144,14 +145,16 @@ def default_engine(
     work, limit = data.num_rows * params, IN_PROCESS_WORK_WARM if warm else IN_PROCESS_WORK_COLD
     size = f"{data.num_rows} rows x {params} parameters = {work:.2g}"
     full_batch = isinstance(strategy, GradientDescent) and strategy.compress is None
-    if not warm and full_batch and isinstance(model, LinearLayout) and work > FORKED_WORK and forks():
+    in_memory_passes = not warm and full_batch and isinstance(model, LinearLayout)
+    several = default_workers() > 1 if workers is None else isinstance(workers, int) and workers > 1
+    if in_memory_passes and work > FORKED_WORK and not data.sparse and several and forks():
         return EngineChoice(
             "forked",
             workers,
             f"worker processes forked from this one ({size}, above {FORKED_WORK:.0e}: full-batch passes "
             "on every core over the arrays where they lie, nothing to copy)",
         )
-    if not warm and full_batch and isinstance(model, LinearLayout) and work > THREADS_WORK:
+    if in_memory_passes and work > THREADS_WORK:
         return EngineChoice(
             "threads",
             workers,
@@ -166,11 +169,13 @@ def default_engine(
 
 
 def forks() -> bool:
-    """Whether the engine the work calls for may fork workers: on Linux (where a fork is
-    safe under the threads of numerical libraries; macOS's are not fork-safe)."""
+    """Whether the engine the work calls for may fork workers: on Linux (macOS's system
+    libraries are not safe to use after a fork), from a program running one thread
+    (OpenBLAS's fork handler waits for its threads: a product running in another thread of
+    the program can make the fork wait for good)."""
     from paragrad.engines.forked import can_fork  # the engine's modules, imported when work is large
 
-    return sys.platform.startswith("linux") and can_fork()
+    return sys.platform.startswith("linux") and can_fork() and threading.active_count() == 1
 
 
 def _in_process_workers(workers: Workers, strategy: Strategy) -> Workers:
