@@ -5,6 +5,7 @@ an explicit engine is always obeyed."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 
@@ -71,6 +72,8 @@ def test_full_batch_linear_models_on_data_in_memory_go_to_threads_with_the_seria
 
 
 def test_larger_full_batch_work_goes_to_forked_workers_on_linux_with_the_serial_answer(monkeypatch):
+    # The threads earlier tests left in this process aside (the next test has a program of one)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     rows = int(FORKED_WORK // 200) + 1  # 199 features and an intercept: just above the threshold
     data = pg.Dataset(np.zeros((rows, 199)), np.arange(rows) % 2)
     chosen = choice(data)
@@ -84,16 +87,6 @@ def test_larger_full_batch_work_goes_to_forked_workers_on_linux_with_the_serial_
     with monkeypatch.context() as patched:
         patched.setattr(sys, "platform", "darwin")  # whose libraries' threads are not fork-safe
         assert choice(data).name == "threads"
-    running, done = threading.Event(), threading.Event()
-    other = threading.Thread(target=lambda: (running.set(), done.wait()))
-    other.start()
-    running.wait()
-    try:  # a thread of the program may be running a product: a fork could wait for good
-        assert choice(data).name == "threads"
-    finally:
-        done.set()
-        other.join()
-    assert choice(data).name == "forked"
     # A whole run down that path: the threshold lowered onto small data
     monkeypatch.setattr(settings, "FORKED_WORK", THREADS_WORK)
     small = pg.make_classification(int(THREADS_WORK // 6) + 1, 5, seed=4)
@@ -101,6 +94,40 @@ def test_larger_full_batch_work_goes_to_forked_workers_on_linux_with_the_serial_
     serial = pg.train(pg.models.LogisticRegression(), small, engine="serial", workers=run.num_workers)
     assert run.engine == "forked" and run.num_workers == pg.engines.default_workers()
     np.testing.assert_array_equal(run.params, serial.params)
+
+
+ONE_THREAD_OR_TWO = """
+import threading
+import numpy as np
+import paragrad as pg
+from paragrad.training.settings import FORKED_WORK, default_engine
+
+rows = int(FORKED_WORK // 200) + 1
+data = pg.Dataset(np.zeros((rows, 199)), np.arange(rows) % 2)
+
+def choice():
+    model, strategy = pg.models.LogisticRegression(), pg.GradientDescent()
+    return default_engine("auto", None, model, data, strategy, False).name
+
+alone = choice()
+running, done = threading.Event(), threading.Event()
+other = threading.Thread(target=lambda: (running.set(), done.wait()))
+other.start()
+running.wait()
+beside_another = choice()
+done.set()
+other.join()
+print(alone, beside_another, choice())
+"""
+
+
+def test_a_program_forks_while_it_runs_one_thread_only():
+    """OpenBLAS's fork handler waits for its threads: a fork while another thread of the
+    program runs a product can wait for good, so a program of several threads gets threads."""
+    program = [sys.executable, "-c", ONE_THREAD_OR_TWO]
+    result = subprocess.run(program, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["forked", "threads", "forked"]
 
 
 def test_a_regression_counts_one_output_whatever_its_target_holds():
