@@ -99,7 +99,7 @@ def _release(resources: _Resources) -> None:
                 handle.commands.send_bytes(pickle.dumps(Stop()))
     for handle in resources.workers:
         if handle is not None:
-            stop_process(handle, STOP_TIMEOUT_S)
+            _stop_process(handle, STOP_TIMEOUT_S)
     resources.workers.clear()
     for region in resources.regions:
         region.close()
@@ -107,7 +107,7 @@ def _release(resources: _Resources) -> None:
     resources.regions.clear()
 
 
-def stop_process(handle: WorkerProcess, timeout_s: float) -> int:
+def _stop_process(handle: WorkerProcess, timeout_s: float) -> int:
     """Wait for the process to exit (killing it after ``timeout_s``); its exit code."""
     try:
         code = handle.process.wait(timeout=timeout_s)
@@ -198,7 +198,7 @@ class LocalEngine(WorkerSession):
         old, self._workers[worker] = self._workers[worker], None
         if old is not None:
             old.process.kill()
-            stop_process(old, STOP_TIMEOUT_S)
+            _stop_process(old, STOP_TIMEOUT_S)
 
     def _spawn_one(self, worker: int) -> None:
         self._empty_slot(worker)
@@ -246,7 +246,7 @@ class LocalEngine(WorkerSession):
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.commands.send_bytes(pickle.dumps(Stop()))
-                stop_process(handle, STOP_TIMEOUT_S)
+                _stop_process(handle, STOP_TIMEOUT_S)
         self._workers[:] = [handle for worker, handle in enumerate(self._workers) if worker not in gone]
 
     def _prestart(self, workers: Sequence[int]) -> None:
@@ -308,7 +308,7 @@ class LocalEngine(WorkerSession):
         """How a worker whose pipe broke ended."""
         handle = self._workers[worker]
         assert handle is not None
-        code = stop_process(handle, timeout_s=1.0)
+        code = _stop_process(handle, timeout_s=1.0)
         return Died(f"killed by signal {-code}" if code < 0 else f"exit code {code}")
 
     def _send(self, worker: int, message: Command) -> Died | None:
@@ -454,4 +454,4 @@ class LocalEngine(WorkerSession):
                     replies[worker] = Raised(reply.error, reply.traceback)
 
 
-__all__ = ["LocalEngine", "Process", "WorkerProcess", "stop_process"]
+__all__ = ["LocalEngine", "Process", "WorkerProcess"]
