@@ -173,9 +173,7 @@ def forks() -> bool:
     libraries are not safe to use after a fork), from a program running one thread
     (OpenBLAS's fork handler waits for its threads: a product running in another thread of
     the program can make the fork wait for good)."""
-    from paragrad.engines.forked import can_fork  # the engine's modules, imported when work is large
-
-    return sys.platform.startswith("linux") and can_fork() and threading.active_count() == 1
+    return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
 def _in_process_workers(workers: Workers, strategy: Strategy) -> Workers:
