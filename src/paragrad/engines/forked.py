@@ -204,13 +204,15 @@ class ForkedWorker:
     def end_with_the_coordinator(self) -> None:
         """Be killed when the coordinator's forking thread ends (on Linux the kernel sends
         SIGKILL, which ends a stopped worker too); elsewhere, exit once orphaned."""
-        if sys.platform.startswith("linux"):
+        linux = sys.platform.startswith("linux")
+        if linux:
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.coordinator:  # gone before the line above took effect
             os._exit(1)
-        threading.Thread(target=exit_when_orphaned, args=(self.coordinator,), daemon=True).start()
+        if not linux:
+            threading.Thread(target=exit_when_orphaned, args=(self.coordinator,), daemon=True).start()
 
     def close_inherited(self) -> None:
         """Close every descriptor of the caller's but the standard streams: its sockets,
