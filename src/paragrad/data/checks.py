@@ -104,14 +104,18 @@ def within_bounds(values: Features) -> bool:
     block, mapped = _block_rows(values), _memmap_of(values)
     if values.shape[0] <= block:  # one block: no loop to set up
         return _within_bound(values, mapped)
+
+    def check(start: int) -> bool:
+        return _within_bound(values[start : start + block], mapped)
+
     starts = range(0, values.shape[0], block)
     parts = min(default_workers(), values.nbytes // PARALLEL_CHECK_BYTES)
     if mapped is None and parts > 1:  # numpy lets go of Python's lock while it reduces
         from concurrent.futures import ThreadPoolExecutor  # not on import: it is seldom needed
 
         with ThreadPoolExecutor(parts) as pool:
-            return all(pool.map(lambda start: _within_bound(values[start : start + block]), starts))
-    return all(_within_bound(values[start : start + block], mapped) for start in starts)
+            return all(pool.map(check, starts))
+    return all(map(check, starts))
 
 
 def _block_rows(values: Features) -> int:
