@@ -200,8 +200,11 @@ def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
     sparse = default_optimizer(model, strategy, dataset(100_000, 100, sparse=True))
     wide = default_optimizer(model, strategy, dataset(30_000, 200))
     small = default_optimizer(model, strategy, dataset(5_000, 100))
-    # Assert: 400 rows a parameter, on dense data, where the sample's Hessian is cheap
-    assert isinstance(dense, pg.optim.Newton) and dense.hessian_sample == pytest.approx(400 * 101 / 100_000)
+    # Assert: 800 rows a parameter in float32, started on 200, on dense data, where the
+    # sample's Hessian is cheap
+    assert isinstance(dense, pg.optim.Newton) and dense.hessian_sample == pytest.approx(800 * 101 / 100_000)
+    assert dense.hessian_float32 and dense.start_sample == pytest.approx(200 * 101 / 100_000)
+    assert dense.exact_below is None
     assert isinstance(sparse, pg.optim.LBFGS)
     assert isinstance(wide, pg.optim.LBFGS)
     assert isinstance(small, pg.optim.Newton) and small.hessian_sample == 1.0
@@ -214,7 +217,7 @@ def test_the_command_line_takes_the_default_solver_as_chosen():
     # Execute
     chosen = _optimizer(args, pg.models.LogisticRegression(), pg.GradientDescent(), data)
     # Assert: the sampled Hessian the library would use, not a Newton over all the rows
-    assert isinstance(chosen, pg.optim.Newton) and chosen.hessian_sample == pytest.approx(400 * 101 / 100_000)
+    assert isinstance(chosen, pg.optim.Newton) and chosen.hessian_sample == pytest.approx(800 * 101 / 100_000)
 
 
 def test_hessian_sample_must_be_a_share_of_the_rows():

@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from paragrad.optim import Newton, Optimizer
+from paragrad.optim.newton import START_UNTIL
 from paragrad.training.strategies import StepOutcome
+
+# Rounds on the sample's rows at most: Newton reaches a sample's optimum in a handful; one
+# that takes more (a sample whose classes are separable, say) hands over to all the rows.
+MAX_SAMPLE_ROUNDS = 10
 
 
 class HessianSchedule:
@@ -25,6 +30,11 @@ class HessianSchedule:
     - ``exact_below``: the exact Hessian from the pass after a step that small, and no step
       that took an estimate the run's last (one that met ``tol`` has its point evaluated
       again).
+    - ``start_sample``: the rounds on a sample's rows alone end after a step of measure
+      :data:`~paragrad.optim.newton.START_UNTIL` (or one that met ``tol``, a stalled search,
+      or :data:`MAX_SAMPLE_ROUNDS`): the run
+      goes on over all the rows from the point reached, evaluated again. The sample's
+      rounds never end a run.
     """
 
     def __init__(self) -> None:
@@ -32,6 +42,10 @@ class HessianSchedule:
         self.held_estimated = False  # whether the Hessian in the optimizer's state is an estimate
         self.switched = False  # whether the run went on from its estimate to the exact Hessian
         self.note = ""  # when and why, for the summary
+        self.sample_rounds = 0  # rounds taken on a sample's rows alone
+        self.start_note = ""  # how the run started, for the summary
+        self.in_float64 = False  # whether the run went on from float32 sums to float64's
+        self.restart = False  # the run goes on from its first point (the round loop resets it)
 
     def step_takes_estimate(self, optimizer: Optimizer, point_evaluated: bool) -> bool:
         """Whether the coming Newton step takes an estimate: the Hessian its point was
@@ -79,6 +93,8 @@ class HessianSchedule:
         whether the run has converged, after a round that took ``outcome``."""
         if not isinstance(optimizer, Newton):
             return optimizer, False, converged
+        if optimizer.on_sample:
+            return self.after_sample_round(optimizer, outcome, converged)
         if not converged and self.sampled_step_grew(optimizer, outcome):
             return self.exact(optimizer, round_index + 1, "a step grew"), True, False
         below = optimizer.exact_below
@@ -92,6 +108,49 @@ class HessianSchedule:
         if optimizer.estimated and outcome.criterion is not None and outcome.criterion <= below:
             return self.exact(optimizer, round_index + 1), False, converged
         return optimizer, False, converged
+
+    def after_sample_round(
+        self, optimizer: Newton, outcome: StepOutcome, converged: bool
+    ) -> tuple[Optimizer, bool, bool]:
+        """After a round on the sample's rows alone: the same optimizer, or all the rows from
+        the point reached (evaluated again) once it is near the sample's optimum; from the
+        run's first point (:attr:`restart`) where the rounds found none (a sample whose
+        classes are separable: its steps run off to infinite weights)."""
+        self.sample_rounds += 1
+        near = converged or (outcome.criterion is not None and outcome.criterion <= START_UNTIL)
+        if not (near or outcome.stalled or self.sample_rounds >= MAX_SAMPLE_ROUNDS):
+            return optimizer, False, False
+        return self.end_sample(optimizer, found=near), True, False
+
+    def end_sample(self, optimizer: Newton, found: bool = True) -> Newton:
+        """All the rows from now on, after the rounds on a sample's; ``found``: whether they
+        came near the sample's optimum (else the run starts again from its first point)."""
+        self.last_step = None  # the sample's steps are not the data's
+        rounds, share = self.sample_rounds, 1 / optimizer.start_every
+        if rounds:
+            counted = f"{rounds} round{'s' if rounds != 1 else ''}"
+            missed = "" if found else ", which found no optimum: all the rows from the start"
+            self.start_note = f" (its first {counted} on {share:.1%} of the rows alone{missed})"
+        self.restart = not found
+        return optimizer.all_rows()
+
+    def less_estimated(self, optimizer: Newton, round_index: int) -> Newton:
+        """The optimizer to take a round again with after its estimate was singular or not
+        finite: all the rows after a sample's; where the exact Hessian is not in the run's
+        plan (no ``exact_below``: it costs many passes), the sample's in float64 after its
+        float32 sums; else the exact Hessian."""
+        if optimizer.on_sample:
+            return self.end_sample(optimizer)
+        if optimizer.hessian_float32 and optimizer.hessian_every > 1 and optimizer.exact_below is None:
+            until = f"in float32 to round {round_index}, then " if round_index > 0 else ""
+            self.note = f" ({until}in float64: the float32 sums were singular or not finite)"
+            self.in_float64 = True
+            return optimizer.in_float64()
+        return self.exact(optimizer, round_index, "the estimate was singular or not finite")
+
+    def describe(self) -> str:
+        """What the schedule did, for the summary: after the optimizer's label."""
+        return self.start_note + self.note
 
     def sampled_step_grew(self, optimizer: Newton, outcome: StepOutcome) -> bool:
         """Whether a step with a sampled Hessian was larger than the one before: the steps
@@ -111,12 +170,25 @@ class HessianSchedule:
             "held_estimated": self.held_estimated,
             "last_step": self.last_step,
             "note": self.note,
+            "sample_rounds": self.sample_rounds,
+            "on_sample": optimizer.on_sample,
+            "start_note": self.start_note,
+            "float64": self.in_float64,
         }
 
     def restore(self, optimizer: Optimizer, saved: Any) -> Optimizer:
         """The optimizer a checkpoint's run had gone on with, and the schedule as it was."""
-        if not (isinstance(optimizer, Newton) and isinstance(saved, dict)):
-            return optimizer  # not Newton, or a checkpoint made before the schedule was kept
+        if not isinstance(optimizer, Newton):
+            return optimizer
+        if not isinstance(saved, dict):  # a checkpoint made before the schedule was kept
+            return optimizer.all_rows()
+        self.sample_rounds = int(saved.get("sample_rounds", 0))
+        self.start_note = str(saved.get("start_note", ""))
+        if not saved.get("on_sample", False):
+            optimizer = optimizer.all_rows()
+        self.in_float64 = bool(saved.get("float64", False))
+        if self.in_float64:
+            optimizer = optimizer.in_float64()
         self.switched = bool(saved.get("switched", False))
         self.held_estimated = bool(saved.get("held_estimated", False))
         last_step = saved.get("last_step")

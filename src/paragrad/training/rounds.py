@@ -241,7 +241,7 @@ class RoundLoop:
             self.runner.num_workers,
             elapsed,
             "no finite optimum" if unbounded is not None else stopped,
-            optimizer=self.optimizer.label() + self.hessians.note,
+            optimizer=self.optimizer.label() + self.hessians.describe(),
             changes=list(self.runner.changes),
             scaling=self.autoscaler.describe() if self.autoscaler is not None else "",
             checkpoint_s=self.checkpoint_s,
@@ -316,11 +316,17 @@ class RoundLoop:
         saturated = state.singular_first is False and state.singular_later
         return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest, saturated)
 
+    def first_params(self) -> np.ndarray:
+        """The parameters a fresh run starts from: the model's first ones, or ``init``'s."""
+        if self.initial_params is None:
+            return self.model.init_params(self.seed)
+        return self.initial_params.copy()
+
     def initial_state(self, resumed: TrainingState | None) -> LoopState:
         """A fresh start, or the checkpoint's state (worker state handed back to the workers)."""
         check = ConvergenceCheck(self.tol, self.strategy.stochastic)
         if resumed is None:
-            params = self.model.init_params(self.seed) if self.initial_params is None else self.initial_params
+            params = self.first_params()
             return LoopState(params, self.optimizer.init(params), [], check)
         check.restore(resumed.convergence, resumed.history)
         self.use(self.hessians.restore(self.optimizer, resumed.convergence.get("hessians")))
@@ -394,13 +400,14 @@ class RoundLoop:
                 self.model,
                 self.optimizer,
             )
-        except EstimateSingular:  # the round again, with the exact Hessian
+        except EstimateSingular:  # the round again, with a better estimate or the exact Hessian
             estimated = self.optimizer
             assert isinstance(estimated, Newton)
-            self.use(self.hessians.exact(estimated, round_index, "the estimate was singular or not finite"))
+            lesser = self.hessians.less_estimated(estimated, round_index)
+            self.use(lesser)
             state.evaluate_again()
             outcome = self.round(round_index, state)
-            if outcome.singular:  # over all the rows too: the features are dependent
+            if outcome.singular and not lesser.estimated:  # over all the rows too: the features are dependent
                 self.use(self.hessians.back_to_estimate(estimated, outcome, round_index) or self.optimizer)
             return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
@@ -421,13 +428,18 @@ class RoundLoop:
             state.singular_later = True
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
+        on_sample = isinstance(self.optimizer, Newton) and self.optimizer.on_sample
         optimizer, evaluate_again, state.converged = self.hessians.after_round(
             self.optimizer, outcome, state.converged, step_estimated, round_index
         )
         self.use(optimizer)
         if evaluate_again:
             state.evaluate_again()
-        return outcome
+        if self.hessians.restart:  # the rounds on a sample found no optimum: from the start
+            self.hessians.restart = False
+            state.params = self.first_params()
+        # A search stalled on the sample's rows ends their rounds, not the run.
+        return outcome._replace(stalled=False) if on_sample else outcome
 
     def use(self, optimizer: Optimizer) -> None:
         """Go on with ``optimizer`` (the task the workers run with it)."""

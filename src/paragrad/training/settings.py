@@ -296,12 +296,17 @@ MAX_NEWTON_PARAMS = 1024  # Newton: a Hessian of params^2 entries, sent by every
 # Newton's pass sums rows x params^2 products, L-BFGS's rows x params: beyond this many (a
 # few tenths of a second per pass), L-BFGS's cheaper passes win on time.
 MAX_NEWTON_PRODUCTS = 1e9
-# Beyond that, on dense data, Newton with the Hessian summed over a sample of this many rows
-# per parameter (its error about 1/sqrt(400): 5%) when the sample's products fit the same
-# budget: its passes cost about L-BFGS's, and it needs fewer of them and no pass for the
-# features' scales (1e6 x 100 logistic: 8 passes where L-BFGS takes 13). 200 rows took a
-# round more there, 1,000 as many rounds as 400 with dearer passes.
-SAMPLE_ROWS_PER_PARAM = 400
+# Beyond that, on dense data, Newton with the Hessian summed in float32 over a sample of
+# this many rows per parameter (its error about 1/sqrt(800): 3.5%), when the sample's
+# products (half a float64 product's cost each) fit the same budget: its passes cost about
+# L-BFGS's, and it needs fewer of them and no pass for the features' scales. The run starts
+# with rounds on START_ROWS_PER_PARAM rows a parameter alone (`Newton(start_sample=)`): the
+# passes over all the rows start near the optimum. 1e6 x 100 logistic regression: 5 passes
+# over all the rows after 5 rounds of 2% of a pass each, where 400 rows in float64 from
+# zero took 8 passes (L-BFGS: 13). 400 rows with the same start took 6 passes, 800 in
+# float64 5 dearer ones; starting on 400 rows, or 100, as many passes as 200.
+SAMPLE_ROWS_PER_PARAM = 800
+START_ROWS_PER_PARAM = 200
 # From this many products a pass (about 10 ms of a core), on dense data, Newton's Hessian
 # is an estimate until near the optimum: summed in float32 over a sample of this many rows
 # per parameter (its error about 1/sqrt(100): 10%), exact once a step's measure is at most
@@ -316,7 +321,8 @@ def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimi
     """The exact solver where it fits, for uncompressed full-batch training of the linear
     models: QR least squares for linear regression, Newton for logistic and softmax
     regression where its Hessian is cheap (``MAX_NEWTON_PARAMS``, ``MAX_NEWTON_PRODUCTS``)
-    or a sample's Hessian is (``SAMPLE_ROWS_PER_PARAM``, dense data), else L-BFGS
+    or a sample's Hessian is (``SAMPLE_ROWS_PER_PARAM``, dense data; started on a smaller
+    sample, ``START_ROWS_PER_PARAM``), else L-BFGS
     (preconditioned by the features' scales); Adam(lr=0.01) for the stochastic strategies
     and the other models."""
     if not isinstance(strategy, GradientDescent) or strategy.compress is not None:
@@ -339,8 +345,12 @@ def default_optimizer(model: Model, strategy: Strategy, data: Dataset) -> Optimi
                 exact_below=ESTIMATE_UNTIL,
             )
         sample = SAMPLE_ROWS_PER_PARAM * params
-        if not data.sparse and sample * params**2 <= MAX_NEWTON_PRODUCTS:
-            return Newton(hessian_sample=sample / data.num_rows)
+        if not data.sparse and sample * params**2 <= 2 * MAX_NEWTON_PRODUCTS:
+            return Newton(
+                hessian_sample=min(1.0, sample / data.num_rows),
+                hessian_float32=data.dtype == np.float64,
+                start_sample=min(0.5, START_ROWS_PER_PARAM * params / data.num_rows),
+            )
         return LBFGS()
     return Adam(lr=0.01)
 

@@ -22,7 +22,7 @@ from paragrad.data import take_rows
 from paragrad.errors import ConfigError, check_positive_int, model_term
 from paragrad.models.base import Model
 from paragrad.models.curvature import RowSample
-from paragrad.models.linear_layout import LinearLayout
+from paragrad.models.linear_layout import LinearLayout, block_rows
 from paragrad.optim import Evaluation, Newton, Optimizer
 from paragrad.optim.base import Needs
 from paragrad.optim.least_squares import combine_factors, shard_factor
@@ -288,12 +288,34 @@ class GradientDescent(Strategy):
         sample, float32 = None, False
         if isinstance(optimizer, Newton):
             float32 = optimizer.hessian_float32
+            held = shard.held
+            if optimizer.on_sample:
+                sample = RowSample(optimizer.start_every, int(held.starts()[0]), held.total_rows)
+                return sampled_rows_step(shard, model, params, sample, float32)
             if optimizer.hessian_every > 1:
-                held = shard.held
                 sample = RowSample(optimizer.hessian_every, int(held.starts()[0]), held.total_rows)
         design = model.kept_design(shard)
         loss, grad, hessian = model.loss_grad_hess(params, shard.X, shard.labels, sample, float32, design)
         return WorkerResult(shard.num_rows, loss, grad, matrix=hessian)
+
+
+def sampled_rows_step(
+    shard: Shard, model: LinearLayout, params: np.ndarray, sample: RowSample, float32: bool
+) -> WorkerResult:
+    """A Newton pass over the shard's sampled rows alone (:attr:`Newton.on_sample`): their
+    loss, gradient and Hessian sums, the rows gathered once while the shard holds them."""
+    key = ("sampled rows", sample, model.num_outputs, model.fit_intercept)
+    rows = sample.rows(shard.num_rows, block_rows(shard.X))
+    if len(rows) == 0:
+        return WorkerResult(0, 0.0, np.zeros(len(params)), matrix=np.zeros((len(params), len(params))))
+
+    def gather(X: Any) -> tuple[Any, np.ndarray | None]:
+        taken = take_rows(X, rows)
+        return taken, model.small_design(taken)
+
+    X, design = shard.made_from_features(key, gather)
+    loss, grad, hessian = model.loss_grad_hess(params, X, shard.labels[rows], None, float32, design)
+    return WorkerResult(len(rows), loss, grad, matrix=hessian)
 
 
 class SGD(Strategy):
