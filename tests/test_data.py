@@ -93,6 +93,22 @@ def test_a_large_array_checked_on_several_threads_names_a_bad_value_in_any_part(
         pg.Dataset(X)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_large_arrays_sum_of_squares_vouches_only_for_values_within_the_bound(monkeypatch, dtype):
+    from paragrad.data import checks
+
+    monkeypatch.setattr(checks, "PARALLEL_CHECK_BYTES", 1 << 20)
+    bound = checks.magnitude_bound(np.dtype(dtype))
+    X = np.full((500_000, 10), 0.9 * bound, dtype=dtype)  # within, but their squares' sum overflows
+    assert checks.within_bounds(X) and not checks._squares_within(X)
+    X[:] = 0.5
+    assert checks.within_bounds(X) and checks._squares_within(X)
+    for bad in (np.nan, np.inf, -2 * bound):
+        X[123_456, 3] = bad
+        assert not checks.within_bounds(X)
+        X[123_456, 3] = 0.5
+
+
 def test_too_large_values_are_found_in_file_order_block_by_block():
     from paragrad.data.checks import _first_bad
 

@@ -92,13 +92,14 @@ def _check_finite(
 
 
 # Arrays in memory from this size on are checked by a thread a core (1e6 x 100 float64:
-# 47-52 ms on 2 cores where one thread took 74-84).
+# 47-52 ms on 2 cores where one thread took 74-84), after their sum of squares.
 PARALLEL_CHECK_BYTES = 32 << 20
 
 
 def within_bounds(values: Features) -> bool:
     """Whether every feature value is finite and below its type's bound, in one streaming
-    pass (which :func:`_check_finite` then runs again to name the first bad value)."""
+    pass (which :func:`_check_finite` then runs again to name the first bad value); a large
+    array in memory first by its sum of squares (:func:`_squares_within`)."""
     if is_sparse(values):
         return _within_bound(values.data)
     block, mapped = _block_rows(values), _memmap_of(values)
@@ -110,12 +111,28 @@ def within_bounds(values: Features) -> bool:
 
     starts = range(0, values.shape[0], block)
     parts = min(default_workers(), values.nbytes // PARALLEL_CHECK_BYTES)
+    if mapped is None and parts > 1 and _squares_within(values):
+        return True
     if mapped is None and parts > 1:  # numpy lets go of Python's lock while it reduces
         from concurrent.futures import ThreadPoolExecutor  # not on import: it is seldom needed
 
         with ThreadPoolExecutor(parts) as pool:
             return all(pool.map(check, starts))
     return all(map(check, starts))
+
+
+def _squares_within(values: np.ndarray) -> bool:
+    """Whether the sum of the squares of all the values is finite and below the bound's
+    square, so that every value is finite and within the bound: one BLAS product, which
+    reads the array once on every core (1e6 x 100 float64: 26 ms on 2 cores, where the
+    two reductions of each block took 52). False proves nothing: a NaN, or squares whose
+    sum overflows, which the reductions then tell apart."""
+    if values.dtype not in (np.float32, np.float64) or not values.flags.c_contiguous:
+        return False
+    flat = values.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.dot(flat, flat))
+    return total < magnitude_bound(values.dtype) ** 2
 
 
 def _block_rows(values: Features) -> int:
