@@ -6,21 +6,32 @@ tables, ``files`` loading and saving by suffix, ``synthetic`` generated data and
 Rows in messages are counted from 1, as a person reads a file: row 1 is the first data row.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from paragrad.core.shm import shared_empty
 from paragrad.data.checks import is_sparse, take_rows
 from paragrad.data.dataset import Dataset, FileBacking
-from paragrad.data.files import (
-    SUPPORTED,
-    SVMLIGHT_SUFFIXES,
-    has_magic,
-    load,
-    open_npy,
-    open_numpy,
-    save_dataset,
-)
 from paragrad.data.moments import Moments, Standardizer, combine_moments, moments
-from paragrad.data.synthetic import make_classification, make_regression, make_sparse_classification
-from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, TableFile
+
+# Names whose modules load on first use: a run on arrays in memory reads no file.
+_LAZY = {
+    "SUPPORTED": "paragrad.data.files",
+    "SVMLIGHT_SUFFIXES": "paragrad.data.files",
+    "has_magic": "paragrad.data.files",
+    "load": "paragrad.data.files",
+    "open_npy": "paragrad.data.files",
+    "open_numpy": "paragrad.data.files",
+    "save_dataset": "paragrad.data.files",
+    "make_classification": "paragrad.data.synthetic",
+    "make_regression": "paragrad.data.synthetic",
+    "make_sparse_classification": "paragrad.data.synthetic",
+    "PARQUET_SUFFIXES": "paragrad.data.tables",
+    "TABLE_SUFFIXES": "paragrad.data.tables",
+    "TableFile": "paragrad.data.tables",
+}
 
 __all__ = [
     "PARQUET_SUFFIXES",
@@ -46,3 +57,30 @@ __all__ = [
     "shared_empty",
     "take_rows",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    source = _LAZY.get(name)
+    if source is None:
+        raise AttributeError(f"module 'paragrad.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from paragrad.data.files import (
+        SUPPORTED,
+        SVMLIGHT_SUFFIXES,
+        has_magic,
+        load,
+        open_npy,
+        open_numpy,
+        save_dataset,
+    )
+    from paragrad.data.synthetic import make_classification, make_regression, make_sparse_classification
+    from paragrad.data.tables import PARQUET_SUFFIXES, TABLE_SUFFIXES, TableFile

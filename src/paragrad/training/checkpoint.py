@@ -22,7 +22,7 @@ import numpy as np
 
 from paragrad.core.model_file import FORMAT, STORAGE, STORED_PREFIXES, VERSIONS, decode_params
 from paragrad.core.npz import npz_bytes
-from paragrad.data import Standardizer, open_numpy
+from paragrad.data import Standardizer
 from paragrad.data.encoding import Encoding
 from paragrad.errors import (
     ConfigError,
@@ -61,6 +61,8 @@ def load_model(path: str | os.PathLike, content: bytes | None = None) -> Model:
     path = Path(path)
     if content is None and not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    from paragrad.data.files import open_numpy  # not on import: a run without files needs none
+
     opened = open_numpy(path, "npz", what="a paragrad model file", error=ModelFileError, content=content)
     with opened as archive:
         if "meta" not in archive.files and "num_features" in archive.files:
@@ -426,6 +428,8 @@ def _refuse_other_version(path: Path, meta: Any) -> None:
 
 
 def _read_checkpoint(path: Path, history_keys: tuple[str, ...], opt_state_type: type[Any]) -> TrainingState:
+    from paragrad.data.files import open_numpy
+
     with open_numpy(path, "npz", what="a paragrad checkpoint", error=ModelFileError) as archive:
         arrays = {name: archive[name] for name in archive.files}
     try:  # the version first: a newer format may check its contents otherwise

@@ -11,9 +11,10 @@ and SGD end where a fixed-size run ends.
 from __future__ import annotations
 
 import numbers
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from paragrad.core.shards import NUM_VIRTUAL
 from paragrad.errors import ConfigError, setting
@@ -114,7 +115,7 @@ class AutoScaler:
         self._rounds.append(record["samples"] / max(record["wall_s"], 1e-9))
         if len(self._rounds) <= PROBE_ROUNDS:
             return None
-        self.rates[workers] = statistics.median(self._rounds[1:])
+        self.rates[workers] = float(np.median(self._rounds[1:]))
         self._rounds = []
         best = max(self.rates, key=self.rates.__getitem__)
         bigger = min(workers * 2, self.max_workers)
