@@ -165,10 +165,12 @@ def test_a_singular_newton_system_gets_lstsqs_solution_of_smallest_norm():
     np.testing.assert_allclose(direction, [-1.0, -1e10, 0.0], rtol=1e-15)
 
 
-def test_a_fresh_process_fits_small_data_without_scipys_linear_algebra():
-    """Importing it takes 0.15-0.2 s, more than a small fit."""
+@pytest.mark.parametrize(("rows", "features"), [(500, 5), (20_000, 100)])
+def test_a_fresh_process_fits_without_scipys_linear_algebra(rows, features):
+    """Importing it takes 0.15-0.2 s, more than a small fit and a fifth of a fit of
+    1e6 x 100 (whose 101 parameters these have too)."""
     code = (
-        "import sys, paragrad as pg; data = pg.make_classification(500, 5, seed=0); "
+        f"import sys, paragrad as pg; data = pg.make_classification({rows}, {features}, seed=0); "
         "run = pg.train(pg.models.LogisticRegression(), data, progress=False); "
         "print(run.optimizer.split()[0], 'scipy.linalg' in sys.modules)"
     )

@@ -70,11 +70,12 @@ def _smallest_norm_solution(hessian: np.ndarray, grad: np.ndarray) -> np.ndarray
 
 
 # Systems up to this size are solved with numpy's LAPACK, called as numpy's own linear
-# algebra calls it: a few microseconds more than scipy's on a Newton step's small system
-# (4 us against 1.7 at 6 x 6; np.linalg's wrappers take 7.6), and no import of scipy's
-# linear algebra (0.15-0.2 s, the largest part of a small fit in a fresh process). Larger
-# systems take scipy's Cholesky solves, three times cheaper there.
-SMALL_SYSTEM = 64
+# algebra calls it: a little more than scipy's Cholesky solves (4 us against 1.7 at 6 x 6,
+# 0.13 ms against 0.06 at 101 x 101, 1.7 against 0.65 at 257; np.linalg's wrappers take
+# 7.6 us at 6 x 6), and no import of scipy's linear algebra (0.15-0.2 s: the largest part
+# of a first fit in a fresh process, small or as large as 1e6 x 100). Larger systems take
+# scipy's, where its solves save milliseconds a round (30 ms at 1024 x 1024).
+SMALL_SYSTEM = 256
 
 
 def _cholesky_solve(
