@@ -254,3 +254,21 @@ def test_a_shard_makes_the_small_design_once_while_it_holds_its_features():
     again = model.kept_design(shard)
     assert again is not design
     np.testing.assert_array_equal(again[:, :-1], 2.0 * X)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.array([])],
+        [np.array([-1.0, 1.0]), np.array([-1.0])],
+        [np.array(["a", "c"]), np.array(["b", "c"])],
+        [np.array([3, 7]), np.array([1]), np.array([7, 9])],
+    ],
+)
+def test_the_shards_labels_merge_as_np_unique_merges_them(parts):
+    from paragrad.training.trainer import merged_labels
+
+    merged = merged_labels(parts)
+    expected = np.unique(np.concatenate(parts))
+    np.testing.assert_array_equal(merged, expected)
+    assert merged.dtype == expected.dtype

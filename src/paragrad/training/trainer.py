@@ -447,7 +447,7 @@ def _set_up_model(
     labels = None
     if model.is_classifier:
         parts = [shard_labels for _, shard_labels, *_ in described]  # each distinct and sorted
-        labels = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+        labels = parts[0] if len(parts) == 1 else merged_labels(parts)
         if data.classes is not None:  # the shards hold positions among the data's classes
             labels = data.classes[labels.astype(np.intp)]
     if labels is not None:  # before the model's own checks, whose advice assumes classes
@@ -463,6 +463,13 @@ def _set_up_model(
         runner.run(StandardizeShard(model.standardizer_))
         stats = Moments(data.num_rows, np.zeros(data.num_features), np.full(data.num_features, data.num_rows))
     return stats if want_moments else None
+
+
+def merged_labels(parts: list[np.ndarray]) -> np.ndarray:
+    """The distinct labels of the shards' (each distinct and sorted), sorted: what
+    ``np.unique`` gives, without its first call's import of numpy's masked arrays (30 ms)."""
+    merged = np.sort(np.concatenate(parts))
+    return merged[np.r_[True, merged[1:] != merged[:-1]]]
 
 
 def root_mean_square(stats: Moments) -> np.ndarray:
