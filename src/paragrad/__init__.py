@@ -10,8 +10,9 @@ only the models and tasks) does not pay for the modules a program never touches.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from paragrad.core.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -79,18 +80,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module 'paragrad' has no attribute {name!r}")
-    module = importlib.import_module(source)
-    value = module if source == f"paragrad.{name}" else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(globals(), _SOURCES)
 
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ does not pay for their logging and temporary files), and import their packages
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from paragrad.callbacks.base import Callback, CallbackList, TrainInfo
+from paragrad.core.lazy import lazy_names
 
 _TRACKERS = {
     "CodeCarbon": "paragrad.callbacks.codecarbon",
@@ -24,17 +24,7 @@ _TRACKERS = {
 __all__ = ["Callback", "CallbackList", "CodeCarbon", "MLflow", "TensorBoard", "TrainInfo"]
 
 
-def __getattr__(name: str) -> Any:
-    source = _TRACKERS.get(name)
-    if source is None:
-        raise AttributeError(f"module 'paragrad.callbacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(globals(), _TRACKERS)
 
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ Rows in messages are counted from 1, as a person reads a file: row 1 is the firs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from paragrad.core.lazy import lazy_names
 from paragrad.core.shm import shared_empty
 from paragrad.data.checks import is_sparse, take_rows
 from paragrad.data.dataset import Dataset, FileBacking
@@ -59,17 +59,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    source = _LAZY.get(name)
-    if source is None:
-        raise AttributeError(f"module 'paragrad.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 if TYPE_CHECKING:

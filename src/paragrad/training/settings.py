@@ -304,7 +304,7 @@ MAX_NEWTON_PRODUCTS = 1e9
 # passes over all the rows start near the optimum. 1e6 x 100 logistic regression: 5 passes
 # over all the rows after 5 rounds of 2% of a pass each, where 400 rows in float64 from
 # zero took 8 passes (L-BFGS: 13). 400 rows with the same start took 6 passes, 800 in
-# float64 5 dearer ones; starting on 400 rows, or 100, as many passes as 200.
+# float64 5 dearer ones; a start on 400 or 800 rows as many passes as on 200.
 SAMPLE_ROWS_PER_PARAM = 800
 START_ROWS_PER_PARAM = 200
 # From this many products a pass (about 10 ms of a core), on dense data, Newton's Hessian
