@@ -152,13 +152,6 @@ class RowSample(NamedTuple):
                 runs.append(slice(low - first, high - first))
         return runs
 
-    def rows(self, num_rows: int, step: int) -> np.ndarray:
-        """The sampled rows among a shard's ``num_rows`` rows, as their indices."""
-        runs = self.runs(0, num_rows, step)
-        if not runs:
-            return np.zeros(0, dtype=np.intp)
-        return np.concatenate([np.arange(run.start, run.stop) for run in runs])
-
     def scale(self, step: int) -> float:
         """All the data's rows over the sample's."""
         sampled = sum(

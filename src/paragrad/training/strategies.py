@@ -302,20 +302,17 @@ class GradientDescent(Strategy):
 def sampled_rows_step(
     shard: Shard, model: LinearLayout, params: np.ndarray, sample: RowSample, float32: bool
 ) -> WorkerResult:
-    """A Newton pass over the shard's sampled rows alone (:attr:`Newton.on_sample`): their
-    loss, gradient and Hessian sums, the rows gathered once while the shard holds them."""
-    key = ("sampled rows", sample, model.num_outputs, model.fit_intercept)
-    rows = sample.rows(shard.num_rows, block_rows(shard.X))
-    if len(rows) == 0:
-        return WorkerResult(0, 0.0, np.zeros(len(params)), matrix=np.zeros((len(params), len(params))))
-
-    def gather(X: Any) -> tuple[Any, np.ndarray | None]:
-        taken = take_rows(X, rows)
-        return taken, model.small_design(taken)
-
-    X, design = shard.made_from_features(key, gather)
-    loss, grad, hessian = model.loss_grad_hess(params, X, shard.labels[rows], None, float32, design)
-    return WorkerResult(len(rows), loss, grad, matrix=hessian)
+    """A Newton pass over the shard's sampled rows alone (:attr:`Newton.on_sample`): the
+    loss, gradient and Hessian sums of its sampled blocks, each read where it lies."""
+    size = len(params)
+    loss, grad, hessian, count = 0.0, np.zeros(size), np.zeros((size, size)), 0
+    for rows in sample.runs(0, shard.num_rows, block_rows(shard.X)):
+        part = model.loss_grad_hess(params, shard.X[rows], shard.labels[rows], None, float32)
+        loss += part[0]
+        grad += part[1]
+        hessian += part[2]
+        count += rows.stop - rows.start
+    return WorkerResult(count, loss, grad, matrix=hessian)
 
 
 class SGD(Strategy):
