@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +171,8 @@ def _copy_rows(source: np.ndarray, order: np.ndarray | None, target: np.ndarray)
     if parts == 1:
         copy_part(0)
         return
+    from concurrent.futures import ThreadPoolExecutor  # not on import: with logging, 10 ms
+
     with ThreadPoolExecutor(parts) as pool:
         list(pool.map(copy_part, range(parts)))
 
