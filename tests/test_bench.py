@@ -246,6 +246,7 @@ def test_paragrad_bench_e2e_runs_every_row(monkeypatch):
 
     names = [
         "_logistic_rows",
+        "fresh_process_row",
         "_cross_validation_row",
         "_mlp_rows",
         "small_rows",
@@ -256,7 +257,7 @@ def test_paragrad_bench_e2e_runs_every_row(monkeypatch):
         "_mmap_rows",
     ]
     for name in names:
-        listed = name not in {"_cross_validation_row", "checkpoint_row", "_csv_row"}
+        listed = name not in {"_cross_validation_row", "fresh_process_row", "checkpoint_row", "_csv_row"}
         monkeypatch.setattr(e2e, name, _stand_in(name, listed))
     rows = e2e.bench_e2e(quick=True)
     assert {row["row"] for row in rows} == set(names)
@@ -273,7 +274,10 @@ def test_the_fixed_cost_rows_time_small_data_grid_searches_and_checkpoints():
     assert [row["row"].split(", ")[-1] for row in searches] == ["n_jobs=None", "n_jobs=-1"]
     checkpoints = fixed_costs.checkpoint_row(20_000, 1)
     assert checkpoints["checkpoints"] == 6 and checkpoints["same_params"]  # 5 rounds, and the last
-    assert_ratios([*small, *searches, checkpoints])
+    fresh = fixed_costs.fresh_process_row(3000, 2)  # two processes of each, taking turns
+    assert len(fresh["ours_runs"]) == len(fresh["baseline_runs"]) == 2
+    assert fresh["ours_s"] == min(fresh["ours_runs"]) and fresh["baseline_s"] == min(fresh["baseline_runs"])
+    assert_ratios([*small, *searches, checkpoints, fresh])
 
 
 def test_serve_load_generator_measures_binary_tensors_beside_json(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from paragrad.bench.common import Row, best_time, interleaved_best, ratio_row, targets, write_features
-from paragrad.bench.fixed_costs import checkpoint_row, grid_search_rows, small_rows
+from paragrad.bench.fixed_costs import checkpoint_row, fresh_process_row, grid_search_rows, small_rows
 from paragrad.core.atomic import atomic_write
 from paragrad.core.shards import default_workers
 from paragrad.data import Dataset, make_classification
@@ -453,6 +453,7 @@ def bench_e2e(quick: bool) -> list[Row]:
     rows = _logistic_rows(200_000 if quick else 1_000_000, repeats, warm=True)
     if not quick:
         rows += _logistic_rows(200_000, repeats, warm=False)
+    rows.append(fresh_process_row(200_000 if quick else 1_000_000, repeats))
     rows.append(_cross_validation_row(50_000 if quick else 200_000, repeats))
     rows += _mlp_rows(50_000 if quick else 200_000, repeats)
     rows += small_rows(repeats) + grid_search_rows(repeats)

@@ -10,7 +10,10 @@ its baseline in the same run.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -161,4 +164,47 @@ def checkpoint_row(num_rows: int, repeats: int) -> Row:
         checkpoint_s=checkpointed.checkpoint_s,
         checkpoints=checkpointed.checkpoints_written,
         same_params=bool(np.array_equal(checkpointed.params, runs["None"].params)),
+    )
+
+
+# One fit in a fresh process, the data made first: only the fit is timed, as a script times
+# its one call. The timing comes back as the last line printed.
+_FIRST_FIT = """
+import json, sys, time
+import numpy as np
+from paragrad.data import make_classification
+data = make_classification({rows}, 100, seed=0)
+X, y = np.ascontiguousarray(data.X), np.ascontiguousarray(data.y)
+if sys.argv[1] == "ours":
+    import paragrad as pg
+    start = time.perf_counter()
+    pg.train(pg.models.LogisticRegression(), pg.Dataset(X, y))
+else:
+    from sklearn.linear_model import LogisticRegression
+    start = time.perf_counter()
+    LogisticRegression().fit(X, y)
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+def fresh_process_row(num_rows: int, repeats: int) -> Row:
+    """The first ``pg.train`` of a fresh process against scikit-learn's first lbfgs fit in
+    one, processes of each taking turns, best of ``repeats``: what a script pays for its one
+    fit, imports past ``import paragrad`` (and scikit-learn's own import) included."""
+    code = _FIRST_FIT.format(rows=num_rows)
+    times: dict[str, list[float]] = {"ours": [], "sklearn": []}
+    for _ in range(repeats):
+        for who, taken in times.items():
+            done = subprocess.run(
+                [sys.executable, "-c", code, who], capture_output=True, text=True, check=True
+            )
+            taken.append(float(json.loads(done.stdout.splitlines()[-1])))
+    return ratio_row(
+        f"pg.train logistic {num_rows:.0e} x 100, first call of a fresh process",
+        min(times["ours"]),
+        "sklearn lbfgs, first fit of a fresh process",
+        min(times["sklearn"]),
+        0.6 if num_rows >= 1_000_000 else 1.0,
+        ours_runs=times["ours"],
+        baseline_runs=times["sklearn"],
     )
