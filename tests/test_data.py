@@ -99,13 +99,13 @@ def test_a_large_arrays_sum_of_squares_vouches_only_for_values_within_the_bound(
 
     monkeypatch.setattr(checks, "PARALLEL_CHECK_BYTES", 1 << 20)
     bound = checks.magnitude_bound(np.dtype(dtype))
-    X = np.full((500_000, 10), 0.9 * bound, dtype=dtype)  # within, but their squares' sum overflows
+    X = np.full((500_000, 10), 0.9 * bound, dtype=dtype)  # within, their squares' sum past bound^2
     assert checks.within_bounds(X) and not checks._squares_within(X)
     X[:] = 0.5
     assert checks.within_bounds(X) and checks._squares_within(X)
     for bad in (np.nan, np.inf, -2 * bound):
         X[123_456, 3] = bad
-        assert not checks.within_bounds(X)
+        assert not checks._squares_within(X) and not checks.within_bounds(X)
         X[123_456, 3] = 0.5
 
 

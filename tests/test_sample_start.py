@@ -18,6 +18,7 @@ import paragrad as pg
 from paragrad.models import linear_layout
 from paragrad.models.curvature import RowSample
 from paragrad.optim.least_squares import RankDeficient
+from paragrad.optim.line_search import LineSearchStalled
 from paragrad.training.hessian_schedule import MAX_SAMPLE_ROUNDS
 
 STARTED = pg.optim.Newton(hessian_sample=0.2, start_sample=0.05)  # 64-row blocks: 1 in 5, then 1 in 20
@@ -166,7 +167,77 @@ def test_float32_sums_too_coarse_go_on_in_float64_with_the_same_sample():
     np.testing.assert_allclose(run.params, exact.params, rtol=1e-7, atol=1e-9)
 
 
-def test_start_sample_must_be_a_share_of_the_rows():
+def test_start_sample_must_be_a_share_of_the_rows_among_the_hessians():
     for bad in (0, 1, 1.5):
         with pytest.raises(pg.ConfigError, match=rf"start_sample must be in \(0, 1\) or None, got {bad}"):
             pg.optim.Newton(hessian_sample=0.5, start_sample=bad)
+    with pytest.raises(pg.ConfigError, match=r"start_sample \(0.5\) must be at most hessian_sample \(0.1\)"):
+        pg.optim.Newton(hessian_sample=0.1, start_sample=0.5)
+
+
+def test_workers_that_hold_no_sampled_rows_add_nothing_to_the_start():
+    # Prepare: 40 shards of 1000 rows, and a sampled block of 64 rows in every 1280
+    X, y = classification(40_000, 6)
+    one = fit(X, y, STARTED, tol=1e-6)
+    # Execute
+    many = fit(X, y, STARTED, workers=40, tol=1e-6)
+    # Assert: the same rows in every round's sums, so the same steps to round-off
+    assert [r["samples"] for r in many.history] == [r["samples"] for r in one.history]
+    np.testing.assert_allclose(many.params, one.params, rtol=1e-11)
+
+
+def test_dependent_features_seen_on_the_start_go_on_over_all_the_rows():
+    # Prepare: a repeated column, which makes the start's Hessian singular, and all the rows'
+    X, y = classification(40_000, 6)
+    X = np.column_stack([X, X[:, 1]])
+    with pytest.warns(RankDeficient):
+        exact = fit(X, y, pg.optim.Newton())
+    # Execute
+    with pytest.warns(RankDeficient):
+        run = fit(X, y, pg.optim.Newton(start_sample=0.05))
+    # Assert: no round on the sample after the first over all the rows; Newton's answer
+    assert all(r["samples"] >= len(X) or r["samples"] == 0 for r in run.history)
+    assert run.converged
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-8, atol=1e-10)
+
+
+def test_a_checkpoint_made_on_the_sample_resumes_with_an_optimizer_that_starts_on_none(tmp_path):
+    # Prepare: stopped after 2 rounds on the sample, whose sums the checkpoint's state holds
+    X, y = classification(40_000, 6)
+    exact = fit(X, y, pg.optim.Newton())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pg.ConvergenceWarning)
+        fit(X, y, STARTED, checkpoint_dir=tmp_path, max_rounds=2)
+    # Execute: the same Hessian's sample, no start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LineSearchStalled)
+        run = fit(X, y, pg.optim.Newton(hessian_sample=0.2), checkpoint_dir=tmp_path, resume=True)
+    # Assert: the point reached evaluated over all the rows, then Newton's optimum
+    assert run.history[2]["samples"] == 2 * len(X) and run.converged
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-8, atol=1e-10)
+
+
+def test_a_singular_hessian_on_the_sample_after_its_first_round_starts_all_the_rows_afresh(monkeypatch):
+    # Prepare: the third step's Hessian (round 2, still on the sample) taken as singular,
+    # as a sample whose classes separate makes it: its point may be far off by then
+    from paragrad.optim import newton
+
+    X, y = classification(40_000, 6)
+    exact = fit(X, y, pg.optim.Newton())
+    steps = {"count": 0}
+    original = newton.newton_direction
+
+    def third_singular(hessian, grad, pivot=newton.SINGULAR_PIVOT):
+        steps["count"] += 1
+        direction, singular = original(hessian, grad, pivot)
+        return direction, singular or steps["count"] == 3
+
+    monkeypatch.setattr(newton, "newton_direction", third_singular)
+    # Execute
+    run = fit(X, y, STARTED)
+    # Assert: round 2 taken again over all the rows from the first point; Newton's optimum
+    assert [r["samples"] for r in run.history[:3]] == [2 * 2048, 2048, 2 * len(X)]
+    assert run.history[2]["loss"] == exact.history[0]["loss"]
+    assert "(its first 2 rounds on 5.0% of the rows alone, which met a singular Hessian" in run.optimizer
+    assert run.converged
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-8, atol=1e-10)

@@ -228,6 +228,11 @@ class Newton(Optimizer):
         self.exact_below = None if exact_below is None else positive("exact_below", exact_below)
         if start_sample is not None and not 0.0 < start_sample < 1.0:
             raise ConfigError(f"start_sample must be in (0, 1) or None, got {start_sample}")
+        if start_sample is not None and start_sample > hessian_sample:
+            raise ConfigError(
+                f"start_sample ({start_sample}) must be at most hessian_sample ({hessian_sample}): "
+                "the start's rows are among the Hessian's"
+            )
         self.start_sample = None if start_sample is None else float(start_sample)
         self.stop_below = 0.0  # a step this small is the run's last (see stopping_at)
         self.singular_known = False  # the data's features are dependent (see accepting_singular)
@@ -307,12 +312,10 @@ class Newton(Optimizer):
         return NewtonState(np.array(0, dtype=np.int64), np.array(np.nan), np.zeros(d), np.zeros((d, d)))
 
     def config(self) -> dict[str, Any]:
-        # An estimate until near the optimum leaves the optimum as it is: not a setting that
-        # tells one run from another (a checkpoint of either resumes with the other).
-        settings = {"name": self.name, "c1": self.c1, "max_line_search": self.max_line_search}
-        if self.hessian_sample == 1.0 or self.exact_below is not None:
-            return settings
-        return {**settings, "hessian_sample": self.hessian_sample}
+        # The Hessian's estimate, and a start on a sample, change the steps, not the optimum,
+        # which the exact gradient decides: not settings that tell one run from another (a
+        # checkpoint of either resumes with the other, as one made before a default changed).
+        return {"name": self.name, "c1": self.c1, "max_line_search": self.max_line_search}
 
     def minimize(self, evaluate: Evaluate, params: np.ndarray, state: NewtonState) -> OptimizerStep:
         """One Newton step; the point it reaches is evaluated once, for the next step too."""

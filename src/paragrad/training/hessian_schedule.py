@@ -46,6 +46,7 @@ class HessianSchedule:
         self.start_note = ""  # how the run started, for the summary
         self.in_float64 = False  # whether the run went on from float32 sums to float64's
         self.restart = False  # the run goes on from its first point (the round loop resets it)
+        self.saved_on_another_sample = False  # a resumed state's sums are another sample's
 
     def step_takes_estimate(self, optimizer: Optimizer, point_evaluated: bool) -> bool:
         """Whether the coming Newton step takes an estimate: the Hessian its point was
@@ -120,18 +121,18 @@ class HessianSchedule:
         near = converged or (outcome.criterion is not None and outcome.criterion <= START_UNTIL)
         if not (near or outcome.stalled or self.sample_rounds >= MAX_SAMPLE_ROUNDS):
             return optimizer, False, False
-        return self.end_sample(optimizer, found=near), True, False
+        return self.end_sample(optimizer, None if near else "found no optimum"), True, False
 
-    def end_sample(self, optimizer: Newton, found: bool = True) -> Newton:
-        """All the rows from now on, after the rounds on a sample's; ``found``: whether they
-        came near the sample's optimum (else the run starts again from its first point)."""
+    def end_sample(self, optimizer: Newton, missed: str | None = None) -> Newton:
+        """All the rows from now on, after the rounds on a sample's; from the run's first
+        point where they missed the sample's optimum (``missed`` says how)."""
         self.last_step = None  # the sample's steps are not the data's
         rounds, share = self.sample_rounds, 1 / optimizer.start_every
         if rounds:
             counted = f"{rounds} round{'s' if rounds != 1 else ''}"
-            missed = "" if found else ", which found no optimum: all the rows from the start"
-            self.start_note = f" (its first {counted} on {share:.1%} of the rows alone{missed})"
-        self.restart = not found
+            why = "" if missed is None else f", which {missed}: all the rows from the start"
+            self.start_note = f" (its first {counted} on {share:.1%} of the rows alone{why})"
+        self.restart = missed is not None and rounds > 0
         return optimizer.all_rows()
 
     def less_estimated(self, optimizer: Newton, round_index: int) -> Newton:
@@ -139,8 +140,8 @@ class HessianSchedule:
         finite: all the rows after a sample's; where the exact Hessian is not in the run's
         plan (no ``exact_below``: it costs many passes), the sample's in float64 after its
         float32 sums; else the exact Hessian."""
-        if optimizer.on_sample:
-            return self.end_sample(optimizer)
+        if optimizer.on_sample:  # a feature the sample misses, or its classes separated
+            return self.end_sample(optimizer, "met a singular Hessian")
         if optimizer.hessian_float32 and optimizer.hessian_every > 1 and optimizer.exact_below is None:
             until = f"in float32 to round {round_index}, then " if round_index > 0 else ""
             self.note = f" ({until}in float64: the float32 sums were singular or not finite)"
@@ -173,6 +174,7 @@ class HessianSchedule:
             "sample_rounds": self.sample_rounds,
             "on_sample": optimizer.on_sample,
             "start_note": self.start_note,
+            "start_every": optimizer.start_every if optimizer.on_sample else None,
             "float64": self.in_float64,
         }
 
@@ -184,7 +186,11 @@ class HessianSchedule:
             return optimizer.all_rows()
         self.sample_rounds = int(saved.get("sample_rounds", 0))
         self.start_note = str(saved.get("start_note", ""))
-        if not saved.get("on_sample", False):
+        if saved.get("on_sample", False):  # its state holds one sample's sums: this one's?
+            self.saved_on_another_sample = not (
+                optimizer.on_sample and optimizer.start_every == saved.get("start_every")
+            )
+        if not (saved.get("on_sample", False) and optimizer.on_sample):
             optimizer = optimizer.all_rows()
         self.in_float64 = bool(saved.get("float64", False))
         if self.in_float64:

@@ -30,6 +30,7 @@ from paragrad.errors import (
 )
 from paragrad.models.base import Model
 from paragrad.optim import Newton, Optimizer
+from paragrad.optim.line_search import LineSearchStalled
 from paragrad.optim.newton import EstimateSingular
 from paragrad.training.checkpoint import (
     CheckpointWarning,
@@ -332,7 +333,7 @@ class RoundLoop:
         self.use(self.hessians.restore(self.optimizer, resumed.convergence.get("hessians")))
         history = resumed.history
         self.restore_worker_state(resumed.worker_state)
-        return LoopState(
+        state = LoopState(
             resumed.params,
             resumed.opt_state,
             history,
@@ -340,6 +341,9 @@ class RoundLoop:
             converged=resumed.convergence.get("converged", False),
             first_loss=history[0]["loss"] if history else None,
         )
+        if self.hessians.saved_on_another_sample:  # the state's sums are not this optimizer's rows'
+            state.evaluate_again()
+        return state
 
     def restore_worker_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Hand the workers their declared state back; on another worker count, moved to
@@ -392,23 +396,29 @@ class RoundLoop:
         meter = PassMeter(self.runner)
         evaluated = isinstance(self.optimizer, Newton) and not math.isnan(state.opt_state.loss)
         step_estimated = self.hessians.step_takes_estimate(self.optimizer, evaluated)
+        on_sample = isinstance(self.optimizer, Newton) and self.optimizer.on_sample
         try:  # within the rounds' error state (see _rounds)
-            outcome = self.strategy.round(
-                lambda point: meter.run(self.task, point, round_index),
-                state.params,
-                state.opt_state,
-                self.model,
-                self.optimizer,
-            )
+            with warnings.catch_warnings():
+                if on_sample:  # a search stalled on a sample ends its rounds, not the run
+                    warnings.simplefilter("ignore", LineSearchStalled)
+                outcome = self.strategy.round(
+                    lambda point: meter.run(self.task, point, round_index),
+                    state.params,
+                    state.opt_state,
+                    self.model,
+                    self.optimizer,
+                )
         except EstimateSingular:  # the round again, with a better estimate or the exact Hessian
             estimated = self.optimizer
             assert isinstance(estimated, Newton)
             lesser = self.hessians.less_estimated(estimated, round_index)
             self.use(lesser)
             state.evaluate_again()
+            self.start_over_if_asked(state)
             outcome = self.round(round_index, state)
             if outcome.singular and not lesser.estimated:  # over all the rows too: the features are dependent
-                self.use(self.hessians.back_to_estimate(estimated, outcome, round_index) or self.optimizer)
+                back = self.hessians.back_to_estimate(estimated.all_rows(), outcome, round_index)
+                self.use(back or self.optimizer)
             return outcome
         epoch = self.strategy.epoch_of(round_index, self.shard_sizes)
         largest = self.check_finite(round_index, outcome, state)
@@ -428,18 +438,20 @@ class RoundLoop:
             state.singular_later = True
         epoch_ends = self.strategy.epoch_of(round_index + 1, self.shard_sizes) != epoch
         state.converged = state.check.update(outcome, epoch_ends)
-        on_sample = isinstance(self.optimizer, Newton) and self.optimizer.on_sample
         optimizer, evaluate_again, state.converged = self.hessians.after_round(
             self.optimizer, outcome, state.converged, step_estimated, round_index
         )
         self.use(optimizer)
         if evaluate_again:
             state.evaluate_again()
-        if self.hessians.restart:  # the rounds on a sample found no optimum: from the start
+        self.start_over_if_asked(state)
+        return outcome._replace(stalled=False) if on_sample else outcome
+
+    def start_over_if_asked(self, state: LoopState) -> None:
+        """The run's first point again, where the rounds on a sample found no optimum."""
+        if self.hessians.restart:
             self.hessians.restart = False
             state.params = self.first_params()
-        # A search stalled on the sample's rows ends their rounds, not the run.
-        return outcome._replace(stalled=False) if on_sample else outcome
 
     def use(self, optimizer: Optimizer) -> None:
         """Go on with ``optimizer`` (the task the workers run with it)."""
