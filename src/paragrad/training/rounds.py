@@ -397,9 +397,11 @@ class RoundLoop:
         evaluated = isinstance(self.optimizer, Newton) and not math.isnan(state.opt_state.loss)
         step_estimated = self.hessians.step_takes_estimate(self.optimizer, evaluated)
         on_sample = isinstance(self.optimizer, Newton) and self.optimizer.on_sample
+        # A search stalled on a sample ends its rounds, not the run: no warning that it stops.
+        quiet = warnings.catch_warnings() if on_sample else contextlib.nullcontext()
         try:  # within the rounds' error state (see _rounds)
-            with warnings.catch_warnings():
-                if on_sample:  # a search stalled on a sample ends its rounds, not the run
+            with quiet:
+                if on_sample:
                     warnings.simplefilter("ignore", LineSearchStalled)
                 outcome = self.strategy.round(
                     lambda point: meter.run(self.task, point, round_index),
