@@ -210,6 +210,39 @@ def test_large_dense_data_default_to_newton_with_a_sampled_hessian():
     assert isinstance(small, pg.optim.Newton) and small.hessian_sample == 1.0
 
 
+def test_a_nearly_separable_fit_by_default_converges_to_newtons_optimum():
+    # Prepare: classes 40 apart, whose sample's rounds take a dozen to converge, and whose
+    # weights grow for many rounds over all the rows (exact Newton takes 14)
+    data = pg.make_classification(150_000, 100, seed=7, separation=40)
+    exact = pg.train(pg.models.LogisticRegression(), data, optimizer=pg.optim.Newton(), tol=1e-10)
+    # Execute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pg.ConvergenceWarning)  # not taken for separable
+        run = pg.train(pg.models.LogisticRegression(), data)
+    # Assert: the start found the sample's optimum, and the run Newton's to its tol (the
+    # sampled Hessian's linear rate is slow where the classes barely overlap)
+    assert run.converged and "rows alone)" in run.optimizer and "found no optimum" not in run.optimizer
+    X, y = data.X, data.y
+    assert run.model.loss(X, y) - exact.model.loss(X, y) <= 1e-10 * exact.model.loss(X, y)
+    np.testing.assert_allclose(run.params, exact.params, rtol=1e-5, atol=1e-6)
+
+
+def test_rounds_on_a_sample_that_ran_out_are_not_taken_for_separable_classes(monkeypatch):
+    # Prepare: the same classes 40 apart, the start cut at 10 rounds: the run starts afresh
+    # over all the rows, whose weights then grow round after round from zero
+    from paragrad.training import hessian_schedule
+
+    monkeypatch.setattr(hessian_schedule, "MAX_SAMPLE_ROUNDS", 10)
+    data = pg.make_classification(150_000, 100, seed=7, separation=40)
+    # Execute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pg.ConvergenceWarning)  # the classes overlap
+        run = pg.train(pg.models.LogisticRegression(), data)
+    # Assert: only the rounds over all the rows tell whether the weights keep growing
+    assert "which found no optimum: all the rows from the start" in run.optimizer
+    assert run.converged and run.stopped == "converged" and len(run.history) >= 20
+
+
 def test_the_command_line_takes_the_default_solver_as_chosen():
     # Prepare: `paragrad train data --target y` on data over the exact Hessian's budget
     args = build_parser().parse_args(["train", "data.csv", "--target", "y"])

@@ -312,10 +312,13 @@ class RoundLoop:
         model = self.model
         if not model.is_classifier or model.l2 > 0 or self.strategy.stochastic or not state.history:
             return None
-        losses = [record["loss"] for record in state.history]
+        # The rounds over all the rows: those on a sample measured another objective (and a
+        # run that started afresh after them grows its weights from its first point again).
+        losses = [record["loss"] for record in state.history[self.hessians.sample_rounds :]]
+        norms = state.norms[max(0, len(state.norms) - len(losses)) :]
         largest = float(np.abs(state.params).max())
         saturated = state.singular_first is False and state.singular_later
-        return no_finite_optimum(losses, state.norms, self.optimizer.needs == "hessian", largest, saturated)
+        return no_finite_optimum(losses, norms, self.optimizer.needs == "hessian", largest, saturated)
 
     def first_params(self) -> np.ndarray:
         """The parameters a fresh run starts from: the model's first ones, or ``init``'s."""
