@@ -111,12 +111,12 @@ def within_bounds(values: Features) -> bool:
 
     starts = range(0, values.shape[0], block)
     parts = min(default_workers(), values.nbytes // PARALLEL_CHECK_BYTES)
-    if mapped is None and parts > 1 and _squares_within(values):
-        return True
-    if mapped is None and parts > 1:  # numpy lets go of Python's lock while it reduces
+    if mapped is None and parts > 1:  # a large array in memory
+        if _squares_within(values):
+            return True
         from concurrent.futures import ThreadPoolExecutor  # not on import: it is seldom needed
 
-        with ThreadPoolExecutor(parts) as pool:
+        with ThreadPoolExecutor(parts) as pool:  # numpy lets go of Python's lock while it reduces
             return all(pool.map(check, starts))
     return all(map(check, starts))
 

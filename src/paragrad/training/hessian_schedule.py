@@ -34,9 +34,8 @@ class HessianSchedule:
       again).
     - ``start_sample``: the rounds on a sample's rows alone end after a step of measure
       :data:`~paragrad.optim.newton.START_UNTIL` (or one that met ``tol``, a stalled search,
-      or :data:`MAX_SAMPLE_ROUNDS`): the run
-      goes on over all the rows from the point reached, evaluated again. The sample's
-      rounds never end a run.
+      or :data:`MAX_SAMPLE_ROUNDS`): the run goes on over all the rows from the point
+      reached, evaluated again. The sample's rounds never end a run.
     """
 
     def __init__(self) -> None:
